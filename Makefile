@@ -1,0 +1,56 @@
+# Every target bootstraps .venv (stdlib venv + pip) and installs the project into it.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+BENCH_STAMP := $(VENV)/.bench-installed
+FUZZ_EXAMPLES ?= 20000
+
+.PHONY: all demo test serve bench fuzz lint soak corpus emulate clean venv
+
+all: test
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[test]'
+	@touch $(STAMP)
+
+venv: $(STAMP)
+
+$(BENCH_STAMP): $(STAMP)
+	$(PY) -m pip install -q -e '.[test,bench]'
+	@touch $(BENCH_STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/sori demo
+
+test: $(STAMP)
+	$(PY) -m pytest
+
+serve: $(STAMP)
+	$(VENV)/bin/sori serve $(ARGS)
+
+emulate: $(STAMP)
+	$(VENV)/bin/sori emulate-rtzr $(ARGS)
+
+fuzz: $(STAMP)
+	SORI_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(PY) -m pytest fuzz
+
+soak: $(STAMP)
+	SORI_SOAK=1 $(PY) -m pytest tests/reliability -m "slow or not slow"
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check engine tests fuzz bench
+	$(VENV)/bin/mypy
+
+corpus: $(BENCH_STAMP)
+	@command -v espeak-ng >/dev/null || (apt-get update -qq && apt-get install -y -qq espeak-ng)
+	$(PY) bench/corpus.py --full
+
+bench: $(BENCH_STAMP)
+	@command -v espeak-ng >/dev/null || (apt-get update -qq && apt-get install -y -qq espeak-ng) || true
+	$(PY) bench/run_all.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info

@@ -1,0 +1,1 @@
+"""Audio conversions on numpy arrays: G.711 μ-law and streaming resampling."""

@@ -1,0 +1,339 @@
+"""One msgspec Struct tree for all of sori's settings.
+
+Sources, later wins: defaults < TOML file (``--config``) < environment < CLI flags.
+Every value is validated by msgspec; a bad one becomes a :class:`ConfigError` whose
+message names the key and the reason on one line (the CLI turns it into exit code 2).
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import msgspec
+from msgspec import Meta, Struct
+
+Port = Annotated[int, Meta(ge=0, le=65535)]
+PositiveMs = Annotated[int, Meta(ge=1, le=86_400_000)]
+NonNegativeMs = Annotated[int, Meta(ge=0, le=86_400_000)]
+Count = Annotated[int, Meta(ge=0, le=1_000_000)]
+
+
+class ConfigError(Exception):
+    """A configuration value is missing or invalid; the message is one line for the operator."""
+
+
+class _Section(Struct, kw_only=True, forbid_unknown_fields=True):
+    """Base for config sections: unknown keys are errors, so typos never pass silently."""
+
+
+class ServerConfig(_Section):
+    """The Twilio WebSocket endpoint and the admin HTTP port (/healthz, /metrics)."""
+
+    host: str = "127.0.0.1"
+    port: Port = 8080
+    admin_host: str = "127.0.0.1"
+    admin_port: Port = 9090
+    trust_proxy_headers: bool = False
+    max_calls: Annotated[int, Meta(ge=1, le=100_000)] = 500
+    max_message_bytes: Annotated[int, Meta(ge=1024, le=16 * 1024 * 1024)] = 64 * 1024
+    protocol_error_budget: Annotated[int, Meta(ge=1, le=1_000_000)] = 20
+    allow_unsigned: bool = False
+
+
+class PoolConfig(_Section):
+    """The process-wide pool of pre-warmed RTZR sockets, leased per utterance."""
+
+    mode: Literal["pooled", "connect-per-utterance"] = "pooled"
+    spare: Annotated[int, Meta(ge=0, le=1000)] = 2
+    max_sessions: Annotated[int, Meta(ge=1, le=10_000)] = 5
+    max_idle_ms: PositiveMs = 20_000
+    max_age_ms: PositiveMs = 600_000
+    ping_interval_ms: PositiveMs = 15_000
+    token_min_remaining_ms: NonNegativeMs = 600_000
+
+
+class RtzrConfig(_Section):
+    """RTZR credentials, endpoints and the streaming query (only parameters set are sent)."""
+
+    api_base: str = "https://openapi.vito.ai"
+    ws_url: str = "wss://openapi.vito.ai/v1/transcribe:streaming"
+    client_id: str | None = None
+    client_secret: str | None = None
+    token_margin_ms: NonNegativeMs = 1_800_000
+    sample_rate: Annotated[int, Meta(ge=8000, le=48000)] = 8000
+    encoding: Literal["LINEAR16", "MULAW"] = "LINEAR16"
+    model_name: str | None = None
+    domain: Literal["CALL", "MEETING"] | None = None
+    use_itn: bool | None = None
+    use_disfluency_filter: bool | None = None
+    use_profanity_filter: bool | None = None
+    use_punctuation: bool | None = None
+    keywords: list[str] | None = None
+    language: str | None = None
+    epd_time: Annotated[float, Meta(gt=0, le=60)] | None = None
+    noise_threshold: float | None = None
+    active_threshold: float | None = None
+    max_utter_duration: Annotated[float, Meta(gt=0, le=3600)] | None = None
+    pool: PoolConfig = msgspec.field(default_factory=PoolConfig)
+
+
+class EndpointingConfig(_Section):
+    """The local endpointer: short hangover for STT; turn taking is separate (turn_ms)."""
+
+    classifier: Literal["energy", "webrtc"] = "energy"
+    sample_rate: Literal[8000, 16000] = 8000
+    start_ms: Annotated[int, Meta(ge=10, le=2000)] = 60
+    end_ms: Annotated[int, Meta(ge=20, le=5000)] = 200
+    preroll_ms: Annotated[int, Meta(ge=0, le=5000)] = 300
+    max_utterance_ms: Annotated[int, Meta(ge=1000, le=600_000)] = 30_000
+    min_utterance_ms: Annotated[int, Meta(ge=0, le=10_000)] = 0
+    turn_ms: Annotated[int, Meta(ge=0, le=60_000)] = 600
+
+
+class BudgetsConfig(_Section):
+    """Deadlines (ms) for every network await; an expiry is an error event, never a hang."""
+
+    auth: PositiveMs = 5000
+    connect: PositiveMs = 3000
+    lease: PositiveMs = 500
+    finalize: PositiveMs = 2000
+    send: PositiveMs = 1000
+    twilio_start: PositiveMs = 5000
+    drain: PositiveMs = 30_000
+
+
+class SinksConfig(_Section):
+    """Where transcript events go: JSON lines ('-' = stdout, '' = off) and an optional webhook."""
+
+    jsonl: str = "-"
+    webhook_url: str | None = None
+    webhook_secret: str | None = None
+    webhook_queue: Annotated[int, Meta(ge=1, le=1_000_000)] = 10_000
+    webhook_timeout_ms: PositiveMs = 5000
+    webhook_retries: Annotated[int, Meta(ge=0, le=100)] = 5
+
+
+class TwilioConfig(_Section):
+    """Twilio Media Streams: the signing token, the WebSocket path, and the public URL override."""
+
+    auth_token: str | None = None
+    path: str = "/twilio/media"
+    public_url: str | None = None
+    track: Literal["inbound", "outbound"] = "inbound"
+
+
+class CallConfig(_Section):
+    """Per-call pipeline: audio batching toward RTZR and the bounded buffer that protects the reader."""
+
+    send_batch_ms: Annotated[int, Meta(ge=20, le=200)] = 60
+    audio_buffer_ms: Annotated[int, Meta(ge=100, le=600_000)] = 10_000
+
+
+class LogConfig(_Section):
+    """JSON-lines logs on stderr."""
+
+    level: Literal["debug", "info", "warning", "error"] = "info"
+
+
+class Config(_Section):
+    """The whole configuration tree."""
+
+    server: ServerConfig = msgspec.field(default_factory=ServerConfig)
+    rtzr: RtzrConfig = msgspec.field(default_factory=RtzrConfig)
+    endpointing: EndpointingConfig = msgspec.field(default_factory=EndpointingConfig)
+    budgets: BudgetsConfig = msgspec.field(default_factory=BudgetsConfig)
+    sinks: SinksConfig = msgspec.field(default_factory=SinksConfig)
+    twilio: TwilioConfig = msgspec.field(default_factory=TwilioConfig)
+    call: CallConfig = msgspec.field(default_factory=CallConfig)
+    log: LogConfig = msgspec.field(default_factory=LogConfig)
+
+    def secrets(self) -> list[str]:
+        """Every secret value in the tree, so the logger can redact them."""
+        values = [
+            self.rtzr.client_secret,
+            self.twilio.auth_token,
+            self.sinks.webhook_secret,
+        ]
+        return [v for v in values if v]
+
+
+SECRET_KEYS = frozenset({"rtzr.client_secret", "twilio.auth_token", "sinks.webhook_secret"})
+
+# Environment variables with conventional names; everything else is SORI_<SECTION>_<KEY>.
+NAMED_ENV = {
+    "RTZR_CLIENT_ID": "rtzr.client_id",
+    "RTZR_CLIENT_SECRET": "rtzr.client_secret",
+    "RTZR_API_BASE": "rtzr.api_base",
+    "RTZR_WS_URL": "rtzr.ws_url",
+    "TWILIO_AUTH_TOKEN": "twilio.auth_token",
+}
+
+
+def _struct_fields(cls: type[Struct]) -> dict[str, Any]:
+    return {f.name: f.type for f in msgspec.structs.fields(cls)}
+
+
+def _is_struct_type(tp: Any) -> bool:
+    return isinstance(tp, type) and issubclass(tp, Struct)
+
+
+def resolve_key(dotted: str) -> tuple[str, ...]:
+    """Split and check ``section.key`` against the tree; raise ConfigError for an unknown key."""
+    parts = tuple(p for p in dotted.strip().split(".") if p)
+    cls: Any = Config
+    for i, part in enumerate(parts):
+        if not _is_struct_type(cls):
+            raise ConfigError(f"{dotted}: unknown key")
+        fields = _struct_fields(cls)
+        if part not in fields:
+            raise ConfigError(f"{'.'.join(parts[: i + 1])}: unknown key")
+        cls = fields[part]
+    if not parts or _is_struct_type(cls):
+        raise ConfigError(f"{dotted}: not a setting (name a key inside the section)")
+    return parts
+
+
+def _env_key(suffix: str) -> tuple[str, ...] | None:
+    """Map the part after SORI_ (e.g. RTZR_POOL_SPARE) onto the tree by walking field names."""
+    rest = suffix.lower()
+    cls: Any = Config
+    path: list[str] = []
+    while True:
+        fields = _struct_fields(cls)
+        match = None
+        for name in sorted(fields, key=len, reverse=True):
+            if rest == name and not _is_struct_type(fields[name]):
+                return (*path, name)
+            if rest.startswith(name + "_") and _is_struct_type(fields[name]):
+                match = name
+                break
+        if match is None:
+            return None
+        path.append(match)
+        rest = rest[len(match) + 1 :]
+        cls = fields[match]
+
+
+def _set(tree: dict[str, Any], parts: tuple[str, ...], value: Any) -> None:
+    node = tree
+    for part in parts[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"{'.'.join(parts)}: {part} is not a section")
+        node = child
+    node[parts[-1]] = value
+
+
+def _merge(base: dict[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in over.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def _coerce_text(parts: tuple[str, ...], text: str) -> Any:
+    """Turn a string from env/CLI into a value msgspec can convert (lists are comma-separated)."""
+    if parts == ("rtzr", "keywords"):
+        return [w.strip() for w in text.split(",") if w.strip()]
+    if text.lower() in ("none", "null") and parts[-1] not in ("path", "host"):
+        return None
+    return text
+
+
+def load_toml(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Read a TOML config file; any read or syntax problem is a one-line ConfigError."""
+    p = Path(path)
+    try:
+        with p.open("rb") as f:
+            return tomllib.load(f)
+    except FileNotFoundError:
+        raise ConfigError(f"--config {p}: file not found") from None
+    except OSError as exc:
+        raise ConfigError(f"--config {p}: cannot read ({exc.strerror})") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"--config {p}: invalid TOML ({exc})") from None
+
+
+def env_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
+    """Collect settings from the environment: the named variables and SORI_<SECTION>_<KEY>."""
+    tree: dict[str, Any] = {}
+    for name, dotted in NAMED_ENV.items():
+        if environ.get(name):
+            parts = tuple(dotted.split("."))
+            _set(tree, parts, _coerce_text(parts, environ[name]))
+    for name, text in environ.items():
+        if not name.startswith("SORI_") or name in ("SORI_CONFIG",):
+            continue
+        parts = _env_key(name[len("SORI_") :])
+        if parts is None:
+            raise ConfigError(f"{name}: unknown setting (expected SORI_<SECTION>_<KEY>)")
+        _set(tree, parts, _coerce_text(parts, text))
+    return tree
+
+
+def cli_overrides(assignments: list[str]) -> dict[str, Any]:
+    """Parse ``--set section.key=value`` assignments."""
+    tree: dict[str, Any] = {}
+    for item in assignments:
+        key, sep, text = item.partition("=")
+        if not sep:
+            raise ConfigError(f"--set {item}: expected key=value")
+        parts = resolve_key(key)
+        _set(tree, parts, _coerce_text(parts, text))
+    return tree
+
+
+def build(*layers: Mapping[str, Any]) -> Config:
+    """Merge layers (earliest first) over the defaults and validate the result."""
+    merged: dict[str, Any] = {}
+    for layer in layers:
+        merged = _merge(merged, layer)
+    try:
+        return msgspec.convert(merged, Config, strict=False)
+    except msgspec.ValidationError as exc:
+        raise ConfigError(_describe(exc)) from None
+
+
+def _describe(exc: msgspec.ValidationError) -> str:
+    """Turn msgspec's "Expected ... - at `$.a.b`" into "a.b: expected ..." (one line)."""
+    text = str(exc).replace("\n", " ")
+    reason, sep, where = text.rpartition(" - at `")
+    if not sep:
+        return text
+    key = where.rstrip("`").removeprefix("$").lstrip(".")
+    if not key:
+        return reason
+    if reason.startswith("Object contains unknown field"):
+        field = reason.split("`")[1] if "`" in reason else "?"
+        return f"{key}.{field}: unknown key"
+    return f"{key}: {reason[0].lower()}{reason[1:]}"
+
+
+def load(
+    *,
+    config_file: str | None = None,
+    environ: Mapping[str, str] | None = None,
+    cli: Mapping[str, Any] | None = None,
+) -> Config:
+    """Load the configuration from every source, later wins."""
+    env = os.environ if environ is None else environ
+    path = config_file or env.get("SORI_CONFIG")
+    file_layer = load_toml(path) if path else {}
+    return build(file_layer, env_overrides(env), dict(cli or {}))
+
+
+def redacted(config: Config) -> dict[str, Any]:
+    """The config as a plain dict with secrets replaced, safe to log."""
+    tree: dict[str, Any] = msgspec.to_builtins(config)
+    for dotted in SECRET_KEYS:
+        section, key = dotted.split(".")
+        if tree[section].get(key):
+            tree[section][key] = "***"
+    return tree
