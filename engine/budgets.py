@@ -26,7 +26,7 @@ class BudgetExpired(Exception):
 class Budget:
     """One named deadline; calling it opens a cancel scope that raises BudgetExpired on expiry."""
 
-    __slots__ = ("name", "ms")
+    __slots__ = ("ms", "name")
 
     def __init__(self, name: str, ms: int) -> None:
         self.name = name

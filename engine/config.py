@@ -91,6 +91,7 @@ class EndpointingConfig(_Section):
     preroll_ms: Annotated[int, Meta(ge=0, le=5000)] = 300
     max_utterance_ms: Annotated[int, Meta(ge=1000, le=600_000)] = 30_000
     min_utterance_ms: Annotated[int, Meta(ge=0, le=10_000)] = 0
+    frame_ms: Literal[10, 20, 30] = 10
     turn_ms: Annotated[int, Meta(ge=0, le=60_000)] = 600
 
 
@@ -268,13 +269,15 @@ def env_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
         if environ.get(name):
             parts = tuple(dotted.split("."))
             _set(tree, parts, _coerce_text(parts, environ[name]))
+    sections = tuple(f"SORI_{name.upper()}_" for name in _struct_fields(Config))
     for name, text in environ.items():
-        if not name.startswith("SORI_") or name in ("SORI_CONFIG",):
+        # Only SORI_<SECTION>_* are settings; other SORI_* variables belong to tools (SORI_CONFIG, ...).
+        if not name.startswith(sections):
             continue
-        parts = _env_key(name[len("SORI_") :])
-        if parts is None:
+        found = _env_key(name[len("SORI_") :])
+        if found is None:
             raise ConfigError(f"{name}: unknown setting (expected SORI_<SECTION>_<KEY>)")
-        _set(tree, parts, _coerce_text(parts, text))
+        _set(tree, found, _coerce_text(found, text))
     return tree
 
 
@@ -306,13 +309,13 @@ def _describe(exc: msgspec.ValidationError) -> str:
     text = str(exc).replace("\n", " ")
     reason, sep, where = text.rpartition(" - at `")
     if not sep:
-        return text
+        reason, where = text, ""
     key = where.rstrip("`").removeprefix("$").lstrip(".")
-    if not key:
-        return reason
     if reason.startswith("Object contains unknown field"):
         field = reason.split("`")[1] if "`" in reason else "?"
-        return f"{key}.{field}: unknown key"
+        return f"{key}.{field}: unknown key" if key else f"{field}: unknown key"
+    if not key:
+        return reason
     return f"{key}: {reason[0].lower()}{reason[1:]}"
 
 

@@ -66,7 +66,7 @@ class Gauge:
 class Histogram:
     """Cumulative-bucket histogram; also keeps count and sum."""
 
-    __slots__ = ("buckets", "counts", "count", "sum")
+    __slots__ = ("buckets", "count", "counts", "sum")
 
     def __init__(self, buckets: Sequence[float]) -> None:
         self.buckets = tuple(buckets)
@@ -171,7 +171,7 @@ class Registry:
 
     def value(self, name: str, *labels: str) -> float:
         """Read a counter or gauge (0 when never touched); for tests and summaries."""
-        names, values = _split(labels)
+        _names, values = _split(labels)
         fam = self._families.get(self.prefix + name)
         if fam is None:
             return 0.0

@@ -1,0 +1,52 @@
+"""Events the Endpointer emits, with sample positions on the call's timeline.
+
+Positions count samples since the start of the stream at the Endpointer's sample rate.
+Events hold numpy arrays, so they compare by identity (``eq=False``); tests compare
+their fields explicitly.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+import numpy.typing as npt
+
+Pcm = npt.NDArray[np.int16]
+EndReason = Literal["silence", "max_length", "end_of_stream"]
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class SpeechStarted:
+    """Speech confirmed (``start_ms`` of it heard): ``start`` is its first sample.
+
+    ``preroll`` is the audio in ``[preroll_start, start)``: what came just before, so the
+    recogniser hears the onset. It never reaches back into the previous utterance.
+    """
+
+    start: int
+    preroll: Pcm
+    preroll_start: int
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class SpeechAudio:
+    """Utterance audio covering ``[start, start + len(pcm))``; consecutive, never overlapping."""
+
+    start: int
+    pcm: Pcm
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class SpeechEnded:
+    """The utterance is over. ``end`` is the exclusive end of all its audio (hangover included);
+    ``last_speech_end`` the exclusive end of its last frame judged as speech, so the
+    endpoint latency is ``end - last_speech_end``."""
+
+    end: int
+    reason: EndReason
+    last_speech_end: int
+
+
+EndpointEvent = SpeechStarted | SpeechAudio | SpeechEnded
