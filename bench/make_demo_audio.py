@@ -27,7 +27,7 @@ import numpy as np
 import soxr
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from engine.audio import mulaw  # noqa: E402
+from engine.audio import mulaw
 
 RATE = 8000
 WORD_GAP_MS = 90
