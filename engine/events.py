@@ -1,0 +1,115 @@
+"""Event types sent to the application: one JSON object per event, tagged by ``type``.
+
+Every event names its call (``call_sid``, ``stream_sid``) and carries ``ts`` (Unix seconds when it was
+emitted); utterance events carry ``utterance_id`` (``<stream_sid>:<n>``). Positions (``start_ms``,
+``end_ms``) are on the call's audio timeline: ms since the first audio of the stream.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Literal
+
+import msgspec
+from msgspec import Struct
+
+
+class Latency(Struct, kw_only=True):
+    """Where the time went between the caller's last speech and the event (architecture §6)."""
+
+    endpoint_ms: float  # last speech audio → endpoint decision (the hangover)
+    lease_ms: float  # waiting for an RTZR socket; 0 on a pool hit
+    stt_ms: float  # Finalize sent → final received
+    total_ms: float  # last speech audio → event emitted
+
+
+class Word(Struct, kw_only=True):
+    text: str
+    start_ms: float
+    end_ms: float
+    confidence: float | None = None
+
+
+class Event(Struct, tag_field="type", kw_only=True):
+    """Base of every event."""
+
+    call_sid: str
+    stream_sid: str
+    ts: float = msgspec.field(default_factory=time.time)
+
+
+class CallStarted(Event, tag="call.started"):
+    account_sid: str
+    tracks: list[str]
+    custom_parameters: dict[str, str]
+    sample_rate: int
+
+
+class SpeechStarted(Event, tag="speech.started"):
+    """Sent at once when speech is confirmed (applications use it for barge-in)."""
+
+    utterance_id: str
+    start_ms: float
+
+
+class TranscriptPartial(Event, tag="transcript.partial"):
+    utterance_id: str
+    text: str
+    start_ms: float
+
+
+class TranscriptFinal(Event, tag="transcript.final"):
+    utterance_id: str
+    text: str
+    confidence: float | None
+    start_ms: float
+    end_ms: float
+    words: list[Word] | None = None
+    latency: Latency | None = None  # on the final that closes the utterance (after Finalize)
+    source: Literal["finalize", "server_endpoint", "end_of_stream"] = "finalize"
+    pool_hit: bool | None = None
+    replayed: bool = False
+
+
+class TurnEnded(Event, tag="turn.ended"):
+    """``turn_ms`` of silence after the last final: the caller has finished their turn."""
+
+    text: str
+    utterance_ids: list[str]
+    start_ms: float
+    end_ms: float
+
+
+class CallEnded(Event, tag="call.ended"):
+    reason: str
+    duration_ms: float
+    utterances: int
+    finals: int
+    audio_sent_s: float
+    frames_received: int
+    frames_filled: int
+    frames_dropped: int
+    errors: int
+
+
+class ErrorEvent(Event, tag="error"):
+    kind: str
+    message: str
+    budget: str | None = None
+    utterance_id: str | None = None
+
+
+AnyEvent = CallStarted | SpeechStarted | TranscriptPartial | TranscriptFinal | TurnEnded | CallEnded | ErrorEvent
+
+_encoder = msgspec.json.Encoder()
+_decoder: msgspec.json.Decoder[AnyEvent] = msgspec.json.Decoder(AnyEvent)
+
+
+def encode(event: Event) -> bytes:
+    """One event as compact JSON (no trailing newline)."""
+    return _encoder.encode(event)
+
+
+def decode(data: bytes | str) -> AnyEvent:
+    """Parse an event (for clients, tests and the demo)."""
+    return _decoder.decode(data)
