@@ -1,0 +1,499 @@
+"""Twilio Media Streams wire protocol, sans-IO: text frames in, typed events out.
+
+:class:`TwilioStream` is a pure state machine (no I/O, no clock). It checks the message order
+(``connected`` → ``start`` → (``media`` | ``dtmf`` | ``mark``)* → ``stop``), the ``streamSid``, the
+sequence numbers, and rebuilds the call's audio timeline from ``chunk``/``timestamp``: lost audio
+becomes μ-law silence, duplicates and late (reordered) frames are dropped and counted, so the
+concatenated ``Media.payload`` of one stream is exactly the call's timeline. Malformed input raises
+one :class:`TwilioProtocolError` (with a ``kind`` for metrics); the caller decides what to do.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Final, TypeVar
+
+import msgspec
+from msgspec import UNSET, Struct, UnsetType
+
+BYTES_PER_MS: Final = 8  # 8 kHz μ-law, one byte per sample
+FRAME_BYTES: Final = 160  # Twilio's 20 ms frame
+SILENCE: Final = 0xFF
+# A contiguous chunk whose timestamp runs ahead by more than this is a silent gap Twilio skipped.
+TIMESTAMP_TOLERANCE_MS: Final = 40
+# Remembered sequence numbers below the highest one (duplicate vs late detection).
+_SEQ_WINDOW: Final = 1024
+_MAX_INT_DIGITS: Final = 15
+_T = TypeVar("_T")
+
+
+class TwilioProtocolError(Exception):
+    """One malformed or out-of-order message. ``kind`` labels metrics; ``fatal`` ends the call."""
+
+    def __init__(self, kind: str, message: str, *, fatal: bool = False) -> None:
+        super().__init__(f"{kind}: {message}")
+        self.kind = kind
+        self.fatal = fatal
+
+
+# ---------------------------------------------------------------------------------------------
+# Wire messages (Twilio → sori). Integers travel as JSON strings, exactly as Twilio sends them.
+
+
+class _Wire(Struct, rename="camel", tag_field="event", kw_only=True):
+    """Base of every wire message: camelCase keys, the ``event`` tag, unknown fields ignored.
+
+    Optional keys Twilio may leave out are ``UNSET`` (omitted on encode), so encoding is faithful.
+    """
+
+
+class MediaFormat(Struct, rename="camel"):
+    encoding: str = "audio/x-mulaw"
+    sample_rate: int = 8000
+    channels: int = 1
+
+
+class StartInfo(Struct, rename="camel"):
+    stream_sid: str
+    account_sid: str = ""
+    call_sid: str = ""
+    tracks: list[str] = msgspec.field(default_factory=lambda: ["inbound"])
+    custom_parameters: dict[str, str] = msgspec.field(default_factory=dict)
+    media_format: MediaFormat = msgspec.field(default_factory=MediaFormat)
+
+
+class InboundMedia(Struct, rename="camel"):
+    chunk: str
+    timestamp: str
+    payload: bytes  # base64 on the wire; msgspec validates and decodes it
+    track: str = "inbound"
+
+
+class DtmfInfo(Struct, rename="camel"):
+    digit: str
+    track: str = "inbound_track"
+
+
+class MarkInfo(Struct, rename="camel"):
+    name: str
+
+
+class StopInfo(Struct, rename="camel"):
+    account_sid: str = ""
+    call_sid: str = ""
+
+
+class ConnectedMessage(_Wire, tag="connected"):
+    protocol: str = "Call"
+    version: str = "1.0.0"
+
+
+class StartMessage(_Wire, tag="start", kw_only=True):
+    sequence_number: str | UnsetType = UNSET
+    stream_sid: str
+    start: StartInfo
+
+
+class MediaMessage(_Wire, tag="media", kw_only=True):
+    sequence_number: str | UnsetType = UNSET
+    stream_sid: str
+    media: InboundMedia
+
+
+class DtmfMessage(_Wire, tag="dtmf", kw_only=True):
+    sequence_number: str | UnsetType = UNSET
+    stream_sid: str
+    dtmf: DtmfInfo
+
+
+class MarkMessage(_Wire, tag="mark", kw_only=True):
+    sequence_number: str | UnsetType = UNSET
+    stream_sid: str
+    mark: MarkInfo
+
+
+class StopMessage(_Wire, tag="stop", kw_only=True):
+    sequence_number: str | UnsetType = UNSET
+    stream_sid: str
+    stop: StopInfo = msgspec.field(default_factory=StopInfo)
+
+
+InboundMessage = ConnectedMessage | StartMessage | MediaMessage | DtmfMessage | MarkMessage | StopMessage
+
+# ---------------------------------------------------------------------------------------------
+# Wire messages (sori → Twilio), bidirectional streams only.
+
+
+class OutboundPayload(Struct):
+    payload: bytes
+
+
+class OutboundMedia(_Wire, tag="media"):
+    stream_sid: str
+    media: OutboundPayload
+
+
+class OutboundMark(_Wire, tag="mark"):
+    stream_sid: str
+    mark: MarkInfo
+
+
+class OutboundClear(_Wire, tag="clear"):
+    stream_sid: str
+
+
+OutboundMessage = OutboundMedia | OutboundMark | OutboundClear
+
+_encoder = msgspec.json.Encoder()
+_inbound_decoder: msgspec.json.Decoder[InboundMessage] = msgspec.json.Decoder(InboundMessage)
+_outbound_decoder: msgspec.json.Decoder[OutboundMessage] = msgspec.json.Decoder(OutboundMessage)
+
+
+class _EventName(Struct):
+    event: str = ""
+
+
+_event_name_decoder = msgspec.json.Decoder(_EventName)
+
+
+def encode(message: InboundMessage | OutboundMessage) -> str:
+    """Any wire message → its JSON text frame."""
+    return _encoder.encode(message).decode()
+
+
+def encode_media(stream_sid: str, mulaw: bytes) -> str:
+    """sori → Twilio audio (μ-law 8 kHz mono, no header)."""
+    return encode(OutboundMedia(stream_sid=stream_sid, media=OutboundPayload(payload=mulaw)))
+
+
+def encode_mark(stream_sid: str, name: str) -> str:
+    """sori → Twilio: echo ``name`` back when everything queued before it has played."""
+    return encode(OutboundMark(stream_sid=stream_sid, mark=MarkInfo(name=name)))
+
+
+def encode_clear(stream_sid: str) -> str:
+    """sori → Twilio: drop queued audio (Twilio then echoes every pending mark)."""
+    return encode(OutboundClear(stream_sid=stream_sid))
+
+
+def decode_inbound(text: str | bytes) -> InboundMessage:
+    """One Twilio → sori frame → its wire Struct (raises :class:`TwilioProtocolError`)."""
+    return _decode(_inbound_decoder, text)
+
+
+def decode_outbound(text: str | bytes) -> OutboundMessage:
+    """One sori → Twilio frame → its wire Struct (the simulator's side)."""
+    return _decode(_outbound_decoder, text)
+
+
+def _decode(decoder: msgspec.json.Decoder[_T], text: str | bytes) -> _T:
+    try:
+        return decoder.decode(text)
+    except msgspec.ValidationError as exc:
+        reason = str(exc)
+        if reason.startswith("Invalid value") and reason.endswith("`$.event`"):
+            raise TwilioProtocolError("unknown_event", _event_label(text)) from None
+        kind = "base64" if "base64" in reason else "schema"
+        raise TwilioProtocolError(kind, reason) from None
+    except msgspec.DecodeError as exc:
+        raise TwilioProtocolError("json", str(exc)) from None
+
+
+def _event_label(text: str | bytes) -> str:
+    try:
+        return _event_name_decoder.decode(text).event[:64] or "<missing>"
+    except msgspec.DecodeError:
+        return "<invalid>"
+
+
+# ---------------------------------------------------------------------------------------------
+# Events (what the rest of sori sees).
+
+
+class Connected(Struct, frozen=True):
+    protocol: str
+    version: str
+
+
+class Started(Struct, frozen=True):
+    stream_sid: str
+    call_sid: str
+    account_sid: str
+    tracks: tuple[str, ...]
+    custom_parameters: dict[str, str]
+    media_format: MediaFormat
+
+
+class Media(Struct, frozen=True, gc=False):
+    """μ-law audio of the selected track, in timeline order; ``filled`` marks synthesized silence."""
+
+    payload: bytes
+    timestamp_ms: int  # call-timeline ms of the first byte
+    filled: bool = False
+    offset: int = 0  # sample (byte) index in the stream's timeline, 0 at the first media frame
+
+
+class Dtmf(Struct, frozen=True):
+    digit: str
+
+
+class Mark(Struct, frozen=True):
+    name: str
+
+
+class Stopped(Struct, frozen=True):
+    call_sid: str = ""
+
+
+TwilioEvent = Connected | Started | Media | Dtmf | Mark | Stopped
+
+
+@dataclass(slots=True)
+class StreamStats:
+    """Counters of one stream; the server turns them into metrics."""
+
+    messages: int = 0
+    frames: int = 0  # media frames of the selected track accepted
+    bytes: int = 0  # real audio bytes accepted
+    filled_frames: int = 0  # gaps filled (one per gap)
+    filled_bytes: int = 0
+    duplicates: int = 0
+    reordered: int = 0
+    sequence_gaps: int = 0  # missing sequence numbers
+    timestamp_jumps: int = 0  # contiguous chunk but the timestamp ran ahead
+    resyncs: int = 0  # gaps larger than max_gap_ms: timeline re-based instead of filled
+    other_track_frames: int = 0
+    unknown_events: int = 0
+    dtmf: int = 0
+    marks: int = 0
+    errors: int = 0
+    missing_connected: bool = False
+    unknown_event_names: set[str] = field(default_factory=set)
+    unknown_fields: set[str] = field(default_factory=set)
+
+
+class _Timeline:
+    """Places one track's media frames by chunk/timestamp; fills gaps, drops late frames."""
+
+    __slots__ = ("first_ts", "max_gap_bytes", "missing", "next_chunk", "pos")
+
+    def __init__(self, max_gap_ms: int) -> None:
+        self.first_ts: int | None = None
+        self.next_chunk = 0
+        self.pos = 0  # bytes emitted so far (real + filled)
+        self.max_gap_bytes = max_gap_ms * BYTES_PER_MS
+        self.missing: set[int] = set()  # chunk numbers filled with silence (to tell late from duplicate)
+
+    def place(self, chunk: int, ts: int, payload: bytes, stats: StreamStats) -> list[TwilioEvent]:
+        if self.first_ts is None:
+            self.first_ts = ts
+            self.next_chunk = chunk + 1
+            return self._emit(payload, stats)
+        if chunk < self.next_chunk:
+            if chunk in self.missing:
+                self.missing.discard(chunk)
+                stats.reordered += 1
+            else:
+                stats.duplicates += 1
+            return []
+        out: list[TwilioEvent] = []
+        gap = (ts - self.first_ts) * BYTES_PER_MS - self.pos
+        skipped = chunk - self.next_chunk
+        if gap > self.max_gap_bytes:
+            # Far beyond any real network stall: re-base instead of synthesizing minutes of silence.
+            stats.resyncs += 1
+            self.first_ts = ts - self.pos // BYTES_PER_MS
+            gap = 0
+        elif skipped == 0 and gap > TIMESTAMP_TOLERANCE_MS * BYTES_PER_MS:
+            stats.timestamp_jumps += 1
+        elif skipped == 0:
+            gap = 0
+        if skipped:
+            if len(self.missing) > _SEQ_WINDOW:
+                self.missing.clear()
+            self.missing.update(range(self.next_chunk, chunk) if skipped <= _SEQ_WINDOW else ())
+        if gap > 0:
+            out.append(self._media(bytes([SILENCE]) * gap, filled=True))
+            stats.filled_frames += 1
+            stats.filled_bytes += gap
+        self.next_chunk = chunk + 1
+        out.extend(self._emit(payload, stats))
+        return out
+
+    def _emit(self, payload: bytes, stats: StreamStats) -> list[TwilioEvent]:
+        stats.frames += 1
+        stats.bytes += len(payload)
+        if not payload:
+            return []
+        return [self._media(payload, filled=False)]
+
+    def _media(self, payload: bytes, *, filled: bool) -> Media:
+        assert self.first_ts is not None
+        event = Media(payload, self.first_ts + self.pos // BYTES_PER_MS, filled, self.pos)
+        self.pos += len(payload)
+        return event
+
+
+def _parse_uint(value: str, what: str) -> int:
+    if not (0 < len(value) <= _MAX_INT_DIGITS and value.isascii() and value.isdigit()):
+        raise TwilioProtocolError("schema", f"{what} must be a string of digits, got {value[:32]!r}")
+    return int(value)
+
+
+_KNOWN_FIELDS: dict[str, set[str]] = {}
+
+
+class TwilioStream:
+    """One Twilio Media Stream as a state machine: ``receive_text(frame) -> [events]``."""
+
+    def __init__(self, max_message_bytes: int = 64 * 1024, track: str = "inbound", *, max_gap_ms: int = 10_000) -> None:
+        self.max_message_bytes = max_message_bytes
+        self.track = track
+        self.stats = StreamStats()
+        self.state = "idle"  # idle → connected → started → stopped
+        self.started: Started | None = None
+        self._timeline = _Timeline(max_gap_ms)
+        self._highest_seq = 0
+        self._seen = 0  # bit i set = sequence number (highest - i) seen
+        self._checked_fields: set[str] = set()
+
+    @property
+    def stream_sid(self) -> str | None:
+        return self.started.stream_sid if self.started else None
+
+    def receive_text(self, text: str | bytes) -> list[TwilioEvent]:
+        """Feed one WebSocket message (``bytes`` = a binary frame, which Twilio never sends)."""
+        if isinstance(text, (bytes, bytearray, memoryview)):
+            self.stats.errors += 1
+            raise TwilioProtocolError("binary", "binary frame (Twilio sends text frames only)")
+        try:
+            return self._receive(text)
+        except TwilioProtocolError as exc:
+            if exc.kind == "unknown_event":
+                self.stats.unknown_events += 1
+                self.stats.unknown_event_names.add(str(exc).partition(": ")[2])
+                return []
+            self.stats.errors += 1
+            raise
+
+    def _receive(self, text: str) -> list[TwilioEvent]:
+        if len(text) > self.max_message_bytes:
+            raise TwilioProtocolError("oversized", f"message of {len(text)} chars > {self.max_message_bytes}")
+        msg = decode_inbound(text)
+        self.stats.messages += 1
+        tag = type(msg).__struct_config__.tag
+        if isinstance(tag, str) and tag not in self._checked_fields:
+            self._checked_fields.add(tag)
+            self._note_unknown_fields(text, type(msg))
+        if isinstance(msg, MediaMessage):
+            return self._on_media(msg)
+        if isinstance(msg, ConnectedMessage):
+            if self.state != "idle":
+                raise TwilioProtocolError("order", f"connected in state {self.state}")
+            self.state = "connected"
+            return [Connected(msg.protocol, msg.version)]
+        if isinstance(msg, StartMessage):
+            return self._on_start(msg)
+        self._check_stream(msg.stream_sid, tag)
+        if not self._check_sequence(msg.sequence_number, late_counts=True):
+            return []
+        if isinstance(msg, DtmfMessage):
+            self.stats.dtmf += 1
+            return [Dtmf(msg.dtmf.digit)]
+        if isinstance(msg, MarkMessage):
+            self.stats.marks += 1
+            return [Mark(msg.mark.name)]
+        self.state = "stopped"
+        return [Stopped(msg.stop.call_sid)]
+
+    def _on_start(self, msg: StartMessage) -> list[TwilioEvent]:
+        if self.state not in ("idle", "connected"):
+            raise TwilioProtocolError("order", f"start in state {self.state}")
+        info = msg.start
+        fmt = info.media_format
+        if fmt.encoding != "audio/x-mulaw" or fmt.sample_rate != 8000 or fmt.channels != 1:
+            raise TwilioProtocolError(
+                "format", f"unsupported media format {fmt.encoding} {fmt.sample_rate} Hz x{fmt.channels}", fatal=True
+            )
+        if info.stream_sid and msg.stream_sid and info.stream_sid != msg.stream_sid:
+            raise TwilioProtocolError("stream_sid", "start.streamSid differs from the message's streamSid")
+        if msg.sequence_number is not UNSET:
+            self._highest_seq = _parse_uint(msg.sequence_number, "sequenceNumber")
+            self._seen = 1
+        self.stats.missing_connected = self.state == "idle"
+        self.state = "started"
+        self.started = Started(
+            stream_sid=msg.stream_sid or info.stream_sid,
+            call_sid=info.call_sid,
+            account_sid=info.account_sid,
+            tracks=tuple(info.tracks),
+            custom_parameters=dict(info.custom_parameters),
+            media_format=fmt,
+        )
+        return [self.started]
+
+    def _on_media(self, msg: MediaMessage) -> list[TwilioEvent]:
+        self._check_stream(msg.stream_sid, "media")
+        media = msg.media
+        chunk = _parse_uint(media.chunk, "media.chunk")
+        ts = _parse_uint(media.timestamp, "media.timestamp")
+        if not self._check_sequence(msg.sequence_number, late_counts=False):
+            return []
+        if media.track != self.track:
+            self.stats.other_track_frames += 1
+            return []
+        return self._timeline.place(chunk, ts, media.payload, self.stats)
+
+    def _check_stream(self, stream_sid: str, what: Any) -> None:
+        if self.state != "started":
+            raise TwilioProtocolError("order", f"{what} in state {self.state}")
+        assert self.started is not None
+        if stream_sid != self.started.stream_sid:
+            raise TwilioProtocolError("stream_sid", f"{what} for another streamSid")
+
+    def _check_sequence(self, value: str | UnsetType, *, late_counts: bool) -> bool:
+        """True when the message is new; duplicates return False (counted), late ones pass."""
+        if isinstance(value, UnsetType):
+            return True
+        seq = _parse_uint(value, "sequenceNumber")
+        high = self._highest_seq
+        if seq > high:
+            if seq > high + 1:
+                self.stats.sequence_gaps += seq - high - 1
+            shift = seq - high
+            self._seen = ((self._seen << shift) | 1) & ((1 << _SEQ_WINDOW) - 1) if shift < _SEQ_WINDOW else 1
+            self._highest_seq = seq
+            return True
+        back = high - seq
+        if back >= _SEQ_WINDOW or self._seen >> back & 1:
+            self.stats.duplicates += 1
+            return False
+        self._seen |= 1 << back
+        if late_counts:
+            self.stats.reordered += 1
+        return True
+
+    def _note_unknown_fields(self, text: str, struct_type: type[Struct]) -> None:
+        """On the first message of each kind, record keys Twilio added that we do not know."""
+        try:
+            raw = msgspec.json.decode(text)
+        except msgspec.DecodeError:
+            return
+        if isinstance(raw, dict):
+            _collect_unknown(raw, struct_type, "", self.stats.unknown_fields)
+
+
+def _collect_unknown(raw: dict[str, Any], struct_type: type[Struct], prefix: str, out: set[str]) -> None:
+    fields = {f.encode_name: f for f in msgspec.structs.fields(struct_type)}
+    tag_field = struct_type.__struct_config__.tag_field
+    for key, value in raw.items():
+        if key == tag_field:
+            continue
+        info = fields.get(key)
+        if info is None:
+            if len(out) < 64:
+                out.add(prefix + key[:64])
+            continue
+        sub = info.type
+        if isinstance(value, dict) and isinstance(sub, type) and issubclass(sub, Struct):
+            _collect_unknown(value, sub, f"{prefix}{key}.", out)
