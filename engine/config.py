@@ -54,6 +54,9 @@ class PoolConfig(_Section):
     max_age_ms: PositiveMs = 600_000
     ping_interval_ms: PositiveMs = 15_000
     token_min_remaining_ms: NonNegativeMs = 600_000
+    final_cover_slack_ms: NonNegativeMs = 1000
+    close_timeout_ms: PositiveMs = 1000
+    open_retry_max_ms: PositiveMs = 30_000
 
 
 class RtzrConfig(_Section):
@@ -64,6 +67,8 @@ class RtzrConfig(_Section):
     client_id: str | None = None
     client_secret: str | None = None
     token_margin_ms: NonNegativeMs = 1_800_000
+    auth_retry_base_ms: PositiveMs = 500
+    auth_retry_max_ms: PositiveMs = 30_000
     sample_rate: Annotated[int, Meta(ge=8000, le=48000)] = 8000
     encoding: Literal["LINEAR16", "MULAW"] = "LINEAR16"
     model_name: str | None = None

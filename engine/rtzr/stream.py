@@ -1,0 +1,338 @@
+"""One RTZR streaming socket on trio-websocket: handshake, audio, Finalize/EOS, reader, pings.
+
+The socket's whole life is one task (started in the caller's nursery, normally the pool's): it
+connects, reports started, then reads and routes results until the socket closes. Results go to
+whichever lessee is attached (:meth:`RtzrSocket.attach`); a socket that dies tells that lessee
+with :class:`RtzrSocketLost`. Bookkeeping (pending audio, seq, timeline) is the sans-IO
+:class:`UtteranceTracker`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+
+import trio
+from trio_websocket import (
+    ConnectionClosed,
+    ConnectionRejected,
+    ConnectionTimeout,
+    HandshakeError,
+    WebSocketConnection,
+    open_websocket_url,
+)
+
+from engine.budgets import BudgetExpired, Budgets
+from engine.config import RtzrConfig
+from engine.log import get_logger
+from engine.metrics import Registry
+from engine.rtzr.auth import Token, TokenManager
+from engine.rtzr.protocol import (
+    EOS,
+    FINALIZE,
+    LeaseResult,
+    RtzrProtocolError,
+    RtzrServerError,
+    UtteranceTracker,
+    build_query,
+    bytes_per_ms,
+    decode_server_message,
+)
+
+log = get_logger(__name__)
+
+MAX_MESSAGE_BYTES = 1 << 20
+
+
+class RtzrConnectError(Exception):
+    """A socket could not be opened (network error, bad handshake)."""
+
+
+class RtzrHandshakeError(RtzrConnectError):
+    """The server rejected the WebSocket upgrade with an HTTP status."""
+
+    def __init__(self, status: int, detail: str = "") -> None:
+        super().__init__(f"RTZR rejected the stream: HTTP {status}{': ' + detail if detail else ''}")
+        self.status = status
+
+
+class RtzrSaturated(RtzrHandshakeError):
+    """HTTP 429: the organisation's concurrent-session limit (or usage quota) is reached."""
+
+
+class RtzrSocketLost(Exception):
+    """The socket died (closed, in-band error, protocol error, finalize timeout) before the final."""
+
+
+class _Lost:
+    __slots__ = ("reason",)
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+
+
+LeaseItem = LeaseResult | _Lost
+
+
+def _rejection(exc: ConnectionRejected) -> RtzrHandshakeError:
+    body = (exc.body or b"")[:200].decode("utf-8", "replace")
+    if exc.status_code == 429:
+        return RtzrSaturated(429, body)
+    return RtzrHandshakeError(exc.status_code, body)
+
+
+class RtzrSocket:
+    """One RTZR WebSocket. Create with :meth:`connect`; close with :meth:`close`."""
+
+    def __init__(
+        self, config: RtzrConfig, tokens: TokenManager, budgets: Budgets, metrics: Registry, *, query: str | None = None
+    ) -> None:
+        self._config = config
+        self._tokens = tokens
+        self._budgets = budgets
+        self._query = query if query is not None else build_query(config)
+        self.tracker = UtteranceTracker(bytes_per_ms(config), cover_slack_ms=config.pool.final_cover_slack_ms)
+        self._ws: WebSocketConnection | None = None
+        self._scope = trio.CancelScope()
+        self._closed = trio.Event()
+        self._done = trio.Event()
+        self._send_lock = trio.Lock()
+        self._sink: trio.MemorySendChannel[LeaseItem] | None = None
+        self.opened_at = trio.current_time()
+        self.last_used = self.opened_at
+        self.token_expire_at = math.inf
+        self.handshake_ms = 0.0
+        self.close_reason = ""
+        self.bad = False  # state uncertain: never hand it out again
+        self.eos_sent = False
+        self._handshake_hist = metrics.histogram("rtzr_handshake_ms", "RTZR WebSocket handshake time")
+        self._metrics = metrics
+
+    # ------------------------------------------------------------------ lifecycle
+
+    @classmethod
+    async def connect(
+        cls,
+        config: RtzrConfig,
+        tokens: TokenManager,
+        budgets: Budgets,
+        metrics: Registry,
+        nursery: trio.Nursery,
+        *,
+        query: str | None = None,
+    ) -> RtzrSocket:
+        """Open a socket whose reader runs in ``nursery``; raises RtzrConnectError / BudgetExpired."""
+        sock = cls(config, tokens, budgets, metrics, query=query)
+        await nursery.start(sock._run)
+        return sock
+
+    @property
+    def bytes_sent(self) -> int:
+        return self.tracker.bytes_sent
+
+    @property
+    def is_open(self) -> bool:
+        return self._ws is not None and not self._closed.is_set()
+
+    @property
+    def usable(self) -> bool:
+        """Open, healthy, and with no audio awaiting a final: safe for a new lessee."""
+        return self.is_open and not self.bad and not self.eos_sent and not self.tracker.pending
+
+    async def wait_closed(self) -> None:
+        await self._closed.wait()
+
+    async def _token(self) -> Token:
+        with self._budgets.connect():
+            return await self._tokens.get()
+
+    async def _run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        started = False
+        url = f"{self._config.ws_url}?{self._query}"
+        try:
+            with self._scope:
+                token = await self._token()
+                for attempt in (0, 1):
+                    headers = [(b"Authorization", f"Bearer {token.value}".encode())]
+                    t0 = trio.current_time()
+                    try:
+                        async with open_websocket_url(
+                            url,
+                            extra_headers=headers,
+                            message_queue_size=64,
+                            max_message_size=MAX_MESSAGE_BYTES,
+                            connect_timeout=self._budgets.connect.seconds,
+                            disconnect_timeout=self._config.pool.close_timeout_ms / 1000.0,
+                        ) as ws:
+                            self.handshake_ms = (trio.current_time() - t0) * 1000.0
+                            self._handshake_hist.observe(self.handshake_ms)
+                            self._ws = ws
+                            self.opened_at = self.last_used = trio.current_time()
+                            self.token_expire_at = token.expire_at
+                            started = True
+                            task_status.started()
+                            await self._serve(ws)
+                        return
+                    except ConnectionRejected as exc:
+                        if exc.status_code == 401 and attempt == 0:
+                            log.info("rtzr_handshake_401_refreshing")
+                            with self._budgets.connect():
+                                token = await self._tokens.invalidate_and_refresh(token)
+                            continue
+                        raise _rejection(exc) from None
+        except (ConnectionClosed, HandshakeError, OSError, trio.BrokenResourceError) as exc:
+            if not started:
+                if isinstance(exc, ConnectionTimeout):
+                    raise BudgetExpired("connect", self._budgets.connect.ms) from None
+                raise RtzrConnectError(f"cannot open RTZR stream: {type(exc).__name__}: {exc}") from None
+            self._lose(f"{type(exc).__name__}: {exc}")
+        except Exception as exc:
+            if not started:
+                raise
+            log.error("rtzr_socket_failed", exc=exc)
+            self._lose(f"{type(exc).__name__}: {exc}")
+        finally:
+            self._lose(self.close_reason or "closed")
+            self._done.set()
+
+    async def _serve(self, ws: WebSocketConnection) -> None:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._pinger, ws)
+            try:
+                await self._reader(ws)
+            finally:
+                nursery.cancel_scope.cancel()
+
+    async def _reader(self, ws: WebSocketConnection) -> None:
+        """Decode every server message and route it to the attached lessee."""
+        while True:
+            try:
+                message = await ws.get_message()
+            except ConnectionClosed as exc:
+                reason = exc.reason
+                self._lose(f"closed by server: {reason.code if reason else '?'} {reason.reason if reason else ''}")
+                return
+            try:
+                decoded = decode_server_message(message)
+            except RtzrProtocolError as exc:
+                self._metrics.counter("rtzr_socket_errors_total", "RTZR socket failures", "kind=protocol").inc()
+                self._lose(f"protocol error: {exc}")
+                return
+            if isinstance(decoded, RtzrServerError):
+                self._metrics.counter("rtzr_socket_errors_total", "RTZR socket failures", "kind=server").inc()
+                self._lose(f"server error {decoded.code or ''}: {decoded.message}")
+                return
+            mapped = self.tracker.on_result(decoded)
+            if mapped is not None and self._sink is not None:
+                try:
+                    self._sink.send_nowait(mapped)
+                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    self._sink = None
+
+    async def _pinger(self, ws: WebSocketConnection) -> None:
+        interval = self._config.pool.ping_interval_ms / 1000.0
+        n = 0
+        while True:
+            await trio.sleep(interval)
+            n += 1
+            with trio.move_on_after(self._budgets.send.seconds) as scope:
+                try:
+                    await ws.ping(n.to_bytes(8, "big"))
+                except ConnectionClosed:
+                    return
+            if scope.cancelled_caught:
+                self._lose("ping timeout")
+                return
+
+    def _lose(self, reason: str) -> None:
+        """Mark the socket dead, tell the lessee, and stop the socket task."""
+        if self._closed.is_set():
+            return
+        self.close_reason = self.close_reason or reason
+        self.bad = True
+        self._closed.set()
+        if self._sink is not None:
+            with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+                self._sink.send_nowait(_Lost(self.close_reason))
+            self._sink.close()
+            self._sink = None
+        log.info("rtzr_socket_closed", reason=self.close_reason, bytes_sent=self.bytes_sent)
+        self._scope.cancel()
+
+    async def close(self, *, eos: bool = True) -> None:
+        """Close: EOS first (the server answers pending audio, then closes), all under a shielded deadline."""
+        timeout = self._config.pool.close_timeout_ms / 1000.0
+        with trio.move_on_after(timeout, shield=True):
+            if eos and self.is_open and not self.eos_sent:
+                try:
+                    await self.end()
+                    await self._closed.wait()
+                except (RtzrSocketLost, BudgetExpired):
+                    pass
+            self.close_reason = self.close_reason or "closed by client"
+            self._lose(self.close_reason)
+            await self._done.wait()
+
+    # ------------------------------------------------------------------ lessee side
+
+    def attach(self) -> trio.MemoryReceiveChannel[LeaseItem]:
+        """Start a lease: its timeline begins at the current byte offset; returns its result stream."""
+        send, receive = trio.open_memory_channel[LeaseItem](math.inf)
+        if self._sink is not None:
+            self._sink.close()
+        self.tracker.begin_lease()
+        self._sink = send
+        self.last_used = trio.current_time()
+        if self._closed.is_set():
+            send.send_nowait(_Lost(self.close_reason))
+            send.close()
+            self._sink = None
+        return receive
+
+    def detach(self) -> None:
+        if self._sink is not None:
+            self._sink.close()
+            self._sink = None
+        self.last_used = trio.current_time()
+
+    async def _send(self, message: bytes | str) -> None:
+        ws = self._ws
+        if ws is None or self._closed.is_set():
+            raise RtzrSocketLost(self.close_reason or "socket not open")
+        try:
+            with self._budgets.send():
+                async with self._send_lock:
+                    await ws.send_message(message)
+        except ConnectionClosed:
+            self._lose("closed while sending")
+            raise RtzrSocketLost(self.close_reason) from None
+        except BudgetExpired:
+            self._lose("send timeout")
+            raise
+        self.last_used = trio.current_time()
+
+    async def send_audio(self, pcm: bytes) -> None:
+        """Send audio in the configured encoding (LINEAR16 little-endian, or MULAW passthrough)."""
+        if not pcm:
+            return
+        if self.eos_sent:
+            raise RtzrSocketLost("EOS already sent")
+        self.tracker.audio_sent(len(pcm))
+        await self._send(pcm)
+
+    async def finalize(self) -> bool:
+        """Send Finalize if audio is pending; returns whether a final is now expected."""
+        if not self.tracker.finalize_sent():
+            return False
+        await self._send(FINALIZE)
+        return True
+
+    async def end(self) -> None:
+        """Send EOS: the server sends the pending final and closes the socket."""
+        if self.tracker.pending:
+            self.tracker.finalize_sent()
+        self.eos_sent = True
+        await self._send(EOS)
+
+    def age_s(self, now: float) -> float:
+        return now - self.opened_at
