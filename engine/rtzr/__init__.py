@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from engine.rtzr.auth import RtzrAuthError, Token, TokenManager
+from engine.rtzr.pool import Lease, RtzrPool
 from engine.rtzr.protocol import (
     EOS,
     FINALIZE,
@@ -18,17 +20,28 @@ from engine.rtzr.protocol import (
     decode_server_message,
     parse_query,
 )
+from engine.rtzr.stream import RtzrConnectError, RtzrHandshakeError, RtzrSaturated, RtzrSocket, RtzrSocketLost
 
 __all__ = [
     "EOS",
     "FINALIZE",
     "Alternative",
+    "Lease",
     "LeaseResult",
+    "RtzrAuthError",
+    "RtzrConnectError",
+    "RtzrHandshakeError",
+    "RtzrPool",
     "RtzrProtocolError",
     "RtzrQueryError",
     "RtzrResult",
+    "RtzrSaturated",
     "RtzrServerError",
+    "RtzrSocket",
+    "RtzrSocketLost",
     "StreamingQuery",
+    "Token",
+    "TokenManager",
     "UtteranceTracker",
     "Word",
     "build_query",
