@@ -14,6 +14,9 @@ import msgspec
 from msgspec import Struct
 
 
+FinalSource = Literal["finalize", "server_endpoint", "end_of_stream"]
+
+
 class Latency(Struct, kw_only=True):
     """Where the time went between the caller's last speech and the event (architecture §6)."""
 
@@ -66,7 +69,7 @@ class TranscriptFinal(Event, tag="transcript.final"):
     end_ms: float
     words: list[Word] | None = None
     latency: Latency | None = None  # on the final that closes the utterance (after Finalize)
-    source: Literal["finalize", "server_endpoint", "end_of_stream"] = "finalize"
+    source: FinalSource = "finalize"
     pool_hit: bool | None = None
     replayed: bool = False
 

@@ -1,0 +1,380 @@
+"""The per-call pipeline: Twilio audio → μ-law decode → resample → Endpointer → pooled RTZR utterances.
+
+The Twilio reader calls :meth:`Call.on_event` synchronously for every frame: decoding, resampling and
+endpointing run inline (microseconds), and audio toward RTZR goes into the utterance's buffer, so the
+reader never waits on STT. Each utterance is transcribed by its own task in the call's nursery: lease
+a socket, stream the audio in batches, ``Finalize`` at the endpoint, wait for the final under
+``budgets.finalize``. The audio is kept until the final arrives; a socket that dies first is replaced
+and the audio replayed once, then the utterance becomes an ``error`` event. Nothing is lost silently.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+import trio
+
+from engine import events as ev
+from engine.audio import mulaw
+from engine.audio.resample import Resampler
+from engine.budgets import BudgetExpired, Budgets
+from engine.config import Config
+from engine.endpointing import Endpointer, SpeechAudio, SpeechEnded, SpeechStarted, make_classifier
+from engine.log import get_logger
+from engine.metrics import Registry
+from engine.rtzr.protocol import LeaseResult
+from engine.rtzr.stream import RtzrConnectError, RtzrSocketLost
+from engine.turns import TurnTracker
+from engine.twilio.protocol import Media, Started, TwilioEvent
+from engine.utterance import UtteranceAudio
+
+log = get_logger(__name__)
+
+TWILIO_RATE = 8000
+
+
+class Emit(Protocol):
+    def __call__(self, event: ev.Event) -> None: ...
+
+
+class LeaseLike(Protocol):
+    """What an utterance needs from a leased RTZR socket (engine.rtzr.pool.Lease)."""
+
+    lease_ms: float
+    pool_hit: bool
+
+    @property
+    def has_pending(self) -> bool: ...
+
+    async def send_audio(self, pcm: bytes) -> None: ...
+    async def finalize(self) -> bool: ...
+    async def receive(self) -> LeaseResult: ...
+
+
+class PoolLike(Protocol):
+    def lease(self) -> Any: ...
+
+
+@dataclass(slots=True)
+class Utterance:
+    """State of one utterance: positions on the call timeline and what it has produced."""
+
+    index: int
+    uid: str
+    audio_start_ms: float  # first pre-roll sample, on the call timeline
+    speech_start_ms: float
+    audio: UtteranceAudio = field(default_factory=UtteranceAudio)
+    reason: str = ""
+    endpoint_ms: float = 0.0
+    ended_at: float = 0.0  # trio clock when the endpoint was decided
+    end_ms: float = 0.0
+    overflowed: bool = False
+    finals_emitted_until_ms: float = -1.0
+
+
+@dataclass(slots=True)
+class CallStats:
+    frames_received: int = 0
+    frames_filled: int = 0
+    frames_dropped: int = 0
+    utterances: int = 0
+    finals: int = 0
+    errors: int = 0
+    bytes_sent: int = 0
+    replays: int = 0
+
+
+class Call:
+    """One Twilio stream's pipeline (the server's CallHandler)."""
+
+    def __init__(
+        self,
+        started: Started,
+        *,
+        config: Config,
+        pool: PoolLike,
+        emit: Emit,
+        metrics: Registry,
+        budgets: Budgets,
+        frame_hook: Callable[[np.ndarray[Any, np.dtype[np.int16]]], None] | None = None,
+    ) -> None:
+        self.started = started
+        self.config = config
+        self.pool = pool
+        self.emit = emit
+        self.metrics = metrics
+        self.budgets = budgets
+        self.frame_hook = frame_hook
+        self.call_sid = started.call_sid
+        self.stream_sid = started.stream_sid
+        self.stats = CallStats()
+        ep_cfg = config.endpointing
+        self.ep_rate = ep_cfg.sample_rate
+        self.stt_rate = config.rtzr.sample_rate
+        self.stt_mulaw = config.rtzr.encoding == "MULAW"
+        self.to_endpointer = Resampler(TWILIO_RATE, self.ep_rate)
+        self.endpointer = Endpointer(ep_cfg, classifier=make_classifier(ep_cfg.classifier, self.ep_rate))
+        self.turns = TurnTracker(ep_cfg.turn_ms)
+        self.stt_bytes_per_ms = self.stt_rate * (1 if self.stt_mulaw else 2) / 1000
+        self.batch_bytes = int(config.call.send_batch_ms * self.stt_bytes_per_ms)
+        self.buffer_limit_bytes = int(config.call.audio_buffer_ms * self.stt_bytes_per_ms)
+        self._current: Utterance | None = None
+        self._to_stt: Resampler | None = None
+        self._open: list[tuple[Utterance, list[int]]] = []  # utterance and its [bytes sent] cell
+        self._spawn_send, self._spawn_recv = trio.open_memory_channel[tuple[Utterance, list[int]]](math.inf)
+        self._closed_reason: str | None = None
+        self._started_at = trio.current_time()
+        self._m_overflow = metrics.counter("call_audio_overflow_total", "utterance audio dropped: RTZR slower than real time")
+        self._m_finals = metrics.counter("finals_total", "transcript finals emitted")
+        self._m_errors = metrics.counter("utterance_errors_total", "utterances reported as errors")
+        self._m_replays = metrics.counter("utterance_replays_total", "utterances replayed on a fresh socket")
+        self._h_total = metrics.histogram("final_total_ms", "last speech audio → final emitted")
+        self._h_stt = metrics.histogram("final_stt_ms", "Finalize → final")
+        self._h_endpoint = metrics.histogram("final_endpoint_ms", "last speech audio → endpoint decision")
+        self.emit(ev.CallStarted(
+            call_sid=self.call_sid, stream_sid=self.stream_sid, account_sid=started.account_sid,
+            tracks=list(started.tracks), custom_parameters=dict(started.custom_parameters), sample_rate=TWILIO_RATE,
+        ))
+
+    # -- reader side (synchronous, never blocks) -----------------------------------------------
+    def on_event(self, event: TwilioEvent) -> None:
+        if isinstance(event, Media):
+            self._on_media(event)
+
+    def on_close(self, reason: str) -> None:
+        """The stream ended (stop, close, errors): close the open utterance; run() then finishes."""
+        if self._closed_reason is not None:
+            return
+        self._closed_reason = reason
+        self._handle(self.endpointer.end())
+        self._spawn_send.close()
+
+    def _on_media(self, media: Media) -> None:
+        frames = max(1, len(media.payload) // 160)
+        if media.filled:
+            self.stats.frames_filled += frames
+        else:
+            self.stats.frames_received += frames
+        pcm = mulaw.decode(media.payload)
+        if self.frame_hook is not None:
+            self.frame_hook(pcm)
+        self._handle(self.endpointer.push(self.to_endpointer.process(pcm)))
+        turn = self.turns.advance(self.endpointer.position * 1000 / self.ep_rate)
+        if turn is not None:
+            self._emit_turn(turn)
+
+    def _handle(self, events: list[Any]) -> None:
+        for event in events:
+            if isinstance(event, SpeechStarted):
+                self._start_utterance(event)
+            elif isinstance(event, SpeechAudio):
+                self._append(event.pcm)
+            elif isinstance(event, SpeechEnded):
+                self._end_utterance(event)
+
+    def _ms(self, samples: int) -> float:
+        return samples * 1000 / self.ep_rate
+
+    def _start_utterance(self, event: SpeechStarted) -> None:
+        index = self.stats.utterances
+        self.stats.utterances += 1
+        utt = Utterance(index, f"{self.stream_sid}:{index}", self._ms(event.preroll_start), self._ms(event.start))
+        self._current = utt
+        self._to_stt = None if self.stt_rate == self.ep_rate else Resampler(self.ep_rate, self.stt_rate)
+        self.turns.speech_started()
+        self.emit(ev.SpeechStarted(call_sid=self.call_sid, stream_sid=self.stream_sid, utterance_id=utt.uid,
+                                   start_ms=utt.speech_start_ms))
+        cell = [0]
+        self._open.append((utt, cell))
+        self._append(event.preroll)
+        self._spawn_send.send_nowait((utt, cell))
+
+    def _append(self, pcm: np.ndarray[Any, np.dtype[np.int16]]) -> None:
+        utt = self._current
+        if utt is None or not len(pcm):
+            return
+        if self._to_stt is not None:
+            pcm = self._to_stt.process(pcm)
+        data = mulaw.encode(pcm) if self.stt_mulaw else pcm.astype("<i2", copy=False).tobytes()
+        if self._unsent_bytes() + len(data) > self.buffer_limit_bytes:
+            self._m_overflow.inc()
+            if not utt.overflowed:
+                utt.overflowed = True
+                self._error("audio_buffer_overflow",
+                            f"RTZR is slower than real time: more than {self.config.call.audio_buffer_ms} ms of audio "
+                            "waiting to be sent; audio of this utterance was dropped", utt)
+            return
+        utt.audio.append(data)
+
+    def _unsent_bytes(self) -> int:
+        return sum(utt.audio.size - cell[0] for utt, cell in self._open)
+
+    def _end_utterance(self, event: SpeechEnded) -> None:
+        utt = self._current
+        if utt is None:
+            return
+        if self._to_stt is not None:
+            tail = self._to_stt.flush()
+            if len(tail):
+                utt.audio.append(mulaw.encode(tail) if self.stt_mulaw else tail.astype("<i2").tobytes())
+        utt.reason = event.reason
+        utt.endpoint_ms = self._ms(event.end - event.last_speech_end)
+        utt.end_ms = self._ms(event.end)
+        utt.ended_at = trio.current_time()
+        utt.audio.close()
+        self._current = None
+
+    # -- STT side --------------------------------------------------------------------------------
+    async def run(self) -> None:
+        """Transcribe utterances as they start; return when the stream closed and all are settled."""
+        reason = "cancelled"
+        try:
+            async with trio.open_nursery() as nursery:
+                async for utt, cell in self._spawn_recv:
+                    nursery.start_soon(self._transcribe, utt, cell)
+            reason = self._closed_reason or "closed"
+        finally:
+            turn = self.turns.flush()
+            if turn is not None:
+                self._emit_turn(turn)
+            self.emit(ev.CallEnded(
+                call_sid=self.call_sid, stream_sid=self.stream_sid, reason=reason,
+                duration_ms=round((trio.current_time() - self._started_at) * 1000, 1),
+                utterances=self.stats.utterances, finals=self.stats.finals,
+                audio_sent_s=round(self.stats.bytes_sent / self.stt_bytes_per_ms / 1000, 3),
+                frames_received=self.stats.frames_received, frames_filled=self.stats.frames_filled,
+                frames_dropped=self.stats.frames_dropped, errors=self.stats.errors,
+            ))
+
+    async def _transcribe(self, utt: Utterance, cell: list[int]) -> None:
+        try:
+            for attempt in range(2):
+                try:
+                    await self._stream_once(utt, cell, replay=attempt > 0)
+                    return
+                except BudgetExpired as exc:
+                    if exc.budget == "send" and attempt == 0:
+                        self._note_replay(utt, exc)
+                        continue
+                    self._error("budget_expired", f"{exc}; utterance not transcribed", utt, budget=exc.budget)
+                    return
+                except (RtzrConnectError, RtzrSocketLost) as exc:
+                    if attempt == 0:
+                        self._note_replay(utt, exc)
+                        continue
+                    self._error("stt_failed", f"{type(exc).__name__}: {exc}; utterance not transcribed after replay", utt)
+                    return
+        finally:
+            cell[0] = utt.audio.size
+            self._open = [(u, c) for u, c in self._open if u is not utt]
+            self.turns.utterance_done()
+
+    def _note_replay(self, utt: Utterance, exc: Exception) -> None:
+        self.stats.replays += 1
+        self._m_replays.inc()
+        log.warning("utterance_replay", call_sid=self.call_sid, utterance_id=utt.uid, error=f"{type(exc).__name__}: {exc}")
+
+    async def _stream_once(self, utt: Utterance, cell: list[int], *, replay: bool) -> None:
+        """Lease a socket, send the utterance (from 0 on a replay), Finalize, wait for the final."""
+        cell[0] = 0
+        async with self.pool.lease() as lease:  # bounded by budgets.lease inside the pool
+            await self._drive_lease(utt, cell, lease, replay=replay)
+
+    async def _drive_lease(self, utt: Utterance, cell: list[int], lease: LeaseLike, *, replay: bool) -> None:
+        failure: list[BaseException] = []
+        closing_final = trio.Event()
+        finalize_at: list[float] = []
+
+        async def receive_results() -> None:
+            try:
+                while True:
+                    result = await lease.receive()
+                    self._on_result(utt, lease, result, finalize_at, replay=replay)
+                    if result.final and finalize_at and not lease.has_pending:
+                        closing_final.set()
+            except Exception as exc:
+                failure.append(exc)
+                closing_final.set()
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(receive_results)
+            max_batch = max(self.batch_bytes, int(100 * self.stt_bytes_per_ms))
+            while not failure:
+                available = utt.audio.size - cell[0]
+                if available >= self.batch_bytes or (utt.audio.closed and available > 0):
+                    chunk = utt.audio.read(cell[0], max_batch)
+                    await lease.send_audio(chunk)
+                    cell[0] += len(chunk)
+                    self.stats.bytes_sent += len(chunk)
+                    continue
+                if utt.audio.closed:
+                    break
+                await utt.audio.wait_changed()
+            if not failure:
+                finalize_at.append(trio.current_time())
+                expecting = await lease.finalize()
+                if expecting:
+                    with self.budgets.finalize():
+                        await closing_final.wait()
+            nursery.cancel_scope.cancel()
+        if failure:
+            raise failure[0]
+
+    def _on_result(self, utt: Utterance, lease: LeaseLike, result: LeaseResult, finalize_at: list[float], *,
+                   replay: bool) -> None:
+        start_ms = utt.audio_start_ms + result.start_ms
+        if not result.final:
+            self.emit(ev.TranscriptPartial(call_sid=self.call_sid, stream_sid=self.stream_sid, utterance_id=utt.uid,
+                                           text=result.text, start_ms=round(start_ms, 1)))
+            return
+        end_ms = start_ms + result.duration_ms
+        if not result.text or end_ms <= utt.finals_emitted_until_ms:
+            return
+        utt.finals_emitted_until_ms = end_ms
+        now = trio.current_time()
+        closing = bool(finalize_at)
+        latency = None
+        if closing:
+            stt_ms = (now - finalize_at[0]) * 1000
+            total_ms = utt.endpoint_ms + (now - utt.ended_at) * 1000
+            latency = ev.Latency(endpoint_ms=round(utt.endpoint_ms, 1), lease_ms=round(lease.lease_ms, 1),
+                                 stt_ms=round(stt_ms, 1), total_ms=round(total_ms, 1))
+            self._h_total.observe(total_ms)
+            self._h_stt.observe(stt_ms)
+            self._h_endpoint.observe(utt.endpoint_ms)
+        source: ev.FinalSource = "finalize"
+        if not closing:
+            source = "server_endpoint"
+        elif utt.reason == "end_of_stream":
+            source = "end_of_stream"
+        words = None
+        if result.words:
+            words = [ev.Word(text=w.text, start_ms=round(utt.audio_start_ms + w.start_at, 1),
+                             end_ms=round(utt.audio_start_ms + w.start_at + w.duration, 1), confidence=w.confidence)
+                     for w in result.words]
+        self.stats.finals += 1
+        self._m_finals.inc()
+        self.emit(ev.TranscriptFinal(
+            call_sid=self.call_sid, stream_sid=self.stream_sid, utterance_id=utt.uid, text=result.text,
+            confidence=result.confidence, start_ms=round(start_ms, 1), end_ms=round(end_ms, 1), words=words,
+            latency=latency, source=source, pool_hit=lease.pool_hit, replayed=replay,
+        ))
+        self.turns.add_final(utt.uid, result.text, start_ms, end_ms)
+
+    # -- events ------------------------------------------------------------------------------------
+    def _error(self, kind: str, message: str, utt: Utterance | None = None, *, budget: str | None = None) -> None:
+        self.stats.errors += 1
+        self._m_errors.inc()
+        log.warning("call_error", call_sid=self.call_sid, kind=kind, budget=budget,
+                    utterance_id=utt.uid if utt else None, message=message)
+        self.emit(ev.ErrorEvent(call_sid=self.call_sid, stream_sid=self.stream_sid, kind=kind, message=message,
+                                budget=budget, utterance_id=utt.uid if utt else None))
+
+    def _emit_turn(self, turn: Any) -> None:
+        self.emit(ev.TurnEnded(call_sid=self.call_sid, stream_sid=self.stream_sid, text=turn.text,
+                               utterance_ids=turn.utterance_ids, start_ms=round(turn.start_ms, 1),
+                               end_ms=round(turn.end_ms, 1)))
