@@ -96,7 +96,7 @@ class EndpointingConfig(_Section):
     preroll_ms: Annotated[int, Meta(ge=0, le=5000)] = 300
     max_utterance_ms: Annotated[int, Meta(ge=1000, le=600_000)] = 30_000
     min_utterance_ms: Annotated[int, Meta(ge=0, le=10_000)] = 0
-    frame_ms: Literal[10, 20, 30] = 10
+    frame_ms: Literal[10, 20, 30] = 20
     turn_ms: Annotated[int, Meta(ge=0, le=60_000)] = 600
 
 
@@ -130,6 +130,10 @@ class TwilioConfig(_Section):
     path: str = "/twilio/media"
     public_url: str | None = None
     track: Literal["inbound", "outbound"] = "inbound"
+    # Twilio sends a frame every 20 ms even in silence: a socket quiet this long is dead.
+    read_idle_ms: PositiveMs = 15_000
+    # Longest gap filled with silence; a bigger timestamp jump re-bases the timeline instead.
+    max_gap_ms: PositiveMs = 10_000
 
 
 class CallConfig(_Section):

@@ -1,0 +1,462 @@
+"""The Twilio Media Streams WebSocket endpoint: admission, one reader per call, the outbound API.
+
+Thin Trio shell around :class:`~engine.twilio.protocol.TwilioStream`. The accept loop hands each TCP
+connection to the supervisor's calls nursery; there every connection gets its own nursery (the
+trio-websocket reader + our call task), so cancelling :meth:`TwilioServer.run` stops accepting
+without touching live calls, and one failing call is logged and contained.
+
+Admission happens before the upgrade: 404 wrong path, 503 draining or at ``max_calls``, 403 missing
+or bad ``X-Twilio-Signature``. After the upgrade we wait for ``start`` under ``budgets.twilio_start``,
+then the handler runs next to a reader that never blocks (a stalled reader makes trio-websocket stop
+answering pings and Twilio drop audio).
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+from functools import partial
+from typing import Protocol
+
+import numpy as np
+import numpy.typing as npt
+import trio
+from trio_websocket import ConnectionClosed, WebSocketConnection, WebSocketRequest, wrap_server_stream
+
+from engine.audio import mulaw
+from engine.budgets import BudgetExpired, Budgets
+from engine.config import Config
+from engine.log import get_logger
+from engine.metrics import Counter, Registry
+from engine.twilio.protocol import (
+    FRAME_BYTES,
+    SILENCE,
+    Started,
+    Stopped,
+    StreamStats,
+    TwilioEvent,
+    TwilioProtocolError,
+    TwilioStream,
+    encode_clear,
+    encode_mark,
+    encode_media,
+)
+from engine.twilio.signature import candidate_urls, validate
+
+log = get_logger(__name__)
+
+MESSAGE_QUEUE_SIZE = 64  # frames trio-websocket may buffer during a burst before it stops reading
+MAX_OUTBOUND_PAYLOAD = 50 * FRAME_BYTES  # one outbound media message carries at most 1 s
+_STATS_FLUSH_EVERY = 50  # messages (≈1 s of audio) between metric updates
+
+
+class CallHostLike(Protocol):
+    """The supervisor as the server sees it (``engine.nursery.CallHost`` satisfies it)."""
+
+    @property
+    def calls_nursery(self) -> trio.Nursery: ...
+
+    @property
+    def draining(self) -> trio.Event: ...
+
+    @property
+    def live_calls(self) -> int: ...
+
+    def track_call(self, key: str) -> AbstractContextManager[None]: ...
+
+
+class CallHandler(Protocol):
+    """The per-call pipeline as the server drives it.
+
+    ``on_event`` is called synchronously from the reader for every event after ``Started``
+    (``Stopped`` included) and must not block. ``run`` runs next to the reader and returns once it
+    has seen ``Stopped`` or ``on_close``. ``on_close(reason)`` is called exactly once.
+    """
+
+    def on_event(self, event: TwilioEvent) -> None: ...
+
+    async def run(self) -> None: ...
+
+    def on_close(self, reason: str) -> None: ...
+
+
+class _EndCall(Exception):
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class TwilioSession:
+    """One accepted stream: the ``start`` information and the outbound (bidirectional) API.
+
+    Sends never raise: they return False when the socket is closed or a send exceeded
+    ``budgets.send`` (after which the session stops sending; a half-written frame is unrecoverable).
+    """
+
+    def __init__(self, started: Started, ws: WebSocketConnection, budgets: Budgets, *, stats: StreamStats,
+                 send_timeouts: Counter, remote: str = "") -> None:
+        self.started = started
+        self.stats = stats
+        self.remote = remote
+        self._ws = ws
+        self._budgets = budgets
+        self._send_timeouts = send_timeouts
+        self._usable = True
+
+    @property
+    def stream_sid(self) -> str:
+        return self.started.stream_sid
+
+    @property
+    def call_sid(self) -> str:
+        return self.started.call_sid
+
+    @property
+    def custom_parameters(self) -> dict[str, str]:
+        return self.started.custom_parameters
+
+    @property
+    def can_send(self) -> bool:
+        return self._usable and self._ws.closed is None
+
+    async def send_media(self, audio: bytes | bytearray | memoryview | npt.NDArray[np.int16]) -> bool:
+        """Queue audio for playback: μ-law bytes, or int16 PCM at 8 kHz (encoded here).
+
+        Padded with silence to whole 20 ms frames, as Twilio expects; long audio is split into
+        messages of at most one second.
+        """
+        data = mulaw.encode(audio) if isinstance(audio, np.ndarray) else bytes(audio)
+        if rest := len(data) % FRAME_BYTES:
+            data += bytes([SILENCE]) * (FRAME_BYTES - rest)
+        for start in range(0, len(data), MAX_OUTBOUND_PAYLOAD):
+            if not await self._send(encode_media(self.stream_sid, data[start:start + MAX_OUTBOUND_PAYLOAD])):
+                return False
+        return True
+
+    async def send_mark(self, name: str) -> bool:
+        """Ask Twilio to echo ``name`` once the audio queued before it has played."""
+        return await self._send(encode_mark(self.stream_sid, name))
+
+    async def clear(self) -> bool:
+        """Drop audio Twilio has queued (barge-in); Twilio echoes every pending mark."""
+        return await self._send(encode_clear(self.stream_sid))
+
+    async def _send(self, text: str) -> bool:
+        if not self._usable:
+            return False
+        try:
+            with self._budgets.send():
+                await self._ws.send_message(text)
+        except ConnectionClosed:
+            self._usable = False
+            return False
+        except BudgetExpired as exc:
+            self._usable = False
+            self._send_timeouts.inc()
+            log.warning("twilio_send_timeout", stream_sid=self.stream_sid, budget=exc.budget, ms=exc.ms)
+            return False
+        return True
+
+
+HandlerFactory = Callable[[TwilioSession], CallHandler]
+
+
+class _Metrics:
+    """The server's metrics, resolved once (label children are cached per value)."""
+
+    def __init__(self, registry: Registry) -> None:
+        self.registry = registry
+        self.accepted = registry.counter("twilio_calls_accepted_total", "Twilio streams upgraded")
+        self.live = registry.gauge("twilio_streams_live", "Twilio streams currently open")
+        self.start_timeouts = registry.counter("twilio_start_timeouts_total", "streams without start in time")
+        self.send_timeouts = registry.counter("twilio_send_timeouts_total", "outbound sends over budgets.send")
+        self.failures = registry.counter("twilio_connection_failures_total", "connections ended by an exception")
+        self.frames = registry.counter("twilio_frames_total", "media frames accepted")
+        self.filled = registry.counter("twilio_frames_filled_total", "timeline gaps filled with silence")
+        self.filled_bytes = registry.counter("twilio_filled_bytes_total", "bytes of silence filled into gaps")
+        self.duplicates = registry.counter("twilio_frames_duplicate_total", "duplicate messages dropped")
+        self.reordered = registry.counter("twilio_frames_reordered_total", "late messages (reordered)")
+
+    def rejected(self, status: int) -> None:
+        self.registry.counter("twilio_calls_rejected_total", "upgrades rejected", f"status={status}").inc()
+
+    def protocol_error(self, kind: str) -> None:
+        self.registry.counter("twilio_protocol_errors_total", "malformed messages", f"kind={kind}").inc()
+
+    def ended(self, reason: str) -> None:
+        self.registry.counter("twilio_calls_ended_total", "streams ended", f"reason={reason}").inc()
+
+
+class _StatsReporter:
+    """Adds a stream's counter deltas to the process metrics now and then (cheap per frame)."""
+
+    _FIELDS = ("frames", "filled_frames", "filled_bytes", "duplicates", "reordered")
+
+    def __init__(self, stats: StreamStats, metrics: _Metrics) -> None:
+        self.stats = stats
+        self.metrics = metrics
+        self.last = dict.fromkeys(self._FIELDS, 0)
+        self.counters = {
+            "frames": metrics.frames, "filled_frames": metrics.filled, "filled_bytes": metrics.filled_bytes,
+            "duplicates": metrics.duplicates, "reordered": metrics.reordered,
+        }
+        self.unknown_seen = 0
+
+    def flush(self, stream_sid: str | None) -> None:
+        for name in self._FIELDS:
+            value = getattr(self.stats, name)
+            if value != self.last[name]:
+                self.counters[name].inc(value - self.last[name])
+                self.last[name] = value
+        unknown = len(self.stats.unknown_event_names) + len(self.stats.unknown_fields)
+        if unknown != self.unknown_seen:
+            self.unknown_seen = unknown
+            log.info("twilio_unknown_ignored", stream_sid=stream_sid,
+                     events=",".join(sorted(self.stats.unknown_event_names)),
+                     fields=",".join(sorted(self.stats.unknown_fields)))
+
+
+class TwilioServer:
+    """The ``/twilio/media`` WebSocket endpoint; a supervisor service (``name``, ``run``)."""
+
+    name = "twilio"
+
+    def __init__(self, config: Config, *, host: CallHostLike, handler_factory: HandlerFactory,
+                 metrics: Registry, budgets: Budgets | None = None) -> None:
+        self.config = config
+        self.host = host
+        self.handler_factory = handler_factory
+        self.budgets = budgets or Budgets(config.budgets)
+        self.metrics = _Metrics(metrics)
+        self.port: int | None = None
+        self._ids = itertools.count(1)
+        if not config.twilio.auth_token and not config.server.allow_unsigned:
+            log.warning("twilio_no_auth_token", hint="every upgrade will be rejected with 403; set "
+                        "TWILIO_AUTH_TOKEN or server.allow_unsigned for development")
+
+    async def run(self, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
+        """Bind, report the bound port, accept until cancelled (live calls keep running)."""
+        listeners = await trio.open_tcp_listeners(self.config.server.port, host=self.config.server.host)
+        self.port = listeners[0].socket.getsockname()[1]
+        log.info("twilio_listening", host=self.config.server.host, port=self.port, path=self.config.twilio.path)
+        serve = partial(trio.serve_listeners, self._on_connection, listeners,
+                        handler_nursery=self.host.calls_nursery)
+        async with trio.open_nursery() as nursery:
+            await nursery.start(serve)
+            task_status.started(self.port)
+
+    async def _on_connection(self, stream: trio.SocketStream) -> None:
+        conn = f"ws-{next(self._ids)}"
+        try:
+            async with trio.open_nursery() as nursery:
+                try:
+                    await self._serve(stream, nursery, conn)
+                finally:
+                    nursery.cancel_scope.cancel()
+        except Exception as exc:
+            self.metrics.failures.inc()
+            log.error("twilio_connection_failed", conn=conn, exc=exc)
+        finally:
+            await trio.aclose_forcefully(stream)
+
+    async def _serve(self, stream: trio.SocketStream, nursery: trio.Nursery, conn: str) -> None:
+        cfg = self.config
+        try:
+            with self.budgets.twilio_start():
+                request = await wrap_server_stream(
+                    nursery, stream, message_queue_size=MESSAGE_QUEUE_SIZE,
+                    max_message_size=max(cfg.server.max_message_bytes * 4, 1 << 20), receive_buffer_size=None,
+                )
+        except BudgetExpired:
+            log.info("twilio_handshake_timeout", conn=conn)
+            return
+        status, why = self._admit(request, conn)
+        if status:
+            self.metrics.rejected(status)
+            log.info("twilio_rejected", conn=conn, status=status, reason=why, path=request.path[:200])
+            with self.budgets.send(shield=True):
+                await request.reject(status, body=f"{why}\n".encode())
+            return
+        # Counted before the first checkpoint after admission, so concurrent upgrades cannot overshoot.
+        with self.host.track_call(conn):
+            with self.budgets.send():
+                ws = await request.accept()
+            self.metrics.accepted.inc()
+            self.metrics.live.inc()
+            try:
+                await self._run_call(ws, conn)
+            finally:
+                self.metrics.live.dec()
+
+    def _admit(self, request: WebSocketRequest, conn: str) -> tuple[int, str]:
+        """0 to accept, else the HTTP status and a short reason (sent as the body)."""
+        cfg = self.config
+        target = request.path
+        if target.partition("?")[0] != cfg.twilio.path:
+            return 404, "not found"
+        if self.host.draining.is_set():
+            return 503, "draining"
+        headers = request.headers
+        signature = next((v.decode("latin-1") for k, v in headers if k.lower() == b"x-twilio-signature"), None)
+        event = getattr(request, "_event", None)  # trio-websocket keeps Host only on the wsproto event
+        host_header = getattr(event, "host", None)
+        urls = candidate_urls(target, headers, trust_proxy_headers=cfg.server.trust_proxy_headers,
+                              host_header=host_header, public_url_override=cfg.twilio.public_url)
+        if not (cfg.twilio.auth_token and validate(cfg.twilio.auth_token, signature, urls)):
+            if not cfg.server.allow_unsigned:
+                return 403, "bad signature" if signature else "missing signature"
+            log.warning("twilio_unsigned_accepted", conn=conn, signed=signature is not None)
+        if self.host.live_calls >= cfg.server.max_calls:
+            return 503, "at capacity"
+        return 0, ""
+
+    async def _run_call(self, ws: WebSocketConnection, conn: str) -> None:
+        cfg = self.config
+        proto = TwilioStream(cfg.server.max_message_bytes, cfg.twilio.track, max_gap_ms=cfg.twilio.max_gap_ms)
+        reporter = _StatsReporter(proto.stats, self.metrics)
+        errors = _ErrorPolicy(cfg.server.protocol_error_budget, self.metrics, conn)
+        debug = log.enabled("debug")  # the per-message debug hook costs one bool test when off
+        try:
+            with self.budgets.twilio_start():
+                started, pending = await self._wait_start(ws, proto, errors)
+        except BudgetExpired:
+            self.metrics.start_timeouts.inc()
+            self.metrics.ended("start_timeout")
+            log.warning("twilio_start_timeout", conn=conn, budget="twilio_start", ms=self.budgets.twilio_start.ms)
+            await self._close(ws, 1008, "no start")
+            return
+        except _EndCall as end:
+            self.metrics.ended(end.reason)
+            log.warning("twilio_call_ended", conn=conn, reason=end.reason)
+            await self._close(ws, 1008, end.reason)
+            return
+        if started is None:
+            self.metrics.ended("closed")
+            log.info("twilio_closed_before_start", conn=conn)
+            return
+        remote = str(ws.remote)
+        log.info("twilio_call_started", conn=conn, stream_sid=started.stream_sid, call_sid=started.call_sid,
+                 tracks=",".join(started.tracks), remote=remote)
+        session = TwilioSession(started, ws, self.budgets, stats=proto.stats, send_timeouts=self.metrics.send_timeouts,
+                                remote=remote)
+        handler = self.handler_factory(session)
+        closed = False
+        reason = "cancelled"
+
+        def close_once(why: str) -> None:
+            nonlocal closed
+            if closed:
+                return
+            closed = True
+            try:
+                handler.on_close(why)
+            except Exception as exc:
+                log.error("twilio_handler_on_close_failed", stream_sid=started.stream_sid, exc=exc)
+
+        try:
+            with trio.CancelScope() as grace:
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(self._run_handler, handler, started.stream_sid)
+                    reason = await self._read(ws, proto, handler, pending=pending, errors=errors,
+                                              reporter=reporter, debug=debug)
+                    close_once(reason)
+                    await self._close(ws, 1000 if reason in ("stop", "closed") else 1008, reason)
+                    # The handler finishes its work (last finals) on its own, within the drain budget.
+                    grace.deadline = trio.current_time() + self.budgets.drain.seconds
+            if grace.cancelled_caught:
+                log.warning("twilio_handler_slow", stream_sid=started.stream_sid, budget="drain")
+        except Exception:
+            reason = "handler_error"
+            raise
+        finally:
+            close_once(reason)
+            reporter.flush(started.stream_sid)
+            self.metrics.ended(reason)
+            log.info("twilio_call_ended", stream_sid=started.stream_sid, reason=reason, frames=proto.stats.frames,
+                     filled_bytes=proto.stats.filled_bytes, duplicates=proto.stats.duplicates,
+                     reordered=proto.stats.reordered, errors=proto.stats.errors)
+
+    async def _run_handler(self, handler: CallHandler, stream_sid: str) -> None:
+        await handler.run()
+        log.debug("twilio_handler_done", stream_sid=stream_sid)
+
+    async def _wait_start(self, ws: WebSocketConnection, proto: TwilioStream, errors: _ErrorPolicy
+                          ) -> tuple[Started | None, list[TwilioEvent]]:
+        while True:
+            try:
+                message = await ws.get_message()
+            except ConnectionClosed:
+                return None, []
+            events = errors.feed(proto, message)
+            for i, event in enumerate(events):
+                if isinstance(event, Started):
+                    return event, events[i + 1:]
+
+    async def _read(self, ws: WebSocketConnection, proto: TwilioStream, handler: CallHandler, *,
+                    pending: list[TwilioEvent], errors: _ErrorPolicy, reporter: _StatsReporter, debug: bool) -> str:
+        """Deliver events until stop, close, the idle deadline, or too many protocol errors."""
+        for event in pending:
+            handler.on_event(event)
+            if isinstance(event, Stopped):
+                return "stop"
+        idle = self.config.twilio.read_idle_ms / 1000
+        count = 0
+        sid = proto.stream_sid
+        while True:
+            with trio.move_on_after(idle) as scope:
+                try:
+                    message = await ws.get_message()
+                except ConnectionClosed:
+                    return "closed"
+            if scope.cancelled_caught:
+                log.warning("twilio_read_idle", stream_sid=sid, ms=self.config.twilio.read_idle_ms)
+                return "idle_timeout"
+            if debug:
+                log.debug("twilio_message", stream_sid=sid, size=len(message))
+            try:
+                events = errors.feed(proto, message)
+            except _EndCall as end:
+                return end.reason
+            for event in events:
+                handler.on_event(event)
+                if isinstance(event, Stopped):
+                    return "stop"
+            count += 1
+            if count % _STATS_FLUSH_EVERY == 0:
+                reporter.flush(sid)
+
+    async def _close(self, ws: WebSocketConnection, code: int, reason: str) -> None:
+        """Close politely within ``budgets.send`` (shielded: this is cleanup)."""
+        try:
+            with self.budgets.send(shield=True):
+                await ws.aclose(code, reason[:100])
+        except BudgetExpired:
+            log.info("twilio_close_timeout", code=code)
+
+
+class _ErrorPolicy:
+    """Protocol errors: count, log once per kind, drop the message; end the call past the budget."""
+
+    def __init__(self, budget: int, metrics: _Metrics, conn: str) -> None:
+        self.budget = budget
+        self.metrics = metrics
+        self.conn = conn
+        self.count = 0
+        self.logged: set[str] = set()
+
+    def feed(self, proto: TwilioStream, message: str | bytes) -> list[TwilioEvent]:
+        try:
+            return proto.receive_text(message)
+        except TwilioProtocolError as exc:
+            self.count += 1
+            self.metrics.protocol_error(exc.kind)
+            if exc.kind not in self.logged:
+                self.logged.add(exc.kind)
+                log.warning("twilio_protocol_error", conn=self.conn, stream_sid=proto.stream_sid, kind=exc.kind,
+                            error=str(exc)[:300])
+            if exc.fatal:
+                raise _EndCall(f"protocol_{exc.kind}") from None
+            if self.count >= self.budget:
+                raise _EndCall("protocol_errors") from None
+            return []
