@@ -102,7 +102,7 @@ class TokenManager:
         """A valid token, waiting for the runner if there is none yet (bound it with a budget)."""
         while True:
             if self._fatal is not None:
-                raise self._fatal
+                raise RtzrAuthError(str(self._fatal))
             token = self._valid()
             if token is not None:
                 return token
