@@ -17,7 +17,7 @@ async def run_engine(
     metrics = Registry()
     budgets = Budgets(config.budgets)
     supervisor: Supervisor
-    admin = AdminServer(config.server.admin_host, config.server.admin_port, metrics, lambda: supervisor.draining)
+    admin = AdminServer(config.server.admin_host, config.server.admin_port, metrics, lambda: supervisor.draining.is_set())
     supervisor = Supervisor([admin], budgets=budgets, metrics=metrics)
     async with trio.open_nursery() as nursery:
         await nursery.start(supervisor.run)

@@ -19,7 +19,7 @@ from __future__ import annotations
 import random
 import signal
 from collections.abc import Awaitable, Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from typing import Any, Protocol
 
 import trio
@@ -63,9 +63,10 @@ class Backoff:
 class CallHost:
     """What the Twilio server needs from the supervisor: where calls run, and whether we drain."""
 
-    def __init__(self, calls_nursery: trio.Nursery, metrics: Registry | None = None) -> None:
+    def __init__(self, calls_nursery: trio.Nursery, metrics: Registry | None = None,
+                 draining: trio.Event | None = None) -> None:
         self.calls_nursery = calls_nursery
-        self.draining = trio.Event()
+        self.draining = draining if draining is not None else trio.Event()
         self.live_calls = 0
         self._idle = trio.Event()
         self._idle.set()
@@ -127,6 +128,7 @@ class Supervisor:
         self.backoff_cap = backoff_cap
         self.stable_after = stable_after
         self._shutdown = trio.Event()
+        self.draining = trio.Event()
         self._shutdown_requests = 0
         self._root: trio.Nursery | None = None
         self.host: CallHost | None = None
@@ -143,9 +145,22 @@ class Supervisor:
             log.warning("shutdown_requested", mode="immediate")
             self._root.cancel_scope.cancel()
 
+    # -- the CallHost view, so the Twilio server can be built before the supervisor runs ----------
     @property
-    def draining(self) -> bool:
-        return self._shutdown.is_set()
+    def calls_nursery(self) -> trio.Nursery:
+        return self._require_host().calls_nursery
+
+    @property
+    def live_calls(self) -> int:
+        return self.host.live_calls if self.host is not None else 0
+
+    def track_call(self, key: str) -> AbstractContextManager[None]:
+        return self._require_host().track_call(key)
+
+    def _require_host(self) -> CallHost:
+        if self.host is None:
+            raise RuntimeError("the supervisor is not running yet")
+        return self.host
 
     # -- run -----------------------------------------------------------------------------------
     async def run(self, *, task_status: trio.TaskStatus[CallHost] = trio.TASK_STATUS_IGNORED) -> None:
@@ -156,7 +171,7 @@ class Supervisor:
                 root.start_soon(self._watch_signals)
             services = await root.start(_hold_nursery)
             calls = await root.start(_hold_nursery)
-            host = self.host = CallHost(calls.nursery, self.metrics)
+            host = self.host = CallHost(calls.nursery, self.metrics, self.draining)
             for service in self.services:
                 await services.nursery.start(self._supervise, service)
             log.info("engine_ready", services=",".join(s.name for s in self.services))
