@@ -1,0 +1,356 @@
+"""The emulator's Trio shell: one TCP port serving HTTP (h11) and the WebSocket (wsproto).
+
+``POST /v1/authenticate`` and the upgrade at ``/v1/transcribe:streaming`` share the port, as on
+the real service. All decisions live in sans-IO pieces (TokenStore, parse_query, StreamSession);
+this file only moves bytes and time. Every await that depends on the peer has a deadline.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections import deque
+from typing import Any
+
+import h11
+import msgspec
+import trio
+from msgspec import Struct
+from wsproto.connection import Connection, ConnectionType
+from wsproto.events import BytesMessage, CloseConnection, Ping, TextMessage
+from wsproto.utilities import generate_accept_token
+
+from engine.log import get_logger
+from engine.rtzr.emulator.codec import DECODABLE
+from engine.rtzr.emulator.config import EmulatorConfig, Fault, FaultRule, parse_faults
+from engine.rtzr.emulator.phrasebook import load_phrasebook
+from engine.rtzr.emulator.recognizer import PhrasebookRecognizer, Recognizer
+from engine.rtzr.emulator.session import Abort, Action, Close, Send, SessionParams, StreamSession
+from engine.rtzr.emulator.tokens import TokenStore, parse_form
+from engine.rtzr.protocol import RtzrQueryError, parse_query
+
+log = get_logger(__name__)
+
+AUTH_PATH = "/v1/authenticate"
+STREAM_PATH = "/v1/transcribe:streaming"
+MAX_BODY = 64 * 1024
+EMULATED_NOTICE = "RTZR EMULATOR: all transcript text is EMULATED (phrasebook lookup), not real speech recognition"
+
+
+class EmulatorStats(Struct, kw_only=True):
+    """Counters for tests and the CLI; mutated in place."""
+
+    auth_requests: int = 0
+    handshakes: int = 0  # upgrade attempts on the streaming path
+    sessions_opened: int = 0
+    sessions_active: int = 0
+    rejected: dict[int, int] = msgspec.field(default_factory=dict)  # by HTTP status
+    interims_sent: int = 0
+    finals_sent: int = 0
+    errors_sent: int = 0
+    bytes_received: int = 0
+
+
+class _Reject(Exception):
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+
+
+class _Done(Exception):
+    """The session is over (closed by either side)."""
+
+
+def _json_body(code: str, message: str) -> bytes:
+    return msgspec.json.encode({"code": code, "msg": message})
+
+
+class Emulator:
+    """A local RTZR streaming STT server. Its text is emulated and says so."""
+
+    def __init__(self, config: EmulatorConfig | None = None, *, recognizer: Recognizer | None = None) -> None:
+        self.config = config or EmulatorConfig()
+        self.recognizer: Recognizer = recognizer or PhrasebookRecognizer(
+            load_phrasebook(self.config.phrasebook_dir()), speech_dbfs=self.config.speech_dbfs)
+        rules = parse_faults(self.config.faults)
+        self._rules: list[FaultRule] = [r for r in rules if r.first is not None]
+        self._injected: deque[Fault] = deque(r.fault for r in rules if r.first is None)
+        self.stats = EmulatorStats()
+        self.port = 0
+        self.tokens: TokenStore | None = None
+        self._reserved = 0
+
+    @property
+    def api_base(self) -> str:
+        return f"http://{self.config.host}:{self.port}"
+
+    @property
+    def ws_url(self) -> str:
+        return f"ws://{self.config.host}:{self.port}{STREAM_PATH}"
+
+    def inject(self, fault: Fault) -> None:
+        """Apply ``fault`` to the next ``fault.sessions`` upgrade attempts."""
+        self._injected.append(fault)
+
+    def issue_token(self, subject: str = "test") -> str:
+        """A valid token without the HTTP round trip (for tests); needs a running emulator."""
+        assert self.tokens is not None, "the emulator is not running"
+        return self.tokens.issue(subject, trio.current_time())[0]
+
+    def _faults_for(self, attempt: int) -> list[Fault]:
+        faults = [r.fault for r in self._rules if r.applies(attempt)]
+        if self._injected:
+            fault = self._injected[0]
+            faults.append(fault)
+            if fault.sessions > 1:
+                self._injected[0] = msgspec.structs.replace(fault, sessions=fault.sessions - 1)
+            else:
+                self._injected.popleft()
+        return faults
+
+    async def run(self, *, task_status: trio.TaskStatus[Emulator] = trio.TASK_STATUS_IGNORED) -> None:
+        """Listen until cancelled; ``task_status.started(self)`` once the port is bound."""
+        self.tokens = TokenStore(
+            lifetime_s=self.config.token_lifetime_s, client_id=self.config.client_id,
+            client_secret=self.config.client_secret, epoch_offset=time.time() - trio.current_time())
+        listeners = await trio.open_tcp_listeners(self.config.port, host=self.config.host)
+        self.port = listeners[0].socket.getsockname()[1]
+        log.warning("rtzr_emulator_started", notice=EMULATED_NOTICE, api_base=self.api_base, ws_url=self.ws_url)
+        async with trio.open_nursery() as nursery:
+            task_status.started(self)
+            await trio.serve_listeners(self._handle, listeners, handler_nursery=nursery)
+
+    # ------------------------------------------------------------------ HTTP
+    async def _handle(self, stream: trio.SocketStream) -> None:
+        conn = h11.Connection(h11.SERVER, max_incomplete_event_size=16 * 1024)
+        try:
+            while True:
+                with trio.fail_after(self.config.request_timeout_s):
+                    request, body = await self._read_request(stream, conn)
+                if request is None:
+                    return
+                if self._is_upgrade(request):
+                    await self._upgrade(stream, conn, request)
+                    return
+                status, payload = self._http(request, body)
+                await self._respond(stream, conn, status, payload)
+                if conn.our_state is not h11.DONE or conn.their_state is not h11.DONE:
+                    return
+                conn.start_next_cycle()
+        except (trio.BrokenResourceError, trio.ClosedResourceError, trio.TooSlowError,
+                h11.RemoteProtocolError, h11.LocalProtocolError) as exc:
+            log.debug("rtzr_emulator_connection_dropped", error=type(exc).__name__)
+        finally:
+            await stream.aclose()
+
+    async def _read_request(self, stream: trio.SocketStream, conn: h11.Connection) -> tuple[h11.Request | None, bytes]:
+        request: h11.Request | None = None
+        body = bytearray()
+        while True:
+            event = conn.next_event()
+            if event is h11.NEED_DATA:
+                conn.receive_data(await stream.receive_some(65536))
+            elif isinstance(event, h11.Request):
+                request = event
+            elif isinstance(event, h11.Data):
+                body += event.data
+                if len(body) > MAX_BODY:
+                    raise h11.RemoteProtocolError("body too large")
+            elif isinstance(event, h11.EndOfMessage) or event is h11.PAUSED:
+                return request, bytes(body)
+            else:  # ConnectionClosed
+                return None, b""
+
+    async def _send(self, stream: trio.SocketStream, data: bytes) -> None:
+        with trio.fail_after(self.config.send_timeout_s):
+            await stream.send_all(data)
+
+    async def _respond(self, stream: trio.SocketStream, conn: h11.Connection, status: int, payload: bytes,
+                       *, close: bool = False) -> None:
+        headers = [("content-type", "application/json"), ("content-length", str(len(payload)))]
+        if close:
+            headers.append(("connection", "close"))
+        data = conn.send(h11.Response(status_code=status, headers=headers)) or b""
+        data += conn.send(h11.Data(data=payload)) or b""
+        data += conn.send(h11.EndOfMessage()) or b""
+        await self._send(stream, data)
+
+    def _http(self, request: h11.Request, body: bytes) -> tuple[int, bytes]:
+        path = request.target.decode("latin-1").split("?", 1)[0]
+        if path == AUTH_PATH:
+            if request.method != b"POST":
+                return 405, _json_body("H0001", "use POST")
+            self.stats.auth_requests += 1
+            assert self.tokens is not None
+            status, payload = self.tokens.authenticate(parse_form(body), trio.current_time())
+            log.info("rtzr_emulator_auth", status=status)
+            return status, payload
+        if path == "/healthz":
+            return 200, b'{"status":"ok","emulated":true}'
+        return 404, _json_body("H0404", "not found")
+
+    @staticmethod
+    def _is_upgrade(request: h11.Request) -> bool:
+        return any(name == b"upgrade" and value.lower() == b"websocket" for name, value in request.headers)
+
+    # ------------------------------------------------------------------ upgrade
+    def _check_upgrade(self, request: h11.Request, faults: list[Fault]) -> SessionParams:
+        """The handshake decision (raises _Reject): fault, path, version, token, query, concurrency."""
+        headers = {name.decode("latin-1"): value.decode("latin-1") for name, value in request.headers}
+        target = request.target.decode("latin-1")
+        path, _, query = target.partition("?")
+        for fault in faults:
+            if fault.kind == "reject":
+                raise _Reject(fault.value, "E500" if fault.value >= 500 else "A0001", "emulated fault: rejected")
+        if path != STREAM_PATH:
+            raise _Reject(404, "H0404", "not found")
+        if headers.get("sec-websocket-version") != "13" or not headers.get("sec-websocket-key"):
+            raise _Reject(400, "H0001", "bad WebSocket handshake")
+        assert self.tokens is not None
+        reason = self.tokens.check(headers.get("authorization"), trio.current_time())
+        if reason is not None:
+            raise _Reject(401, "H0002", reason)
+        try:
+            q = parse_query(query)
+        except RtzrQueryError as exc:
+            raise _Reject(400, "H0001", str(exc)) from None
+        if q.encoding not in DECODABLE:
+            raise _Reject(400, "H0001", f"the emulator decodes only {', '.join(sorted(DECODABLE))}")
+        if self.stats.sessions_active + self._reserved >= self.config.max_sessions:
+            raise _Reject(429, "A0001", "too many concurrent sessions")
+        epd = q.epd_time if q.epd_time is not None else self.config.epd_time
+        return SessionParams(
+            sample_rate=q.sample_rate, encoding=q.encoding, epd_time=epd, final_ms=self.config.final_ms,
+            interim_ms=self.config.interim_ms, idle_timeout_s=self.config.idle_timeout_s,
+            max_session_s=self.config.max_session_s, speech_dbfs=self.config.speech_dbfs,
+            max_utter_s=q.max_utter_duration if q.max_utter_duration is not None else 30.0,
+        )
+
+    async def _upgrade(self, stream: trio.SocketStream, conn: h11.Connection, request: h11.Request) -> None:
+        self.stats.handshakes += 1
+        attempt = self.stats.handshakes
+        faults = self._faults_for(attempt)
+        try:
+            params = self._check_upgrade(request, faults)
+        except _Reject as rej:
+            await trio.sleep(self.config.handshake_ms / 1000)
+            self.stats.rejected[rej.status] = self.stats.rejected.get(rej.status, 0) + 1
+            log.info("rtzr_emulator_rejected", attempt=attempt, status=rej.status, reason=str(rej))
+            await self._respond(stream, conn, rej.status, _json_body(rej.code, str(rej)), close=True)
+            return
+        self._reserved += 1
+        try:
+            await trio.sleep(self.config.handshake_ms / 1000)
+            key = dict(request.headers)[b"sec-websocket-key"]
+            accept: bytes = generate_accept_token(key)
+            await self._send(stream, conn.send(h11.InformationalResponse(
+                status_code=101,
+                headers=[(b"upgrade", b"websocket"), (b"connection", b"Upgrade"), (b"sec-websocket-accept", accept)],
+            )) or b"")
+        finally:
+            self._reserved -= 1
+        trailing = conn.trailing_data[0]
+        self.stats.sessions_opened += 1
+        self.stats.sessions_active += 1
+        session = StreamSession(params, self.recognizer, faults, trio.current_time())
+        log.info("rtzr_emulator_session_opened", attempt=attempt, rate=params.sample_rate,
+                 encoding=params.encoding, faults=",".join(f.kind for f in faults))
+        try:
+            await self._session(stream, session, trailing)
+        except _Done:
+            pass
+        finally:
+            self.stats.sessions_active -= 1
+            log.info("rtzr_emulator_session_closed", attempt=attempt, finals=session.counters.finals_sent,
+                     bytes=session.counters.bytes_received)
+
+    # ------------------------------------------------------------------ WebSocket
+    async def _session(self, stream: trio.SocketStream, session: StreamSession, trailing: bytes) -> None:
+        ws = Connection(ConnectionType.SERVER)
+        text = bytearray()
+        if trailing:
+            ws.receive_data(trailing)
+            await self._ws_events(stream, ws, session, text)
+        while True:
+            await self._perform(stream, ws, session, session.poll(trio.current_time()))
+            deadline = session.next_deadline()
+            data: bytes | None = None
+            with trio.move_on_at(math.inf if deadline is None else deadline):
+                data = await stream.receive_some(65536)  # cancelling receive_some loses no data
+            if data is None:
+                continue
+            if not data:
+                raise _Done
+            ws.receive_data(data)
+            await self._ws_events(stream, ws, session, text)
+
+    async def _ws_events(self, stream: trio.SocketStream, ws: Connection, session: StreamSession,
+                         text: bytearray) -> None:
+        for event in ws.events():
+            now = trio.current_time()
+            if isinstance(event, BytesMessage):
+                before = session.counters.bytes_received
+                session.receive_audio(bytes(event.data), now)
+                self.stats.bytes_received += session.counters.bytes_received - before
+            elif isinstance(event, TextMessage):
+                text.extend(event.data.encode("utf-8", "surrogatepass"))
+                if len(text) > self.config.max_message_bytes:
+                    raise _Done
+                if event.message_finished:
+                    session.receive_text(text.decode("utf-8", "replace"), now)
+                    text.clear()
+            elif isinstance(event, Ping):
+                if session.pong_allowed(now):
+                    await self._send(stream, ws.send(event.response()))
+            elif isinstance(event, CloseConnection):
+                if not session.stalled:
+                    await self._send(stream, ws.send(event.response()))
+                raise _Done
+
+    async def _perform(self, stream: trio.SocketStream, ws: Connection, session: StreamSession,
+                       actions: list[Action]) -> None:
+        for action in actions:
+            if isinstance(action, Send):
+                await self._send(stream, ws.send(TextMessage(data=action.text)))
+                self._count(action.text)
+            elif isinstance(action, Close):
+                await self._send(stream, ws.send(CloseConnection(code=action.code, reason=action.reason)))
+                await self._await_close_reply(stream, ws)
+                raise _Done
+            elif isinstance(action, Abort):
+                raise _Done  # _handle closes the TCP stream without a close frame
+
+    def _count(self, text: str) -> None:
+        if '"final":true' in text:
+            self.stats.finals_sent += 1
+        elif '"final":false' in text:
+            self.stats.interims_sent += 1
+        else:
+            self.stats.errors_sent += 1
+
+    async def _await_close_reply(self, stream: trio.SocketStream, ws: Connection) -> None:
+        """Give the client a moment to answer our close frame (then drop the TCP connection anyway)."""
+        with trio.move_on_after(1.0):
+            while True:
+                data = await stream.receive_some(65536)
+                if not data:
+                    return
+                ws.receive_data(data)
+                if any(isinstance(e, CloseConnection) for e in ws.events()):
+                    return
+
+
+def describe(emulator: Emulator) -> dict[str, Any]:
+    """What the CLI prints: where it listens and how to point ``sori serve`` at it."""
+    cfg = emulator.config
+    return {
+        "api_base": emulator.api_base,
+        "ws_url": emulator.ws_url,
+        "env": {
+            "RTZR_API_BASE": emulator.api_base,
+            "RTZR_WS_URL": emulator.ws_url,
+            "RTZR_CLIENT_ID": cfg.client_id or "any",
+            "RTZR_CLIENT_SECRET": cfg.client_secret or "any",
+        },
+    }

@@ -1,0 +1,350 @@
+"""One emulated RTZR streaming session, sans-IO: audio and text in (with the time), actions out.
+
+Semantics (see shared/protocols/rtzr.md, "The emulator must reproduce"):
+
+- Timeline: samples received since the socket opened; every ``start_at``/``duration`` is ms on it.
+- End-point detection: 10 ms frames louder than ``speech_dbfs`` are speech. An utterance with at
+  least 50 ms of speech followed by ``epd_time`` of quieter audio gets a final; the final covers
+  the audio up to the end of its speech, so the silence after it stays *pending* (a later Finalize
+  answers it with an empty-text final, which a client's byte-counting tracker expects).
+- Interims (same seq, ``duration`` 0) every ``interim_ms`` of utterance audio, carrying only words
+  that can no longer change; the final starts with them, so interims are prefixes of the final.
+- ``{"type":"Finalize"}``: a final for pending audio after ``final_ms``; nothing when nothing is
+  pending. ``EOS``: the pending final (if any), then close 1000. Seq counts finals from 0.
+- Idle (no client data message for ``idle_timeout_s``; pings do not count) and session age
+  (``max_session_s``) close with 1001. Faults: see :class:`~engine.rtzr.emulator.config.Fault`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from collections.abc import Sequence
+
+import msgspec
+import numpy as np
+import numpy.typing as npt
+from msgspec import Struct
+
+from engine.rtzr.emulator.codec import Decoder
+from engine.rtzr.emulator.config import Fault
+from engine.rtzr.emulator.recognizer import Recognizer, Token
+from engine.rtzr.protocol import EOS, Alternative, RtzrResult, Word, encode_result
+
+HOLD_MS = 400.0  # a word is stable once this much audio follows it
+MIN_SPEECH_FRAMES = 5
+MAX_SILENT_BUFFER_S = 10.0
+FINALIZE_TYPES = frozenset({"Finalize", "finalize"})
+
+
+class Send(Struct, frozen=True):
+    """Send one TEXT frame."""
+
+    text: str
+
+
+class Close(Struct, frozen=True):
+    """Send a close frame and end the session."""
+
+    code: int
+    reason: str
+
+
+class Abort(Struct, frozen=True):
+    """Drop the TCP connection without a close frame."""
+
+
+Action = Send | Close | Abort
+
+
+class SessionParams(Struct, kw_only=True, frozen=True):
+    sample_rate: int
+    encoding: str
+    epd_time: float = 0.8
+    final_ms: int = 150
+    interim_ms: int = 300
+    idle_timeout_s: float = 60.0
+    max_session_s: float = 3600.0
+    max_utter_s: float = 30.0
+    speech_dbfs: float = -45.0
+
+
+class SessionCounters(Struct, kw_only=True):
+    bytes_received: int = 0
+    interims_sent: int = 0
+    finals_sent: int = 0
+    errors_sent: int = 0
+
+
+_json = msgspec.json.Decoder()
+
+
+class StreamSession:
+    """Pure state machine for one socket; the Trio shell feeds it and performs :meth:`poll`'s actions."""
+
+    def __init__(self, params: SessionParams, recognizer: Recognizer, faults: Sequence[Fault], now: float) -> None:
+        self.p = params
+        self.recognizer = recognizer
+        self.decoder = Decoder(params.encoding)
+        self.counters = SessionCounters()
+        self.opened_at = now
+        self.last_activity = now
+        self.closed = False  # a Close/Abort was handed out
+        self.ended = False  # EOS received or the session is ending: ignore further input
+        self._outbox: deque[tuple[float, Action]] = deque()
+        self._last_due = now
+        self._seq = 0
+        self._frame = max(1, params.sample_rate // 100)
+        self._threshold = self._frame * (32768.0 * 10 ** (params.speech_dbfs / 20)) ** 2
+        self._total = 0  # samples received on the timeline
+        self._carry = np.zeros(0, dtype=np.int16)  # samples not yet framed for EPD
+        self._chunks: list[npt.NDArray[np.int16]] = []
+        self._buf_start = 0  # timeline sample of _chunks[0][0]
+        self._pending_since: int | None = None  # timeline sample where unanswered audio starts
+        self._speech_start: int | None = None
+        self._speech_end = 0
+        self._speech_frames = 0
+        self._silence = 0  # samples of quiet since the last loud frame
+        self._since_interim = 0
+        self._committed: list[Token] = []  # stable words of the open utterance (timeline ms)
+        self._committed_to = 0  # timeline sample up to which words are committed
+        self.empty_text = any(f.kind == "empty_text" for f in faults)
+        self._timed: list[tuple[float, Fault]] = sorted(
+            ((now + f.value / 1000.0, f) for f in faults if f.kind in ("close_after", "error_after", "stall")),
+            key=lambda item: item[0],
+        )
+        self.stalled = False
+
+    # ------------------------------------------------------------------ input
+    def receive_audio(self, data: bytes, now: float) -> None:
+        self.last_activity = now
+        self.counters.bytes_received += len(data)
+        if self.ended or not data:
+            return
+        samples = self.decoder.decode(data)
+        if samples.size == 0:
+            return
+        if self._pending_since is None:
+            self._pending_since = self._total
+        self._chunks.append(samples)
+        self._total += samples.size
+        self._since_interim += samples.size
+        self._run_epd(samples, now)
+        if self._speech_start is not None and self._since_interim >= self.p.interim_ms * self.p.sample_rate / 1000:
+            self._since_interim = 0
+            self._interim(now)
+        self._trim_silence()
+
+    def receive_text(self, text: str, now: float) -> None:
+        self.last_activity = now
+        if self.ended:
+            return
+        if text == EOS:
+            self.ended = True
+            if self._has_pending():
+                self._final(self._total, now + self.p.final_ms / 1000.0)
+            self._queue(now, Close(1000, "EOS"))
+            return
+        try:
+            obj = _json.decode(text)
+        except msgspec.DecodeError:
+            return  # unknown text is ignored, as an unknown field would be
+        if isinstance(obj, dict) and obj.get("type") in FINALIZE_TYPES and self._has_pending():
+            self._final(self._total, now + self.p.final_ms / 1000.0)
+
+    def pong_allowed(self, now: float) -> bool:
+        """A stalled session answers nothing, not even pings."""
+        self._apply_faults(now)
+        return not self.stalled
+
+    # ------------------------------------------------------------------ output
+    def poll(self, now: float) -> list[Action]:
+        """Actions due at ``now`` (results, closes, faults, timeouts)."""
+        if self.closed:
+            return []
+        self._apply_faults(now)
+        if self.stalled:
+            return []
+        out: list[Action] = []
+        if now >= self.opened_at + self.p.max_session_s:
+            self._queue(now, Close(1001, "maximum session length"), force=True)
+        elif now >= self.last_activity + self.p.idle_timeout_s:
+            self._queue(now, Close(1001, "idle timeout"), force=True)
+        while self._outbox and self._outbox[0][0] <= now:
+            action = self._outbox.popleft()[1]
+            out.append(action)
+            if isinstance(action, Send):
+                self._count(action)
+            if isinstance(action, Close | Abort):
+                self.closed = self.ended = True
+                self._outbox.clear()
+                break
+        return out
+
+    def next_deadline(self) -> float | None:
+        """When :meth:`poll` next has something to do (None = only new input can change that)."""
+        if self.closed or self.stalled:
+            return None
+        times = [self.opened_at + self.p.max_session_s, self.last_activity + self.p.idle_timeout_s]
+        if self._outbox:
+            times.append(self._outbox[0][0])
+        if self._timed:
+            times.append(self._timed[0][0])
+        return min(times)
+
+    # ------------------------------------------------------------------ internals
+    def _count(self, action: Send) -> None:
+        if '"final":true' in action.text:
+            self.counters.finals_sent += 1
+        elif '"final":false' in action.text:
+            self.counters.interims_sent += 1
+        else:
+            self.counters.errors_sent += 1
+
+    def _queue(self, due: float, action: Action, *, force: bool = False) -> None:
+        """FIFO with non-decreasing due times, so results never overtake each other."""
+        if force:
+            self._outbox.clear()
+        due = max(due, self._last_due)
+        self._last_due = due
+        self._outbox.append((due, action))
+
+    def _apply_faults(self, now: float) -> None:
+        while self._timed and self._timed[0][0] <= now:
+            due, fault = self._timed.pop(0)
+            if fault.kind == "stall":
+                self.stalled = True
+                self._outbox.clear()
+            elif fault.kind == "close_after":
+                self._queue(due, Abort(), force=True)
+            else:
+                error = {"type": "error", "code": "E500", "message": "emulated fault: in-band error"}
+                self._queue(due, Send(msgspec.json.encode(error).decode()), force=True)
+                self._queue(due, Close(1011, "emulated error"))
+            self.ended = True
+
+    def _has_pending(self) -> bool:
+        return self._pending_since is not None
+
+    def _run_epd(self, samples: npt.NDArray[np.int16], now: float) -> None:
+        data = np.concatenate([self._carry, samples]) if self._carry.size else samples
+        n_frames = data.size // self._frame
+        first = self._total - data.size  # timeline index of data[0]
+        self._carry = data[n_frames * self._frame :]
+        if n_frames == 0:
+            return
+        frames = data[: n_frames * self._frame].astype(np.float64).reshape(n_frames, self._frame)
+        loud = np.sum(frames * frames, axis=1) >= self._threshold
+        max_utter = int(self.p.max_utter_s * self.p.sample_rate)
+        epd = int(self.p.epd_time * self.p.sample_rate)
+        for i in range(n_frames):
+            start = first + i * self._frame
+            end = start + self._frame
+            if loud[i]:
+                if self._speech_start is None:
+                    self._speech_start = start
+                self._speech_end = end
+                self._speech_frames += 1
+                self._silence = 0
+                if end - self._speech_start >= max_utter:
+                    self._final(end, now + self.p.final_ms / 1000.0)
+            elif self._speech_start is not None:
+                self._silence += self._frame
+                if self._silence >= epd:
+                    if self._speech_frames >= MIN_SPEECH_FRAMES:
+                        self._final(self._speech_end, now + self.p.final_ms / 1000.0)
+                    else:  # a blip, not speech: forget it (its audio stays pending)
+                        self._speech_start = None
+                        self._speech_frames = 0
+
+    def _samples(self, lo: int, hi: int) -> npt.NDArray[np.int16]:
+        """Timeline samples [lo, hi) from the buffer (coalescing the chunk list once)."""
+        if len(self._chunks) > 1:
+            self._chunks = [np.concatenate(self._chunks)]
+        if not self._chunks:
+            return np.zeros(0, dtype=np.int16)
+        buf = self._chunks[0]
+        return buf[max(0, lo - self._buf_start) : max(0, hi - self._buf_start)]
+
+    def _tokens(self, lo: int, hi: int) -> list[Token]:
+        """Recognise timeline samples [lo, hi); token times become timeline ms."""
+        offset = lo * 1000.0 / self.p.sample_rate
+        return [
+            Token(text=t.text, start_ms=t.start_ms + offset, end_ms=t.end_ms + offset, confidence=t.confidence)
+            for t in self.recognizer.recognize(self._samples(lo, hi), self.p.sample_rate)
+        ]
+
+    def _utterance_start(self) -> int:
+        return self._pending_since if self._pending_since is not None else self._total
+
+    def _interim(self, now: float) -> None:
+        lo = max(self._utterance_start(), self._committed_to)
+        audio_end_ms = self._total * 1000.0 / self.p.sample_rate
+        for token in self._tokens(lo, self._total):
+            if token.end_ms > audio_end_ms - HOLD_MS:
+                break
+            self._committed.append(token)
+            self._committed_to = math.ceil(token.end_ms * self.p.sample_rate / 1000.0)
+        text = " ".join(t.text for t in self._committed)
+        if not text:
+            return
+        start = self._speech_start if self._speech_start is not None else self._utterance_start()
+        result = RtzrResult(
+            seq=self._seq, start_at=self._ms(start), duration=0, final=False,
+            alternatives=[Alternative(text="" if self.empty_text else text, confidence=self._confidence())],
+        )
+        self._queue(now, Send(encode_result(result).decode()))
+
+    def _final(self, cut: int, due: float) -> None:
+        """Close the open utterance at timeline sample ``cut``: compute its result, queue it."""
+        since = self._utterance_start()
+        lo = max(since, self._committed_to)
+        tokens = self._committed + (self._tokens(lo, cut) if cut > lo else [])
+        if self._speech_start is not None and self._speech_frames > 0:
+            start, end = self._speech_start, max(self._speech_end, self._speech_start)
+        else:
+            start, end = since, cut
+        start_ms = self._ms(start)
+        text = "" if self.empty_text else " ".join(t.text for t in tokens)
+        words = [] if self.empty_text else [
+            Word(text=t.text, start_at=max(0, round(t.start_ms) - start_ms),
+                 duration=max(0, round(t.end_ms - t.start_ms)), confidence=round(t.confidence, 3))
+            for t in tokens
+        ]
+        conf = self._confidence(tokens)
+        result = RtzrResult(
+            seq=self._seq, start_at=start_ms, duration=max(0, self._ms(end) - start_ms), final=True,
+            alternatives=[Alternative(text=text, confidence=conf, words=words)],
+        )
+        self._queue(due, Send(encode_result(result).decode()))
+        self._seq += 1
+        # Everything up to the cut is answered; audio after it is the start of what is pending next.
+        self._pending_since = cut if cut < self._total else None
+        keep = self._samples(cut, self._total).copy()
+        self._chunks = [keep] if keep.size else []
+        self._buf_start = cut
+        self._speech_start = None
+        self._speech_frames = 0
+        self._silence = 0
+        self._since_interim = 0
+        self._committed = []
+        self._committed_to = cut
+        # The frames after the cut may already hold speech that the loop will see next; nothing else to do.
+
+    def _confidence(self, tokens: Sequence[Token] | None = None) -> float:
+        tokens = self._committed if tokens is None else tokens
+        return round(sum(t.confidence for t in tokens) / len(tokens), 3) if tokens else 0.0
+
+    def _trim_silence(self) -> None:
+        """Bound memory when a client streams silence for long: keep the last second of it."""
+        if self._speech_start is not None:
+            return
+        limit = int(MAX_SILENT_BUFFER_S * self.p.sample_rate)
+        if self._total - self._buf_start > limit:
+            keep_from = self._total - self.p.sample_rate
+            self._chunks = [self._samples(keep_from, self._total).copy()]
+            self._buf_start = keep_from
+            self._committed_to = max(self._committed_to, keep_from)
+
+    def _ms(self, sample: int) -> int:
+        return round(sample * 1000 / self.p.sample_rate)
