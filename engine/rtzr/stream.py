@@ -147,31 +147,19 @@ class RtzrSocket:
             return await self._tokens.get()
 
     async def _run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        started = False
         url = f"{self._config.ws_url}?{self._query}"
         try:
             with self._scope:
                 token = await self._token()
                 for attempt in (0, 1):
-                    headers = [(b"Authorization", f"Bearer {token.value}".encode())]
                     t0 = trio.current_time()
+                    # Our own deadline: trio-websocket's connect_timeout leaves its reader task running.
+                    handshake = trio.CancelScope(deadline=t0 + self._budgets.connect.seconds)
                     try:
-                        async with open_websocket_url(
-                            url,
-                            extra_headers=headers,
-                            message_queue_size=64,
-                            max_message_size=MAX_MESSAGE_BYTES,
-                            connect_timeout=self._budgets.connect.seconds,
-                            disconnect_timeout=self._config.pool.close_timeout_ms / 1000.0,
-                        ) as ws:
-                            self.handshake_ms = (trio.current_time() - t0) * 1000.0
-                            self._handshake_hist.observe(self.handshake_ms)
-                            self._ws = ws
-                            self.opened_at = self.last_used = trio.current_time()
-                            self.token_expire_at = token.expire_at
-                            started = True
-                            task_status.started()
-                            await self._serve(ws)
+                        with handshake:
+                            await self._open(url, token, handshake=handshake, task_status=task_status)
+                        if handshake.cancelled_caught and self._ws is None:
+                            raise BudgetExpired("connect", self._budgets.connect.ms)
                         return
                     except ConnectionRejected as exc:
                         if exc.status_code == 401 and attempt == 0:
@@ -181,19 +169,45 @@ class RtzrSocket:
                             continue
                         raise _rejection(exc) from None
         except (ConnectionClosed, HandshakeError, OSError, trio.BrokenResourceError) as exc:
-            if not started:
+            if self._ws is None:
                 if isinstance(exc, ConnectionTimeout):
                     raise BudgetExpired("connect", self._budgets.connect.ms) from None
                 raise RtzrConnectError(f"cannot open RTZR stream: {type(exc).__name__}: {exc}") from None
             self._lose(f"{type(exc).__name__}: {exc}")
         except Exception as exc:
-            if not started:
+            if self._ws is None:
                 raise
             log.error("rtzr_socket_failed", exc=exc)
             self._lose(f"{type(exc).__name__}: {exc}")
         finally:
             self._lose(self.close_reason or "closed")
             self._done.set()
+
+    async def _open(
+        self,
+        ws_url: str,
+        token: Token,
+        *,
+        handshake: trio.CancelScope,
+        task_status: trio.TaskStatus[None],
+    ) -> None:
+        t0 = trio.current_time()
+        async with open_websocket_url(
+            ws_url,
+            extra_headers=[(b"Authorization", f"Bearer {token.value}".encode())],
+            message_queue_size=64,
+            max_message_size=MAX_MESSAGE_BYTES,
+            connect_timeout=self._budgets.connect.seconds + 1.0,
+            disconnect_timeout=self._config.pool.close_timeout_ms / 1000.0,
+        ) as ws:
+            handshake.deadline = math.inf
+            self.handshake_ms = (trio.current_time() - t0) * 1000.0
+            self._handshake_hist.observe(self.handshake_ms)
+            self._ws = ws
+            self.opened_at = self.last_used = trio.current_time()
+            self.token_expire_at = token.expire_at
+            task_status.started()
+            await self._serve(ws)
 
     async def _serve(self, ws: WebSocketConnection) -> None:
         async with trio.open_nursery() as nursery:
