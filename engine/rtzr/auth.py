@@ -78,6 +78,7 @@ class TokenManager:
         self._token: Token | None = None
         self._refresh_at = -math.inf  # trio clock
         self._expires_at = -math.inf  # trio clock
+        self._usable_until = -math.inf  # trio clock: expiry minus a skew
         self._fatal: RtzrAuthError | None = None
         self._changed = trio.Event()
         self._wake = trio.Event()
@@ -94,7 +95,7 @@ class TokenManager:
         return token.expire_at - self.wall()
 
     def _valid(self) -> Token | None:
-        if self._token is not None and trio.current_time() < self._expires_at - EXPIRY_SKEW_S:
+        if self._token is not None and trio.current_time() < self._usable_until:
             return self._token
         return None
 
@@ -113,7 +114,7 @@ class TokenManager:
         """After a 401 with ``stale``: drop it and wait for a new one (one fetch however many callers)."""
         if self._token is not None and self._token.value == stale.value:
             self._token = None
-            self._expires_at = -math.inf
+            self._expires_at = self._usable_until = -math.inf
             self._refresh_at = -math.inf
             log.info("rtzr_token_invalidated")
         self._wake.set()
@@ -182,6 +183,7 @@ class TokenManager:
         wait = left - margin if left - margin >= left / 2 else left / 2
         self._token = token
         self._expires_at = now + left
+        self._usable_until = self._expires_at - min(EXPIRY_SKEW_S, max(0.0, left) / 10)
         self._refresh_at = now + max(MIN_REFRESH_S, wait)
         log.info("rtzr_token_fetched", expires_in_s=round(left, 1), refresh_in_s=round(self._refresh_at - now, 1))
         self._notify()

@@ -45,6 +45,32 @@ class Stack:
     metrics: Registry
     tokens: TokenManager
     nursery: trio.Nursery
+    emulator_scope: trio.CancelScope
+    emulator_done: trio.Event
+
+    async def stop_emulator(self) -> None:
+        self.emulator_scope.cancel()
+        await self.emulator_done.wait()
+
+    async def start_emulator(self, emu: Emulator) -> None:
+        self.emulator = emu
+        self.emulator_scope, self.emulator_done = await self.nursery.start(_scoped, emu)
+
+
+async def _scoped(emu: Emulator, *, task_status: Any) -> None:
+    """Run an emulator in its own cancel scope so a test can stop and restart it."""
+    done = trio.Event()
+    try:
+        with trio.CancelScope() as scope:
+
+            async def started(*, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+                await emu.run(task_status=task_status)
+
+            async with trio.open_nursery() as n:
+                await n.start(started)
+                task_status.started((scope, done))
+    finally:
+        done.set()
 
 
 def client_config(emu: Emulator, emu_cfg: EmulatorConfig, **pool: Any) -> RtzrConfig:
@@ -65,13 +91,13 @@ async def stack(
     emu_cfg = emu_cfg or emulator_config()
     emu = Emulator(emu_cfg)
     async with trio.open_nursery() as nursery:
-        await nursery.start(emu.run)
+        scope, done = await nursery.start(_scoped, emu)
         metrics = Registry()
         config = client_config(emu, emu_cfg, **pool)
         b = Budgets(budgets or BudgetsConfig())
         tokens = TokenManager(config, b, metrics)
         await nursery.start(tokens.run)
-        yield Stack(emu, config, b, metrics, tokens, nursery)
+        yield Stack(emu, config, b, metrics, tokens, nursery, scope, done)
         nursery.cancel_scope.cancel()
 
 
