@@ -254,7 +254,8 @@ class RtzrPool:
 
     def _nursery_watch(self, sock: RtzrSocket) -> None:
         """One watcher per socket: wake the maintainer when it dies, so it is replaced promptly."""
-        assert self._nursery is not None
+        if self._nursery is None:
+            return
 
         async def watch() -> None:
             await sock.wait_closed()
@@ -263,7 +264,8 @@ class RtzrPool:
         self._nursery.start_soon(watch)
 
     def _nursery_close(self, sock: RtzrSocket, reason: str) -> None:
-        assert self._nursery is not None
+        if self._nursery is None:  # the pool has stopped; its nursery already closed every socket
+            return
         self._nursery.start_soon(self._close_one, sock, reason, True)
 
     async def _close_one(self, sock: RtzrSocket, reason: str, eos: bool) -> None:
