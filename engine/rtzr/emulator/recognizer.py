@@ -31,6 +31,7 @@ WORD_COVER = 0.5
 ENV_MIN_SCORE = 0.9
 PLACEHOLDER_GAP_FRAMES = 30  # merge loud runs closer than 300 ms
 PLACEHOLDER_MIN_FRAMES = 10  # ignore loud blips under 100 ms
+ONSET_SLACK = 6  # frames of onset misalignment tolerated (gain changes move the threshold crossing)
 _BASE = np.uint64(0x9E3779B97F4A7C15)
 
 
@@ -119,6 +120,7 @@ class PhrasebookRecognizer:
         self._keys = uniq[keep]
         self._owners = all_owners[first[keep]]
         self._envelopes = [envelope_db(c.samples, RATE, speech_dbfs - 15.0) for c in clips]
+        self._first_loud = [int(np.argmax(e > speech_dbfs)) if (e > speech_dbfs).any() else -1 for e in self._envelopes]
 
     # ------------------------------------------------------------------ exact
     def _exact(self, samples: npt.NDArray[np.int16]) -> list[_Match]:
@@ -144,23 +146,31 @@ class PhrasebookRecognizer:
     # ------------------------------------------------------------------ envelope
     def _envelope(self, env: npt.NDArray[np.float64], covered: npt.NDArray[np.bool_],
                   rate: int) -> list[_Match]:
+        """Correlate clip envelopes only at offsets that line a clip's onset up with a received one."""
+        loud = env > self.speech_dbfs
+        onsets = np.flatnonzero(loud & ~np.concatenate([[False], loud[:-1]]))
         candidates: list[tuple[float, int, int]] = []
         for ci, clip_env in enumerate(self._envelopes):
             m = len(clip_env)
-            if m < 10 or len(env) < m:
+            first = self._first_loud[ci]
+            if m < 10 or len(env) < m or first < 0 or onsets.size == 0:
                 continue
             ref = clip_env - clip_env.mean()
             ref_norm = float(np.linalg.norm(ref))
             if ref_norm == 0:
                 continue
-            rows = sliding_window_view(env, m)
+            offsets = np.unique((onsets[:, None] - first + np.arange(-ONSET_SLACK, ONSET_SLACK + 1)).ravel())
+            offsets = offsets[(offsets >= 0) & (offsets <= len(env) - m)]
+            if offsets.size == 0:
+                continue
+            rows = sliding_window_view(env, m)[offsets]
             centred = rows - rows.mean(axis=1, keepdims=True)
             norms = np.linalg.norm(centred, axis=1) * ref_norm
             scores = np.where(norms > 0, centred @ ref / np.where(norms > 0, norms, 1.0), 0.0)
             for found in np.flatnonzero(scores >= ENV_MIN_SCORE):
-                off = int(found)
+                off = int(offsets[found])
                 if covered[off : off + m].mean() < 0.2:
-                    candidates.append((float(scores[off]), ci, off))
+                    candidates.append((float(scores[found]), ci, off))
         taken = np.zeros(len(env), dtype=bool)
         matches: list[_Match] = []
         frame = max(1, rate // 100)

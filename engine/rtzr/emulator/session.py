@@ -32,6 +32,7 @@ from engine.rtzr.emulator.recognizer import Recognizer, Token
 from engine.rtzr.protocol import EOS, Alternative, RtzrResult, Word, encode_result
 
 HOLD_MS = 400.0  # a word is stable once this much audio follows it
+RECOMPUTE_FULL_S = 3.0
 MIN_SPEECH_FRAMES = 5
 MAX_SILENT_BUFFER_S = 10.0
 FINALIZE_TYPES = frozenset({"Finalize", "finalize"})
@@ -108,6 +109,7 @@ class StreamSession:
         self._since_interim = 0
         self._committed: list[Token] = []  # stable words of the open utterance (timeline ms)
         self._committed_to = 0  # timeline sample up to which words are committed
+        self._recomputed_at = 0  # timeline sample when interim tokens were last recognised
         self.empty_text = any(f.kind == "empty_text" for f in faults)
         self._timed: list[tuple[float, Fault]] = sorted(
             ((now + f.value / 1000.0, f) for f in faults if f.kind in ("close_after", "error_after", "stall")),
@@ -279,12 +281,17 @@ class StreamSession:
 
     def _interim(self, now: float) -> None:
         lo = max(self._utterance_start(), self._committed_to)
-        audio_end_ms = self._total * 1000.0 / self.p.sample_rate
-        for token in self._tokens(lo, self._total):
-            if token.end_ms > audio_end_ms - HOLD_MS:
-                break
-            self._committed.append(token)
-            self._committed_to = math.ceil(token.end_ms * self.p.sample_rate / 1000.0)
+        tail = self._total - lo
+        # Long tails with nothing stable (e.g. unknown speech) are re-recognised less and less often
+        # (every 10% growth), so a 30 s utterance costs O(n log n), not O(n^2).
+        if tail <= RECOMPUTE_FULL_S * self.p.sample_rate or self._total - self._recomputed_at >= tail // 10:
+            self._recomputed_at = self._total
+            audio_end_ms = self._total * 1000.0 / self.p.sample_rate
+            for token in self._tokens(lo, self._total):
+                if token.end_ms > audio_end_ms - HOLD_MS:
+                    break
+                self._committed.append(token)
+                self._committed_to = math.ceil(token.end_ms * self.p.sample_rate / 1000.0)
         text = " ".join(t.text for t in self._committed)
         if not text:
             return
