@@ -141,6 +141,8 @@ class Emulator:
         except (trio.BrokenResourceError, trio.ClosedResourceError, trio.TooSlowError,
                 h11.RemoteProtocolError, h11.LocalProtocolError) as exc:
             log.debug("rtzr_emulator_connection_dropped", error=type(exc).__name__)
+        except Exception as exc:  # one bad connection (or an emulator bug) must not stop the server
+            log.error("rtzr_emulator_connection_failed", exc=exc)
         finally:
             await stream.aclose()
 
