@@ -22,7 +22,7 @@ SILENCE: Final = 0xFF
 # A contiguous chunk whose timestamp runs ahead by more than this is a silent gap Twilio skipped.
 TIMESTAMP_TOLERANCE_MS: Final = 40
 # Remembered sequence numbers below the highest one (duplicate vs late detection).
-_SEQ_WINDOW: Final = 1024
+_SEQ_WINDOW: Final = 256
 _MAX_INT_DIGITS: Final = 15
 _T = TypeVar("_T")
 
@@ -335,12 +335,15 @@ class _Timeline:
 
 
 def _parse_uint(value: str, what: str) -> int:
-    if not (0 < len(value) <= _MAX_INT_DIGITS and value.isascii() and value.isdigit()):
+    if not (value.isdigit() and value.isascii() and len(value) <= _MAX_INT_DIGITS):
         raise TwilioProtocolError("schema", f"{what} must be a string of digits, got {value[:32]!r}")
     return int(value)
 
 
-_KNOWN_FIELDS: dict[str, set[str]] = {}
+_TAGS: dict[type, str] = {
+    cls: str(cls.__struct_config__.tag)
+    for cls in (ConnectedMessage, StartMessage, MediaMessage, DtmfMessage, MarkMessage, StopMessage)
+}
 
 
 class TwilioStream:
@@ -381,8 +384,8 @@ class TwilioStream:
             raise TwilioProtocolError("oversized", f"message of {len(text)} chars > {self.max_message_bytes}")
         msg = decode_inbound(text)
         self.stats.messages += 1
-        tag = type(msg).__struct_config__.tag
-        if isinstance(tag, str) and tag not in self._checked_fields:
+        tag = _TAGS[type(msg)]
+        if tag not in self._checked_fields:
             self._checked_fields.add(tag)
             self._note_unknown_fields(text, type(msg))
         if isinstance(msg, MediaMessage):

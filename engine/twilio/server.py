@@ -275,13 +275,20 @@ class TwilioServer:
         if status:
             self.metrics.rejected(status)
             log.info("twilio_rejected", conn=conn, status=status, reason=why, path=request.path[:200])
-            with self.budgets.send(shield=True):
-                await request.reject(status, body=f"{why}\n".encode())
+            try:
+                with self.budgets.send(shield=True):
+                    await request.reject(status, body=f"{why}\n".encode())
+            except (BudgetExpired, ConnectionClosed):
+                pass  # the client left or stalled; the connection is closed either way
             return
         # Counted before the first checkpoint after admission, so concurrent upgrades cannot overshoot.
         with self.host.track_call(conn):
-            with self.budgets.send():
-                ws = await request.accept()
+            try:
+                with self.budgets.send():
+                    ws = await request.accept()
+            except (BudgetExpired, ConnectionClosed):
+                log.info("twilio_upgrade_failed", conn=conn)
+                return
             self.metrics.accepted.inc()
             self.metrics.live.inc()
             try:
