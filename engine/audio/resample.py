@@ -25,7 +25,8 @@ def _to_int16(x: npt.NDArray[np.float32]) -> Pcm:
         return _EMPTY_I16.copy()
     y = np.rint(x * _SCALE)
     np.clip(y, -32768.0, 32767.0, out=y)
-    return y.astype(np.int16)
+    out: Pcm = y.astype(np.int16)
+    return out
 
 
 class ResampleError(ValueError):

@@ -1,0 +1,28 @@
+"""Local endpointing: when does the caller's speech start and end (sans-IO, per call)."""
+
+from __future__ import annotations
+
+from .classifiers import (
+    ClassifierError,
+    EnergyClassifier,
+    FrameClassifier,
+    WebRtcClassifier,
+    make_classifier,
+)
+from .endpointer import Endpointer, EndpointerError
+from .events import EndpointEvent, EndReason, SpeechAudio, SpeechEnded, SpeechStarted
+
+__all__ = [
+    "ClassifierError",
+    "EndReason",
+    "EndpointEvent",
+    "Endpointer",
+    "EndpointerError",
+    "EnergyClassifier",
+    "FrameClassifier",
+    "SpeechAudio",
+    "SpeechEnded",
+    "SpeechStarted",
+    "WebRtcClassifier",
+    "make_classifier",
+]

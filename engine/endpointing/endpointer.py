@@ -1,0 +1,276 @@
+"""The sans-IO Endpointer: PCM16 in, SpeechStarted / SpeechAudio / SpeechEnded out.
+
+Audio is cut into fixed frames (``frame_ms``; frame k covers samples ``[k*F, (k+1)*F)``
+on the call timeline) and each frame is judged by a :class:`FrameClassifier`. Decisions
+depend only on frame contents, never on how the audio was chunked into ``push`` calls,
+so any chunking yields identical events. The state machine:
+
+* idle → speech when a run of consecutive speech frames is too long to come from a burst
+  shorter than ``start_ms`` (``ceil((start-2)/F) + 2`` frames, since a burst can straddle
+  the frame grid: 5 frames = 100 ms at the defaults, 8 × 10 ms with ``frame_ms=10``).
+  ``SpeechStarted`` is emitted at once (for barge-in) with ``start`` = first sample of that
+  run and the pre-roll before it, followed by one ``SpeechAudio`` with the confirming run;
+* while in speech every frame is emitted as one ``SpeechAudio``;
+* speech → idle (``SpeechEnded(silence)``) after ``end_ms`` of consecutive non-speech
+  frames (the hangover, emitted as audio too), or ``SpeechEnded(max_length)`` when the
+  utterance reaches ``max_utterance_ms`` (a new one starts after ``start_ms`` more speech,
+  without losing audio: its pre-roll covers the gap), or ``end_of_stream`` from :meth:`end`.
+
+``min_utterance_ms``: an utterance is never ended by silence before it is this long
+(``end - start``); a shorter one keeps its hangover running until then. It keeps short
+replies ("네") from being finalised before a continuation, and caps how many tiny
+utterances a noisy line can produce. 0 (default) disables it. It cannot retract a
+``SpeechStarted`` already sent, so it never delays barge-in.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import numpy.typing as npt
+
+from engine.config import EndpointingConfig
+
+from .classifiers import FrameClassifier, make_classifier
+from .events import EndpointEvent, EndReason, SpeechAudio, SpeechEnded, SpeechStarted
+
+Pcm = npt.NDArray[np.int16]
+_EMPTY = np.zeros(0, dtype=np.int16)
+
+
+class EndpointerError(ValueError):
+    """Bad audio given to :meth:`Endpointer.push`, or use after :meth:`Endpointer.end`."""
+
+
+def _ceil_div(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+class Endpointer:
+    """Per-call speech start/end detector; see the module docstring for the rules."""
+
+    __slots__ = (
+        "_classifier",
+        "_closed",
+        "_end_frames",
+        "_frame",
+        "_frames_done",
+        "_in_speech",
+        "_last_speech_end",
+        "_max_end",
+        "_max_frames",
+        "_min_samples",
+        "_pending",
+        "_preroll",
+        "_ring",
+        "_ring_end",
+        "_ring_filled",
+        "_ring_pos",
+        "_run",
+        "_silence",
+        "_start_frames",
+        "_utt_start",
+        "position",
+        "sample_rate",
+    )
+
+    def __init__(
+        self,
+        config: EndpointingConfig,
+        *,
+        sample_rate: int | None = None,
+        classifier: FrameClassifier | None = None,
+    ) -> None:
+        rate = config.sample_rate if sample_rate is None else sample_rate
+        if rate <= 0:
+            raise EndpointerError(f"invalid sample rate {rate}")
+        self.sample_rate = rate
+        if classifier is None:
+            classifier = make_classifier(config.classifier, rate, frame_ms=config.frame_ms)
+        self._classifier = classifier
+        frame = int(classifier.frame_samples)
+        if frame <= 0:
+            raise EndpointerError(f"classifier frame size must be positive, got {frame}")
+        self._frame = frame
+
+        def samples(ms: int) -> int:
+            return ms * rate // 1000
+
+        # Confirm a run only when no burst shorter than start_ms could have produced it: a
+        # burst of L samples touches at most ceil((L-1)/F) + 1 frames of the grid.
+        self._start_frames = _ceil_div(max(samples(config.start_ms) - 2, 0), frame) + 2
+        self._end_frames = max(1, _ceil_div(samples(config.end_ms), frame))
+        self._preroll = samples(config.preroll_ms)
+        self._max_frames = max(self._start_frames + 1, samples(config.max_utterance_ms) // frame)
+        self._min_samples = samples(config.min_utterance_ms)
+        # History of idle audio (pre-roll + a confirming run), ending at the current frame base.
+        self._ring: Pcm = np.zeros(max(self._preroll + self._start_frames * frame, 1), dtype=np.int16)
+        self._ring_pos = 0
+        self._ring_filled = 0
+        self._ring_end = 0
+        self._pending: Pcm = _EMPTY
+        self.position = 0
+        self._frames_done = 0
+        self._in_speech = False
+        self._run = 0
+        self._silence = 0
+        self._utt_start = 0
+        self._max_end = 0
+        self._last_speech_end = 0
+        self._closed = False
+
+    @property
+    def frame_samples(self) -> int:
+        return self._frame
+
+    @property
+    def in_speech(self) -> bool:
+        """True between a SpeechStarted and its SpeechEnded."""
+        return self._in_speech
+
+    def push(self, pcm: Pcm) -> list[EndpointEvent]:
+        """Consume the next chunk of audio (any length); return the events it completes."""
+        if self._closed:
+            raise EndpointerError("push() after end()")
+        if not isinstance(pcm, np.ndarray) or pcm.dtype != np.int16 or pcm.ndim != 1:
+            raise EndpointerError("push() expects a 1-D int16 numpy array")
+        n = pcm.shape[0]
+        if n == 0:
+            return []
+        self.position += n
+        frame = self._frame
+        pending = self._pending
+        # A copy either way: events and the pending tail must not alias the caller's buffer.
+        data = np.concatenate((pending, pcm)) if pending.shape[0] else pcm.copy()
+        nf = data.shape[0] // frame
+        used = nf * frame
+        if used == data.shape[0]:
+            self._pending = _EMPTY
+            flat = data
+        else:
+            self._pending = data[used:]
+            if nf == 0:
+                return []
+            flat = data[:used]
+        decisions = self._classifier.classify(flat[None] if nf == 1 else flat.reshape(nf, frame))
+        if not self._in_speech and not any(decisions):
+            # The common case, every idle frame on a quiet line: nothing can happen.
+            self._run = 0
+            self._frames_done += nf
+            self._remember(flat)
+            return []
+        return self._step(flat, decisions)
+
+    def _step(self, flat: Pcm, decisions: list[bool]) -> list[EndpointEvent]:
+        """Run the state machine over whole frames ``flat`` (decisions, one per frame)."""
+        events: list[EndpointEvent] = []
+        frame = self._frame
+        base = self._frames_done * frame
+        self._frames_done += len(decisions)
+        idle_from = 0  # offset in flat where the current idle stretch began
+        in_speech = self._in_speech
+        for i, speech in enumerate(decisions):
+            off = i * frame
+            end = base + off + frame
+            if not in_speech:
+                if not speech:
+                    self._run = 0
+                    continue
+                self._run += 1
+                if self._run < self._start_frames:
+                    continue
+                self._remember(flat[idle_from : off + frame])
+                events.extend(self._start(end))
+                in_speech = True
+                continue
+            events.append(SpeechAudio(base + off, flat[off : off + frame]))
+            if speech:
+                self._silence = 0
+                self._last_speech_end = end
+            else:
+                self._silence += 1
+            reason: EndReason | None = None
+            if self._silence >= self._end_frames and end - self._utt_start >= self._min_samples:
+                reason = "silence"
+            elif end >= self._max_end:
+                reason = "max_length"
+            if reason is not None:
+                events.append(SpeechEnded(end, reason, self._last_speech_end))
+                in_speech = False
+                self._run = 0
+                self._forget(end)
+                idle_from = off + frame
+        self._in_speech = in_speech
+        if not in_speech:
+            self._remember(flat[idle_from:])
+        return events
+
+    def _start(self, end: int) -> list[EndpointEvent]:
+        """Speech confirmed on the frame ending at ``end``: emit Started + the confirming run."""
+        start = end - self._run * self._frame
+        pre_start = max(start - self._preroll, self._ring_end - self._ring_filled)
+        preroll = self._recall(pre_start, start)
+        run = self._recall(start, end)
+        self._forget(end)
+        self._utt_start = start
+        self._max_end = start + self._max_frames * self._frame
+        self._last_speech_end = end
+        self._silence = 0
+        self._run = 0
+        return [SpeechStarted(start, preroll, pre_start), SpeechAudio(start, run)]
+
+    # History of idle audio: a ring holding the last pre-roll + confirming run, so the
+    # hot idle path is one slice assignment, never an allocation.
+
+    def _remember(self, audio: Pcm) -> None:
+        n = audio.shape[0]
+        if n == 0:
+            return
+        ring = self._ring
+        cap = ring.shape[0]
+        self._ring_end += n
+        if n >= cap:
+            ring[:] = audio[n - cap :]
+            self._ring_pos = 0
+            self._ring_filled = cap
+            return
+        pos = self._ring_pos
+        stop = pos + n
+        if stop <= cap:
+            ring[pos:stop] = audio
+            self._ring_pos = stop if stop < cap else 0
+        else:
+            k = cap - pos
+            ring[pos:] = audio[:k]
+            ring[: n - k] = audio[k:]
+            self._ring_pos = n - k
+        filled = self._ring_filled + n
+        self._ring_filled = filled if filled < cap else cap
+
+    def _recall(self, a: int, b: int) -> Pcm:
+        """A copy of the remembered samples ``[a, b)`` (absolute positions)."""
+        if b <= a:
+            return _EMPTY.copy()
+        idx = np.arange(a - self._ring_end, b - self._ring_end) + self._ring_pos
+        return self._ring.take(idx, mode="wrap")
+
+    def _forget(self, position: int) -> None:
+        """Drop the history: nothing before ``position`` may be used as pre-roll any more."""
+        self._ring_end = position
+        self._ring_filled = 0
+        self._ring_pos = 0
+
+    def end(self) -> list[EndpointEvent]:
+        """End of stream: flush a partial frame into an open utterance and close it."""
+        if self._closed:
+            return []
+        self._closed = True
+        if not self._in_speech:
+            return []
+        events: list[EndpointEvent] = []
+        pending = self._pending
+        if pending.shape[0]:
+            events.append(SpeechAudio(self.position - pending.shape[0], pending))
+        self._pending = _EMPTY
+        self._in_speech = False
+        events.append(SpeechEnded(self.position, "end_of_stream", self._last_speech_end))
+        return events
