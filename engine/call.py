@@ -29,7 +29,7 @@ from engine.metrics import Registry
 from engine.rtzr.protocol import LeaseResult
 from engine.rtzr.stream import RtzrConnectError, RtzrSocketLost
 from engine.turns import TurnTracker
-from engine.twilio.protocol import Media, Started, TwilioEvent
+from engine.twilio.protocol import Media, Started, StreamStats, TwilioEvent
 from engine.utterance import UtteranceAudio
 
 log = get_logger(__name__)
@@ -101,6 +101,7 @@ class Call:
         metrics: Registry,
         budgets: Budgets,
         frame_hook: Callable[[np.ndarray[Any, np.dtype[np.int16]]], None] | None = None,
+        stream_stats: StreamStats | None = None,
     ) -> None:
         self.started = started
         self.config = config
@@ -109,6 +110,7 @@ class Call:
         self.metrics = metrics
         self.budgets = budgets
         self.frame_hook = frame_hook
+        self.stream_stats = stream_stats
         self.call_sid = started.call_sid
         self.stream_sid = started.stream_sid
         self.stats = CallStats()
@@ -238,6 +240,8 @@ class Call:
                     nursery.start_soon(self._transcribe, utt, cell)
             reason = self._closed_reason or "closed"
         finally:
+            if self.stream_stats is not None:
+                self.stats.frames_dropped = self.stream_stats.duplicates + self.stream_stats.reordered
             turn = self.turns.flush()
             if turn is not None:
                 self._emit_turn(turn)
@@ -353,8 +357,9 @@ class Call:
             source = "end_of_stream"
         words = None
         if result.words:
-            words = [ev.Word(text=w.text, start_ms=round(utt.audio_start_ms + w.start_at, 1),
-                             end_ms=round(utt.audio_start_ms + w.start_at + w.duration, 1), confidence=w.confidence)
+            # word times are relative to the result's start (RTZR's example: first word at 0)
+            words = [ev.Word(text=w.text, start_ms=round(start_ms + w.start_at, 1),
+                             end_ms=round(start_ms + w.start_at + w.duration, 1), confidence=w.confidence)
                      for w in result.words]
         self.stats.finals += 1
         self._m_finals.inc()

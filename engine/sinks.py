@@ -91,6 +91,7 @@ class EventSinks:
             if self.config.webhook_url:
                 nursery.start_soon(self._webhook_worker)
             task_status.started()
+            await trio.sleep_forever()  # a service runs until cancelled, even with no worker
 
     # -- JSON lines ----------------------------------------------------------------------------
     async def _jsonl_worker(self) -> None:

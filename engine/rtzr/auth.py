@@ -60,6 +60,8 @@ def backoff_delay(attempt: int, base_s: float, cap_s: float, rand: float) -> flo
 class TokenManager:
     """Caches the RTZR token and refreshes it at ``expire_at - token_margin_ms``."""
 
+    name = "rtzr_auth"
+
     def __init__(
         self,
         config: RtzrConfig,

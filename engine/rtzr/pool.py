@@ -94,6 +94,8 @@ class Lease:
 class RtzrPool:
     """Leases pre-warmed RTZR sockets per utterance; run it in the supervisor."""
 
+    name = "rtzr_pool"
+
     def __init__(self, config: RtzrConfig, tokens: TokenManager, budgets: Budgets, metrics: Registry) -> None:
         self.config = config
         self.pool_config = config.pool
