@@ -98,7 +98,7 @@ def build(config: Config, *, on_event: Callable[[Event], None] | None = None, ha
 
     twilio = TwilioServer(config, host=supervisor, handler_factory=new_call, metrics=metrics, budgets=budgets)
     admin = AdminServer(config.server.admin_host, config.server.admin_port, metrics,
-                        lambda: supervisor.draining.is_set())
+                        supervisor.draining.is_set)
     supervisor.services = [tokens, pool, sinks, admin, twilio]
     return Engine(config, supervisor, metrics, sinks, pool, tokens, twilio, admin, emulator)
 
