@@ -32,7 +32,7 @@ import numpy as np
 import soxr
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from engine.audio import mulaw  # noqa: E402
+from engine.audio import mulaw
 
 RATE = 8000
 NOISES = ("white", "pink", "babble", "hum")
@@ -59,7 +59,7 @@ PHRASES = [
 ]
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def synth(text: str, speed: int, pitch: int) -> np.ndarray:
     """espeak-ng → float32 at 8 kHz (cached per argument set)."""
     out = subprocess.run(

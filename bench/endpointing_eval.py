@@ -24,10 +24,10 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from corpus import load  # noqa: E402
+from corpus import load
 
-from engine.config import EndpointingConfig  # noqa: E402
-from engine.endpointing import Endpointer, SpeechEnded, SpeechStarted, make_classifier  # noqa: E402
+from engine.config import EndpointingConfig
+from engine.endpointing import Endpointer, SpeechEnded, SpeechStarted, make_classifier
 
 END_MS = (80, 120, 200, 300)
 
