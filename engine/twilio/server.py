@@ -14,6 +14,7 @@ answering pings and Twilio drop audio).
 from __future__ import annotations
 
 import itertools
+import math
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 from functools import partial
@@ -32,6 +33,7 @@ from engine.metrics import Counter, Registry
 from engine.twilio.protocol import (
     FRAME_BYTES,
     SILENCE,
+    Media,
     Started,
     Stopped,
     StreamStats,
@@ -49,6 +51,7 @@ log = get_logger(__name__)
 MESSAGE_QUEUE_SIZE = 64  # frames trio-websocket may buffer during a burst before it stops reading
 MAX_OUTBOUND_PAYLOAD = 50 * FRAME_BYTES  # one outbound media message carries at most 1 s
 _STATS_FLUSH_EVERY = 50  # messages (≈1 s of audio) between metric updates
+FRAME_LAG_BUCKETS_MS = (1, 2, 5, 10, 15, 20, 25, 30, 40, 50, 75, 100, 150, 200, 300, 500, 1000, 2000, 5000)
 
 
 class CallHostLike(Protocol):
@@ -177,6 +180,9 @@ class _Metrics:
         self.filled_bytes = registry.counter("twilio_filled_bytes_total", "bytes of silence filled into gaps")
         self.duplicates = registry.counter("twilio_frames_duplicate_total", "duplicate messages dropped")
         self.reordered = registry.counter("twilio_frames_reordered_total", "late messages (reordered)")
+        self.frame_lag = registry.histogram(
+            "twilio_frame_lag_ms", "media frame handled (after the endpointer) minus its due time; due = the "
+            "stream's least-delayed frame + its audio offset", buckets=FRAME_LAG_BUCKETS_MS)
 
     def rejected(self, status: int) -> None:
         self.registry.counter("twilio_calls_rejected_total", "upgrades rejected", f"status={status}").inc()
@@ -410,6 +416,10 @@ class TwilioServer:
         idle = self.config.twilio.read_idle_ms / 1000
         count = 0
         sid = proto.stream_sid
+        # Frame lag: a frame of audio offset o (s) is due at origin + o, the origin being the earliest
+        # (now - o) seen on this stream; lag = handled time - due (one clock read per message).
+        origin = math.inf
+        lag = self.metrics.frame_lag
         while True:
             with trio.move_on_after(idle) as scope:
                 try:
@@ -427,7 +437,12 @@ class TwilioServer:
                 return end.reason
             for event in events:
                 handler.on_event(event)
-                if isinstance(event, Stopped):
+                if type(event) is Media:
+                    if not event.filled:
+                        base = trio.current_time() - event.offset / 8000
+                        origin = min(origin, base)
+                        lag.observe((base - origin) * 1000)
+                elif isinstance(event, Stopped):
                     return "stop"
             count += 1
             if count % _STATS_FLUSH_EVERY == 0:
