@@ -73,7 +73,19 @@ class Utterance:
     ended_at: float = 0.0  # trio clock when the endpoint was decided
     end_ms: float = 0.0
     overflowed: bool = False
+    sent: int = 0  # bytes of audio sent on the current lease (restarts at 0 on a replay)
     finals_emitted_until_ms: float = -1.0
+
+
+@dataclass(slots=True)
+class _Attempt:
+    """One lease of an utterance (the first, or the replay after a socket failed)."""
+
+    lease: LeaseLike
+    replay: bool
+    failure: Exception | None = None
+    closing_final: trio.Event = field(default_factory=trio.Event)
+    finalize_at: float | None = None  # trio clock when Finalize was sent
 
 
 @dataclass(slots=True)
@@ -126,8 +138,8 @@ class Call:
         self.buffer_limit_bytes = int(config.call.audio_buffer_ms * self.stt_bytes_per_ms)
         self._current: Utterance | None = None
         self._to_stt: Resampler | None = None
-        self._open: list[tuple[Utterance, list[int]]] = []  # utterance and its [bytes sent] cell
-        self._spawn_send, self._spawn_recv = trio.open_memory_channel[tuple[Utterance, list[int]]](math.inf)
+        self._open: list[Utterance] = []  # utterances whose final has not arrived yet
+        self._spawn_send, self._spawn_recv = trio.open_memory_channel[Utterance](math.inf)
         self._closed_reason: str | None = None
         self._started_at = trio.current_time()
         self._m_overflow = metrics.counter("call_audio_overflow_total", "utterance audio dropped: RTZR slower than real time")
@@ -190,10 +202,9 @@ class Call:
         self.turns.speech_started()
         self.emit(ev.SpeechStarted(call_sid=self.call_sid, stream_sid=self.stream_sid, utterance_id=utt.uid,
                                    start_ms=utt.speech_start_ms))
-        cell = [0]
-        self._open.append((utt, cell))
+        self._open.append(utt)
         self._append(event.preroll)
-        self._spawn_send.send_nowait((utt, cell))
+        self._spawn_send.send_nowait(utt)
 
     def _append(self, pcm: np.ndarray[Any, np.dtype[np.int16]]) -> None:
         utt = self._current
@@ -213,7 +224,7 @@ class Call:
         utt.audio.append(data)
 
     def _unsent_bytes(self) -> int:
-        return sum(utt.audio.size - cell[0] for utt, cell in self._open)
+        return sum(utt.audio.size - utt.sent for utt in self._open)
 
     def _end_utterance(self, event: SpeechEnded) -> None:
         utt = self._current
@@ -236,8 +247,8 @@ class Call:
         reason = "cancelled"
         try:
             async with trio.open_nursery() as nursery:
-                async for utt, cell in self._spawn_recv:
-                    nursery.start_soon(self._transcribe, utt, cell)
+                async for utt in self._spawn_recv:
+                    nursery.start_soon(self._transcribe, utt)
             reason = self._closed_reason or "closed"
         finally:
             if self.stream_stats is not None:
@@ -254,11 +265,11 @@ class Call:
                 frames_dropped=self.stats.frames_dropped, errors=self.stats.errors,
             ))
 
-    async def _transcribe(self, utt: Utterance, cell: list[int]) -> None:
+    async def _transcribe(self, utt: Utterance) -> None:
         try:
             for attempt in range(2):
                 try:
-                    await self._stream_once(utt, cell, replay=attempt > 0)
+                    await self._stream_once(utt, replay=attempt > 0)
                     return
                 except BudgetExpired as exc:
                     if exc.budget == "send" and attempt == 0:
@@ -273,8 +284,7 @@ class Call:
                     self._error("stt_failed", f"{type(exc).__name__}: {exc}; utterance not transcribed after replay", utt)
                     return
         finally:
-            cell[0] = utt.audio.size
-            self._open = [(u, c) for u, c in self._open if u is not utt]
+            self._open.remove(utt)
             self.turns.utterance_done()
 
     def _note_replay(self, utt: Utterance, exc: Exception) -> None:
@@ -282,54 +292,55 @@ class Call:
         self._m_replays.inc()
         log.warning("utterance_replay", call_sid=self.call_sid, utterance_id=utt.uid, error=f"{type(exc).__name__}: {exc}")
 
-    async def _stream_once(self, utt: Utterance, cell: list[int], *, replay: bool) -> None:
+    async def _stream_once(self, utt: Utterance, *, replay: bool) -> None:
         """Lease a socket, send the utterance (from 0 on a replay), Finalize, wait for the final."""
-        cell[0] = 0
+        utt.sent = 0
         async with self.pool.lease() as lease:  # bounded by budgets.lease inside the pool
-            await self._drive_lease(utt, cell, lease, replay=replay)
+            attempt = _Attempt(lease, replay)
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._receive_results, utt, attempt)
+                try:
+                    await self._send_and_finalize(utt, attempt)
+                except Exception as exc:  # surfaces below, outside the nursery, as a plain exception
+                    attempt.failure = attempt.failure or exc
+                nursery.cancel_scope.cancel()
+            if attempt.failure is not None:
+                raise attempt.failure
 
-    async def _drive_lease(self, utt: Utterance, cell: list[int], lease: LeaseLike, *, replay: bool) -> None:
-        failure: list[BaseException] = []
-        closing_final = trio.Event()
-        finalize_at: list[float] = []
+    async def _receive_results(self, utt: Utterance, attempt: _Attempt) -> None:
+        """Route this lease's results to events; note the final that answers our Finalize."""
+        try:
+            while True:
+                result = await attempt.lease.receive()
+                self._on_result(utt, attempt, result)
+                if result.final and attempt.finalize_at is not None and not attempt.lease.has_pending:
+                    attempt.closing_final.set()
+        except Exception as exc:
+            attempt.failure = attempt.failure or exc
+            attempt.closing_final.set()
 
-        async def receive_results() -> None:
-            try:
-                while True:
-                    result = await lease.receive()
-                    self._on_result(utt, lease, result, finalize_at, replay=replay)
-                    if result.final and finalize_at and not lease.has_pending:
-                        closing_final.set()
-            except Exception as exc:
-                failure.append(exc)
-                closing_final.set()
+    async def _send_and_finalize(self, utt: Utterance, attempt: _Attempt) -> None:
+        """Stream the utterance's audio in batches as it arrives, then Finalize and await the final."""
+        max_batch = max(self.batch_bytes, int(100 * self.stt_bytes_per_ms))
+        while attempt.failure is None:
+            available = utt.audio.size - utt.sent
+            if available >= self.batch_bytes or (utt.audio.closed and available > 0):
+                chunk = utt.audio.read(utt.sent, max_batch)
+                await attempt.lease.send_audio(chunk)
+                utt.sent += len(chunk)
+                self.stats.bytes_sent += len(chunk)
+                continue
+            if utt.audio.closed:
+                break
+            await utt.audio.wait_changed()
+        if attempt.failure is not None:
+            return
+        attempt.finalize_at = trio.current_time()
+        if await attempt.lease.finalize():
+            with self.budgets.finalize():
+                await attempt.closing_final.wait()
 
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(receive_results)
-            max_batch = max(self.batch_bytes, int(100 * self.stt_bytes_per_ms))
-            while not failure:
-                available = utt.audio.size - cell[0]
-                if available >= self.batch_bytes or (utt.audio.closed and available > 0):
-                    chunk = utt.audio.read(cell[0], max_batch)
-                    await lease.send_audio(chunk)
-                    cell[0] += len(chunk)
-                    self.stats.bytes_sent += len(chunk)
-                    continue
-                if utt.audio.closed:
-                    break
-                await utt.audio.wait_changed()
-            if not failure:
-                finalize_at.append(trio.current_time())
-                expecting = await lease.finalize()
-                if expecting:
-                    with self.budgets.finalize():
-                        await closing_final.wait()
-            nursery.cancel_scope.cancel()
-        if failure:
-            raise failure[0]
-
-    def _on_result(self, utt: Utterance, lease: LeaseLike, result: LeaseResult, finalize_at: list[float], *,
-                   replay: bool) -> None:
+    def _on_result(self, utt: Utterance, attempt: _Attempt, result: LeaseResult) -> None:
         start_ms = utt.audio_start_ms + result.start_ms
         if not result.final:
             self.emit(ev.TranscriptPartial(call_sid=self.call_sid, stream_sid=self.stream_sid, utterance_id=utt.uid,
@@ -340,12 +351,12 @@ class Call:
             return
         utt.finals_emitted_until_ms = end_ms
         now = trio.current_time()
-        closing = bool(finalize_at)
+        closing = attempt.finalize_at is not None
         latency = None
-        if closing:
-            stt_ms = (now - finalize_at[0]) * 1000
+        if attempt.finalize_at is not None:
+            stt_ms = (now - attempt.finalize_at) * 1000
             total_ms = utt.endpoint_ms + (now - utt.ended_at) * 1000
-            latency = ev.Latency(endpoint_ms=round(utt.endpoint_ms, 1), lease_ms=round(lease.lease_ms, 1),
+            latency = ev.Latency(endpoint_ms=round(utt.endpoint_ms, 1), lease_ms=round(attempt.lease.lease_ms, 1),
                                  stt_ms=round(stt_ms, 1), total_ms=round(total_ms, 1))
             self._h_total.observe(total_ms)
             self._h_stt.observe(stt_ms)
@@ -366,7 +377,7 @@ class Call:
         self.emit(ev.TranscriptFinal(
             call_sid=self.call_sid, stream_sid=self.stream_sid, utterance_id=utt.uid, text=result.text,
             confidence=result.confidence, start_ms=round(start_ms, 1), end_ms=round(end_ms, 1), words=words,
-            latency=latency, source=source, pool_hit=lease.pool_hit, replayed=replay,
+            latency=latency, source=source, pool_hit=attempt.lease.pool_hit, replayed=attempt.replay,
         ))
         self.turns.add_final(utt.uid, result.text, start_ms, end_ms)
 
