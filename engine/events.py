@@ -13,7 +13,6 @@ from typing import Literal
 import msgspec
 from msgspec import Struct
 
-
 FinalSource = Literal["finalize", "server_endpoint", "end_of_stream"]
 
 
