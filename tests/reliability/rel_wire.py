@@ -160,10 +160,11 @@ class RawClient:
                 for event in self.ws.events():
                     if isinstance(event, CloseConnection):
                         self.close_code = event.code
-                        try:
-                            await self.stream.send_all(self.ws.send(event.response()))
-                        except (trio.BrokenResourceError, trio.ClosedResourceError):
-                            pass
+                        if self.ws.state.name == "REMOTE_CLOSING":
+                            try:
+                                await self.stream.send_all(self.ws.send(event.response()))
+                            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                                pass
                     elif isinstance(event, Ping):
                         await self.stream.send_all(self.ws.send(event.response()))
         return self.close_code
