@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import msgspec
 import trio
@@ -57,15 +58,21 @@ async def serve(
     on_event: Callable[[Event], None] | None = None,
     stt: str = "rtzr",
     handle_signals: bool = True,
+    emulator_config: Any = None,
     task_status: trio.TaskStatus[Engine] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Run the engine until drained. ``stt="emulator"`` starts the RTZR emulator in-process."""
+    """Run the engine until drained.
+
+    ``stt="emulator"`` starts the RTZR emulator in-process (``emulator_config``: an
+    ``engine.rtzr.emulator.EmulatorConfig``; default: loopback, 100 ms handshake, 150 ms final).
+    """
     async with trio.open_nursery() as outer:
         emulator = None
         if stt == "emulator":
             from engine.rtzr.emulator import Emulator, EmulatorConfig
 
-            emulator = await outer.start(Emulator(EmulatorConfig(host="127.0.0.1", port=0)).run)
+            emu_config = emulator_config or EmulatorConfig(host="127.0.0.1", port=0)
+            emulator = await outer.start(Emulator(emu_config).run)
             config = msgspec.structs.replace(config, rtzr=msgspec.structs.replace(
                 config.rtzr, api_base=emulator.api_base, ws_url=emulator.ws_url,
                 client_id=emulator.config.client_id, client_secret=emulator.config.client_secret))
