@@ -1,0 +1,213 @@
+"""Latency of finals at N concurrent real-time calls, pooled vs the naive connect-per-utterance bridge.
+
+Three processes per run: the RTZR emulator (``sori emulate-rtzr --handshake-ms 100 --final-ms 150``),
+the engine (``sori serve``, events as JSON lines) and the load generator (bench/loadgen.py), the
+engine pinned to core 0 and the other two to core 1 (``taskset``). Every call plays one labelled
+corpus call once, then 1 s of silence. For each final that closes an utterance:
+
+- engine-added = total_ms − endpoint_ms − the emulator's final delay (what sori adds on top of the
+  hangover and of RTZR's own work: lease, sends, scheduling);
+- end of speech → event = event ``ts`` − (call's audio origin + the label's end of the utterance),
+  for the last final of each labelled utterance (includes the hangover, framing and RTZR).
+
+The same calls run against ``rtzr.pool.mode=connect-per-utterance`` in the same run.
+
+    .venv/bin/python bench/latency.py [--n 1 50 200] [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import _common as c
+
+FINAL_MS = 150
+HANDSHAKE_MS = 100
+MODES = ("pooled", "connect-per-utterance")
+
+
+@dataclass
+class RunResult:
+    mode: str
+    n: int
+    engine_added: list[float] = field(default_factory=list)
+    total: list[float] = field(default_factory=list)
+    eos_to_event: list[float] = field(default_factory=list)
+    lease: list[float] = field(default_factory=list)
+    first_lease: list[float] = field(default_factory=list)
+    pool_hits: int = 0
+    finals: int = 0
+    utterances: int = 0
+    errors: int = 0
+    calls_ok: int = 0
+    calls_ended: int = 0
+    cpu_pct: float = 0.0
+    rss_mib: float = 0.0
+    sender_lag_p99: float = 0.0
+    emulator_cpu_pct: float = 0.0
+    loadgen_cpu_pct: float = 0.0
+    notes: list[str] = field(default_factory=list)
+
+
+def pool_settings(n: int) -> tuple[int, int]:
+    """(max_sessions, spare): an organisation whose concurrency limit covers every call (Enterprise-sized)."""
+    return max(5, n), max(2, n // 4)
+
+
+def run_once(mode: str, n: int, corpus: list[c.CorpusCall], work: Path, *, stagger_ms: float,
+             pin: bool = True) -> RunResult:
+    result = RunResult(mode, n)
+    max_sessions, spare = pool_settings(n)
+    emu_port, port, admin = c.free_port(), c.free_port(), c.free_port()
+    tag = f"{mode}-{n}"
+    events_path = work / f"events-{tag}.jsonl"
+    emulator = c.start_emulator(emu_port, max_sessions=max_sessions + 10, log=work / f"emu-{tag}.log", cpu=1 if pin else None,
+                                handshake_ms=HANDSHAKE_MS, final_ms=FINAL_MS)
+    engine = None
+    try:
+        engine = c.start_engine(port, admin, emu_port, events=events_path, log=work / f"engine-{tag}.log",
+                                cpu=0 if pin else None,
+                                settings=[f"rtzr.pool.mode={mode}", f"rtzr.pool.max_sessions={max_sessions}",
+                                          f"rtzr.pool.spare={spare}"])
+        time.sleep(1.0 + spare * 0.01)  # let the pool pre-warm its spare sockets
+        before = c.CpuSample.take(engine.pid)
+        emu_before = c.CpuSample.take(emulator.pid)
+        out = work / f"load-{tag}.json"
+        gen = c.spawn([c.PY, str(c.ROOT / "bench" / "loadgen.py"), f"ws://127.0.0.1:{port}/twilio/media",
+                       "--calls", str(n), "--stagger-ms", str(stagger_ms), "--out", str(out),
+                       "--audio", *[str(k.wav) for k in corpus]], cpu=1 if pin else None, log=work / f"load-{tag}.log")
+        gen_before = c.CpuSample.take(gen.pid)
+        gen_last = gen_before
+        peak_rss = 0
+        while gen.poll() is None:
+            peak_rss = max(peak_rss, c.proc_rss(engine.pid))
+            try:
+                gen_last = c.CpuSample.take(gen.pid)
+            except (OSError, IndexError):
+                break
+            time.sleep(0.5)
+        gen.wait()
+        after = c.CpuSample.take(engine.pid)
+        result.cpu_pct = after.percent_since(before)
+        result.emulator_cpu_pct = c.CpuSample.take(emulator.pid).percent_since(emu_before)
+        result.loadgen_cpu_pct = gen_last.percent_since(gen_before)
+        result.rss_mib = peak_rss / 2**20
+        load = json.loads(out.read_text())
+        result.calls_ok = int(load["ok"])
+        result.sender_lag_p99 = float(load["sender_lag_ms_p99"])
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            if sum(e.get("type") == "call.ended" for e in c.read_events(events_path)) >= n:
+                break
+            time.sleep(0.3)
+    finally:
+        if engine is not None:
+            c.stop(engine)
+        c.stop(emulator)
+    analyse(result, c.read_events(events_path), load, corpus)
+    return result
+
+
+def analyse(result: RunResult, events: list[dict[str, Any]], load: dict[str, Any], corpus: list[c.CorpusCall]) -> None:
+    labels = {str(k.wav): k.utterances for k in corpus}
+    calls = {call["call_sid"]: call for call in load["calls"]}
+    finals_by_call: dict[str, list[dict[str, Any]]] = {}
+    first_seen: set[str] = set()
+    for e in events:
+        kind = e.get("type")
+        if kind == "speech.started":
+            result.utterances += 1
+        elif kind == "error":
+            result.errors += 1
+        elif kind == "call.ended":
+            result.calls_ended += 1
+        elif kind == "transcript.final":
+            result.finals += 1
+            finals_by_call.setdefault(e["call_sid"], []).append(e)
+            lat = e.get("latency")
+            if lat is None:
+                continue
+            result.total.append(lat["total_ms"])
+            result.engine_added.append(lat["total_ms"] - lat["endpoint_ms"] - FINAL_MS)
+            result.lease.append(lat["lease_ms"])
+            result.pool_hits += bool(e.get("pool_hit"))
+            if e["call_sid"] not in first_seen:
+                first_seen.add(e["call_sid"])
+                result.first_lease.append(lat["lease_ms"])
+    for sid, finals in finals_by_call.items():
+        call = calls.get(sid)
+        if call is None:
+            continue
+        t0 = call["t0_wall"]
+        closing = [f for f in finals if f.get("latency") is not None]
+        for _start, end in labels.get(call["audio"], []):
+            # the first final whose audio reaches the utterance's true end carries its last words
+            covering = [f for f in closing if f["start_ms"] <= end <= f["end_ms"] + 50]
+            if covering:
+                first = min(covering, key=lambda f: f["ts"])
+                result.eos_to_event.append((first["ts"] - (t0 + end / 1000)) * 1000)
+
+
+def fmt3(values: list[float]) -> str:
+    p50, p95, p99 = c.pcts(values)
+    return f"{p50:6.0f} {p95:6.0f} {p99:6.0f}"
+
+
+def report(results: dict[tuple[str, int], RunResult], ns: list[int]) -> str:
+    lines = ["metric (ms, p50 p95 p99)     N   pooled (sori)          connect-per-utterance  ratio p50 / p99 (naive÷sori)"]
+    for n in ns:
+        a, b = results[("pooled", n)], results[("connect-per-utterance", n)]
+        for name, attr in (("engine-added", "engine_added"), ("total (last speech→final)", "total"),
+                           ("end of speech → event", "eos_to_event"), ("lease wait", "lease")):
+            va, vb = getattr(a, attr), getattr(b, attr)
+            ra = c.percentile(vb, 50) / max(1e-9, c.percentile(va, 50)) if va and vb else float("nan")
+            r99 = c.percentile(vb, 99) / max(1e-9, c.percentile(va, 99)) if va and vb else float("nan")
+            lines.append(f"{name:<28} {n:>3}  {fmt3(va)}   {fmt3(vb)}   {ra:5.1f}× / {r99:5.1f}×")
+        for r in (a, b):
+            lines.append(f"    {r.mode:<22} N={n}: calls ok {r.calls_ok}/{n}, ended {r.calls_ended}, utterances "
+                         f"{r.utterances}, finals {r.finals} ({len(r.total)} closing), errors {r.errors}, pool hits "
+                         f"{r.pool_hits}, first-utterance lease p50 {c.percentile(r.first_lease, 50):.0f} ms, engine "
+                         f"CPU {r.cpu_pct:.0f}% of a core (emulator {r.emulator_cpu_pct:.0f}%, load generator "
+                         f"{r.loadgen_cpu_pct:.0f}%), peak RSS {r.rss_mib:.0f} MiB, sender lag p99 "
+                         f"{r.sender_lag_p99:.1f} ms")
+        gain = c.percentile(b.total, 50) - c.percentile(a.total, 50)
+        lines.append(f"    total latency gain at N={n}: {gain:.0f} ms at p50 (target ≥ 100 ms)")
+    return "\n".join(lines)
+
+
+def run(ns: list[int], *, corpus_limit: int | None, stagger_ms: float, work: Path | None = None,
+        pin: bool = True) -> str:
+    corpus = c.load_corpus(corpus_limit)
+    work = work or Path(tempfile.mkdtemp(prefix="sori-latency-"))
+    results: dict[tuple[str, int], RunResult] = {}
+    for n in ns:
+        for mode in MODES:
+            results[(mode, n)] = run_once(mode, n, corpus, work, stagger_ms=stagger_ms, pin=pin)
+            print(f"  done: {mode} N={n}", flush=True)
+    head = (f"latency: {len(corpus)} corpus calls ({', '.join(k.name for k in corpus[:4])}"
+            f"{'…' if len(corpus) > 4 else ''}), emulator handshake {HANDSHAKE_MS} ms / final {FINAL_MS} ms; "
+            f"pool max_sessions = max(5, N), spare = max(2, N/4); {c.machine()}; logs in {work}")
+    return head + "\n" + report(results, ns)
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--n", type=int, nargs="+", default=[1, 50, 200])
+    p.add_argument("--corpus-limit", type=int, default=None, help="use only the first K corpus calls")
+    p.add_argument("--stagger-ms", type=float, default=20.0, help="delay between call starts")
+    p.add_argument("--no-pin", action="store_true",
+                   help="do not taskset (engine core 0, emulator + load core 1): on a shared machine a pinned "
+                        "engine cannot escape other processes on its core")
+    args = p.parse_args()
+    print(run(args.n, corpus_limit=args.corpus_limit, stagger_ms=args.stagger_ms, pin=not args.no_pin))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
