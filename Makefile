@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 BENCH_STAMP := $(VENV)/.bench-installed
 FUZZ_EXAMPLES ?= 20000
 
-.PHONY: all demo test serve bench fuzz lint soak corpus emulate clean venv
+.PHONY: all demo test serve bench fuzz lint soak corpus eval emulate clean venv
 
 all: test
 
@@ -47,6 +47,9 @@ lint: $(STAMP)
 corpus: $(BENCH_STAMP)
 	@command -v espeak-ng >/dev/null || (apt-get update -qq && apt-get install -y -qq espeak-ng)
 	$(PY) bench/corpus.py --full
+
+eval: $(BENCH_STAMP)
+	$(PY) bench/endpointing_eval.py $(ARGS)
 
 bench: $(BENCH_STAMP)
 	@command -v espeak-ng >/dev/null || (apt-get update -qq && apt-get install -y -qq espeak-ng) || true
