@@ -251,6 +251,9 @@ class Call:
                     nursery.start_soon(self._transcribe, utt)
             reason = self._closed_reason or "closed"
         finally:
+            for utt in list(self._open):  # started, but cancelled before its STT task ran
+                self._open.remove(utt)
+                self._error("cancelled", "the call was cancelled before this utterance was sent to STT", utt)
             if self.stream_stats is not None:
                 self.stats.frames_dropped = self.stream_stats.duplicates + self.stream_stats.reordered
             turn = self.turns.flush()
@@ -266,26 +269,35 @@ class Call:
             ))
 
     async def _transcribe(self, utt: Utterance) -> None:
+        settled = False
         try:
-            for attempt in range(2):
-                try:
-                    await self._stream_once(utt, replay=attempt > 0)
-                    return
-                except BudgetExpired as exc:
-                    if exc.budget == "send" and attempt == 0:
-                        self._note_replay(utt, exc)
-                        continue
-                    self._error("budget_expired", f"{exc}; utterance not transcribed", utt, budget=exc.budget)
-                    return
-                except (RtzrConnectError, RtzrSocketLost) as exc:
-                    if attempt == 0:
-                        self._note_replay(utt, exc)
-                        continue
-                    self._error("stt_failed", f"{type(exc).__name__}: {exc}; utterance not transcribed after replay", utt)
-                    return
+            await self._attempts(utt)
+            settled = True
         finally:
+            if not settled:  # cancelled (drain deadline) or a bug: never lose an utterance silently
+                self._error("cancelled", "the call was cancelled before this utterance's final arrived; "
+                            "utterance not transcribed", utt)
             self._open.remove(utt)
             self.turns.utterance_done()
+
+    async def _attempts(self, utt: Utterance) -> None:
+        """Stream once; replay once on a fresh socket if it dies; report what cannot be recovered."""
+        for attempt in range(2):
+            try:
+                await self._stream_once(utt, replay=attempt > 0)
+                return
+            except BudgetExpired as exc:
+                if exc.budget == "send" and attempt == 0:
+                    self._note_replay(utt, exc)
+                    continue
+                self._error("budget_expired", f"{exc}; utterance not transcribed", utt, budget=exc.budget)
+                return
+            except (RtzrConnectError, RtzrSocketLost) as exc:
+                if attempt == 0:
+                    self._note_replay(utt, exc)
+                    continue
+                self._error("stt_failed", f"{type(exc).__name__}: {exc}; utterance not transcribed after replay", utt)
+                return
 
     def _note_replay(self, utt: Utterance, exc: Exception) -> None:
         self.stats.replays += 1
