@@ -12,5 +12,5 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         return
     skip = pytest.mark.skip(reason="soak variant: run with `make soak` (SORI_SOAK=1)")
     for item in items:
-        if "slow" in item.keywords and item.path.is_relative_to(os.path.dirname(__file__)):
+        if item.get_closest_marker("slow") is not None and item.path.is_relative_to(os.path.dirname(__file__)):
             item.add_marker(skip)
