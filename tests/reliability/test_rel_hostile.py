@@ -19,7 +19,7 @@ async def test_bad_signature_is_403_before_any_call_state(how: str) -> None:
             port = r.engine.twilio.port
             assert port is not None
             token: str | None = {"unsigned": None, "wrong_token": "not-the-token"}.get(how, TWILIO_TOKEN)
-            signed = {"other_url": f"wss://evil.example/twilio/media",
+            signed = {"other_url": "wss://evil.example/twilio/media",
                       "other_path_signed": f"ws://127.0.0.1:{port}/elsewhere"}.get(how)
             statuses = []
             for _ in range(20):

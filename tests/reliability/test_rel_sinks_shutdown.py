@@ -133,7 +133,7 @@ async def _drain_under_load(calls: int, *, drain_ms: int, use_signal: bool) -> N
                 os.kill(os.getpid(), signal.SIGTERM)
             else:
                 r.engine.shutdown()
-            await wait_until(lambda: r.engine.supervisor.draining.is_set(), 2)
+            await wait_until(r.engine.supervisor.draining.is_set, 2)
             late = await simulate_call(r.url, audio, auth_token=TWILIO_TOKEN, speed="fast")
             assert late.rejected_status == 503  # no new calls while draining
         with trio.fail_after(drain_ms / 1000 + 5):
