@@ -75,6 +75,7 @@ class Utterance:
     overflowed: bool = False
     sent: int = 0  # bytes of audio sent on the current lease (restarts at 0 on a replay)
     finals_emitted_until_ms: float = -1.0
+    finals: int = 0
 
 
 @dataclass(slots=True)
@@ -324,8 +325,9 @@ class Call:
         try:
             while True:
                 result = await attempt.lease.receive()
-                self._on_result(utt, attempt, result)
-                if result.final and attempt.finalize_at is not None and not attempt.lease.has_pending:
+                closing = result.final and attempt.finalize_at is not None and not attempt.lease.has_pending
+                self._on_result(utt, attempt, result, closing=closing)
+                if closing:
                     attempt.closing_final.set()
         except Exception as exc:
             attempt.failure = attempt.failure or exc
@@ -352,20 +354,21 @@ class Call:
             with self.budgets.finalize():
                 await attempt.closing_final.wait()
 
-    def _on_result(self, utt: Utterance, attempt: _Attempt, result: LeaseResult) -> None:
+    def _on_result(self, utt: Utterance, attempt: _Attempt, result: LeaseResult, *, closing: bool) -> None:
+        """Partials as they come; finals with text; the closing final always (empty if nothing was heard),
+        so every ``speech.started`` is answered by a ``transcript.final`` or an ``error``."""
         start_ms = utt.audio_start_ms + result.start_ms
         if not result.final:
             self.emit(ev.TranscriptPartial(call_sid=self.call_sid, stream_sid=self.stream_sid, utterance_id=utt.uid,
                                            text=result.text, start_ms=round(start_ms, 1)))
             return
         end_ms = start_ms + result.duration_ms
-        if not result.text or end_ms <= utt.finals_emitted_until_ms:
-            return
+        if end_ms <= utt.finals_emitted_until_ms or not (result.text or (closing and not utt.finals)):
+            return  # already emitted before a replay, or an empty final that closes nothing
         utt.finals_emitted_until_ms = end_ms
-        now = trio.current_time()
-        closing = attempt.finalize_at is not None
         latency = None
-        if attempt.finalize_at is not None:
+        if closing and attempt.finalize_at is not None:
+            now = trio.current_time()
             stt_ms = (now - attempt.finalize_at) * 1000
             total_ms = utt.endpoint_ms + (now - utt.ended_at) * 1000
             latency = ev.Latency(endpoint_ms=round(utt.endpoint_ms, 1), lease_ms=round(attempt.lease.lease_ms, 1),
@@ -384,6 +387,7 @@ class Call:
             words = [ev.Word(text=w.text, start_ms=round(start_ms + w.start_at, 1),
                              end_ms=round(start_ms + w.start_at + w.duration, 1), confidence=w.confidence)
                      for w in result.words]
+        utt.finals += 1
         self.stats.finals += 1
         self._m_finals.inc()
         self.emit(ev.TranscriptFinal(
@@ -392,6 +396,16 @@ class Call:
             latency=latency, source=source, pool_hit=attempt.lease.pool_hit, replayed=attempt.replay,
         ))
         self.turns.add_final(utt.uid, result.text, start_ms, end_ms)
+
+    def _emit_empty_final(self, utt: Utterance) -> None:
+        """Close an utterance that RTZR heard nothing in (its Finalize had nothing pending)."""
+        utt.finals += 1
+        self.stats.finals += 1
+        self.emit(ev.TranscriptFinal(
+            call_sid=self.call_sid, stream_sid=self.stream_sid, utterance_id=utt.uid, text="", confidence=None,
+            start_ms=round(utt.speech_start_ms, 1), end_ms=round(utt.end_ms, 1),
+            source="end_of_stream" if utt.reason == "end_of_stream" else "finalize",
+        ))
 
     # -- events ------------------------------------------------------------------------------------
     def _error(self, kind: str, message: str, utt: Utterance | None = None, *, budget: str | None = None) -> None:

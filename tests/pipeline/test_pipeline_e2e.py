@@ -209,3 +209,18 @@ async def test_rtzr_slower_than_real_time_overflows_the_buffer_instead_of_stalli
     overflow = [e for e in got.of(ev.ErrorEvent) if e.kind == "audio_buffer_overflow"]
     assert overflow and overflow[0].utterance_id is not None
     assert engine.metrics.value("call_audio_overflow_total") > 0
+
+
+async def test_every_speech_started_is_answered_even_when_rtzr_hears_nothing() -> None:
+    audio, _ = phrase_call(["diary", "tonight"])
+    emu = EmulatorConfig(host="127.0.0.1", port=0, handshake_ms=10, final_ms=60, faults="session=*:empty_text")
+    with trio.fail_after(30):
+        async with running_engine(make_config(), emu) as (engine, got):
+            await simulate_call(engine.twilio_url, audio, speed="fast", trailing_silence_ms=500)
+            await got.wait_ended(1)
+    started = [s.utterance_id for s in got.of(ev.SpeechStarted)]
+    finals = got.of(ev.TranscriptFinal)
+    assert len(started) == 2
+    assert sorted(f.utterance_id for f in finals) == sorted(started)
+    assert all(f.text == "" for f in finals)
+    assert got.of(ev.TurnEnded) == []  # nothing said, no turn
