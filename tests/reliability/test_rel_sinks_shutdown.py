@@ -13,7 +13,7 @@ import trio
 
 from engine.twilio.simulator import simulate_call, simulate_calls
 
-from .rel_rig import DEMO_TEXTS, TWILIO_TOKEN, demo_call, rig, script, wait_until
+from .rel_rig import DEMO_TEXTS, TWILIO_TOKEN, demo_call, fast_emulator, rig, script, wait_until
 
 
 class SlowHook:
@@ -115,7 +115,10 @@ def _chain(first: object, second: object) -> object:
 
 async def _drain_under_load(calls: int, *, drain_ms: int, use_signal: bool) -> None:
     audio, texts = script("ate", "dunno", "tonight", gap_ms=500)
-    async with rig(f"budgets.drain={drain_ms}", handle_signals=use_signal) as r:
+    # a leased socket carries one utterance from its first audio to its final: lockstep calls need one each
+    sessions = calls + 10
+    async with rig(f"budgets.drain={drain_ms}", f"rtzr.pool.max_sessions={sessions}", handle_signals=use_signal,
+                   emulator=fast_emulator(max_sessions=sessions)) as r:
         await wait_until(lambda: r.engine.pool.idle_count >= 2, 5)
         reports: list = []
         shutdown_at = 0.0
