@@ -332,3 +332,21 @@ async def wait_until(predicate: Callable[[], bool], timeout: float, step: float 
     with trio.fail_after(timeout):
         while not predicate():
             await trio.sleep(step)
+
+
+def tally(case: str, **counts: object) -> None:
+    """Append one outcome line to $SORI_REL_TALLY (JSON lines) when set: the numbers in RELIABILITY.md."""
+    import json
+    import os
+
+    path = os.environ.get("SORI_REL_TALLY")
+    if path:
+        with open(path, "a", encoding="utf-8") as f:
+            f.write(json.dumps({"case": case, **counts}, ensure_ascii=False) + "\n")
+
+
+def tally_account(case: str, ledger: Ledger, stream_sid: str | None = None, **extra: object) -> None:
+    acc = ledger.account(stream_sid)
+    recovered = sum(1 for f in ledger.finals(stream_sid) if f.replayed)
+    tally(case, utterances=acc.started, delivered=acc.delivered, replayed=recovered, reported=acc.reported,
+          lost=len(acc.lost), **extra)

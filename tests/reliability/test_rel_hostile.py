@@ -8,7 +8,7 @@ import trio
 
 from engine import events as ev
 
-from .rel_rig import TWILIO_TOKEN, rig, script, wait_until
+from .rel_rig import TWILIO_TOKEN, rig, script, tally, wait_until
 from .rel_wire import RawClient, Rejected, Wire, frames_of
 
 
@@ -31,6 +31,8 @@ async def test_bad_signature_is_403_before_any_call_state(how: str) -> None:
             assert r.metric("twilio_calls_rejected_total", "status=403") == 20
             assert r.metric("twilio_calls_accepted_total") == 0
             assert not r.ledger.events  # no call.started, nothing at all
+            tally(f"upgrade {how}", tried=20, rejected_403=statuses.count(403),
+                  accepted=r.metric("twilio_calls_accepted_total"))
 
 
 async def test_slowloris_handshakes_are_cut_and_do_not_block_calls() -> None:
@@ -77,6 +79,8 @@ async def test_slowloris_handshakes_are_cut_and_do_not_block_calls() -> None:
             assert all(0.9 <= t <= 2.5 for t in cut_after), cut_after
             assert r.metric("twilio_start_timeouts_total") == 1
             await wait_until(lambda: r.engine.supervisor.live_calls == 0, 2)
+            tally("slowloris + silent upgrade", tried=31, cut=len(cut_after), max_s=round(max(cut_after), 2),
+                  honest_call_ok=True)
 
 
 async def _honest_and_hostile(hostile_messages: list[str | bytes], *, budget: int = 20, expect_end: bool) -> None:
@@ -122,6 +126,8 @@ async def _honest_and_hostile(hostile_messages: list[str | bytes], *, budget: in
             assert errors == len(hostile_messages)
             assert r.ledger.texts(bad.stream_sid) == texts  # its own audio is still transcribed
         assert r.ledger.account().lost == []
+        tally("hostile messages" + (" flood" if expect_end else " (oversized/binary)"), tried=len(hostile_messages),
+              counted_errors=errors, ended=ended.reason, honest_call_ok=True)
         assert r.metric("call_crashes_total") == 0 and r.metric("twilio_connection_failures_total") == 0
 
 

@@ -13,7 +13,7 @@ import trio
 
 from engine.twilio.simulator import simulate_call, simulate_calls
 
-from .rel_rig import DEMO_TEXTS, TWILIO_TOKEN, demo_call, fast_emulator, rig, script, wait_until
+from .rel_rig import DEMO_TEXTS, TWILIO_TOKEN, demo_call, fast_emulator, rig, script, tally, tally_account, wait_until
 
 
 class SlowHook:
@@ -101,6 +101,8 @@ async def test_webhook_down_or_slow_drops_are_bounded_counted_logged(mode: str, 
                 assert delivered + dropped + queued <= emitted <= delivered + dropped + queued + 1  # ≤1 in flight
                 if mode == "down":
                     assert delivered == 0
+                tally(f"webhook {mode}", events=emitted, delivered=delivered, dropped_counted=dropped,
+                      queue_peak=peak, queue_bound=queue, call_errors=len(r.ledger.errors()))
                 outer.cancel_scope.cancel()
     assert any(rec.getMessage() == "event_dropped" for rec in caplog.records)
 
@@ -157,6 +159,7 @@ async def _drain_under_load(calls: int, *, drain_ms: int, use_signal: bool) -> N
                 assert r.ledger.texts(sid)[:1] == texts[:1]  # ended ≈1.3 s after start: long before the deadline
                 assert r.ledger.ended(sid) is not None
             assert acc.lost == [], acc
+        tally_account(f"shutdown: {calls} live calls, drain {drain_ms} ms", r.ledger)
 
 
 async def test_sigterm_drains_20_live_calls() -> None:

@@ -13,7 +13,7 @@ import trio
 
 from engine.rtzr.emulator import Fault
 
-from .rel_rig import DEMO_TEXTS, demo_call, fast_emulator, rig, script, wait_until
+from .rel_rig import DEMO_TEXTS, demo_call, fast_emulator, rig, script, tally_account, wait_until
 
 
 async def test_baseline_all_delivered() -> None:
@@ -39,6 +39,7 @@ async def test_socket_dying_mid_utterance_is_replayed(kind: str) -> None:
             finals = r.ledger.finals(rep.stream_sid)
             assert [f.text for f in finals] == texts
             assert finals[0].replayed
+            tally_account(f"rtzr {kind} once (mid-utterance)", r.ledger)
             assert r.metric("utterance_replays_total") == 1
             assert r.ledger.account().lost == []
 
@@ -58,6 +59,7 @@ async def test_every_socket_dying_is_reported_per_utterance(kind: str) -> None:
             assert all(e.utterance_id and e.utterance_id.startswith(rep.stream_sid) for e in errors)
             ended = r.ledger.ended(rep.stream_sid)
             assert ended is not None and ended.errors == 2 and ended.reason == "stop"
+            tally_account(f"rtzr {kind} on every socket", r.ledger)
 
 
 async def test_stall_past_finalize_budget_is_reported_and_socket_discarded() -> None:
@@ -74,6 +76,7 @@ async def test_stall_past_finalize_budget_is_reported_and_socket_discarded() -> 
             rep2 = await r.call(audio)
             assert r.ledger.texts(rep2.stream_sid) == texts
             assert r.ledger.account().lost == []
+            tally_account("rtzr stall past budgets.finalize", r.ledger)
 
 
 async def test_401_on_pooled_handshake_refreshes_token_once() -> None:
@@ -89,6 +92,7 @@ async def test_401_on_pooled_handshake_refreshes_token_once() -> None:
             assert not r.ledger.finals(rep.stream_sid)[0].replayed  # handled inside connect
             assert emu.stats.rejected == {401: 1}
             assert emu.stats.auth_requests == 2  # start-up + exactly one single-flight refresh
+            tally_account("rtzr 401 on pooled handshake", r.ledger, auth_requests=emu.stats.auth_requests)
 
 
 async def test_429_at_session_limit_waits_under_lease_budget_then_reports() -> None:
@@ -116,6 +120,8 @@ async def test_429_at_session_limit_waits_under_lease_budget_then_reports() -> N
             audio, texts = script("thanks")
             rep = await r.call(audio)
             assert r.ledger.texts(rep.stream_sid) == texts
+            tally_account("rtzr 429 at session limit (6 calls, 2 real sessions)", r.ledger,
+                          rejected_429=emu.stats.rejected.get(429, 0))
 
 
 async def test_tokens_expiring_during_a_long_call() -> None:
@@ -128,6 +134,7 @@ async def test_tokens_expiring_during_a_long_call() -> None:
             assert not r.ledger.errors()
             fetches = r.engine.tokens.fetch_count
             assert 3 <= fetches <= 15, fetches  # refreshed several times, never in a loop
+            tally_account("token expiry during a long call", r.ledger, token_fetches=fetches)
 
 
 async def test_emulator_restarted_mid_call_on_same_port() -> None:
@@ -158,6 +165,7 @@ async def test_emulator_restarted_mid_call_on_same_port() -> None:
             rep2 = await r.call(script("okay")[0])
             assert r.ledger.texts(rep2.stream_sid) == ["네 알겠습니다"]
             assert new.stats.auth_requests >= 1  # old tokens were unknown: refreshed after the 401
+            tally_account("emulator stopped and restarted mid-call", r.ledger)
 
 
 async def _calls_every(r: object, audio: bytes, interval: float, stop: trio.Event, sids: list[str]) -> None:
@@ -187,6 +195,7 @@ async def test_auth_down_at_startup_then_recovers_without_busy_loop() -> None:
             await wait_until(lambda: r.engine.pool.idle_count >= 2, 5)
             rep2 = await r.call(audio)
             assert r.ledger.texts(rep2.stream_sid) == texts
+            tally_account("auth down at start-up", r.ledger, auth_attempts_while_down=attempts)
 
 
 async def _auth_outage_mid_run(outage_s: float, token_s: float) -> None:
@@ -219,6 +228,7 @@ async def _auth_outage_mid_run(outage_s: float, token_s: float) -> None:
         assert r.ledger.texts(sids[-1]) == texts
         rep = await r.call(audio)
         assert r.ledger.texts(rep.stream_sid) == texts
+        tally_account(f"auth down {outage_s:.0f} s mid-run", r.ledger, auth_attempts_while_down=during)
 
 
 async def test_auth_down_mid_run_short() -> None:

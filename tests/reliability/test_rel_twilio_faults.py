@@ -8,7 +8,7 @@ import trio
 
 from engine.twilio.simulator import simulate_call, simulate_calls
 
-from .rel_rig import TWILIO_TOKEN, phrase, quiet, rig, script, wait_until
+from .rel_rig import TWILIO_TOKEN, phrase, quiet, rig, script, tally, tally_account, wait_until
 from .rel_wire import RawClient, Wire, frames_of
 
 
@@ -35,6 +35,7 @@ async def test_socket_dropped_without_stop_closes_open_utterance() -> None:
             ended = r.ledger.ended(wire.stream_sid)
             assert ended is not None and ended.reason == "closed"
             assert r.ledger.texts(wire.stream_sid) == ["먹었어", "고마워요"]
+            tally_account("twilio socket dropped without stop", r.ledger)
             assert r.ledger.account().lost == []
             await wait_until(lambda: r.engine.supervisor.live_calls == 0, 0.5)
 
@@ -65,6 +66,7 @@ async def test_burst_after_stall_loses_nothing(burst_frames: int) -> None:
             assert ended is not None and ended.reason == "stop"
             assert ended.frames_received == len(frames) and ended.frames_filled == 0
             assert r.ledger.texts(wire.stream_sid) == texts
+            tally_account(f"twilio burst of {burst_frames} frames after a stall", r.ledger, frames=len(frames))
 
 
 async def test_dropped_frames_are_filled_and_counted() -> None:
@@ -83,6 +85,8 @@ async def test_dropped_frames_are_filled_and_counted() -> None:
             acc = r.ledger.account(rep.stream_sid)
             assert acc.started == len(texts) and acc.lost == []
             assert r.ledger.texts(rep.stream_sid) == texts
+            tally_account("twilio dropped frames (3%)", r.ledger, frames_dropped=rep.frames_dropped,
+                          frames_filled=ended.frames_filled)
 
 
 async def test_duplicate_and_reordered_frames_are_dropped_and_counted() -> None:
@@ -118,6 +122,7 @@ async def test_duplicate_and_reordered_frames_are_dropped_and_counted() -> None:
             acc = r.ledger.account(wire.stream_sid)
             assert acc.started == len(texts) and acc.lost == []
             assert r.ledger.texts(wire.stream_sid) == texts
+            tally_account("twilio duplicate + reordered frames", r.ledger, duplicates=dups, swaps=swaps)
 
 
 async def test_second_socket_for_same_stream_does_not_disturb_the_first() -> None:
@@ -193,6 +198,9 @@ async def _flood(flood: int) -> None:
         assert rejected + sum(rep.ok for rep in flood_reports) == flood
         assert r.metric("twilio_calls_rejected_total", "status=503") == rejected
         assert high <= max_calls
+        tally(f"flood of {flood} calls beyond max_calls", rejected_503=rejected,
+              accepted=sum(rep.ok for rep in flood_reports), other=flood - rejected - sum(rep.ok for rep in flood_reports),
+              running_calls_intact=len(results))
 
 
 async def test_connection_flood_beyond_max_calls() -> None:
