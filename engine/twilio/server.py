@@ -1,29 +1,30 @@
 """The Twilio Media Streams WebSocket endpoint: admission, one reader per call, the outbound API.
 
-Thin Trio shell around :class:`~engine.twilio.protocol.TwilioStream`. The accept loop hands each TCP
-connection to the supervisor's calls nursery; there every connection gets its own nursery (the
-trio-websocket reader + our call task), so cancelling :meth:`TwilioServer.run` stops accepting
-without touching live calls, and one failing call is logged and contained.
+Thin Trio shell around :class:`~engine.twilio.protocol.TwilioStream` on our own wsproto connection
+(:mod:`engine.twilio.wsconn`: no reader task, no channel; the call's reader pulls and parses). The
+accept loop hands each TCP connection to the supervisor's calls nursery; there every connection gets
+its own nursery (the reader + the call's handler task), so cancelling :meth:`TwilioServer.run` stops
+accepting without touching live calls, and one failing call is logged and contained.
 
 Admission happens before the upgrade: 404 wrong path, 503 draining or at ``max_calls``, 403 missing
 or bad ``X-Twilio-Signature``. After the upgrade we wait for ``start`` under ``budgets.twilio_start``,
-then the handler runs next to a reader that never blocks (a stalled reader makes trio-websocket stop
-answering pings and Twilio drop audio).
+then the handler runs next to a reader that never blocks (a stalled reader stops answering pings and
+makes Twilio drop audio).
 """
 
 from __future__ import annotations
 
+import errno
 import itertools
 import math
 from collections.abc import Callable
 from contextlib import AbstractContextManager
-from functools import partial
 from typing import Protocol
 
 import numpy as np
 import numpy.typing as npt
 import trio
-from trio_websocket import ConnectionClosed, WebSocketConnection, WebSocketRequest, wrap_server_stream
+from wsproto.events import Request
 
 from engine.audio import mulaw
 from engine.budgets import BudgetExpired, Budgets
@@ -45,12 +46,13 @@ from engine.twilio.protocol import (
     encode_media,
 )
 from engine.twilio.signature import candidate_urls, validate
+from engine.twilio.wsconn import ConnectionClosed, HandshakeFailed, WsServerConnection
 
 log = get_logger(__name__)
 
-MESSAGE_QUEUE_SIZE = 64  # frames trio-websocket may buffer during a burst before it stops reading
 MAX_OUTBOUND_PAYLOAD = 50 * FRAME_BYTES  # one outbound media message carries at most 1 s
 _STATS_FLUSH_EVERY = 50  # messages (≈1 s of audio) between metric updates
+_ACCEPT_CAPACITY_ERRNOS = {errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS}  # as trio.serve_listeners
 FRAME_LAG_BUCKETS_MS = (1, 2, 5, 10, 15, 20, 25, 30, 40, 50, 75, 100, 150, 200, 300, 500, 1000, 2000, 5000)
 
 
@@ -97,7 +99,7 @@ class TwilioSession:
     ``budgets.send`` (after which the session stops sending; a half-written frame is unrecoverable).
     """
 
-    def __init__(self, started: Started, ws: WebSocketConnection, budgets: Budgets, *, stats: StreamStats,
+    def __init__(self, started: Started, ws: WsServerConnection, budgets: Budgets, *, stats: StreamStats,
                  send_timeouts: Counter, remote: str = "") -> None:
         self.started = started
         self.stats = stats
@@ -150,7 +152,7 @@ class TwilioSession:
             return False
         try:
             with self._budgets.send():
-                await self._ws.send_message(text)
+                await self._ws.send_text(text)
         except ConnectionClosed:
             self._usable = False
             return False
@@ -246,52 +248,63 @@ class TwilioServer:
         listeners = await trio.open_tcp_listeners(self.config.server.port, host=self.config.server.host)
         self.port = listeners[0].socket.getsockname()[1]
         log.info("twilio_listening", host=self.config.server.host, port=self.port, path=self.config.twilio.path)
-        serve = partial(trio.serve_listeners, self._on_connection, listeners,
-                        handler_nursery=self.host.calls_nursery)
         async with trio.open_nursery() as nursery:
-            await nursery.start(serve)
+            for listener in listeners:
+                nursery.start_soon(self._accept_loop, listener)
             task_status.started(self.port)
+
+    async def _accept_loop(self, listener: trio.SocketListener) -> None:
+        """Like ``trio.serve_listeners``, but a connection arriving after the calls nursery closed
+        (the end of a drain, before this service is cancelled) is dropped instead of crashing us."""
+        async with listener:
+            while True:
+                try:
+                    stream = await listener.accept()
+                except OSError as exc:
+                    if exc.errno not in _ACCEPT_CAPACITY_ERRNOS:
+                        raise
+                    log.error("twilio_accept_failed", error=errno.errorcode.get(exc.errno or 0, "?"))
+                    await trio.sleep(0.1)
+                    continue
+                try:
+                    self.host.calls_nursery.start_soon(self._on_connection, stream)
+                except RuntimeError:  # "Nursery is closed to new arrivals"
+                    await trio.aclose_forcefully(stream)
 
     async def _on_connection(self, stream: trio.SocketStream) -> None:
         conn = f"ws-{next(self._ids)}"
         try:
-            async with trio.open_nursery() as nursery:
-                try:
-                    await self._serve(stream, nursery, conn)
-                finally:
-                    nursery.cancel_scope.cancel()
+            await self._serve(stream, conn)
         except Exception as exc:
             self.metrics.failures.inc()
             log.error("twilio_connection_failed", conn=conn, exc=exc)
         finally:
             await trio.aclose_forcefully(stream)
 
-    async def _serve(self, stream: trio.SocketStream, nursery: trio.Nursery, conn: str) -> None:
-        cfg = self.config
+    async def _serve(self, stream: trio.SocketStream, conn: str) -> None:
+        ws = WsServerConnection(stream, send_budget=self.budgets.send,
+                                max_message_size=max(self.config.server.max_message_bytes * 4, 1 << 20))
         try:
-            with self.budgets.twilio_start():
-                request = await wrap_server_stream(
-                    nursery, stream, message_queue_size=MESSAGE_QUEUE_SIZE,
-                    max_message_size=max(cfg.server.max_message_bytes * 4, 1 << 20), receive_buffer_size=None,
-                )
+            with self.budgets.twilio_start():  # a slowloris request head is cut here
+                request = await ws.read_request()
         except BudgetExpired:
             log.info("twilio_handshake_timeout", conn=conn)
             return
+        except HandshakeFailed as exc:
+            if exc.status:
+                log.info("twilio_bad_handshake", conn=conn, status=exc.status, reason=exc.why[:200])
+                await self._reject(ws, exc.status, "bad request")
+            return
         status, why = self._admit(request, conn)
         if status:
-            self.metrics.rejected(status)
-            log.info("twilio_rejected", conn=conn, status=status, reason=why, path=request.path[:200])
-            try:
-                with self.budgets.send(shield=True):
-                    await request.reject(status, body=f"{why}\n".encode())
-            except (BudgetExpired, ConnectionClosed):
-                pass  # the client left or stalled; the connection is closed either way
+            log.info("twilio_rejected", conn=conn, status=status, reason=why, path=request.target[:200])
+            await self._reject(ws, status, why)
             return
         # Counted before the first checkpoint after admission, so concurrent upgrades cannot overshoot.
         with self.host.track_call(conn):
             try:
                 with self.budgets.send():
-                    ws = await request.accept()
+                    await ws.accept()
             except (BudgetExpired, ConnectionClosed):
                 log.info("twilio_upgrade_failed", conn=conn)
                 return
@@ -302,20 +315,26 @@ class TwilioServer:
             finally:
                 self.metrics.live.dec()
 
-    def _admit(self, request: WebSocketRequest, conn: str) -> tuple[int, str]:
+    async def _reject(self, ws: WsServerConnection, status: int, why: str) -> None:
+        self.metrics.rejected(status)
+        try:
+            with self.budgets.send(shield=True):
+                await ws.reject(status, f"{why}\n".encode())
+        except (BudgetExpired, ConnectionClosed):
+            pass  # the client left or stalled; the connection is closed either way
+
+    def _admit(self, request: Request, conn: str) -> tuple[int, str]:
         """0 to accept, else the HTTP status and a short reason (sent as the body)."""
         cfg = self.config
-        target = request.path
+        target = request.target
         if target.partition("?")[0] != cfg.twilio.path:
             return 404, "not found"
         if self.host.draining.is_set():
             return 503, "draining"
-        headers = request.headers
+        headers = list(request.extra_headers)  # wsproto keeps Host apart, on request.host
         signature = next((v.decode("latin-1") for k, v in headers if k.lower() == b"x-twilio-signature"), None)
-        event = getattr(request, "_event", None)  # trio-websocket keeps Host only on the wsproto event
-        host_header = getattr(event, "host", None)
         urls = candidate_urls(target, headers, trust_proxy_headers=cfg.server.trust_proxy_headers,
-                              host_header=host_header, public_url_override=cfg.twilio.public_url)
+                              host_header=request.host, public_url_override=cfg.twilio.public_url)
         if not (cfg.twilio.auth_token and validate(cfg.twilio.auth_token, signature, urls)):
             if not cfg.server.allow_unsigned:
                 return 403, "bad signature" if signature else "missing signature"
@@ -324,7 +343,7 @@ class TwilioServer:
             return 503, "at capacity"
         return 0, ""
 
-    async def _run_call(self, ws: WebSocketConnection, conn: str) -> None:
+    async def _run_call(self, ws: WsServerConnection, conn: str) -> None:
         cfg = self.config
         proto = TwilioStream(cfg.server.max_message_bytes, cfg.twilio.track, max_gap_ms=cfg.twilio.max_gap_ms)
         reporter = _StatsReporter(proto.stats, self.metrics)
@@ -348,7 +367,7 @@ class TwilioServer:
             self.metrics.ended("closed")
             log.info("twilio_closed_before_start", conn=conn)
             return
-        remote = str(ws.remote)
+        remote = ws.remote
         log.info("twilio_call_started", conn=conn, stream_sid=started.stream_sid, call_sid=started.call_sid,
                  tracks=",".join(started.tracks), remote=remote)
         session = TwilioSession(started, ws, self.budgets, stats=proto.stats, send_timeouts=self.metrics.send_timeouts,
@@ -394,11 +413,11 @@ class TwilioServer:
         await handler.run()
         log.debug("twilio_handler_done", stream_sid=stream_sid)
 
-    async def _wait_start(self, ws: WebSocketConnection, proto: TwilioStream, errors: _ErrorPolicy
+    async def _wait_start(self, ws: WsServerConnection, proto: TwilioStream, errors: _ErrorPolicy
                           ) -> tuple[Started | None, list[TwilioEvent]]:
         while True:
             try:
-                message = await ws.get_message()
+                message = await ws.receive_message()
             except ConnectionClosed:
                 return None, []
             events = errors.feed(proto, message)
@@ -406,7 +425,7 @@ class TwilioServer:
                 if isinstance(event, Started):
                     return event, events[i + 1:]
 
-    async def _read(self, ws: WebSocketConnection, proto: TwilioStream, handler: CallHandler, *,
+    async def _read(self, ws: WsServerConnection, proto: TwilioStream, handler: CallHandler, *,
                     pending: list[TwilioEvent], errors: _ErrorPolicy, reporter: _StatsReporter, debug: bool) -> str:
         """Deliver events until stop, close, the idle deadline, or too many protocol errors."""
         for event in pending:
@@ -420,35 +439,35 @@ class TwilioServer:
         # (now - o) seen on this stream; lag = handled time - due (one clock read per message).
         origin = math.inf
         lag = self.metrics.frame_lag
-        while True:
-            with trio.move_on_after(idle) as scope:
+        with trio.CancelScope() as scope:  # one scope, its deadline pushed per message: cheaper than one each
+            while True:
+                scope.deadline = trio.current_time() + idle
                 try:
-                    message = await ws.get_message()
+                    message = await ws.receive_message()
                 except ConnectionClosed:
                     return "closed"
-            if scope.cancelled_caught:
-                log.warning("twilio_read_idle", stream_sid=sid, ms=self.config.twilio.read_idle_ms)
-                return "idle_timeout"
-            if debug:
-                log.debug("twilio_message", stream_sid=sid, size=len(message))
-            try:
-                events = errors.feed(proto, message)
-            except _EndCall as end:
-                return end.reason
-            for event in events:
-                handler.on_event(event)
-                if type(event) is Media:
-                    if not event.filled:
-                        base = trio.current_time() - event.offset / 8000
-                        origin = min(origin, base)
-                        lag.observe((base - origin) * 1000)
-                elif isinstance(event, Stopped):
-                    return "stop"
-            count += 1
-            if count % _STATS_FLUSH_EVERY == 0:
-                reporter.flush(sid)
+                if debug:
+                    log.debug("twilio_message", stream_sid=sid, size=len(message))
+                try:
+                    events = errors.feed(proto, message)
+                except _EndCall as end:
+                    return end.reason
+                for event in events:
+                    handler.on_event(event)
+                    if type(event) is Media:
+                        if not event.filled:
+                            base = trio.current_time() - event.offset / 8000
+                            origin = min(origin, base)
+                            lag.observe((base - origin) * 1000)
+                    elif isinstance(event, Stopped):
+                        return "stop"
+                count += 1
+                if count % _STATS_FLUSH_EVERY == 0:
+                    reporter.flush(sid)
+        log.warning("twilio_read_idle", stream_sid=sid, ms=self.config.twilio.read_idle_ms)
+        return "idle_timeout"
 
-    async def _close(self, ws: WebSocketConnection, code: int, reason: str) -> None:
+    async def _close(self, ws: WsServerConnection, code: int, reason: str) -> None:
         """Close politely within ``budgets.send`` (shielded: this is cleanup)."""
         try:
             with self.budgets.send(shield=True):
