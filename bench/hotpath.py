@@ -3,7 +3,8 @@
 Each stage runs alone over realistic input (the demo call, Twilio's JSON shape), then the whole
 ``Call.on_event`` path, then the WebSocket layers: RTZR audio sends (wsproto frame encode, and
 trio-websocket ``send_message`` over loopback, per 60 ms batch divided by 3) and the Twilio ingest
-(trio-websocket ``get_message`` vs a bare wsproto parse of the same bytes).
+(trio-websocket ``get_message`` vs a bare wsproto parse of the same bytes vs our own
+``engine.twilio.wsconn``, which the server runs).
 
     .venv/bin/python bench/hotpath.py [--repeat 7] [--frames 2000] [--json]
 """
@@ -274,6 +275,41 @@ async def _ingest_wsproto(blob: bytes, count: int) -> float:
     return result[0] / count * 1e6
 
 
+async def _ingest_wsconn(blob: bytes, count: int) -> float:
+    """Server side: engine.twilio.wsconn (what TwilioServer runs), receive_message per message."""
+    from engine.budgets import Budget
+    from engine.twilio.wsconn import WsServerConnection
+
+    done = trio.Event()
+    result: list[float] = []
+
+    async def handler(stream: trio.SocketStream) -> None:
+        ws = WsServerConnection(stream, send_budget=Budget("send", 1000), max_message_size=1 << 20)
+        await ws.read_request()
+        await ws.accept()
+        t0 = time.perf_counter()
+        for _ in range(count):
+            await ws.receive_message()
+        result.append(time.perf_counter() - t0)
+        done.set()
+
+    async with trio.open_nursery() as nursery:
+        listeners = await nursery.start(trio.serve_tcp, handler, 0)
+        port = listeners[0].socket.getsockname()[1]
+        stream = await trio.open_tcp_stream("127.0.0.1", port)
+        client = wsproto.WSConnection(wsproto.ConnectionType.CLIENT)
+        await stream.send_all(client.send(Request(host="127.0.0.1", target="/")))
+        while True:
+            client.receive_data(await stream.receive_some(65536))
+            if any(isinstance(e, AcceptConnection) for e in client.events()):
+                break
+        await stream.send_all(blob)
+        await done.wait()
+        await stream.aclose()
+        nursery.cancel_scope.cancel()
+    return result[0] / count * 1e6
+
+
 def client_blob(messages: list[str]) -> bytes:
     """Masked client frames for these text messages, as a Twilio client writes them."""
     from wsproto.connection import Connection, ConnectionType
@@ -290,6 +326,8 @@ def bench_ingest(media: list[str], repeat: int) -> list[tuple[str, float]]:
                      statistics.median(trio.run(_ingest_trio_ws, blob, len(media), buf) for _ in range(repeat))))
     rows.append(("Twilio ingest: bare wsproto on trio (receive_some → events)",
                  statistics.median(trio.run(_ingest_wsproto, blob, len(media)) for _ in range(repeat))))
+    rows.append(("Twilio ingest: engine.twilio.wsconn receive_message (the server's layer)",
+                 statistics.median(trio.run(_ingest_wsconn, blob, len(media)) for _ in range(repeat))))
     return rows
 
 
