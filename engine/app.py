@@ -99,9 +99,20 @@ def build(config: Config, *, on_event: Callable[[Event], None] | None = None, ha
     sinks = EventSinks(config.sinks, metrics, on_event=on_event)
     supervisor = Supervisor([], budgets=budgets, metrics=metrics, handle_signals=handle_signals)
 
+    live_streams: dict[str, int] = {}  # streamSid -> live sockets (Twilio has opened two for one call)
+
     def new_call(session: TwilioSession) -> Call:
+        sid = session.stream_sid
+        duplicate = live_streams.get(sid, 0)
+        live_streams[sid] = duplicate + 1
+
+        def ended() -> None:
+            live_streams[sid] -= 1
+            if not live_streams[sid]:
+                del live_streams[sid]
+
         return Call(session.started, config=config, pool=pool, emit=sinks.emit, metrics=metrics, budgets=budgets,
-                    stream_stats=session.stats)
+                    stream_stats=session.stats, duplicate=duplicate, on_ended=ended)
 
     twilio = TwilioServer(config, host=supervisor, handler_factory=new_call, metrics=metrics, budgets=budgets)
     admin = AdminServer(config.server.admin_host, config.server.admin_port, metrics,

@@ -115,6 +115,8 @@ class Call:
         budgets: Budgets,
         frame_hook: Callable[[np.ndarray[Any, np.dtype[np.int16]]], None] | None = None,
         stream_stats: StreamStats | None = None,
+        duplicate: int = 0,
+        on_ended: Callable[[], None] | None = None,
     ) -> None:
         self.started = started
         self.config = config
@@ -124,6 +126,9 @@ class Call:
         self.budgets = budgets
         self.frame_hook = frame_hook
         self.stream_stats = stream_stats
+        self.on_ended = on_ended
+        # A second live socket with the same streamSid (seen from Twilio) gets its own utterance ids.
+        self.utterance_prefix = started.stream_sid if not duplicate else f"{started.stream_sid}~{duplicate}"
         self.call_sid = started.call_sid
         self.stream_sid = started.stream_sid
         self.stats = CallStats()
@@ -154,6 +159,9 @@ class Call:
             call_sid=self.call_sid, stream_sid=self.stream_sid, account_sid=started.account_sid,
             tracks=list(started.tracks), custom_parameters=dict(started.custom_parameters), sample_rate=TWILIO_RATE,
         ))
+        if duplicate:
+            self._error("duplicate_stream", f"another socket for stream {self.stream_sid} is live; this one's "
+                        f"utterance ids start with {self.utterance_prefix}:")
 
     # -- reader side (synchronous, never blocks) -----------------------------------------------
     def on_event(self, event: TwilioEvent) -> None:
@@ -197,7 +205,7 @@ class Call:
     def _start_utterance(self, event: SpeechStarted) -> None:
         index = self.stats.utterances
         self.stats.utterances += 1
-        utt = Utterance(index, f"{self.stream_sid}:{index}", self._ms(event.preroll_start), self._ms(event.start))
+        utt = Utterance(index, f"{self.utterance_prefix}:{index}", self._ms(event.preroll_start), self._ms(event.start))
         self._current = utt
         self._to_stt = None if self.stt_rate == self.ep_rate else Resampler(self.ep_rate, self.stt_rate)
         self.turns.speech_started()
@@ -268,6 +276,8 @@ class Call:
                 frames_received=self.stats.frames_received, frames_filled=self.stats.frames_filled,
                 frames_dropped=self.stats.frames_dropped, errors=self.stats.errors,
             ))
+            if self.on_ended is not None:
+                self.on_ended()
 
     async def _transcribe(self, utt: Utterance) -> None:
         settled = False
@@ -286,6 +296,8 @@ class Call:
         for attempt in range(2):
             try:
                 await self._stream_once(utt, replay=attempt > 0)
+                if not utt.finals:  # Finalize had nothing pending and no final carried text
+                    self._emit_empty_final(utt)
                 return
             except BudgetExpired as exc:
                 if exc.budget == "send" and attempt == 0:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 import trio
 
+from engine import events as ev
 from engine.twilio.simulator import simulate_call, simulate_calls
 
 from .rel_rig import TWILIO_TOKEN, phrase, quiet, rig, script, tally, tally_account, wait_until
@@ -147,6 +148,14 @@ async def test_second_socket_for_same_stream_does_not_disturb_the_first() -> Non
             assert trio.current_time() - t0 < 0.5
             ours = [f for f in r.ledger.finals(first.stream_sid) if f.call_sid == first.call_sid]
             assert [f.text for f in ours] == texts
+            # the later socket is told it is a duplicate, and the utterance ids of the two never collide
+            dup = [e for e in r.ledger.errors(first.stream_sid) if e.kind == "duplicate_stream"]
+            assert len(dup) == 1 and dup[0].call_sid in {first.call_sid, second.call_sid}  # whichever started second
+            first_ids = {s.utterance_id for s in r.ledger.of(ev.SpeechStarted, first.stream_sid)
+                         if s.call_sid == first.call_sid}
+            second_ids = {s.utterance_id for s in r.ledger.of(ev.SpeechStarted, first.stream_sid)
+                          if s.call_sid == second.call_sid}
+            assert first_ids and not first_ids & second_ids
             assert r.metric("call_crashes_total") == 0
             assert r.metric("twilio_connection_failures_total") == 0
             # the engine keeps serving afterwards
