@@ -311,6 +311,10 @@ class Call:
                     continue
                 self._error("stt_failed", f"{type(exc).__name__}: {exc}; utterance not transcribed after replay", utt)
                 return
+            except Exception as exc:  # e.g. RtzrAuthError (bad credentials): report it, keep the call alive
+                log.error("utterance_failed", call_sid=self.call_sid, utterance_id=utt.uid, exc=exc)
+                self._error("stt_failed", f"{type(exc).__name__}: {exc}; utterance not transcribed", utt)
+                return
 
     def _note_replay(self, utt: Utterance, exc: Exception) -> None:
         self.stats.replays += 1

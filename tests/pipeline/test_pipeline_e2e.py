@@ -224,3 +224,28 @@ async def test_every_speech_started_is_answered_even_when_rtzr_hears_nothing() -
     assert sorted(f.utterance_id for f in finals) == sorted(started)
     assert all(f.text == "" for f in finals)
     assert got.of(ev.TurnEnded) == []  # nothing said, no turn
+
+
+async def test_wrong_rtzr_credentials_become_error_events_not_crashed_calls() -> None:
+    from engine.app import build
+    from engine.rtzr.emulator import Emulator
+
+    audio, _ = phrase_call(["diary"])
+    collector = Collector()
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            emulator = await nursery.start(Emulator(EmulatorConfig(host="127.0.0.1", port=0, handshake_ms=10)).run)
+            config = make_config(f"rtzr.api_base={emulator.api_base}", f"rtzr.ws_url={emulator.ws_url}",
+                                 "rtzr.client_id=wrong", "rtzr.client_secret=wrong-secret")
+            engine = build(config, on_event=collector, handle_signals=False)
+            await nursery.start(engine.supervisor.run)
+            report = await simulate_call(engine.twilio_url, audio, speed="fast", trailing_silence_ms=500)
+            await collector.wait_ended(1)
+            engine.shutdown()
+            await trio.sleep(0)
+            nursery.cancel_scope.cancel()
+    assert report.close_reason == "stop"
+    errors = collector.of(ev.ErrorEvent)
+    assert len(errors) == 1 and errors[0].kind == "stt_failed" and "RtzrAuthError" in errors[0].message
+    assert errors[0].utterance_id == collector.of(ev.SpeechStarted)[0].utterance_id
+    assert collector.of(ev.CallEnded)[0].errors == 1
