@@ -59,6 +59,8 @@ class Conn:
     error: str | None = None
     done: trio.Event = field(default_factory=trio.Event)
     closed: trio.Event = field(default_factory=trio.Event)
+    # The ticker and the reader (answering a close or ping) both write: one at a time.
+    send_lock: trio.StrictFIFOLock = field(default_factory=trio.StrictFIFOLock)
 
     def next_seq(self) -> str:
         self.seq += 1
@@ -95,12 +97,14 @@ class Ticker:
                 msg = encode(MediaMessage(stream_sid=conn.stream_sid, sequence_number=conn.next_seq(), media=InboundMedia(
                     chunk=str(k + 1), timestamp=str(40 + k * 20), payload=conn.frames[k], track="inbound")))
                 conn.sent += 1
-                await conn.stream.send_all(conn.ws.send(TextMessage(msg)))
+                async with conn.send_lock:
+                    await conn.stream.send_all(conn.ws.send(TextMessage(msg)))
                 return
             group.remove(conn)
             stop = encode(StopMessage(stream_sid=conn.stream_sid, sequence_number=conn.next_seq(),
                                       stop=StopInfo(account_sid=conn.account_sid, call_sid=conn.call_sid)))
-            await conn.stream.send_all(conn.ws.send(TextMessage(stop)))
+            async with conn.send_lock:
+                await conn.stream.send_all(conn.ws.send(TextMessage(stop)))
             conn.done.set()
         except (trio.BrokenResourceError, trio.ClosedResourceError, wsproto.utilities.LocalProtocolError) as exc:
             if conn in group:
@@ -161,11 +165,13 @@ async def _reader(conn: Conn) -> None:
             for event in conn.ws.events():
                 if isinstance(event, CloseConnection):
                     if conn.ws.state == wsproto.connection.ConnectionState.REMOTE_CLOSING:
-                        await conn.stream.send_all(conn.ws.send(event.response()))
+                        async with conn.send_lock:
+                            await conn.stream.send_all(conn.ws.send(event.response()))
                     conn.closed.set()
                     return
                 if isinstance(event, Ping):
-                    await conn.stream.send_all(conn.ws.send(event.response()))
+                    async with conn.send_lock:
+                        await conn.stream.send_all(conn.ws.send(event.response()))
     except (trio.BrokenResourceError, trio.ClosedResourceError, wsproto.utilities.RemoteProtocolError):
         pass
     conn.closed.set()

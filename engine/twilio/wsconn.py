@@ -270,10 +270,10 @@ class WsServerConnection:
                     data = await self._stream.receive_some(RECEIVE_SIZE)
                 except (trio.BrokenResourceError, trio.ClosedResourceError):
                     data = b""
-                if not self._feed(data):
-                    continue
-                for _event in self._ws.events():
-                    pass  # messages after our close are dropped; the close reply moves us to CLOSED
+                if self._feed(data):
+                    for _event in self._ws.events():
+                        pass  # the peer's close reply (or EOF) moves wsproto to CLOSED
+                self._messages.clear()  # messages after our close are dropped
         finally:
             await trio.aclose_forcefully(self._stream)
 
