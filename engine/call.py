@@ -145,6 +145,11 @@ class Call:
         self._current: Utterance | None = None
         self._to_stt: Resampler | None = None
         self._open: list[Utterance] = []  # utterances whose final has not arrived yet
+        # Outcomes (finals, terminal errors) are emitted in utterance order: a later utterance's final waits
+        # for every earlier utterance to settle (its lease may have been slower).
+        self._head = 0  # index of the earliest utterance not yet settled
+        self._settled: set[int] = set()
+        self._held: dict[int, list[tuple[ev.Event, float]]] = {}
         self._spawn_send, self._spawn_recv = trio.open_memory_channel[Utterance](math.inf)
         self._closed_reason: str | None = None
         self._started_at = trio.current_time()
@@ -263,6 +268,7 @@ class Call:
             for utt in list(self._open):  # started, but cancelled before its STT task ran
                 self._open.remove(utt)
                 self._error("cancelled", "the call was cancelled before this utterance was sent to STT", utt)
+                self._settle(utt)
             if self.stream_stats is not None:
                 self.stats.frames_dropped = self.stream_stats.duplicates + self.stream_stats.reordered
             turn = self.turns.flush()
@@ -289,7 +295,7 @@ class Call:
                 self._error("cancelled", "the call was cancelled before this utterance's final arrived; "
                             "utterance not transcribed", utt)
             self._open.remove(utt)
-            self.turns.utterance_done()
+            self._settle(utt)
 
     async def _attempts(self, utt: Utterance) -> None:
         """Stream once; replay once on a fresh socket if it dies; report what cannot be recovered."""
@@ -406,18 +412,17 @@ class Call:
         utt.finals += 1
         self.stats.finals += 1
         self._m_finals.inc()
-        self.emit(ev.TranscriptFinal(
+        self._emit_outcome(utt, ev.TranscriptFinal(
             call_sid=self.call_sid, stream_sid=self.stream_sid, utterance_id=utt.uid, text=result.text,
             confidence=result.confidence, start_ms=round(start_ms, 1), end_ms=round(end_ms, 1), words=words,
             latency=latency, source=source, pool_hit=attempt.lease.pool_hit, replayed=attempt.replay,
         ))
-        self.turns.add_final(utt.uid, result.text, start_ms, end_ms)
 
     def _emit_empty_final(self, utt: Utterance) -> None:
         """Close an utterance that RTZR heard nothing in (its Finalize had nothing pending)."""
         utt.finals += 1
         self.stats.finals += 1
-        self.emit(ev.TranscriptFinal(
+        self._emit_outcome(utt, ev.TranscriptFinal(
             call_sid=self.call_sid, stream_sid=self.stream_sid, utterance_id=utt.uid, text="", confidence=None,
             start_ms=round(utt.speech_start_ms, 1), end_ms=round(utt.end_ms, 1),
             source="end_of_stream" if utt.reason == "end_of_stream" else "finalize",
@@ -429,8 +434,41 @@ class Call:
         self._m_errors.inc()
         log.warning("call_error", call_sid=self.call_sid, kind=kind, budget=budget,
                     utterance_id=utt.uid if utt else None, message=message)
-        self.emit(ev.ErrorEvent(call_sid=self.call_sid, stream_sid=self.stream_sid, kind=kind, message=message,
-                                budget=budget, utterance_id=utt.uid if utt else None))
+        event = ev.ErrorEvent(call_sid=self.call_sid, stream_sid=self.stream_sid, kind=kind, message=message,
+                              budget=budget, utterance_id=utt.uid if utt else None)
+        if utt is None or kind == "audio_buffer_overflow":  # not an utterance's outcome: at once
+            self.emit(event)
+        else:
+            self._emit_outcome(utt, event)
+
+    def _emit_outcome(self, utt: Utterance, event: ev.Event) -> None:
+        """Emit a final or terminal error now if every earlier utterance has settled, else hold it."""
+        if utt.index == self._head:
+            self._deliver(event, None)
+        else:
+            self._held.setdefault(utt.index, []).append((event, trio.current_time()))
+
+    def _settle(self, utt: Utterance) -> None:
+        """The utterance has its final or error: release held outcomes of the utterances after it."""
+        self.turns.utterance_done()
+        self._settled.add(utt.index)
+        while self._head in self._settled:
+            self._settled.discard(self._head)
+            self._head += 1
+            for event, held_since in self._held.pop(self._head, ()):
+                self._deliver(event, held_since)
+        if not self._open:  # end of call, or cancelled: nothing earlier can still arrive
+            for index in sorted(self._held):
+                for event, held_since in self._held.pop(index):
+                    self._deliver(event, held_since)
+
+    def _deliver(self, event: ev.Event, held_since: float | None) -> None:
+        if isinstance(event, ev.TranscriptFinal):
+            if held_since is not None and event.latency is not None:  # total_ms includes the wait for order
+                waited = (trio.current_time() - held_since) * 1000
+                event.latency.total_ms = round(event.latency.total_ms + waited, 1)
+            self.turns.add_final(event.utterance_id, event.text, event.start_ms, event.end_ms)
+        self.emit(event)
 
     def _emit_turn(self, turn: Any) -> None:
         self.emit(ev.TurnEnded(call_sid=self.call_sid, stream_sid=self.stream_sid, text=turn.text,
