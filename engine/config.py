@@ -139,7 +139,7 @@ class TwilioConfig(_Section):
 class CallConfig(_Section):
     """Per-call pipeline: audio batching toward RTZR and the bounded buffer that protects the reader."""
 
-    send_batch_ms: Annotated[int, Meta(ge=20, le=200)] = 60
+    send_batch_ms: Annotated[int, Meta(ge=20, le=200)] = 100
     audio_buffer_ms: Annotated[int, Meta(ge=100, le=600_000)] = 10_000
 
 
