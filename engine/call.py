@@ -113,7 +113,6 @@ class Call:
         emit: Emit,
         metrics: Registry,
         budgets: Budgets,
-        frame_hook: Callable[[np.ndarray[Any, np.dtype[np.int16]]], None] | None = None,
         stream_stats: StreamStats | None = None,
         duplicate: int = 0,
         on_ended: Callable[[], None] | None = None,
@@ -124,7 +123,6 @@ class Call:
         self.emit = emit
         self.metrics = metrics
         self.budgets = budgets
-        self.frame_hook = frame_hook
         self.stream_stats = stream_stats
         self.on_ended = on_ended
         # A second live socket with the same streamSid (seen from Twilio) gets its own utterance ids.
@@ -188,8 +186,6 @@ class Call:
         else:
             self.stats.frames_received += frames
         pcm = mulaw.decode(media.payload)
-        if self.frame_hook is not None:
-            self.frame_hook(pcm)
         self._handle(self.endpointer.push(self.to_endpointer.process(pcm)))
         turn = self.turns.advance(self.endpointer.position * 1000 / self.ep_rate)
         if turn is not None:
