@@ -1,10 +1,12 @@
-"""One RTZR streaming socket on trio-websocket: handshake, audio, Finalize/EOS, reader, pings.
+"""One RTZR streaming socket on our thin wsproto client: handshake, audio, Finalize/EOS, reader, pings.
 
 The socket's whole life is one task (started in the caller's nursery, normally the pool's): it
 connects, reports started, then reads and routes results until the socket closes. Results go to
 whichever lessee is attached (:meth:`RtzrSocket.attach`); a socket that dies tells that lessee
 with :class:`RtzrSocketLost`. Bookkeeping (pending audio, seq, timeline) is the sans-IO
-:class:`UtteranceTracker`.
+:class:`UtteranceTracker`. The WebSocket itself is :class:`engine.rtzr.wsclient.WsClientConnection`
+(not trio-websocket: its per-send lock + wsproto framing + reader task and channel were ~12 % of the
+engine at 60 calls; BENCHMARKS.md, Hot path).
 """
 
 from __future__ import annotations
@@ -13,14 +15,6 @@ import contextlib
 import math
 
 import trio
-from trio_websocket import (
-    ConnectionClosed,
-    ConnectionRejected,
-    ConnectionTimeout,
-    HandshakeError,
-    WebSocketConnection,
-    open_websocket_url,
-)
 
 from engine.budgets import BudgetExpired, Budgets
 from engine.config import RtzrConfig
@@ -38,10 +32,12 @@ from engine.rtzr.protocol import (
     bytes_per_ms,
     decode_server_message,
 )
+from engine.rtzr.wsclient import ConnectionClosed, WsClientConnection, WsHandshakeError, WsRejected
 
 log = get_logger(__name__)
 
 MAX_MESSAGE_BYTES = 1 << 20
+CLOSE_GRACE_S = 0.5  # how long our close frame waits for the server's reply before we drop TCP
 
 
 class RtzrConnectError(Exception):
@@ -74,11 +70,11 @@ class _Lost:
 LeaseItem = LeaseResult | _Lost
 
 
-def _rejection(exc: ConnectionRejected) -> RtzrHandshakeError:
-    body = (exc.body or b"")[:200].decode("utf-8", "replace")
-    if exc.status_code == 429:
+def _rejection(exc: WsRejected) -> RtzrHandshakeError:
+    body = exc.body[:200].decode("utf-8", "replace")
+    if exc.status == 429:
         return RtzrSaturated(429, body)
-    return RtzrHandshakeError(exc.status_code, body)
+    return RtzrHandshakeError(exc.status, body)
 
 
 class RtzrSocket:
@@ -92,11 +88,10 @@ class RtzrSocket:
         self._budgets = budgets
         self._query = query if query is not None else build_query(config)
         self.tracker = UtteranceTracker(bytes_per_ms(config), cover_slack_ms=config.pool.final_cover_slack_ms)
-        self._ws: WebSocketConnection | None = None
+        self._ws: WsClientConnection | None = None
         self._scope = trio.CancelScope()
         self._closed = trio.Event()
         self._done = trio.Event()
-        self._send_lock = trio.Lock()
         self._sink: trio.MemorySendChannel[LeaseItem] | None = None
         self.opened_at = trio.current_time()
         self.last_used = self.opened_at
@@ -132,7 +127,7 @@ class RtzrSocket:
 
     @property
     def is_open(self) -> bool:
-        return self._ws is not None and not self._closed.is_set()
+        return self._ws is not None and not self._closed.is_set() and self._ws.closed is None
 
     @property
     def usable(self) -> bool:
@@ -152,26 +147,27 @@ class RtzrSocket:
             with self._scope:
                 token = await self._token()
                 for attempt in (0, 1):
-                    t0 = trio.current_time()
-                    # Our own deadline: trio-websocket's connect_timeout leaves its reader task running.
-                    handshake = trio.CancelScope(deadline=t0 + self._budgets.connect.seconds)
                     try:
-                        with handshake:
-                            await self._open(url, token, handshake=handshake, task_status=task_status)
-                        if handshake.cancelled_caught and self._ws is None:
-                            raise BudgetExpired("connect", self._budgets.connect.ms)
-                        return
-                    except ConnectionRejected as exc:
-                        if exc.status_code == 401 and attempt == 0:
+                        conn = await self._open(url, token)
+                    except WsRejected as exc:
+                        if exc.status == 401 and attempt == 0:
                             log.info("rtzr_handshake_401_refreshing")
                             with self._budgets.connect():
                                 token = await self._tokens.invalidate_and_refresh(token)
                             continue
                         raise _rejection(exc) from None
-        except (ConnectionClosed, HandshakeError, OSError, trio.BrokenResourceError) as exc:
+                    try:
+                        self._ws = conn
+                        self.opened_at = self.last_used = trio.current_time()
+                        self.token_expire_at = token.expire_at
+                        task_status.started()
+                        await self._serve(conn)
+                    finally:
+                        grace = min(self._config.pool.close_timeout_ms / 1000.0, CLOSE_GRACE_S)
+                        await conn.aclose(1000, grace=grace)
+                    return
+        except (ConnectionClosed, WsHandshakeError, OSError, trio.BrokenResourceError) as exc:
             if self._ws is None:
-                if isinstance(exc, ConnectionTimeout):
-                    raise BudgetExpired("connect", self._budgets.connect.ms) from None
                 raise RtzrConnectError(f"cannot open RTZR stream: {type(exc).__name__}: {exc}") from None
             self._lose(f"{type(exc).__name__}: {exc}")
         except Exception as exc:
@@ -183,33 +179,21 @@ class RtzrSocket:
             self._lose(self.close_reason or "closed")
             self._done.set()
 
-    async def _open(
-        self,
-        ws_url: str,
-        token: Token,
-        *,
-        handshake: trio.CancelScope,
-        task_status: trio.TaskStatus[None],
-    ) -> None:
+    async def _open(self, ws_url: str, token: Token) -> WsClientConnection:
+        """TCP, TLS and the upgrade, all within ``budgets.connect`` (BudgetExpired('connect'))."""
         t0 = trio.current_time()
-        async with open_websocket_url(
-            ws_url,
-            extra_headers=[(b"Authorization", f"Bearer {token.value}".encode())],
-            message_queue_size=64,
-            max_message_size=MAX_MESSAGE_BYTES,
-            connect_timeout=self._budgets.connect.seconds + 1.0,
-            disconnect_timeout=self._config.pool.close_timeout_ms / 1000.0,
-        ) as ws:
-            handshake.deadline = math.inf
-            self.handshake_ms = (trio.current_time() - t0) * 1000.0
-            self._handshake_hist.observe(self.handshake_ms)
-            self._ws = ws
-            self.opened_at = self.last_used = trio.current_time()
-            self.token_expire_at = token.expire_at
-            task_status.started()
-            await self._serve(ws)
+        with self._budgets.connect():
+            conn = await WsClientConnection.connect(
+                ws_url,
+                send_budget=self._budgets.send,
+                max_message_size=MAX_MESSAGE_BYTES,
+                extra_headers=[(b"Authorization", f"Bearer {token.value}".encode())],
+            )
+        self.handshake_ms = (trio.current_time() - t0) * 1000.0
+        self._handshake_hist.observe(self.handshake_ms)
+        return conn
 
-    async def _serve(self, ws: WebSocketConnection) -> None:
+    async def _serve(self, ws: WsClientConnection) -> None:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._pinger, ws)
             try:
@@ -217,14 +201,13 @@ class RtzrSocket:
             finally:
                 nursery.cancel_scope.cancel()
 
-    async def _reader(self, ws: WebSocketConnection) -> None:
+    async def _reader(self, ws: WsClientConnection) -> None:
         """Decode every server message and route it to the attached lessee."""
         while True:
             try:
-                message = await ws.get_message()
+                message = await ws.receive_message()
             except ConnectionClosed as exc:
-                reason = exc.reason
-                self._lose(f"closed by server: {reason.code if reason else '?'} {reason.reason if reason else ''}")
+                self._lose(f"closed by server: {exc.code} {exc.reason}")
                 return
             try:
                 decoded = decode_server_message(message)
@@ -243,18 +226,21 @@ class RtzrSocket:
                 except (trio.BrokenResourceError, trio.ClosedResourceError):
                     self._sink = None
 
-    async def _pinger(self, ws: WebSocketConnection) -> None:
+    async def _pinger(self, ws: WsClientConnection) -> None:
         interval = self._config.pool.ping_interval_ms / 1000.0
         n = 0
         while True:
             await trio.sleep(interval)
             n += 1
+            expired = False
             with trio.move_on_after(self._budgets.send.seconds) as scope:
                 try:
-                    await ws.ping(n.to_bytes(8, "big"))
+                    await ws.ping(n.to_bytes(8, "big"))  # returns at the pong (our reader delivers it)
                 except ConnectionClosed:
                     return
-            if scope.cancelled_caught:
+                except BudgetExpired:  # the ping frame itself could not be written in time
+                    expired = True
+            if scope.cancelled_caught or expired:
                 self._lose("ping timeout")
                 return
 
@@ -314,9 +300,11 @@ class RtzrSocket:
         if ws is None or self._closed.is_set():
             raise RtzrSocketLost(self.close_reason or "socket not open")
         try:
-            with self._budgets.send():
-                async with self._send_lock:
-                    await ws.send_message(message)
+            # One lock and budgets.send inside the connection; audio is framed without wsproto.
+            if isinstance(message, str):
+                await ws.send_text(message)
+            else:
+                await ws.send_bytes(message)
         except ConnectionClosed:
             self._lose("closed while sending")
             raise RtzrSocketLost(self.close_reason) from None
