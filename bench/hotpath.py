@@ -15,6 +15,7 @@ import argparse
 import base64
 import binascii
 import json
+import os
 import statistics
 import time
 from collections.abc import Callable
@@ -45,7 +46,7 @@ from engine.twilio.protocol import (
 from engine.twilio.simulator import frames_of, load_audio
 
 SID = "MZ" + "0" * 32
-BATCH_MS = 60  # Call.send_batch_ms default
+BATCH_MS = Config().call.send_batch_ms  # what the call sends per RTZR message (default 100 ms)
 
 
 def twilio_messages(frames: list[bytes]) -> tuple[list[str], list[str]]:
@@ -201,6 +202,53 @@ async def bench_trio_ws_send(batches: list[bytes], repeat: int) -> float:
     return statistics.median(samples)
 
 
+async def bench_trio_ws_rtzr_send(batches: list[bytes], repeat: int) -> float:
+    """What RtzrSocket._send ran before wsclient: budgets.send + trio.Lock + trio-websocket send_message."""
+    from engine.budgets import Budget
+
+    budget = Budget("send", 1000)
+    lock = trio.Lock()
+    async with trio.open_nursery() as nursery:
+        listeners = await nursery.start(trio.serve_tcp, _raw_ws_sink, 0)
+        port = listeners[0].socket.getsockname()[1]
+        samples = []
+        try:
+            async with trio_websocket.open_websocket("127.0.0.1", port, "/", use_ssl=False,
+                                                     disconnect_timeout=0.2) as ws:
+                for _ in range(repeat):
+                    t0 = time.perf_counter()
+                    for b in batches:
+                        with budget():
+                            async with lock:
+                                await ws.send_message(b)
+                    samples.append((time.perf_counter() - t0) / (len(batches) * BATCH_MS // 20) * 1e6)
+        except trio_websocket.DisconnectionTimeout:
+            pass
+        nursery.cancel_scope.cancel()
+    return statistics.median(samples)
+
+
+async def bench_wsclient_send(batches: list[bytes], repeat: int) -> float:
+    """engine.rtzr.wsclient send_bytes (what RtzrSocket.send_audio now runs) to the same sink."""
+    from engine.budgets import Budget
+    from engine.rtzr.wsclient import WsClientConnection
+
+    async with trio.open_nursery() as nursery:
+        listeners = await nursery.start(trio.serve_tcp, _raw_ws_sink, 0)
+        port = listeners[0].socket.getsockname()[1]
+        conn = await WsClientConnection.connect(f"ws://127.0.0.1:{port}/", send_budget=Budget("send", 1000),
+                                                max_message_size=1 << 20)
+        samples = []
+        for _ in range(repeat):
+            t0 = time.perf_counter()
+            for b in batches:
+                await conn.send_bytes(b)
+            samples.append((time.perf_counter() - t0) / (len(batches) * BATCH_MS // 20) * 1e6)
+        await conn.aclose(grace=0.2)  # the sink never answers the close frame
+        nursery.cancel_scope.cancel()
+    return statistics.median(samples)
+
+
 async def _ingest_trio_ws(blob: bytes, count: int, buffer: int | None) -> float:
     """Server side: trio-websocket get_message over loopback for ``count`` pre-framed client messages."""
     done = trio.Event()
@@ -332,8 +380,10 @@ def bench_ingest(media: list[str], repeat: int) -> list[tuple[str, float]]:
 
 
 def bench_rtzr_send(pcm: np.ndarray, repeat: int) -> list[tuple[str, float]]:
-    """RTZR audio: LINEAR16 8 kHz in 60 ms batches (the default), per 20 ms of audio."""
+    """RTZR audio: LINEAR16 8 kHz in batches of send_batch_ms (the default), per 20 ms of audio."""
     from wsproto.connection import Connection, ConnectionType
+
+    from engine.rtzr.wsclient import encode_frame
 
     raw = pcm.astype("<i2").tobytes()
     step = 8 * 2 * BATCH_MS
@@ -345,9 +395,20 @@ def bench_rtzr_send(pcm: np.ndarray, repeat: int) -> list[tuple[str, float]]:
             conn.send(BytesMessage(b))
         return len(batches) * BATCH_MS // 20
 
-    rows = [("RTZR frame encode: wsproto, 60 ms batch (masking), per 20 ms", timed(encode_only, repeat))]
+    def encode_ours() -> int:
+        for b in batches:
+            encode_frame(0x2, b, os.urandom(4))
+        return len(batches) * BATCH_MS // 20
+
+    rows = [(f"RTZR frame encode: wsproto, {BATCH_MS} ms batch (masking), per 20 ms", timed(encode_only, repeat)),
+            (f"RTZR frame encode: wsclient.encode_frame + os.urandom, {BATCH_MS} ms batch, per 20 ms",
+             timed(encode_ours, repeat))]
     rows.append(("RTZR frame send: trio-websocket send_message over loopback, per 20 ms",
                  trio.run(bench_trio_ws_send, batches, repeat)))
+    rows.append(("RTZR send as RtzrSocket ran it before: budgets.send + Lock + trio-websocket send_message",
+                 trio.run(bench_trio_ws_rtzr_send, batches, repeat)))
+    rows.append(("RTZR frame send: engine.rtzr.wsclient send_bytes over loopback (RtzrSocket's layer), per 20 ms",
+                 trio.run(bench_wsclient_send, batches, repeat)))
     return rows
 
 

@@ -5,7 +5,8 @@ encoder and a ``send_all``, and every socket runs a reader task that hands resul
 channel; at 60 calls that was ~12 % of the engine (BENCHMARKS.md, Profile). Here wsproto does the
 handshake and parses what the server sends (results are rare: a few per second); the audio we send
 is framed by :func:`encode_frame` (one big-int XOR to mask, no per-byte loop) and written under the
-``send`` budget through one lock whose uncontended path costs no extra scheduling round.
+``send`` budget through one lock whose uncontended path costs no extra scheduling round (on plain
+TCP a write the kernel takes at once needs no cancel scope at all: see :meth:`_send_data`).
 
 The caller's own task reads (:meth:`WsClientConnection.receive_message`): pings are answered, pongs
 wake :meth:`~WsClientConnection.ping`, fragments are reassembled, a close frame is answered. A
@@ -110,6 +111,8 @@ class WsClientConnection:
         self._closed: ConnectionClosed | None = None
         self._broken = False  # a write failed: nothing more may be written
         self.accepted: AcceptConnection | None = None
+        # Plain TCP: the fd for the non-blocking fast path of _send_data (TLS always goes through send_all).
+        self._fd = stream.socket.fileno() if isinstance(stream, trio.SocketStream) else -1
 
     @classmethod
     async def connect(
@@ -307,20 +310,40 @@ class WsClientConnection:
             raise self._closed
 
     async def _send_data(self, opcode: int, payload: bytes) -> None:
-        """The hot path: frame it ourselves (wsproto only checks state and masks, slowly)."""
+        """The hot path: frame it ourselves (wsproto only checks state and masks, slowly).
+
+        On plain TCP the frame is first written with one non-blocking ``write``; only the part
+        the kernel did not take is awaited, under ``budgets.send`` (a Trio cancel scope costs more
+        than the write itself, and a write that does not block cannot overrun a deadline).
+        """
         lock = self._send_lock
-        with self._send_budget():
-            try:
-                lock.acquire_nowait()  # uncontended: no extra scheduling round (send_all checkpoints)
-            except trio.WouldBlock:
+        await trio.lowlevel.checkpoint_if_cancelled()
+        try:
+            lock.acquire_nowait()  # uncontended: no extra scheduling round
+        except trio.WouldBlock:
+            with self._send_budget():
                 await lock.acquire()
-            try:
-                # Checked under the lock: a close frame written meanwhile ends the data stream.
-                if self._broken or self._ws.state is not ConnectionState.OPEN:
-                    raise self._closed or ConnectionClosed(ABNORMAL, "connection closed")
-                await self._write(encode_frame(opcode, payload, os.urandom(4)))
-            finally:
-                lock.release()
+        try:
+            # Checked under the lock: a close frame written meanwhile ends the data stream.
+            if self._broken or self._ws.state is not ConnectionState.OPEN:
+                raise self._closed or ConnectionClosed(ABNORMAL, "connection closed")
+            frame = encode_frame(opcode, payload, os.urandom(4))
+            if self._fd >= 0:
+                try:
+                    written = os.write(self._fd, frame)
+                except BlockingIOError:
+                    written = 0
+                except OSError:
+                    self._break()
+                    raise ConnectionClosed(ABNORMAL, "connection lost") from None
+                if written == len(frame):
+                    await trio.lowlevel.cancel_shielded_checkpoint()  # what trio's own send does
+                    return
+                frame = frame[written:]
+            with self._send_budget():
+                await self._write(frame)
+        finally:
+            lock.release()
 
     async def _write(self, data: bytes) -> None:
         """Write under the held lock; a write that did not finish (error, budget, cancel) breaks it."""

@@ -389,3 +389,26 @@ async def test_aclose_is_bounded_when_the_server_never_answers() -> None:
                 await conn.aclose(1001, grace=0.2)
             assert 0.15 <= trio.current_time() - t0 < 1.0
             assert conn.closed is not None and conn.closed.code == 1001
+
+
+async def test_send_to_a_reset_connection_is_connection_closed() -> None:
+    import socket
+    import struct
+
+    async def handler(peer: Peer) -> None:
+        await peer.accept()
+        # RST instead of FIN: the client's next writes fail with ECONNRESET / EPIPE.
+        peer.stream.socket.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        await peer.stream.aclose()
+
+    with trio.fail_after(5):
+        async with server(handler) as url:
+            conn = await connect(url)
+            with pytest.raises(ConnectionClosed) as info:
+                for _ in range(100):
+                    await conn.send_bytes(bytes(3200))
+                    await trio.sleep(0.01)
+            assert info.value.code == 1006
+            with pytest.raises(ConnectionClosed):
+                await conn.send_text("more")
+            await conn.aclose(grace=0.2)
