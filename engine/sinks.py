@@ -9,10 +9,14 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import io
+import os
 import random
+import stat
 import sys
 from collections.abc import Callable
-from typing import IO, Any
+from functools import partial
+from typing import IO
 
 import httpx
 import trio
@@ -26,6 +30,18 @@ log = get_logger(__name__)
 
 FLUSH_DEADLINE_S = 2.0
 JSONL_QUEUE = 100_000
+
+
+def _is_regular_file(out: IO[str]) -> bool:
+    try:
+        return stat.S_ISREG(os.fstat(out.fileno()).st_mode)
+    except (OSError, ValueError, io.UnsupportedOperation):
+        return False  # e.g. a StringIO in tests, or a closed stream: the thread path is always safe
+
+
+def _write_and_flush(out: IO[str], text: str) -> None:
+    out.write(text)
+    out.flush()
 
 
 def sign(secret: str, body: bytes) -> str:
@@ -96,32 +112,37 @@ class EventSinks:
     # -- JSON lines ----------------------------------------------------------------------------
     async def _jsonl_worker(self) -> None:
         target = self.config.jsonl
-        out: trio.abc.AsyncResource | Any
-        if target == "-":
-            out = trio.wrap_file(self._stdout or sys.stdout)
-        else:
-            out = await trio.open_file(target, "a", encoding="utf-8")
+        raw: IO[str] = (self._stdout or sys.stdout) if target == "-" else await trio.to_thread.run_sync(
+            partial(open, target, "a", encoding="utf-8"))
+        # A regular file takes a small write into the page cache in microseconds: write it inline. A pipe or
+        # a terminal can block when its reader is slow: write through a worker thread (one hop per batch).
+        inline = _is_regular_file(raw)
         try:
             while True:
                 first = await self._jsonl_recv.receive()
-                await self._write_batch(out, first)
+                await self._write_batch(raw, first, inline=inline)
         finally:
             with trio.move_on_after(FLUSH_DEADLINE_S, shield=True):
-                await self._write_batch(out, None)
-                if target != "-":
-                    await out.aclose()
+                await self._write_batch(raw, None, inline=inline)
+            if target != "-":
+                raw.close()
 
-    async def _write_batch(self, out: Any, first: bytes | None) -> None:
-        """Write every queued line at once (one thread hop per batch, not per event)."""
+    async def _write_batch(self, out: IO[str], first: bytes | None, *, inline: bool) -> None:
+        """Write every queued line at once."""
         lines = [first] if first is not None else []
         while True:
             try:
                 lines.append(self._jsonl_recv.receive_nowait())
             except (trio.WouldBlock, trio.EndOfChannel):
                 break
-        if lines:
-            await out.write("".join(line.decode() + "\n" for line in lines))
-            await out.flush()
+        if not lines:
+            return
+        text = "".join(line.decode() + "\n" for line in lines)
+        if inline:
+            out.write(text)
+            out.flush()
+        else:
+            await trio.to_thread.run_sync(_write_and_flush, out, text)
 
     # -- webhook -------------------------------------------------------------------------------
     async def _webhook_worker(self) -> None:

@@ -127,3 +127,18 @@ def test_turn_flush_at_end_of_call_and_empty_text_ignored() -> None:
     t.add_final("u1", "먹었어", 0, 100)
     turn = t.flush()
     assert turn is not None and turn.text == "먹었어"
+
+
+async def test_jsonl_sink_appends_to_a_file(tmp_path) -> None:
+    path = tmp_path / "events.jsonl"
+    path.write_text('{"type":"earlier"}\n')
+    sinks = EventSinks(SinksConfig(jsonl=str(path)), Registry())
+    with trio.fail_after(5):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(sinks.run)
+            for n in range(3):
+                sinks.emit(final(n))
+            await trio.testing.wait_all_tasks_blocked()
+            nursery.cancel_scope.cancel()
+    lines = path.read_text().splitlines()
+    assert [json.loads(line)["type"] for line in lines] == ["earlier"] + ["transcript.final"] * 3
