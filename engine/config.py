@@ -119,6 +119,7 @@ class SinksConfig(_Section):
     webhook_url: str | None = None
     webhook_secret: str | None = None
     webhook_queue: Annotated[int, Meta(ge=1, le=1_000_000)] = 10_000
+    webhook_workers: Annotated[int, Meta(ge=1, le=256)] = 8
     webhook_timeout_ms: PositiveMs = 5000
     webhook_retries: Annotated[int, Meta(ge=0, le=100)] = 5
 

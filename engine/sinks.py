@@ -69,7 +69,11 @@ class EventSinks:
         self._stdout = stdout
         self._http_client = http_client
         self._jsonl_send, self._jsonl_recv = trio.open_memory_channel[bytes](JSONL_QUEUE if config.jsonl else 0)
-        self._hook_send, self._hook_recv = trio.open_memory_channel[bytes](config.webhook_queue)
+        # Webhook lanes: events of one call always take the same lane, so each call's events arrive in order,
+        # while up to ``webhook_workers`` requests are in flight (a 50 ms webhook must not cap the whole engine
+        # at 20 events/s). The queue bound is shared out between the lanes.
+        lanes = config.webhook_workers
+        self._hook_lanes = [trio.open_memory_channel[bytes](max(1, config.webhook_queue // lanes)) for _ in range(lanes)]
         self._emitted = metrics.counter("events_total", "events emitted")
         self._dropped_jsonl = metrics.counter("events_dropped_total", "events dropped by a sink", "sink=jsonl")
         self._dropped_hook = metrics.counter("events_dropped_total", "events dropped by a sink", "sink=webhook")
@@ -95,17 +99,21 @@ class EventSinks:
                 log.warning("event_dropped", sink="jsonl", type=type(event).__name__, call_sid=event.call_sid)
         if self.config.webhook_url:
             try:
-                self._hook_send.send_nowait(body)
+                self._hook_lanes[hash(event.call_sid) % len(self._hook_lanes)][0].send_nowait(body)
             except trio.WouldBlock:
                 self._dropped_hook.inc()
                 log.warning("event_dropped", sink="webhook", type=type(event).__name__, call_sid=event.call_sid)
+
+    def webhook_queued(self) -> int:
+        """Events waiting for the webhook, across lanes (for metrics and tests)."""
+        return sum(send.statistics().current_buffer_used for send, _ in self._hook_lanes)
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         async with trio.open_nursery() as nursery:
             if self.config.jsonl:
                 nursery.start_soon(self._jsonl_worker)
             if self.config.webhook_url:
-                nursery.start_soon(self._webhook_worker)
+                nursery.start_soon(self._webhook_workers)
             task_status.started()
             await trio.sleep_forever()  # a service runs until cancelled, even with no worker
 
@@ -145,23 +153,30 @@ class EventSinks:
             await trio.to_thread.run_sync(_write_and_flush, out, text)
 
     # -- webhook -------------------------------------------------------------------------------
-    async def _webhook_worker(self) -> None:
+    async def _webhook_workers(self) -> None:
         client = self._http_client or httpx.AsyncClient(timeout=self.config.webhook_timeout_ms / 1000)
         try:
+            async with trio.open_nursery() as nursery:
+                for _, receive in self._hook_lanes:
+                    nursery.start_soon(self._webhook_worker, client, receive)
+        finally:
+            if self._http_client is None:
+                with trio.move_on_after(1.0, shield=True):
+                    await client.aclose()
+
+    async def _webhook_worker(self, client: httpx.AsyncClient, receive: trio.MemoryReceiveChannel[bytes]) -> None:
+        try:
             while True:
-                body = await self._hook_recv.receive()
+                body = await receive.receive()
                 await self._deliver(client, body)
         finally:
             with trio.move_on_after(FLUSH_DEADLINE_S, shield=True):
                 while True:
                     try:
-                        body = self._hook_recv.receive_nowait()
+                        body = receive.receive_nowait()
                     except (trio.WouldBlock, trio.EndOfChannel):
                         break
                     await self._deliver(client, body, retries=0)
-            if self._http_client is None:
-                with trio.move_on_after(1.0, shield=True):
-                    await client.aclose()
 
     async def _deliver(self, client: httpx.AsyncClient, body: bytes, retries: int | None = None) -> None:
         assert self.config.webhook_url is not None

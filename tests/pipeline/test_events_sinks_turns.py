@@ -142,3 +142,41 @@ async def test_jsonl_sink_appends_to_a_file(tmp_path) -> None:
             nursery.cancel_scope.cancel()
     lines = path.read_text().splitlines()
     assert [json.loads(line)["type"] for line in lines] == ["earlier"] + ["transcript.final"] * 3
+
+
+async def test_webhook_lanes_keep_each_calls_order_with_requests_in_parallel(
+        autojump_clock: trio.testing.MockClock) -> None:
+    in_flight = 0
+    peak = 0
+    seen: list[tuple[str, str]] = []
+
+    async def handler(request: httpx.Request) -> httpx.Response:
+        nonlocal in_flight, peak
+        in_flight += 1
+        peak = max(peak, in_flight)
+        await trio.sleep(0.05)  # a slow webhook: 50 ms per request
+        in_flight -= 1
+        body = json.loads(request.content)
+        seen.append((body["call_sid"], body["utterance_id"]))
+        return httpx.Response(200)
+
+    client = httpx.AsyncClient(transport=httpx.MockTransport(handler))
+    metrics = Registry()
+    sinks = EventSinks(SinksConfig(jsonl="", webhook_url="http://hook.invalid/", webhook_workers=4), metrics,
+                       http_client=client)
+    calls = [f"CA{i}" for i in range(8)]
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(sinks.run)
+            t0 = trio.current_time()
+            for n in range(10):
+                for call in calls:
+                    sinks.emit(SpeechStarted(call_sid=call, stream_sid="MZ", utterance_id=f"{call}:{n}", start_ms=0))
+            while metrics.value("webhook_delivered_total") < 80:
+                await trio.sleep(0.01)
+            elapsed = trio.current_time() - t0
+            nursery.cancel_scope.cancel()
+    for call in calls:
+        assert [u for c, u in seen if c == call] == [f"{call}:{n}" for n in range(10)]
+    assert peak > 1  # requests really overlapped
+    assert elapsed < 80 * 0.05  # faster than one request at a time
