@@ -35,6 +35,7 @@ from wsproto.events import (
 from wsproto.utilities import LocalProtocolError, RemoteProtocolError
 
 from engine.budgets import Budget, BudgetExpired
+from engine.ws_messages import MessageAssembler, MessageTooBig
 
 RECEIVE_SIZE = 64 * 1024
 MESSAGE_TOO_BIG = 1009
@@ -118,12 +119,10 @@ class WsServerConnection:
         self._stream = stream
         self._ws = WSConnection(ConnectionType.SERVER)
         self._send_budget = send_budget
-        self._max_message_size = max_message_size
         self._send_lock = trio.StrictFIFOLock()
         self._messages: deque[str | bytes] = deque()
         self._fast: TextFrameDecoder | None = TextFrameDecoder(max_message_size)  # None: wsproto parses
-        self._parts: list[str | bytes] = []  # fragments of the message being reassembled
-        self._part_size = 0
+        self._assembler = MessageAssembler(max_message_size)
         self._closed: ConnectionClosed | None = None
         self._broken = False  # a write failed: nothing more may be written
         self.request: Request | None = None
@@ -218,21 +217,13 @@ class WsServerConnection:
         for event in self._ws.events():
             kind = type(event)
             if kind is TextMessage or kind is BytesMessage:
-                assert isinstance(event, (TextMessage, BytesMessage))
-                data: str | bytes = event.data if isinstance(event.data, str) else bytes(event.data)
-                if event.message_finished and not self._parts and len(data) <= self._max_message_size:
-                    self._messages.append(data)  # the common case: one frame, one message
-                    continue
-                self._part_size += len(data)
-                if self._part_size > self._max_message_size:
+                try:
+                    message = self._assembler.add(cast("TextMessage | BytesMessage", event))
+                except MessageTooBig:
                     await self._fail(MESSAGE_TOO_BIG, "message too big")
                     return
-                self._parts.append(data)
-                if event.message_finished:
-                    parts, self._parts, self._part_size = self._parts, [], 0
-                    joined = "".join(cast("list[str]", parts)) if kind is TextMessage else \
-                        b"".join(cast("list[bytes]", parts))
-                    self._messages.append(joined)
+                if message is not None:
+                    self._messages.append(message)
             elif kind is Ping:
                 assert isinstance(event, Ping)
                 # A pong that cannot go out leaves the connection closed: the reader sees that next.
