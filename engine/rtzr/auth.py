@@ -101,6 +101,14 @@ class TokenManager:
             return self._token
         return None
 
+    def not_ready_reason(self) -> str | None:
+        """Why the engine cannot open RTZR sockets now (for /readyz), or None when a valid token is held."""
+        if self._fatal is not None:
+            return f"RTZR authentication failed: {self._fatal}"
+        if self._valid() is None:
+            return "no valid RTZR token yet"
+        return None
+
     async def get(self) -> Token:
         """A valid token, waiting for the runner if there is none yet (bound it with a budget)."""
         while True:

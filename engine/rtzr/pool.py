@@ -141,6 +141,16 @@ class RtzrPool:
     def pooled(self) -> bool:
         return self.pool_config.mode == "pooled"
 
+    def not_ready_reason(self) -> str | None:
+        """Why new speech would not get a socket at once (for /readyz), or None when ready."""
+        if self._nursery is None:
+            return "RTZR pool not running"
+        if self._draining:
+            return "RTZR pool draining"
+        if self.pooled and not self._idle and self.pool_config.spare > 0:
+            return "no pre-warmed RTZR socket"
+        return None
+
     def _notify(self) -> None:
         self.high_water = max(self.high_water, self.open_count)
         self._g_open.set(self.open_count)
