@@ -26,8 +26,8 @@ from engine.config import Config
 from engine.endpointing import Endpointer, SpeechAudio, SpeechEnded, SpeechStarted, make_classifier
 from engine.log import get_logger
 from engine.metrics import Registry
-from engine.rtzr.protocol import LeaseResult
 from engine.rtzr.stream import RtzrConnectError, RtzrSocketLost
+from engine.rtzr.tracker import LeaseResult
 from engine.turns import TurnTracker
 from engine.twilio.protocol import Media, Started, StreamStats, TwilioEvent
 from engine.utterance import UtteranceAudio
@@ -51,7 +51,7 @@ class LeaseLike(Protocol):
     def has_pending(self) -> bool: ...
 
     async def send_audio(self, pcm: bytes) -> None: ...
-    async def finalize(self) -> bool: ...
+    async def finalize(self, speech_end_ms: float | None = None) -> bool: ...
     async def receive(self) -> LeaseResult: ...
 
 
@@ -72,7 +72,9 @@ class Utterance:
     endpoint_ms: float = 0.0
     ended_at: float = 0.0  # trio clock when the endpoint was decided
     end_ms: float = 0.0
-    overflowed: bool = False
+    speech_end_ms: float | None = None  # last speech on the utterance's own timeline (0 = first pre-roll sample)
+    overflowed: bool = False  # its audio exceeded the call's buffer: its one outcome is that error
+    scope: trio.CancelScope = field(default_factory=trio.CancelScope)  # its STT task, cancelled on overflow
     sent: int = 0  # bytes of audio sent on the current lease (restarts at 0 on a replay)
     finals_emitted_until_ms: float = -1.0
     finals: int = 0
@@ -154,6 +156,8 @@ class Call:
         self._m_overflow = metrics.counter("call_audio_overflow_total", "utterance audio dropped: RTZR slower than real time")
         self._m_finals = metrics.counter("finals_total", "transcript finals emitted")
         self._m_errors = metrics.counter("utterance_errors_total", "utterances reported as errors")
+        self._m_incomplete = metrics.counter(
+            "utterance_incomplete_total", "utterances whose closing final never came after a server-cut final")
         self._m_replays = metrics.counter("utterance_replays_total", "utterances replayed on a fresh socket")
         self._h_total = metrics.histogram("final_total_ms", "last speech audio → final emitted")
         self._h_stt = metrics.histogram("final_stt_ms", "Finalize → final")
@@ -223,18 +227,25 @@ class Call:
         if self._to_stt is not None:
             pcm = self._to_stt.process(pcm)
         data = mulaw.encode(pcm) if self.stt_mulaw else pcm.astype("<i2", copy=False).tobytes()
+        if utt.overflowed:
+            return
         if self._unsent_bytes() + len(data) > self.buffer_limit_bytes:
+            # One outcome per utterance: this error replaces its transcript; its STT task stops, and a
+            # socket it leased is closed (it holds audio whose final would belong to no one).
             self._m_overflow.inc()
-            if not utt.overflowed:
-                utt.overflowed = True
-                self._error("audio_buffer_overflow",
-                            f"RTZR is slower than real time: more than {self.config.call.audio_buffer_ms} ms of audio "
-                            "waiting to be sent; audio of this utterance was dropped", utt)
+            utt.overflowed = True
+            if utt.finals:  # RTZR already cut and answered part of it: those finals stay its outcome
+                log.warning("call_audio_overflow", call_sid=self.call_sid, utterance_id=utt.uid, finals=utt.finals)
+                return
+            utt.scope.cancel()
+            self._error("audio_buffer_overflow",
+                        f"RTZR is slower than real time: more than {self.config.call.audio_buffer_ms} ms of audio "
+                        "waiting to be sent (no socket free, or RTZR too slow); utterance not transcribed", utt)
             return
         utt.audio.append(data)
 
     def _unsent_bytes(self) -> int:
-        return sum(utt.audio.size - utt.sent for utt in self._open)
+        return sum(utt.audio.size - utt.sent for utt in self._open if not utt.overflowed)
 
     def _end_utterance(self, event: SpeechEnded) -> None:
         utt = self._current
@@ -247,6 +258,7 @@ class Call:
         utt.reason = event.reason
         utt.endpoint_ms = self._ms(event.end - event.last_speech_end)
         utt.end_ms = self._ms(event.end)
+        utt.speech_end_ms = self._ms(event.last_speech_end) - utt.audio_start_ms
         utt.ended_at = trio.current_time()
         utt.audio.close()
         self._current = None
@@ -284,10 +296,11 @@ class Call:
     async def _transcribe(self, utt: Utterance) -> None:
         settled = False
         try:
-            await self._attempts(utt)
+            with utt.scope:
+                await self._attempts(utt)
             settled = True
         finally:
-            if not settled:  # cancelled (drain deadline) or a bug: never lose an utterance silently
+            if not settled and not utt.overflowed:  # cancelled (drain deadline) or a bug: never lose an utterance silently
                 self._error("cancelled", "the call was cancelled before this utterance's final arrived; "
                             "utterance not transcribed", utt)
             self._open.remove(utt)
@@ -305,6 +318,13 @@ class Call:
                 if exc.budget == "send" and attempt == 0:
                     self._note_replay(utt, exc)
                     continue
+                if exc.budget == "finalize" and utt.finals:
+                    # RTZR cut the utterance itself and its answer to our Finalize never came: the finals
+                    # already emitted are the outcome (never a final AND an error); the socket was discarded.
+                    self._m_incomplete.inc()
+                    log.warning("utterance_final_incomplete", call_sid=self.call_sid, utterance_id=utt.uid,
+                                finals=utt.finals)
+                    return
                 self._error("budget_expired", f"{exc}; utterance not transcribed", utt, budget=exc.budget)
                 return
             except (RtzrConnectError, RtzrSocketLost) as exc:
@@ -343,7 +363,7 @@ class Call:
         try:
             while True:
                 result = await attempt.lease.receive()
-                closing = result.final and attempt.finalize_at is not None and not attempt.lease.has_pending
+                closing = result.closes
                 self._on_result(utt, attempt, result, closing=closing)
                 if closing:
                     attempt.closing_final.set()
@@ -368,13 +388,15 @@ class Call:
         if attempt.failure is not None:
             return
         attempt.finalize_at = trio.current_time()
-        if await attempt.lease.finalize():
+        if await attempt.lease.finalize(None if utt.overflowed else utt.speech_end_ms):
             with self.budgets.finalize():
                 await attempt.closing_final.wait()
 
     def _on_result(self, utt: Utterance, attempt: _Attempt, result: LeaseResult, *, closing: bool) -> None:
         """Partials as they come; finals with text; the closing final always (empty if nothing was heard),
         so every ``speech.started`` is answered by a ``transcript.final`` or an ``error``."""
+        if utt.overflowed and not utt.finals:
+            return
         start_ms = utt.audio_start_ms + result.start_ms
         if not result.final:
             self.emit(ev.TranscriptPartial(call_sid=self.call_sid, stream_sid=self.stream_sid, utterance_id=utt.uid,
@@ -432,7 +454,7 @@ class Call:
                     utterance_id=utt.uid if utt else None, message=message)
         event = ev.ErrorEvent(call_sid=self.call_sid, stream_sid=self.stream_sid, kind=kind, message=message,
                               budget=budget, utterance_id=utt.uid if utt else None)
-        if utt is None or kind == "audio_buffer_overflow":  # not an utterance's outcome: at once
+        if utt is None:  # not an utterance's outcome: at once
             self.emit(event)
         else:
             self._emit_outcome(utt, event)

@@ -54,7 +54,8 @@ class PoolConfig(_Section):
     max_age_ms: PositiveMs = 600_000
     ping_interval_ms: PositiveMs = 15_000
     token_min_remaining_ms: NonNegativeMs = 600_000
-    final_cover_slack_ms: NonNegativeMs = 1000
+    # A final covers our Finalize when it ends within this of the lessee's last speech (tracker.py, rule 1).
+    final_cover_slack_ms: NonNegativeMs = 300
     close_timeout_ms: PositiveMs = 1000
     open_retry_max_ms: PositiveMs = 30_000
 
@@ -105,7 +106,9 @@ class BudgetsConfig(_Section):
 
     auth: PositiveMs = 5000
     connect: PositiveMs = 3000
-    lease: PositiveMs = 500
+    # Longest wait in the queue for a socket (FIFO across calls); at least `connect`, so a socket being
+    # opened for the queue is never abandoned half-open. The call's audio buffer bounds it too.
+    lease: PositiveMs = 10_000
     finalize: PositiveMs = 2000
     send: PositiveMs = 1000
     twilio_start: PositiveMs = 5000

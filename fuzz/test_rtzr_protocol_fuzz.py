@@ -18,12 +18,12 @@ from engine.rtzr.protocol import (
     RtzrResult,
     RtzrServerError,
     StreamingQuery,
-    UtteranceTracker,
     decode_server_message,
     encode_query,
     parse_query,
     validate_query,
 )
+from engine.rtzr.tracker import UtteranceTracker
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
@@ -62,6 +62,7 @@ def _check(data: bytes | str) -> None:
     assert isinstance(out, (RtzrResult, RtzrServerError))
     if isinstance(out, RtzrResult):
         tracker = UtteranceTracker(16.0)
+        tracker.begin_lease()
         tracker.audio_sent(1600)
         tracker.finalize_sent()
         mapped = tracker.on_result(out)  # the tracker must accept anything the decoder accepts

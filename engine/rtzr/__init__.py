@@ -8,24 +8,24 @@ from engine.rtzr.protocol import (
     EOS,
     FINALIZE,
     Alternative,
-    LeaseResult,
     RtzrProtocolError,
     RtzrQueryError,
     RtzrResult,
     RtzrServerError,
     StreamingQuery,
-    UtteranceTracker,
     Word,
     build_query,
     decode_server_message,
     parse_query,
 )
 from engine.rtzr.stream import RtzrConnectError, RtzrHandshakeError, RtzrSaturated, RtzrSocket, RtzrSocketLost
+from engine.rtzr.tracker import ForeignResult, LeaseResult, UtteranceTracker
 
 __all__ = [
     "EOS",
     "FINALIZE",
     "Alternative",
+    "ForeignResult",
     "Lease",
     "LeaseResult",
     "RtzrAuthError",

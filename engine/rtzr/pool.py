@@ -1,17 +1,30 @@
 """The process-wide pool of pre-warmed RTZR sockets, leased per utterance.
 
 ``RtzrPool.run`` owns a nursery holding every socket's task (one reader per socket). It keeps
-``spare`` sockets ready, never lets more than ``max_sessions`` be open (idle + leased + opening),
-and recycles sockets that are idle too long, too old, or whose token is about to expire. A lease
-returns its socket only in a known-good state (every byte sent has its final); anything uncertain
-is closed. ``connect-per-utterance`` mode opens a socket per lease and ends it with EOS, as a
-naive bridge does, for benchmarks.
+``spare`` sockets ready, never lets more than ``max_sessions`` be open (idle + leased + opening +
+closing), and recycles sockets that are idle too long, too old, or whose token is about to expire.
+
+Invariants kept here (the privacy rule itself lives in ``tracker.py``):
+
+- A socket goes back to the pool only if it is provably clean (``RtzrSocket.usable``); anything
+  uncertain is closed without EOS (EOS would make the server answer stale audio).
+- Waiting is fair: when no socket is idle, lessees queue first come, first served across calls; a
+  socket that is opened or returned goes to the head of the queue, and only to the idle list when
+  nobody waits. A connect started for the queue belongs to the pool, not to the lessee that caused it:
+  a lessee that gives up leaves the socket to the next one (or to the idle list).
+- HTTP 429 from RTZR (the organisation's session limit, possibly reached by another process) is
+  saturation, not failure: the pool stops opening (backoff), waiting lessees wait for a returned socket.
+- Everything is built afresh in ``run()``: a pool restarted by the supervisor comes back whole.
+
+``connect-per-utterance`` mode opens a socket per lease and ends it with EOS, as a naive bridge does,
+for benchmarks.
 """
 
 from __future__ import annotations
 
 import math
 import random
+from collections import deque
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -21,9 +34,10 @@ from engine.budgets import BudgetExpired, Budgets
 from engine.config import RtzrConfig
 from engine.log import get_logger
 from engine.metrics import Registry
-from engine.rtzr.auth import RtzrAuthError, TokenManager, backoff_delay
-from engine.rtzr.protocol import LeaseResult, build_query
-from engine.rtzr.stream import LeaseItem, RtzrConnectError, RtzrSocket, RtzrSocketLost, _Lost
+from engine.rtzr.auth import TokenManager, backoff_delay
+from engine.rtzr.protocol import build_query
+from engine.rtzr.stream import LeaseItem, RtzrSaturated, RtzrSocket, RtzrSocketLost, _Lost
+from engine.rtzr.tracker import LeaseResult
 
 log = get_logger(__name__)
 
@@ -45,7 +59,7 @@ class Lease:
 
     @property
     def has_pending(self) -> bool:
-        """Audio sent on this lease that has no final yet."""
+        """Audio sent on this lease that no final has covered yet."""
         return self._sock.tracker.pending
 
     @property
@@ -56,9 +70,13 @@ class Lease:
     async def send_audio(self, pcm: bytes) -> None:
         await self._sock.send_audio(pcm)
 
-    async def finalize(self) -> bool:
-        """Ask for the final now; False (and nothing sent) when no audio is pending."""
-        sent = await self._sock.finalize()
+    async def finalize(self, speech_end_ms: float | None = None) -> bool:
+        """Ask for the final now; False (and nothing sent) when no audio is pending.
+
+        ``speech_end_ms``: the last speech our endpointer heard, on this lease's timeline (it tells a
+        server cut from the final that answers the Finalize; see tracker.py).
+        """
+        sent = await self._sock.finalize(speech_end_ms)
         if sent:
             self._final_deadline = trio.current_time() + self._pool.budgets.finalize.seconds
         return sent
@@ -66,8 +84,8 @@ class Lease:
     async def receive(self) -> LeaseResult:
         """Next result for this lease; after finalize() bounded by budgets.finalize.
 
-        Raises RtzrSocketLost if the socket dies, BudgetExpired('finalize') if the final is late
-        (the socket is then discarded).
+        Raises RtzrSocketLost if the socket dies, BudgetExpired('finalize') if the closing final is late
+        (the socket is then discarded: what it may still say belongs to no one).
         """
         deadline = self._final_deadline if self._final_deadline is not None else math.inf
         item: LeaseItem | None = None
@@ -82,13 +100,26 @@ class Lease:
             raise BudgetExpired("finalize", self._pool.budgets.finalize.ms)
         if isinstance(item, _Lost):
             raise RtzrSocketLost(item.reason)
-        if item.final and not self._sock.tracker.awaiting_final:
+        if item.closes:
             self._final_deadline = None
         return item
 
     def _end(self) -> None:
         self._sock.detach()
         self._results.close()
+
+
+class _Waiter:
+    """A lessee in the queue: handed a socket (or an error) by whoever frees or opens one."""
+
+    __slots__ = ("error", "event", "gone", "hit", "sock")
+
+    def __init__(self) -> None:
+        self.event = trio.Event()
+        self.sock: RtzrSocket | None = None
+        self.hit = False
+        self.error: Exception | None = None
+        self.gone = False  # the lessee stopped waiting (budget, cancellation)
 
 
 class RtzrPool:
@@ -103,24 +134,36 @@ class RtzrPool:
         self.budgets = budgets
         self.metrics = metrics
         self._query = build_query(config)  # invalid parameters fail at start-up, not per call
-        self._idle: list[RtzrSocket] = []
-        self._leased: set[RtzrSocket] = set()
-        self._opening = 0
-        self._closing: set[RtzrSocket] = set()
         self._nursery: trio.Nursery | None = None
-        self._changed = trio.Event()
-        self._open_failures = 0
-        self._retry_at = -math.inf
-        self._draining = False
         self.high_water = 0
+        self._reset()
         m = metrics
         self._g_open = m.gauge("rtzr_pool_open", "RTZR sockets open (idle + leased + opening)")
         self._g_idle = m.gauge("rtzr_pool_idle", "RTZR sockets ready to lease")
         self._g_leased = m.gauge("rtzr_pool_leased", "RTZR sockets leased")
+        self._g_waiting = m.gauge("rtzr_pool_waiting", "utterances queued for a socket")
+        self._g_saturated = m.gauge("rtzr_pool_saturated", "1 while RTZR refuses new sessions (HTTP 429)")
         self._h_wait = m.histogram("rtzr_pool_lease_wait_ms", "time waiting for a socket")
         self._c_hit = m.counter("rtzr_pool_leases_total", "leases by outcome", "result=hit")
         self._c_miss = m.counter("rtzr_pool_leases_total", "leases by outcome", "result=miss")
         self._c_timeout = m.counter("rtzr_pool_leases_total", "leases by outcome", "result=timeout")
+        self._c_429 = m.counter("rtzr_pool_saturated_total", "socket opens refused by RTZR with HTTP 429")
+        self._c_open_failed = m.counter("rtzr_pool_open_failures_total", "socket opens that failed (429 excluded)")
+
+    def _reset(self) -> None:
+        """Fresh state: called by __init__ and at the start of every run()."""
+        self._idle: list[RtzrSocket] = []
+        self._leased: set[RtzrSocket] = set()
+        self._opening = 0
+        self._closing: set[RtzrSocket] = set()
+        self._waiters: deque[_Waiter] = deque()
+        self._changed = trio.Event()
+        self._open_failures = 0
+        self._retry_at = -math.inf
+        self._saturated = False
+        self._last_open_error = ""
+        self._last_open_exc: Exception | None = None
+        self._draining = False
 
     # ------------------------------------------------------------------ state
 
@@ -138,6 +181,14 @@ class RtzrPool:
         return len(self._leased)
 
     @property
+    def waiting_count(self) -> int:
+        return sum(1 for w in self._waiters if not w.gone)
+
+    @property
+    def saturated(self) -> bool:
+        return self._saturated
+
+    @property
     def pooled(self) -> bool:
         return self.pool_config.mode == "pooled"
 
@@ -148,7 +199,11 @@ class RtzrPool:
         if self._draining:
             return "RTZR pool draining"
         if self.pooled and not self._idle and self.pool_config.spare > 0:
-            return "no pre-warmed RTZR socket"
+            if self._saturated:
+                return "RTZR session limit reached (HTTP 429) and no idle socket"
+            if self._last_open_error:
+                return f"cannot open RTZR sockets: {self._last_open_error}"
+            return "no pre-warmed RTZR socket yet"
         return None
 
     def _notify(self) -> None:
@@ -156,6 +211,8 @@ class RtzrPool:
         self._g_open.set(self.open_count)
         self._g_idle.set(len(self._idle))
         self._g_leased.set(len(self._leased))
+        self._g_waiting.set(self.waiting_count)
+        self._g_saturated.set(1 if self._saturated else 0)
         old, self._changed = self._changed, trio.Event()
         old.set()
 
@@ -168,23 +225,40 @@ class RtzrPool:
     # ------------------------------------------------------------------ service
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Own the sockets' nursery; pre-warm and recycle until cancelled, then close with EOS."""
+        """Own the sockets' nursery; warm up (bounded), report started, recycle until cancelled, close with EOS."""
+        self._reset()
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
-            task_status.started()
             try:
-                await self._maintain()
+                nursery.start_soon(self._maintain)
+                await self._warm_up()
+                task_status.started()
+                await trio.sleep_forever()
             finally:
                 self._draining = True
+                self._fail_waiters(RtzrSocketLost("pool is shutting down"))
                 with trio.CancelScope(shield=True):
                     with trio.move_on_after(self.pool_config.close_timeout_ms / 1000.0 + 0.5):
                         await self._close_all()
                     nursery.cancel_scope.cancel()
         self._nursery = None
 
+    async def _warm_up(self) -> None:
+        """Until the spares are open, an open has failed, or budgets.connect passed: "started" means warm."""
+        want = min(self.pool_config.spare, self.pool_config.max_sessions) if self.pooled else 0
+        with trio.move_on_after(self.budgets.connect.seconds):
+            while len(self._idle) < want and not self._open_failures:
+                changed = self._changed
+                await changed.wait()
+        if len(self._idle) < want:
+            log.warning("rtzr_pool_cold_start", idle=len(self._idle), spare=want, reason=self._last_open_error or "slow")
+        else:
+            log.info("rtzr_pool_warm", idle=len(self._idle))
+
     async def _close_all(self) -> None:
         socks = [*self._idle, *self._leased]
         self._idle.clear()
+        self._leased.clear()  # each socket is counted once, as closing
         async with trio.open_nursery() as n:
             for sock in socks:
                 n.start_soon(self._close_one, sock, "shutdown", True)
@@ -194,7 +268,7 @@ class RtzrPool:
         """Why an idle socket must go now, or None."""
         pc = self.pool_config
         if not sock.usable:
-            return "lost" if sock.bad or not sock.is_open else "unclean"
+            return self._unusable_reason(sock)
         if now - sock.last_used >= pc.max_idle_ms / 1000.0:
             return "idle"
         if now - sock.opened_at >= pc.max_age_ms / 1000.0:
@@ -203,10 +277,24 @@ class RtzrPool:
             return "token"
         return None
 
+    @staticmethod
+    def _unusable_reason(sock: RtzrSocket) -> str:
+        if sock.bad or not sock.is_open:
+            return "lost"
+        if sock.tracker.untrusted:
+            return "untrusted_timestamps"
+        return "unclean"
+
     def _next_due(self, sock: RtzrSocket, now: float) -> float:
         pc = self.pool_config
         token_at = now + (sock.token_expire_at - self.tokens.wall()) - pc.token_min_remaining_ms / 1000.0
         return min(sock.last_used + pc.max_idle_ms / 1000.0, sock.opened_at + pc.max_age_ms / 1000.0, token_at)
+
+    def _wanted_opens(self) -> int:
+        """How many more sockets to open now: spares plus one per waiting lessee, within max_sessions."""
+        waiting = self.waiting_count
+        want = (self.pool_config.spare if self.pooled else 0) + waiting - len(self._idle) - self._opening
+        return max(0, min(want, self.pool_config.max_sessions - self.open_count))
 
     async def _maintain(self) -> None:
         assert self._nursery is not None
@@ -217,15 +305,13 @@ class RtzrPool:
                 if reason is not None:
                     self._idle.remove(sock)
                     self._recycle_counter(reason)
-                    self._nursery.start_soon(self._close_one, sock, reason, reason != "lost")
+                    self._nursery.start_soon(self._close_one, sock, reason, reason in ("idle", "age", "token"))
             wake_at = math.inf
-            if self.pooled and now >= self._retry_at:
-                want = self.pool_config.spare - len(self._idle) - self._opening
-                room = self.pool_config.max_sessions - self.open_count
-                for _ in range(max(0, min(want, room))):
+            if now >= self._retry_at:
+                for _ in range(self._wanted_opens()):
                     self._opening += 1
-                    self._nursery.start_soon(self._open_spare)
-            elif self.pooled:
+                    self._nursery.start_soon(self._open_one)
+            else:
                 wake_at = self._retry_at
             self._notify()
             for sock in self._idle:
@@ -242,27 +328,55 @@ class RtzrPool:
         self._nursery_watch(sock)
         return sock
 
-    async def _open_spare(self) -> None:
+    async def _open_one(self) -> None:
+        """Open a socket for the pool (a spare, or the head of the queue); failures back off, never escape."""
         sock: RtzrSocket | None = None
         try:
             sock = await self._open()
-        except (RtzrConnectError, BudgetExpired, RtzrAuthError) as exc:
-            self._open_failures += 1
-            delay = backoff_delay(
-                self._open_failures - 1, 0.25, self.pool_config.open_retry_max_ms / 1000.0, random.random()
-            )
-            self._retry_at = trio.current_time() + delay
-            log.warning("rtzr_pool_open_failed", reason=str(exc), failures=self._open_failures, retry_in_s=round(delay, 3))
-        finally:
+        except RtzrSaturated as exc:
+            self._opening -= 1
+            self._c_429.inc()
+            self._saturated = True
+            self._open_failed(exc, saturated=True)
+        except Exception as exc:  # RtzrConnectError, BudgetExpired, RtzrAuthError, or a surprise (bad host name)
+            self._opening -= 1
+            self._c_open_failed.inc()
+            self._open_failed(exc, saturated=False)
+        except BaseException:
+            self._opening -= 1
+            raise
+        else:
             self._opening -= 1
         if sock is not None:
             self._open_failures = 0
             self._retry_at = -math.inf
+            self._saturated = False
+            self._last_open_error = ""
+            self._last_open_exc = None
             if self._draining:
                 self._nursery_close(sock, "shutdown")
             else:
-                self._idle.append(sock)
+                self._offer(sock, hit=False)
         self._notify()
+
+    def _open_failed(self, exc: Exception, *, saturated: bool) -> None:
+        self._open_failures += 1
+        delay = backoff_delay(self._open_failures - 1, 0.25, self.pool_config.open_retry_max_ms / 1000.0, random.random())
+        self._retry_at = trio.current_time() + delay
+        self._last_open_error = f"{type(exc).__name__}: {exc}"
+        self._last_open_exc = None if saturated else exc
+        log.warning("rtzr_pool_open_failed", reason=self._last_open_error, saturated=saturated,
+                    failures=self._open_failures, retry_in_s=round(delay, 3))
+        # Saturation: waiting lessees wait for a returned socket. Otherwise, when nothing could serve the
+        # head of the queue soon, tell it now (it replays or reports) rather than at its budget.
+        nothing_else = not self._leased and not self._idle and not self._opening
+        if not saturated and nothing_else:
+            while self._waiters:
+                waiter = self._waiters.popleft()
+                if not waiter.gone:
+                    waiter.error = exc
+                    waiter.event.set()
+                    break
 
     def _nursery_watch(self, sock: RtzrSocket) -> None:
         """One watcher per socket: wake the maintainer when it dies, so it is replaced promptly."""
@@ -275,10 +389,10 @@ class RtzrPool:
 
         self._nursery.start_soon(watch)
 
-    def _nursery_close(self, sock: RtzrSocket, reason: str) -> None:
+    def _nursery_close(self, sock: RtzrSocket, reason: str, *, eos: bool = True) -> None:
         if self._nursery is None:  # the pool has stopped; its nursery already closed every socket
             return
-        self._nursery.start_soon(self._close_one, sock, reason, True)
+        self._nursery.start_soon(self._close_one, sock, reason, eos)
 
     async def _close_one(self, sock: RtzrSocket, reason: str, eos: bool) -> None:
         self._closing.add(sock)
@@ -291,33 +405,71 @@ class RtzrPool:
 
     # ------------------------------------------------------------------ leasing
 
-    async def _acquire(self) -> tuple[RtzrSocket, bool]:
-        while True:
-            if self._draining:
-                raise RtzrSocketLost("pool is shutting down")
-            while self.pooled and self._idle:
-                sock = self._idle.pop()  # most recently used: keeps the rest aging out
-                if sock.usable:
-                    self._leased.add(sock)
-                    self._notify()
-                    return sock, True
-                self._recycle_counter("lost")
-                self._nursery_close(sock, "lost")
-            if self.open_count < self.pool_config.max_sessions:
-                self._opening += 1
-                self._notify()
-                try:
-                    sock = await self._open()
-                finally:
-                    self._opening -= 1
+    def _offer(self, sock: RtzrSocket, *, hit: bool) -> None:
+        """A socket is free: to the first lessee still waiting, else to the idle list (LIFO)."""
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if waiter.gone:
+                continue
+            waiter.sock, waiter.hit = sock, hit
+            self._leased.add(sock)
+            waiter.event.set()
+            return
+        if self.pooled:
+            sock.last_used = trio.current_time()
+            self._idle.append(sock)
+        else:  # per-utterance mode: its lessee gave up; nobody else may use it
+            self._nursery_close(sock, "per_utterance")
+
+    def _fail_waiters(self, exc: Exception) -> None:
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.gone:
+                waiter.error = exc
+                waiter.event.set()
+
+    def _take_idle(self) -> RtzrSocket | None:
+        while self.pooled and self._idle and not self.waiting_count:
+            sock = self._idle.pop()  # most recently used: keeps the rest aging out
+            if sock.usable:
                 self._leased.add(sock)
-                self._notify()
-                return sock, False
-            await self._changed.wait()
+                return sock
+            self._recycle_counter(self._unusable_reason(sock))
+            self._nursery_close(sock, "lost", eos=False)
+        return None
+
+    async def _acquire(self) -> tuple[RtzrSocket, bool]:
+        if self._draining or self._nursery is None:
+            raise RtzrSocketLost("pool is shutting down" if self._draining else "RTZR pool is not running")
+        sock = self._take_idle()
+        if sock is not None:
+            self._notify()
+            return sock, True
+        failing = self._last_open_exc
+        if failing is not None and self._retry_at > trio.current_time() and not (
+            self._leased or self._opening or self._closing
+        ):
+            raise failing  # RTZR refuses us and nothing could free a socket: say so now, not at the budget
+        waiter = _Waiter()
+        self._waiters.append(waiter)
+        self._notify()  # the maintainer opens a socket for it if there is room
+        try:
+            await waiter.event.wait()
+        except BaseException:
+            waiter.gone = True
+            if waiter.sock is not None:  # handed a socket as we were cancelled: pass it on
+                self._leased.discard(waiter.sock)
+                self._offer(waiter.sock, hit=waiter.hit)
+            self._notify()
+            raise
+        if waiter.error is not None:
+            raise waiter.error
+        assert waiter.sock is not None
+        return waiter.sock, waiter.hit
 
     @asynccontextmanager
     async def lease(self) -> AsyncIterator[Lease]:
-        """``async with pool.lease() as lease:`` — a socket for one utterance, within budgets.lease."""
+        """``async with pool.lease() as lease:`` — a socket for one utterance, queued fairly within budgets.lease."""
         t0 = trio.current_time()
         try:
             with self.budgets.lease():
@@ -336,16 +488,18 @@ class RtzrPool:
             self._release(sock)
 
     def _release(self, sock: RtzrSocket) -> None:
+        if sock not in self._leased:  # already closed by the shutdown
+            return
         self._leased.discard(sock)
         if not self.pooled:
             self._nursery_close(sock, "per_utterance")
         elif sock.usable and not self._draining:
-            sock.last_used = trio.current_time()
-            self._idle.append(sock)
+            self._offer(sock, hit=True)
         else:
-            reason = "lost" if sock.bad or not sock.is_open else "unclean"
+            reason = self._unusable_reason(sock)
             self._recycle_counter(reason)
+            if sock.tracker.untrusted:
+                log.warning("rtzr_socket_untrusted", reason=sock.tracker.untrusted)
             # Uncertain state: close without EOS (EOS would make the server answer stale audio).
-            if self._nursery is not None:
-                self._nursery.start_soon(self._close_one, sock, reason, False)
+            self._nursery_close(sock, reason, eos=False)
         self._notify()

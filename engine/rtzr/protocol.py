@@ -249,6 +249,12 @@ def encode_query(q: StreamingQuery) -> str:
     return urlencode(pairs)
 
 
+def bytes_per_ms(config: RtzrConfig) -> float:
+    """Audio bytes per millisecond on the wire for the configured encoding and rate."""
+    width = 2 if config.encoding == "LINEAR16" else 1
+    return config.sample_rate * width / 1000.0
+
+
 def build_query(config: RtzrConfig) -> str:
     """The URL-encoded query string for a config; raises RtzrQueryError if a parameter is invalid."""
     return encode_query(query_from_config(config))
@@ -306,112 +312,3 @@ def parse_query(query: str, *, models: frozenset[str] = MODELS) -> StreamingQuer
     q = StreamingQuery(**fields)
     validate_query(q, models=models)
     return q
-
-
-# ---------------------------------------------------------------------------------------------- tracker
-
-
-class LeaseResult(Struct, kw_only=True, frozen=True):
-    """A result as one lessee sees it: times in ms since the first audio byte of its lease."""
-
-    final: bool
-    text: str
-    confidence: float | None
-    start_ms: float
-    duration_ms: float
-    seq: int
-    words: list[Word] | None = None
-
-
-def bytes_per_ms(config: RtzrConfig) -> float:
-    """Audio bytes per millisecond on the wire for the configured encoding and rate."""
-    width = 2 if config.encoding == "LINEAR16" else 1
-    return config.sample_rate * width / 1000.0
-
-
-class UtteranceTracker:
-    """Per-socket bookkeeping: what audio still awaits a final, and the lessee's timeline.
-
-    ``pending`` is True while audio sent on the socket is not yet covered by a final. After a
-    Finalize, the first final whose end reaches within ``cover_slack_ms`` of the Finalize position
-    settles everything sent before the Finalize; a final that ends earlier (the server's own
-    end-point detection racing the Finalize) leaves the socket pending, so it is never handed to
-    the next lessee while a final for this one may still be in flight.
-    """
-
-    def __init__(self, bytes_per_ms: float, *, cover_slack_ms: float = 1000.0) -> None:
-        if bytes_per_ms <= 0:
-            raise ValueError("bytes_per_ms must be positive")
-        self.bytes_per_ms = bytes_per_ms
-        self.cover_slack_ms = cover_slack_ms
-        self.bytes_sent = 0
-        self.settled_bytes = 0
-        self.finalize_at: int | None = None  # bytes_sent when the outstanding Finalize was sent
-        self.next_seq = 0
-        self.lease_offset_bytes = 0
-        self.lease_first_seq = 0
-        self.finals = 0
-
-    @property
-    def pending(self) -> bool:
-        return self.bytes_sent > self.settled_bytes
-
-    @property
-    def awaiting_final(self) -> bool:
-        return self.finalize_at is not None
-
-    @property
-    def sent_ms(self) -> float:
-        return self.bytes_sent / self.bytes_per_ms
-
-    @property
-    def lease_sent_ms(self) -> float:
-        return (self.bytes_sent - self.lease_offset_bytes) / self.bytes_per_ms
-
-    def begin_lease(self) -> None:
-        """A new lessee starts here: its timeline's 0 is the current byte offset."""
-        self.lease_offset_bytes = self.bytes_sent
-        self.lease_first_seq = self.next_seq
-
-    def audio_sent(self, nbytes: int) -> None:
-        self.bytes_sent += nbytes
-
-    def finalize_sent(self) -> bool:
-        """Record a Finalize; returns whether a final is expected (False = nothing pending, don't wait)."""
-        if not self.pending:
-            return False
-        self.finalize_at = self.bytes_sent
-        return True
-
-    def on_result(self, result: RtzrResult) -> LeaseResult | None:
-        """Account for a server result; return it mapped to the lessee, or None to skip it.
-
-        Skipped: results of utterances before this lease (stale seq) and interims with empty text.
-        Finals are returned even with empty text, since they settle the lessee's pending audio.
-        """
-        stale = result.seq < self.lease_first_seq
-        if result.final:
-            self.finals += 1
-            self.next_seq = max(self.next_seq, result.seq + 1)
-            end_bytes = min(self.bytes_sent, math.ceil(result.end_at * self.bytes_per_ms))
-            if self.finalize_at is not None:
-                if result.end_at + self.cover_slack_ms >= self.finalize_at / self.bytes_per_ms:
-                    self.settled_bytes = max(self.settled_bytes, self.finalize_at)
-                    self.finalize_at = None
-                else:
-                    self.settled_bytes = max(self.settled_bytes, end_bytes)
-            else:
-                self.settled_bytes = max(self.settled_bytes, end_bytes)
-        if stale or (not result.final and not result.text):
-            return None
-        offset_ms = self.lease_offset_bytes / self.bytes_per_ms
-        words = result.alternatives[0].words if result.alternatives else None
-        return LeaseResult(
-            final=result.final,
-            text=result.text,
-            confidence=result.confidence,
-            start_ms=max(0.0, result.start_at - offset_ms),
-            duration_ms=float(result.duration),
-            seq=result.seq,
-            words=words,
-        )

@@ -24,14 +24,13 @@ from engine.rtzr.auth import Token, TokenManager
 from engine.rtzr.protocol import (
     EOS,
     FINALIZE,
-    LeaseResult,
     RtzrProtocolError,
     RtzrServerError,
-    UtteranceTracker,
     build_query,
     bytes_per_ms,
     decode_server_message,
 )
+from engine.rtzr.tracker import ForeignResult, LeaseResult, UtteranceTracker
 from engine.rtzr.wsclient import ConnectionClosed, WsClientConnection, WsHandshakeError, WsRejected
 
 log = get_logger(__name__)
@@ -131,41 +130,26 @@ class RtzrSocket:
 
     @property
     def usable(self) -> bool:
-        """Open, healthy, and with no audio awaiting a final: safe for a new lessee."""
-        return self.is_open and not self.bad and not self.eos_sent and not self.tracker.pending
+        """Open, healthy and provably clean (engine/rtzr/tracker.py): safe for a new lessee."""
+        return self.is_open and not self.bad and not self.eos_sent and self.tracker.clean
 
     async def wait_closed(self) -> None:
         await self._closed.wait()
 
-    async def _token(self) -> Token:
-        with self._budgets.connect():
-            return await self._tokens.get()
-
     async def _run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        url = f"{self._config.ws_url}?{self._query}"
         try:
-            with self._scope:
-                token = await self._token()
-                for attempt in (0, 1):
-                    try:
-                        conn = await self._open(url, token)
-                    except WsRejected as exc:
-                        if exc.status == 401 and attempt == 0:
-                            log.info("rtzr_handshake_401_refreshing")
-                            with self._budgets.connect():
-                                token = await self._tokens.invalidate_and_refresh(token)
-                            continue
-                        raise _rejection(exc) from None
-                    try:
-                        self._ws = conn
-                        self.opened_at = self.last_used = trio.current_time()
-                        self.token_expire_at = token.expire_at
-                        task_status.started()
-                        await self._serve(conn)
-                    finally:
-                        grace = min(self._config.pool.close_timeout_ms / 1000.0, CLOSE_GRACE_S)
-                        await conn.aclose(1000, grace=grace)
-                    return
+            with self._scope:  # _lose() cancels it: the socket's whole life, connect included
+                conn, token = await self._connect()
+                try:
+                    self._ws = conn
+                    self.opened_at = self.last_used = trio.current_time()
+                    self.token_expire_at = token.expire_at
+                    task_status.started()
+                    await self._serve(conn)
+                finally:
+                    grace = min(self._config.pool.close_timeout_ms / 1000.0, CLOSE_GRACE_S)
+                    await conn.aclose(1000, grace=grace)
+            self._require_connected()
         except (ConnectionClosed, WsHandshakeError, OSError, trio.BrokenResourceError) as exc:
             if self._ws is None:
                 raise RtzrConnectError(f"cannot open RTZR stream: {type(exc).__name__}: {exc}") from None
@@ -179,19 +163,34 @@ class RtzrSocket:
             self._lose(self.close_reason or "closed")
             self._done.set()
 
-    async def _open(self, ws_url: str, token: Token) -> WsClientConnection:
-        """TCP, TLS and the upgrade, all within ``budgets.connect`` (BudgetExpired('connect'))."""
+    def _require_connected(self) -> None:
+        if self._ws is None:  # close() cancelled us before the handshake finished
+            raise RtzrConnectError("socket closed while connecting")
+
+    async def _connect(self) -> tuple[WsClientConnection, Token]:
+        """Token, TCP, TLS, upgrade and the one retry after a 401, all within ONE ``budgets.connect``."""
+        url = f"{self._config.ws_url}?{self._query}"
         t0 = trio.current_time()
         with self._budgets.connect():
-            conn = await WsClientConnection.connect(
-                ws_url,
-                send_budget=self._budgets.send,
-                max_message_size=MAX_MESSAGE_BYTES,
-                extra_headers=[(b"Authorization", f"Bearer {token.value}".encode())],
-            )
-        self.handshake_ms = (trio.current_time() - t0) * 1000.0
-        self._handshake_hist.observe(self.handshake_ms)
-        return conn
+            token = await self._tokens.get()
+            for attempt in (0, 1):
+                try:
+                    conn = await WsClientConnection.connect(
+                        url,
+                        send_budget=self._budgets.send,
+                        max_message_size=MAX_MESSAGE_BYTES,
+                        extra_headers=[(b"Authorization", f"Bearer {token.value}".encode())],
+                    )
+                except WsRejected as exc:
+                    if exc.status == 401 and attempt == 0:
+                        log.info("rtzr_handshake_401_refreshing")
+                        token = await self._tokens.invalidate_and_refresh(token)
+                        continue
+                    raise _rejection(exc) from None
+                self.handshake_ms = (trio.current_time() - t0) * 1000.0
+                self._handshake_hist.observe(self.handshake_ms)
+                return conn, token
+        raise AssertionError("unreachable: the second attempt returns or raises")
 
     async def _serve(self, ws: WsClientConnection) -> None:
         async with trio.open_nursery() as nursery:
@@ -220,6 +219,13 @@ class RtzrSocket:
                 self._lose(f"server error {decoded.code or ''}: {decoded.message}")
                 return
             mapped = self.tracker.on_result(decoded)
+            if isinstance(mapped, ForeignResult):
+                # The clean-socket rule (tracker.py, rule 4): never delivered, counted, and the socket closed.
+                self._metrics.counter("rtzr_foreign_results_total",
+                                      "results dropped: not produced by the current lessee's audio").inc()
+                log.warning("rtzr_foreign_result", reason=mapped.reason, seq=mapped.seq)
+                self._lose(f"foreign result: {mapped.reason}")
+                return
             if mapped is not None and self._sink is not None:
                 try:
                     self._sink.send_nowait(mapped)
@@ -290,6 +296,7 @@ class RtzrSocket:
         return receive
 
     def detach(self) -> None:
+        self.tracker.end_lease()
         if self._sink is not None:
             self._sink.close()
             self._sink = None
@@ -322,9 +329,12 @@ class RtzrSocket:
         self.tracker.audio_sent(len(pcm))
         await self._send(pcm)
 
-    async def finalize(self) -> bool:
-        """Send Finalize if audio is pending; returns whether a final is now expected."""
-        if not self.tracker.finalize_sent():
+    async def finalize(self, speech_end_ms: float | None = None) -> bool:
+        """Send Finalize if audio is pending; returns whether a final is now expected.
+
+        ``speech_end_ms``: the lessee's last speech on its timeline (see UtteranceTracker.finalize_sent).
+        """
+        if not self.tracker.finalize_sent(speech_end_ms):
             return False
         await self._send(FINALIZE)
         return True

@@ -13,7 +13,7 @@ from engine.budgets import Budgets
 from engine.call import Call
 from engine.config import BudgetsConfig, Config
 from engine.metrics import Registry
-from engine.rtzr.protocol import LeaseResult
+from engine.rtzr.tracker import LeaseResult
 from engine.twilio.protocol import Media, MediaFormat, Started
 
 from .test_pipeline_e2e import phrase_call
@@ -39,7 +39,7 @@ class SlowFinalLease:
     async def send_audio(self, pcm: bytes) -> None:
         self.sent += len(pcm)
 
-    async def finalize(self) -> bool:
+    async def finalize(self, speech_end_ms: float | None = None) -> bool:
         self._finalized.set()
         return True
 
@@ -50,7 +50,7 @@ class SlowFinalLease:
         await trio.sleep(self.delay)
         self._done = True
         return LeaseResult(final=True, text=self.text, confidence=0.9, start_ms=300.0,
-                           duration_ms=self.sent / 16, seq=0)
+                           duration_ms=self.sent / 16, seq=0, closes=True)
 
 
 class ScriptedPool:

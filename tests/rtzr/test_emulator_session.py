@@ -13,7 +13,8 @@ from engine.rtzr.emulator import Fault, PhrasebookRecognizer, SessionParams, Str
 from engine.rtzr.emulator.config import DEFAULT_PHRASEBOOK
 from engine.rtzr.emulator.recognizer import placeholder_text
 from engine.rtzr.emulator.session import Abort, Close, Send
-from engine.rtzr.protocol import RtzrResult, UtteranceTracker
+from engine.rtzr.protocol import RtzrResult
+from engine.rtzr.tracker import UtteranceTracker
 
 CLIPS = {c.id: c for c in load_phrasebook(DEFAULT_PHRASEBOOK)}
 REC = PhrasebookRecognizer(list(CLIPS.values()))
@@ -153,6 +154,7 @@ def test_finalize_after_server_epd_final_answers_the_trailing_silence_consistent
     """The client's byte-counting tracker and the emulator agree on what is pending."""
     h = Harness()
     tracker = UtteranceTracker(16.0)
+    tracker.begin_lease()
     audio = np.concatenate([speechlike(500), quiet(1000)])
     tracker.audio_sent(audio.size * 2)
     h.audio(audio)

@@ -10,8 +10,8 @@ from engine.config import BudgetsConfig
 from engine.rtzr.emulator.config import Fault
 from engine.rtzr.emulator.server import Emulator
 from engine.rtzr.pool import Lease
-from engine.rtzr.protocol import LeaseResult
 from engine.rtzr.stream import RtzrSocketLost
+from engine.rtzr.tracker import LeaseResult
 
 from .rtzr_env import emulator_config, running_pool, stack, tone, wait_for
 

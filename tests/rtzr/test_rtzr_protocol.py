@@ -6,12 +6,10 @@ import pytest
 
 from engine.config import RtzrConfig
 from engine.rtzr.protocol import (
-    Alternative,
     RtzrProtocolError,
     RtzrQueryError,
     RtzrResult,
     RtzrServerError,
-    UtteranceTracker,
     build_query,
     decode_server_message,
     encode_result,
@@ -107,57 +105,3 @@ def test_decode_in_band_errors() -> None:
     assert e == RtzrServerError(message="boom", code="E500")
     e2 = decode_server_message('{"type": "error", "message": "bad"}')
     assert isinstance(e2, RtzrServerError) and e2.message == "bad"
-
-
-def _r(seq: int, start: int, dur: int, final: bool, text: str = "x") -> RtzrResult:
-    return RtzrResult(seq=seq, start_at=start, duration=dur, final=final, alternatives=[Alternative(text=text)])
-
-
-def test_tracker_finalize_only_when_pending() -> None:
-    t = UtteranceTracker(16.0)  # LINEAR16 at 8 kHz
-    assert not t.pending and not t.finalize_sent()
-    t.audio_sent(16 * 500)
-    assert t.pending and t.finalize_sent() and t.awaiting_final
-    t.on_result(_r(0, 100, 380, True))
-    assert not t.pending and not t.awaiting_final and t.next_seq == 1
-    assert not t.finalize_sent()
-
-
-def test_tracker_maps_several_lessees_on_one_socket() -> None:
-    t = UtteranceTracker(16.0)
-    t.begin_lease()
-    t.audio_sent(16 * 1000)
-    t.finalize_sent()
-    first = t.on_result(_r(0, 200, 700, True, "하나"))
-    assert first is not None and first.start_ms == 200 and first.seq == 0
-    # second lessee: its 0 is socket ms 1000
-    t.begin_lease()
-    assert t.on_result(_r(0, 200, 700, False, "late")) is None  # stale seq from the previous lessee
-    t.audio_sent(16 * 800)
-    interim = t.on_result(_r(1, 1100, 0, False, "둘"))
-    assert interim is not None and interim.start_ms == 100 and not interim.final
-    assert t.on_result(_r(1, 1100, 0, False, "")) is None  # empty interims skipped
-    t.finalize_sent()
-    final = t.on_result(_r(1, 1100, 650, True, "둘"))
-    assert final is not None and final.start_ms == 100 and final.duration_ms == 650
-    assert t.lease_sent_ms == 800 and not t.pending
-
-
-def test_tracker_early_final_does_not_settle_finalize() -> None:
-    """A server end-point final that ends long before the Finalize position leaves audio pending."""
-    t = UtteranceTracker(16.0, cover_slack_ms=500)
-    t.audio_sent(16 * 5000)
-    t.finalize_sent()
-    t.on_result(_r(0, 0, 1000, True))  # ends at 1000 ms, Finalize was at 5000 ms
-    assert t.pending and t.awaiting_final
-    t.on_result(_r(1, 1800, 3000, True))  # ends at 4800: within slack
-    assert not t.pending and not t.awaiting_final
-
-
-def test_tracker_empty_final_still_settles() -> None:
-    t = UtteranceTracker(8.0)
-    t.audio_sent(800)
-    t.finalize_sent()
-    out = t.on_result(_r(0, 0, 100, True, ""))
-    assert out is not None and out.final and out.text == ""
-    assert not t.pending

@@ -7,8 +7,8 @@ import trio
 
 from engine.budgets import BudgetExpired
 from engine.rtzr.emulator.config import Fault
-from engine.rtzr.protocol import LeaseResult
 from engine.rtzr.stream import RtzrHandshakeError, RtzrSaturated, RtzrSocket, RtzrSocketLost, _Lost
+from engine.rtzr.tracker import LeaseResult
 
 from .rtzr_env import emulator_config, stack, tone
 

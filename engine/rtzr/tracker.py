@@ -1,0 +1,213 @@
+"""Per-socket accounting of RTZR results, sans-IO: which lessee a result belongs to, and when a socket is clean.
+
+One RTZR socket carries the utterances of many calls, one lease after another. This module is where the
+privacy invariant lives; the Trio shells (``stream.py``, ``pool.py``) only act on what it decides.
+
+The clean-socket rule
+---------------------
+A result may only ever reach the lease whose audio produced it. RTZR gives no acknowledgement for
+``Finalize`` and may cut an utterance on its own at any moment (its end-point detection,
+``max_utter_duration``), so "a final arrived" does not prove that nothing else is in flight. Therefore:
+
+1. Audio is *pending* from the moment it is sent until a final *covers* it. After our ``Finalize`` (sent at
+   byte ``F``), a final covers everything up to ``F`` only if it ends at or after ``cover_from`` = the lessee's
+   last speech position (or ``F``), minus ``cover_slack_ms``. A final that ends earlier is a cut by the server:
+   the rest of the lessee's audio is still pending, the lease keeps waiting (under the finalize budget).
+2. A socket is handed to a new lessee only while nothing is pending *and* its timestamps are trusted.
+3. Timestamps are checked against what we know for certain (bytes sent, earlier finals): a result that ends
+   after the audio sent, or a final that starts inside an earlier final, makes the socket *untrusted* for the
+   rest of its life: it finishes its current lease (the first final after ``Finalize`` closes it, since
+   coverage cannot be judged) and is then closed, never reused.
+4. A result whose seq or socket-timeline start precedes the current lease's first byte, or any result that
+   arrives while no lease is attached, is *foreign*: it is never delivered; the shell drops it, counts it and
+   closes the socket (the current lessee then replays its audio on a fresh socket).
+
+Rules 1-3 keep foreign results from happening; rule 4 guarantees they never reach the wrong call even when the
+server's behaviour surprises rules 1-3 (for example a server cut within ``cover_slack_ms`` of the end of speech).
+"""
+
+from __future__ import annotations
+
+import math
+
+from msgspec import Struct
+
+from engine.rtzr.protocol import RtzrResult, Word
+
+# Timestamps are integer ms on the wire and our byte offsets are exact: allow rounding, nothing more.
+TIMESTAMP_TOLERANCE_MS = 10.0
+
+
+class LeaseResult(Struct, kw_only=True, frozen=True):
+    """A result as one lessee sees it: times in ms since the first audio byte of its lease.
+
+    ``closes``: this final covers everything the lessee sent before its Finalize (rule 1); no more
+    results will come for this lease.
+    """
+
+    final: bool
+    text: str
+    confidence: float | None
+    start_ms: float
+    duration_ms: float
+    seq: int
+    words: list[Word] | None = None
+    closes: bool = False
+
+
+class ForeignResult(Struct, kw_only=True, frozen=True):
+    """A result that does not belong to the current lessee (rule 4): never delivered; close the socket."""
+
+    reason: str
+    seq: int
+    start_at: int
+
+
+TrackedResult = LeaseResult | ForeignResult
+
+
+class UtteranceTracker:
+    """Per-socket bookkeeping: pending audio, the lessee's timeline, trust in the server's timestamps."""
+
+    def __init__(self, bytes_per_ms: float, *, cover_slack_ms: float = 300.0) -> None:
+        if bytes_per_ms <= 0:
+            raise ValueError("bytes_per_ms must be positive")
+        self.bytes_per_ms = bytes_per_ms
+        self.cover_slack_ms = cover_slack_ms
+        self.bytes_sent = 0
+        self.settled_bytes = 0
+        self.finalize_at: int | None = None  # bytes_sent when the outstanding Finalize was sent
+        self.cover_from_ms = 0.0  # socket ms a final must reach to cover the outstanding Finalize
+        self.next_seq = 0
+        self.lease_offset_bytes = 0
+        self.lease_first_seq = 0
+        self.leased = False
+        self.finals = 0
+        self.last_final_end_ms = 0.0
+        self.untrusted = ""  # why the server's timestamps cannot be trusted on this socket ("" = trusted)
+
+    # ------------------------------------------------------------------ state
+
+    @property
+    def pending(self) -> bool:
+        """Audio sent that no final has covered yet."""
+        return self.bytes_sent > self.settled_bytes
+
+    @property
+    def awaiting_final(self) -> bool:
+        return self.finalize_at is not None
+
+    @property
+    def clean(self) -> bool:
+        """Safe to hand to a new lessee (rule 2)."""
+        return not self.pending and not self.untrusted
+
+    @property
+    def sent_ms(self) -> float:
+        return self.bytes_sent / self.bytes_per_ms
+
+    @property
+    def lease_offset_ms(self) -> float:
+        return self.lease_offset_bytes / self.bytes_per_ms
+
+    @property
+    def lease_sent_ms(self) -> float:
+        return (self.bytes_sent - self.lease_offset_bytes) / self.bytes_per_ms
+
+    # ------------------------------------------------------------------ lessee side
+
+    def begin_lease(self) -> None:
+        """A new lessee starts here: its timeline's 0 is the current byte offset."""
+        self.lease_offset_bytes = self.bytes_sent
+        self.lease_first_seq = self.next_seq
+        self.leased = True
+
+    def end_lease(self) -> None:
+        self.leased = False
+
+    def audio_sent(self, nbytes: int) -> None:
+        self.bytes_sent += nbytes
+
+    def finalize_sent(self, speech_end_ms: float | None = None) -> bool:
+        """Record a Finalize; returns whether a final is expected (False = nothing pending, don't wait).
+
+        ``speech_end_ms``: where the lessee's own endpointer heard the last speech, on the lease's timeline.
+        The server's final ends near there, not at the Finalize (the hangover after it is silence).
+        """
+        if not self.pending:
+            return False
+        self.finalize_at = self.bytes_sent
+        finalize_ms = self.bytes_sent / self.bytes_per_ms
+        end_ms = finalize_ms if speech_end_ms is None else min(finalize_ms, self.lease_offset_ms + speech_end_ms)
+        self.cover_from_ms = max(self.settled_bytes / self.bytes_per_ms, end_ms - self.cover_slack_ms)
+        return True
+
+    # ------------------------------------------------------------------ server side
+
+    def on_result(self, result: RtzrResult) -> TrackedResult | None:
+        """Account for a server result; return it mapped to the lessee, a ForeignResult, or None to skip.
+
+        Skipped: interims with empty text. Finals are returned even with empty text, since they settle the
+        lessee's pending audio.
+        """
+        foreign = self._foreign(result)
+        if foreign is not None:
+            return foreign
+        self._check_timestamps(result)
+        closes = False
+        if result.final:
+            closes = self._settle(result)
+        elif not result.text:
+            return None
+        words = result.alternatives[0].words if result.alternatives else None
+        return LeaseResult(
+            final=result.final,
+            text=result.text,
+            confidence=result.confidence,
+            start_ms=result.start_at - self.lease_offset_ms,
+            duration_ms=float(result.duration),
+            seq=result.seq,
+            words=words,
+            closes=closes,
+        )
+
+    def _foreign(self, result: RtzrResult) -> ForeignResult | None:
+        """Rule 4: anything not produced by the current lessee's audio."""
+        reason = ""
+        if not self.leased:
+            reason = "result while no lease is attached"
+        elif result.seq < self.lease_first_seq:
+            reason = f"seq {result.seq} precedes this lease's first seq {self.lease_first_seq}"
+        elif not self.untrusted and result.start_at < self.lease_offset_ms - TIMESTAMP_TOLERANCE_MS:
+            reason = f"starts at {result.start_at} ms, before this lease's first byte at {self.lease_offset_ms:.0f} ms"
+        if not reason:
+            return None
+        if result.final:
+            self.next_seq = max(self.next_seq, result.seq + 1)
+        return ForeignResult(reason=reason, seq=result.seq, start_at=result.start_at)
+
+    def _check_timestamps(self, result: RtzrResult) -> None:
+        """Rule 3: what the server says must agree with what we know for certain."""
+        if self.untrusted:
+            return
+        if result.end_at > self.sent_ms + TIMESTAMP_TOLERANCE_MS:
+            self.untrusted = f"a result ends at {result.end_at} ms, after the {self.sent_ms:.0f} ms of audio sent"
+        elif result.final and result.start_at < self.last_final_end_ms - TIMESTAMP_TOLERANCE_MS:
+            self.untrusted = f"a final starts at {result.start_at} ms, inside an earlier final ending at " \
+                             f"{self.last_final_end_ms:.0f} ms"
+
+    def _settle(self, result: RtzrResult) -> bool:
+        """A final: advance seq and what is covered; True when it closes the outstanding Finalize (rule 1)."""
+        self.finals += 1
+        self.next_seq = max(self.next_seq, result.seq + 1)
+        self.last_final_end_ms = max(self.last_final_end_ms, float(result.end_at))
+        end_bytes = min(self.bytes_sent, math.ceil(result.end_at * self.bytes_per_ms))
+        if self.finalize_at is None:  # the server's own cut while audio flows
+            self.settled_bytes = max(self.settled_bytes, end_bytes)
+            return False
+        if self.untrusted or result.end_at >= self.cover_from_ms:
+            self.settled_bytes = max(self.settled_bytes, self.finalize_at)
+            self.finalize_at = None
+            return True
+        self.settled_bytes = max(self.settled_bytes, min(end_bytes, self.finalize_at))
+        return False
