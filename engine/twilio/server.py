@@ -6,9 +6,11 @@ accept loop hands each TCP connection to the supervisor's calls nursery; there e
 its own nursery (the reader + the call's handler task), so cancelling :meth:`TwilioServer.run` stops
 accepting without touching live calls, and one failing call is logged and contained.
 
-Admission happens before the upgrade: 404 wrong path, 503 draining or at ``max_calls``, 403 missing
-or bad ``X-Twilio-Signature``. After the upgrade we wait for ``start`` under ``budgets.twilio_start``,
-then the handler runs next to a reader that never blocks (a stalled reader stops answering pings and
+Admission happens before the upgrade, on the request h11 parsed (:class:`~engine.twilio.wsconn.UpgradeHandshake`):
+400/426/431 for what is not a WebSocket upgrade, 404 wrong path, 503 draining or at ``max_calls``, 403
+missing or bad ``X-Twilio-Signature`` (logged with the URLs compared and the proxy headers' standing).
+After the upgrade we wait for ``start`` under ``budgets.twilio_start``, then the handler runs next to a
+reader that never blocks (a stalled reader stops answering pings and
 makes Twilio drop audio).
 """
 
@@ -24,7 +26,6 @@ from typing import Protocol
 import numpy as np
 import numpy.typing as npt
 import trio
-from wsproto.events import Request
 
 from engine.audio import mulaw
 from engine.budgets import BudgetExpired, Budgets
@@ -45,8 +46,8 @@ from engine.twilio.protocol import (
     encode_mark,
     encode_media,
 )
-from engine.twilio.signature import candidate_urls, validate
-from engine.twilio.wsconn import ConnectionClosed, HandshakeFailed, WsServerConnection
+from engine.twilio.signature import candidate_urls, mismatch_details, validate
+from engine.twilio.wsconn import ConnectionClosed, HandshakeFailed, UpgradeRequest, WsServerConnection
 
 log = get_logger(__name__)
 
@@ -297,9 +298,9 @@ class TwilioServer:
                 log.info("twilio_bad_handshake", conn=conn, status=exc.status, reason=exc.why[:200])
                 await self._reject(ws, exc.status, "bad request")
             return
-        status, why = self._admit(request, conn)
+        status, why, details = self._admit(request, conn)
         if status:
-            log.info("twilio_rejected", conn=conn, status=status, reason=why, path=request.target[:200])
+            log.info("twilio_rejected", conn=conn, status=status, reason=why, path=request.target[:200], **details)
             await self._reject(ws, status, why)
             return
         # Counted before the first checkpoint after admission, so concurrent upgrades cannot overshoot.
@@ -325,25 +326,32 @@ class TwilioServer:
         except (BudgetExpired, ConnectionClosed):
             pass  # the client left or stalled; the connection is closed either way
 
-    def _admit(self, request: Request, conn: str) -> tuple[int, str]:
-        """0 to accept, else the HTTP status and a short reason (sent as the body)."""
+    def _admit(self, request: UpgradeRequest, conn: str) -> tuple[int, str, dict[str, str | bool]]:
+        """(0, "", {}) to accept, else the HTTP status, a short reason (sent as the body) and log fields."""
         cfg = self.config
         target = request.target
         if target.partition("?")[0] != cfg.twilio.path:
-            return 404, "not found"
+            return 404, "not found", {}
         if self.host.draining.is_set():
-            return 503, "draining"
-        headers = list(request.extra_headers)  # wsproto keeps Host apart, on request.host
-        signature = next((v.decode("latin-1") for k, v in headers if k.lower() == b"x-twilio-signature"), None)
-        urls = candidate_urls(target, headers, trust_proxy_headers=cfg.server.trust_proxy_headers,
+            return 503, "draining", {}
+        raw_signature = request.header(b"x-twilio-signature")
+        signature = raw_signature.decode("latin-1") if raw_signature is not None else None
+        urls = candidate_urls(target, request.headers, trust_proxy_headers=cfg.server.trust_proxy_headers,
                               host_header=request.host, public_url_override=cfg.twilio.public_url)
         if not (cfg.twilio.auth_token and validate(cfg.twilio.auth_token, signature, urls)):
             if not cfg.server.allow_unsigned:
-                return 403, "bad signature" if signature else "missing signature"
+                if not signature:
+                    return 403, "missing signature", {}
+                # What was compared, so a proxy or public_url misconfiguration can be seen (no signature, no token).
+                details = mismatch_details(urls, request.headers, trust_proxy_headers=cfg.server.trust_proxy_headers,
+                                           public_url_override=cfg.twilio.public_url)
+                if not cfg.twilio.auth_token:
+                    details["auth_token_set"] = False
+                return 403, "bad signature", details
             log.warning("twilio_unsigned_accepted", conn=conn, signed=signature is not None)
         if self.host.live_calls >= cfg.server.max_calls:
-            return 503, "at capacity"
-        return 0, ""
+            return 503, "at capacity", {}
+        return 0, "", {}
 
     async def _run_call(self, ws: WsServerConnection, conn: str) -> None:
         cfg = self.config

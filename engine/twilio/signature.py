@@ -70,14 +70,30 @@ def validate(auth_token: str, signature: str | None, url: str | Iterable[str], p
     """
     if not auth_token or not signature:
         return False
-    urls = [url] if isinstance(url, str) else list(url)
     given = signature.strip().encode("ascii", "replace")
     ok = False
-    for candidate in urls:
-        for variant in port_variants(candidate):
-            expected = compute_signature(auth_token, variant, params).encode("ascii")
-            ok |= hmac.compare_digest(expected, given)
+    for variant in tried_urls(url):
+        expected = compute_signature(auth_token, variant, params).encode("ascii")
+        ok |= hmac.compare_digest(expected, given)
     return ok
+
+
+def tried_urls(url: str | Iterable[str]) -> list[str]:
+    """Every URL :func:`validate` compares against for these candidates, in order (port variants included)."""
+    urls = [url] if isinstance(url, str) else list(url)
+    return [variant for candidate in urls for variant in port_variants(candidate)]
+
+
+PROXY_HEADERS = ("forwarded", "x-forwarded-proto", "x-forwarded-host", "x-forwarded-port", "x-forwarded-for")
+
+
+def proxy_headers_present(headers: Headers) -> list[str]:
+    """Which proxy headers (``Forwarded``, ``X-Forwarded-*``) the request carries, lower case, in a fixed order."""
+    if isinstance(headers, Mapping):
+        names = {key.lower() for key in headers}
+    else:
+        names = {key.decode("latin-1").lower() for key, _ in headers}
+    return [name for name in PROXY_HEADERS if name in names]
 
 
 def _header(headers: Headers, name: str) -> str | None:
@@ -144,3 +160,36 @@ def public_url(
         public_url_override=public_url_override,
     )
     return urls[0] if urls else None
+
+
+def mismatch_details(
+    urls: Iterable[str],
+    headers: Headers,
+    *,
+    trust_proxy_headers: bool,
+    public_url_override: str | None = None,
+) -> dict[str, str | bool]:
+    """Log fields explaining a signature that matched none of ``urls``.
+
+    The URLs tried (port variants included; a query string is shown as ``?…``), where they came from,
+    and which proxy headers were present and whether they were trusted. Never the signature or the token.
+    """
+    present = proxy_headers_present(headers)
+    forwarded_used = trust_proxy_headers and any(h in present for h in ("x-forwarded-host", "x-forwarded-proto"))
+    if public_url_override:
+        source = "twilio.public_url"
+    elif forwarded_used:
+        source = "X-Forwarded-* (trusted)"
+    else:
+        source = "Host header"
+    shown = [u.partition("?")[0] + ("?…" if "?" in u else "") for u in tried_urls(urls)]
+    details: dict[str, str | bool] = {
+        "tried_urls": " ".join(shown) or "none (no Host header)",
+        "url_from": source,
+        "proxy_headers": ",".join(present) or "none",
+        "proxy_headers_trusted": trust_proxy_headers,
+    }
+    if present and not trust_proxy_headers and not public_url_override:
+        details["hint"] = ("proxy headers present but not trusted: behind your own TLS proxy set "
+                           "server.trust_proxy_headers=true, or set twilio.public_url")
+    return details

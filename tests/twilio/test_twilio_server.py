@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -11,6 +12,7 @@ import pytest
 import trio
 from trio_websocket import ConnectionClosed, WebSocketConnection, open_websocket
 
+from engine.log import JsonLinesFormatter
 from engine.twilio.protocol import Mark, Media, Started
 from engine.twilio.server import CallHandler, TwilioSession
 from engine.twilio.signature import compute_signature
@@ -325,6 +327,49 @@ async def test_trusted_proxy_headers_rebuild_the_signed_url() -> None:
     assert ok.ok, ok.summary()
     assert untrusted.rejected_status == 403
     assert override.ok
+
+
+def _rejections(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
+    return [r for r in caplog.records if r.name == "engine.twilio.server" and r.getMessage() == "twilio_rejected"]
+
+
+@pytest.mark.parametrize("trusted", [False, True])
+async def test_bad_signature_log_says_which_urls_were_tried(trusted: bool, caplog: pytest.LogCaptureFixture) -> None:
+    """One log line per rejected upgrade: the URLs compared and the proxy headers' standing; no secret."""
+    caplog.set_level(logging.INFO, logger="engine.twilio.server")
+    public = "wss://voice.example.com/twilio/media"
+    proxy = [("X-Forwarded-Proto", "https"), ("X-Forwarded-Host", "voice.example.com")]
+    wrong = "not-the-token"
+    with trio.fail_after(10):
+        async with running_server(make_config(server__trust_proxy_headers=trusted)) as srv:
+            report = await simulate_call(srv.url, AUDIO, auth_token=wrong, speed="fast", sign_url=public,
+                                         extra_headers=proxy)
+    assert report.rejected_status == 403
+    [record] = _rejections(caplog)
+    fields = record.fields  # type: ignore[attr-defined]
+    assert fields["reason"] == "bad signature" and fields["status"] == 403
+    assert fields["proxy_headers"] == "x-forwarded-proto,x-forwarded-host"
+    assert fields["proxy_headers_trusted"] is trusted
+    if trusted:
+        assert fields["tried_urls"] == f"{public} wss://voice.example.com:443/twilio/media"
+        assert fields["url_from"] == "X-Forwarded-* (trusted)" and "hint" not in fields
+    else:
+        local = f"127.0.0.1:{srv.port}/twilio/media"
+        assert fields["tried_urls"] == f"wss://{local} ws://{local}"
+        assert fields["url_from"] == "Host header" and "trust_proxy_headers" in fields["hint"]
+    line = JsonLinesFormatter().format(record)
+    for secret in (TOKEN, wrong, compute_signature(wrong, public)):
+        assert secret not in line
+
+
+async def test_missing_signature_log_has_no_url_details(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="engine.twilio.server")
+    with trio.fail_after(10):
+        async with running_server() as srv:
+            report = await simulate_call(srv.url, AUDIO, auth_token=None, speed="fast")
+    assert report.rejected_status == 403
+    [record] = _rejections(caplog)
+    assert record.fields["reason"] == "missing signature" and "tried_urls" not in record.fields  # type: ignore[attr-defined]
 
 
 async def test_start_info_reaches_the_session() -> None:

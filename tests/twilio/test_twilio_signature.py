@@ -2,7 +2,16 @@
 
 from __future__ import annotations
 
-from engine.twilio.signature import candidate_urls, compute_signature, port_variants, public_url, validate
+from engine.twilio.signature import (
+    candidate_urls,
+    compute_signature,
+    mismatch_details,
+    port_variants,
+    proxy_headers_present,
+    public_url,
+    tried_urls,
+    validate,
+)
 
 WEBHOOK_PARAMS = {"CallSid": "CA1234567890ABCDE", "Caller": "+12349013030", "Digits": "1234",
                   "From": "+12349013030", "To": "+18005551212"}
@@ -69,3 +78,35 @@ def test_public_url_override() -> None:
     assert public_url("/twilio/media", [], trust_proxy_headers=False, host_header="x",
                       public_url_override="wss://pub.example.com/custom") == "wss://pub.example.com/custom"
     assert public_url("/p", [], trust_proxy_headers=False, host_header=None) is None
+
+
+def test_tried_urls_are_what_validate_compares() -> None:
+    urls = ["wss://h/p", "ws://h:81/p"]
+    assert tried_urls(urls) == ["wss://h/p", "wss://h:443/p", "ws://h:81/p"]
+    for url in tried_urls(urls):
+        assert validate("12345", compute_signature("12345", url), urls)
+    assert tried_urls("ws://h/p") == ["ws://h/p", "ws://h:80/p"]
+
+
+def test_proxy_headers_present() -> None:
+    headers = [(b"X-Forwarded-For", b"1.2.3.4"), (b"Forwarded", b"for=1.2.3.4"), (b"Host", b"h")]
+    assert proxy_headers_present(headers) == ["forwarded", "x-forwarded-for"]
+    assert proxy_headers_present({"X-Forwarded-Proto": "https"}) == ["x-forwarded-proto"]
+    assert proxy_headers_present([]) == []
+
+
+def test_mismatch_details() -> None:
+    proxied = [(b"x-forwarded-proto", b"https"), (b"x-forwarded-host", b"pub.example")]
+    urls = candidate_urls("/m?token=s3cret", proxied, trust_proxy_headers=False, host_header="10.0.0.5:8080")
+    details = mismatch_details(urls, proxied, trust_proxy_headers=False)
+    assert details["tried_urls"] == "wss://10.0.0.5:8080/m?… ws://10.0.0.5:8080/m?…"  # the query is not logged
+    assert details["url_from"] == "Host header" and details["proxy_headers_trusted"] is False
+    assert details["proxy_headers"] == "x-forwarded-proto,x-forwarded-host" and "hint" in details
+    assert "s3cret" not in str(details)
+    override = mismatch_details(["wss://pub.example/m"], proxied, trust_proxy_headers=False,
+                                public_url_override="wss://pub.example")
+    assert override["url_from"] == "twilio.public_url" and "hint" not in override
+    assert override["tried_urls"] == "wss://pub.example/m wss://pub.example:443/m"
+    assert mismatch_details([], [], trust_proxy_headers=True) == {
+        "tried_urls": "none (no Host header)", "url_from": "Host header", "proxy_headers": "none",
+        "proxy_headers_trusted": True}
