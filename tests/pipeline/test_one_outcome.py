@@ -122,7 +122,7 @@ async def test_audio_faster_than_real_time_gives_each_utterance_exactly_one_outc
     assert len(result) == 24
     finals = [e for e in got.events if isinstance(e, ev.TranscriptFinal)]
     assert finals, "some utterances must be transcribed"
-    ended = [e for e in got.events if isinstance(e, ev.CallEnded)][0]
+    ended = next(e for e in got.events if isinstance(e, ev.CallEnded))
     assert ended.utterances == 24
 
 

@@ -8,7 +8,6 @@ import trio
 
 from engine.budgets import BudgetExpired
 from engine.config import BudgetsConfig
-from engine.rtzr.emulator.config import Fault
 from engine.rtzr.pool import Lease, RtzrPool
 from engine.rtzr.tracker import LeaseResult
 
