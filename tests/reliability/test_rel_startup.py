@@ -146,7 +146,7 @@ async def test_demo_says_the_pool_is_warm_only_once_it_is() -> None:
     from engine.demo import DEMO_AUDIO, demo_config, run_demo
 
     out = io.StringIO()
-    config = demo_config(["rtzr.pool.spare=2"])
+    config = demo_config(["rtzr.pool.spare=2", "budgets.auth=20000", "budgets.connect=20000"])  # bound, not a race
     with trio.fail_after(60):
         result = await run_demo(config, DEMO_AUDIO, out=out, speed="fast")
     first = out.getvalue().splitlines()[0]
