@@ -1,4 +1,10 @@
-"""The admin HTTP endpoint: ``GET /healthz`` (200 ok / 503 draining) and ``GET /metrics``.
+"""The admin HTTP endpoint: liveness, readiness and metrics.
+
+- ``GET /livez``: 200 ``ok`` whenever this server answers (the event loop is running).
+- ``GET /readyz``: 200 ``ok`` when the engine can take a call and transcribe it at once, else 503
+  with the first failing reason as plain text (see :class:`Readiness`). ``/healthz`` is an alias
+  kept for compatibility.
+- ``GET /metrics``: Prometheus text.
 
 A deliberately tiny HTTP/1.1 server on h11 (sans-IO) + trio: one request per connection, every
 read and write under a short deadline so a slow client cannot hold a task for long.
@@ -6,31 +12,60 @@ read and write under a short deadline so a slow client cannot hold a task for lo
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import h11
 import trio
 
-from engine.log import get_logger
+from engine.log import get_logger, redactor
 from engine.metrics import Registry
 
 log = get_logger(__name__)
 
 IO_TIMEOUT_S = 5.0
 MAX_REQUEST_BYTES = 16 * 1024
+READY_POLL_S = 0.05  # how often Readiness.wait re-checks (the checks have no change notification)
+
+Check = Callable[[], str | None]  # None when fine, else why the engine is not ready
+
+
+class Readiness:
+    """The readiness checks in order; the first one that returns a reason decides.
+
+    The engine's checks (engine/app.py): not draining, a valid RTZR token held, the Twilio
+    listener bound, the RTZR pool holding its spares (or at least one idle socket).
+    """
+
+    def __init__(self, checks: Sequence[Check]) -> None:
+        self.checks = list(checks)
+
+    def reason(self) -> str | None:
+        """Why the engine is not ready, or None when it is."""
+        for check in self.checks:
+            why = check()
+            if why is not None:
+                return why
+        return None
+
+    async def wait(self) -> None:
+        """Return once ready; bound it with a deadline (it waits forever if readiness never comes)."""
+        # A poll, not an event: the pool and the token manager expose reasons but no public change
+        # notification, and a check is a cheap attribute read. A deadline around this is the bound.
+        while self.reason() is not None:  # noqa: ASYNC110
+            await trio.sleep(READY_POLL_S)
 
 
 class AdminServer:
-    """Serves health and metrics; ``is_draining`` is read on every /healthz request."""
+    """Serves liveness, readiness and metrics; ``not_ready`` is called on every /readyz request."""
 
     name = "admin"
 
-    def __init__(self, host: str, port: int, metrics: Registry, is_draining: Callable[[], bool]) -> None:
+    def __init__(self, host: str, port: int, metrics: Registry, not_ready: Check) -> None:
         self.host = host
         self.port = port
         self.metrics = metrics
-        self.is_draining = is_draining
+        self.not_ready = not_ready
         self.bound_port: int | None = None
 
     async def run(self, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
@@ -46,13 +81,27 @@ class AdminServer:
         path = target.split("?", 1)[0]
         if method not in ("GET", "HEAD"):
             return 405, "text/plain", b"method not allowed\n"
-        if path == "/healthz":
-            if self.is_draining():
-                return 503, "text/plain", b"draining\n"
+        if path == "/livez":
+            return 200, "text/plain", b"ok\n"
+        if path in ("/readyz", "/healthz"):
+            reason = self._not_ready_reason()
+            if reason is not None:
+                return 503, "text/plain; charset=utf-8", f"{reason}\n".encode()
             return 200, "text/plain", b"ok\n"
         if path == "/metrics":
             return 200, "text/plain; version=0.0.4", self.metrics.render().encode()
         return 404, "text/plain", b"not found\n"
+
+    def _not_ready_reason(self) -> str | None:
+        """The readiness reason as one line with secrets scrubbed; a failing check is itself a reason."""
+        try:
+            reason = self.not_ready()
+        except Exception as exc:
+            log.error("readiness_check_failed", exc=exc)
+            reason = f"readiness check failed: {type(exc).__name__}"
+        if reason is None:
+            return None
+        return redactor.scrub(" ".join(reason.split())) or "not ready"
 
     async def _handle(self, stream: trio.SocketStream) -> None:
         conn = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_REQUEST_BYTES)

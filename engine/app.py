@@ -2,6 +2,11 @@
 
 ``serve(config, on_event=...)`` is the embedding API (run it with ``trio.run`` or inside your own
 nursery with ``nursery.start``); ``sori serve`` and ``sori demo`` use it too.
+
+Start order: admin first (so /livez and /metrics answer, and /readyz explains what is missing, while
+the RTZR pool warms up; a taken admin port also fails fast, before any RTZR socket is opened), then
+the token manager, the pool, the sinks, and the Twilio listener last (a call is accepted only once
+everything it needs is up).
 """
 
 from __future__ import annotations
@@ -13,14 +18,14 @@ from typing import Any
 import msgspec
 import trio
 
-from engine.admin import AdminServer
+from engine.admin import AdminServer, Readiness
 from engine.budgets import Budgets
 from engine.call import Call
 from engine.config import Config
 from engine.events import Event
 from engine.log import get_logger
 from engine.metrics import Registry
-from engine.nursery import CallHost, Supervisor
+from engine.nursery import StartupError, Supervisor, root_cause
 from engine.rtzr import RtzrPool, TokenManager
 from engine.sinks import EventSinks
 from engine.twilio.server import TwilioServer, TwilioSession
@@ -40,12 +45,21 @@ class Engine:
     tokens: TokenManager
     twilio: TwilioServer
     admin: AdminServer
+    readiness: Readiness
     emulator: object | None = None
 
     @property
     def twilio_url(self) -> str:
         """The local WebSocket URL of the Twilio endpoint."""
         return f"ws://{self.config.server.host}:{self.twilio.port}{self.config.twilio.path}"
+
+    def not_ready_reason(self) -> str | None:
+        """What /readyz answers: None when ready, else the first failing reason."""
+        return self.readiness.reason()
+
+    async def wait_ready(self) -> None:
+        """Return once /readyz would answer 200; bound it with a deadline."""
+        await self.readiness.wait()
 
     def shutdown(self) -> None:
         """Graceful drain (a second call cancels at once), as SIGTERM does."""
@@ -65,28 +79,46 @@ async def serve(
 
     ``stt="emulator"`` starts the RTZR emulator in-process (``emulator_config``: an
     ``engine.rtzr.emulator.EmulatorConfig``; default: loopback, 100 ms handshake, 150 ms final).
+
+    Reports started once every service has started (the pool may still be warming: await
+    ``engine.wait_ready()`` for readiness). Raises :class:`engine.nursery.StartupError` if a service
+    cannot start (a port already in use). If shutdown is requested during start-up (SIGTERM), it
+    returns without reporting started.
     """
-    async with trio.open_nursery() as outer:
-        emulator = None
-        if stt == "emulator":
-            from engine.rtzr.emulator import Emulator, EmulatorConfig
+    try:
+        async with trio.open_nursery() as outer:
+            emulator = None
+            if stt == "emulator":
+                emulator = await _start_emulator(outer, emulator_config)
+                config = msgspec.structs.replace(config, rtzr=msgspec.structs.replace(
+                    config.rtzr, api_base=emulator.api_base, ws_url=emulator.ws_url,
+                    client_id=emulator.config.client_id, client_secret=emulator.config.client_secret))
+                log.warning("stt_emulator_in_use", api_base=emulator.api_base,
+                            notice="TRANSCRIPTS ARE EMULATED: the RTZR emulator is running in-process, not the real RTZR")
+            engine = build(config, on_event=on_event, handle_signals=handle_signals, emulator=emulator)
+            outer.start_soon(_run_then_cancel, engine, outer.cancel_scope)
+            await engine.supervisor.ready.wait()  # cancelled if the supervisor stops during start-up
+            task_status.started(engine)
+    except BaseExceptionGroup as group:
+        cause = root_cause(group)
+        if isinstance(cause, StartupError):
+            raise cause from cause.cause
+        raise
 
-            emu_config = emulator_config or EmulatorConfig(host="127.0.0.1", port=0)
-            emulator = await outer.start(Emulator(emu_config).run)
-            config = msgspec.structs.replace(config, rtzr=msgspec.structs.replace(
-                config.rtzr, api_base=emulator.api_base, ws_url=emulator.ws_url,
-                client_id=emulator.config.client_id, client_secret=emulator.config.client_secret))
-            log.warning("stt_emulator_in_use", api_base=emulator.api_base,
-                        notice="TRANSCRIPTS ARE EMULATED: the RTZR emulator is running in-process, not the real RTZR")
-        engine = build(config, on_event=on_event, handle_signals=handle_signals, emulator=emulator)
-        await outer.start(_run_then_cancel, engine, outer.cancel_scope)
-        task_status.started(engine)
+
+async def _start_emulator(nursery: trio.Nursery, emulator_config: Any) -> Any:
+    from engine.rtzr.emulator import Emulator, EmulatorConfig
+
+    emu_config = emulator_config or EmulatorConfig(host="127.0.0.1", port=0)
+    try:
+        return await nursery.start(Emulator(emu_config).run)
+    except Exception as exc:
+        raise StartupError("rtzr emulator", root_cause(exc), (emu_config.host, emu_config.port)) from exc
 
 
-async def _run_then_cancel(engine: Engine, scope: trio.CancelScope, *,
-                           task_status: trio.TaskStatus[CallHost] = trio.TASK_STATUS_IGNORED) -> None:
-    await engine.supervisor.run(task_status=task_status)
-    scope.cancel()  # the supervisor has drained: stop the in-process emulator too
+async def _run_then_cancel(engine: Engine, scope: trio.CancelScope) -> None:
+    await engine.supervisor.run()
+    scope.cancel()  # the supervisor has drained (or stopped during start-up): stop the in-process emulator too
 
 
 def build(config: Config, *, on_event: Callable[[Event], None] | None = None, handle_signals: bool = True,
@@ -97,7 +129,11 @@ def build(config: Config, *, on_event: Callable[[Event], None] | None = None, ha
     tokens = TokenManager(config.rtzr, budgets, metrics)
     pool = RtzrPool(config.rtzr, tokens, budgets, metrics)
     sinks = EventSinks(config.sinks, metrics, on_event=on_event)
-    supervisor = Supervisor([], budgets=budgets, metrics=metrics, handle_signals=handle_signals)
+    supervisor = Supervisor([], budgets=budgets, metrics=metrics, handle_signals=handle_signals,
+                            listen_addresses={
+                                AdminServer.name: (config.server.admin_host, config.server.admin_port),
+                                TwilioServer.name: (config.server.host, config.server.port),
+                            })
 
     live_streams: dict[str, int] = {}  # streamSid -> live sockets (Twilio has opened two for one call)
 
@@ -115,10 +151,23 @@ def build(config: Config, *, on_event: Callable[[Event], None] | None = None, ha
                     stream_stats=session.stats, duplicate=duplicate, on_ended=ended)
 
     twilio = TwilioServer(config, host=supervisor, handler_factory=new_call, metrics=metrics, budgets=budgets)
-    admin = AdminServer(config.server.admin_host, config.server.admin_port, metrics,
-                        supervisor.draining.is_set)
-    supervisor.services = [tokens, pool, sinks, admin, twilio]
-    return Engine(config, supervisor, metrics, sinks, pool, tokens, twilio, admin, emulator)
+    readiness = engine_readiness(supervisor, tokens, twilio, pool)
+    admin = AdminServer(config.server.admin_host, config.server.admin_port, metrics, readiness.reason)
+    supervisor.services = [admin, tokens, pool, sinks, twilio]
+    return Engine(config, supervisor, metrics, sinks, pool, tokens, twilio, admin, readiness, emulator)
+
+
+def engine_readiness(supervisor: Supervisor, tokens: TokenManager, twilio: TwilioServer, pool: RtzrPool) -> Readiness:
+    """The /readyz contract, in order: not draining, a valid RTZR token, the Twilio listener bound,
+    the RTZR pool holding its spares (or at least one idle socket)."""
+
+    def not_draining() -> str | None:
+        return "draining" if supervisor.draining.is_set() else None
+
+    def twilio_bound() -> str | None:
+        return None if supervisor.is_running(twilio.name) else "Twilio listener not bound"
+
+    return Readiness([not_draining, tokens.not_ready_reason, twilio_bound, pool.not_ready_reason])
 
 
 async def run_engine(config: Config, stt: str = "rtzr") -> None:

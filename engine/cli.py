@@ -1,6 +1,8 @@
 """The ``sori`` command: ``serve``, ``demo``, ``emulate-rtzr``, ``simulate-call``.
 
-Configuration errors print one line (``sori: config error: <key>: <reason>``) and exit 2.
+Configuration errors print one line (``sori: config error: <key>: <reason>``) and exit 2. A service
+that cannot start (a port already in use) prints one line naming it
+(``sori: cannot listen on 127.0.0.1:9090 (admin): [Errno 98] Address already in use``) and exits 1.
 Subcommands owned by other modules register through ``configure_parser(parser)`` and run
 through ``run_cli(args) -> int``.
 """
@@ -15,7 +17,10 @@ from typing import Any
 
 from engine import __version__
 from engine.config import Config, ConfigError, cli_overrides, load
+from engine.log import redactor
+from engine.nursery import StartupError
 
+EXIT_STARTUP = 1
 EXIT_CONFIG = 2
 
 # subcommand -> module that implements configure_parser/run_cli
@@ -32,7 +37,7 @@ def _add_config_flags(p: argparse.ArgumentParser) -> None:
                    help="override any setting, e.g. --set rtzr.pool.spare=4 (repeatable)")
     p.add_argument("--host", help="Twilio endpoint bind address (server.host)")
     p.add_argument("--port", type=int, help="Twilio endpoint port (server.port)")
-    p.add_argument("--admin-port", type=int, help="admin /healthz and /metrics port (server.admin_port)")
+    p.add_argument("--admin-port", type=int, help="admin /livez, /readyz and /metrics port (server.admin_port)")
     p.add_argument("--log-level", choices=["debug", "info", "warning", "error"], help="log.level")
 
 
@@ -105,5 +110,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"sori: config error: {exc}", file=sys.stderr)
         return EXIT_CONFIG
+    except StartupError as exc:
+        print(f"sori: {redactor.scrub(str(exc))}", file=sys.stderr)
+        return EXIT_STARTUP
     except KeyboardInterrupt:
         return 130

@@ -4,12 +4,19 @@ Shape (see docs/architecture.md)::
 
     Supervisor.run ── root nursery
     ├── services nursery   each service started in order with ``nursery.start`` (ready means ready),
-    │                      restarted with capped exponential backoff when it fails
+    │                      restarted with capped exponential backoff when it fails after having started
     ├── calls nursery      one child task (with its own nursery) per call; a failing call is logged
     │                      and never disturbs another call or a service
     └── signal watcher     SIGTERM/SIGINT → drain; a second signal cancels at once
 
-Drain: set ``draining`` (the Twilio server stops accepting, /healthz answers 503), wait for live calls
+Start-up: a service that fails before it first reports started (a port already taken, a bad host)
+is a start-up failure, not something a restart can fix: the supervisor cancels what it had started,
+drains nothing, and raises :class:`StartupError` (the CLI prints it as one line and exits 1). Only a
+service that fails *after* having started once is restarted with backoff. A shutdown requested
+during start-up (SIGTERM while the pool warms up) cancels the start-up at once: there are no calls
+to drain yet.
+
+Drain: set ``draining`` (the Twilio server stops accepting, /readyz answers 503), wait for live calls
 to finish up to ``budgets.drain``, cancel the calls still running, then cancel the services (each
 service closes its own resources in a shielded cleanup with a deadline).
 """
@@ -18,7 +25,7 @@ from __future__ import annotations
 
 import random
 import signal
-from collections.abc import Awaitable, Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from typing import Any, Protocol
 
@@ -37,6 +44,37 @@ class Service(Protocol):
     name: str
 
     async def run(self, *, task_status: trio.TaskStatus[Any] = trio.TASK_STATUS_IGNORED) -> None: ...
+
+
+class StartupError(Exception):
+    """A service failed before it first reported started: the engine cannot run.
+
+    ``address`` is the (host, port) the service listens on, when it has one, so that a bind
+    failure reads ``cannot listen on 127.0.0.1:9090 (admin): [Errno 98] Address already in use``.
+    """
+
+    def __init__(self, service: str, cause: BaseException, address: tuple[str, int] | None = None) -> None:
+        self.service = service
+        self.cause = cause
+        self.address = address
+        super().__init__(_describe_startup_failure(service, cause, address))
+
+
+def _describe_startup_failure(service: str, cause: BaseException, address: tuple[str, int] | None) -> str:
+    if address is not None and isinstance(cause, OSError):
+        host, port = address
+        where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        return f"cannot listen on {where} ({service}): {cause}"
+    detail = str(cause) if isinstance(cause, OSError) else f"{type(cause).__name__}: {cause}"
+    return f"cannot start {service}: {detail}"
+
+
+def root_cause(exc: BaseException) -> BaseException:
+    """The exception inside trio's ExceptionGroup wrappers (the first one that is not a Cancelled)."""
+    while isinstance(exc, BaseExceptionGroup):
+        inner = [e for e in exc.exceptions if not isinstance(e, trio.Cancelled)] or list(exc.exceptions)
+        exc = inner[0]
+    return exc
 
 
 class Backoff:
@@ -119,6 +157,7 @@ class Supervisor:
         backoff_initial: float = 0.5,
         backoff_cap: float = 30.0,
         stable_after: float = 60.0,
+        listen_addresses: Mapping[str, tuple[str, int]] | None = None,
     ) -> None:
         self.services = list(services)
         self.budgets = budgets
@@ -127,8 +166,11 @@ class Supervisor:
         self.backoff_initial = backoff_initial
         self.backoff_cap = backoff_cap
         self.stable_after = stable_after
+        self.listen_addresses = dict(listen_addresses or {})  # service name -> (host, port), for StartupError
         self._shutdown = trio.Event()
         self.draining = trio.Event()
+        self.ready = trio.Event()  # every service has reported started (set once, never cleared)
+        self._running: set[str] = set()  # services up now (started and not failed since)
         self._shutdown_requests = 0
         self._root: trio.Nursery | None = None
         self.host: CallHost | None = None
@@ -136,14 +178,23 @@ class Supervisor:
 
     # -- control -------------------------------------------------------------------------------
     def request_shutdown(self) -> None:
-        """First call: graceful drain. Second call: cancel everything at once."""
+        """Before ready: stop start-up at once. Then, first call: graceful drain; second: cancel at once."""
         self._shutdown_requests += 1
-        if self._shutdown_requests == 1:
+        if not self.ready.is_set():
+            log.info("shutdown_requested", mode="abort_startup")
+            self._shutdown.set()
+            if self._root is not None:
+                self._root.cancel_scope.cancel()
+        elif self._shutdown_requests == 1:
             log.info("shutdown_requested", mode="drain", drain_ms=self.budgets.drain.ms)
             self._shutdown.set()
         elif self._root is not None:
             log.warning("shutdown_requested", mode="immediate")
             self._root.cancel_scope.cancel()
+
+    def is_running(self, name: str) -> bool:
+        """Whether service ``name`` is up now: it reported started and has not failed or exited since."""
+        return name in self._running
 
     # -- the CallHost view, so the Twilio server can be built before the supervisor runs ----------
     @property
@@ -164,22 +215,40 @@ class Supervisor:
 
     # -- run -----------------------------------------------------------------------------------
     async def run(self, *, task_status: trio.TaskStatus[CallHost] = trio.TASK_STATUS_IGNORED) -> None:
-        """Start calls nursery and services in order, report ready, then run until drained."""
+        """Start calls nursery and services in order, report ready, then run until drained.
+
+        Raises :class:`StartupError` if a service fails before it first reports started. Returns
+        without reporting started if a shutdown is requested during start-up.
+        """
+        failure: StartupError | None = None
         async with trio.open_nursery() as root:
             self._root = root
+            if self._shutdown.is_set():  # asked to stop before we even began
+                root.cancel_scope.cancel()
             if self.handle_signals:
                 root.start_soon(self._watch_signals)
             services = await root.start(_hold_nursery)
             calls = await root.start(_hold_nursery)
             host = self.host = CallHost(calls.nursery, self.metrics, self.draining)
-            for service in self.services:
-                await services.nursery.start(self._supervise, service)
-            log.info("engine_ready", services=",".join(s.name for s in self.services))
-            task_status.started(host)
-            await self._shutdown.wait()
-            host.draining.set()
-            await self._drain(host, calls, services)
-            root.cancel_scope.cancel()
+            try:
+                for service in self.services:
+                    await services.nursery.start(self._supervise, service)
+            except StartupError as exc:
+                failure = exc
+                log.error("engine_start_failed", service=exc.service, reason=str(exc))
+                root.cancel_scope.cancel()  # stop what had started; there are no calls to drain
+            else:
+                self.ready.set()
+                log.info("engine_ready", services=",".join(s.name for s in self.services))
+                task_status.started(host)
+                await self._shutdown.wait()
+                host.draining.set()
+                await self._drain(host, calls, services)
+                root.cancel_scope.cancel()
+        if failure is not None:
+            raise failure
+        if not self.ready.is_set():
+            log.info("engine_stopped_during_startup")
 
     async def _drain(self, host: CallHost, calls: _HeldNursery, services: _HeldNursery) -> None:
         live = host.live_calls
@@ -203,21 +272,27 @@ class Supervisor:
 
     async def _supervise(self, service: Service, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
                          ) -> None:
-        """Run a service; if it fails, log and restart it with capped exponential backoff."""
+        """Run a service; a failure before its first start is a StartupError, after it a restart with backoff."""
         backoff = Backoff(self.backoff_initial, self.backoff_cap)
-        ready = False
+        started_once = False
         while True:
             started_at = trio.current_time()
             try:
                 async with trio.open_nursery() as nursery:
                     await nursery.start(_run_service, service)
-                    if not ready:
-                        ready = True
-                        task_status.started()
+                    self._running.add(service.name)
                     log.info("service_started", service=service.name)
+                    if not started_once:
+                        started_once = True
+                        task_status.started()
                 log.warning("service_exited", service=service.name)
             except Exception as exc:
-                log.error("service_failed", service=service.name, exc=exc)
+                cause = root_cause(exc)
+                if not started_once:
+                    raise StartupError(service.name, cause, self.listen_addresses.get(service.name)) from cause
+                log.error("service_failed", service=service.name, exc=cause)
+            finally:
+                self._running.discard(service.name)
             self.restarts.inc()
             if trio.current_time() - started_at >= self.stable_after:
                 backoff.reset()

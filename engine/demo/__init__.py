@@ -146,9 +146,13 @@ async def run_demo(config: Config, audio_path: Path, *, out: IO[str], as_json: b
     audio = load_audio(str(audio_path))
     async with trio.open_nursery() as nursery:
         engine = await nursery.start(_serve, serve, config, on_event)
+        with trio.move_on_after(config.budgets.auth / 1000 + config.budgets.connect / 1000):
+            await engine.wait_ready()  # /readyz: token held, listener bound, spares open
         if not as_json:
+            reason = engine.not_ready_reason()
+            pool = f"pool warm with {engine.pool.idle_count} sockets" if reason is None else f"not ready: {reason}"
             out.write(f"sori demo: engine on {engine.twilio_url}, RTZR emulator on {engine.config.rtzr.api_base} "
-                      f"(EMULATED text), pool warm with {engine.pool.idle_count} sockets\n")
+                      f"(EMULATED text), {pool}\n")
             out.write(f"playing {audio_path.name} ({len(audio) / 8000:.1f}s) as a signed Twilio Media Stream...\n\n")
         result.report = await simulate_call(engine.twilio_url, audio, auth_token=config.twilio.auth_token,
                                             speed="fast" if speed == "fast" else "realtime",

@@ -238,8 +238,8 @@ def test_backoff_is_capped_and_resets() -> None:
 async def test_admin_health_and_metrics_over_http() -> None:
     metrics = Registry()
     metrics.counter("things_total", "things").inc(3)
-    draining = False
-    admin = AdminServer("127.0.0.1", 0, metrics, lambda: draining)
+    reason: str | None = None
+    admin = AdminServer("127.0.0.1", 0, metrics, lambda: reason)
     with trio.fail_after(10):
         async with trio.open_nursery() as nursery:
             port = await nursery.start(admin.run)
@@ -258,7 +258,8 @@ async def test_admin_health_and_metrics_over_http() -> None:
             text = await get("/metrics")
             assert b"sori_things_total 3" in text
             assert (await get("/nope")).startswith(b"HTTP/1.1 404")
-            draining = True
-            drained = await get("/healthz")
+            reason = "draining"
+            drained = await get("/readyz")
             assert drained.startswith(b"HTTP/1.1 503") and drained.endswith(b"draining\n")
+            assert (await get("/livez")).startswith(b"HTTP/1.1 200")
             nursery.cancel_scope.cancel()
