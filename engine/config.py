@@ -31,7 +31,7 @@ class _Section(Struct, kw_only=True, forbid_unknown_fields=True):
 
 
 class ServerConfig(_Section):
-    """The Twilio WebSocket endpoint and the admin HTTP port (/healthz, /metrics)."""
+    """The Twilio WebSocket endpoint and the admin HTTP port (/livez, /readyz, /metrics)."""
 
     host: str = "127.0.0.1"
     port: Port = 8080
