@@ -19,7 +19,9 @@ def write(tmp_path: Path, text: str) -> str:
 def test_defaults_match_the_architecture() -> None:
     c = Config()
     assert c.server.host == "127.0.0.1"
-    assert (c.budgets.auth, c.budgets.connect, c.budgets.lease, c.budgets.finalize) == (5000, 3000, 500, 2000)
+    # lease: 10 s, not the design page's 500 ms (issue 11: saturation queues instead of losing words; >= connect)
+    assert (c.budgets.auth, c.budgets.connect, c.budgets.lease, c.budgets.finalize) == (5000, 3000, 10_000, 2000)
+    assert c.budgets.lease >= c.budgets.connect
     assert (c.budgets.send, c.budgets.twilio_start, c.budgets.drain) == (1000, 5000, 30000)
     assert c.rtzr.pool.spare == 2 and c.rtzr.pool.max_idle_ms == 20000
     assert c.endpointing.end_ms == 200 and c.endpointing.start_ms == 60 and c.endpointing.preroll_ms == 300
