@@ -6,6 +6,7 @@ import hashlib
 import hmac
 import io
 import json
+import time
 
 import httpx
 import trio
@@ -74,8 +75,11 @@ async def test_webhook_is_signed_and_retried(autojump_clock: trio.testing.MockCl
             nursery.cancel_scope.cancel()
     assert len(received) == 4
     body = received[-1].content
-    expected = "sha256=" + hmac.new(b"whsec", body, hashlib.sha256).hexdigest()
-    assert received[-1].headers["x-sori-signature"] == expected == sign("whsec", body)
+    header = received[-1].headers["x-sori-signature"]
+    t = int(header.split(",")[0].removeprefix("t="))
+    expected = hmac.new(b"whsec", f"{t}.".encode() + body, hashlib.sha256).hexdigest()
+    assert header == f"t={t},v1={expected}" == sign("whsec", body, t)
+    assert abs(t - time.time()) < 60
     assert metrics.value("webhook_failures_total") == 2
     assert metrics.value("events_dropped_total", "sink=webhook") == 0
 
