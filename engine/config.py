@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import tomllib
+import urllib.parse
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -61,7 +62,11 @@ class PoolConfig(_Section):
 
 
 class RtzrConfig(_Section):
-    """RTZR credentials, endpoints and the streaming query (only parameters set are sent)."""
+    """RTZR credentials, endpoints and the streaming query (only parameters set are sent).
+
+    ``api_base`` serves ``/v1/authenticate``; ``ws_url`` is the streaming endpoint. When a source sets
+    ``api_base`` but no source sets ``ws_url``, :func:`build` derives it (see :func:`derive_ws_url`).
+    """
 
     api_base: str = "https://openapi.vito.ai"
     ws_url: str = "wss://openapi.vito.ai/v1/transcribe:streaming"
@@ -306,15 +311,53 @@ def cli_overrides(assignments: list[str]) -> dict[str, Any]:
     return tree
 
 
+STREAMING_PATH = "/v1/transcribe:streaming"
+
+
+def derive_ws_url(api_base: str) -> str:
+    """The streaming URL on the same host as ``api_base``: http->ws, https->wss, same port and path prefix.
+
+    ``https://proxy.example.com:8443/rtzr`` -> ``wss://proxy.example.com:8443/rtzr/v1/transcribe:streaming``.
+    """
+    parts = _check_url("rtzr.api_base", api_base, ("http", "https"))
+    scheme = "wss" if parts.scheme.lower() == "https" else "ws"
+    return urllib.parse.urlunsplit((scheme, parts.netloc, parts.path.rstrip("/") + STREAMING_PATH, "", ""))
+
+
+def _check_url(key: str, url: str, schemes: tuple[str, ...]) -> urllib.parse.SplitResult:
+    """Parse ``url`` or raise a one-line ConfigError naming ``key``."""
+    expected = " or ".join(f"{s}://" for s in schemes)
+    try:
+        parts = urllib.parse.urlsplit(url)
+        _ = parts.port  # raises ValueError for a bad port
+    except ValueError as exc:
+        raise ConfigError(f"{key}: invalid URL {url!r} ({exc})") from None
+    if parts.scheme.lower() not in schemes or not parts.hostname:
+        raise ConfigError(f"{key}: expected a URL starting with {expected} and naming a host, got {url!r}")
+    if parts.query or parts.fragment:
+        raise ConfigError(f"{key}: must not have a query or fragment, got {url!r}")
+    return parts
+
+
 def build(*layers: Mapping[str, Any]) -> Config:
-    """Merge layers (earliest first) over the defaults and validate the result."""
+    """Merge layers (earliest first) over the defaults and validate the result.
+
+    If any layer sets ``rtzr.api_base`` and none sets ``rtzr.ws_url``, ``ws_url`` is derived from
+    ``api_base`` (so pointing sori at a proxy or an emulator with one setting moves both endpoints).
+    """
     merged: dict[str, Any] = {}
     for layer in layers:
         merged = _merge(merged, layer)
     try:
-        return msgspec.convert(merged, Config, strict=False)
+        config = msgspec.convert(merged, Config, strict=False)
     except msgspec.ValidationError as exc:
         raise ConfigError(_describe(exc)) from None
+    rtzr = merged.get("rtzr")
+    if isinstance(rtzr, Mapping) and "api_base" in rtzr and "ws_url" not in rtzr:
+        config.rtzr.ws_url = derive_ws_url(config.rtzr.api_base)
+    _check_url("rtzr.api_base", config.rtzr.api_base, ("http", "https"))
+    _check_url("rtzr.ws_url", config.rtzr.ws_url, ("ws", "wss"))
+    return config
 
 
 def _describe(exc: msgspec.ValidationError) -> str:

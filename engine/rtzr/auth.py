@@ -1,9 +1,14 @@
 """RTZR access tokens: fetched once, cached, refreshed in the background before they expire.
 
 Only :meth:`TokenManager.run` talks to ``/v1/authenticate``, so every refresh is single-flight:
-callers that need a token (or a new one after a 401) wait on an event the runner sets. Credentials
-rejected with a 4xx are a configuration error (:class:`RtzrAuthError`); 5xx, 429 and network errors
-are retried with capped exponential backoff and jitter, never in a busy loop.
+callers that need a token (or a new one after a 401) wait on an event the runner sets.
+
+Every failure is retried with capped exponential backoff and jitter (``rtzr.auth_retry_base_ms`` up to
+``rtzr.auth_retry_max_ms``), never in a busy loop, and the first successful fetch clears it. A 4xx
+other than 429 (credentials rejected, or a proxy answering 403/400) is reported at once: while it is the
+latest answer and no valid token is held, :meth:`TokenManager.get` raises :class:`RtzrAuthError` instead
+of waiting, so utterances fail fast with a clear error. 5xx, 429 and network errors leave callers
+waiting (bounded by their budget). Missing credentials are the only permanent error.
 """
 
 from __future__ import annotations
@@ -29,7 +34,7 @@ MIN_REFRESH_S = 1.0
 
 
 class RtzrAuthError(Exception):
-    """RTZR rejected the credentials or they are missing: a fatal configuration error."""
+    """RTZR rejected the credentials (retried in the background) or they are missing (permanent)."""
 
 
 class Token(msgspec.Struct, frozen=True):
@@ -77,11 +82,13 @@ class TokenManager:
         self._client = client
         self.wall = wall
         self._rand = rand
+        # The runtime state is (re)built by run(); __init__ only makes get() safe to call before it.
         self._token: Token | None = None
         self._refresh_at = -math.inf  # trio clock
         self._expires_at = -math.inf  # trio clock
         self._usable_until = -math.inf  # trio clock: expiry minus a skew
-        self._fatal: RtzrAuthError | None = None
+        self._rejected: RtzrAuthError | None = None  # the latest fetch got a 4xx, or credentials are missing
+        self._last_failure: str | None = None  # why the latest fetch failed (any kind), for not_ready_reason
         self._changed = trio.Event()
         self._wake = trio.Event()
         self._fetches = metrics.counter("rtzr_token_fetches_total", "token requests to RTZR", "result=ok")
@@ -102,21 +109,27 @@ class TokenManager:
         return None
 
     def not_ready_reason(self) -> str | None:
-        """Why the engine cannot open RTZR sockets now (for /readyz), or None when a valid token is held."""
-        if self._fatal is not None:
-            return f"RTZR authentication failed: {self._fatal}"
-        if self._valid() is None:
-            return "no valid RTZR token yet"
-        return None
+        """Why the engine cannot open RTZR sockets now (for /readyz), or None while a valid token is held."""
+        if self._valid() is not None:
+            return None
+        if self._rejected is not None:
+            return f"RTZR authentication failed (retrying): {self._rejected}"
+        if self._last_failure is not None:
+            return f"no valid RTZR token: last fetch failed ({self._last_failure}), retrying"
+        return "no valid RTZR token yet"
 
     async def get(self) -> Token:
-        """A valid token, waiting for the runner if there is none yet (bound it with a budget)."""
+        """A valid token, waiting for the runner if there is none yet (bound it with a budget).
+
+        Raises :class:`RtzrAuthError` at once, without waiting, when there is no valid token and the
+        latest fetch was rejected (or the credentials are missing).
+        """
         while True:
-            if self._fatal is not None:
-                raise RtzrAuthError(str(self._fatal))
             token = self._valid()
             if token is not None:
                 return token
+            if self._rejected is not None:
+                raise RtzrAuthError(str(self._rejected))
             self._wake.set()
             await self._changed.wait()
 
@@ -131,10 +144,16 @@ class TokenManager:
         return await self.get()
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """The refresh loop; reports started at once, even if the auth endpoint is down."""
+        """The refresh loop; reports started at once, even if the auth endpoint is down or rejecting.
+
+        Builds all of its state afresh, so a run restarted by the supervisor comes back whole. Returns
+        only by cancellation, or raises :class:`RtzrAuthError` when the credentials are missing.
+        """
+        self._reset()
         if not self._config.client_id or not self._config.client_secret:
             exc = RtzrAuthError("rtzr.client_id and rtzr.client_secret are required (RTZR_CLIENT_ID, RTZR_CLIENT_SECRET)")
-            self._set_fatal(exc)
+            self._rejected = exc
+            self._notify()
             task_status.started()
             raise exc
         add_secret(self._config.client_secret)
@@ -148,9 +167,16 @@ class TokenManager:
 
     # ------------------------------------------------------------------ internals
 
-    def _set_fatal(self, exc: RtzrAuthError) -> None:
-        self._fatal = exc
-        self._notify()
+    def _reset(self) -> None:
+        """Fresh runtime state; callers already waiting on the old event are woken to re-check."""
+        old = self._changed
+        self._token = None
+        self._refresh_at = self._expires_at = self._usable_until = -math.inf
+        self._rejected = None
+        self._last_failure = None
+        self._changed = trio.Event()
+        self._wake = trio.Event()
+        old.set()
 
     def _notify(self) -> None:
         old, self._changed = self._changed, trio.Event()
@@ -163,11 +189,7 @@ class TokenManager:
             if self._token is None or now >= self._refresh_at:
                 try:
                     token = await self._fetch(client)
-                except RtzrAuthError as exc:
-                    log.error("rtzr_auth_rejected", reason=str(exc))
-                    self._set_fatal(exc)
-                    raise
-                except _Transient as exc:
+                except (RtzrAuthError, _Transient) as exc:
                     delay = backoff_delay(
                         attempt,
                         self._config.auth_retry_base_ms / 1000.0,
@@ -175,7 +197,14 @@ class TokenManager:
                         self._rand(),
                     )
                     attempt += 1
-                    log.warning("rtzr_token_fetch_failed", reason=str(exc), attempt=attempt, retry_in_s=round(delay, 3))
+                    self._last_failure = str(exc)
+                    if isinstance(exc, RtzrAuthError):
+                        log.error("rtzr_auth_rejected", reason=str(exc), attempt=attempt, retry_in_s=round(delay, 3))
+                        self._rejected = exc
+                        self._notify()  # waiters without a valid token fail fast now
+                    else:
+                        log.warning("rtzr_token_fetch_failed", reason=str(exc), attempt=attempt, retry_in_s=round(delay, 3))
+                        self._rejected = None  # no longer known to be rejected: callers wait (within budget)
                     await trio.sleep(delay)
                     continue
                 attempt = 0
@@ -195,6 +224,8 @@ class TokenManager:
         self._expires_at = now + left
         self._usable_until = self._expires_at - min(EXPIRY_SKEW_S, max(0.0, left) / 10)
         self._refresh_at = now + max(MIN_REFRESH_S, wait)
+        self._rejected = None
+        self._last_failure = None
         log.info("rtzr_token_fetched", expires_in_s=round(left, 1), refresh_in_s=round(self._refresh_at - now, 1))
         self._notify()
 
@@ -220,7 +251,7 @@ class TokenManager:
             code = _error_code(resp.content)
             raise RtzrAuthError(
                 f"RTZR rejected the credentials at {url}: HTTP {status}{' ' + code if code else ''};"
-                " check rtzr.client_id and rtzr.client_secret"
+                " check rtzr.client_id and rtzr.client_secret (or a proxy in the way)"
             )
         if status != 200:
             self._fetch_errors.inc()

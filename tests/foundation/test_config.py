@@ -7,7 +7,16 @@ from pathlib import Path
 import pytest
 
 from engine.cli import main
-from engine.config import Config, ConfigError, cli_overrides, env_overrides, load, redacted, resolve_key
+from engine.config import (
+    Config,
+    ConfigError,
+    cli_overrides,
+    derive_ws_url,
+    env_overrides,
+    load,
+    redacted,
+    resolve_key,
+)
 
 
 def write(tmp_path: Path, text: str) -> str:
@@ -57,6 +66,66 @@ def test_env_types_are_converted() -> None:
 def test_sori_config_env_names_the_file(tmp_path: Path) -> None:
     path = write(tmp_path, "[endpointing]\nend_ms = 80\n")
     assert load(environ={"SORI_CONFIG": path}).endpointing.end_ms == 80
+
+
+@pytest.mark.parametrize(
+    ("api_base", "ws_url"),
+    [
+        ("http://127.0.0.1:8765", "ws://127.0.0.1:8765/v1/transcribe:streaming"),
+        ("https://rtzr-proxy.internal:8443/stt/", "wss://rtzr-proxy.internal:8443/stt/v1/transcribe:streaming"),
+        ("HTTPS://openapi.vito.ai", "wss://openapi.vito.ai/v1/transcribe:streaming"),
+        ("http://[::1]:9000", "ws://[::1]:9000/v1/transcribe:streaming"),
+    ],
+)
+def test_derive_ws_url(api_base: str, ws_url: str) -> None:
+    assert derive_ws_url(api_base) == ws_url
+
+
+def test_api_base_alone_moves_ws_url_env() -> None:
+    c = load(environ={"RTZR_API_BASE": "http://127.0.0.1:8765"})
+    assert c.rtzr.ws_url == "ws://127.0.0.1:8765/v1/transcribe:streaming"
+    c = load(environ={"SORI_RTZR_API_BASE": "https://proxy.example.com/rtzr"})
+    assert c.rtzr.ws_url == "wss://proxy.example.com/rtzr/v1/transcribe:streaming"
+
+
+def test_api_base_alone_moves_ws_url_file_and_cli(tmp_path: Path) -> None:
+    path = write(tmp_path, "[rtzr]\napi_base = 'https://proxy.example.com:8443'\n")
+    c = load(config_file=path, environ={})
+    assert c.rtzr.ws_url == "wss://proxy.example.com:8443/v1/transcribe:streaming"
+    c = load(environ={}, cli=cli_overrides(["rtzr.api_base=http://10.0.0.5:9000"]))
+    assert c.rtzr.ws_url == "ws://10.0.0.5:9000/v1/transcribe:streaming"
+
+
+def test_explicit_ws_url_wins_over_derivation(tmp_path: Path) -> None:
+    explicit = "wss://stream.example.com/custom"
+    c = load(environ={"RTZR_API_BASE": "http://127.0.0.1:8765", "RTZR_WS_URL": explicit})
+    assert c.rtzr.ws_url == explicit
+    # set in any layer, even an earlier one than api_base's
+    path = write(tmp_path, f"[rtzr]\nws_url = '{explicit}'\n")
+    c = load(config_file=path, environ={}, cli=cli_overrides(["rtzr.api_base=http://127.0.0.1:8765"]))
+    assert c.rtzr.ws_url == explicit and c.rtzr.api_base == "http://127.0.0.1:8765"
+
+
+def test_defaults_keep_the_public_endpoints() -> None:
+    c = load(environ={})
+    assert c.rtzr.api_base == "https://openapi.vito.ai"
+    assert c.rtzr.ws_url == "wss://openapi.vito.ai/v1/transcribe:streaming"
+
+
+@pytest.mark.parametrize(
+    ("source", "message"),
+    [
+        ({"env": {"RTZR_API_BASE": "openapi.vito.ai"}}, "rtzr.api_base: expected a URL starting with http://"),
+        ({"env": {"RTZR_API_BASE": "ftp://x"}}, "rtzr.api_base: expected a URL starting with http://"),
+        ({"cli": ["rtzr.api_base=http://x?a=1"]}, "rtzr.api_base: must not have a query"),
+        ({"cli": ["rtzr.api_base=http://x:99999"]}, "rtzr.api_base: invalid URL"),
+        ({"env": {"RTZR_WS_URL": "https://x/v1/transcribe:streaming"}}, "rtzr.ws_url: expected a URL starting with ws://"),
+    ],
+)
+def test_bad_rtzr_urls_are_one_line_errors(source: dict, message: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        load(environ=source.get("env", {}), cli=cli_overrides(source.get("cli", [])))
+    assert message in str(info.value) and "\n" not in str(info.value)
 
 
 @pytest.mark.parametrize(

@@ -18,8 +18,8 @@ import trio.testing
 from trio_websocket import ConnectionClosed, ConnectionRejected, WebSocketConnection, open_websocket_url
 
 from engine.rtzr.emulator import Emulator, EmulatorConfig, Fault, FaultSpecError, load_phrasebook, parse_faults
-from engine.rtzr.emulator.cli import config_from_args, configure_parser, run_cli
-from engine.rtzr.emulator.config import DEFAULT_PHRASEBOOK, FaultRule
+from engine.rtzr.emulator.cli import CredentialsError, config_from_args, configure_parser, run_cli
+from engine.rtzr.emulator.config import DEFAULT_CLIENT_ID, DEFAULT_CLIENT_SECRET, DEFAULT_PHRASEBOOK, FaultRule
 from engine.rtzr.protocol import RtzrResult
 
 CLIPS = {c.id: c for c in load_phrasebook(DEFAULT_PHRASEBOOK)}
@@ -341,3 +341,54 @@ def test_cli_parser_and_errors(capsys: pytest.CaptureFixture[str]) -> None:
     assert run_cli(p.parse_args(["--phrasebook", "/nonexistent"])) == 2
     assert run_cli(p.parse_args(["--max-sessions", "-1"])) == 2
     assert "sori emulate-rtzr" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        ([], (DEFAULT_CLIENT_ID, DEFAULT_CLIENT_SECRET)),
+        (["--client-id", ""], (None, None)),  # accept any pair
+        (["--client-id", "", "--client-secret", ""], (None, None)),
+        (["--client-id", "me"], ("me", DEFAULT_CLIENT_SECRET)),
+        (["--client-secret", "pw"], (DEFAULT_CLIENT_ID, "pw")),
+        (["--client-id", "me", "--client-secret", "pw"], ("me", "pw")),
+    ],
+)
+def test_cli_credentials(argv: list[str], expected: tuple[str | None, str | None]) -> None:
+    p = argparse.ArgumentParser()
+    configure_parser(p)
+    cfg = config_from_args(p.parse_args(argv))
+    assert (cfg.client_id, cfg.client_secret) == expected
+
+
+@pytest.mark.parametrize(
+    ("argv", "flag"),
+    [
+        (["--client-id", "", "--client-secret", "s3cr3t-value"], "--client-secret would be ignored"),
+        (["--client-secret", ""], "--client-secret ''"),
+        (["--client-id", "me", "--client-secret", ""], "--client-secret ''"),
+    ],
+)
+def test_cli_rejects_an_inconsistent_credential_pair(argv: list[str], flag: str,
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    p = argparse.ArgumentParser()
+    configure_parser(p)
+    with pytest.raises(CredentialsError):
+        config_from_args(p.parse_args(argv))
+    assert run_cli(p.parse_args(argv)) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("sori emulate-rtzr: ") and flag in err[0]
+    assert "s3cr3t-value" not in err[0]  # the secret itself is not echoed
+
+
+@pytest.mark.parametrize(
+    "creds",
+    [{"client_id": None}, {"client_secret": None}, {"client_id": ""}, {"client_secret": ""},
+     {"client_id": "", "client_secret": ""}],
+)
+def test_emulator_config_rejects_half_a_credential_pair(creds: dict[str, Any]) -> None:
+    with pytest.raises(ValueError, match="client_id and client_secret"):
+        EmulatorConfig(**creds)
+    with pytest.raises(msgspec.ValidationError, match="client_id and client_secret"):
+        msgspec.convert(creds, EmulatorConfig)
+    assert EmulatorConfig(client_id=None, client_secret=None).client_id is None  # both None: accept any

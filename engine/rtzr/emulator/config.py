@@ -22,6 +22,8 @@ from msgspec import Meta, Struct
 
 FaultKind = Literal["reject", "close_after", "error_after", "empty_text", "stall"]
 FAULT_KINDS: tuple[str, ...] = ("reject", "close_after", "error_after", "empty_text", "stall")
+DEFAULT_CLIENT_ID = "sori-emulator"
+DEFAULT_CLIENT_SECRET = "sori-emulator-secret"
 DEFAULT_PHRASEBOOK = Path(__file__).resolve().parent.parent.parent / "demo" / "phrases"
 
 
@@ -91,12 +93,19 @@ class EmulatorConfig(Struct, kw_only=True):
     epd_time: Annotated[float, Meta(gt=0, le=60)] = 0.8
     speech_dbfs: float = -45.0  # frame RMS above this is speech for EPD and placeholders
     phrasebook: str | None = None  # directory with *.wav + phrases.json; None = bundled demo phrases
-    client_id: str | None = "sori-emulator"
-    client_secret: str | None = "sori-emulator-secret"  # None (or client_id None) = accept any non-empty pair
+    # The accepted credentials: both set, or both None to accept any non-empty pair (never just one).
+    client_id: str | None = DEFAULT_CLIENT_ID
+    client_secret: str | None = DEFAULT_CLIENT_SECRET
     faults: str = ""  # the --faults grammar above
     request_timeout_s: Annotated[float, Meta(gt=0)] = 10.0  # to receive an HTTP request head/body
     send_timeout_s: Annotated[float, Meta(gt=0)] = 10.0  # a client that stops reading is dropped
     max_message_bytes: Annotated[int, Meta(ge=1024)] = 1 << 20
+
+    def __post_init__(self) -> None:
+        if (self.client_id is None) != (self.client_secret is None):
+            raise ValueError("client_id and client_secret: set both, or both None to accept any pair")
+        if self.client_id == "" or self.client_secret == "":
+            raise ValueError("client_id and client_secret: must not be empty (both None accepts any pair)")
 
     def phrasebook_dir(self) -> Path:
         return Path(self.phrasebook) if self.phrasebook else DEFAULT_PHRASEBOOK
