@@ -133,6 +133,10 @@ class TokenManager:
             self._wake.set()
             await self._changed.wait()
 
+    async def wait_changed(self) -> None:
+        """Return at the next change: a token installed, a fetch rejected, a restart (for the pool's retries)."""
+        await self._changed.wait()
+
     async def invalidate_and_refresh(self, stale: Token) -> Token:
         """After a 401 with ``stale``: drop it and wait for a new one (one fetch however many callers)."""
         if self._token is not None and self._token.value == stale.value:

@@ -231,6 +231,7 @@ class RtzrPool:
             self._nursery = nursery
             try:
                 nursery.start_soon(self._maintain)
+                nursery.start_soon(self._retry_when_token_arrives)
                 await self._warm_up()
                 task_status.started()
                 await trio.sleep_forever()
@@ -242,6 +243,14 @@ class RtzrPool:
                         await self._close_all()
                     nursery.cancel_scope.cancel()
         self._nursery = None
+
+    async def _retry_when_token_arrives(self) -> None:
+        """Opens that failed for want of a token back off up to open_retry_max_ms; a new token ends the wait."""
+        while True:
+            await self.tokens.wait_changed()
+            if self._open_failures and self.tokens.not_ready_reason() is None:
+                self._retry_at = -math.inf
+                self._notify()
 
     async def _warm_up(self) -> None:
         """Until the spares are open, an open has failed, or budgets.connect passed: "started" means warm."""
