@@ -203,6 +203,8 @@ class RtzrPool:
                 return "RTZR session limit reached (HTTP 429) and no idle socket"
             if self._last_open_error:
                 return f"cannot open RTZR sockets: {self._last_open_error}"
+            if self._leased:
+                return f"every RTZR socket is busy ({len(self._leased)} leased, {self.waiting_count} waiting)"
             return "no pre-warmed RTZR socket yet"
         return None
 
