@@ -16,6 +16,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -178,6 +179,36 @@ def read_events(path: Path) -> list[dict[str, Any]]:
             except json.JSONDecodeError:
                 continue
     return out
+
+
+def scrape_metrics(admin_port: int, timeout: float = 5.0) -> dict[str, float]:
+    """The engine's /metrics as ``{'name{labels}': value}`` (loopback admin port); {} when unreachable."""
+    try:
+        text = urllib.request.urlopen(f"http://127.0.0.1:{admin_port}/metrics", timeout=timeout).read().decode()
+    except OSError:
+        return {}
+    out: dict[str, float] = {}
+    for line in text.splitlines():
+        if not line or line.startswith("#"):
+            continue
+        key, _, value = line.rpartition(" ")
+        try:
+            out[key] = float(value)
+        except ValueError:
+            continue
+    return out
+
+
+def metric(sample: dict[str, float], name: str, **labels: str) -> float:
+    """Sum of the series of ``name`` whose labels include ``labels`` (0.0 when absent)."""
+    total = 0.0
+    for key, value in sample.items():
+        base, _, rest = key.partition("{")
+        if base != name:
+            continue
+        if all(f'{k}="{v}"' in rest for k, v in labels.items()):
+            total += value
+    return total
 
 
 # ---------------------------------------------------------------------------------------------

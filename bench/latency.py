@@ -60,6 +60,23 @@ class RunResult:
     emulator_cpu_pct: float = 0.0
     loadgen_cpu_pct: float = 0.0
     notes: list[str] = field(default_factory=list)
+    # from the engine's /metrics at the end of the run
+    leases_hit: float = 0.0
+    leases_miss: float = 0.0
+    leases_timeout: float = 0.0
+    recycles: dict[str, float] = field(default_factory=dict)
+    foreign_results: float = 0.0
+
+    @property
+    def hit_rate(self) -> float:
+        """Pool hits / leases granted (rtzr_pool_leases_total), NaN when no lease was counted."""
+        granted = self.leases_hit + self.leases_miss
+        return self.leases_hit / granted if granted else float("nan")
+
+    @property
+    def final_hit_rate(self) -> float:
+        """Closing finals whose lease was a pool hit (``pool_hit`` of transcript.final)."""
+        return self.pool_hits / len(self.total) if self.total else float("nan")
 
 
 def pool_settings(n: int) -> tuple[int, int]:
@@ -113,12 +130,23 @@ def run_once(mode: str, n: int, corpus: list[c.CorpusCall], work: Path, *, stagg
             if sum(e.get("type") == "call.ended" for e in c.read_events(events_path)) >= n:
                 break
             time.sleep(0.3)
+        scrape_pool(result, c.scrape_metrics(admin))
     finally:
         if engine is not None:
             c.stop(engine)
         c.stop(emulator)
     analyse(result, c.read_events(events_path), load, corpus)
     return result
+
+
+def scrape_pool(result: RunResult, sample: dict[str, float]) -> None:
+    result.leases_hit = c.metric(sample, "sori_rtzr_pool_leases_total", result="hit")
+    result.leases_miss = c.metric(sample, "sori_rtzr_pool_leases_total", result="miss")
+    result.leases_timeout = c.metric(sample, "sori_rtzr_pool_leases_total", result="timeout")
+    result.foreign_results = c.metric(sample, "sori_rtzr_foreign_results_total")
+    for key, value in sample.items():
+        if key.startswith("sori_rtzr_pool_recycles_total{") and value:
+            result.recycles[key.split('reason="', 1)[1].split('"', 1)[0]] = value
 
 
 def analyse(result: RunResult, events: list[dict[str, Any]], load: dict[str, Any], corpus: list[c.CorpusCall]) -> None:
@@ -184,6 +212,11 @@ def report(results: dict[tuple[str, int], RunResult], ns: list[int]) -> str:
                          f"CPU {r.cpu_pct:.0f}% of a core (emulator {r.emulator_cpu_pct:.0f}%, load generator "
                          f"{r.loadgen_cpu_pct:.0f}%), peak RSS {r.rss_mib:.0f} MiB, sender lag p99 "
                          f"{r.sender_lag_p99:.1f} ms")
+            recycles = ", ".join(f"{k} {v:.0f}" for k, v in sorted(r.recycles.items())) or "none"
+            lines.append(f"        pool hit rate {100 * r.hit_rate:.0f}% of leases (hit {r.leases_hit:.0f} / miss "
+                         f"{r.leases_miss:.0f} / timeout {r.leases_timeout:.0f}), {100 * r.final_hit_rate:.0f}% of "
+                         f"closing finals; sockets closed by reason: {recycles}; foreign results "
+                         f"{r.foreign_results:.0f}")
         for base in (b, z):
             gain = c.percentile(base.total, 50) - c.percentile(a.total, 50)
             gain_eos = c.percentile(base.eos_to_event, 50) - c.percentile(a.eos_to_event, 50)

@@ -1,6 +1,6 @@
 """``make bench``: every benchmark with bounded defaults (about 10 minutes on 2 cores); prints each table.
 
-Figures go to BENCHMARKS.md (sections Hot path, Latency, Capacity, Profile): paste the tables
+Figures go to BENCHMARKS.md (sections Hot path, Latency, Capacity, Saturation, Profile): paste the tables
 printed here with the command line and the machine line each benchmark prints.
 
     .venv/bin/python bench/run_all.py [--quick]
@@ -25,6 +25,7 @@ def main() -> int:
         ["hotpath.py", "--repeat", "5", "--frames", "1000" if args.quick else "2000"],
         ["latency.py", "--no-pin", "--n", *(["1", "50"] if args.quick else ["1", "50", "200"])],
         ["capacity.py", "--no-pin", "--repeat", "1", "--steps", *(["25", "50"] if args.quick else ["50", "100", "200", "400"])],
+        ["saturation.py", "--no-pin", "--calls", "20" if args.quick else "50", "--sessions", "5", "20"],
     ]
     if (bench / "endpointing_eval.py").exists():
         runs.append(["endpointing_eval.py"])
