@@ -275,7 +275,8 @@ class Call:
         finally:
             for utt in list(self._open):  # started, but cancelled before its STT task ran
                 self._open.remove(utt)
-                self._error("cancelled", "the call was cancelled before this utterance was sent to STT", utt)
+                if not utt.overflowed:  # an overflow already was its outcome
+                    self._fail(utt, "cancelled", "the call was cancelled before this utterance was sent to STT")
                 self._settle(utt)
             if self.stream_stats is not None:
                 self.stats.frames_dropped = self.stream_stats.duplicates + self.stream_stats.reordered
@@ -300,9 +301,9 @@ class Call:
                 await self._attempts(utt)
             settled = True
         finally:
-            if not settled and not utt.overflowed:  # cancelled (drain deadline) or a bug: never lose an utterance silently
-                self._error("cancelled", "the call was cancelled before this utterance's final arrived; "
-                            "utterance not transcribed", utt)
+            if not settled and not utt.overflowed:  # cancelled (drain deadline) or a bug: never lose it silently
+                self._fail(utt, "cancelled", "the call was cancelled before this utterance's final arrived; "
+                           "utterance not transcribed")
             self._open.remove(utt)
             self._settle(utt)
 
@@ -318,24 +319,17 @@ class Call:
                 if exc.budget == "send" and attempt == 0:
                     self._note_replay(utt, exc)
                     continue
-                if exc.budget == "finalize" and utt.finals:
-                    # RTZR cut the utterance itself and its answer to our Finalize never came: the finals
-                    # already emitted are the outcome (never a final AND an error); the socket was discarded.
-                    self._m_incomplete.inc()
-                    log.warning("utterance_final_incomplete", call_sid=self.call_sid, utterance_id=utt.uid,
-                                finals=utt.finals)
-                    return
-                self._error("budget_expired", f"{exc}; utterance not transcribed", utt, budget=exc.budget)
+                self._fail(utt, "budget_expired", f"{exc}; utterance not transcribed", budget=exc.budget)
                 return
             except (RtzrConnectError, RtzrSocketLost) as exc:
                 if attempt == 0:
                     self._note_replay(utt, exc)
                     continue
-                self._error("stt_failed", f"{type(exc).__name__}: {exc}; utterance not transcribed after replay", utt)
+                self._fail(utt, "stt_failed", f"{type(exc).__name__}: {exc}; utterance not transcribed after replay")
                 return
             except Exception as exc:  # e.g. RtzrAuthError (bad credentials): report it, keep the call alive
                 log.error("utterance_failed", call_sid=self.call_sid, utterance_id=utt.uid, exc=exc)
-                self._error("stt_failed", f"{type(exc).__name__}: {exc}; utterance not transcribed", utt)
+                self._fail(utt, "stt_failed", f"{type(exc).__name__}: {exc}; utterance not transcribed")
                 return
 
     def _note_replay(self, utt: Utterance, exc: Exception) -> None:
@@ -447,6 +441,16 @@ class Call:
         ))
 
     # -- events ------------------------------------------------------------------------------------
+    def _fail(self, utt: Utterance, kind: str, message: str, *, budget: str | None = None) -> None:
+        """An utterance's STT failed. One outcome per utterance: if RTZR already delivered finals for it (it
+        cut the utterance itself), those finals stay its outcome and the failure is counted and logged."""
+        if not utt.finals:
+            self._error(kind, message, utt, budget=budget)
+            return
+        self._m_incomplete.inc()
+        log.warning("utterance_final_incomplete", call_sid=self.call_sid, utterance_id=utt.uid, finals=utt.finals,
+                    kind=kind, budget=budget, message=message)
+
     def _error(self, kind: str, message: str, utt: Utterance | None = None, *, budget: str | None = None) -> None:
         self.stats.errors += 1
         self._m_errors.inc()

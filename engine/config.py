@@ -57,6 +57,8 @@ class PoolConfig(_Section):
     token_min_remaining_ms: NonNegativeMs = 600_000
     # A final covers our Finalize when it ends within this of the lessee's last speech (tracker.py, rule 1).
     final_cover_slack_ms: NonNegativeMs = 300
+    # How far a result's timestamps may stray from our exact byte positions before the socket is untrusted.
+    timestamp_tolerance_ms: Annotated[int, Meta(ge=0, le=1000)] = 20
     close_timeout_ms: PositiveMs = 1000
     open_retry_max_ms: PositiveMs = 30_000
 

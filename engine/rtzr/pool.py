@@ -36,7 +36,7 @@ from engine.log import get_logger
 from engine.metrics import Registry
 from engine.rtzr.auth import TokenManager, backoff_delay
 from engine.rtzr.protocol import build_query
-from engine.rtzr.stream import LeaseItem, RtzrSaturated, RtzrSocket, RtzrSocketLost, _Lost
+from engine.rtzr.stream import LeaseItem, RtzrConnectError, RtzrSaturated, RtzrSocket, RtzrSocketLost, _Lost
 from engine.rtzr.tracker import LeaseResult
 
 log = get_logger(__name__)
@@ -162,7 +162,7 @@ class RtzrPool:
         self._retry_at = -math.inf
         self._saturated = False
         self._last_open_error = ""
-        self._last_open_exc: Exception | None = None
+        self._open_refused = False  # the latest open failed for a reason other than saturation
         self._draining = False
 
     # ------------------------------------------------------------------ state
@@ -239,7 +239,7 @@ class RtzrPool:
                 await trio.sleep_forever()
             finally:
                 self._draining = True
-                self._fail_waiters(RtzrSocketLost("pool is shutting down"))
+                self._fail_waiters("pool is shutting down")
                 with trio.CancelScope(shield=True):
                     with trio.move_on_after(self.pool_config.close_timeout_ms / 1000.0 + 0.5):
                         await self._close_all()
@@ -272,6 +272,7 @@ class RtzrPool:
         self._leased.clear()  # each socket is counted once, as closing
         async with trio.open_nursery() as n:
             for sock in socks:
+                self._closing.add(sock)
                 n.start_soon(self._close_one, sock, "shutdown", True)
         self._notify()
 
@@ -316,7 +317,7 @@ class RtzrPool:
                 if reason is not None:
                     self._idle.remove(sock)
                     self._recycle_counter(reason)
-                    self._nursery.start_soon(self._close_one, sock, reason, reason in ("idle", "age", "token"))
+                    self._nursery_close(sock, reason, eos=reason in ("idle", "age", "token"))
             wake_at = math.inf
             if now >= self._retry_at:
                 for _ in range(self._wanted_opens()):
@@ -363,7 +364,7 @@ class RtzrPool:
             self._retry_at = -math.inf
             self._saturated = False
             self._last_open_error = ""
-            self._last_open_exc = None
+            self._open_refused = False
             if self._draining:
                 self._nursery_close(sock, "shutdown")
             else:
@@ -375,7 +376,7 @@ class RtzrPool:
         delay = backoff_delay(self._open_failures - 1, 0.25, self.pool_config.open_retry_max_ms / 1000.0, random.random())
         self._retry_at = trio.current_time() + delay
         self._last_open_error = f"{type(exc).__name__}: {exc}"
-        self._last_open_exc = None if saturated else exc
+        self._open_refused = not saturated
         log.warning("rtzr_pool_open_failed", reason=self._last_open_error, saturated=saturated,
                     failures=self._open_failures, retry_in_s=round(delay, 3))
         # Saturation: waiting lessees wait for a returned socket. Otherwise, when nothing could serve the
@@ -403,6 +404,8 @@ class RtzrPool:
     def _nursery_close(self, sock: RtzrSocket, reason: str, *, eos: bool = True) -> None:
         if self._nursery is None:  # the pool has stopped; its nursery already closed every socket
             return
+        # Counted as closing from now, not from when the task first runs: max_sessions holds in between.
+        self._closing.add(sock)
         self._nursery.start_soon(self._close_one, sock, reason, eos)
 
     async def _close_one(self, sock: RtzrSocket, reason: str, eos: bool) -> None:
@@ -430,13 +433,13 @@ class RtzrPool:
             sock.last_used = trio.current_time()
             self._idle.append(sock)
         else:  # per-utterance mode: its lessee gave up; nobody else may use it
-            self._nursery_close(sock, "per_utterance")
+            self._nursery_close(sock, "per_utterance", eos=sock.usable)
 
-    def _fail_waiters(self, exc: Exception) -> None:
+    def _fail_waiters(self, reason: str) -> None:
         while self._waiters:
             waiter = self._waiters.popleft()
             if not waiter.gone:
-                waiter.error = exc
+                waiter.error = RtzrSocketLost(reason)  # one exception per waiter: each is raised in its own task
                 waiter.event.set()
 
     def _take_idle(self) -> RtzrSocket | None:
@@ -456,11 +459,10 @@ class RtzrPool:
         if sock is not None:
             self._notify()
             return sock, True
-        failing = self._last_open_exc
-        if failing is not None and self._retry_at > trio.current_time() and not (
+        if self._open_refused and self._retry_at > trio.current_time() and not (
             self._leased or self._opening or self._closing
-        ):
-            raise failing  # RTZR refuses us and nothing could free a socket: say so now, not at the budget
+        ):  # RTZR refuses us and nothing could free a socket: say so now, not at the budget
+            raise RtzrConnectError(f"RTZR unavailable: {self._last_open_error}")
         waiter = _Waiter()
         self._waiters.append(waiter)
         self._notify()  # the maintainer opens a socket for it if there is room
@@ -468,9 +470,12 @@ class RtzrPool:
             await waiter.event.wait()
         except BaseException:
             waiter.gone = True
-            if waiter.sock is not None:  # handed a socket as we were cancelled: pass it on
+            if waiter.sock is not None:  # handed a socket as we were cancelled: pass it on, or close it
                 self._leased.discard(waiter.sock)
-                self._offer(waiter.sock, hit=waiter.hit)
+                if waiter.sock.usable and not self._draining:
+                    self._offer(waiter.sock, hit=waiter.hit)
+                else:
+                    self._nursery_close(waiter.sock, self._unusable_reason(waiter.sock), eos=False)
             self._notify()
             raise
         if waiter.error is not None:
@@ -503,7 +508,7 @@ class RtzrPool:
             return
         self._leased.discard(sock)
         if not self.pooled:
-            self._nursery_close(sock, "per_utterance")
+            self._nursery_close(sock, "per_utterance", eos=sock.usable)
         elif sock.usable and not self._draining:
             self._offer(sock, hit=True)
         else:

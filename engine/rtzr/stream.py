@@ -86,7 +86,8 @@ class RtzrSocket:
         self._tokens = tokens
         self._budgets = budgets
         self._query = query if query is not None else build_query(config)
-        self.tracker = UtteranceTracker(bytes_per_ms(config), cover_slack_ms=config.pool.final_cover_slack_ms)
+        self.tracker = UtteranceTracker(bytes_per_ms(config), cover_slack_ms=config.pool.final_cover_slack_ms,
+                                        tolerance_ms=config.pool.timestamp_tolerance_ms)
         self._ws: WsClientConnection | None = None
         self._scope = trio.CancelScope()
         self._closed = trio.Event()

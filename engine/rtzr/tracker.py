@@ -16,8 +16,13 @@ A result may only ever reach the lease whose audio produced it. RTZR gives no ac
 2. A socket is handed to a new lessee only while nothing is pending *and* its timestamps are trusted.
 3. Timestamps are checked against what we know for certain (bytes sent, earlier finals): a result that ends
    after the audio sent, or a final that starts inside an earlier final, makes the socket *untrusted* for the
-   rest of its life: it finishes its current lease (the first final after ``Finalize`` closes it, since
-   coverage cannot be judged) and is then closed, never reused.
+   rest of its life. On its first lease (nobody came before) it finishes that lease (the first final after
+   ``Finalize`` closes it, since coverage cannot be judged) and is then closed, never reused. On a later
+   lease, where rule 4 can no longer tell the previous lessee's results from this one's, the untrusting
+   result is itself foreign (rule 4): the socket is closed and the lessee replays on a fresh one.
+   Also: when the server already ended the utterance itself (a final of this lease reaching ``cover_from``)
+   before our ``Finalize``, whether the trailing silence is still "pending" on the server is undocumented;
+   we then send no ``Finalize``, the lease ends with its finals, and the socket is closed (it is not clean).
 4. A result whose seq or socket-timeline start precedes the current lease's first byte, or any result that
    arrives while no lease is attached, is *foreign*: it is never delivered; the shell drops it, counts it and
    closes the socket (the current lessee then replays its audio on a fresh socket).
@@ -35,7 +40,8 @@ from msgspec import Struct
 from engine.rtzr.protocol import RtzrResult, Word
 
 # Timestamps are integer ms on the wire and our byte offsets are exact: allow rounding, nothing more.
-TIMESTAMP_TOLERANCE_MS = 10.0
+# (rtzr.pool.timestamp_tolerance_ms overrides it, should the real service round more coarsely.)
+TIMESTAMP_TOLERANCE_MS = 20.0
 
 
 class LeaseResult(Struct, kw_only=True, frozen=True):
@@ -69,11 +75,13 @@ TrackedResult = LeaseResult | ForeignResult
 class UtteranceTracker:
     """Per-socket bookkeeping: pending audio, the lessee's timeline, trust in the server's timestamps."""
 
-    def __init__(self, bytes_per_ms: float, *, cover_slack_ms: float = 300.0) -> None:
+    def __init__(self, bytes_per_ms: float, *, cover_slack_ms: float = 300.0,
+                 tolerance_ms: float = TIMESTAMP_TOLERANCE_MS) -> None:
         if bytes_per_ms <= 0:
             raise ValueError("bytes_per_ms must be positive")
         self.bytes_per_ms = bytes_per_ms
         self.cover_slack_ms = cover_slack_ms
+        self.tolerance_ms = tolerance_ms
         self.bytes_sent = 0
         self.settled_bytes = 0
         self.finalize_at: int | None = None  # bytes_sent when the outstanding Finalize was sent
@@ -84,6 +92,7 @@ class UtteranceTracker:
         self.leased = False
         self.finals = 0
         self.last_final_end_ms = 0.0
+        self.lease_last_final_end_ms = -math.inf  # end of the latest final of the current lease
         self.untrusted = ""  # why the server's timestamps cannot be trusted on this socket ("" = trusted)
 
     # ------------------------------------------------------------------ state
@@ -120,6 +129,7 @@ class UtteranceTracker:
         """A new lessee starts here: its timeline's 0 is the current byte offset."""
         self.lease_offset_bytes = self.bytes_sent
         self.lease_first_seq = self.next_seq
+        self.lease_last_final_end_ms = -math.inf
         self.leased = True
 
     def end_lease(self) -> None:
@@ -136,10 +146,13 @@ class UtteranceTracker:
         """
         if not self.pending:
             return False
-        self.finalize_at = self.bytes_sent
         finalize_ms = self.bytes_sent / self.bytes_per_ms
         end_ms = finalize_ms if speech_end_ms is None else min(finalize_ms, self.lease_offset_ms + speech_end_ms)
-        self.cover_from_ms = max(self.settled_bytes / self.bytes_per_ms, end_ms - self.cover_slack_ms)
+        cover_from_ms = max(self.settled_bytes / self.bytes_per_ms, end_ms - self.cover_slack_ms)
+        if not self.untrusted and self.lease_last_final_end_ms >= cover_from_ms:
+            return False  # the server already ended it (see rule 3); the socket stays pending: closed, not reused
+        self.finalize_at = self.bytes_sent
+        self.cover_from_ms = cover_from_ms
         return True
 
     # ------------------------------------------------------------------ server side
@@ -153,7 +166,11 @@ class UtteranceTracker:
         foreign = self._foreign(result)
         if foreign is not None:
             return foreign
+        was_trusted = not self.untrusted
         self._check_timestamps(result)
+        if was_trusted and self.untrusted and self.lease_offset_bytes > 0:
+            return ForeignResult(reason=f"untrusted timestamps on a reused socket: {self.untrusted}",
+                                 seq=result.seq, start_at=result.start_at)
         closes = False
         if result.final:
             closes = self._settle(result)
@@ -178,7 +195,7 @@ class UtteranceTracker:
             reason = "result while no lease is attached"
         elif result.seq < self.lease_first_seq:
             reason = f"seq {result.seq} precedes this lease's first seq {self.lease_first_seq}"
-        elif not self.untrusted and result.start_at < self.lease_offset_ms - TIMESTAMP_TOLERANCE_MS:
+        elif not self.untrusted and result.start_at < self.lease_offset_ms - self.tolerance_ms:
             reason = f"starts at {result.start_at} ms, before this lease's first byte at {self.lease_offset_ms:.0f} ms"
         if not reason:
             return None
@@ -190,9 +207,9 @@ class UtteranceTracker:
         """Rule 3: what the server says must agree with what we know for certain."""
         if self.untrusted:
             return
-        if result.end_at > self.sent_ms + TIMESTAMP_TOLERANCE_MS:
+        if result.end_at > self.sent_ms + self.tolerance_ms:
             self.untrusted = f"a result ends at {result.end_at} ms, after the {self.sent_ms:.0f} ms of audio sent"
-        elif result.final and result.start_at < self.last_final_end_ms - TIMESTAMP_TOLERANCE_MS:
+        elif result.final and result.start_at < self.last_final_end_ms - self.tolerance_ms:
             self.untrusted = f"a final starts at {result.start_at} ms, inside an earlier final ending at " \
                              f"{self.last_final_end_ms:.0f} ms"
 
@@ -201,9 +218,11 @@ class UtteranceTracker:
         self.finals += 1
         self.next_seq = max(self.next_seq, result.seq + 1)
         self.last_final_end_ms = max(self.last_final_end_ms, float(result.end_at))
+        self.lease_last_final_end_ms = max(self.lease_last_final_end_ms, float(result.end_at))
         end_bytes = min(self.bytes_sent, math.ceil(result.end_at * self.bytes_per_ms))
         if self.finalize_at is None:  # the server's own cut while audio flows
-            self.settled_bytes = max(self.settled_bytes, end_bytes)
+            if not self.untrusted:  # an untrusted end proves nothing: keep it pending, await the Finalize answer
+                self.settled_bytes = max(self.settled_bytes, end_bytes)
             return False
         if self.untrusted or result.end_at >= self.cover_from_ms:
             self.settled_bytes = max(self.settled_bytes, self.finalize_at)

@@ -18,6 +18,7 @@ from engine.call import Call
 from engine.config import BudgetsConfig, Config
 from engine.metrics import Registry
 from engine.rtzr.emulator import EmulatorConfig
+from engine.rtzr.stream import RtzrSocketLost
 from engine.rtzr.tracker import LeaseResult
 from engine.twilio.protocol import Media, MediaFormat, Started
 from engine.twilio.simulator import load_audio, simulate_call
@@ -102,6 +103,69 @@ async def test_server_cut_final_then_unanswered_finalize_is_one_outcome(
     got = assert_one_outcome_each(events)
     assert list(got.values()) == [(1, 0)]
     assert call.metrics.value("utterance_incomplete_total") == 1
+
+
+class CutThenLost(CutThenSilentLease):
+    """A server cut, then the socket dies before the answer to our Finalize."""
+
+    async def receive(self) -> LeaseResult:
+        first = await super().receive() if not self._cut_sent else None
+        if first is not None:
+            return first
+        raise RtzrSocketLost("dropped")
+
+
+class CutThenLostPool:
+    """The first lease cuts then dies; the replay cannot get a socket (lease budget)."""
+
+    def __init__(self) -> None:
+        self.leases = 0
+
+    @asynccontextmanager
+    async def lease(self) -> AsyncIterator[CutThenSilentLease]:
+        self.leases += 1
+        if self.leases > 1:
+            raise BudgetExpired("lease", 10_000)
+        yield CutThenLost()
+
+
+def _call(pool: object, events: list[ev.Event], budgets: BudgetsConfig) -> Call:
+    started = Started(stream_sid="MZ1", call_sid="CA1", account_sid="AC1", tracks=("inbound",), custom_parameters={},
+                      media_format=MediaFormat(encoding="audio/x-mulaw", sample_rate=8000, channels=1))
+    return Call(started, config=Config(), pool=pool, emit=events.append, metrics=Registry(), budgets=Budgets(budgets))
+
+
+async def _play(call: Call, audio: bytes) -> None:
+    for i in range(0, len(audio), 160):
+        call.on_event(Media(payload=audio[i:i + 160], timestamp_ms=i // 8))
+        await trio.sleep(0.02)
+    call.on_close("stop")
+
+
+async def test_replay_failing_after_a_server_cut_final_is_one_outcome(autojump_clock: trio.testing.MockClock) -> None:
+    """Review finding: only the finalize-budget path checked for finals already emitted."""
+    audio, _ = phrase_call(["diary"])
+    events: list[ev.Event] = []
+    call = _call(CutThenLostPool(), events, BudgetsConfig())
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(call.run)
+            await _play(call, audio)
+    assert list(assert_one_outcome_each(events).values()) == [(1, 0)]
+    assert call.metrics.value("utterance_incomplete_total") == 1
+
+
+async def test_drain_deadline_after_a_server_cut_final_is_one_outcome(autojump_clock: trio.testing.MockClock) -> None:
+    audio, _ = phrase_call(["diary"])
+    events: list[ev.Event] = []
+    call = _call(OneLeasePool(), events, BudgetsConfig(finalize=60_000))
+    with trio.fail_after(120):
+        with trio.CancelScope() as drain:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(call.run)
+                await _play(call, audio)
+                drain.deadline = trio.current_time() + 1.0  # the drain budget cancels the call mid-utterance
+    assert list(assert_one_outcome_each(events).values()) == [(1, 0)]
 
 
 async def test_audio_faster_than_real_time_gives_each_utterance_exactly_one_outcome() -> None:
