@@ -44,9 +44,15 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check engine tests fuzz bench
 	$(VENV)/bin/mypy
 
+ASTERISK_SOUNDS := asterisk-core-sounds-en-wav asterisk-core-sounds-es-wav asterisk-core-sounds-fr-wav asterisk-core-sounds-it-wav
+
+# Full corpora (gitignored): bench/corpus_full (espeak-ng, synthetic) and bench/corpus_real_full
+# (real recorded prompts, dev + test splits). The committed subsets are bench/corpus and bench/corpus_real.
 corpus: $(BENCH_STAMP)
 	@command -v espeak-ng >/dev/null || (apt-get update -qq && apt-get install -y -qq espeak-ng)
+	@dpkg -s $(ASTERISK_SOUNDS) >/dev/null 2>&1 || (apt-get update -qq && apt-get install -y -qq $(ASTERISK_SOUNDS))
 	$(PY) bench/corpus.py --full
+	$(PY) bench/corpus_real.py --full
 
 eval: $(BENCH_STAMP)
 	$(PY) bench/endpointing_eval.py $(ARGS)

