@@ -253,12 +253,12 @@ class BandClassifier:
         frames_per_s = 1000.0 / frame_ms
         # As power ratios: a floor rises at most ×rise per frame; speech when the product of
         # the bands' ratios above their floors exceeds on_db (off_db) per band on average.
-        self._rise_noise = 10.0 ** (rise_noise_db_s / frames_per_s / 10.0)
-        self._rise_speech = 10.0 ** (rise_speech_db_s / frames_per_s / 10.0)
+        self._rise_noise: float = 10.0 ** (rise_noise_db_s / frames_per_s / 10.0)
+        self._rise_speech: float = 10.0 ** (rise_speech_db_s / frames_per_s / 10.0)
         self._fall = fall
-        self._on_ratio = 10.0 ** (on_db * nb / 10.0)
-        self._off_ratio = 10.0 ** (off_db * nb / 10.0)
-        self._min_power = 10.0 ** (min_level_db / 10.0) - 1.0
+        self._on_ratio: float = 10.0 ** (on_db * nb / 10.0)
+        self._off_ratio: float = 10.0 ** (off_db * nb / 10.0)
+        self._min_power: float = 10.0 ** (min_level_db / 10.0) - 1.0
         self._floors: list[float] | None = None
         self._speech = False
 
@@ -303,13 +303,13 @@ class BandClassifier:
         if floors is None:
             floors = self._floors = [1.0 + p for p in powers]
         product = 1.0
-        for p, fl in zip(powers, floors):
+        for p, fl in zip(powers, floors, strict=True):
             if 1.0 + p > fl:
                 product *= (1.0 + p) / fl
         speech = product > (self._off_ratio if self._speech else self._on_ratio)
         rise = self._rise_speech if speech else self._rise_noise
         fall = self._fall
-        for b, (p, fl) in enumerate(zip(powers, floors)):
+        for b, (p, fl) in enumerate(zip(powers, floors, strict=True)):
             r = (1.0 + p) / fl
             floors[b] = fl * (r**fall if r < 1.0 else (r if r < rise else rise))
         self._speech = speech
