@@ -137,7 +137,8 @@ class Call:
         self.stt_rate = config.rtzr.sample_rate
         self.stt_mulaw = config.rtzr.encoding == "MULAW"
         self.to_endpointer = Resampler(TWILIO_RATE, self.ep_rate)
-        self.endpointer = Endpointer(ep_cfg, classifier=make_classifier(ep_cfg.classifier, self.ep_rate))
+        clf = make_classifier(ep_cfg.classifier, self.ep_rate, frame_ms=ep_cfg.frame_ms)
+        self.endpointer = Endpointer(ep_cfg, classifier=clf)
         self.turns = TurnTracker(ep_cfg.turn_ms)
         self.stt_bytes_per_ms = self.stt_rate * (1 if self.stt_mulaw else 2) / 1000
         self.batch_bytes = int(config.call.send_batch_ms * self.stt_bytes_per_ms)
@@ -262,6 +263,9 @@ class Call:
         utt.ended_at = trio.current_time()
         utt.audio.close()
         self._current = None
+        self.emit(ev.SpeechEnded(call_sid=self.call_sid, stream_sid=self.stream_sid, utterance_id=utt.uid,
+                                 last_speech_ms=self._ms(event.last_speech_end), end_ms=utt.end_ms,
+                                 reason=event.reason))
 
     # -- STT side --------------------------------------------------------------------------------
     async def run(self) -> None:

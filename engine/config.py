@@ -97,9 +97,12 @@ class RtzrConfig(_Section):
 class EndpointingConfig(_Section):
     """The local endpointer: short hangover for STT; turn taking is separate (turn_ms)."""
 
-    classifier: Literal["energy", "webrtc"] = "energy"
+    # bands: per-band SNR in 300–3400 Hz (see engine/endpointing/classifiers.py and BENCHMARKS.md)
+    classifier: Literal["bands", "energy", "webrtc"] = "bands"
     sample_rate: Literal[8000, 16000] = 8000
-    start_ms: Annotated[int, Meta(ge=10, le=2000)] = 60
+    # 40 ms → 4 frames of 20 ms confirm speech: at 5 dB SNR quiet utterances have only ~80 ms of
+    # frames above the trigger (60 needed 5 frames and missed them).
+    start_ms: Annotated[int, Meta(ge=10, le=2000)] = 40
     end_ms: Annotated[int, Meta(ge=20, le=5000)] = 200
     preroll_ms: Annotated[int, Meta(ge=0, le=5000)] = 300
     max_utterance_ms: Annotated[int, Meta(ge=1000, le=600_000)] = 30_000

@@ -54,6 +54,21 @@ class SpeechStarted(Event, tag="speech.started"):
     start_ms: float
 
 
+class SpeechEnded(Event, tag="speech.ended"):
+    """The endpointer's decision that the utterance is over, sent as it is made (before its final).
+
+    ``last_speech_ms``: end of the last audio judged as speech; ``end_ms``: the decision time (end of
+    the utterance's audio, the hangover included), so ``end_ms - last_speech_ms`` is the endpointer's
+    own delay. ``reason``: ``silence`` (the hangover ran out), ``max_length`` (the utterance reached
+    ``max_utterance_ms``; the speech goes on in a new utterance) or ``end_of_stream``.
+    """
+
+    utterance_id: str
+    last_speech_ms: float
+    end_ms: float
+    reason: Literal["silence", "max_length", "end_of_stream"]
+
+
 class TranscriptPartial(Event, tag="transcript.partial"):
     utterance_id: str
     text: str
@@ -101,7 +116,7 @@ class ErrorEvent(Event, tag="error"):
     utterance_id: str | None = None
 
 
-AnyEvent = CallStarted | SpeechStarted | TranscriptPartial | TranscriptFinal | TurnEnded | CallEnded | ErrorEvent
+AnyEvent = CallStarted | SpeechStarted | SpeechEnded | TranscriptPartial | TranscriptFinal | TurnEnded | CallEnded | ErrorEvent
 
 _encoder = msgspec.json.Encoder()
 _decoder: msgspec.json.Decoder[AnyEvent] = msgspec.json.Decoder(AnyEvent)

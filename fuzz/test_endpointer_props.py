@@ -15,8 +15,19 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from engine.config import EndpointingConfig
+from engine.endpointing import SpeechStarted
 from tests.endpointing.helpers import check, key, limits, run
 
+
+def _classifiers() -> list[str]:
+    try:
+        import webrtcvad  # noqa: F401
+    except ImportError:
+        return ["bands", "energy"]
+    return ["bands", "energy", "webrtc"]
+
+
+CLASSIFIERS = _classifiers()
 KINDS = ["silence", "noise", "tone", "speech", "clip", "dc", "extreme", "impulses"]
 
 
@@ -66,6 +77,7 @@ chunkings = st.lists(st.sampled_from([0, 1, 2, 7, 79, 80, 159, 160, 161, 320, 10
 def configs(draw: st.DrawFn) -> tuple[EndpointingConfig, int]:
     rate = draw(st.sampled_from([8000, 16000]))
     cfg = EndpointingConfig(
+        classifier=draw(st.sampled_from(CLASSIFIERS)),  # type: ignore[arg-type]
         sample_rate=rate,
         frame_ms=draw(st.sampled_from([10, 20, 30])),
         start_ms=draw(st.sampled_from([10, 30, 60, 100, 250])),
@@ -94,6 +106,50 @@ def test_invariants_chunking_invariance_determinism(data: st.DataObject) -> None
 
 
 @given(
+    name=st.sampled_from(CLASSIFIERS),
+    rate=st.sampled_from([8000, 16000]),
+    frame_ms=st.sampled_from([10, 20, 30]),
+    start_ms=st.sampled_from([10, 40, 60, 100]),
+    kind=st.sampled_from(["white", "pink", "tone", "speech"]),
+    level=st.sampled_from([10.0, 100.0, 1000.0, 10000.0]),
+    noise_ms=st.integers(0, 3000),
+    silence_ms=st.integers(0, 2000),
+    idle=st.sampled_from([0, 1, -1]),
+    chunks=chunkings,
+    seed=st.integers(0, 2**16),
+)
+def test_digital_silence_after_noise_never_starts_speech(
+    name: str, rate: int, frame_ms: int, start_ms: int, kind: str, level: float, noise_ms: int, silence_ms: int,
+    idle: int, chunks: list[int], seed: int,
+) -> None:
+    """Hold/mute on a Twilio line: whatever came before, μ-law digital silence (0xFF → 0, or the
+    ±1-step idle pattern) is never judged speech and never starts an utterance."""
+    cfg = EndpointingConfig(classifier=name, sample_rate=rate, frame_ms=frame_ms, start_ms=start_ms)  # type: ignore[arg-type]
+    rng = np.random.default_rng(seed)
+    n = noise_ms * rate // 1000
+    t = np.arange(n) / rate
+    if kind == "white":
+        x = rng.standard_normal(n) * level
+    elif kind == "pink":
+        x = np.cumsum(rng.standard_normal(n)) * level / 30
+        x -= np.convolve(x, np.ones(64) / 64, "same")
+    elif kind == "tone":
+        x = level * np.sin(2 * np.pi * 440 * t)
+    else:
+        x = level * np.abs(np.sin(2 * np.pi * 3 * t)) * sum(np.sin(2 * np.pi * k * 140 * t) / k for k in range(1, 8))
+    quiet = silence_ms * rate // 1000
+    digital = np.zeros(quiet) if idle == 0 else np.where(rng.random(quiet) < 0.5, 8.0, 0.0) * idle
+    sig = np.clip(np.concatenate([x, digital]), -32768, 32767).astype(np.int16)
+    r = run(cfg, sig, chunks)
+    check(cfg, rate, sig, r)
+    frame = r.frame
+    first_quiet = -(-n // frame)  # the first frame wholly in the silence
+    assert not any(r.decisions[first_quiet:]), "digital silence judged speech"
+    assert all(e.start < first_quiet * frame for e in r.events if isinstance(e, SpeechStarted))
+
+
+@given(
+    name=st.sampled_from(CLASSIFIERS),
     rate=st.sampled_from([8000, 16000]),
     frame_ms=st.sampled_from([10, 20, 30]),
     value=st.integers(-32768, 32767),
@@ -102,9 +158,9 @@ def test_invariants_chunking_invariance_determinism(data: st.DataObject) -> None
     chunks=chunkings,
 )
 def test_silence_and_constant_dc_never_start(
-    rate: int, frame_ms: int, value: int, seconds: int, extra: int, chunks: list[int]
+    name: str, rate: int, frame_ms: int, value: int, seconds: int, extra: int, chunks: list[int]
 ) -> None:
-    cfg = EndpointingConfig(sample_rate=rate, frame_ms=frame_ms, start_ms=10)
+    cfg = EndpointingConfig(classifier=name, sample_rate=rate, frame_ms=frame_ms, start_ms=10)  # type: ignore[arg-type]
     for v in (0, value):
         sig = np.full(seconds * rate + extra, v, np.int16)
         r = run(cfg, sig, chunks)
@@ -113,6 +169,7 @@ def test_silence_and_constant_dc_never_start(
 
 
 @given(
+    name=st.sampled_from(CLASSIFIERS),
     rate=st.sampled_from([8000, 16000]),
     frame_ms=st.sampled_from([10, 20, 30]),
     start_ms=st.sampled_from([10, 30, 60, 100, 250]),
@@ -126,11 +183,11 @@ def test_silence_and_constant_dc_never_start(
     seed=st.integers(0, 2**16),
 )
 def test_bursts_shorter_than_start_ms_never_start(
-    rate: int, frame_ms: int, start_ms: int, lead: int, frac: float, kind: str, level: float,
+    name: str, rate: int, frame_ms: int, start_ms: int, lead: int, frac: float, kind: str, level: float,
     background: float, bursts: int, gap_ms: int, seed: int,
 ) -> None:
     """Isolated bursts (separated by at least a frame of quiet) shorter than start_ms."""
-    cfg = EndpointingConfig(sample_rate=rate, frame_ms=frame_ms, start_ms=start_ms)
+    cfg = EndpointingConfig(classifier=name, sample_rate=rate, frame_ms=frame_ms, start_ms=start_ms)  # type: ignore[arg-type]
     rng = np.random.default_rng(seed)
     frame = rate * frame_ms // 1000
     length = max(1, int(frac * (start_ms * rate // 1000 - 1)))

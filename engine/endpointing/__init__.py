@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from .classifiers import (
+    BandClassifier,
     ClassifierError,
     EnergyClassifier,
     FrameClassifier,
@@ -13,6 +14,7 @@ from .endpointer import Endpointer, EndpointerError
 from .events import EndpointEvent, EndReason, SpeechAudio, SpeechEnded, SpeechStarted
 
 __all__ = [
+    "BandClassifier",
     "ClassifierError",
     "EndReason",
     "EndpointEvent",

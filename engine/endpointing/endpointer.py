@@ -7,7 +7,7 @@ so any chunking yields identical events. The state machine:
 
 * idle → speech when a run of consecutive speech frames is too long to come from a burst
   shorter than ``start_ms`` (``ceil((start-2)/F) + 2`` frames, since a burst can straddle
-  the frame grid: 5 frames = 100 ms at the defaults, 8 × 10 ms with ``frame_ms=10``).
+  the frame grid: 4 frames = 80 ms at the defaults, 6 × 10 ms with ``frame_ms=10``).
   ``SpeechStarted`` is emitted at once (for barge-in) with ``start`` = first sample of that
   run and the pre-roll before it, followed by one ``SpeechAudio`` with the confirming run;
 * while in speech every frame is emitted as one ``SpeechAudio``;

@@ -52,9 +52,9 @@ def test_one_utterance_positions(rate: int) -> None:
     assert u.last_speech_end == ms(rate, 1800)
     assert u.reason == "silence"
     assert u.end - u.last_speech_end == ms(rate, 200)
-    # SpeechStarted is emitted as soon as the run is confirmed (5 frames at the defaults)
+    # SpeechStarted is emitted as soon as the run is confirmed (4 frames at the defaults: start_ms 40)
     started_at = r.emitted_at[[type(e) for e in r.events].index(SpeechStarted)]
-    assert started_at == u.start + 5 * frame
+    assert started_at == u.start + 4 * frame
 
 
 @pytest.mark.parametrize("rate", RATES)
