@@ -8,8 +8,10 @@ microseconds per frame; :class:`WebRtcClassifier` needs the ``webrtc`` extra.
 
 from __future__ import annotations
 
+import functools
 import math
-from typing import Protocol, runtime_checkable
+from collections.abc import Sequence
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 import numpy.typing as npt
@@ -162,7 +164,7 @@ class EnergyClassifier:
 _QUIET_SWING = 64
 
 
-def _quiet_frames(frames: Frames) -> list[bool]:
+def quiet_frames(frames: Frames) -> list[bool]:
     """Frames whose peak-to-peak swing is under 64 LSB (so rms < 32 LSB, 30 dB re 1 LSB²,
     the energy classifier's ``min_level_db``): digital silence, the μ-law idle pattern."""
     swing = frames.max(axis=1).astype(np.int32) - frames.min(axis=1)
@@ -172,7 +174,7 @@ def _quiet_frames(frames: Frames) -> list[bool]:
 class BandClassifier:
     """Per-band SNR in the voice band, against per-band noise floors (the ``bands`` classifier).
 
-    Why, for telephone speech (measured on bench/corpus, see BENCHMARKS.md):
+    Why, for telephone speech (measured on bench/corpus and bench/corpus_real, see BENCHMARKS.md):
 
     * only 300–3400 Hz counts: mains hum (50/60 Hz and low harmonics) and DC, which
       dominate a full-band level, are outside it;
@@ -183,32 +185,44 @@ class BandClassifier:
     * the frame score is the mean over bands of the positive SNR (dB above the floor), so
       a stray peak in one band of babble is diluted while speech, which lifts several
       bands at once, is not; hysteresis (``on_db`` to start, ``off_db`` to stay) keeps weak
-      endings in;
+      endings in, but only once ``latch_frames`` consecutive frames reached ``on_db``: a
+      click on the line (one loud frame) does not lower the bar for the noise after it;
     * floors fall quickly to quieter frames and rise slowly (faster outside speech), so
       they follow the line's noise, not the talker; a frame whose loudest band is below
-      ``min_level_db`` is digital silence: never speech and no floor update.
+      ``min_level_db`` is digital silence: never speech and no floor update;
+    * the floors are learnt from the line: the first frame that is not digital silence
+      sets them, whether the stream opened with it or with digital silence (a call that
+      opens silent and then brings up its line noise must not hear that noise as speech);
+      after that, digital silence (hold, mute) leaves them where the noise put them.
 
-    The spectrum is one float32 matmul against a fixed windowed cos/sin basis (DC
-    removed), the band powers a second one; the per-band arithmetic is plain Python on six
-    floats. About as cheap as a 256-point FFT call and with no per-sample Python loop.
+    Cost, the per-frame hot path (one 20 ms frame per Twilio packet): one int16→float32
+    copy into a preallocated buffer, ``np.dot`` against a fixed windowed cos/sin basis into
+    a preallocated output, an in-place square, a second ``np.dot`` summing bins into bands
+    (a constant row adds the ``1 +`` of the ratios for free), then plain Python on six
+    floats. :func:`classify_batch` shares the two matrix products across calls.
     """
 
     EDGES_HZ = (300.0, 500.0, 800.0, 1200.0, 1800.0, 2600.0, 3400.0)
 
     __slots__ = (
         "_basis",
-        "_buf",
         "_fall",
         "_floors",
         "_frame",
         "_group",
-        "_min_power",
+        "_informed",
+        "_initial_cap",
+        "_latch",
         "_nb",
         "_off_ratio",
         "_on_ratio",
+        "_pow",
         "_rise_noise",
         "_rise_speech",
-        "_speech",
+        "_run",
+        "_silence_ratio",
+        "_spec",
+        "_vec",
         "sample_rate",
     )
 
@@ -219,7 +233,9 @@ class BandClassifier:
         *,
         on_db: float = 5.0,
         off_db: float = 2.5,
+        latch_frames: int = 1,
         min_level_db: float = 20.0,
+        max_initial_floor_db: float = 40.0,
         rise_noise_db_s: float = 3.0,
         rise_speech_db_s: float = 0.3,
         fall: float = 0.1,
@@ -231,25 +247,12 @@ class BandClassifier:
         self.sample_rate = sample_rate
         frame = sample_rate * frame_ms // 1000
         self._frame = frame
-        edges = self.EDGES_HZ
-        # 100 Hz apart whatever the frame length: a filter bank, not an orthogonal transform.
-        freqs = np.arange(edges[0], edges[-1] + 1e-6, 100.0)
-        t = np.arange(frame) / sample_rate
-        window = np.hanning(frame + 2)[1:-1]
-        angle = 2 * np.pi * np.outer(t, freqs)
-        basis = np.concatenate([np.cos(angle), np.sin(angle)], axis=1) * window[:, None]
-        basis -= basis.mean(axis=0)  # a DC offset contributes nothing
-        nb = len(edges) - 1
-        band = np.clip(np.searchsorted(edges, freqs, side="right") - 1, 0, nb - 1)
-        group = np.zeros((2 * len(freqs), nb))
-        group[np.arange(len(freqs)), band] = 1.0
-        group[np.arange(len(freqs)) + len(freqs), band] = 1.0
-        # mean power per bin, scaled so white noise of variance σ² reads ≈ σ² in every band
-        group /= group.sum(axis=0) * float((window**2).sum()) / 2
-        self._basis = basis.astype(np.float32)
-        self._group = group.astype(np.float32)
+        self._basis, self._group = _band_matrices(sample_rate, frame)
+        nb = len(self.EDGES_HZ) - 1
         self._nb = nb
-        self._buf = np.zeros((1, frame), dtype=np.float32)
+        self._vec = np.ones(frame + 1, dtype=np.float32)
+        self._spec = np.zeros(self._basis.shape[1], dtype=np.float32)
+        self._pow = np.zeros(nb, dtype=np.float32)
         frames_per_s = 1000.0 / frame_ms
         # As power ratios: a floor rises at most ×rise per frame; speech when the product of
         # the bands' ratios above their floors exceeds on_db (off_db) per band on average.
@@ -258,9 +261,12 @@ class BandClassifier:
         self._fall = fall
         self._on_ratio: float = 10.0 ** (on_db * nb / 10.0)
         self._off_ratio: float = 10.0 ** (off_db * nb / 10.0)
-        self._min_power: float = 10.0 ** (min_level_db / 10.0) - 1.0
+        self._latch = max(1, latch_frames)
+        self._silence_ratio: float = 10.0 ** (min_level_db / 10.0)  # 1 + the min power
+        self._initial_cap: float = 10.0 ** (max_initial_floor_db / 10.0)
         self._floors: list[float] | None = None
-        self._speech = False
+        self._informed = False  # floors learnt from the line (not just digital silence)
+        self._run = 0  # consecutive speech frames; ≥ latch: hysteresis engaged
 
     @property
     def frame_samples(self) -> int:
@@ -268,52 +274,132 @@ class BandClassifier:
 
     @property
     def noise_floors_db(self) -> list[float] | None:
-        """The per-band noise floors (dB), lowest band first; None before the first non-silent frame."""
+        """The per-band noise floors (dB), lowest band first; None before the first frame."""
         return None if self._floors is None else [10.0 * math.log10(f) for f in self._floors]
+
+    def band_ratios(self, frames: Frames) -> list[list[float]]:
+        """Per frame, 1 + the mean power per bin of each band (≈ 1 + the variance of white noise)."""
+        if frames.shape[0] == 1:
+            vec = self._vec
+            vec[: self._frame] = frames[0]
+            spec = self._spec
+            np.dot(vec, self._basis, out=spec)
+            np.multiply(spec, spec, out=spec)
+            return [np.dot(spec, self._group, out=self._pow).tolist()]
+        return _band_ratios(self._basis, self._group, frames)
 
     def band_powers(self, frames: Frames) -> list[list[float]]:
         """Per frame, the mean power per bin of each band (linear, ≈ the variance of white noise)."""
-        if frames.shape[0] == 1:
-            buf = self._buf
-            buf[0] = frames[0]
-            y = buf @ self._basis
-        else:
-            y = frames.astype(np.float32) @ self._basis
-        y *= y
-        return (y @ self._group).tolist()  # type: ignore[no-any-return]
+        return [[r - 1.0 for r in row] for row in self.band_ratios(frames)]
 
     def classify(self, frames: Frames) -> list[bool]:
-        decide = self._decide
-        return [decide(powers) for powers in self.band_powers(frames)]
+        if frames.shape[0] == 1:  # the hot path, inlined: one 20 ms frame per Twilio packet
+            vec = self._vec
+            vec[: self._frame] = frames[0]
+            spec = self._spec
+            np.dot(vec, self._basis, out=spec)
+            np.multiply(spec, spec, out=spec)
+            return [self.decide(np.dot(spec, self._group, out=self._pow).tolist())]
+        decide = self.decide
+        return [decide(ratios) for ratios in _band_ratios(self._basis, self._group, frames)]
 
-    def _decide(self, powers: list[float]) -> bool:
-        """One frame. Works on power ratios (1 + p, so 0 is safe): the sum of per-band
-        positive SNRs in dB is the log of the product of the ratios above 1, and a dB step
-        on a floor is a power of its ratio, so there is no logarithm per band."""
-        if max(powers) <= self._min_power:
-            # Digital silence: no evidence about the line's noise. Floors the noise set stay
-            # (hold/mute silence must not make the resuming noise look like speech); before
-            # any noise they start at the minimum, so a stream opening with silence hears
-            # its first words.
-            if self._floors is None:
-                self._floors = [1.0 + self._min_power] * self._nb
-            self._speech = False
-            return False
+    @classmethod
+    def classify_batch(cls, classifiers: Sequence[BandClassifier], frames: Frames) -> list[bool]:
+        """One frame for each of many streams (row i → classifiers[i]): the matrix products once."""
+        first = classifiers[0]
+        if any(c._basis is not first._basis for c in classifiers):
+            return [c.classify(frames[i : i + 1])[0] for i, c in enumerate(classifiers)]
+        ratios = _band_ratios(first._basis, first._group, frames)
+        return [c.decide(r) for c, r in zip(classifiers, ratios, strict=True)]
+
+    def decide(self, ratios: list[float]) -> bool:
+        """One frame, given its per-band ``1 + power`` (from :meth:`band_ratios`).
+
+        Works on power ratios: the sum of per-band positive SNRs in dB is the log of the
+        product of the ratios above 1, and a dB step up on a floor is a factor, so there is
+        no logarithm per band."""
         floors = self._floors
-        if floors is None:
-            floors = self._floors = [1.0 + p for p in powers]
+        if not self._informed:
+            if max(ratios) <= self._silence_ratio:
+                # Digital silence before any line noise: floors at the minimum until the line shows.
+                if floors is None:
+                    self._floors = [self._silence_ratio] * self._nb
+                self._run = 0
+                return False
+            # The first frame that is not digital silence: the floors start at it. After
+            # digital silence, no higher than the loudest plausible line noise, so a talker
+            # who starts at once on a clean line is heard at once, while line noise coming
+            # up after the silence is learnt as noise, not heard as speech.
+            cap = self._initial_cap if floors is not None else math.inf
+            floors = self._floors = [r if r < cap else cap for r in ratios]
+            self._informed = True
+        elif max(ratios) <= self._silence_ratio:
+            # Digital silence (hold, mute): no evidence about the line's noise, so the floors
+            # the noise set stay, and the noise that resumes is not speech.
+            self._run = 0
+            return False
+        assert floors is not None
         product = 1.0
-        for p, fl in zip(powers, floors, strict=True):
-            if 1.0 + p > fl:
-                product *= (1.0 + p) / fl
-        speech = product > (self._off_ratio if self._speech else self._on_ratio)
-        rise = self._rise_speech if speech else self._rise_noise
+        for p, fl in zip(ratios, floors, strict=True):
+            if p > fl:
+                product *= p / fl
+        run = self._run
+        speech = product > (self._off_ratio if run >= self._latch else self._on_ratio)
+        if speech:
+            self._run = run + 1
+            rise = self._rise_speech
+        else:
+            self._run = 0
+            rise = self._rise_noise
         fall = self._fall
-        for b, (p, fl) in enumerate(zip(powers, floors, strict=True)):
-            r = (1.0 + p) / fl
-            floors[b] = fl * (r**fall if r < 1.0 else (r if r < rise else rise))
-        self._speech = speech
+        # Down: a fraction ``fall`` of the way to the frame's level in dB; up: to it, at most ×rise.
+        self._floors = [
+            fl * (p / fl) ** fall if p < fl else (p if p < fl * rise else fl * rise)
+            for p, fl in zip(ratios, floors, strict=True)
+        ]
         return speech
+
+
+@functools.cache
+def _band_matrices(sample_rate: int, frame: int) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]:
+    """The bands classifier's two fixed matrices for a rate and frame size, shared by every call."""
+    edges = BandClassifier.EDGES_HZ
+    # 100 Hz apart whatever the frame length: a filter bank, not an orthogonal transform.
+    freqs = np.arange(edges[0], edges[-1] + 1e-6, 100.0)
+    nf = len(freqs)
+    t = np.arange(frame) / sample_rate
+    window = np.hanning(frame + 2)[1:-1]
+    angle = 2 * np.pi * np.outer(t, freqs)
+    cols = np.concatenate([np.cos(angle), np.sin(angle)], axis=1) * window[:, None]
+    cols -= cols.mean(axis=0)  # a DC offset contributes nothing
+    # One extra input (always 1.0) feeding one extra output column (always 1.0), which
+    # the band sums add to every band: the products give 1 + power directly.
+    basis = np.zeros((frame + 1, 2 * nf + 1))
+    basis[:frame, : 2 * nf] = cols
+    basis[frame, 2 * nf] = 1.0
+    nb = len(edges) - 1
+    band = np.clip(np.searchsorted(edges, freqs, side="right") - 1, 0, nb - 1)
+    group = np.zeros((2 * nf + 1, nb))
+    group[np.arange(nf), band] = 1.0
+    group[np.arange(nf) + nf, band] = 1.0
+    # mean power per bin, scaled so white noise of variance σ² reads ≈ σ² in every band
+    group[: 2 * nf] /= group[: 2 * nf].sum(axis=0) * float((window**2).sum()) / 2
+    group[2 * nf] = 1.0
+    b32, g32 = basis.astype(np.float32), group.astype(np.float32)
+    b32.setflags(write=False)
+    g32.setflags(write=False)
+    return b32, g32
+
+
+def _band_ratios(basis: npt.NDArray[np.float32], group: npt.NDArray[np.float32], frames: Frames) -> list[list[float]]:
+    """1 + band powers for every row of ``frames`` (any number of rows), two matrix products."""
+    n = frames.shape[1]
+    x = np.empty((frames.shape[0], n + 1), dtype=np.float32)
+    x[:, :n] = frames
+    x[:, n] = 1.0
+    y = x @ basis
+    np.multiply(y, y, out=y)
+    return (y @ group).tolist()  # type: ignore[no-any-return]
 
 
 class WebRtcClassifier:
@@ -344,19 +430,55 @@ class WebRtcClassifier:
         data = np.ascontiguousarray(frames, dtype="<i2")
         # WebRTC's hangover calls the first frames of digital silence after noise speech
         # (a false utterance on every hold/mute); a frame this quiet is never speech.
-        quiet = _quiet_frames(data)
+        quiet = quiet_frames(data)
         return [not q and bool(vad.is_speech(row.tobytes(), rate)) for row, q in zip(data, quiet, strict=True)]
 
 
-CLASSIFIERS = ("bands", "energy", "webrtc")
+CLASSIFIERS = ("bands", "energy", "webrtc", "silero")
+
+
+@runtime_checkable
+class BatchClassifier(Protocol):
+    """A classifier that can judge one frame of each of many streams in one go (see :func:`classify_batch`)."""
+
+    @classmethod
+    def classify_batch(cls, classifiers: Sequence[Any], frames: Frames) -> list[bool]: ...
+
+
+def classify_batch(classifiers: Sequence[FrameClassifier], frames: Frames) -> list[bool]:
+    """One tick of many calls: row ``i`` of ``frames`` is the next frame of ``classifiers[i]``'s stream.
+
+    The answer is exactly ``[c.classify(frames[i:i+1])[0] for i, c in enumerate(classifiers)]``
+    (each classifier keeps its own state); when every classifier is of one kind that
+    batches (``bands``: its two matrix products; ``silero``: one ONNX inference) the heavy
+    part is done once for the whole batch. How a per-tick batch would use it (issue 13):
+    each call's Endpointer cuts its 20 ms packet into a frame, a ticker collects the frames
+    of all calls that have one, calls this once, and hands each call its decision.
+    """
+    n = len(classifiers)
+    if frames.ndim != 2 or frames.shape[0] != n:
+        raise ClassifierError(f"classify_batch: expected {n} frames, got shape {frames.shape}")
+    if n == 0:
+        return []
+    kind = type(classifiers[0])
+    if isinstance(classifiers[0], BatchClassifier) and all(type(c) is kind for c in classifiers):
+        return kind.classify_batch(classifiers, frames)  # type: ignore[attr-defined,no-any-return]
+    return [c.classify(frames[i : i + 1])[0] for i, c in enumerate(classifiers)]
 
 
 def make_classifier(name: str, sample_rate: int, *, frame_ms: int = 20) -> FrameClassifier:
-    """Build a fresh classifier by its config name (``bands``, ``energy`` or ``webrtc``)."""
+    """Build a fresh classifier by its config name (``bands``, ``energy``, ``webrtc`` or ``silero``).
+
+    ``silero`` needs the ``silero`` extra and judges its model's own window (32 ms at both
+    rates), whatever ``frame_ms`` says."""
     if name == "bands":
         return BandClassifier(sample_rate, frame_ms)
     if name == "energy":
         return EnergyClassifier(sample_rate, frame_ms)
     if name == "webrtc":
         return WebRtcClassifier(sample_rate, frame_ms)
+    if name == "silero":
+        from .silero import SileroClassifier
+
+        return SileroClassifier(sample_rate)
     raise ClassifierError(f"unknown classifier {name!r} (expected one of {', '.join(CLASSIFIERS)})")
