@@ -111,7 +111,7 @@ class EndpointingConfig(_Section):
     min_utterance_ms: Annotated[int, Meta(ge=0, le=10_000)] = 0
     # Speech confirmed again within merge_ms of the previous utterance's last speech frame continues it
     # (speech.started / transcript.final carry ``continues``; the turn stays open). 0 disables it.
-    merge_ms: Annotated[int, Meta(ge=0, le=5000)] = 300
+    merge_ms: Annotated[int, Meta(ge=0, le=5000)] = 600
     frame_ms: Literal[10, 20, 30] = 20
     turn_ms: Annotated[int, Meta(ge=0, le=60_000)] = 600
 
