@@ -82,7 +82,7 @@ def test_continuation_pre_roll_covers_the_gap_even_with_a_short_preroll(rate: in
     found = check(cfg, rate, sig, r)
     assert len(found) == 2 and found[1].continues
     assert found[1].preroll_start == found[0].end
-    (s1, a1, e1), (s2, a2, e2) = utterances(r.events)
+    (s1, a1, _e1), (s2, a2, e2) = utterances(r.events)
     both = np.concatenate([s1.preroll, *(a.pcm for a in a1), s2.preroll, *(a.pcm for a in a2)])
     assert np.array_equal(both, sig[s1.preroll_start : e2.end])
 
