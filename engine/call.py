@@ -68,6 +68,7 @@ class Utterance:
     audio_start_ms: float  # first pre-roll sample, on the call timeline
     speech_start_ms: float
     audio: UtteranceAudio = field(default_factory=UtteranceAudio)
+    continues: str | None = None  # the utterance_id this one continues (Endpointer continuation)
     reason: str = ""
     endpoint_ms: float = 0.0
     ended_at: float = 0.0  # trio clock when the endpoint was decided
@@ -144,6 +145,7 @@ class Call:
         self.batch_bytes = int(config.call.send_batch_ms * self.stt_bytes_per_ms)
         self.buffer_limit_bytes = int(config.call.audio_buffer_ms * self.stt_bytes_per_ms)
         self._current: Utterance | None = None
+        self._last_uid: str | None = None  # the latest utterance started: what a continuation continues
         self._to_stt: Resampler | None = None
         self._open: list[Utterance] = []  # utterances whose final has not arrived yet
         # Outcomes (finals, terminal errors) are emitted in utterance order: a later utterance's final waits
@@ -192,7 +194,8 @@ class Call:
             self.stats.frames_received += frames
         pcm = mulaw.decode(media.payload)
         self._handle(self.endpointer.push(self.to_endpointer.process(pcm)))
-        turn = self.turns.advance(self.endpointer.position * 1000 / self.ep_rate)
+        turn = self.turns.advance(self.endpointer.position * 1000 / self.ep_rate,
+                                  continuation_possible=self.endpointer.continuation_possible)
         if turn is not None:
             self._emit_turn(turn)
 
@@ -211,12 +214,14 @@ class Call:
     def _start_utterance(self, event: SpeechStarted) -> None:
         index = self.stats.utterances
         self.stats.utterances += 1
-        utt = Utterance(index, f"{self.utterance_prefix}:{index}", self._ms(event.preroll_start), self._ms(event.start))
+        utt = Utterance(index, f"{self.utterance_prefix}:{index}", self._ms(event.preroll_start), self._ms(event.start),
+                        continues=self._last_uid if event.continues else None)
         self._current = utt
+        self._last_uid = utt.uid
         self._to_stt = None if self.stt_rate == self.ep_rate else Resampler(self.ep_rate, self.stt_rate)
-        self.turns.speech_started()
+        self.turns.speech_started(continues=utt.continues is not None)
         self.emit(ev.SpeechStarted(call_sid=self.call_sid, stream_sid=self.stream_sid, utterance_id=utt.uid,
-                                   start_ms=utt.speech_start_ms))
+                                   start_ms=utt.speech_start_ms, continues=utt.continues))
         self._open.append(utt)
         self._append(event.preroll)
         self._spawn_send.send_nowait(utt)
@@ -432,6 +437,7 @@ class Call:
             call_sid=self.call_sid, stream_sid=self.stream_sid, utterance_id=utt.uid, text=result.text,
             confidence=result.confidence, start_ms=round(start_ms, 1), end_ms=round(end_ms, 1), words=words,
             latency=latency, source=source, pool_hit=attempt.lease.pool_hit, replayed=attempt.replay,
+            continues=utt.continues,
         ))
 
     def _emit_empty_final(self, utt: Utterance) -> None:
@@ -441,7 +447,7 @@ class Call:
         self._emit_outcome(utt, ev.TranscriptFinal(
             call_sid=self.call_sid, stream_sid=self.stream_sid, utterance_id=utt.uid, text="", confidence=None,
             start_ms=round(utt.speech_start_ms, 1), end_ms=round(utt.end_ms, 1),
-            source="end_of_stream" if utt.reason == "end_of_stream" else "finalize",
+            source="end_of_stream" if utt.reason == "end_of_stream" else "finalize", continues=utt.continues,
         ))
 
     # -- events ------------------------------------------------------------------------------------

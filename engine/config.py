@@ -103,10 +103,15 @@ class EndpointingConfig(_Section):
     # 40 ms → 4 frames of 20 ms confirm speech: at 5 dB SNR quiet utterances have only ~80 ms of
     # frames above the trigger (60 needed 5 frames and missed them).
     start_ms: Annotated[int, Meta(ge=10, le=2000)] = 40
-    end_ms: Annotated[int, Meta(ge=20, le=5000)] = 200
+    # Short hangover: the end (and the Finalize) is decided 80 ms after the last speech frame; a pause
+    # that turns out shorter than merge_ms becomes a continuation (see BENCHMARKS.md, issue 12).
+    end_ms: Annotated[int, Meta(ge=20, le=5000)] = 80
     preroll_ms: Annotated[int, Meta(ge=0, le=5000)] = 300
     max_utterance_ms: Annotated[int, Meta(ge=1000, le=600_000)] = 30_000
     min_utterance_ms: Annotated[int, Meta(ge=0, le=10_000)] = 0
+    # Speech confirmed again within merge_ms of the previous utterance's last speech frame continues it
+    # (speech.started / transcript.final carry ``continues``; the turn stays open). 0 disables it.
+    merge_ms: Annotated[int, Meta(ge=0, le=5000)] = 600
     frame_ms: Literal[10, 20, 30] = 20
     turn_ms: Annotated[int, Meta(ge=0, le=60_000)] = 600
 

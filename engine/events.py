@@ -48,10 +48,16 @@ class CallStarted(Event, tag="call.started"):
 
 
 class SpeechStarted(Event, tag="speech.started"):
-    """Sent at once when speech is confirmed (applications use it for barge-in)."""
+    """Sent at once when speech is confirmed (applications use it for barge-in).
+
+    ``continues``: the utterance_id this one continues (speech resumed within ``endpointing.merge_ms`` of
+    that utterance's last speech: the caller was not done), else None. The earlier utterance's final
+    stands as final for its audio; this one gets its own outcome, and the two belong to one turn.
+    """
 
     utterance_id: str
     start_ms: float
+    continues: str | None = None
 
 
 class SpeechEnded(Event, tag="speech.ended"):
@@ -86,6 +92,7 @@ class TranscriptFinal(Event, tag="transcript.final"):
     source: FinalSource = "finalize"
     pool_hit: bool | None = None
     replayed: bool = False
+    continues: str | None = None  # as on the utterance's speech.started: join this text after that utterance's
 
 
 class TurnEnded(Event, tag="turn.ended"):

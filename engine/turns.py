@@ -3,6 +3,11 @@
 Sans-IO: time is the call's audio position in ms (Twilio keeps sending during silence, so the
 timeline advances), passed in by the pipeline. Speech that starts again before ``turn_ms`` has
 passed continues the same turn.
+
+A continuation never ends a turn: while the endpointer could still confirm a continuation of the last
+utterance (``Endpointer.continuation_possible``, passed to :meth:`TurnTracker.advance`), the turn stays
+open whatever ``turn_ms`` says, so an utterance marked ``continues`` always joins the turn of the
+utterance it continues (even with ``turn_ms`` shorter than ``merge_ms``).
 """
 
 from __future__ import annotations
@@ -30,10 +35,13 @@ class TurnTracker:
     _start_ms: float = 0.0
     _last_end_ms: float = 0.0
     _open_utterances: int = 0
+    continuations: int = 0  # utterances joined to their turn as continuations (for stats and tests)
 
-    def speech_started(self) -> None:
-        """Speech holds the turn open, however long the silence before it was."""
+    def speech_started(self, *, continues: bool = False) -> None:
+        """Speech holds the turn open, however long the silence before it was. A continuation
+        (``continues``) joins the current turn: :meth:`advance` cannot have ended it, see the module doc."""
         self._open_utterances += 1
+        self.continuations += continues
 
     def utterance_done(self) -> None:
         """The utterance's final (or its error) has arrived; silence may now end the turn."""
@@ -49,9 +57,11 @@ class TurnTracker:
             self._ids.append(utterance_id)
         self._last_end_ms = max(self._last_end_ms, end_ms)
 
-    def advance(self, now_ms: float) -> Turn | None:
-        """Call as audio arrives; returns the turn once ``turn_ms`` of silence followed its last final."""
-        if not self._texts or self._open_utterances or now_ms - self._last_end_ms < self.turn_ms:
+    def advance(self, now_ms: float, *, continuation_possible: bool = False) -> Turn | None:
+        """Call as audio arrives; returns the turn once ``turn_ms`` of silence followed its last final and
+        no continuation of its last utterance can still be confirmed (``continuation_possible``)."""
+        if (not self._texts or self._open_utterances or continuation_possible
+                or now_ms - self._last_end_ms < self.turn_ms):
             return None
         return self.flush()
 

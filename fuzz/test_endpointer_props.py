@@ -4,8 +4,9 @@ Every example checks, via ``tests.endpointing.helpers.check``: well-formedness (
 Started/Audio/Ended alternation, forward motion, nothing open after end()), conservation
 (pre-roll + audio == the input slice), bounds (max_utterance_ms, pre-roll length, never
 into the previous utterance), latency (silence end ≤ end_ms + one frame after the last
-speech frame) and agreement with a plain reference model of the rules fed the same frame
-decisions. On top: chunking invariance, determinism, silence/DC/short bursts never start.
+speech frame), continuations (``continues`` iff the run starts within merge_ms of the previous
+last speech frame, pre-roll then exactly the gap) and agreement with a plain reference model of
+the rules fed the same frame decisions. On top: chunking invariance, determinism, silence/DC/short bursts never start.
 """
 
 from __future__ import annotations
@@ -93,6 +94,7 @@ def configs(draw: st.DrawFn) -> tuple[EndpointingConfig, int]:
         preroll_ms=draw(st.sampled_from([0, 10, 100, 300, 1000])),
         max_utterance_ms=draw(st.sampled_from([1000, 1500, 30000])),
         min_utterance_ms=draw(st.sampled_from([0, 0, 0, 300, 1200])),
+        merge_ms=draw(st.sampled_from([0, 100, 300, 600, 2000])),
     )
     return cfg, rate
 
@@ -140,7 +142,9 @@ def test_digital_silence_after_noise_never_starts_speech(
         x = rng.standard_normal(n) * level
     elif kind == "pink":
         x = np.cumsum(rng.standard_normal(n)) * level / 30
-        x -= np.convolve(x, np.ones(64) / 64, "same") if n else x
+        width = min(64, n)  # "same" returns max(len) samples: a window longer than x would grow it
+        if width:
+            x -= np.convolve(x, np.ones(width) / width, "same")
     elif kind == "tone":
         x = level * np.sin(2 * np.pi * 440 * t)
     else:

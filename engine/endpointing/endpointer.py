@@ -16,6 +16,15 @@ so any chunking yields identical events. The state machine:
   utterance reaches ``max_utterance_ms`` (a new one starts after ``start_ms`` more speech,
   without losing audio: its pre-roll covers the gap), or ``end_of_stream`` from :meth:`end`.
 
+Continuations (``merge_ms``): when speech is confirmed again and its run starts no more than
+``merge_ms`` after the previous utterance's last speech frame (``start - last_speech_end <=
+merge_ms``), the new utterance is a *continuation*: its ``SpeechStarted`` has ``continues=True``
+and its pre-roll reaches back to the previous utterance's end (whatever ``preroll_ms``), so the
+two are contiguous and no audio between them is lost. The previous utterance's end stands (its
+final is already on the way); the turn layer joins the two. ``merge_ms = 0`` disables it.
+:attr:`Endpointer.continuation_possible` says whether a continuation of the last utterance can
+still be confirmed, so the turn layer knows when a pause can no longer be one.
+
 ``min_utterance_ms``: an utterance is never ended by silence before it is this long
 (``end - start``); a shorter one keeps its hangover running until then. It keeps short
 replies ("네") from being finalised before a continuation, and caps how many tiny
@@ -58,9 +67,11 @@ class Endpointer:
         "_last_speech_end",
         "_max_end",
         "_max_frames",
+        "_merge",
         "_min_samples",
         "_pending",
         "_preroll",
+        "_prev_last_speech",
         "_ring",
         "_ring_end",
         "_ring_filled",
@@ -102,8 +113,11 @@ class Endpointer:
         self._preroll = samples(config.preroll_ms)
         self._max_frames = max(self._start_frames + 1, samples(config.max_utterance_ms) // frame)
         self._min_samples = samples(config.min_utterance_ms)
-        # History of idle audio (pre-roll + a confirming run), ending at the current frame base.
-        self._ring: Pcm = np.zeros(max(self._preroll + self._start_frames * frame, 1), dtype=np.int16)
+        self._merge = samples(config.merge_ms)
+        # History of idle audio (pre-roll, or a continuation's whole gap, + a confirming run), ending at
+        # the current frame base.
+        history = max(self._preroll, self._merge) + self._start_frames * frame
+        self._ring: Pcm = np.zeros(max(history, 1), dtype=np.int16)
         self._ring_pos = 0
         self._ring_filled = 0
         self._ring_end = 0
@@ -116,6 +130,7 @@ class Endpointer:
         self._utt_start = 0
         self._max_end = 0
         self._last_speech_end = 0
+        self._prev_last_speech: int | None = None  # last speech frame's end of the previous utterance
         self._closed = False
 
     @property
@@ -126,6 +141,18 @@ class Endpointer:
     def in_speech(self) -> bool:
         """True between a SpeechStarted and its SpeechEnded."""
         return self._in_speech
+
+    @property
+    def continuation_possible(self) -> bool:
+        """True while idle if speech could still be confirmed as a continuation of the last utterance:
+        a run of speech frames already under way, or one starting at the next frame, would begin
+        within ``merge_ms`` of its last speech frame. False in speech, before any utterance, and
+        with ``merge_ms = 0``."""
+        prev = self._prev_last_speech
+        if self._in_speech or prev is None or not self._merge:
+            return False
+        earliest = (self._frames_done - self._run) * self._frame
+        return earliest - prev <= self._merge
 
     def push(self, pcm: Pcm) -> list[EndpointEvent]:
         """Consume the next chunk of audio (any length); return the events it completes."""
@@ -195,6 +222,7 @@ class Endpointer:
                 reason = "max_length"
             if reason is not None:
                 events.append(SpeechEnded(end, reason, self._last_speech_end))
+                self._prev_last_speech = self._last_speech_end
                 in_speech = False
                 self._run = 0
                 self._forget(end)
@@ -207,7 +235,12 @@ class Endpointer:
     def _start(self, end: int) -> list[EndpointEvent]:
         """Speech confirmed on the frame ending at ``end``: emit Started + the confirming run."""
         start = end - self._run * self._frame
-        pre_start = max(start - self._preroll, self._ring_end - self._ring_filled)
+        prev = self._prev_last_speech
+        continues = prev is not None and self._merge > 0 and start - prev <= self._merge
+        earliest = self._ring_end - self._ring_filled  # the previous utterance's end, or the ring's capacity
+        # A continuation's pre-roll is its whole gap (the ring holds merge_ms + a run, so ``earliest`` is
+        # the previous end); otherwise preroll_ms, never into the previous utterance.
+        pre_start = earliest if continues else max(start - self._preroll, earliest)
         preroll = self._recall(pre_start, start)
         run = self._recall(start, end)
         self._forget(end)
@@ -216,7 +249,7 @@ class Endpointer:
         self._last_speech_end = end
         self._silence = 0
         self._run = 0
-        return [SpeechStarted(start, preroll, pre_start), SpeechAudio(start, run)]
+        return [SpeechStarted(start, preroll, pre_start, continues), SpeechAudio(start, run)]
 
     # History of idle audio: a ring holding the last pre-roll + confirming run, so the
     # hot idle path is one slice assignment, never an allocation.

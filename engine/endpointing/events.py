@@ -23,11 +23,16 @@ class SpeechStarted(msgspec.Struct, frozen=True, eq=False, gc=False):
 
     ``preroll`` is the audio in ``[preroll_start, start)``: what came just before, so the
     recogniser hears the onset. It never reaches back into the previous utterance.
+
+    ``continues``: the run began within ``merge_ms`` of the previous utterance's last speech frame,
+    so this utterance continues it (the caller paused briefly, or the previous one reached
+    ``max_utterance_ms``); its pre-roll then starts exactly at the previous utterance's end.
     """
 
     start: int
     preroll: Pcm
     preroll_start: int
+    continues: bool = False
 
 
 class SpeechAudio(msgspec.Struct, frozen=True, eq=False, gc=False):

@@ -93,7 +93,7 @@ def run(
 def key(ev: EndpointEvent) -> tuple[Any, ...]:
     """A comparable form of an event (arrays as bytes)."""
     if isinstance(ev, SpeechStarted):
-        return ("started", ev.start, ev.preroll_start, ev.preroll.tobytes())
+        return ("started", ev.start, ev.preroll_start, ev.preroll.tobytes(), ev.continues)
     if isinstance(ev, SpeechAudio):
         return ("audio", ev.start, ev.pcm.tobytes())
     return ("ended", ev.end, ev.reason, ev.last_speech_end)
@@ -106,6 +106,7 @@ class Utt:
     end: int
     reason: str
     last_speech_end: int
+    continues: bool = False
 
 
 def limits(cfg: EndpointingConfig, rate: int, frame: int) -> tuple[int, int, int, int, int]:
@@ -120,8 +121,10 @@ def limits(cfg: EndpointingConfig, rate: int, frame: int) -> tuple[int, int, int
 def reference(cfg: EndpointingConfig, rate: int, frame: int, decisions: Sequence[bool], total: int) -> list[Utt]:
     """The rules, written plainly over the per-frame decisions."""
     start_frames, end_frames, preroll, max_frames, min_samples = limits(cfg, rate, frame)
+    merge = cfg.merge_ms * rate // 1000
     utts: list[Utt] = []
     prev_end = 0
+    prev_last: int | None = None
     k = 0
     n = len(decisions)
     while k < n:
@@ -133,7 +136,9 @@ def reference(cfg: EndpointingConfig, rate: int, frame: int, decisions: Sequence
         if run < start_frames:
             break
         start = (k - run) * frame
-        pre = max(start - preroll, prev_end)
+        # a continuation: the run starts within merge_ms of the previous last speech; its pre-roll is the gap
+        cont = merge > 0 and prev_last is not None and start - prev_last <= merge
+        pre = prev_end if cont else max(start - preroll, prev_end)
         last = k * frame
         silence = 0
         ended = None
@@ -146,15 +151,16 @@ def reference(cfg: EndpointingConfig, rate: int, frame: int, decisions: Sequence
                 silence += 1
             k += 1
             if silence >= end_frames and end - start >= min_samples:
-                ended = Utt(start, pre, end, "silence", last)
+                ended = Utt(start, pre, end, "silence", last, cont)
                 break
             if end >= start + max_frames * frame:
-                ended = Utt(start, pre, end, "max_length", last)
+                ended = Utt(start, pre, end, "max_length", last, cont)
                 break
         if ended is None:
-            ended = Utt(start, pre, total, "end_of_stream", last)
+            ended = Utt(start, pre, total, "end_of_stream", last, cont)
         utts.append(ended)
         prev_end = ended.end
+        prev_last = ended.last_speech_end
     return utts
 
 
@@ -186,7 +192,9 @@ def check(cfg: EndpointingConfig, rate: int, signal: Pcm, r: Run) -> list[Utt]:
     assert r.after_end == []
     assert len(r.decisions) == len(signal) // frame
     groups = utterances(r.events)
+    merge = cfg.merge_ms * rate // 1000
     prev_end = 0
+    prev_last: int | None = None
     found = []
     for started, audio, ended in groups:
         # well-formedness and forward motion
@@ -202,8 +210,13 @@ def check(cfg: EndpointingConfig, rate: int, signal: Pcm, r: Run) -> list[Utt]:
         assert pos == ended.end, "audio does not reach SpeechEnded.end"
         got = np.concatenate([started.preroll, *(a.pcm for a in audio)])
         assert np.array_equal(got, signal[started.preroll_start : ended.end])
+        # continuation: iff the run starts within merge_ms of the previous last speech frame; then the
+        # pre-roll is the whole gap (contiguous with the previous utterance: nothing between them lost)
+        assert started.continues == (merge > 0 and prev_last is not None and started.start - prev_last <= merge)
+        if started.continues:
+            assert started.preroll_start == prev_end
         # bounds
-        assert started.start - started.preroll_start <= preroll
+        assert started.start - started.preroll_start <= max(preroll, merge if started.continues else 0)
         assert ended.end - started.start <= max_frames * frame <= cfg.max_utterance_ms * rate // 1000 + frame
         if ended.reason != "end_of_stream":
             assert ended.end % frame == 0
@@ -212,8 +225,10 @@ def check(cfg: EndpointingConfig, rate: int, signal: Pcm, r: Run) -> list[Utt]:
             bound = max(end_frames * frame, started.start + min_samples - ended.last_speech_end + frame)
             assert ended.end - ended.last_speech_end <= bound
             assert end_frames * frame <= cfg.end_ms * rate // 1000 + frame
-        found.append(Utt(started.start, started.preroll_start, ended.end, ended.reason, ended.last_speech_end))
+        found.append(Utt(started.start, started.preroll_start, ended.end, ended.reason, ended.last_speech_end,
+                         started.continues))
         prev_end = ended.end
+        prev_last = ended.last_speech_end
     # events are emitted as soon as the audio that completes them is in
     for ev, at in zip(r.events, r.emitted_at, strict=True):
         if isinstance(ev, SpeechEnded) and ev.reason != "end_of_stream":

@@ -51,7 +51,7 @@ def test_one_utterance_positions(rate: int) -> None:
     assert u.preroll_start == u.start - ms(rate, 300)
     assert u.last_speech_end == ms(rate, 1800)
     assert u.reason == "silence"
-    assert u.end - u.last_speech_end == ms(rate, 200)
+    assert u.end - u.last_speech_end == ms(rate, 80)  # the default hangover (end_ms)
     # SpeechStarted is emitted as soon as the run is confirmed (4 frames at the defaults: start_ms 40)
     started_at = r.emitted_at[[type(e) for e in r.events].index(SpeechStarted)]
     assert started_at == u.start + 4 * frame
@@ -98,7 +98,7 @@ def test_end_ms_hangover_and_pauses(rate: int, end_ms: int) -> None:
 @pytest.mark.parametrize("rate", RATES)
 @pytest.mark.parametrize("preroll_ms", [0, 100, 300, 1000])
 def test_preroll_ms(rate: int, preroll_ms: int) -> None:
-    c = cfg(preroll_ms=preroll_ms)
+    c = cfg(preroll_ms=preroll_ms, merge_ms=0)  # a continuation's pre-roll is its whole gap: off here
     sig = concat(silence(ms(rate, 700)), speechlike(ms(rate, 400), rate), silence(ms(rate, 400)), speechlike(ms(rate, 400), rate))
     r, found = utts(c, rate, sig)
     assert len(found) == 2
@@ -236,7 +236,7 @@ def test_sample_rate_default_and_override() -> None:
 @pytest.mark.parametrize("rate", RATES)
 def test_webrtc_classifier(rate: int) -> None:
     pytest.importorskip("webrtcvad")
-    c = cfg(classifier="webrtc")
+    c = cfg(classifier="webrtc", end_ms=200)  # its model drops out on this synthetic voice for ~100 ms
     sig = concat(silence(ms(rate, 800)), speechlike(ms(rate, 800), rate), silence(ms(rate, 800)))
     _r, found = utts(c, rate, sig)
     assert len(found) == 1

@@ -33,7 +33,8 @@ def test_defaults_match_the_architecture() -> None:
     assert c.budgets.lease >= c.budgets.connect
     assert (c.budgets.send, c.budgets.twilio_start, c.budgets.drain) == (1000, 5000, 30000)
     assert c.rtzr.pool.spare == 2 and c.rtzr.pool.max_idle_ms == 20000
-    assert c.endpointing.end_ms == 200 and c.endpointing.start_ms == 40 and c.endpointing.preroll_ms == 300
+    assert c.endpointing.end_ms == 80 and c.endpointing.merge_ms == 600
+    assert c.endpointing.start_ms == 40 and c.endpointing.preroll_ms == 300
     assert c.endpointing.turn_ms == 600
     assert c.endpointing.classifier == "bands"
     assert c.twilio.path == "/twilio/media"

@@ -11,7 +11,7 @@ import trio.testing
 from engine import events as ev
 from engine.budgets import Budgets
 from engine.call import Call
-from engine.config import BudgetsConfig, Config
+from engine.config import BudgetsConfig, Config, EndpointingConfig
 from engine.metrics import Registry
 from engine.rtzr.tracker import LeaseResult
 from engine.twilio.protocol import Media, MediaFormat, Started
@@ -68,7 +68,9 @@ async def test_a_later_utterance_answered_first_waits_for_the_earlier_one(autoju
     events: list[ev.Event] = []
     started = Started(stream_sid="MZ1", call_sid="CA1", account_sid="AC1", tracks=("inbound",), custom_parameters={},
                       media_format=MediaFormat(encoding="audio/x-mulaw", sample_rate=8000, channels=1))
-    call = Call(started, config=Config(), pool=pool, emit=events.append, metrics=Registry(),
+    # end_ms 200: one utterance per demo phrase (the default 80 makes its 90 ms word gaps continuations)
+    config = Config(endpointing=EndpointingConfig(end_ms=200))
+    call = Call(started, config=config, pool=pool, emit=events.append, metrics=Registry(),
                 budgets=Budgets(BudgetsConfig(finalize=10_000)))
     with trio.fail_after(60):
         async with trio.open_nursery() as nursery:

@@ -15,7 +15,7 @@ from engine import events as ev
 from engine.audio import mulaw
 from engine.budgets import BudgetExpired, Budgets
 from engine.call import Call
-from engine.config import BudgetsConfig, Config
+from engine.config import BudgetsConfig, Config, EndpointingConfig
 from engine.metrics import Registry
 from engine.rtzr.emulator import EmulatorConfig
 from engine.rtzr.stream import RtzrSocketLost
@@ -24,6 +24,9 @@ from engine.twilio.protocol import Media, MediaFormat, Started
 from engine.twilio.simulator import load_audio, simulate_call
 
 from .test_pipeline_e2e import DEMO, make_config, phrase_call, running_engine
+
+# end_ms 200: one utterance per demo phrase (the default 80 makes its 90 ms word gaps continuations)
+ONE_PER_PHRASE = Config(endpointing=EndpointingConfig(end_ms=200))
 
 
 def outcomes(events: list[ev.Event]) -> dict[str, tuple[int, int]]:
@@ -91,7 +94,7 @@ async def test_server_cut_final_then_unanswered_finalize_is_one_outcome(
     events: list[ev.Event] = []
     started = Started(stream_sid="MZ1", call_sid="CA1", account_sid="AC1", tracks=("inbound",), custom_parameters={},
                       media_format=MediaFormat(encoding="audio/x-mulaw", sample_rate=8000, channels=1))
-    call = Call(started, config=Config(), pool=OneLeasePool(), emit=events.append, metrics=Registry(),
+    call = Call(started, config=ONE_PER_PHRASE, pool=OneLeasePool(), emit=events.append, metrics=Registry(),
                 budgets=Budgets(BudgetsConfig(finalize=2000)))
     with trio.fail_after(60):
         async with trio.open_nursery() as nursery:
@@ -132,7 +135,7 @@ class CutThenLostPool:
 def _call(pool: object, events: list[ev.Event], budgets: BudgetsConfig) -> Call:
     started = Started(stream_sid="MZ1", call_sid="CA1", account_sid="AC1", tracks=("inbound",), custom_parameters={},
                       media_format=MediaFormat(encoding="audio/x-mulaw", sample_rate=8000, channels=1))
-    return Call(started, config=Config(), pool=pool, emit=events.append, metrics=Registry(), budgets=Budgets(budgets))
+    return Call(started, config=ONE_PER_PHRASE, pool=pool, emit=events.append, metrics=Registry(), budgets=Budgets(budgets))
 
 
 async def _play(call: Call, audio: bytes) -> None:

@@ -29,7 +29,10 @@ FRAME_MS = 20
 def make_config(*assignments: str) -> Config:
     return load(environ={}, cli=cli_overrides([
         "server.port=0", "server.admin_port=0", "server.allow_unsigned=true", "sinks.jsonl=",
-        "budgets.finalize=1500", *assignments,
+        "budgets.finalize=1500",
+        # one utterance per demo phrase (its words are 90 ms apart; the default end_ms 80 makes each word a
+        # continuation, tested in test_continuation_pipeline.py); these tests are about the pipeline
+        "endpointing.end_ms=200", *assignments,
     ]))
 
 

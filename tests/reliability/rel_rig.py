@@ -277,7 +277,10 @@ def rig_config(emu: Emulator, auth_base: str, *sets: str) -> Config:
         "server.port=0", "server.admin_port=0", "sinks.jsonl=", f"twilio.auth_token={TWILIO_TOKEN}",
         f"rtzr.api_base={auth_base}", f"rtzr.ws_url={emu.ws_url}", f"rtzr.client_id={RTZR_ID}",
         f"rtzr.client_secret={RTZR_SECRET}", "rtzr.pool.max_sessions=20", "rtzr.pool.token_min_remaining_ms=0",
-        "budgets.drain=5000", *sets]))
+        "budgets.drain=5000",
+        # one utterance per demo phrase (its words are 90 ms apart; end_ms 80 would make each word a
+        # continuation): these tests are about faults, the continuation policy is tested in tests/pipeline
+        "endpointing.end_ms=200", *sets]))
 
 
 @asynccontextmanager
