@@ -82,7 +82,8 @@ def _describe(event: ev.Event) -> str:
         lat = event.latency
         timing = f"  [total {lat.total_ms:.0f} ms: endpoint {lat.endpoint_ms:.0f} + lease {lat.lease_ms:.0f} " \
                  f"+ stt {lat.stt_ms:.0f}]" if lat else ""
-        return f"FINAL  «{event.text}»{timing}"
+        joins = f" (continues {event.continues.rsplit(':', 1)[-1]})" if event.continues else ""
+        return f"FINAL  «{event.text}»{joins}{timing}"
     if isinstance(event, ev.TurnEnded):
         return f"turn ended     «{event.text}»"
     if isinstance(event, ev.ErrorEvent):
@@ -93,26 +94,50 @@ def _describe(event: ev.Event) -> str:
     return ""
 
 
+def sentences(finals: list[ev.TranscriptFinal]) -> list[list[ev.TranscriptFinal]]:
+    """Group finals the way an application joins them: a final that ``continues`` an utterance joins its group."""
+    groups: list[list[ev.TranscriptFinal]] = []
+    group_of: dict[str, int] = {}
+    for final in finals:
+        index = group_of.get(final.continues) if final.continues else None
+        if index is None:
+            index = len(groups)
+            groups.append([])
+        groups[index].append(final)
+        group_of[final.utterance_id] = index
+    return groups
+
+
+def sentence_text(group: list[ev.TranscriptFinal]) -> str:
+    return " ".join(f.text for f in group if f.text)
+
+
 def latency_table(finals: list[ev.TranscriptFinal], labels: list[dict[str, Any]] | None = None) -> str:
-    """Per-utterance latency table plus medians, as the demo prints it."""
-    rows = ["utt  text                     endpoint   lease    stt    total  pool   text ok",
-            "---  -----------------------  --------  ------  -----  -------  -----  -------"]
+    """Per-sentence latency table plus medians, as the demo prints it.
+
+    A sentence is an utterance and its continuations (speech that resumed within ``merge_ms``); its latency
+    is its last final's: what the caller waits for once they stopped talking.
+    """
+    rows = ["utt  text                     parts  endpoint   lease    stt    total  pool   text ok",
+            "---  -----------------------  -----  --------  ------  -----  -------  -----  -------"]
     totals: list[float] = []
-    for i, final in enumerate(finals):
-        lat = final.latency
+    for i, group in enumerate(sentences(finals)):
+        text = sentence_text(group)
+        last = group[-1]
+        lat = last.latency
         expected = labels[i]["text"] if labels and i < len(labels) else None
-        ok = "-" if expected is None else ("yes" if final.text == expected else f"no ({expected})")
+        ok = "-" if expected is None else ("yes" if text == expected else f"no ({expected})")
         if lat is None:
-            rows.append(f"{i:>3}  {_pad(final.text, 23)}  (server end-point final)  {ok}")
+            rows.append(f"{i:>3}  {_pad(text, 23)}  {len(group):>5}  (server end-point final)  {ok}")
             continue
         totals.append(lat.total_ms)
-        pool = "hit" if final.pool_hit else "miss"
-        rows.append(f"{i:>3}  {_pad(final.text, 23)}  {lat.endpoint_ms:6.0f}ms  {lat.lease_ms:4.0f}ms  "
+        pool = "hit" if last.pool_hit else "miss"
+        rows.append(f"{i:>3}  {_pad(text, 23)}  {len(group):>5}  {lat.endpoint_ms:6.0f}ms  {lat.lease_ms:4.0f}ms  "
                     f"{lat.stt_ms:3.0f}ms  {lat.total_ms:5.0f}ms  {pool:<5}  {ok}")
     if totals:
         ordered = sorted(totals)
         rows.append(f"median total {ordered[len(ordered) // 2]:.0f} ms, max {ordered[-1]:.0f} ms "
-                    f"over {len(totals)} utterances (last speech audio → final emitted)")
+                    f"over {len(totals)} sentences (last speech audio → its last final emitted)")
     return "\n".join(rows)
 
 
@@ -193,7 +218,7 @@ def run_cli(args: argparse.Namespace) -> int:
     if result.ended is None:
         print("sori demo: the call did not end cleanly", file=sys.stderr)
         return 1
-    if labels is not None and [f.text for f in result.finals] != [p["text"] for p in labels]:
+    if labels is not None and [sentence_text(g) for g in sentences(result.finals)] != [p["text"] for p in labels]:
         print("sori demo: transcripts differ from the bundled call's labels", file=sys.stderr)
         return 1
     return 0
