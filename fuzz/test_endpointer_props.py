@@ -21,7 +21,7 @@ from tests.endpointing.helpers import check, key, limits, run
 
 
 def _classifiers() -> list[str]:
-    names = ["bands", "energy"]
+    names = ["bands", "bands-unmute", "energy"]
     try:
         import webrtcvad  # noqa: F401
 
