@@ -97,8 +97,10 @@ class RtzrConfig(_Section):
 class EndpointingConfig(_Section):
     """The local endpointer: short hangover for STT; turn taking is separate (turn_ms)."""
 
-    # bands: per-band SNR in 300–3400 Hz (see engine/endpointing/classifiers.py and BENCHMARKS.md)
-    classifier: Literal["bands", "energy", "webrtc", "silero"] = "bands"  # silero: the `silero` extra
+    # bands: per-band SNR in 300–3400 Hz (see engine/endpointing/classifiers.py and BENCHMARKS.md);
+    # bands-unmute: the same, with 60 ms after Twilio hold/mute (digital silence) in which the floors catch up
+    # with the resumed noise instead of hearing it as speech (the default: real calls have hold and mute).
+    classifier: Literal["bands-unmute", "bands", "energy", "webrtc", "silero"] = "bands-unmute"  # silero: extra
     sample_rate: Literal[8000, 16000] = 8000
     # 40 ms → 4 frames of 20 ms confirm speech: at 5 dB SNR quiet utterances have only ~80 ms of
     # frames above the trigger (60 needed 5 frames and missed them).
