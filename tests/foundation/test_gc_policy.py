@@ -56,10 +56,13 @@ def test_apply_default_leaves_the_collector_alone() -> None:
 
 
 async def _started(nursery: trio.Nursery, daemon: bool, config: Config) -> Engine:
+    engine: Engine
     if daemon:
-        return await nursery.start(lambda task_status: run_engine(config, "emulator", task_status=task_status))
-    return await nursery.start(lambda task_status: serve(config, stt="emulator", handle_signals=False,
-                                                          task_status=task_status))
+        engine = await nursery.start(lambda task_status: run_engine(config, "emulator", task_status=task_status))
+    else:
+        engine = await nursery.start(lambda task_status: serve(config, stt="emulator", handle_signals=False,
+                                                                task_status=task_status))
+    return engine
 
 
 async def _ready_and_settled(engine: Engine) -> None:

@@ -50,6 +50,29 @@ class Recognizer(Protocol):
     def recognize(self, samples: npt.NDArray[np.int16], rate: int) -> list[Token]: ...
 
 
+class SkipRecognizer:
+    """``--cheap``: no recognition at all, for load tests that must not spend the rig's CPU on text.
+
+    Every ``CHEAP_WORD_MS`` of the audio given becomes one word reading ``CHEAP_WORD`` (the last one
+    may be shorter), so interims, finals, word timings and their timeline positions behave as with
+    the phrasebook recogniser, at a cost that does not depend on the audio's content.
+    """
+
+    def recognize(self, samples: npt.NDArray[np.int16], rate: int) -> list[Token]:
+        total_ms = len(samples) * 1000.0 / rate
+        out: list[Token] = []
+        start = 0.0
+        while start < total_ms:
+            end = min(total_ms, start + CHEAP_WORD_MS)
+            out.append(Token(text=CHEAP_WORD, start_ms=start, end_ms=end, confidence=0.0))
+            start = end
+        return out
+
+
+CHEAP_WORD = "[에뮬레이터:인식생략]"
+CHEAP_WORD_MS = 500.0
+
+
 def placeholder_text(seconds: float) -> str:
     return f"[에뮬레이터: 인식되지 않은 음성 {seconds:.1f}초]"
 

@@ -24,7 +24,7 @@ from engine.log import get_logger
 from engine.rtzr.emulator.codec import DECODABLE
 from engine.rtzr.emulator.config import EmulatorConfig, Fault, FaultRule, parse_faults
 from engine.rtzr.emulator.phrasebook import load_phrasebook
-from engine.rtzr.emulator.recognizer import PhrasebookRecognizer, Recognizer
+from engine.rtzr.emulator.recognizer import PhrasebookRecognizer, Recognizer, SkipRecognizer
 from engine.rtzr.emulator.session import Abort, Action, Close, Send, SessionParams, StreamSession
 from engine.rtzr.emulator.tokens import TokenStore, parse_form
 from engine.rtzr.protocol import RtzrQueryError, parse_query
@@ -71,8 +71,10 @@ class Emulator:
 
     def __init__(self, config: EmulatorConfig | None = None, *, recognizer: Recognizer | None = None) -> None:
         self.config = config or EmulatorConfig()
-        self.recognizer: Recognizer = recognizer or PhrasebookRecognizer(
-            load_phrasebook(self.config.phrasebook_dir()), speech_dbfs=self.config.speech_dbfs)
+        if recognizer is None:
+            recognizer = SkipRecognizer() if self.config.cheap else PhrasebookRecognizer(
+                load_phrasebook(self.config.phrasebook_dir()), speech_dbfs=self.config.speech_dbfs)
+        self.recognizer: Recognizer = recognizer
         rules = parse_faults(self.config.faults)
         self._rules: list[FaultRule] = [r for r in rules if r.first is not None]
         self._injected: deque[Fault] = deque(r.fault for r in rules if r.first is None)
