@@ -143,10 +143,13 @@ def real_pid(proc: subprocess.Popen[bytes]) -> int:
 
 
 def start_emulator(port: int, *, max_sessions: int, log: Path, cpu: int | None,
-                   handshake_ms: int = 100, final_ms: int = 150, interim_ms: int = 1000) -> subprocess.Popen[bytes]:
+                   handshake_ms: int = 100, final_ms: int = 150, interim_ms: int = 1000,
+                   cheap: bool = False) -> subprocess.Popen[bytes]:
+    """``sori emulate-rtzr``; ``cheap`` skips recognition (placeholder words, same EPD/Finalize/EOS semantics)."""
     proc = spawn([PY, "-m", "engine", "emulate-rtzr", "--port", str(port), "--handshake-ms", str(handshake_ms),
-                  "--final-ms", str(final_ms), "--interim-ms", str(interim_ms), "--max-sessions", str(max_sessions), "--log-level", "warning",
-                  "--idle-timeout-s", "600"], cpu=cpu, log=log)
+                  "--final-ms", str(final_ms), "--interim-ms", str(interim_ms), "--max-sessions", str(max_sessions),
+                  "--log-level", "warning", "--idle-timeout-s", "600", *(["--cheap"] if cheap else [])],
+                 cpu=cpu, log=log)
     wait_port(port, proc)
     return proc
 
