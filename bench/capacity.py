@@ -68,6 +68,7 @@ class Step:
     rig_lag_p99: float = math.nan
     rig_lag_max: float = math.nan
     stalls: int = 0
+    others_cpu: float = math.nan  # every other process on the machine during the window, % of one core
     invalid: list[str] = field(default_factory=list)
 
     @property
@@ -119,6 +120,12 @@ def histogram_quantiles(metrics_text: str, name: str, qs: tuple[float, ...]) -> 
 
 def delta(after: dict[float, float], before: dict[float, float]) -> dict[float, float]:
     return {b: v - before.get(b, 0.0) for b, v in after.items()}
+
+
+def machine_busy_s() -> float:
+    """CPU seconds all cores spent on anything but idle and iowait since boot (/proc/stat)."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+    return (sum(fields[:8]) - fields[3] - fields[4]) / c.CLK_TCK
 
 
 def fetch(url: str) -> str:
@@ -196,16 +203,20 @@ def run_step(n: int, gc: str, corpus: list[c.CorpusCall], work: Path, *, args: a
             step.invalid.append("calls never all live")
         watch(time.monotonic() + args.settle_s)
         t_a = time.time()
+        busy_a = machine_busy_s()
         cpu_a = [c.CpuSample.take(p.pid) for p in (engine, gen, emulator)]
         hist_a = histogram_buckets(fetch(f"http://127.0.0.1:{admin}/metrics"), LAG_METRIC)
         watch(time.monotonic() + args.window_s)
         cpu_b = [c.CpuSample.take(p.pid) for p in (engine, gen, emulator)]
+        busy_b = machine_busy_s()
         hist_b = histogram_buckets(fetch(f"http://127.0.0.1:{admin}/metrics"), LAG_METRIC)
         t_b = time.time()
         if "first_done" in progress_events(progress):
             step.invalid.append("a call ended inside the window (raise --repeat)")
         step.window_s = t_b - t_a
         step.engine_cpu, step.loadgen_cpu, step.emulator_cpu = (b.percent_since(a) for a, b in zip(cpu_a, cpu_b, strict=True))
+        ours = sum(b.cpu_s - a.cpu_s for a, b in zip(cpu_a, cpu_b, strict=True))
+        step.others_cpu = max(0.0, 100 * (busy_b - busy_a - ours) / (cpu_b[0].wall - cpu_a[0].wall))
         window = delta(hist_b, hist_a)
         step.frames = int(window.get(math.inf, 0))
         step.lag_p50, step.lag_p99, step.lag_p999 = quantiles(window, (0.5, 0.99, 0.999))
@@ -258,15 +269,17 @@ def fmt_ms(v: float) -> str:
 
 def report(steps: list[Step]) -> str:
     lines = ["| calls | GC | verdict | engine CPU | RSS peak (idle) | RSS/call | frame lag p50 / p99 / p99.9 ms "
-             "| frames ≤ 20 ms | finals / utterances, lost | errors | rig CPU: loadgen, emulator | rig lag p99 / max |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| frames ≤ 20 ms | finals / utterances, lost | errors | rig CPU: loadgen, emulator | rig lag p99 / max "
+             "| other processes |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for s in steps:
         errs = f"{s.errors}" + (f" ({', '.join(f'{k} {v}' for k, v in s.error_kinds.items())})" if s.errors else "")
         lines.append(
             f"| {s.calls} | {s.gc} | **{s.verdict}** | {s.engine_cpu:.0f} % | {s.rss_peak_mib:.0f} MiB "
             f"({s.rss_idle_mib:.0f}) | {s.rss_per_call_kib:.0f} KiB | {fmt_ms(s.lag_p50)} / {fmt_ms(s.lag_p99)} / "
             f"{fmt_ms(s.lag_p999)} | {s.lag_le20_pct:.2f} % | {s.finals} / {s.utterances}, {s.lost} | {errs} | "
-            f"{s.loadgen_cpu:.0f} %, {s.emulator_cpu:.0f} % | {s.rig_lag_p99:.1f} / {s.rig_lag_max:.1f} ms |")
+            f"{s.loadgen_cpu:.0f} %, {s.emulator_cpu:.0f} % | {s.rig_lag_p99:.1f} / {s.rig_lag_max:.1f} ms | "
+            f"{s.others_cpu:.0f} % |")
     for s in steps:
         if s.invalid:
             lines.append(f"INVALID {s.calls} ({s.gc}): {'; '.join(s.invalid)}")
@@ -352,9 +365,10 @@ def run_rig_only(n: int, corpus: list[c.CorpusCall], work: Path, args: argparse.
         while "all_live" not in progress_events(progress) and time.monotonic() < deadline and gen.poll() is None:
             time.sleep(0.2)
         time.sleep(args.settle_s)
-        t_a, a, sa = time.time(), c.CpuSample.take(gen.pid), c.CpuSample.take(sink.pid)
+        t_a, a, sa, busy_a = time.time(), c.CpuSample.take(gen.pid), c.CpuSample.take(sink.pid), machine_busy_s()
         time.sleep(args.window_s)
-        t_b, b, sb = time.time(), c.CpuSample.take(gen.pid), c.CpuSample.take(sink.pid)
+        t_b, b, sb, busy_b = time.time(), c.CpuSample.take(gen.pid), c.CpuSample.take(sink.pid), machine_busy_s()
+        others = 100 * (busy_b - busy_a - (b.cpu_s - a.cpu_s) - (sb.cpu_s - sa.cpu_s)) / (b.wall - a.wall)
         truncated = "first_done" in progress_events(progress)
         gen.wait()
     finally:
@@ -367,7 +381,8 @@ def run_rig_only(n: int, corpus: list[c.CorpusCall], work: Path, args: argparse.
             f"{' (TRUNCATED: a call ended inside it)' if truncated else ''}\n"
             f"  load generator CPU {b.percent_since(a):.0f} % of one core; sender lag p99 {p99:.2f} ms, max {worst:.2f} ms; "
             f"whole run p50 {load['sender_lag_ms_p50']:.2f} / p99 {load['sender_lag_ms_p99']:.2f} / max "
-            f"{load['sender_lag_ms_max']:.2f} ms; socket-full stalls {load['stalls']}; sink CPU {sb.percent_since(sa):.0f} %")
+            f"{load['sender_lag_ms_max']:.2f} ms; socket-full stalls {load['stalls']}; sink CPU {sb.percent_since(sa):.0f} %; "
+            f"other processes {max(0.0, others):.0f} %")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -404,7 +419,8 @@ def main() -> int:
             results.append(run_step(n, gc, corpus, work, args=args))
             s = results[-1]
             print(f"  {n} calls, GC {gc}: {s.verdict}, engine {s.engine_cpu:.0f} %, lag p99 {fmt_ms(s.lag_p99)} ms, "
-                  f"rig {s.loadgen_cpu:.0f} % + {s.emulator_cpu:.0f} %, rig lag p99 {s.rig_lag_p99:.1f} ms", flush=True)
+                  f"rig {s.loadgen_cpu:.0f} % + {s.emulator_cpu:.0f} %, rig lag p99 {s.rig_lag_p99:.1f} ms, "
+                  f"other processes {s.others_cpu:.0f} %", flush=True)
     print(f"capacity: {len(corpus)} corpus calls × {args.repeat} plays per call, emulator "
           f"{'full' if args.full_emulator else '--cheap'}, window {args.window_s:g} s after all live + {args.settle_s:g} s, "
           f"settings {args.settings or 'default'}, "
