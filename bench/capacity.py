@@ -43,6 +43,10 @@ RULE_LAG_MS = 20.0
 RULE_CPU = 90.0
 
 
+class StepFailed(Exception):
+    """The step could not be measured (a process ended early)."""
+
+
 @dataclass
 class Step:
     calls: int
@@ -59,7 +63,8 @@ class Step:
     window_s: float = 0.0
     utterances: int = 0
     finals: int = 0
-    lost: int = 0
+    lost: int = 0  # utterances with no outcome at all (no final, no error)
+    incomplete: int = 0  # utterances with finals but not the closing one (its Finalize went unanswered)
     errors: int = 0
     error_kinds: dict[str, int] = field(default_factory=dict)
     calls_ok: int = 0
@@ -202,11 +207,15 @@ def run_step(n: int, gc: str, corpus: list[c.CorpusCall], work: Path, *, args: a
         if not watch(time.monotonic() + args.ramp_s + 60, "all_live"):
             step.invalid.append("calls never all live")
         watch(time.monotonic() + args.settle_s)
+        if gen.poll() is not None:
+            raise StepFailed("the load generator ended before the window")
         t_a = time.time()
         busy_a = machine_busy_s()
         cpu_a = [c.CpuSample.take(p.pid) for p in (engine, gen, emulator)]
         hist_a = histogram_buckets(fetch(f"http://127.0.0.1:{admin}/metrics"), LAG_METRIC)
         watch(time.monotonic() + args.window_s)
+        if gen.poll() is not None:
+            raise StepFailed("the load generator ended inside the window")
         cpu_b = [c.CpuSample.take(p.pid) for p in (engine, gen, emulator)]
         busy_b = machine_busy_s()
         hist_b = histogram_buckets(fetch(f"http://127.0.0.1:{admin}/metrics"), LAG_METRIC)
@@ -235,12 +244,15 @@ def run_step(n: int, gc: str, corpus: list[c.CorpusCall], work: Path, *, args: a
             if sum(e.get("type") == "call.ended" for e in c.read_events(events)) >= step.calls_ok:
                 break
             time.sleep(0.5)
+    except (StepFailed, RuntimeError, OSError, ValueError) as exc:
+        step.invalid.append(f"step failed: {exc}")
     finally:
         for proc in (gen, engine, emulator):
             if proc is not None:
                 c.stop(proc)
     started: set[str] = set()
     closed: set[str] = set()
+    answered: set[str] = set()
     for e in c.read_events(events):
         kind = e.get("type")
         if kind == "speech.started":
@@ -251,11 +263,16 @@ def run_step(n: int, gc: str, corpus: list[c.CorpusCall], work: Path, *, args: a
             step.error_kinds[k] = step.error_kinds.get(k, 0) + 1
             if e.get("utterance_id"):
                 closed.add(e["utterance_id"])
-        elif kind == "transcript.final" and e.get("latency"):
-            step.finals += 1
-            closed.add(e["utterance_id"])
+        elif kind == "transcript.final":
+            # Any final is an outcome (an utterance RTZR cut itself keeps its finals even if the closing one
+            # never came: the engine logs utterance_final_incomplete); the closing one carries the latency.
+            answered.add(e["utterance_id"])
+            if e.get("latency"):
+                step.finals += 1
+                closed.add(e["utterance_id"])
     step.utterances = len(started)
-    step.lost = len(started - closed)
+    step.lost = len(started - closed - answered)
+    step.incomplete = len((started & answered) - closed)
     if step.rig_lag_p99 > args.rig_lag_ms:
         step.invalid.append(f"load generator lag p99 {step.rig_lag_p99:.1f} ms > {args.rig_lag_ms:g}")
     if pin and step.loadgen_cpu + step.emulator_cpu > RULE_CPU:
@@ -269,7 +286,7 @@ def fmt_ms(v: float) -> str:
 
 def report(steps: list[Step]) -> str:
     lines = ["| calls | GC | verdict | engine CPU | RSS peak (idle) | RSS/call | frame lag p50 / p99 / p99.9 ms "
-             "| frames ≤ 20 ms | finals / utterances, lost | errors | rig CPU: loadgen, emulator | rig lag p99 / max "
+             "| frames ≤ 20 ms | closing finals / utterances, incomplete, lost | errors | rig CPU: loadgen, emulator | rig lag p99 / max "
              "| other processes |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for s in steps:
@@ -277,7 +294,7 @@ def report(steps: list[Step]) -> str:
         lines.append(
             f"| {s.calls} | {s.gc} | **{s.verdict}** | {s.engine_cpu:.0f} % | {s.rss_peak_mib:.0f} MiB "
             f"({s.rss_idle_mib:.0f}) | {s.rss_per_call_kib:.0f} KiB | {fmt_ms(s.lag_p50)} / {fmt_ms(s.lag_p99)} / "
-            f"{fmt_ms(s.lag_p999)} | {s.lag_le20_pct:.2f} % | {s.finals} / {s.utterances}, {s.lost} | {errs} | "
+            f"{fmt_ms(s.lag_p999)} | {s.lag_le20_pct:.2f} % | {s.finals} / {s.utterances}, {s.incomplete}, {s.lost} | {errs} | "
             f"{s.loadgen_cpu:.0f} %, {s.emulator_cpu:.0f} % | {s.rig_lag_p99:.1f} / {s.rig_lag_max:.1f} ms | "
             f"{s.others_cpu:.0f} % |")
     for s in steps:

@@ -151,8 +151,17 @@ class Ticker:
         self.start = 0.0
         self.calls = calls
         self.live = 0
+        self.failed = 0
         self.finished = 0
         self.progress = progress
+
+    def live_or_failed(self, live: int = 0, failed: int = 0) -> None:
+        """Count a call that started streaming or failed to connect; ``all_live`` once every call is one or the other."""
+        before = self.live + self.failed
+        self.live += live
+        self.failed += failed
+        if before < self.calls <= self.live + self.failed:
+            self.note("all_live")
 
     def note(self, event: str) -> None:
         if self.progress:
@@ -172,9 +181,7 @@ class Ticker:
                 k = conn.sent
                 if k == 0:
                     conn.t0 = due - FRAME_S
-                    self.live += 1
-                    if self.live == self.calls:
-                        self.note("all_live")
+                    self.live_or_failed(live=1)
                 if k < len(conn.frames.before):
                     conn.write(b"".join((conn.frames.before[k], conn.sid, conn.frames.after[k])))
                     conn.sent = k + 1
@@ -227,6 +234,7 @@ async def run_call(conn: Conn, host: str, port: int, path: str, ticker: Ticker, 
             await conn.stream.send_all(b"".join(client_text_frame(m.encode()) for m in head))
     except (OSError, ConnectionError, trio.TooSlowError, trio.BrokenResourceError) as exc:
         conn.fail(f"connect: {type(exc).__name__}: {exc}")
+        ticker.live_or_failed(failed=1)
         if conn.stream is not None:
             await trio.aclose_forcefully(conn.stream)
         elif conn.raw is not None:

@@ -21,11 +21,17 @@ def cheap_harness(**params: object) -> Harness:
     return h
 
 
-def test_skip_recognizer_tiles_the_audio_with_placeholder_words() -> None:
-    tokens = SkipRecognizer().recognize(np.zeros(8000 * 1200 // 1000, dtype=np.int16), 8000)
+def test_skip_recognizer_tiles_the_loud_audio_with_placeholder_words() -> None:
+    audio = np.concatenate([quiet(200), speechlike(1200), quiet(300)])
+    tokens = SkipRecognizer().recognize(audio, 8000)
     assert [t.text for t in tokens] == [CHEAP_WORD] * 3
-    assert [(t.start_ms, t.end_ms) for t in tokens] == [(0.0, CHEAP_WORD_MS), (CHEAP_WORD_MS, 1000.0), (1000.0, 1200.0)]
+    assert [(t.start_ms, t.end_ms) for t in tokens] == [
+        (200.0, 200.0 + CHEAP_WORD_MS), (200.0 + CHEAP_WORD_MS, 1200.0), (1200.0, 1400.0)]
     assert SkipRecognizer().recognize(np.zeros(0, dtype=np.int16), 8000) == []
+
+
+def test_quiet_audio_has_no_words() -> None:
+    assert SkipRecognizer().recognize(quiet(2000), 8000) == []
 
 
 def test_epd_final_keeps_its_timeline_with_placeholder_words() -> None:
@@ -61,10 +67,14 @@ def test_finalize_and_eos_answer_pending_audio() -> None:
     assert h.finals == []
     h.advance(0.02)
     assert len(h.finals) == 1 and CHEAP_WORD in h.finals[0].text
+    h.audio(quiet(300))
+    h.text(FINALIZE)
+    h.advance(0.2)
+    assert len(h.finals) == 2 and h.finals[1].text == "", "a final for silence alone has empty text, as with real text"
     h.audio(speechlike(400, seed=3))
     h.text("EOS")
     h.advance(0.2)
-    assert [f.seq for f in h.finals] == [0, 1]
+    assert [f.seq for f in h.finals] == [0, 1, 2]
     assert isinstance(h.actions[-1], Close) and h.actions[-1].code == 1000
 
 

@@ -72,7 +72,7 @@ class Emulator:
     def __init__(self, config: EmulatorConfig | None = None, *, recognizer: Recognizer | None = None) -> None:
         self.config = config or EmulatorConfig()
         if recognizer is None:
-            recognizer = SkipRecognizer() if self.config.cheap else PhrasebookRecognizer(
+            recognizer = SkipRecognizer(self.config.speech_dbfs) if self.config.cheap else PhrasebookRecognizer(
                 load_phrasebook(self.config.phrasebook_dir()), speech_dbfs=self.config.speech_dbfs)
         self.recognizer: Recognizer = recognizer
         rules = parse_faults(self.config.faults)
