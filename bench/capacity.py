@@ -27,6 +27,7 @@ import json
 import math
 import selectors
 import socket
+import subprocess
 import tempfile
 import time
 import urllib.error
@@ -74,6 +75,7 @@ class Step:
     rig_lag_max: float = math.nan
     stalls: int = 0
     others_cpu: float = math.nan  # every other process on the machine during the window, % of one core
+    calib_ms: tuple[float, float] = (math.nan, math.nan)  # core 0's time for a fixed job, before / after the step
     invalid: list[str] = field(default_factory=list)
 
     @property
@@ -127,6 +129,14 @@ def delta(after: dict[float, float], before: dict[float, float]) -> dict[float, 
     return {b: v - before.get(b, 0.0) for b, v in after.items()}
 
 
+def calibrate(pin: bool) -> float:
+    """CPU ms core 0 takes for a fixed pure-Python job (this shared VM's speed drifts by up to 1.5×)."""
+    job = "import time\nt = time.process_time()\ns = 0\nfor i in range(1_000_000): s += i * i % 7\n" \
+          "print(1000 * (time.process_time() - t))"
+    cmd = c.pinned([c.PY, "-c", job], 0 if pin else None)
+    return float(subprocess.run(cmd, capture_output=True, text=True, check=True).stdout)
+
+
 def machine_busy_s() -> float:
     """CPU seconds all cores spent on anything but idle and iowait since boot (/proc/stat)."""
     fields = [int(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
@@ -170,10 +180,15 @@ def window_lag(load: dict[str, Any], t_from: float, t_to: float) -> tuple[float,
 # one step
 
 
+def rig_cmd(cmd: list[str], args: argparse.Namespace) -> list[str]:
+    return cmd if args.no_rt else c.realtime(cmd)
+
+
 def run_step(n: int, gc: str, corpus: list[c.CorpusCall], work: Path, *, args: argparse.Namespace) -> Step:
     step = Step(n, gc)
     tag = f"{n}-{gc}"
     pin = not args.no_pin
+    before_ms = calibrate(pin)
     emu_port, port, admin = c.free_port(), c.free_port(), c.free_port()
     events = work / f"events-{tag}.jsonl"
     progress = work / f"progress-{tag}.jsonl"
@@ -190,9 +205,9 @@ def run_step(n: int, gc: str, corpus: list[c.CorpusCall], work: Path, *, args: a
         idle_rss = peak = c.proc_rss(engine.pid)
         stagger = min(20.0, args.ramp_s * 1000 / n)
         out = work / f"load-{tag}.json"
-        gen = c.spawn([c.PY, str(c.ROOT / "bench" / "loadgen.py"), f"ws://127.0.0.1:{port}/twilio/media",
+        gen = c.spawn(rig_cmd([c.PY, str(c.ROOT / "bench" / "loadgen.py"), f"ws://127.0.0.1:{port}/twilio/media",
                        "--calls", str(n), "--stagger-ms", f"{stagger:.3f}", "--repeat", str(args.repeat),
-                       "--progress", str(progress), "--out", str(out), "--audio", *[str(k.wav) for k in corpus]],
+                       "--progress", str(progress), "--out", str(out), "--audio", *[str(k.wav) for k in corpus]], args),
                       cpu=1 if pin else None, log=work / f"load-{tag}.log")
 
         def watch(until: float, event: str | None = None) -> bool:
@@ -250,6 +265,7 @@ def run_step(n: int, gc: str, corpus: list[c.CorpusCall], work: Path, *, args: a
         for proc in (gen, engine, emulator):
             if proc is not None:
                 c.stop(proc)
+    step.calib_ms = (before_ms, calibrate(pin))
     started: set[str] = set()
     closed: set[str] = set()
     answered: set[str] = set()
@@ -287,8 +303,8 @@ def fmt_ms(v: float) -> str:
 def report(steps: list[Step]) -> str:
     lines = ["| calls | GC | verdict | engine CPU | RSS peak (idle) | RSS/call | frame lag p50 / p99 / p99.9 ms "
              "| frames ≤ 20 ms | closing finals / utterances, incomplete, lost | errors | rig CPU: loadgen, emulator | rig lag p99 / max "
-             "| other processes |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| other processes | core 0 calibration before / after |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for s in steps:
         errs = f"{s.errors}" + (f" ({', '.join(f'{k} {v}' for k, v in s.error_kinds.items())})" if s.errors else "")
         lines.append(
@@ -296,7 +312,7 @@ def report(steps: list[Step]) -> str:
             f"({s.rss_idle_mib:.0f}) | {s.rss_per_call_kib:.0f} KiB | {fmt_ms(s.lag_p50)} / {fmt_ms(s.lag_p99)} / "
             f"{fmt_ms(s.lag_p999)} | {s.lag_le20_pct:.2f} % | {s.finals} / {s.utterances}, {s.incomplete}, {s.lost} | {errs} | "
             f"{s.loadgen_cpu:.0f} %, {s.emulator_cpu:.0f} % | {s.rig_lag_p99:.1f} / {s.rig_lag_max:.1f} ms | "
-            f"{s.others_cpu:.0f} % |")
+            f"{s.others_cpu:.0f} % | {s.calib_ms[0]:.0f} / {s.calib_ms[1]:.0f} ms |")
     for s in steps:
         if s.invalid:
             lines.append(f"INVALID {s.calls} ({s.gc}): {'; '.join(s.invalid)}")
@@ -373,9 +389,9 @@ def run_rig_only(n: int, corpus: list[c.CorpusCall], work: Path, args: argparse.
     progress = work / f"progress-rig-{n}.jsonl"
     out = work / f"load-rig-{n}.json"
     stagger = min(20.0, args.ramp_s * 1000 / n)
-    gen = c.spawn([c.PY, str(c.ROOT / "bench" / "loadgen.py"), f"ws://127.0.0.1:{port}/twilio/media",
+    gen = c.spawn(rig_cmd([c.PY, str(c.ROOT / "bench" / "loadgen.py"), f"ws://127.0.0.1:{port}/twilio/media",
                    "--calls", str(n), "--stagger-ms", f"{stagger:.3f}", "--repeat", str(args.repeat),
-                   "--progress", str(progress), "--out", str(out), "--audio", *[str(k.wav) for k in corpus]],
+                   "--progress", str(progress), "--out", str(out), "--audio", *[str(k.wav) for k in corpus]], args),
                   cpu=1 if pin else None, log=work / f"load-rig-{n}.log")
     try:
         deadline = time.monotonic() + args.ramp_s + 60
@@ -419,6 +435,7 @@ def main() -> int:
     p.add_argument("--full-emulator", action="store_true", help="phrasebook recognition instead of --cheap")
     p.add_argument("--set", dest="settings", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--no-pin", action="store_true")
+    p.add_argument("--no-rt", action="store_true", help="do not run the load generator SCHED_FIFO (chrt -f 1)")
     p.add_argument("--rig-only", type=int, metavar="CALLS", help="measure the load generator alone against a sink")
     p.add_argument("--serve-sink", type=int, metavar="PORT", help=argparse.SUPPRESS)
     args = p.parse_args()
@@ -437,11 +454,13 @@ def main() -> int:
             s = results[-1]
             print(f"  {n} calls, GC {gc}: {s.verdict}, engine {s.engine_cpu:.0f} %, lag p99 {fmt_ms(s.lag_p99)} ms, "
                   f"rig {s.loadgen_cpu:.0f} % + {s.emulator_cpu:.0f} %, rig lag p99 {s.rig_lag_p99:.1f} ms, "
-                  f"other processes {s.others_cpu:.0f} %", flush=True)
+                  f"other processes {s.others_cpu:.0f} %, calibration {s.calib_ms[0]:.0f} / {s.calib_ms[1]:.0f} ms",
+                  flush=True)
     print(f"capacity: {len(corpus)} corpus calls × {args.repeat} plays per call, emulator "
           f"{'full' if args.full_emulator else '--cheap'}, window {args.window_s:g} s after all live + {args.settle_s:g} s, "
           f"settings {args.settings or 'default'}, "
-          f"{'unpinned' if args.no_pin else 'pinned (engine core 0; emulator + load generator core 1)'}; {c.machine()}; "
+          f"{'unpinned' if args.no_pin else 'pinned (engine core 0; emulator + load generator core 1)'}"
+          f"{'' if args.no_rt else ', load generator SCHED_FIFO'}; {c.machine()}; "
           f"logs in {work}")
     print(report(results))
     return 0
