@@ -10,9 +10,10 @@ sender lag. Over the whole step: peak RSS (and per call above the ready, idle en
 errors.
 
 Verdict by the rule: PASS when frame lag p99 ≤ 20 ms over the window, no final lost, no error, every call
-connected, engine ≤ 90 % of one core. INVALID (the rig, not the engine, was measured) when the load
-generator's sender lag p99 in the window is above ``--rig-lag-ms`` or core 1 (load generator + emulator)
-was above 90 %, or the window did not fit inside the calls.
+connected, engine ≤ 90 % of one core. INVALID (the rig or the machine, not the engine, was measured) when
+the load generator's sender lag p99 in the window is above ``--rig-lag-ms``, core 1 (load generator +
+emulator) was above 90 %, other processes took more than ``--max-others`` % of the engine's core, or the
+window did not fit inside the calls. The load generator runs SCHED_FIFO (``chrt -f 1``) unless ``--no-rt``.
 
     .venv/bin/python bench/capacity.py --steps 100 200 300 --gc throughput default [--repeat 3]
     .venv/bin/python bench/capacity.py --rig-only 600     # load generator against a trivial sink on core 0
@@ -75,6 +76,7 @@ class Step:
     rig_lag_max: float = math.nan
     stalls: int = 0
     others_cpu: float = math.nan  # every other process on the machine during the window, % of one core
+    others_core0: float = math.nan  # of which on the engine's core (pinned runs)
     calib_ms: tuple[float, float] = (math.nan, math.nan)  # core 0's time for a fixed job, before / after the step
     invalid: list[str] = field(default_factory=list)
 
@@ -137,9 +139,11 @@ def calibrate(pin: bool) -> float:
     return float(subprocess.run(cmd, capture_output=True, text=True, check=True).stdout)
 
 
-def machine_busy_s() -> float:
-    """CPU seconds all cores spent on anything but idle and iowait since boot (/proc/stat)."""
-    fields = [int(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+def machine_busy_s(cpu: int | None = None) -> float:
+    """CPU seconds all cores (or core ``cpu``) spent on anything but idle and iowait since boot (/proc/stat)."""
+    name = "cpu" if cpu is None else f"cpu{cpu}"
+    line = next(x for x in Path("/proc/stat").read_text().splitlines() if x.split()[0] == name)
+    fields = [int(x) for x in line.split()[1:]]
     return (sum(fields[:8]) - fields[3] - fields[4]) / c.CLK_TCK
 
 
@@ -225,14 +229,14 @@ def run_step(n: int, gc: str, corpus: list[c.CorpusCall], work: Path, *, args: a
         if gen.poll() is not None:
             raise StepFailed("the load generator ended before the window")
         t_a = time.time()
-        busy_a = machine_busy_s()
+        busy_a, core0_a = machine_busy_s(), machine_busy_s(0)
         cpu_a = [c.CpuSample.take(p.pid) for p in (engine, gen, emulator)]
         hist_a = histogram_buckets(fetch(f"http://127.0.0.1:{admin}/metrics"), LAG_METRIC)
         watch(time.monotonic() + args.window_s)
         if gen.poll() is not None:
             raise StepFailed("the load generator ended inside the window")
         cpu_b = [c.CpuSample.take(p.pid) for p in (engine, gen, emulator)]
-        busy_b = machine_busy_s()
+        busy_b, core0_b = machine_busy_s(), machine_busy_s(0)
         hist_b = histogram_buckets(fetch(f"http://127.0.0.1:{admin}/metrics"), LAG_METRIC)
         t_b = time.time()
         if "first_done" in progress_events(progress):
@@ -241,6 +245,8 @@ def run_step(n: int, gc: str, corpus: list[c.CorpusCall], work: Path, *, args: a
         step.engine_cpu, step.loadgen_cpu, step.emulator_cpu = (b.percent_since(a) for a, b in zip(cpu_a, cpu_b, strict=True))
         ours = sum(b.cpu_s - a.cpu_s for a, b in zip(cpu_a, cpu_b, strict=True))
         step.others_cpu = max(0.0, 100 * (busy_b - busy_a - ours) / (cpu_b[0].wall - cpu_a[0].wall))
+        step.others_core0 = max(0.0, 100 * (core0_b - core0_a - (cpu_b[0].cpu_s - cpu_a[0].cpu_s))
+                                / (cpu_b[0].wall - cpu_a[0].wall))
         window = delta(hist_b, hist_a)
         step.frames = int(window.get(math.inf, 0))
         step.lag_p50, step.lag_p99, step.lag_p999 = quantiles(window, (0.5, 0.99, 0.999))
@@ -291,6 +297,8 @@ def run_step(n: int, gc: str, corpus: list[c.CorpusCall], work: Path, *, args: a
     step.incomplete = len((started & answered) - closed)
     if step.rig_lag_p99 > args.rig_lag_ms:
         step.invalid.append(f"load generator lag p99 {step.rig_lag_p99:.1f} ms > {args.rig_lag_ms:g}")
+    if pin and step.others_core0 > args.max_others:
+        step.invalid.append(f"other processes took {step.others_core0:.0f} % of the engine's core")
     if pin and step.loadgen_cpu + step.emulator_cpu > RULE_CPU:
         step.invalid.append(f"core 1 (load generator + emulator) at {step.loadgen_cpu + step.emulator_cpu:.0f} %")
     return step
@@ -312,7 +320,7 @@ def report(steps: list[Step]) -> str:
             f"({s.rss_idle_mib:.0f}) | {s.rss_per_call_kib:.0f} KiB | {fmt_ms(s.lag_p50)} / {fmt_ms(s.lag_p99)} / "
             f"{fmt_ms(s.lag_p999)} | {s.lag_le20_pct:.2f} % | {s.finals} / {s.utterances}, {s.incomplete}, {s.lost} | {errs} | "
             f"{s.loadgen_cpu:.0f} %, {s.emulator_cpu:.0f} % | {s.rig_lag_p99:.1f} / {s.rig_lag_max:.1f} ms | "
-            f"{s.others_cpu:.0f} % | {s.calib_ms[0]:.0f} / {s.calib_ms[1]:.0f} ms |")
+            f"{s.others_cpu:.0f} % ({s.others_core0:.0f} % on core 0) | {s.calib_ms[0]:.0f} / {s.calib_ms[1]:.0f} ms |")
     for s in steps:
         if s.invalid:
             lines.append(f"INVALID {s.calls} ({s.gc}): {'; '.join(s.invalid)}")
@@ -432,6 +440,8 @@ def main() -> int:
     p.add_argument("--window-s", type=float, default=20.0)
     p.add_argument("--spare", type=int, default=20, help="rtzr.pool.spare")
     p.add_argument("--rig-lag-ms", type=float, default=5.0, help="load generator lag p99 above this: INVALID")
+    p.add_argument("--max-others", type=float, default=10.0,
+                   help="other processes above this %% of the engine's core during the window: INVALID")
     p.add_argument("--full-emulator", action="store_true", help="phrasebook recognition instead of --cheap")
     p.add_argument("--set", dest="settings", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--no-pin", action="store_true")
@@ -454,7 +464,7 @@ def main() -> int:
             s = results[-1]
             print(f"  {n} calls, GC {gc}: {s.verdict}, engine {s.engine_cpu:.0f} %, lag p99 {fmt_ms(s.lag_p99)} ms, "
                   f"rig {s.loadgen_cpu:.0f} % + {s.emulator_cpu:.0f} %, rig lag p99 {s.rig_lag_p99:.1f} ms, "
-                  f"other processes {s.others_cpu:.0f} %, calibration {s.calib_ms[0]:.0f} / {s.calib_ms[1]:.0f} ms",
+                  f"other processes {s.others_cpu:.0f} % ({s.others_core0:.0f} % on core 0), calibration {s.calib_ms[0]:.0f} / {s.calib_ms[1]:.0f} ms",
                   flush=True)
     print(f"capacity: {len(corpus)} corpus calls × {args.repeat} plays per call, emulator "
           f"{'full' if args.full_emulator else '--cheap'}, window {args.window_s:g} s after all live + {args.settle_s:g} s, "
