@@ -1,66 +1,114 @@
-"""Capacity: ramp concurrent real-time calls against one engine process until it cannot keep up.
+"""Capacity: concurrent real-time calls one engine process carries, by the rule, with a rig that is checked too.
 
-Per step a fresh engine (``sori serve``) and emulator (``sori emulate-rtzr``, handshake 100 ms, final
-150 ms, sessions = calls) and the load generator (bench/loadgen.py) each run as their own process.
-Reported per step: engine CPU (% of one core, /proc), peak RSS and RSS per call above the idle
-engine, inbound frame lag p99 (``sori_twilio_frame_lag_ms``: a frame handled by the endpointer vs
-its due time), STT lag p99 (Finalize → final minus the emulator's 150 ms), finals delivered vs
-utterances started. Capacity = the largest step with frame lag p99 ≤ 20 ms, no final lost and
-CPU ≤ 90 % of one core.
+Per step a fresh engine (``sori serve``, pinned to core 0), a fresh RTZR emulator (``sori emulate-rtzr``,
+``--cheap`` by default: EPD/Finalize/EOS and timestamps without recognition; handshake 100 ms, final 150 ms)
+and ``bench/loadgen.py`` (both pinned to core 1). Every call plays a corpus call ``--repeat`` times. Once every
+call is streaming (the load generator's ``all_live``) and ``--settle-s`` later, a ``--window-s`` window is
+measured in which every call is live: engine CPU (% of one core, /proc), the engine's frame-lag histogram
+(``sori_twilio_frame_lag_ms``, window delta), the rig's CPU (load generator, emulator) and the load generator's
+sender lag. Over the whole step: peak RSS (and per call above the ready, idle engine), finals vs utterances,
+errors.
 
-    .venv/bin/python bench/capacity.py [--steps 50 100 200 400] [--repeat 2] [--set call.send_batch_ms=100]
+Verdict by the rule: PASS when frame lag p99 ≤ 20 ms over the window, no final lost, no error, every call
+connected, engine ≤ 90 % of one core. INVALID (the rig or the machine, not the engine, was measured) when
+the load generator's sender lag p99 in the window is above ``--rig-lag-ms``, core 1 (load generator +
+emulator) was above 90 %, other processes took more than ``--max-others`` % of the engine's core, or the
+window did not fit inside the calls. The load generator runs SCHED_FIFO (``chrt -f 1``) unless ``--no-rt``.
+
+    .venv/bin/python bench/capacity.py --steps 100 200 300 --gc throughput default [--repeat 3]
+    .venv/bin/python bench/capacity.py --rig-only 600     # load generator against a trivial sink on core 0
 """
 
 from __future__ import annotations
 
 import argparse
+import base64
+import hashlib
 import json
 import math
+import selectors
+import socket
+import subprocess
 import tempfile
 import time
+import urllib.error
 import urllib.request
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import _common as c
 
 FINAL_MS = 150
 LAG_METRIC = "sori_twilio_frame_lag_ms_bucket"
+RULE_LAG_MS = 20.0
+RULE_CPU = 90.0
+
+
+class StepFailed(Exception):
+    """The step could not be measured (a process ended early)."""
 
 
 @dataclass
 class Step:
     calls: int
-    cpu_pct: float = 0.0
-    rss_mib: float = 0.0
+    gc: str
+    engine_cpu: float = math.nan
+    rss_idle_mib: float = 0.0
+    rss_peak_mib: float = 0.0
     rss_per_call_kib: float = 0.0
-    frame_lag_p99: float = math.nan
-    frame_lag_p50: float = math.nan
-    stt_lag_p99: float = math.nan
+    lag_p50: float = math.nan
+    lag_p99: float = math.nan
+    lag_p999: float = math.nan
+    lag_le20_pct: float = math.nan
+    frames: int = 0
+    window_s: float = 0.0
     utterances: int = 0
     finals: int = 0
+    lost: int = 0  # utterances with no outcome at all (no final, no error)
+    incomplete: int = 0  # utterances with finals but not the closing one (its Finalize went unanswered)
     errors: int = 0
+    error_kinds: dict[str, int] = field(default_factory=dict)
     calls_ok: int = 0
-    sender_lag_p99: float = 0.0
-
-    @property
-    def lost(self) -> int:
-        return max(0, self.utterances - self.finals)
+    loadgen_cpu: float = math.nan
+    emulator_cpu: float = math.nan
+    rig_lag_p99: float = math.nan
+    rig_lag_max: float = math.nan
+    stalls: int = 0
+    others_cpu: float = math.nan  # every other process on the machine during the window, % of one core
+    others_core0: float = math.nan  # of which on the engine's core (pinned runs)
+    calib_ms: tuple[float, float] = (math.nan, math.nan)  # core 0's time for a fixed job, before / after the step
+    invalid: list[str] = field(default_factory=list)
 
     @property
     def passed(self) -> bool:
-        return self.frame_lag_p99 <= 20 and self.lost == 0 and self.errors == 0 and self.cpu_pct <= 90 \
-            and self.calls_ok == self.calls
+        return (self.lag_p99 <= RULE_LAG_MS and self.lost == 0 and self.errors == 0 and self.engine_cpu <= RULE_CPU
+                and self.calls_ok == self.calls)
+
+    @property
+    def verdict(self) -> str:
+        if self.invalid:
+            return "INVALID"
+        return "PASS" if self.passed else "FAIL"
 
 
-def histogram_quantiles(metrics_text: str, name: str, qs: tuple[float, ...]) -> list[float]:
-    """Upper bucket bounds holding each quantile of a Prometheus histogram (summed over label sets)."""
+# ---------------------------------------------------------------------------------------------
+# histogram deltas
+
+
+def histogram_buckets(metrics_text: str, name: str) -> dict[float, float]:
+    """Cumulative bucket counts of a Prometheus histogram, summed over label sets."""
     buckets: dict[float, float] = {}
     for line in metrics_text.splitlines():
         if line.startswith(name + "{"):
             le = line.split('le="', 1)[1].split('"', 1)[0]
             bound = math.inf if le == "+Inf" else float(le)
             buckets[bound] = buckets.get(bound, 0.0) + float(line.rsplit(" ", 1)[1])
+    return buckets
+
+
+def quantiles(buckets: dict[float, float], qs: tuple[float, ...]) -> list[float]:
+    """Upper bucket bound holding each quantile (cumulative buckets)."""
     ordered = sorted(buckets.items())
     total = ordered[-1][1] if ordered else 0.0
     out = []
@@ -74,99 +122,357 @@ def histogram_quantiles(metrics_text: str, name: str, qs: tuple[float, ...]) -> 
     return out
 
 
-def run_step(n: int, corpus: list[c.CorpusCall], work: Path, *, repeat: int, settings: list[str], pin: bool) -> Step:
-    step = Step(n)
+def histogram_quantiles(metrics_text: str, name: str, qs: tuple[float, ...]) -> list[float]:
+    """Upper bucket bounds holding each quantile of a Prometheus histogram (since the process started)."""
+    return quantiles(histogram_buckets(metrics_text, name), qs)
+
+
+def delta(after: dict[float, float], before: dict[float, float]) -> dict[float, float]:
+    return {b: v - before.get(b, 0.0) for b, v in after.items()}
+
+
+def calibrate(pin: bool) -> float:
+    """CPU ms core 0 takes for a fixed pure-Python job (this shared VM's speed drifts by up to 1.5×)."""
+    job = "import time\nt = time.process_time()\ns = 0\nfor i in range(1_000_000): s += i * i % 7\n" \
+          "print(1000 * (time.process_time() - t))"
+    cmd = c.pinned([c.PY, "-c", job], 0 if pin else None)
+    return float(subprocess.run(cmd, capture_output=True, text=True, check=True).stdout)
+
+
+def machine_busy_s(cpu: int | None = None) -> float:
+    """CPU seconds all cores (or core ``cpu``) spent on anything but idle and iowait since boot (/proc/stat)."""
+    name = "cpu" if cpu is None else f"cpu{cpu}"
+    line = next(x for x in Path("/proc/stat").read_text().splitlines() if x.split()[0] == name)
+    fields = [int(x) for x in line.split()[1:]]
+    return (sum(fields[:8]) - fields[3] - fields[4]) / c.CLK_TCK
+
+
+def fetch(url: str) -> str:
+    return urllib.request.urlopen(url, timeout=5).read().decode()
+
+
+def wait_ready(admin: int, proc: Any, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError("engine exited before ready")
+        try:
+            fetch(f"http://127.0.0.1:{admin}/readyz")
+            return
+        except (urllib.error.URLError, OSError):
+            time.sleep(0.2)
+    raise RuntimeError("engine not ready")
+
+
+def progress_events(path: Path) -> set[str]:
+    if not path.exists():
+        return set()
+    return {json.loads(line)["event"] for line in path.read_text().splitlines() if line.strip()}
+
+
+def window_lag(load: dict[str, Any], t_from: float, t_to: float) -> tuple[float, float]:
+    """Load generator tick lag (ms) p99 and max over the ticks due in [t_from, t_to) (wall clock)."""
+    start, step = float(load["tick_start_wall"]), float(load["tick_step_s"])
+    lags: list[float] = load["tick_lag_ms"]
+    lo = max(0, int((t_from - start) / step))
+    hi = min(len(lags), int((t_to - start) / step))
+    part = lags[lo:hi]
+    return (c.percentile(part, 99), max(part)) if part else (math.nan, math.nan)
+
+
+# ---------------------------------------------------------------------------------------------
+# one step
+
+
+def rig_cmd(cmd: list[str], args: argparse.Namespace) -> list[str]:
+    return cmd if args.no_rt else c.realtime(cmd)
+
+
+def run_step(n: int, gc: str, corpus: list[c.CorpusCall], work: Path, *, args: argparse.Namespace) -> Step:
+    step = Step(n, gc)
+    tag = f"{n}-{gc}"
+    pin = not args.no_pin
+    before_ms = calibrate(pin)
     emu_port, port, admin = c.free_port(), c.free_port(), c.free_port()
-    events = work / f"events-{n}.jsonl"
-    emulator = c.start_emulator(emu_port, max_sessions=n + 10, log=work / f"emu-{n}.log", cpu=1 if pin else None,
-                                final_ms=FINAL_MS)
-    engine = None
+    events = work / f"events-{tag}.jsonl"
+    progress = work / f"progress-{tag}.jsonl"
+    emulator = c.start_emulator(emu_port, max_sessions=n + 50, log=work / f"emu-{tag}.log", cpu=1 if pin else None,
+                                final_ms=FINAL_MS, cheap=not args.full_emulator)
+    engine = gen = None
     try:
-        engine = c.start_engine(port, admin, emu_port, events=events, log=work / f"engine-{n}.log",
+        engine = c.start_engine(port, admin, emu_port, events=events, log=work / f"engine-{tag}.log",
                                 cpu=0 if pin else None,
-                                settings=[f"rtzr.pool.max_sessions={n}", f"rtzr.pool.spare={max(2, n // 4)}",
-                                          f"server.admin_port={admin}", *settings])
-        time.sleep(2.0)
-        idle_rss = c.proc_rss(engine.pid)
-        out = work / f"load-{n}.json"
-        gen = c.spawn([c.PY, str(c.ROOT / "bench" / "loadgen.py"), f"ws://127.0.0.1:{port}/twilio/media",
-                       "--calls", str(n), "--stagger-ms", str(min(20.0, 4000 / n)), "--repeat", str(repeat),
-                       "--out", str(out), "--audio", *[str(k.wav) for k in corpus]],
-                      cpu=1 if pin else None, log=work / f"load-{n}.log")
-        before = c.CpuSample.take(engine.pid)
-        peak = idle_rss
-        while gen.poll() is None:
-            peak = max(peak, c.proc_rss(engine.pid))
-            time.sleep(0.5)
-        step.cpu_pct = c.CpuSample.take(engine.pid).percent_since(before)
-        step.rss_mib = peak / 2**20
+                                settings=[f"rtzr.pool.max_sessions={n + 20}", f"rtzr.pool.spare={args.spare}",
+                                          f"server.admin_port={admin}", f"server.gc_policy={gc}", *args.settings])
+        wait_ready(admin, engine)
+        time.sleep(1.0)
+        idle_rss = peak = c.proc_rss(engine.pid)
+        stagger = min(20.0, args.ramp_s * 1000 / n)
+        out = work / f"load-{tag}.json"
+        gen = c.spawn(rig_cmd([c.PY, str(c.ROOT / "bench" / "loadgen.py"), f"ws://127.0.0.1:{port}/twilio/media",
+                       "--calls", str(n), "--stagger-ms", f"{stagger:.3f}", "--repeat", str(args.repeat),
+                       "--progress", str(progress), "--out", str(out), "--audio", *[str(k.wav) for k in corpus]], args),
+                      cpu=1 if pin else None, log=work / f"load-{tag}.log")
+
+        def watch(until: float, event: str | None = None) -> bool:
+            nonlocal peak
+            while time.monotonic() < until and gen is not None and gen.poll() is None:
+                peak = max(peak, c.proc_rss(engine.pid))
+                if event is not None and event in progress_events(progress):
+                    return True
+                time.sleep(0.2)
+            return False
+
+        if not watch(time.monotonic() + args.ramp_s + 60, "all_live"):
+            step.invalid.append("calls never all live")
+        watch(time.monotonic() + args.settle_s)
+        if gen.poll() is not None:
+            raise StepFailed("the load generator ended before the window")
+        t_a = time.time()
+        busy_a, core0_a = machine_busy_s(), machine_busy_s(0)
+        cpu_a = [c.CpuSample.take(p.pid) for p in (engine, gen, emulator)]
+        hist_a = histogram_buckets(fetch(f"http://127.0.0.1:{admin}/metrics"), LAG_METRIC)
+        watch(time.monotonic() + args.window_s)
+        if gen.poll() is not None:
+            raise StepFailed("the load generator ended inside the window")
+        cpu_b = [c.CpuSample.take(p.pid) for p in (engine, gen, emulator)]
+        busy_b, core0_b = machine_busy_s(), machine_busy_s(0)
+        hist_b = histogram_buckets(fetch(f"http://127.0.0.1:{admin}/metrics"), LAG_METRIC)
+        t_b = time.time()
+        if "first_done" in progress_events(progress):
+            step.invalid.append("a call ended inside the window (raise --repeat)")
+        step.window_s = t_b - t_a
+        step.engine_cpu, step.loadgen_cpu, step.emulator_cpu = (b.percent_since(a) for a, b in zip(cpu_a, cpu_b, strict=True))
+        ours = sum(b.cpu_s - a.cpu_s for a, b in zip(cpu_a, cpu_b, strict=True))
+        step.others_cpu = max(0.0, 100 * (busy_b - busy_a - ours) / (cpu_b[0].wall - cpu_a[0].wall))
+        step.others_core0 = max(0.0, 100 * (core0_b - core0_a - (cpu_b[0].cpu_s - cpu_a[0].cpu_s))
+                                / (cpu_b[0].wall - cpu_a[0].wall))
+        window = delta(hist_b, hist_a)
+        step.frames = int(window.get(math.inf, 0))
+        step.lag_p50, step.lag_p99, step.lag_p999 = quantiles(window, (0.5, 0.99, 0.999))
+        step.lag_le20_pct = 100 * window.get(RULE_LAG_MS, 0) / step.frames if step.frames else math.nan
+        watch(time.monotonic() + 3600)
+        gen.wait()
+        step.rss_idle_mib = idle_rss / 2**20
+        step.rss_peak_mib = peak / 2**20
         step.rss_per_call_kib = (peak - idle_rss) / n / 1024
         load = json.loads(out.read_text())
         step.calls_ok = int(load["ok"])
-        step.sender_lag_p99 = float(load["sender_lag_ms_p99"])
+        step.stalls = int(load["stalls"])
+        step.rig_lag_p99, step.rig_lag_max = window_lag(load, t_a, t_b)
         deadline = time.monotonic() + 15
         while time.monotonic() < deadline:
             if sum(e.get("type") == "call.ended" for e in c.read_events(events)) >= step.calls_ok:
                 break
             time.sleep(0.5)
-        text = urllib.request.urlopen(f"http://127.0.0.1:{admin}/metrics", timeout=5).read().decode()
-        step.frame_lag_p50, step.frame_lag_p99 = histogram_quantiles(text, LAG_METRIC, (0.5, 0.99))
+    except (StepFailed, RuntimeError, OSError, ValueError) as exc:
+        step.invalid.append(f"step failed: {exc}")
     finally:
-        if engine is not None:
-            c.stop(engine)
-        c.stop(emulator)
-    stt: list[float] = []
+        for proc in (gen, engine, emulator):
+            if proc is not None:
+                c.stop(proc)
+    step.calib_ms = (before_ms, calibrate(pin))
+    started: set[str] = set()
+    closed: set[str] = set()
+    answered: set[str] = set()
     for e in c.read_events(events):
         kind = e.get("type")
         if kind == "speech.started":
-            step.utterances += 1
+            started.add(e["utterance_id"])
         elif kind == "error":
             step.errors += 1
-        elif kind == "transcript.final" and e.get("latency"):
-            step.finals += 1
-            stt.append(e["latency"]["stt_ms"] - FINAL_MS)
-    step.stt_lag_p99 = c.percentile(stt, 99)
+            k = str(e.get("kind") or e.get("code") or e.get("stage") or "?")
+            step.error_kinds[k] = step.error_kinds.get(k, 0) + 1
+            if e.get("utterance_id"):
+                closed.add(e["utterance_id"])
+        elif kind == "transcript.final":
+            # Any final is an outcome (an utterance RTZR cut itself keeps its finals even if the closing one
+            # never came: the engine logs utterance_final_incomplete); the closing one carries the latency.
+            answered.add(e["utterance_id"])
+            if e.get("latency"):
+                step.finals += 1
+                closed.add(e["utterance_id"])
+    step.utterances = len(started)
+    step.lost = len(started - closed - answered)
+    step.incomplete = len((started & answered) - closed)
+    if step.rig_lag_p99 > args.rig_lag_ms:
+        step.invalid.append(f"load generator lag p99 {step.rig_lag_p99:.1f} ms > {args.rig_lag_ms:g}")
+    if pin and step.others_core0 > args.max_others:
+        step.invalid.append(f"other processes took {step.others_core0:.0f} % of the engine's core")
+    if pin and step.loadgen_cpu + step.emulator_cpu > RULE_CPU:
+        step.invalid.append(f"core 1 (load generator + emulator) at {step.loadgen_cpu + step.emulator_cpu:.0f} %")
     return step
 
 
+def fmt_ms(v: float) -> str:
+    return "–" if math.isnan(v) else ("> 5000" if math.isinf(v) else f"{v:g}")
+
+
 def report(steps: list[Step]) -> str:
-    lines = ["calls  engine CPU  peak RSS  RSS/call  frame lag p50/p99  STT lag p99  finals/utterances  errors  "
-             "sender lag p99  ok",
-             "-----  ----------  --------  --------  -----------------  -----------  -----------------  ------  "
-             "--------------  --"]
+    lines = ["| calls | GC | verdict | engine CPU | RSS peak (idle) | RSS/call | frame lag p50 / p99 / p99.9 ms "
+             "| frames ≤ 20 ms | closing finals / utterances, incomplete, lost | errors | rig CPU: loadgen, emulator | rig lag p99 / max "
+             "| other processes | core 0 calibration before / after |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for s in steps:
-        lines.append(f"{s.calls:5d}  {s.cpu_pct:9.0f}%  {s.rss_mib:6.0f}Mi  {s.rss_per_call_kib:6.0f}Ki  "
-                     f"{s.frame_lag_p50:7.0f} /{s.frame_lag_p99:6.0f} ms  {s.stt_lag_p99:8.0f} ms  "
-                     f"{s.finals:8d}/{s.utterances:<8d}  {s.errors:6d}  {s.sender_lag_p99:11.1f} ms  "
-                     f"{'yes' if s.passed else 'no'}")
-    passed = [s.calls for s in steps if s.passed]
-    lines.append(f"capacity: {max(passed) if passed else 0} concurrent real-time calls "
-                 "(frame lag p99 ≤ 20 ms, no final lost, CPU ≤ 90 % of one core)")
+        errs = f"{s.errors}" + (f" ({', '.join(f'{k} {v}' for k, v in s.error_kinds.items())})" if s.errors else "")
+        lines.append(
+            f"| {s.calls} | {s.gc} | **{s.verdict}** | {s.engine_cpu:.0f} % | {s.rss_peak_mib:.0f} MiB "
+            f"({s.rss_idle_mib:.0f}) | {s.rss_per_call_kib:.0f} KiB | {fmt_ms(s.lag_p50)} / {fmt_ms(s.lag_p99)} / "
+            f"{fmt_ms(s.lag_p999)} | {s.lag_le20_pct:.2f} % | {s.finals} / {s.utterances}, {s.incomplete}, {s.lost} | {errs} | "
+            f"{s.loadgen_cpu:.0f} %, {s.emulator_cpu:.0f} % | {s.rig_lag_p99:.1f} / {s.rig_lag_max:.1f} ms | "
+            f"{s.others_cpu:.0f} % ({s.others_core0:.0f} % on core 0) | {s.calib_ms[0]:.0f} / {s.calib_ms[1]:.0f} ms |")
+    for s in steps:
+        if s.invalid:
+            lines.append(f"INVALID {s.calls} ({s.gc}): {'; '.join(s.invalid)}")
+        if s.calls_ok != s.calls:
+            lines.append(f"{s.calls} ({s.gc}): only {s.calls_ok} calls connected")
+    for gc in dict.fromkeys(s.gc for s in steps):
+        passed = [s.calls for s in steps if s.gc == gc and s.verdict == "PASS"]
+        lines.append(f"capacity with GC {gc}: {max(passed) if passed else 'below the smallest step'} calls by the rule "
+                     f"(frame lag p99 ≤ 20 ms in the all-live window, no final lost, no error, engine ≤ 90 %)")
     return "\n".join(lines)
 
 
-def run(steps: list[int], *, repeat: int, settings: list[str], pin: bool, stop_after_fail: bool = True) -> str:
-    corpus = c.load_corpus()
-    work = Path(tempfile.mkdtemp(prefix="sori-capacity-"))
-    results: list[Step] = []
-    for n in steps:
-        results.append(run_step(n, corpus, work, repeat=repeat, settings=settings, pin=pin))
-        print(f"  done: {n} calls", flush=True)
-        if stop_after_fail and not results[-1].passed and results[-1].cpu_pct > 95:
-            break  # saturated: larger steps only take longer to say the same
-    head = (f"capacity: {len(corpus)} corpus calls × {repeat} plays per call, settings {settings or 'default'}, "
-            f"{'pinned (engine core 0; emulator + load core 1)' if pin else 'unpinned'}; {c.machine()}; logs in {work}")
-    return head + "\n" + report(results)
+# ---------------------------------------------------------------------------------------------
+# the rig alone: load generator against a trivial Twilio sink
+
+
+def serve_sink(port: int) -> None:
+    """A WebSocket server that accepts every upgrade, discards what arrives and closes after ``stop``.
+
+    One selector loop, no frame parsing (the load generator's zero-key masking leaves the JSON in clear):
+    the cheapest possible peer, so the load generator's figures are its own.
+    """
+    guid = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+    sel = selectors.DefaultSelector()
+    lsock = socket.socket()
+    lsock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    lsock.bind(("127.0.0.1", port))
+    lsock.listen(4096)
+    lsock.setblocking(False)
+    sel.register(lsock, selectors.EVENT_READ, None)
+    state: dict[socket.socket, list[Any]] = {}  # sock -> [upgraded, buffer/tail]
+    while True:
+        for key, _ in sel.select():
+            if key.data is None:
+                conn, _addr = lsock.accept()
+                conn.setblocking(False)
+                state[conn] = [False, b""]
+                sel.register(conn, selectors.EVENT_READ, 1)
+                continue
+            sock: socket.socket = key.fileobj  # type: ignore[assignment]
+            try:
+                data = sock.recv(262144)
+            except OSError:
+                data = b""
+            st = state[sock]
+            if not data:
+                sel.unregister(sock)
+                sock.close()
+                del state[sock]
+                continue
+            buf = st[1] + data
+            if not st[0]:
+                if b"\r\n\r\n" not in buf:
+                    st[1] = buf
+                    continue
+                head = buf.split(b"\r\n\r\n", 1)[0].decode("latin-1")
+                wskey = next(line.split(":", 1)[1].strip() for line in head.split("\r\n")
+                             if line.lower().startswith("sec-websocket-key:"))
+                accept = base64.b64encode(hashlib.sha1(wskey.encode() + guid).digest())
+                sock.sendall(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                             b"Sec-WebSocket-Accept: " + accept + b"\r\n\r\n")
+                st[0] = True
+            if b'"event":"stop"' in buf:
+                sock.send(b"\x88\x02\x03\xe8")  # close 1000; the client answers, then the TCP close ends it
+            st[1] = buf[-32:]
+
+
+def run_rig_only(n: int, corpus: list[c.CorpusCall], work: Path, args: argparse.Namespace) -> str:
+    pin = not args.no_pin
+    port = c.free_port()
+    sink = c.spawn([c.PY, str(Path(__file__).resolve()), "--serve-sink", str(port)], cpu=0 if pin else None,
+                   log=work / "sink.log")
+    c.wait_port(port, sink)
+    progress = work / f"progress-rig-{n}.jsonl"
+    out = work / f"load-rig-{n}.json"
+    stagger = min(20.0, args.ramp_s * 1000 / n)
+    gen = c.spawn(rig_cmd([c.PY, str(c.ROOT / "bench" / "loadgen.py"), f"ws://127.0.0.1:{port}/twilio/media",
+                   "--calls", str(n), "--stagger-ms", f"{stagger:.3f}", "--repeat", str(args.repeat),
+                   "--progress", str(progress), "--out", str(out), "--audio", *[str(k.wav) for k in corpus]], args),
+                  cpu=1 if pin else None, log=work / f"load-rig-{n}.log")
+    try:
+        deadline = time.monotonic() + args.ramp_s + 60
+        while "all_live" not in progress_events(progress) and time.monotonic() < deadline and gen.poll() is None:
+            time.sleep(0.2)
+        time.sleep(args.settle_s)
+        t_a, a, sa, busy_a = time.time(), c.CpuSample.take(gen.pid), c.CpuSample.take(sink.pid), machine_busy_s()
+        time.sleep(args.window_s)
+        t_b, b, sb, busy_b = time.time(), c.CpuSample.take(gen.pid), c.CpuSample.take(sink.pid), machine_busy_s()
+        others = 100 * (busy_b - busy_a - (b.cpu_s - a.cpu_s) - (sb.cpu_s - sa.cpu_s)) / (b.wall - a.wall)
+        truncated = "first_done" in progress_events(progress)
+        gen.wait()
+    finally:
+        c.stop(gen)
+        c.stop(sink)
+    load = json.loads(out.read_text())
+    p99, worst = window_lag(load, t_a, t_b)
+    return (f"rig only: {n} calls, load generator ({'core 1' if pin else 'unpinned'}) → trivial sink "
+            f"({'core 0' if pin else 'unpinned'}); {load['ok']}/{n} calls ok; window {t_b - t_a:.0f} s"
+            f"{' (TRUNCATED: a call ended inside it)' if truncated else ''}\n"
+            f"  load generator CPU {b.percent_since(a):.0f} % of one core; sender lag p99 {p99:.2f} ms, max {worst:.2f} ms; "
+            f"whole run p50 {load['sender_lag_ms_p50']:.2f} / p99 {load['sender_lag_ms_p99']:.2f} / max "
+            f"{load['sender_lag_ms_max']:.2f} ms; socket-full stalls {load['stalls']}; sink CPU {sb.percent_since(sa):.0f} %; "
+            f"other processes {max(0.0, others):.0f} %")
+
+
+# ---------------------------------------------------------------------------------------------
 
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--steps", type=int, nargs="+", default=[50, 100, 200, 400])
-    p.add_argument("--repeat", type=int, default=2, help="plays of the ~14 s corpus call per call (step duration)")
+    p.add_argument("--steps", type=int, nargs="+", default=[100, 200, 300])
+    p.add_argument("--gc", nargs="+", default=["throughput", "default"], choices=["throughput", "default"],
+                   help="server.gc_policy values; each step runs once per value, in this order")
+    p.add_argument("--repeat", type=int, default=3, help="plays of the ~18 s corpus call per call")
+    p.add_argument("--ramp-s", type=float, default=4.0, help="spread the calls' starts over this long (max 20 ms apart)")
+    p.add_argument("--settle-s", type=float, default=3.0, help="after every call is live, before the window")
+    p.add_argument("--window-s", type=float, default=20.0)
+    p.add_argument("--spare", type=int, default=20, help="rtzr.pool.spare")
+    p.add_argument("--rig-lag-ms", type=float, default=5.0, help="load generator lag p99 above this: INVALID")
+    p.add_argument("--max-others", type=float, default=10.0,
+                   help="other processes above this %% of the engine's core during the window: INVALID")
+    p.add_argument("--full-emulator", action="store_true", help="phrasebook recognition instead of --cheap")
     p.add_argument("--set", dest="settings", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--no-pin", action="store_true")
+    p.add_argument("--no-rt", action="store_true", help="do not run the load generator SCHED_FIFO (chrt -f 1)")
+    p.add_argument("--rig-only", type=int, metavar="CALLS", help="measure the load generator alone against a sink")
+    p.add_argument("--serve-sink", type=int, metavar="PORT", help=argparse.SUPPRESS)
     args = p.parse_args()
-    print(run(args.steps, repeat=args.repeat, settings=args.settings, pin=not args.no_pin))
+    if args.serve_sink:
+        serve_sink(args.serve_sink)
+        return 0
+    corpus = c.load_corpus()
+    work = Path(tempfile.mkdtemp(prefix="sori-capacity-"))
+    if args.rig_only:
+        print(run_rig_only(args.rig_only, corpus, work, args))
+        return 0
+    results: list[Step] = []
+    for n in args.steps:
+        for gc in args.gc:
+            results.append(run_step(n, gc, corpus, work, args=args))
+            s = results[-1]
+            print(f"  {n} calls, GC {gc}: {s.verdict}, engine {s.engine_cpu:.0f} %, lag p99 {fmt_ms(s.lag_p99)} ms, "
+                  f"rig {s.loadgen_cpu:.0f} % + {s.emulator_cpu:.0f} %, rig lag p99 {s.rig_lag_p99:.1f} ms, "
+                  f"other processes {s.others_cpu:.0f} % ({s.others_core0:.0f} % on core 0), calibration {s.calib_ms[0]:.0f} / {s.calib_ms[1]:.0f} ms",
+                  flush=True)
+    print(f"capacity: {len(corpus)} corpus calls × {args.repeat} plays per call, emulator "
+          f"{'full' if args.full_emulator else '--cheap'}, window {args.window_s:g} s after all live + {args.settle_s:g} s, "
+          f"settings {args.settings or 'default'}, "
+          f"{'unpinned' if args.no_pin else 'pinned (engine core 0; emulator + load generator core 1)'}"
+          f"{'' if args.no_rt else ', load generator SCHED_FIFO'}; {c.machine()}; "
+          f"logs in {work}")
+    print(report(results))
     return 0
 
 

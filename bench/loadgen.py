@@ -1,11 +1,22 @@
-"""A light Twilio Media Streams load generator for the benchmarks (its own process).
+"""A Twilio Media Streams load generator for the benchmarks (its own process), built to drive ≥ 600 calls per core.
 
-The same wire as ``sori simulate-call`` (connected, start, 160-byte μ-law media frames every 20 ms with
-sequence numbers, chunks and timestamps, stop, close), but built for hundreds of calls per core:
-bare wsproto on trio sockets and one ticker instead of one timer per call. Calls are spread over
-10 phase groups 2 ms apart, as independent Twilio calls would be, instead of all sending in the
-same instant. Prints one JSON document: per call its ``t0_wall`` (Unix time at which audio position 0
-started, so frame k is sent at ``t0_wall + (k + 1) * 20 ms``), and the sender's own lag.
+The same wire as ``sori simulate-call``: a WebSocket upgrade, ``connected``, ``start`` (sequence 1),
+160-byte μ-law ``media`` frames every 20 ms (sequence numbers, chunks and timestamps in order), ``stop``,
+then the engine closes. What makes it cheap:
+
+- **Pre-encoded frames.** Every media message is encoded once per audio file at start-up, already framed
+  as a client TEXT frame. RFC 6455 lets a client pick any masking key; this one uses the zero key, so a
+  frame's bytes are the JSON itself, and the only per-call part, the 34-character ``streamSid``, is
+  spliced in: per frame the sender does one ``bytes.join`` and one non-blocking ``send`` syscall.
+- **One ticker for all calls.** One task wakes every 2 ms and writes the next frame to every call of the
+  current phase group (10 groups, so calls are spread over the 20 ms as independent Twilio calls are);
+  no task wake-up per call per frame. Only a socket the engine stops draining gets its own flusher task.
+
+Prints (or writes to ``--out``) one JSON document: per call ``t0_wall`` (Unix time at which audio position 0
+started, so frame k is due at ``t0_wall + (k + 1) * 20 ms``), and the rig's own lag: for every 2 ms tick,
+the time its last write returned minus the tick's due time (``tick_lag_ms``, tick i due at
+``tick_start_wall + i * tick_step_s``; ``sender_lag_ms_p50/p99/max`` summarise it). ``--progress FILE`` appends
+``{"event": "all_live"}`` (every call is streaming) and ``{"event": "first_done"}`` lines as they happen.
 
     python bench/loadgen.py ws://127.0.0.1:8080/twilio/media --calls 50 --audio a.wav b.wav --repeat 1
 """
@@ -15,12 +26,13 @@ from __future__ import annotations
 import argparse
 import json
 import random
+import socket
 import sys
 import time
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
-import _common  # sets sys.path
+import _common
 import trio
 import wsproto
 from wsproto.events import AcceptConnection, CloseConnection, Ping, RejectConnection, Request, TextMessage
@@ -41,85 +53,167 @@ from engine.twilio.simulator import frames_of, load_audio
 
 FRAME_S = 0.020
 GROUPS = 10
+SID_PLACEHOLDER = "MZ" + "0" * 32  # every streamSid is "MZ" + 32 hex digits: same length, so frames can be shared
+
+
+def client_text_frame(payload: bytes) -> bytes:
+    """A complete, final client TEXT frame masked with the all-zero key (so the payload bytes are unchanged)."""
+    n = len(payload)
+    if n < 126:
+        head = bytes([0x81, 0x80 | n])
+    elif n < 65536:
+        head = bytes([0x81, 0x80 | 126]) + n.to_bytes(2, "big")
+    else:
+        head = bytes([0x81, 0x80 | 127]) + n.to_bytes(8, "big")
+    return head + b"\0\0\0\0" + payload
+
+
+@dataclass(frozen=True)
+class Encoded:
+    """One audio file's media frames (with repeats and trailing silence), framed once: frame k of a call is
+    ``before[k] + sid + after[k]``."""
+
+    before: list[bytes]
+    after: list[bytes]
+
+    @staticmethod
+    def of(frames: list[bytes]) -> Encoded:
+        before: list[bytes] = []
+        after: list[bytes] = []
+        sid = SID_PLACEHOLDER.encode()
+        for k, payload in enumerate(frames):
+            # connected has no sequence number and start is 1, so media frame k is k + 2
+            frame = client_text_frame(encode(MediaMessage(
+                stream_sid=SID_PLACEHOLDER, sequence_number=str(k + 2),
+                media=InboundMedia(chunk=str(k + 1), timestamp=str(k * 20), payload=payload, track="inbound"))).encode())
+            head, sep, tail = frame.partition(sid)
+            assert sep and sid not in tail
+            before.append(head)
+            after.append(tail)
+        return Encoded(before, after)
 
 
 @dataclass
 class Conn:
     index: int
     name: str
-    frames: list[bytes]
-    stream: trio.SocketStream | None = None
+    frames: Encoded
+    raw: socket.socket | None = None  # the non-blocking socket the ticker writes to directly
+    stream: trio.SocketStream | None = None  # the same socket, for the handshake and the reader
     ws: wsproto.WSConnection = field(default_factory=lambda: wsproto.WSConnection(wsproto.ConnectionType.CLIENT))
     stream_sid: str = ""
     call_sid: str = ""
     account_sid: str = ""
-    seq: int = 0
+    sid: bytes = b""
     sent: int = 0
     t0: float = 0.0  # trio clock: audio position 0
     error: str | None = None
+    backlog: bytearray = field(default_factory=bytearray)  # bytes the socket did not take yet (engine not reading)
+    stalls: int = 0  # how often a write found the socket full
+    server_messages: int = 0  # text messages from the engine (it sends none today; a mark would need an echo)
+    wake: trio.Event = field(default_factory=trio.Event)
     done: trio.Event = field(default_factory=trio.Event)
     closed: trio.Event = field(default_factory=trio.Event)
-    # The ticker and the reader (answering a close or ping) both write: one at a time.
-    send_lock: trio.StrictFIFOLock = field(default_factory=trio.StrictFIFOLock)
 
-    def next_seq(self) -> str:
-        self.seq += 1
-        return str(self.seq)
+    def write(self, data: bytes) -> None:
+        """Queue-free write from the ticker or the reader: whole frames stay in order via the backlog."""
+        if self.error is not None:
+            return
+        if self.backlog:
+            self.backlog += data
+            return
+        assert self.raw is not None
+        try:
+            n = self.raw.send(data)
+        except BlockingIOError:
+            n = 0
+        except OSError as exc:
+            self.fail(f"send: {type(exc).__name__}")
+            return
+        if n < len(data):
+            self.backlog += data[n:]
+            self.stalls += 1
+            self.wake.set()
+
+    def fail(self, reason: str) -> None:
+        if self.error is None:
+            self.error = reason
+        self.done.set()
+        self.closed.set()
 
 
 class Ticker:
-    """Sends one frame for every active call of the current phase group every 2 ms."""
+    """Every 2 ms, writes the next frame to every active call of the current phase group."""
 
-    def __init__(self) -> None:
+    def __init__(self, calls: int, progress: str | None) -> None:
         self.groups: list[list[Conn]] = [[] for _ in range(GROUPS)]
         self.lag: list[float] = []
-        self.pending: list[Conn] = []
+        self.start = 0.0
+        self.calls = calls
+        self.live = 0
+        self.failed = 0
+        self.finished = 0
+        self.progress = progress
+
+    def live_or_failed(self, live: int = 0, failed: int = 0) -> None:
+        """Count a call that started streaming or failed to connect; ``all_live`` once every call is one or the other."""
+        before = self.live + self.failed
+        self.live += live
+        self.failed += failed
+        if before < self.calls <= self.live + self.failed:
+            self.note("all_live")
+
+    def note(self, event: str) -> None:
+        if self.progress:
+            with open(self.progress, "a") as f:
+                f.write(json.dumps({"event": event, "t_wall": time.time()}) + "\n")
 
     async def run(self, start: float) -> None:
-        tick = 0
+        self.start = start
         step = FRAME_S / GROUPS
+        tick = 0
+        clock = trio.current_time
         while True:
             due = start + tick * step
             await trio.sleep_until(due)
-            self.lag.append(trio.current_time() - due)
             group = self.groups[tick % GROUPS]
             for conn in list(group):
-                if conn.t0 == 0.0:
-                    conn.t0 = due - FRAME_S
-                await self._send_frame(conn, group)
-            tick += 1
-
-    async def _send_frame(self, conn: Conn, group: list[Conn]) -> None:
-        assert conn.stream is not None
-        try:
-            if conn.sent < len(conn.frames):
                 k = conn.sent
-                msg = encode(MediaMessage(stream_sid=conn.stream_sid, sequence_number=conn.next_seq(), media=InboundMedia(
-                    chunk=str(k + 1), timestamp=str(40 + k * 20), payload=conn.frames[k], track="inbound")))
-                conn.sent += 1
-                async with conn.send_lock:
-                    await conn.stream.send_all(conn.ws.send(TextMessage(msg)))
-                return
-            group.remove(conn)
-            stop = encode(StopMessage(stream_sid=conn.stream_sid, sequence_number=conn.next_seq(),
-                                      stop=StopInfo(account_sid=conn.account_sid, call_sid=conn.call_sid)))
-            async with conn.send_lock:
-                await conn.stream.send_all(conn.ws.send(TextMessage(stop)))
-            conn.done.set()
-        except (trio.BrokenResourceError, trio.ClosedResourceError, wsproto.utilities.LocalProtocolError) as exc:
-            if conn in group:
-                group.remove(conn)
-            conn.error = f"send: {type(exc).__name__}"
-            conn.done.set()
+                if k == 0:
+                    conn.t0 = due - FRAME_S
+                    self.live_or_failed(live=1)
+                if k < len(conn.frames.before):
+                    conn.write(b"".join((conn.frames.before[k], conn.sid, conn.frames.after[k])))
+                    conn.sent = k + 1
+                else:
+                    group.remove(conn)
+                    conn.write(client_text_frame(encode(StopMessage(
+                        stream_sid=conn.stream_sid, sequence_number=str(k + 2),
+                        stop=StopInfo(account_sid=conn.account_sid, call_sid=conn.call_sid))).encode()))
+                    conn.done.set()
+                    self.finished += 1
+                    if self.finished == 1:
+                        self.note("first_done")
+                if conn.error is not None and conn in group:
+                    group.remove(conn)
+            self.lag.append(clock() - due)
+            tick += 1
 
 
 async def run_call(conn: Conn, host: str, port: int, path: str, ticker: Ticker, rng: random.Random) -> None:
     conn.stream_sid = f"MZ{rng.getrandbits(128):032x}"
     conn.call_sid = f"CA{rng.getrandbits(128):032x}"
     conn.account_sid = f"AC{rng.getrandbits(128):032x}"
+    conn.sid = conn.stream_sid.encode()
+    assert len(conn.sid) == len(SID_PLACEHOLDER)
     try:
         with trio.fail_after(20):
-            conn.stream = await trio.open_tcp_stream(host, port)
+            raw = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            raw.setblocking(False)
+            tsock = trio.socket.from_stdlib_socket(raw)
+            conn.raw = raw
+            await tsock.connect((host, port))
+            conn.stream = trio.SocketStream(tsock)  # sets TCP_NODELAY
             await conn.stream.send_all(conn.ws.send(Request(host=f"{host}:{port}", target=path,
                                                             extra_headers=[(b"User-Agent", b"Twilio.TmeWs/1.0")])))
             accepted = False
@@ -134,24 +228,45 @@ async def run_call(conn: Conn, host: str, port: int, path: str, ticker: Ticker, 
                     if isinstance(event, AcceptConnection):
                         accepted = True
             head = [encode(ConnectedMessage()), encode(StartMessage(
-                stream_sid=conn.stream_sid, sequence_number=conn.next_seq(), start=StartInfo(
+                stream_sid=conn.stream_sid, sequence_number="1", start=StartInfo(
                     stream_sid=conn.stream_sid, account_sid=conn.account_sid, call_sid=conn.call_sid,
                     tracks=["inbound"], custom_parameters={"corpus": conn.name}, media_format=MediaFormat())))]
-            # connected carries no sequence number; start is 1
-            await conn.stream.send_all(b"".join(conn.ws.send(TextMessage(m)) for m in head))
+            await conn.stream.send_all(b"".join(client_text_frame(m.encode()) for m in head))
     except (OSError, ConnectionError, trio.TooSlowError, trio.BrokenResourceError) as exc:
-        conn.error = f"connect: {type(exc).__name__}: {exc}"
-        conn.done.set()
-        conn.closed.set()
+        conn.fail(f"connect: {type(exc).__name__}: {exc}")
+        ticker.live_or_failed(failed=1)
+        if conn.stream is not None:
+            await trio.aclose_forcefully(conn.stream)
+        elif conn.raw is not None:
+            conn.raw.close()
         return
     ticker.groups[conn.index % GROUPS].append(conn)
     async with trio.open_nursery() as nursery:
         nursery.start_soon(_reader, conn)
+        nursery.start_soon(_flusher, conn)
         await conn.done.wait()
         with trio.move_on_after(30):
             await conn.closed.wait()
         nursery.cancel_scope.cancel()
     await trio.aclose_forcefully(conn.stream)
+
+
+async def _flusher(conn: Conn) -> None:
+    """Drains the backlog of a call whose socket was full (the engine not reading fast enough)."""
+    assert conn.raw is not None
+    while True:
+        await conn.wake.wait()
+        conn.wake = trio.Event()
+        while conn.backlog and conn.error is None:
+            await trio.lowlevel.wait_writable(conn.raw)
+            try:
+                n = conn.raw.send(conn.backlog)
+            except BlockingIOError:
+                continue
+            except OSError as exc:
+                conn.fail(f"send: {type(exc).__name__}")
+                return
+            del conn.backlog[:n]
 
 
 async def _reader(conn: Conn) -> None:
@@ -165,31 +280,31 @@ async def _reader(conn: Conn) -> None:
             for event in conn.ws.events():
                 if isinstance(event, CloseConnection):
                     if conn.ws.state == wsproto.connection.ConnectionState.REMOTE_CLOSING:
-                        async with conn.send_lock:
-                            await conn.stream.send_all(conn.ws.send(event.response()))
+                        conn.write(conn.ws.send(event.response()))
                     conn.closed.set()
                     return
                 if isinstance(event, Ping):
-                    async with conn.send_lock:
-                        await conn.stream.send_all(conn.ws.send(event.response()))
+                    conn.write(conn.ws.send(event.response()))
+                elif isinstance(event, TextMessage):
+                    conn.server_messages += 1
     except (trio.BrokenResourceError, trio.ClosedResourceError, wsproto.utilities.RemoteProtocolError):
         pass
     conn.closed.set()
 
 
+def build_calls(args: argparse.Namespace) -> list[Conn]:
+    silence = frames_of(bytes([SILENCE]) * (args.trailing_silence_ms * 8))
+    encoded: dict[str, Encoded] = {}
+    for p in args.audio:
+        encoded[p] = Encoded.of(frames_of(load_audio(p)) * args.repeat + silence)
+    return [Conn(i, args.audio[i % len(args.audio)], encoded[args.audio[i % len(args.audio)]]) for i in range(args.calls)]
+
+
 async def main_async(args: argparse.Namespace) -> dict[str, object]:
     parts = urlsplit(args.url)
     host, port, path = parts.hostname or "127.0.0.1", parts.port or 80, parts.path or "/"
-    audio = {p: frames_of(load_audio(p)) for p in args.audio}
-    silence = frames_of(bytes([SILENCE]) * (args.trailing_silence_ms * 8))
-    conns: list[Conn] = []
-    for i in range(args.calls):
-        p = args.audio[i % len(args.audio)]
-        frames: list[bytes] = []
-        for _ in range(args.repeat):
-            frames += audio[p]
-        conns.append(Conn(i, p, frames + silence))
-    ticker = Ticker()
+    conns = build_calls(args)
+    ticker = Ticker(len(conns), args.progress)
     rng = random.Random(args.seed)
     wall_offset = time.time() - trio.current_time()
     began = time.monotonic()
@@ -203,10 +318,16 @@ async def main_async(args: argparse.Namespace) -> dict[str, object]:
     lags = sorted(ticker.lag)
     return {
         "calls": [{"index": c.index, "audio": c.name, "stream_sid": c.stream_sid, "call_sid": c.call_sid,
-                   "t0_wall": c.t0 + wall_offset, "frames_sent": c.sent, "error": c.error} for c in conns],
+                   "t0_wall": c.t0 + wall_offset, "frames_sent": c.sent, "error": c.error, "stalls": c.stalls,
+                   "server_messages": c.server_messages} for c in conns],
         "ok": sum(c.error is None for c in conns),
         "sender_lag_ms_p50": 1000 * _common.percentile(lags, 50) if lags else 0.0,
         "sender_lag_ms_p99": 1000 * _common.percentile(lags, 99) if lags else 0.0,
+        "sender_lag_ms_max": 1000 * lags[-1] if lags else 0.0,
+        "stalls": sum(c.stalls for c in conns),
+        "tick_start_wall": ticker.start + wall_offset,
+        "tick_step_s": FRAME_S / GROUPS,
+        "tick_lag_ms": [round(1000 * x, 3) for x in ticker.lag],
         "duration_s": round(time.monotonic() - began, 2),
     }
 
@@ -220,6 +341,7 @@ def main() -> int:
     p.add_argument("--stagger-ms", type=float, default=10.0)
     p.add_argument("--trailing-silence-ms", type=int, default=1000)
     p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--progress", metavar="FILE", help="append all_live / first_done lines here as they happen")
     p.add_argument("--out", default="-")
     args = p.parse_args()
     doc = trio.run(main_async, args)

@@ -24,7 +24,8 @@ def main() -> int:
     runs = [
         ["hotpath.py", "--repeat", "5", "--frames", "1000" if args.quick else "2000"],
         ["latency.py", "--no-pin", "--n", *(["1", "50"] if args.quick else ["1", "50", "200"])],
-        ["capacity.py", "--no-pin", "--repeat", "1", "--steps", *(["25", "50"] if args.quick else ["50", "100", "200", "400"])],
+        ["capacity.py", "--no-pin", "--repeat", "2" if args.quick else "3", "--window-s", "10" if args.quick else "20",
+         "--steps", *(["50", "100"] if args.quick else ["100", "200", "300"])],
         ["saturation.py", "--no-pin", "--calls", "20" if args.quick else "50", "--sessions", "5", "20"],
     ]
     if (bench / "endpointing_eval.py").exists():

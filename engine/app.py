@@ -11,7 +11,8 @@ everything it needs is up).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import gc
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -73,6 +74,7 @@ async def serve(
     stt: str = "rtzr",
     handle_signals: bool = True,
     emulator_config: Any = None,
+    after_start: Callable[[Engine], Awaitable[None]] | None = None,
     task_status: trio.TaskStatus[Engine] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Run the engine until drained.
@@ -84,6 +86,9 @@ async def serve(
     ``engine.wait_ready()`` for readiness). Raises :class:`engine.nursery.StartupError` if a service
     cannot start (a port already in use). If shutdown is requested during start-up (SIGTERM), it
     returns without reporting started.
+
+    ``after_start(engine)``, if given, runs as a task beside the engine once it has started, and is
+    cancelled when the engine has drained (``run_engine`` uses it to freeze the heap once ready).
     """
     try:
         async with trio.open_nursery() as outer:
@@ -98,6 +103,8 @@ async def serve(
             engine = build(config, on_event=on_event, handle_signals=handle_signals, emulator=emulator)
             outer.start_soon(_run_then_cancel, engine, outer.cancel_scope)
             await engine.supervisor.ready.wait()  # cancelled if the supervisor stops during start-up
+            if after_start is not None:
+                outer.start_soon(after_start, engine)
             task_status.started(engine)
     except BaseExceptionGroup as group:
         cause = root_cause(group)
@@ -170,6 +177,35 @@ def engine_readiness(supervisor: Supervisor, tokens: TokenManager, twilio: Twili
     return Readiness([not_draining, tokens.not_ready_reason, twilio_bound, pool.not_ready_reason])
 
 
-async def run_engine(config: Config, stt: str = "rtzr") -> None:
-    """``sori serve``: the engine with JSONL/webhook sinks until SIGTERM/SIGINT."""
-    await serve(config, stt=stt)
+# Garbage-collector policy (process-wide, so applied by the daemon only: see ServerConfig.gc_policy and
+# docs/architecture.md, "GC policy"). CPython's default (700, 10, 10) runs a gen-0 collection every 700 net
+# container allocations, i.e. several times per 20 ms tick at 200 calls, and a full collection that walks the
+# whole heap every 70 000: those pauses were most of the frame-lag tail at 150–200 calls (issue 13).
+GC_THROUGHPUT_THRESHOLDS = (50_000, 50, 100)
+
+
+def apply_gc_policy(policy: str) -> bool:
+    """Set the collector's thresholds for ``policy``; True when the heap should be frozen once ready."""
+    if policy == "throughput":
+        gc.set_threshold(*GC_THROUGHPUT_THRESHOLDS)
+        return True
+    return False
+
+
+async def freeze_when_ready(engine: Engine) -> None:
+    """Once the engine is first ready (services started, pool warm): collect, then freeze what survived.
+
+    Frozen objects (modules, config, services, pool sockets) are never scanned by later collections, so a
+    full collection costs only what calls allocated since.
+    """
+    await engine.wait_ready()
+    gc.collect()
+    gc.freeze()
+    log.info("gc_frozen", objects=gc.get_freeze_count(), threshold=list(gc.get_threshold()))
+
+
+async def run_engine(config: Config, stt: str = "rtzr", *,
+                     task_status: trio.TaskStatus[Engine] = trio.TASK_STATUS_IGNORED) -> None:
+    """``sori serve``: the engine with JSONL/webhook sinks until SIGTERM/SIGINT, under ``server.gc_policy``."""
+    freeze = apply_gc_policy(config.server.gc_policy)
+    await serve(config, stt=stt, after_start=freeze_when_ready if freeze else None, task_status=task_status)

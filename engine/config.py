@@ -43,6 +43,12 @@ class ServerConfig(_Section):
     max_message_bytes: Annotated[int, Meta(ge=1024, le=16 * 1024 * 1024)] = 64 * 1024
     protocol_error_budget: Annotated[int, Meta(ge=1, le=1_000_000)] = 20
     allow_unsigned: bool = False
+    # The garbage-collector policy of the daemon (``sori serve`` only: ``engine.app.serve``, the embedding
+    # API, never touches the process-wide collector). "throughput": gen-0 threshold 50000 (gen-1 50, gen-2
+    # 100) from start-up, and the start-up heap frozen (``gc.freeze()``) once the engine is first ready, so
+    # collections neither run every few calls' frames nor rescan the long-lived heap; "default": CPython's
+    # collector as it is. Measured in BENCHMARKS.md (Capacity); see docs/architecture.md, "GC policy".
+    gc_policy: Literal["throughput", "default"] = "throughput"
 
 
 class PoolConfig(_Section):

@@ -10,7 +10,7 @@ from __future__ import annotations
 from engine.rtzr.emulator.cli import configure_parser, run_cli
 from engine.rtzr.emulator.config import EmulatorConfig, Fault, FaultSpecError, parse_faults
 from engine.rtzr.emulator.phrasebook import Clip, PhrasebookError, load_phrasebook
-from engine.rtzr.emulator.recognizer import PhrasebookRecognizer, Recognizer, Token, placeholder_text
+from engine.rtzr.emulator.recognizer import PhrasebookRecognizer, Recognizer, SkipRecognizer, Token, placeholder_text
 from engine.rtzr.emulator.server import EMULATED_NOTICE, Emulator, EmulatorStats
 from engine.rtzr.emulator.session import SessionParams, StreamSession
 
@@ -26,6 +26,7 @@ __all__ = [
     "PhrasebookRecognizer",
     "Recognizer",
     "SessionParams",
+    "SkipRecognizer",
     "StreamSession",
     "Token",
     "configure_parser",

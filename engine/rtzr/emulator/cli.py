@@ -34,6 +34,8 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-session-s", type=float, default=3600.0, help="close a socket this old")
     p.add_argument("--epd-time", type=float, default=0.8, help="end-point silence (s) for server finals")
     p.add_argument("--phrasebook", metavar="DIR", help="clips + phrases.json (default: the bundled demo phrases)")
+    p.add_argument("--cheap", action="store_true",
+                   help="skip recognition (load tests): EPD, Finalize/EOS and timestamps as usual, placeholder words")
     p.add_argument("--client-id", default=DEFAULT_CLIENT_ID,
                    help=f"accepted client_id (default {DEFAULT_CLIENT_ID}; '' = accept any id/secret pair)")
     p.add_argument("--client-secret", default=None,
@@ -78,6 +80,7 @@ def config_from_args(args: argparse.Namespace) -> EmulatorConfig:
         "interim_ms": args.interim_ms, "max_sessions": args.max_sessions,
         "token_lifetime_s": args.token_lifetime_s, "idle_timeout_s": args.idle_timeout_s,
         "max_session_s": args.max_session_s, "epd_time": args.epd_time, "phrasebook": args.phrasebook,
+        "cheap": bool(getattr(args, "cheap", False)),
         "client_id": client_id, "client_secret": client_secret, "faults": args.faults,
     }
     config = msgspec.convert(raw, EmulatorConfig)

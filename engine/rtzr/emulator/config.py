@@ -93,6 +93,9 @@ class EmulatorConfig(Struct, kw_only=True):
     epd_time: Annotated[float, Meta(gt=0, le=60)] = 0.8
     speech_dbfs: float = -45.0  # frame RMS above this is speech for EPD and placeholders
     phrasebook: str | None = None  # directory with *.wav + phrases.json; None = bundled demo phrases
+    # Skip recognition (load tests): EPD, interims, Finalize/EOS and timestamps as usual, placeholder words
+    # instead of phrasebook text (recognizer.SkipRecognizer); the phrasebook is not loaded.
+    cheap: bool = False
     # The accepted credentials: both set, or both None to accept any non-empty pair (never just one).
     client_id: str | None = DEFAULT_CLIENT_ID
     client_secret: str | None = DEFAULT_CLIENT_SECRET

@@ -50,6 +50,43 @@ class Recognizer(Protocol):
     def recognize(self, samples: npt.NDArray[np.int16], rate: int) -> list[Token]: ...
 
 
+class SkipRecognizer:
+    """``--cheap``: no recognition, for load tests that must not spend the rig's CPU on text.
+
+    The audio from its first to its last loud 10 ms frame (frame RMS above ``speech_dbfs``, as the
+    session's EPD judges speech) is tiled with words reading ``CHEAP_WORD``, one per ``CHEAP_WORD_MS`` (the
+    last may be shorter); quiet audio gives no words, so a final for trailing silence has empty text as
+    with the phrasebook recogniser. Interims, finals and word timings keep their usual shape, at a cost
+    of one energy pass per call, whatever the audio says.
+    """
+
+    def __init__(self, speech_dbfs: float = -45.0) -> None:
+        self.speech_dbfs = speech_dbfs
+
+    def recognize(self, samples: npt.NDArray[np.int16], rate: int) -> list[Token]:
+        frame = max(1, rate // 100)
+        n = len(samples) // frame
+        if n == 0:
+            return []
+        frames = samples[: n * frame].astype(np.float64).reshape(n, frame)
+        threshold = frame * (32768.0 * 10 ** (self.speech_dbfs / 20)) ** 2
+        loud = np.flatnonzero(np.einsum("ij,ij->i", frames, frames) >= threshold)
+        if loud.size == 0:
+            return []
+        ms_per_frame = frame * 1000.0 / rate
+        start, total_ms = float(loud[0]) * ms_per_frame, float(loud[-1] + 1) * ms_per_frame
+        out: list[Token] = []
+        while start < total_ms:
+            end = min(total_ms, start + CHEAP_WORD_MS)
+            out.append(Token(text=CHEAP_WORD, start_ms=start, end_ms=end, confidence=0.0))
+            start = end
+        return out
+
+
+CHEAP_WORD = "[에뮬레이터:인식생략]"
+CHEAP_WORD_MS = 500.0
+
+
 def placeholder_text(seconds: float) -> str:
     return f"[에뮬레이터: 인식되지 않은 음성 {seconds:.1f}초]"
 

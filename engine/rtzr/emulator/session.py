@@ -236,9 +236,23 @@ class StreamSession:
         if n_frames == 0:
             return
         frames = data[: n_frames * self._frame].astype(np.float64).reshape(n_frames, self._frame)
-        loud = np.sum(frames * frames, axis=1) >= self._threshold
+        loud = np.einsum("ij,ij->i", frames, frames) >= self._threshold
         max_utter = int(self.p.max_utter_s * self.p.sample_rate)
         epd = int(self.p.epd_time * self.p.sample_rate)
+        # Fast paths, with the loop's exact outcome: a quiet batch outside speech changes nothing; a quiet batch
+        # inside speech that does not reach epd_time only adds silence; an all-loud batch inside speech that does
+        # not reach max_utter only extends it. (``_silence`` is only read while in speech, and reset when speech starts.)
+        n_loud = int(np.count_nonzero(loud))
+        if n_loud == 0 and (self._speech_start is None or self._silence + n_frames * self._frame < epd):
+            if self._speech_start is not None:
+                self._silence += n_frames * self._frame
+            return
+        last_end = first + n_frames * self._frame
+        if n_loud == n_frames and self._speech_start is not None and last_end - self._speech_start < max_utter:
+            self._speech_end = last_end
+            self._speech_frames += n_frames
+            self._silence = 0
+            return
         for i in range(n_frames):
             start = first + i * self._frame
             end = start + self._frame
