@@ -30,7 +30,7 @@ from engine.rtzr.protocol import (
     bytes_per_ms,
     decode_server_message,
 )
-from engine.rtzr.tracker import ForeignResult, LeaseResult, UtteranceTracker
+from engine.rtzr.tracker import SERVER_EPD_MS, ForeignResult, LeaseResult, UtteranceTracker
 from engine.rtzr.wsclient import ConnectionClosed, WsClientConnection, WsHandshakeError, WsRejected
 
 log = get_logger(__name__)
@@ -86,8 +86,12 @@ class RtzrSocket:
         self._tokens = tokens
         self._budgets = budgets
         self._query = query if query is not None else build_query(config)
-        self.tracker = UtteranceTracker(bytes_per_ms(config), cover_slack_ms=config.pool.final_cover_slack_ms,
-                                        tolerance_ms=config.pool.timestamp_tolerance_ms)
+        self.tracker = UtteranceTracker(
+            bytes_per_ms(config), cover_slack_ms=config.pool.final_cover_slack_ms,
+            tolerance_ms=config.pool.timestamp_tolerance_ms,
+            server_epd_ms=SERVER_EPD_MS if config.epd_time is None else config.epd_time * 1000.0,
+            max_utter_ms=None if config.max_utter_duration is None else config.max_utter_duration * 1000.0,
+        )
         self._ws: WsClientConnection | None = None
         self._scope = trio.CancelScope()
         self._closed = trio.Event()

@@ -10,9 +10,13 @@ A result may only ever reach the lease whose audio produced it. RTZR gives no ac
 ``max_utter_duration``), so "a final arrived" does not prove that nothing else is in flight. Therefore:
 
 1. Audio is *pending* from the moment it is sent until a final *covers* it. After our ``Finalize`` (sent at
-   byte ``F``), a final covers everything up to ``F`` only if it ends at or after ``cover_from`` = the lessee's
-   last speech position (or ``F``), minus ``cover_slack_ms``. A final that ends earlier is a cut by the server:
-   the rest of the lessee's audio is still pending, the lease keeps waiting (under the finalize budget).
+   byte ``F``), a final covers everything up to ``F`` if it ends at or after ``cover_from`` = the lessee's
+   last speech position (or ``F``), minus ``cover_slack_ms``; or if it cannot be a cut by the server: an
+   end-point cut at ``X`` needs ``epd_ms`` of audio after ``X`` (so ``F - X < epd_ms`` rules it out), and a
+   ``max_utter_duration`` cut has that duration. (Our endpointer may hear noise as speech longer than the
+   server does; its answer then ends well before ``cover_from``, and is still the answer.) Any other final
+   that ends earlier may be a cut: the rest of the lessee's audio may still be pending, the lease keeps
+   waiting (under the finalize budget).
 2. A socket is handed to a new lessee only while nothing is pending *and* its timestamps are trusted.
 3. Timestamps are checked against what we know for certain (bytes sent, earlier finals): a result that ends
    after the audio sent, or a final that starts inside an earlier final, makes the socket *untrusted* for the
@@ -42,6 +46,9 @@ from engine.rtzr.protocol import RtzrResult, Word
 # Timestamps are integer ms on the wire and our byte offsets are exact: allow rounding, nothing more.
 # (rtzr.pool.timestamp_tolerance_ms overrides it, should the real service round more coarsely.)
 TIMESTAMP_TOLERANCE_MS = 20.0
+# RTZR's end-point detection waits this much silence after speech before it cuts (rtzr.md: epd_time ~0.8 s);
+# the query's epd_time replaces it when set.
+SERVER_EPD_MS = 800.0
 
 
 class LeaseResult(Struct, kw_only=True, frozen=True):
@@ -76,12 +83,15 @@ class UtteranceTracker:
     """Per-socket bookkeeping: pending audio, the lessee's timeline, trust in the server's timestamps."""
 
     def __init__(self, bytes_per_ms: float, *, cover_slack_ms: float = 300.0,
-                 tolerance_ms: float = TIMESTAMP_TOLERANCE_MS) -> None:
+                 tolerance_ms: float = TIMESTAMP_TOLERANCE_MS, server_epd_ms: float = SERVER_EPD_MS,
+                 max_utter_ms: float | None = None) -> None:
         if bytes_per_ms <= 0:
             raise ValueError("bytes_per_ms must be positive")
         self.bytes_per_ms = bytes_per_ms
         self.cover_slack_ms = cover_slack_ms
         self.tolerance_ms = tolerance_ms
+        self.server_epd_ms = server_epd_ms
+        self.max_utter_ms = max_utter_ms
         self.bytes_sent = 0
         self.settled_bytes = 0
         self.finalize_at: int | None = None  # bytes_sent when the outstanding Finalize was sent
@@ -224,9 +234,17 @@ class UtteranceTracker:
             if not self.untrusted:  # an untrusted end proves nothing: keep it pending, await the Finalize answer
                 self.settled_bytes = max(self.settled_bytes, end_bytes)
             return False
-        if self.untrusted or result.end_at >= self.cover_from_ms:
+        if self.untrusted or result.end_at >= self.cover_from_ms or not self._may_be_a_cut(result):
             self.settled_bytes = max(self.settled_bytes, self.finalize_at)
             self.finalize_at = None
             return True
         self.settled_bytes = max(self.settled_bytes, min(end_bytes, self.finalize_at))
         return False
+
+    def _may_be_a_cut(self, result: RtzrResult) -> bool:
+        """Could the server have cut here on its own before it read our Finalize? (rule 1)"""
+        assert self.finalize_at is not None
+        room_after = self.finalize_at / self.bytes_per_ms - result.end_at
+        if room_after >= self.server_epd_ms - self.tolerance_ms:
+            return True  # enough audio after it for an end-point cut
+        return self.max_utter_ms is not None and result.duration >= self.max_utter_ms - self.tolerance_ms

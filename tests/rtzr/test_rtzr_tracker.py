@@ -15,8 +15,8 @@ def _r(seq: int, start: int, dur: int, final: bool, text: str = "x") -> RtzrResu
     return RtzrResult(seq=seq, start_at=start, duration=dur, final=final, alternatives=[Alternative(text=text)])
 
 
-def _leased(ms: int = 0, slack: float = 300.0) -> UtteranceTracker:
-    t = UtteranceTracker(BPM, cover_slack_ms=slack)
+def _leased(ms: int = 0, slack: float = 300.0, max_utter_ms: float | None = None) -> UtteranceTracker:
+    t = UtteranceTracker(BPM, cover_slack_ms=slack, max_utter_ms=max_utter_ms)
     t.begin_lease()
     t.audio_sent(int(BPM * ms))
     return t
@@ -36,7 +36,7 @@ def test_finalize_only_when_pending_and_a_covering_final_closes() -> None:
 def test_server_cut_before_finalize_does_not_make_the_socket_clean() -> None:
     """Issue 11, defect 1: RTZR cut at 1.2 s (max_utter_duration), we finalized at 1.6 s. The cut final
     used to "cover" the Finalize (1 s slack) and the socket went to the next call with 0.4 s in flight."""
-    t = _leased(1600)
+    t = _leased(1600, max_utter_ms=1200)
     assert t.finalize_sent(speech_end_ms=1600)
     cut = t.on_result(_r(0, 0, 1200, True, "앞부분"))
     assert isinstance(cut, LeaseResult) and not cut.closes
@@ -44,6 +44,22 @@ def test_server_cut_before_finalize_does_not_make_the_socket_clean() -> None:
     answer = t.on_result(_r(1, 1200, 400, True, "뒷부분"))
     assert isinstance(answer, LeaseResult) and answer.closes and answer.start_ms == 1200
     assert t.clean
+
+
+def test_an_end_point_cut_leaves_the_socket_pending() -> None:
+    t = _leased(2600)  # speech to 1000 ms, then 1.6 s our endpointer took for speech (noise)
+    assert t.finalize_sent(speech_end_ms=2500)
+    cut = t.on_result(_r(0, 100, 900, True, "말"))  # 1.6 s of audio after it: room for RTZR's 0.8 s end-point cut
+    assert isinstance(cut, LeaseResult) and not cut.closes and t.pending
+
+
+def test_a_final_that_cannot_be_a_server_cut_is_the_answer() -> None:
+    """Our endpointer heard noise as speech 500 ms longer than the server did: the server's answer ends well
+    before cover_from, but with only 600 ms of audio after it RTZR cannot have cut there on its own."""
+    t = _leased(1600)
+    assert t.finalize_sent(speech_end_ms=1520)
+    out = t.on_result(_r(0, 100, 900, True, "말"))  # ends at 1000; cover_from = 1220
+    assert isinstance(out, LeaseResult) and out.closes and t.clean
 
 
 def test_final_ending_at_the_last_speech_closes_despite_the_hangover() -> None:
