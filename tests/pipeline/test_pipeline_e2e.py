@@ -137,7 +137,7 @@ async def test_stalled_emulator_yields_finalize_error_and_the_call_goes_on() -> 
     emu = EmulatorConfig(host="127.0.0.1", port=0, handshake_ms=10, final_ms=60, faults="session=1:stall")
     with trio.fail_after(30):
         async with running_engine(make_config("rtzr.pool.spare=1", "budgets.finalize=800"), emu) as (engine, got):
-            await simulate_call(engine.twilio_url, audio, speed="realtime", trailing_silence_ms=500)
+            await simulate_call(engine.twilio_url, audio, speed="fast", trailing_silence_ms=500)
             await got.wait_ended(1)
     errors = got.of(ev.ErrorEvent)
     assert len(errors) == 1 and errors[0].budget == "finalize"
@@ -185,11 +185,12 @@ async def test_sigterm_during_a_call_drains_it_with_its_last_final_delivered() -
                                           handle_signals=False, task_status=task_status))
 
             async def shutdown_mid_call() -> None:
-                await trio.sleep(4.0)  # during the second utterance
+                while len(collector.of(ev.SpeechStarted)) < 2:  # during the second utterance (a condition, not a clock)
+                    await trio.sleep(0.01)
                 engine.shutdown()
 
             nursery.start_soon(shutdown_mid_call)
-            report = await simulate_call(engine.twilio_url, audio, speed="realtime", trailing_silence_ms=500)
+            report = await simulate_call(engine.twilio_url, audio, speed="fast", trailing_silence_ms=500)
             assert report.error is None
             # a call that arrives while draining is refused
             late = await simulate_call(engine.twilio_url, audio[:1600], speed="fast")
