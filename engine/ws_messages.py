@@ -11,6 +11,19 @@ from typing import cast
 from wsproto.events import BytesMessage, TextMessage
 
 
+def apply_mask(data: bytes, mask: bytes) -> bytes:
+    """XOR ``data`` with the repeated 4-byte ``mask`` (RFC 6455 5.3): masks and unmasks alike.
+
+    One big-int XOR instead of a per-byte loop; the only masking in the project (Twilio server, RTZR client,
+    emulator all call it).
+    """
+    n = len(data)
+    if not n:
+        return b""
+    key = (mask * (n // 4 + 1))[:n]
+    return (int.from_bytes(data, "little") ^ int.from_bytes(key, "little")).to_bytes(n, "little")
+
+
 class MessageTooBig(Exception):
     """A message grew past the connection's ``max_message_size`` (close with 1009)."""
 

@@ -42,7 +42,7 @@ from wsproto.events import (
 from wsproto.utilities import LocalProtocolError, RemoteProtocolError
 
 from engine.budgets import Budget, BudgetExpired
-from engine.ws_messages import MessageAssembler, MessageTooBig
+from engine.ws_messages import MessageAssembler, MessageTooBig, apply_mask
 
 RECEIVE_SIZE = 64 * 1024
 MAX_REJECT_BODY = 4096  # what we keep of an HTTP error body (for the error message)
@@ -83,11 +83,7 @@ def encode_frame(opcode: int, payload: bytes, mask: bytes) -> bytes:
         head = bytes((0x80 | opcode, 0xFE)) + n.to_bytes(2, "big")
     else:
         head = bytes((0x80 | opcode, 0xFF)) + n.to_bytes(8, "big")
-    if not n:
-        return head + mask
-    key = (mask * (n // 4 + 1))[:n]
-    masked = (int.from_bytes(payload, "little") ^ int.from_bytes(key, "little")).to_bytes(n, "little")
-    return head + mask + masked
+    return head + mask + apply_mask(payload, mask)
 
 
 @functools.cache

@@ -40,7 +40,7 @@ from wsproto.events import (
 from wsproto.utilities import LocalProtocolError, generate_accept_token
 
 from engine.budgets import Budget, BudgetExpired
-from engine.ws_messages import MessageAssembler, MessageTooBig
+from engine.ws_messages import MessageAssembler, MessageTooBig, apply_mask
 
 RECEIVE_SIZE = 64 * 1024
 MESSAGE_TOO_BIG = 1009
@@ -104,10 +104,7 @@ class TextFrameDecoder:
             end = head + 4 + length
             if end > end_of_data:
                 break
-            mask = buf[head:head + 4]
-            key = (mask * (length // 4 + 1))[:length]
-            raw = (int.from_bytes(buf[head + 4:end], "little") ^ int.from_bytes(key, "little")).to_bytes(
-                length, "little")
+            raw = apply_mask(bytes(buf[head + 4:end]), bytes(buf[head:head + 4]))
             try:
                 out.append(raw.decode())
             except UnicodeDecodeError:

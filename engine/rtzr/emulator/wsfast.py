@@ -13,6 +13,8 @@ from __future__ import annotations
 from wsproto.connection import Connection
 from wsproto.events import BytesMessage, Event, TextMessage
 
+from engine.ws_messages import apply_mask
+
 FAST_MAX = 1 << 20  # larger frames go to wsproto (which reports its own limits)
 
 
@@ -60,12 +62,7 @@ class FrameSplitter:
                 break
             event: Event | None = None
             if b0 in (0x81, 0x82) and masked and not self._in_fragment:
-                key = bytes(buf[head:head + 4])
-                payload = bytes(buf[head + 4:end])
-                if length:
-                    mask = (key * (length // 4 + 1))[:length]
-                    payload = (int.from_bytes(payload, "little") ^ int.from_bytes(mask, "little")).to_bytes(
-                        length, "little")
+                payload = apply_mask(bytes(buf[head + 4:end]), bytes(buf[head:head + 4]))
                 if b0 == 0x82:
                     event = BytesMessage(data=payload, frame_finished=True, message_finished=True)
                 else:
