@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from wsproto.events import BytesMessage, TextMessage
 
-from engine.ws_messages import MessageAssembler, MessageTooBig
+from engine.ws.frames import MessageAssembler, MessageTooBig
 
 
 def test_single_frame_message_passes_through() -> None:

@@ -1,0 +1,221 @@
+"""The frame-level half of a WebSocket that the server (Twilio) and the client (RTZR) share, on a Trio stream.
+
+As in wsproto, the two sides differ by who does the handshake and how data frames go out, not by a copy
+of the rest: :class:`WsConnection` holds the receive loop (messages reassembled, pings answered, the
+closing handshake), the close/fail bookkeeping and the serialized writes; the subclasses
+(:class:`engine.twilio.wsconn.WsServerConnection`, :class:`engine.rtzr.wsclient.WsClientConnection`)
+add their handshake and their send paths.
+
+Invariants every subclass keeps:
+- Only one task receives (the caller's own reader: no reader task, no channel); any task may send.
+- Every write goes through ``_send_lock`` under the ``send`` budget; a write that did not finish
+  (error, budget, cancel) sets ``_broken``: a half-written frame cannot be recovered, so nothing more
+  is written and :attr:`closed` says 1006.
+- :attr:`closed` is set once, by the first reason (our close, the peer's, a protocol error, a lost
+  TCP connection); messages that completed before it are still delivered.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Generator
+from typing import Protocol, cast
+
+import trio
+from wsproto.connection import ConnectionState
+from wsproto.events import BytesMessage, CloseConnection, Event, Ping, Pong, TextMessage
+from wsproto.frame_protocol import CloseReason
+from wsproto.utilities import LocalProtocolError
+
+from engine.budgets import Budget, BudgetExpired
+from engine.ws.frames import MessageAssembler, MessageTooBig
+
+RECEIVE_SIZE = 64 * 1024
+_SENDABLE = (ConnectionState.OPEN, ConnectionState.REMOTE_CLOSING)  # wsproto accepts frames from us
+
+
+class ConnectionClosed(Exception):
+    """The WebSocket is closed (by either side, or the TCP connection broke); ``code`` per RFC 6455 7.4."""
+
+    def __init__(self, code: int, reason: str = "") -> None:
+        super().__init__(f"closed ({int(code)}) {reason}".rstrip())
+        self.code = code
+        self.reason = reason
+
+
+class FrameLayer(Protocol):
+    """What wsproto offers after the handshake: ``Connection`` (our server) and ``WSConnection`` (our client)."""
+
+    @property
+    def state(self) -> ConnectionState: ...
+
+    def send(self, event: Event) -> bytes: ...
+
+    def receive_data(self, data: bytes | None) -> None: ...
+
+    def events(self) -> Generator[Event, None, None]: ...
+
+
+class WsConnection:
+    """A WebSocket on ``stream`` once upgraded: receive loop, closing handshake, serialized writes."""
+
+    def __init__(self, stream: trio.abc.Stream, *, send_budget: Budget, max_message_size: int) -> None:
+        self._stream = stream
+        self._ws: FrameLayer | None = None  # wsproto's frame layer; the subclass sets it (at the upgrade)
+        self._send_budget = send_budget
+        self._send_lock = trio.StrictFIFOLock()
+        self._messages: deque[str | bytes] = deque()
+        self._assembler = MessageAssembler(max_message_size)
+        self._closed: ConnectionClosed | None = None
+        self._broken = False  # a write failed: nothing more may be written
+
+    @property
+    def closed(self) -> ConnectionClosed | None:
+        """None while open; else why it closed (the code we or the peer sent, 1006 for a dropped TCP)."""
+        return self._closed
+
+    def _set_closed(self, code: int, reason: str) -> None:
+        """Record why the connection closed; the first reason wins."""
+        if self._closed is None:
+            self._closed = ConnectionClosed(code, reason)
+
+    def _upgraded(self) -> FrameLayer:
+        if self._ws is None:
+            raise ConnectionClosed(CloseReason.ABNORMAL_CLOSURE, "not upgraded")
+        return self._ws
+
+    async def _receive_some(self) -> bytes:
+        try:
+            return cast("bytes", await self._stream.receive_some(RECEIVE_SIZE))
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            return b""
+
+    # -- receiving --------------------------------------------------------------------------
+
+    async def receive_message(self) -> str | bytes:
+        """The next complete message: ``str`` for text, ``bytes`` for binary.
+
+        Raises :class:`ConnectionClosed` once the peer closed (after we answered its close frame),
+        the TCP connection broke, or a message exceeded ``max_message_size`` (we close with 1009).
+        Messages that arrived before the close are delivered first.
+        """
+        messages = self._messages
+        while not messages:
+            if self._closed is not None:
+                raise self._closed
+            ws = self._ws
+            if ws is None:
+                raise ConnectionClosed(CloseReason.ABNORMAL_CLOSURE, "not upgraded")
+            try:  # inlined _receive_some: this loop is the per-frame path of every Twilio call
+                data = cast("bytes", await self._stream.receive_some(RECEIVE_SIZE))
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                data = b""
+            if ws.state is ConnectionState.CLOSED:  # closed by a sender meanwhile
+                self._set_closed(CloseReason.ABNORMAL_CLOSURE, "connection closed")
+                continue
+            if self._feed(data):
+                await self._process_events()
+        return messages.popleft()
+
+    def _feed(self, data: bytes) -> bool:
+        """Parse received bytes (b"": EOF); True when wsproto has events to look at."""
+        self._upgraded().receive_data(data or None)  # None: EOF → CloseConnection(1006)
+        return True
+
+    async def _process_events(self) -> None:
+        for event in self._upgraded().events():
+            kind = type(event)
+            if kind is TextMessage or kind is BytesMessage:
+                try:
+                    message = self._assembler.add(cast("TextMessage | BytesMessage", event))
+                except MessageTooBig:
+                    await self._fail(CloseReason.MESSAGE_TOO_BIG, "message too big")
+                    return
+                if message is not None:
+                    self._messages.append(message)
+            elif kind is Ping:
+                assert isinstance(event, Ping)
+                # A pong that cannot go out leaves the connection closed: the reader sees that next.
+                await self._send_event(event.response(), quiet=True)
+            elif kind is Pong:
+                assert isinstance(event, Pong)
+                self._on_pong(bytes(event.payload))
+            elif kind is CloseConnection:
+                assert isinstance(event, CloseConnection)
+                await self._on_close(event)
+                return
+
+    def _on_pong(self, payload: bytes) -> None:
+        """A pong arrived (unsolicited ones are allowed, RFC 6455 5.5.3); the client wakes its pings."""
+
+    async def _on_close(self, event: CloseConnection) -> None:
+        state = self._upgraded().state
+        if state is ConnectionState.REMOTE_CLOSING:  # the peer closed first: answer, then done
+            self._set_closed(event.code, event.reason or "")
+            await self._send_event(event.response(), quiet=True)
+        elif state is ConnectionState.OPEN:  # wsproto reports a protocol violation as a close event
+            await self._fail(event.code, event.reason or "protocol error")
+        else:  # CLOSED: the peer answered our close, or the TCP connection ended
+            self._set_closed(event.code, event.reason or "")
+
+    async def _fail(self, code: int, reason: str) -> None:
+        self._set_closed(code, reason)  # messages already complete are still delivered
+        await self._send_event(CloseConnection(code=code, reason=reason), quiet=True)
+
+    # -- closing ----------------------------------------------------------------------------
+
+    async def _close_handshake(self, code: int, reason: str) -> None:
+        """Send our close frame (if still open) and read until the peer's reply or EOF (RFC 6455 7.1.2)."""
+        ws = self._upgraded()
+        if ws.state is ConnectionState.OPEN and not self._broken:
+            self._set_closed(code, reason)
+            await self._send_event(CloseConnection(code=code, reason=reason), quiet=True)
+        while ws.state is ConnectionState.LOCAL_CLOSING and not self._broken:
+            data = await self._receive_some()
+            if self._feed(data):
+                for _event in ws.events():
+                    pass  # the peer's close reply (or EOF) moves wsproto to CLOSED
+            self._messages.clear()  # messages after our close are dropped
+
+    # -- writing ----------------------------------------------------------------------------
+
+    async def _send_event(self, event: Event, *, quiet: bool = False) -> None:
+        """A frame through wsproto, which tracks the closing handshake; ``quiet``: a failure is not raised."""
+        try:
+            with self._send_budget():
+                async with self._send_lock:
+                    # Checked under the lock: a close frame written meanwhile ends the data stream.
+                    ws = self._ws
+                    if self._broken or ws is None or ws.state not in _SENDABLE:
+                        raise self._closed or ConnectionClosed(CloseReason.ABNORMAL_CLOSURE, "connection closed")
+                    try:
+                        data = ws.send(event)
+                    except LocalProtocolError:
+                        raise self._closed or ConnectionClosed(
+                            CloseReason.ABNORMAL_CLOSURE, "connection closed") from None
+                    await self._write_held(data)
+        except (ConnectionClosed, BudgetExpired):
+            if not quiet:
+                raise
+
+    async def _write(self, data: bytes) -> None:
+        """One whole write (e.g. a handshake answer) under the lock and ``budgets.send``."""
+        with self._send_budget():
+            async with self._send_lock:
+                await self._write_held(data)
+
+    async def _write_held(self, data: bytes) -> None:
+        """Write under the held lock; a write that did not finish (error, budget, cancel) breaks it."""
+        ok = False
+        try:
+            await self._stream.send_all(data)
+            ok = True
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            raise ConnectionClosed(CloseReason.ABNORMAL_CLOSURE, "connection lost") from None
+        finally:
+            if not ok:
+                self._break()
+
+    def _break(self) -> None:
+        self._broken = True
+        self._set_closed(CloseReason.ABNORMAL_CLOSURE, "send failed")

@@ -1,0 +1,124 @@
+"""WebSocket frames without I/O: masking, the one-frame encoder, the fast text-frame decoder, reassembly.
+
+Sans-IO and shared by both sides (the Twilio server, the RTZR client, the emulator): wsproto parses
+and tracks state; these are the per-message hot paths that wsproto's generic bookkeeping makes slow
+(~40 µs per message, BENCHMARKS.md, Hot path), plus the fragment reassembly both sides need.
+"""
+
+from __future__ import annotations
+
+from typing import cast
+
+from wsproto.events import BytesMessage, TextMessage
+from wsproto.frame_protocol import Opcode
+
+# RFC 6455 5.2 first byte of a whole (FIN, RSV 0) frame; second byte's mask bit.
+FIN = 0x80
+MASKED = 0x80
+_FAST_TEXT_HEAD = FIN | Opcode.TEXT  # 0x81: the only first byte TextFrameDecoder handles
+
+
+def apply_mask(data: bytes, mask: bytes) -> bytes:
+    """XOR ``data`` with the repeated 4-byte ``mask`` (RFC 6455 5.3): masks and unmasks alike.
+
+    One big-int XOR instead of a per-byte loop; the only masking in the project (Twilio server, RTZR client,
+    emulator all call it).
+    """
+    n = len(data)
+    if not n:
+        return b""
+    key = (mask * (n // 4 + 1))[:n]
+    return (int.from_bytes(data, "little") ^ int.from_bytes(key, "little")).to_bytes(n, "little")
+
+
+def encode_frame(opcode: int, payload: bytes, mask: bytes) -> bytes:
+    """One whole (FIN) client frame, masked with the 4-byte ``mask`` (RFC 6455 5.2/5.3). Sans-IO."""
+    n = len(payload)
+    if n < 126:
+        head = bytes((FIN | opcode, MASKED | n))
+    elif n < 1 << 16:
+        head = bytes((FIN | opcode, MASKED | 126)) + n.to_bytes(2, "big")
+    else:
+        head = bytes((FIN | opcode, MASKED | 127)) + n.to_bytes(8, "big")
+    return head + mask + apply_mask(payload, mask)
+
+
+class TextFrameDecoder:
+    """Sans-IO decoder for the one frame shape Twilio sends: a whole, masked text message.
+
+    wsproto spends ~40 µs per 20 ms media frame in generic frame bookkeeping; this parses FIN + text +
+    mask + RSV 0 frames in a few µs (the unmasking is one big-int XOR, no per-byte loop). On the first
+    frame of any other shape (control, fragment, binary, unmasked, extension bits, 64-bit or
+    over-limit length, bad UTF-8) :meth:`feed` returns the bytes from that frame on, and the caller
+    hands them, and everything after, to wsproto, which starts there at a frame boundary.
+    """
+
+    def __init__(self, max_message_size: int) -> None:
+        self.max_message_size = max_message_size
+        self._buffer = b""  # an incomplete fast frame
+
+    def feed(self, data: bytes) -> tuple[list[str], bytes | None]:
+        """Decode ``data``: (complete messages, None), or (messages before it, bytes for wsproto)."""
+        buf = self._buffer + data if self._buffer else data
+        self._buffer = b""
+        out: list[str] = []
+        pos, end_of_data = 0, len(buf)
+        while end_of_data - pos >= 2:
+            if buf[pos] != _FAST_TEXT_HEAD or buf[pos + 1] < MASKED:  # FIN + RSV 0 + text, and masked
+                return out, buf[pos:]
+            length = buf[pos + 1] & 0x7F
+            head = pos + 2
+            if length == 126:
+                if end_of_data - head < 2:
+                    break
+                length = int.from_bytes(buf[head:head + 2], "big")
+                head += 2
+                if length < 126:  # not the minimal encoding: a protocol error, wsproto reports it
+                    return out, buf[pos:]
+            elif length == 127:
+                return out, buf[pos:]
+            if length > self.max_message_size:  # wsproto streams it; the caller closes with 1009
+                return out, buf[pos:]
+            end = head + 4 + length
+            if end > end_of_data:
+                break
+            raw = apply_mask(bytes(buf[head + 4:end]), bytes(buf[head:head + 4]))
+            try:
+                out.append(raw.decode())
+            except UnicodeDecodeError:
+                return out, buf[pos:]
+            pos = end
+        self._buffer = buf[pos:]
+        return out, None
+
+
+class MessageTooBig(Exception):
+    """A message grew past the connection's ``max_message_size`` (close with 1009)."""
+
+
+class MessageAssembler:
+    """Feed wsproto message events; get each whole message back once its last fragment arrives."""
+
+    __slots__ = ("_parts", "_size", "max_size")
+
+    def __init__(self, max_size: int) -> None:
+        self.max_size = max_size
+        self._parts: list[str | bytes] = []
+        self._size = 0
+
+    def add(self, event: TextMessage | BytesMessage) -> str | bytes | None:
+        """The whole message when ``event`` completes one, else None; raises MessageTooBig."""
+        data: str | bytes = event.data if isinstance(event.data, str) else bytes(event.data)
+        if event.message_finished and not self._parts and len(data) <= self.max_size:
+            return data  # the common case: one frame, one message
+        self._size += len(data)
+        if self._size > self.max_size:
+            self._parts, self._size = [], 0
+            raise MessageTooBig(f"message larger than {self.max_size} bytes")
+        self._parts.append(data)
+        if not event.message_finished:
+            return None
+        parts, self._parts, self._size = self._parts, [], 0
+        if isinstance(event, TextMessage):
+            return "".join(cast("list[str]", parts))
+        return b"".join(cast("list[bytes]", parts))
