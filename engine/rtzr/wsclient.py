@@ -55,6 +55,9 @@ __all__ = [
 ]
 
 MAX_REJECT_BODY = 4096  # what we keep of an HTTP error body (for the error message)
+# Bound once: an Enum attribute lookup costs ~0.2 µs on CPython 3.11, per audio frame sent.
+_BINARY = Opcode.BINARY
+_TEXT = Opcode.TEXT
 
 
 class WsHandshakeError(Exception):
@@ -180,11 +183,11 @@ class WsClientConnection(WsConnection):
 
     async def send_bytes(self, data: bytes) -> None:
         """Send one binary message; raises :class:`ConnectionClosed` or ``BudgetExpired('send')``."""
-        await self._send_data(Opcode.BINARY, data)
+        await self._send_data(_BINARY, data)
 
     async def send_text(self, text: str) -> None:
         """Send one text message; raises :class:`ConnectionClosed` or ``BudgetExpired('send')``."""
-        await self._send_data(Opcode.TEXT, text.encode())
+        await self._send_data(_TEXT, text.encode())
 
     async def ping(self, payload: bytes) -> None:
         """Send a ping and wait for its pong (delivered by the reader); the caller bounds the wait.
