@@ -26,8 +26,7 @@ from engine.config import Config
 from engine.endpointing import Endpointer, SpeechAudio, SpeechEnded, SpeechStarted, make_classifier
 from engine.log import get_logger
 from engine.metrics import Registry
-from engine.rtzr.stream import RtzrConnectError, RtzrSocketLost
-from engine.rtzr.tracker import LeaseResult
+from engine.stt import LeaseLike, PoolLike, SttResult, SttUnavailable
 from engine.turns import TurnTracker
 from engine.twilio.protocol import Media, Started, StreamStats, TwilioEvent
 from engine.utterance import UtteranceAudio
@@ -39,24 +38,6 @@ TWILIO_RATE = 8000
 
 class Emit(Protocol):
     def __call__(self, event: ev.Event) -> None: ...
-
-
-class LeaseLike(Protocol):
-    """What an utterance needs from a leased RTZR socket (engine.rtzr.pool.Lease)."""
-
-    lease_ms: float
-    pool_hit: bool
-
-    @property
-    def has_pending(self) -> bool: ...
-
-    async def send_audio(self, pcm: bytes) -> None: ...
-    async def finalize(self, speech_end_ms: float | None = None) -> bool: ...
-    async def receive(self) -> LeaseResult: ...
-
-
-class PoolLike(Protocol):
-    def lease(self) -> Any: ...
 
 
 @dataclass(slots=True)
@@ -330,13 +311,13 @@ class Call:
                     continue
                 self._fail(utt, "budget_expired", f"{exc}; utterance not transcribed", budget=exc.budget)
                 return
-            except (RtzrConnectError, RtzrSocketLost) as exc:
+            except SttUnavailable as exc:  # connect failed, saturated, or the stream was lost: replay once
                 if attempt == 0:
                     self._note_replay(utt, exc)
                     continue
                 self._fail(utt, "stt_failed", f"{type(exc).__name__}: {exc}; utterance not transcribed after replay")
                 return
-            except Exception as exc:  # e.g. RtzrAuthError (bad credentials): report it, keep the call alive
+            except Exception as exc:  # e.g. SttAuthError (bad credentials): report it, keep the call alive
                 log.error("utterance_failed", call_sid=self.call_sid, utterance_id=utt.uid, exc=exc)
                 self._fail(utt, "stt_failed", f"{type(exc).__name__}: {exc}; utterance not transcribed")
                 return
@@ -395,7 +376,7 @@ class Call:
             with self.budgets.finalize():
                 await attempt.closing_final.wait()
 
-    def _on_result(self, utt: Utterance, attempt: _Attempt, result: LeaseResult, *, closing: bool) -> None:
+    def _on_result(self, utt: Utterance, attempt: _Attempt, result: SttResult, *, closing: bool) -> None:
         """Partials as they come; finals with text; the closing final always (empty if nothing was heard),
         so every ``speech.started`` is answered by a ``transcript.final`` or an ``error``."""
         if utt.overflowed and not utt.finals:

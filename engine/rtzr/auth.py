@@ -26,6 +26,7 @@ from engine.budgets import BudgetExpired, Budgets
 from engine.config import RtzrConfig
 from engine.log import add_secret, get_logger
 from engine.metrics import Registry
+from engine.stt import SttAuthError
 
 log = get_logger(__name__)
 
@@ -33,7 +34,7 @@ EXPIRY_SKEW_S = 5.0  # a token this close to expiry is no longer handed out
 MIN_REFRESH_S = 1.0
 
 
-class RtzrAuthError(Exception):
+class RtzrAuthError(SttAuthError):
     """RTZR rejected the credentials (retried in the background) or they are missing (permanent)."""
 
 

@@ -15,6 +15,7 @@ import msgspec
 from msgspec import Meta, Struct
 
 from engine.config import ConfigError, RtzrConfig
+from engine.stt import SttProtocolError
 
 EOS = "EOS"
 FINALIZE = '{"type":"Finalize"}'
@@ -41,7 +42,7 @@ _LANGUAGE = re.compile(r"[a-z]{2,8}")
 MsInt = Annotated[int, Meta(ge=0, le=2**53)]
 
 
-class RtzrProtocolError(Exception):
+class RtzrProtocolError(SttProtocolError):
     """A message from the server is not valid RTZR (junk bytes, wrong JSON shape)."""
 
 

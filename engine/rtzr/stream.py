@@ -32,6 +32,7 @@ from engine.rtzr.protocol import (
 )
 from engine.rtzr.tracker import SERVER_EPD_MS, ForeignResult, LeaseResult, UtteranceTracker
 from engine.rtzr.wsclient import ConnectionClosed, WsClientConnection, WsHandshakeError, WsRejected
+from engine.stt import SttSaturated, SttStreamLost, SttUnavailable
 
 log = get_logger(__name__)
 
@@ -39,7 +40,7 @@ MAX_MESSAGE_BYTES = 1 << 20
 CLOSE_GRACE_S = 0.5  # how long our close frame waits for the server's reply before we drop TCP
 
 
-class RtzrConnectError(Exception):
+class RtzrConnectError(SttUnavailable):
     """A socket could not be opened (network error, bad handshake)."""
 
 
@@ -51,11 +52,11 @@ class RtzrHandshakeError(RtzrConnectError):
         self.status = status
 
 
-class RtzrSaturated(RtzrHandshakeError):
+class RtzrSaturated(RtzrHandshakeError, SttSaturated):
     """HTTP 429: the organisation's concurrent-session limit (or usage quota) is reached."""
 
 
-class RtzrSocketLost(Exception):
+class RtzrSocketLost(SttStreamLost):
     """The socket died (closed, in-band error, protocol error, finalize timeout) before the final."""
 
 

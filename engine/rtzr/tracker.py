@@ -41,7 +41,8 @@ import math
 
 from msgspec import Struct
 
-from engine.rtzr.protocol import RtzrResult, Word
+from engine.rtzr.protocol import RtzrResult
+from engine.stt import SttResult
 
 # Timestamps are integer ms on the wire and our byte offsets are exact: allow rounding, nothing more.
 # (rtzr.pool.timestamp_tolerance_ms overrides it, should the real service round more coarsely.)
@@ -51,21 +52,9 @@ TIMESTAMP_TOLERANCE_MS = 20.0
 SERVER_EPD_MS = 800.0
 
 
-class LeaseResult(Struct, kw_only=True, frozen=True):
-    """A result as one lessee sees it: times in ms since the first audio byte of its lease.
-
-    ``closes``: this final covers everything the lessee sent before its Finalize (rule 1); no more
-    results will come for this lease.
-    """
-
-    final: bool
-    text: str
-    confidence: float | None
-    start_ms: float
-    duration_ms: float
-    seq: int
-    words: list[Word] | None = None
-    closes: bool = False
+# A result as one lessee sees it (times in ms since the first audio byte of its lease): the vendor-neutral
+# type of engine.stt; ``closes`` is decided by rule 1 below.
+LeaseResult = SttResult
 
 
 class ForeignResult(Struct, kw_only=True, frozen=True):
