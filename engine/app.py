@@ -14,9 +14,8 @@ from __future__ import annotations
 import gc
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Protocol
 
-import msgspec
 import trio
 
 from engine.admin import AdminServer, Readiness
@@ -34,6 +33,18 @@ from engine.twilio.server import TwilioServer, TwilioSession
 log = get_logger(__name__)
 
 
+class SttLauncher(Protocol):
+    """Starts a local STT service beside the engine, for development and tests (the RTZR emulator:
+    ``engine.rtzr.emulator.local.in_process()``; ``sori serve --stt emulator`` and ``sori demo`` wire it).
+
+    It starts the service in ``nursery`` (cancelled once the engine has drained) and returns the config
+    that points the engine at it, and a handle to the service (``Engine.stt_service``). It raises
+    :class:`engine.nursery.StartupError` if the service cannot start.
+    """
+
+    async def __call__(self, nursery: trio.Nursery, config: Config, /) -> tuple[Config, object]: ...
+
+
 @dataclass
 class Engine:
     """Handles to a running engine (for tests, the demo and benchmarks)."""
@@ -47,7 +58,12 @@ class Engine:
     twilio: TwilioServer
     admin: AdminServer
     readiness: Readiness
-    emulator: object | None = None
+    stt_service: object | None = None  # what an SttLauncher started (the in-process emulator), if any
+
+    @property
+    def emulator(self) -> object | None:
+        """The in-process STT service (the RTZR emulator in tests and the demo); None on the real RTZR."""
+        return self.stt_service
 
     @property
     def twilio_url(self) -> str:
@@ -71,16 +87,16 @@ async def serve(
     config: Config,
     *,
     on_event: Callable[[Event], None] | None = None,
-    stt: str = "rtzr",
+    stt: SttLauncher | str | None = None,
     handle_signals: bool = True,
-    emulator_config: Any = None,
     after_start: Callable[[Engine], Awaitable[None]] | None = None,
     task_status: trio.TaskStatus[Engine] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Run the engine until drained.
 
-    ``stt="emulator"`` starts the RTZR emulator in-process (``emulator_config``: an
-    ``engine.rtzr.emulator.EmulatorConfig``; default: loopback, 100 ms handshake, 150 ms final).
+    ``stt``: None (or ``"rtzr"``) for the STT in ``config.rtzr``; an :class:`SttLauncher` to start a local
+    one first, e.g. ``stt=engine.rtzr.emulator.local.in_process(EmulatorConfig(...))`` (the RTZR emulator
+    in-process; loopback, 100 ms handshake, 150 ms final by default).
 
     Reports started once every service has started (the pool may still be warming: await
     ``engine.wait_ready()`` for readiness). Raises :class:`engine.nursery.StartupError` if a service
@@ -90,17 +106,13 @@ async def serve(
     ``after_start(engine)``, if given, runs as a task beside the engine once it has started, and is
     cancelled when the engine has drained (``run_engine`` uses it to freeze the heap once ready).
     """
+    launcher = _launcher(stt)
     try:
         async with trio.open_nursery() as outer:
-            emulator = None
-            if stt == "emulator":
-                emulator = await _start_emulator(outer, emulator_config)
-                config = msgspec.structs.replace(config, rtzr=msgspec.structs.replace(
-                    config.rtzr, api_base=emulator.api_base, ws_url=emulator.ws_url,
-                    client_id=emulator.config.client_id, client_secret=emulator.config.client_secret))
-                log.warning("stt_emulator_in_use", api_base=emulator.api_base,
-                            notice="TRANSCRIPTS ARE EMULATED: the RTZR emulator is running in-process, not the real RTZR")
-            engine = build(config, on_event=on_event, handle_signals=handle_signals, emulator=emulator)
+            stt_service = None
+            if launcher is not None:
+                config, stt_service = await launcher(outer, config)
+            engine = build(config, on_event=on_event, handle_signals=handle_signals, stt_service=stt_service)
             outer.start_soon(_run_then_cancel, engine, outer.cancel_scope)
             await engine.supervisor.ready.wait()  # cancelled if the supervisor stops during start-up
             if after_start is not None:
@@ -113,23 +125,22 @@ async def serve(
         raise
 
 
-async def _start_emulator(nursery: trio.Nursery, emulator_config: Any) -> Any:
-    from engine.rtzr.emulator import Emulator, EmulatorConfig
-
-    emu_config = emulator_config or EmulatorConfig(host="127.0.0.1", port=0)
-    try:
-        return await nursery.start(Emulator(emu_config).run)
-    except Exception as exc:
-        raise StartupError("rtzr emulator", root_cause(exc), (emu_config.host, emu_config.port)) from exc
+def _launcher(stt: SttLauncher | str | None) -> SttLauncher | None:
+    if stt is None or stt == "rtzr":
+        return None
+    if isinstance(stt, str):  # the engine knows no emulator by name: the CLI, the demo and tests wire one
+        raise TypeError(f"stt={stt!r}: pass None for config.rtzr, or an SttLauncher "
+                         "(the emulator: stt=engine.rtzr.emulator.local.in_process())")
+    return stt
 
 
 async def _run_then_cancel(engine: Engine, scope: trio.CancelScope) -> None:
     await engine.supervisor.run()
-    scope.cancel()  # the supervisor has drained (or stopped during start-up): stop the in-process emulator too
+    scope.cancel()  # the supervisor has drained (or stopped during start-up): stop a launched STT service too
 
 
 def build(config: Config, *, on_event: Callable[[Event], None] | None = None, handle_signals: bool = True,
-          emulator: object | None = None) -> Engine:
+          stt_service: object | None = None) -> Engine:
     """Create every component; nothing runs until ``engine.supervisor.run``."""
     metrics = Registry()
     budgets = Budgets(config.budgets)
@@ -161,7 +172,7 @@ def build(config: Config, *, on_event: Callable[[Event], None] | None = None, ha
     readiness = engine_readiness(supervisor, tokens, twilio, pool)
     admin = AdminServer(config.server.admin_host, config.server.admin_port, metrics, readiness.reason)
     supervisor.services = [admin, tokens, pool, sinks, twilio]
-    return Engine(config, supervisor, metrics, sinks, pool, tokens, twilio, admin, readiness, emulator)
+    return Engine(config, supervisor, metrics, sinks, pool, tokens, twilio, admin, readiness, stt_service)
 
 
 def engine_readiness(supervisor: Supervisor, tokens: TokenManager, twilio: TwilioServer, pool: RtzrPool) -> Readiness:
@@ -204,7 +215,7 @@ async def freeze_when_ready(engine: Engine) -> None:
     log.info("gc_frozen", objects=gc.get_freeze_count(), threshold=list(gc.get_threshold()))
 
 
-async def run_engine(config: Config, stt: str = "rtzr", *,
+async def run_engine(config: Config, stt: SttLauncher | None = None, *,
                      task_status: trio.TaskStatus[Engine] = trio.TASK_STATUS_IGNORED) -> None:
     """``sori serve``: the engine with JSONL/webhook sinks until SIGTERM/SIGINT, under ``server.gc_policy``."""
     freeze = apply_gc_policy(config.server.gc_policy)

@@ -39,8 +39,13 @@ def run_serve(args: argparse.Namespace) -> int:
         log.warning("unsigned_streams_allowed", hint="every call will be accepted without a signature")
     from engine.app import run_engine
 
+    stt = None
+    if args.stt == "emulator":  # the engine knows no emulator: the CLI wires it (engine/rtzr/emulator/local.py)
+        from engine.rtzr.emulator.local import in_process
+
+        stt = in_process()
     try:
-        trio.run(run_engine, config, args.stt)
+        trio.run(run_engine, config, stt)
     except KeyboardInterrupt:
         return 130
     except ConfigError as exc:

@@ -189,7 +189,9 @@ async def run_demo(config: Config, audio_path: Path, *, out: IO[str], as_json: b
 
 
 async def _serve(serve: Any, config: Config, on_event: Any, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
-    await serve(config, on_event=on_event, stt="emulator", handle_signals=False, task_status=task_status)
+    from engine.rtzr.emulator.local import in_process
+
+    await serve(config, on_event=on_event, stt=in_process(), handle_signals=False, task_status=task_status)
 
 
 def demo_config(assignments: list[str]) -> Config:

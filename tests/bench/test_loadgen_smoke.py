@@ -17,6 +17,7 @@ import trio
 
 from engine.app import Engine, serve
 from engine.config import cli_overrides, load
+from engine.rtzr.emulator.local import in_process
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
 import loadgen
@@ -40,7 +41,7 @@ async def test_loadgen_drives_the_engine_with_a_faithful_stream(tmp_path: Path) 
     with trio.fail_after(30):
         async with trio.open_nursery() as nursery:
             engine: Engine = await nursery.start(lambda task_status: serve(
-                config, stt="emulator", handle_signals=False, task_status=task_status))
+                config, stt=in_process(), handle_signals=False, task_status=task_status))
             await engine.wait_ready()
             args = argparse.Namespace(url=engine.twilio_url, calls=3, audio=[str(wav)], repeat=2, stagger_ms=5.0,
                                       trailing_silence_ms=100, seed=1, progress=str(tmp_path / "progress.jsonl"))

@@ -16,6 +16,7 @@ import trio.testing
 
 from engine.app import GC_THROUGHPUT_THRESHOLDS, Engine, apply_gc_policy, run_engine, serve
 from engine.config import Config, ConfigError, cli_overrides, load
+from engine.rtzr.emulator.local import in_process
 
 
 def make_config(*assignments: str) -> Config:
@@ -58,9 +59,9 @@ def test_apply_default_leaves_the_collector_alone() -> None:
 async def _started(nursery: trio.Nursery, daemon: bool, config: Config) -> Engine:
     engine: Engine
     if daemon:
-        engine = await nursery.start(lambda task_status: run_engine(config, "emulator", task_status=task_status))
+        engine = await nursery.start(lambda task_status: run_engine(config, in_process(), task_status=task_status))
     else:
-        engine = await nursery.start(lambda task_status: serve(config, stt="emulator", handle_signals=False,
+        engine = await nursery.start(lambda task_status: serve(config, stt=in_process(), handle_signals=False,
                                                                 task_status=task_status))
     return engine
 

@@ -18,6 +18,7 @@ from engine.app import Engine, serve
 from engine.audio import mulaw
 from engine.config import Config, cli_overrides, load
 from engine.rtzr.emulator import EmulatorConfig
+from engine.rtzr.emulator.local import in_process
 from engine.twilio.simulator import load_audio, simulate_call
 
 DEMO = Path(__file__).resolve().parents[2] / "engine" / "demo"
@@ -60,8 +61,8 @@ async def running_engine(config: Config, emulator: EmulatorConfig | None = None)
     emu = emulator or EmulatorConfig(host="127.0.0.1", port=0, handshake_ms=20, final_ms=60)
     async with trio.open_nursery() as nursery:
         engine: Engine = await nursery.start(
-            lambda task_status: serve(config, on_event=collector, stt="emulator", handle_signals=False,
-                                      emulator_config=emu, task_status=task_status))
+            lambda task_status: serve(config, on_event=collector, stt=in_process(emu), handle_signals=False,
+                                      task_status=task_status))
         yield engine, collector
         engine.shutdown()
         engine.shutdown()
@@ -181,7 +182,7 @@ async def test_sigterm_during_a_call_drains_it_with_its_last_final_delivered() -
         collector = Collector()
         async with trio.open_nursery() as nursery:
             engine: Engine = await nursery.start(
-                lambda task_status: serve(make_config("budgets.drain=20000"), on_event=collector, stt="emulator",
+                lambda task_status: serve(make_config("budgets.drain=20000"), on_event=collector, stt=in_process(),
                                           handle_signals=False, task_status=task_status))
 
             async def shutdown_mid_call() -> None:

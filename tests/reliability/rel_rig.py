@@ -312,7 +312,7 @@ async def rig(*sets: str, emulator: EmulatorConfig | None = None, gate: bool = F
                 await tcp_gate.down()
             auth_base = f"http://127.0.0.1:{tcp_gate.port}"
         config = rig_config(emu, auth_base, *sets)
-        engine = build(config, on_event=record, handle_signals=handle_signals, emulator=emu)
+        engine = build(config, on_event=record, handle_signals=handle_signals, stt_service=emu)
         done = trio.Event()
         await nursery.start(_supervise, engine, done)
         r = Rig(engine, config, ledger, control, tcp_gate, nursery, done)

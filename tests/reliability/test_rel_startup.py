@@ -26,6 +26,7 @@ from engine.config import Config, cli_overrides, load
 from engine.nursery import StartupError
 from engine.rtzr.auth import RtzrAuthError
 from engine.rtzr.emulator import Emulator, EmulatorConfig
+from engine.rtzr.emulator.local import in_process
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -67,7 +68,7 @@ async def http_get(port: int, path: str) -> tuple[int, bytes]:
 async def serve_expecting_startup_error(config: Config) -> StartupError:
     with trio.fail_after(30):  # the old supervisor retried the bind forever: this deadline fired
         with pytest.raises(StartupError) as info:
-            await serve(config, stt="emulator", handle_signals=False, emulator_config=fast_emulator())
+            await serve(config, stt=in_process(fast_emulator()), handle_signals=False)
     return info.value
 
 
@@ -109,8 +110,8 @@ async def test_readyz_is_200_once_the_emulated_engine_is_ready_and_livez_always(
     with trio.fail_after(30):
         async with trio.open_nursery() as nursery:
             engine: Engine = await nursery.start(
-                lambda task_status: serve(make_config(), stt="emulator", handle_signals=False,
-                                          emulator_config=fast_emulator(), task_status=task_status))
+                lambda task_status: serve(make_config(), stt=in_process(fast_emulator()), handle_signals=False,
+                                          task_status=task_status))
             admin_port = engine.admin.bound_port
             assert admin_port is not None
             assert await http_get(admin_port, "/livez") == (200, b"ok\n")
