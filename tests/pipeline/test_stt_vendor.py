@@ -12,17 +12,13 @@ import trio.testing
 
 from engine import events as ev
 from engine import stt
-from engine.budgets import Budgets
-from engine.call import Call
 from engine.config import BudgetsConfig
-from engine.metrics import Registry
 from engine.rtzr.auth import RtzrAuthError
 from engine.rtzr.protocol import RtzrProtocolError
 from engine.rtzr.stream import RtzrConnectError, RtzrHandshakeError, RtzrSaturated, RtzrSocketLost
 from engine.rtzr.tracker import LeaseResult
-from engine.twilio.protocol import Media, MediaFormat, Started
 
-from .test_one_outcome import ONE_PER_PHRASE
+from .test_one_outcome import _call, _play
 from .test_pipeline_e2e import phrase_call
 
 
@@ -97,17 +93,11 @@ async def test_another_vendors_lost_stream_is_replayed_once(autojump_clock: trio
     audio, _ = phrase_call(["diary"])
     events: list[ev.Event] = []
     pool = AcmePool()
-    started = Started(stream_sid="MZ1", call_sid="CA1", account_sid="AC1", tracks=("inbound",), custom_parameters={},
-                      media_format=MediaFormat(encoding="audio/x-mulaw", sample_rate=8000, channels=1))
-    call = Call(started, config=ONE_PER_PHRASE, pool=pool, emit=events.append, metrics=Registry(),
-                budgets=Budgets(BudgetsConfig()))
+    call = _call(pool, events, BudgetsConfig())
     with trio.fail_after(60):
         async with trio.open_nursery() as nursery:
             nursery.start_soon(call.run)
-            for i in range(0, len(audio), 160):
-                call.on_event(Media(payload=audio[i:i + 160], timestamp_ms=i // 8))
-                await trio.sleep(0.02)
-            call.on_close("stop")
+            await _play(call, audio)
     finals = [e for e in events if isinstance(e, ev.TranscriptFinal)]
     errors = [e for e in events if isinstance(e, ev.ErrorEvent)]
     assert not errors, errors

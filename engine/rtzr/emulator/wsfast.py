@@ -13,7 +13,7 @@ from __future__ import annotations
 from wsproto.connection import Connection
 from wsproto.events import BytesMessage, Event, TextMessage
 
-from engine.ws_messages import apply_mask
+from engine.ws.frames import apply_mask
 
 FAST_MAX = 1 << 20  # larger frames go to wsproto (which reports its own limits)
 
