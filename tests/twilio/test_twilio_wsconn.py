@@ -364,3 +364,34 @@ def test_fast_decoder_hands_over_oversized_frames() -> None:
     server = Connection(ConnectionType.SERVER)  # wsproto resumes at the frame boundary
     server.receive_data(rest)
     assert [e.data for e in server.events() if isinstance(e, TextMessage)] == ["b" * 200, "c"]
+
+
+async def test_a_send_cancelled_while_waiting_for_the_lock_leaves_the_connection_usable() -> None:
+    """Nothing of a send that never got the lock was written: unlike a half-written frame, it must not break
+    the connection (the shared layer's rule; the server used to mark it broken and fail every later send)."""
+    big = "z" * (16 << 20)  # more than loopback buffers: the first send blocks until the client reads
+    client_may_read = trio.Event()
+    outcome: list[object] = []
+
+    async def serve(conn: WsServerConnection) -> None:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(conn.send_text, big)
+            while not conn._send_lock.statistics().locked:  # the big send holds the lock (a state, not a clock)
+                await trio.sleep(0.001)
+            with trio.move_on_after(0.2) as scope:
+                await conn.send_text("never")  # queued behind the big one, then cancelled by its caller
+            outcome.append(scope.cancelled_caught)
+            client_may_read.set()
+        await conn.send_text("after")
+        outcome.append(conn.closed)
+
+    with trio.fail_after(60):
+        async with pair(serve, send_ms=50_000) as (client, errors):
+            await client_may_read.wait()
+            texts: list[str] = []
+            while "after" not in texts and not client.eof and not errors:
+                texts.extend(e.data for e in await client.events() if isinstance(e, TextMessage))
+            while len(outcome) < 2 and not errors:
+                await trio.sleep(0.01)
+    assert errors == [] and outcome == [True, None]
+    assert texts[-1] == "after" and "".join(texts[:-1]) == big
