@@ -22,7 +22,7 @@ import math
 import os
 import secrets
 import socket
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from typing import Protocol
 
 import trio
@@ -48,6 +48,12 @@ class SessionBudget(Protocol):
     """What the pool needs: a lease per socket, given back when the socket is closed."""
 
     retry_s: float  # how soon a refused open is worth retrying
+    on_change: Callable[[], None] | None  # called when ``contended`` changes (the pool re-plans)
+
+    @property
+    def contended(self) -> bool:
+        """Someone (here or elsewhere) was refused a session lately: idle spares should be given back."""
+        ...
 
     @property
     def held(self) -> int: ...
@@ -78,8 +84,10 @@ class LocalSessionBudget:
     """This process's sessions only (the pool's ``max_sessions`` is the same bound)."""
 
     retry_s = 0.25
+    contended = False  # one process: the pool's own max_sessions already shares its sockets fairly
 
     def __init__(self, limit: int) -> None:
+        self.on_change: Callable[[], None] | None = None
         self.limit = limit
         self._ids = _Ids()
         self._held: set[str] = set()
@@ -108,24 +116,40 @@ class LocalSessionBudget:
 
 # Redis' clock (TIME) scores every lease, so hosts' clocks never matter. KEYS[1]: the ZSET.
 _NOW = "local t = redis.call('TIME') local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) "
-ACQUIRE = Script(_NOW + """
+# KEYS[2] ("<key>:want") marks demand: set for a TTL by a refused acquire, it tells every holder to give
+# its idle spares back (otherwise spares idle in one process starve lessees queued in another).
+# KEYS[3] ("<key>:epoch") is set (to 0) by every client as it starts. Its absence later means Redis lost its
+# data (restarted without persistence): the first script to notice sets it to now + ARGV[grace], and until then
+# acquire refuses ({-1, ...}) while every live holder re-adds its leases at its next renewal. Without this, a
+# new lease could be granted on the empty set beside sockets that are open but not yet re-registered.
+_EPOCH = """
+if redis.call('EXISTS', KEYS[3]) == 0 then redis.call('SET', KEYS[3], now + tonumber(ARGV[1])) end
+local recovering = now < tonumber(redis.call('GET', KEYS[3]))
+"""
+# ARGV: grace ms, limit, ttl ms, lease id.
+ACQUIRE = Script(_NOW + _EPOCH + """
+if recovering then return {-1, 0, 0} end
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
 local n = redis.call('ZCARD', KEYS[1])
-if n < tonumber(ARGV[1]) then
-  redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[3])
-  return {1, n + 1}
+if n < tonumber(ARGV[2]) then
+  redis.call('ZADD', KEYS[1], now + tonumber(ARGV[3]), ARGV[4])
+  return {1, n + 1, redis.call('EXISTS', KEYS[2])}
 end
-return {0, n}
+redis.call('SET', KEYS[2], '1', 'PX', ARGV[3])
+return {0, n, 1}
 """)
-# ARGV[1]: ttl ms, ARGV[2..]: the leases still held. ZADD without NX/XX: a lease lost (Redis restarted empty,
-# or expired during an outage) is added back, since its socket is still open. Returns how many were re-added.
-RENEW = Script(_NOW + """
+# ARGV: grace ms, ttl ms, then the leases still held. ZADD without NX/XX: a lease lost (Redis restarted empty,
+# or expired during an outage) is added back, since its socket is still open. Returns how many were re-added,
+# and whether there is demand (KEYS[2]).
+RENEW = Script(_NOW + _EPOCH + """
 local added = 0
-for i = 2, #ARGV do
-  added = added + redis.call('ZADD', KEYS[1], now + tonumber(ARGV[1]), ARGV[i])
+for i = 3, #ARGV do
+  added = added + redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[i])
 end
-return added
+return {added, redis.call('EXISTS', KEYS[2])}
 """)
+# Renewal (and the demand check) runs at most this far apart, whatever the TTL.
+MAX_RENEW_S = 1.0
 
 
 class RedisSessionBudget:
@@ -135,7 +159,12 @@ class RedisSessionBudget:
         self.config = config
         self.limit = limit
         self.ttl_ms = config.lease_ttl_ms
-        self.renew_s = config.lease_ttl_ms / 3000.0
+        self.renew_s = min(config.lease_ttl_ms / 3000.0, MAX_RENEW_S)
+        self.keys = [config.key, f"{config.key}:want", f"{config.key}:epoch"]
+        # Long enough for every live holder to renew once (at most every MAX_RENEW_S, retried every retry_ms).
+        self.grace_ms = int(2000 * self.renew_s + config.timeout_ms + config.retry_ms)
+        self.on_change: Callable[[], None] | None = None
+        self._contended = False
         self.retry_s = config.retry_ms / 1000.0
         self._ids = _Ids()
         self._held: set[str] = set()
@@ -158,6 +187,16 @@ class RedisSessionBudget:
     def held(self) -> int:
         return len(self._held)
 
+    @property
+    def contended(self) -> bool:
+        return self._contended
+
+    def _set_contended(self, value: bool) -> None:
+        if value != self._contended:
+            self._contended = value
+            if self.on_change is not None:
+                self.on_change()
+
     def not_ready_reason(self) -> str | None:
         if self.up is False:
             return f"session budget: Redis unreachable ({self.last_error})"
@@ -171,7 +210,7 @@ class RedisSessionBudget:
         self._held.clear()
         self._to_release.clear()
         with contextlib.suppress(BudgetUnavailable, RedisError):  # reported (metric, reason); acquire refuses
-            await self._call(self._client.command("PING"))
+            await self._call(self._client.command("SET", self.keys[2], 0, "NX"))  # see _EPOCH
         task_status.started()
         try:
             await self._loop()
@@ -212,13 +251,13 @@ class RedisSessionBudget:
         assert self._client is not None
         held = list(self._held)
         try:
-            if held:
-                added = await self._call(self._client.eval(RENEW, [self.config.key], [self.ttl_ms, *held]))
+            reply = await self._call(self._client.eval(RENEW, self.keys, [self.grace_ms, self.ttl_ms, *held]))
+            if isinstance(reply, list) and len(reply) == 2:
+                added, want = reply
                 if isinstance(added, int) and added:
                     self._c_readded.inc(added)
                     log.warning("session_budget_leases_readded", leases=added)
-            else:
-                await self._call(self._client.command("PING"))
+                self._set_contended(want == 1)
         except (BudgetUnavailable, RedisError) as exc:
             log.debug("session_budget_renew_failed", reason=str(exc))
 
@@ -246,7 +285,7 @@ class RedisSessionBudget:
             raise BudgetUnavailable("session budget not running")
         lease = self._ids.next()
         try:
-            reply = await self._call(self._client.eval(ACQUIRE, [self.config.key], [self.limit, self.ttl_ms, lease]))
+            reply = await self._call(self._client.eval(ACQUIRE, self.keys, [self.grace_ms, self.limit, self.ttl_ms, lease]))
         except BudgetUnavailable:
             self._c_unavailable.inc()
             self._to_release.add(lease)  # the script may have run before the connection broke
@@ -255,9 +294,13 @@ class RedisSessionBudget:
             self._to_release.add(lease)
             self._wake.set()
             raise
-        if not (isinstance(reply, list) and len(reply) == 2 and reply[0] in (0, 1)):
+        if not (isinstance(reply, list) and len(reply) == 3 and reply[0] in (-1, 0, 1)):
             self._to_release.add(lease)
             raise BudgetUnavailable(f"unexpected reply from the acquire script: {reply!r}"[:200])
+        if reply[0] == -1:
+            self._c_full.inc()
+            raise BudgetFull("Redis lost its data: new sessions wait while holders re-register theirs")
+        self._set_contended(reply[2] == 1)
         if reply[0] == 0:
             self._c_full.inc()
             raise BudgetFull(f"{reply[1]!r}/{self.limit} sessions held across processes")

@@ -239,6 +239,7 @@ class RtzrPool:
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             try:
+                self.session_budget.on_change = self._notify  # contention sheds idle spares (_due, _wanted_opens)
                 await nursery.start(self.session_budget.run)  # stops with the pool, giving its leases back
                 nursery.start_soon(self._maintain)
                 nursery.start_soon(self._retry_when_token_arrives)
@@ -289,6 +290,8 @@ class RtzrPool:
         pc = self.pool_config
         if not sock.usable:
             return self._unusable_reason(sock)
+        if self.session_budget.contended:  # a lessee elsewhere waits for a session: no idle spares held here
+            return "shed"
         if now - sock.last_used >= pc.max_idle_ms / 1000.0:
             return "idle"
         if now - sock.opened_at >= pc.max_age_ms / 1000.0:
@@ -313,7 +316,8 @@ class RtzrPool:
     def _wanted_opens(self) -> int:
         """How many more sockets to open now: spares plus one per waiting lessee, within max_sessions."""
         waiting = self.waiting_count
-        want = (self.pool_config.spare if self.pooled else 0) + waiting - len(self._idle) - self._opening
+        spare = self.pool_config.spare if self.pooled and not self.session_budget.contended else 0
+        want = spare + waiting - len(self._idle) - self._opening
         return max(0, min(want, self.pool_config.max_sessions - self.open_count))
 
     async def _maintain(self) -> None:
@@ -325,7 +329,7 @@ class RtzrPool:
                 if reason is not None:
                     self._idle.remove(sock)
                     self._recycle_counter(reason)
-                    self._nursery_close(sock, reason, eos=reason in ("idle", "age", "token"))
+                    self._nursery_close(sock, reason, eos=reason in ("idle", "age", "token", "shed"))
             wake_at = math.inf
             if now >= self._retry_at:
                 for _ in range(self._wanted_opens()):
