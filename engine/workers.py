@@ -55,14 +55,34 @@ LISTEN_BACKLOG = 1024
 STABLE_AFTER_S = 60.0  # a worker up this long has its restart backoff reset
 
 
-def resolve_workers(value: int | Literal["auto"]) -> int:
-    """``auto`` = the cores this process may run on."""
-    if value == "auto":
-        try:
-            return max(1, len(os.sched_getaffinity(0)))
-        except AttributeError:  # not Linux
-            return max(1, os.cpu_count() or 1)
-    return value
+def resolve_workers(value: int | Literal["auto"], cpu_max: str = "/sys/fs/cgroup/cpu.max") -> int:
+    """``auto`` = the cores this process may run on: its CPU affinity, capped by a cgroup v2 CPU quota
+    (a container limited to 2 CPUs on a 64-core node gets 2 workers, not 64)."""
+    if value != "auto":
+        return value
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        cores = os.cpu_count() or 1
+    quota = cgroup_cpu_quota(cpu_max)
+    if quota is not None:
+        cores = min(cores, quota)
+    return max(1, cores)
+
+
+def cgroup_cpu_quota(path: str) -> int | None:
+    """Whole CPUs allowed by cgroup v2 ``cpu.max`` (``"200000 100000"`` -> 2, rounded up), None if unlimited."""
+    try:
+        with open(path) as f:
+            quota, period = f.read().split()[:2]
+    except (OSError, ValueError):
+        return None
+    if quota == "max":
+        return None
+    try:
+        return max(1, -(-int(quota) // int(period)))
+    except (ValueError, ZeroDivisionError):
+        return None
 
 
 def worker_overrides(config: Config, n: int) -> list[str]:

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import os
 import signal
+from typing import Any
 
 import pytest
 import trio
 
 from engine.config import ConfigError, build
 from engine.twilio.simulator import load_audio, simulate_call
-from engine.workers import WorkerState, merge_metrics, ready_reason, resolve_workers, worker_overrides
+from engine.workers import WorkerState, cgroup_cpu_quota, merge_metrics, ready_reason, resolve_workers, worker_overrides
 
 from .workers_env import workers
 
@@ -51,6 +52,16 @@ def test_sessions_split_between_workers_without_redis() -> None:
     shared = build({"rtzr": {"pool": {"max_sessions": 3}}, "redis": {"url": "redis://127.0.0.1:6379/0"}})
     assert not any(s.startswith("rtzr.pool.max_sessions") for s in worker_overrides(shared, 4))
     assert resolve_workers("auto") >= 1 and resolve_workers(3) == 3
+
+
+def test_auto_workers_follow_the_cgroup_cpu_quota(tmp_path: Any) -> None:
+    cpu_max = tmp_path / "cpu.max"
+    cpu_max.write_text("150000 100000\n")
+    assert cgroup_cpu_quota(str(cpu_max)) == 2  # 1.5 CPUs: rounded up
+    assert resolve_workers("auto", str(cpu_max)) == min(2, resolve_workers("auto", str(tmp_path / "none")))
+    cpu_max.write_text("max 100000\n")
+    assert cgroup_cpu_quota(str(cpu_max)) is None
+    assert cgroup_cpu_quota(str(tmp_path / "missing")) is None
 
 
 async def test_metrics_and_readiness_cover_every_worker() -> None:
