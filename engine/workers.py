@@ -280,6 +280,10 @@ class WorkerPool:
             proc = await trio.lowlevel.open_process(
                 cmd, pass_fds=(listen_fd, child_end.fileno()), stdin=subprocess.DEVNULL,
                 start_new_session=True)  # a terminal's Ctrl-C reaches the parent only: it forwards one SIGTERM
+        except OSError as exc:  # cannot exec the interpreter (permissions, resources): as a worker that failed
+            parent_end.close()
+            log.error("worker_spawn_failed", worker=w.index, error=f"{type(exc).__name__}: {exc}")
+            return 127
         finally:
             child_end.close()
         w.pid = proc.pid

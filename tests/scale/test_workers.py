@@ -119,3 +119,16 @@ async def test_sigterm_drains_a_live_call_on_a_worker() -> None:
             assert await parent.proc.wait() == 0
             finals = [e for e in parent.events if e.get("type") == "transcript.final"]
             assert finals, parent.events
+
+
+async def test_a_worker_that_cannot_start_stops_the_parent_with_an_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No restart loop for what a restart cannot fix (here: the interpreter cannot be executed)."""
+    from engine.workers import WorkerPool
+
+    monkeypatch.setattr("sys.executable", "/nonexistent/python")
+    cfg = build({"server": {"port": 0, "admin_port": 0}})
+    pool = WorkerPool(cfg, 2, ["--stt", "emulator", "--allow-unsigned"], handle_signals=False)
+    with trio.fail_after(30):
+        code = await pool.run()
+    assert code == 127
+    assert all(w.starts == 0 for w in pool.workers)
