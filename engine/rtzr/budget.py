@@ -289,6 +289,7 @@ class RedisSessionBudget:
         except BudgetUnavailable:
             self._c_unavailable.inc()
             self._to_release.add(lease)  # the script may have run before the connection broke
+            self._wake.set()
             raise
         except BaseException:  # cancelled or an error reply: whether it was added is unknown
             self._to_release.add(lease)

@@ -136,3 +136,33 @@ async def test_redis_restart_mid_load_loses_no_utterance_that_had_a_socket(redis
                         n.start_soon(user, ps[k % 2])
                 assert finals == 8
                 assert s.emulator.stats.rejected.get(429, 0) == 0
+
+
+async def test_redis_unreachable_serves_on_held_sockets_reports_and_recovers(redis_server: RedisServer) -> None:
+    rc = RedisConfig(url=redis_server.url, key="outage", lease_ttl_ms=1500, retry_ms=20, timeout_ms=300)
+    with trio.fail_after(60):
+        async with stack(emulator_config(max_sessions=LIMIT), spare=1, max_sessions=LIMIT) as s:
+            budget = RedisSessionBudget(rc, LIMIT, s.metrics)
+            async with pools(s, [budget]) as (pool,):
+                while pool.idle_count < 1:
+                    await trio.sleep(0.01)
+                assert pool.not_ready_reason() is None
+                redis_server.stop()
+                async with pool.lease() as lease:  # the socket already held serves the utterance
+                    assert lease.pool_hit
+                    assert await utterance(lease, 200) is not None
+                    # no idle socket now, and none can be opened: readiness says why (Redis), metrics too
+                    while "Redis unreachable" not in (pool.not_ready_reason() or ""):
+                        await trio.sleep(0.01)
+                    assert s.metrics.value("session_budget_redis_up") == 0
+                    opened = s.emulator.stats.sessions_opened
+                assert s.emulator.stats.sessions_opened == opened == 1  # nothing opened without a lease
+                redis_server.start()
+                while not s.metrics.value("session_budget_redis_up"):  # recovers by itself
+                    await trio.sleep(0.01)
+                async with pool.lease():  # the spare is replaced again: a new lease, a new socket
+                    while pool.idle_count < 1:
+                        await trio.sleep(0.01)
+                    assert s.emulator.stats.sessions_opened == 2
+                    assert redis_server.zcard("outage") == 2
+                    assert pool.not_ready_reason() is None
