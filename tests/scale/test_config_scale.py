@@ -27,9 +27,9 @@ def test_a_bad_redis_url_is_one_line_without_the_password(url: str) -> None:
 
 
 def test_workers_must_be_a_count_or_auto() -> None:
-    with pytest.raises(ConfigError, match="server.workers"):
+    with pytest.raises(ConfigError, match=r"server\.workers"):
         load(environ={"SORI_SERVER_WORKERS": "many"})
-    with pytest.raises(ConfigError, match="server.workers"):
+    with pytest.raises(ConfigError, match=r"server\.workers"):
         load(environ={"SORI_SERVER_WORKERS": "0"})
 
 
