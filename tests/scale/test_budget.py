@@ -111,8 +111,8 @@ async def test_outage_refuses_new_leases_keeps_held_and_recovers(redis_server: R
             assert metrics.value("session_budget_refusals_total", "reason=unavailable") == 1
             redis_server.start()  # comes back empty (no persistence)
             # the renewal re-adds the leases still held (test_lost_data_... shows the grace before new ones)
-            await wait_until(lambda: redis_server.zcard(KEY) == 2)
-            assert budget.up and metrics.value("session_budget_leases_readded_total") == 2
+            await wait_until(lambda: budget.up and metrics.value("session_budget_leases_readded_total") == 2)
+            assert redis_server.zcard(KEY) == 2
             await acquire_eventually(budget)
             with pytest.raises(BudgetFull):
                 await budget.acquire()
