@@ -132,3 +132,24 @@ async def test_a_worker_that_cannot_start_stops_the_parent_with_an_error(monkeyp
         code = await pool.run()
     assert code == 127
     assert all(w.starts == 0 for w in pool.workers)
+
+
+async def test_a_taken_port_is_a_startup_error_before_any_worker() -> None:
+    import socket
+
+    from engine.nursery import StartupError
+    from engine.workers import WorkerPool
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        for server in ({"port": port, "admin_port": 0}, {"port": 0, "admin_port": port}):
+            pool = WorkerPool(build({"server": server}), 2, ["--stt", "emulator"], handle_signals=False)
+            with trio.fail_after(30), pytest.raises((StartupError, BaseExceptionGroup)) as info:
+                await pool.run()
+            from engine.nursery import root_cause
+
+            cause = root_cause(info.value)
+            assert isinstance(cause, StartupError) and "Address already in use" in str(cause)
+            assert all(w.pid is None and not w.exit_codes for w in pool.workers)  # nothing was spawned
