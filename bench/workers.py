@@ -101,11 +101,14 @@ def progress(path: Path) -> set[str]:
     return {json.loads(x)["event"] for x in path.read_text().splitlines() if x.strip()} if path.exists() else set()
 
 
-def run(workers: int, calls: int, corpus: list[c.CorpusCall], work: Path, args: argparse.Namespace) -> Run:
+def run(workers: int, calls: int, corpus: list[c.CorpusCall], work: Path, args: argparse.Namespace,
+        round_: int) -> Run:
     r = Run(workers, calls)
-    tag = f"w{workers}-{calls}"
+    tag = f"w{workers}-{calls}-r{round_}"
     emu_port, port, admin = c.free_port(), c.free_port(), c.free_port()
     events, prog, out = work / f"events-{tag}.jsonl", work / f"progress-{tag}.jsonl", work / f"load-{tag}.json"
+    for stale in (events, prog, out):  # appended to by the engine and the load generator
+        stale.unlink(missing_ok=True)
     emulator = c.start_emulator(emu_port, max_sessions=calls + 50, log=work / f"emu-{tag}.log", cpu=None,
                                 final_ms=150, cheap=True)
     engine = gen = None
@@ -200,8 +203,8 @@ def main() -> int:
           "| closing finals / utterances | errors | rig CPU | rig lag p99 | others | machine idle |")
     print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for calls in args.calls:
-        for w in args.workers:
-            r = run(w, calls, corpus, work, args)
+        for round_, w in enumerate(args.workers):
+            r = run(w, calls, corpus, work, args, round_)
             verdict = "INVALID" if r.invalid else "valid"
             spread = ", ".join(f"{k}: {v:g}" for k, v in sorted(r.calls_by_worker.items())) or "-"
             print(f"| {w} | {calls} | {verdict} | {r.engine_cpu:.0f} % ({r.parent_cpu:.1f}; "
