@@ -45,6 +45,7 @@ class Run:
     rig_lag_p99: float = math.nan
     others_cpu: float = math.nan
     machine_idle: float = math.nan  # % of the whole machine (2 cores = 200 %)
+    rss_mib: list[float] = field(default_factory=list)  # parent, then each worker, at the window's end
     finals: int = 0
     utterances: int = 0
     errors: int = 0
@@ -145,6 +146,7 @@ def run(workers: int, calls: int, corpus: list[c.CorpusCall], work: Path, args: 
         time.sleep(args.window_s)
         cpu_b = [c.CpuSample.take(p) for p in pids + rig]
         busy_b = machine_busy_s()
+        r.rss_mib = [c.proc_rss(p) / 2**20 for p in pids]
         hist_b = buckets(fetch(admin, "/metrics"))
         t_b = time.time()
         if "first_done" in progress(prog):
@@ -200,8 +202,8 @@ def main() -> int:
     corpus = c.load_corpus()
     print(f"machine: {c.machine()}")
     print("| workers | calls | verdict | engine CPU (parent; workers) | CPU per call | calls by worker | frame lag p50 / p99 ms "
-          "| closing finals / utterances | errors | rig CPU | rig lag p99 | others | machine idle |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+          "| closing finals / utterances | errors | rig CPU | rig lag p99 | others | machine idle | RSS MiB (parent; workers) |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for calls in args.calls:
         for round_, w in enumerate(args.workers):
             r = run(w, calls, corpus, work, args, round_)
@@ -210,7 +212,9 @@ def main() -> int:
             print(f"| {w} | {calls} | {verdict} | {r.engine_cpu:.0f} % ({r.parent_cpu:.1f}; "
                   f"{', '.join(f'{x:.0f}' for x in r.worker_cpu)}) | {r.cpu_per_call:.2f} % | {spread} | "
                   f"{r.lag_p50:g} / {r.lag_p99:g} | {r.finals} / {r.utterances} | {r.errors} | {r.rig_cpu:.0f} % | "
-                  f"{r.rig_lag_p99:.1f} ms | {r.others_cpu:.0f} % | {r.machine_idle:.0f} % |", flush=True)
+                  f"{r.rig_lag_p99:.1f} ms | {r.others_cpu:.0f} % | {r.machine_idle:.0f} % | "
+                  f"{r.rss_mib[0] if r.rss_mib else math.nan:.0f}; {', '.join(f'{x:.0f}' for x in r.rss_mib[1:])} |",
+                  flush=True)
             for why in r.invalid:
                 print(f"  INVALID ({w} workers, {calls} calls): {why}", flush=True)
     return 0
