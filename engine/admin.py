@@ -92,6 +92,10 @@ class AdminServer:
             return 200, "text/plain; version=0.0.4", self.metrics.render().encode()
         return 404, "text/plain", b"not found\n"
 
+    async def respond_async(self, method: str, target: str) -> tuple[int, str, bytes]:
+        """What ``_handle`` serves; ``engine.workers`` overrides it to answer from its workers."""
+        return self.respond(method, target)
+
     def _not_ready_reason(self) -> str | None:
         """The readiness reason as one line with secrets scrubbed; a failing check is itself a reason."""
         try:
@@ -110,7 +114,7 @@ class AdminServer:
                 request = await _next_request(conn, stream)
                 if request is None:
                     return
-                status, ctype, body = self.respond(request.method.decode(), request.target.decode())
+                status, ctype, body = await self.respond_async(request.method.decode(), request.target.decode())
                 headers: list[tuple[str, Any]] = [
                     ("content-type", ctype),
                     ("content-length", str(len(body))),

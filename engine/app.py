@@ -27,6 +27,7 @@ from engine.log import get_logger
 from engine.metrics import Registry
 from engine.nursery import StartupError, Supervisor, root_cause
 from engine.rtzr import RtzrPool, TokenManager
+from engine.rtzr.budget import session_budget
 from engine.sinks import EventSinks
 from engine.twilio.server import TwilioServer, TwilioSession
 
@@ -145,7 +146,8 @@ def build(config: Config, *, on_event: Callable[[Event], None] | None = None, ha
     metrics = Registry()
     budgets = Budgets(config.budgets)
     tokens = TokenManager(config.rtzr, budgets, metrics)
-    pool = RtzrPool(config.rtzr, tokens, budgets, metrics)
+    pool = RtzrPool(config.rtzr, tokens, budgets, metrics,
+                    session_budget(config.redis, config.rtzr.pool.max_sessions, metrics))
     sinks = EventSinks(config.sinks, metrics, on_event=on_event)
     supervisor = Supervisor([], budgets=budgets, metrics=metrics, handle_signals=handle_signals,
                             listen_addresses={

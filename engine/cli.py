@@ -45,7 +45,7 @@ def config_from_args(args: argparse.Namespace) -> Config:
     """Build the config from file, environment and this command's flags (flags win)."""
     assignments: list[str] = list(getattr(args, "assign", []) or [])
     flag_keys = {"host": "server.host", "port": "server.port", "admin_port": "server.admin_port",
-                 "log_level": "log.level"}
+                 "log_level": "log.level", "workers": "server.workers"}
     for attr, key in flag_keys.items():
         value = getattr(args, attr, None)
         if value is not None:
@@ -67,6 +67,11 @@ def build_parser() -> argparse.ArgumentParser:
                        help="rtzr (default, needs RTZR_CLIENT_ID/RTZR_CLIENT_SECRET) or an in-process emulator")
     serve.add_argument("--allow-unsigned", action="store_true",
                        help="accept Twilio streams without X-Twilio-Signature (development only)")
+    serve.add_argument("--workers", metavar="N|auto",
+                       help="worker processes sharing the Twilio port (server.workers; auto = one per core)")
+    # Set by the parent of `--workers` for each worker process (engine/workers.py); not for users.
+    serve.add_argument("--worker-index", type=int, help=argparse.SUPPRESS)
+    serve.add_argument("--worker-status-fd", type=int, help=argparse.SUPPRESS)
 
     for name, (module_name, help_text) in DELEGATED.items():
         p = sub.add_parser(name, help=help_text)

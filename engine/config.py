@@ -49,6 +49,10 @@ class ServerConfig(_Section):
     # collections neither run every few calls' frames nor rescan the long-lived heap; "default": CPython's
     # collector as it is. Measured in BENCHMARKS.md (Capacity); see docs/architecture.md, "GC policy".
     gc_policy: Literal["throughput", "default"] = "throughput"
+    # Scale-out (docs/deploy.md): worker processes sharing the Twilio port; "auto" = one per usable core.
+    workers: Annotated[int, Meta(ge=1, le=256)] | Literal["auto"] = 1
+    # Set by ``sori serve --workers`` for its workers: the Twilio listening socket they inherit (not for users).
+    listen_fd: Annotated[int, Meta(ge=0)] | None = None
 
 
 class PoolConfig(_Section):
@@ -170,6 +174,21 @@ class CallConfig(_Section):
     audio_buffer_ms: Annotated[int, Meta(ge=100, le=600_000)] = 10_000
 
 
+class RedisConfig(_Section):
+    """The RTZR session budget shared by every worker and host (``SORI_REDIS_URL``); '' = this process only.
+
+    With a URL, ``rtzr.pool.max_sessions`` is the organisation's limit across every process using ``key``.
+    """
+
+    url: str = ""
+    key: str = "sori:rtzr:sessions"
+    # A crashed process's sessions come back within this; renewed every third of it while a socket lives.
+    lease_ttl_ms: Annotated[int, Meta(ge=300, le=600_000)] = 15_000
+    timeout_ms: PositiveMs = 1000
+    # How soon an open refused by the budget (limit reached, Redis unreachable) is retried.
+    retry_ms: PositiveMs = 500
+
+
 class LogConfig(_Section):
     """JSON-lines logs on stderr."""
 
@@ -187,6 +206,7 @@ class Config(_Section):
     twilio: TwilioConfig = msgspec.field(default_factory=TwilioConfig)
     call: CallConfig = msgspec.field(default_factory=CallConfig)
     log: LogConfig = msgspec.field(default_factory=LogConfig)
+    redis: RedisConfig = msgspec.field(default_factory=RedisConfig)
 
     def secrets(self) -> list[str]:
         """Every secret value in the tree, so the logger can redact them."""
@@ -194,6 +214,7 @@ class Config(_Section):
             self.rtzr.client_secret,
             self.twilio.auth_token,
             self.sinks.webhook_secret,
+            urllib.parse.urlsplit(self.redis.url).password if self.redis.url else None,
         ]
         return [v for v in values if v]
 
@@ -375,7 +396,21 @@ def build(*layers: Mapping[str, Any]) -> Config:
         config.rtzr.ws_url = derive_ws_url(config.rtzr.api_base)
     _check_url("rtzr.api_base", config.rtzr.api_base, ("http", "https"))
     _check_url("rtzr.ws_url", config.rtzr.ws_url, ("ws", "wss"))
+    if config.redis.url:
+        _check_redis_url(config.redis.url)
     return config
+
+
+def _check_redis_url(url: str) -> None:
+    """Like _check_url, but never echoes the URL (it may hold the Redis password)."""
+    try:
+        parts = urllib.parse.urlsplit(url)
+        _ = parts.port
+        ok = parts.scheme in ("redis", "rediss") and bool(parts.hostname) and (parts.path.strip("/") or "0").isdigit()
+    except ValueError:
+        ok = False
+    if not ok:
+        raise ConfigError("redis.url: expected redis://[[user]:password@]host[:port][/db] or rediss://...")
 
 
 def _describe(exc: msgspec.ValidationError) -> str:

@@ -1,4 +1,8 @@
-"""``sori serve``: check the configuration, then run the engine under the supervisor."""
+"""``sori serve``: check the configuration, then run the engine under the supervisor.
+
+With ``--workers N`` (``server.workers``) above 1 this process becomes the parent of N engine processes
+(engine/workers.py); each of them runs this same command as a worker (``--worker-status-fd``).
+"""
 
 from __future__ import annotations
 
@@ -37,6 +41,13 @@ def run_serve(args: argparse.Namespace) -> int:
     setup_logging(config.log.level, secrets=config.secrets())
     if config.server.allow_unsigned and not config.twilio.auth_token:
         log.warning("unsigned_streams_allowed", hint="every call will be accepted without a signature")
+    if args.worker_status_fd is not None:
+        return _run_worker(config, args.stt, args.worker_index or 0, args.worker_status_fd)
+    from engine.workers import resolve_workers
+
+    workers = resolve_workers(config.server.workers)
+    if workers > 1:
+        return _run_parent(config, workers, _child_args(args))
     from engine.app import run_engine
 
     stt = None
@@ -51,4 +62,59 @@ def run_serve(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"sori: config error: {exc}", file=sys.stderr)
         return EXIT_CONFIG
+    return 0
+
+
+def _child_args(args: argparse.Namespace) -> list[str]:
+    """The ``serve`` arguments each worker gets: the same configuration sources (the environment is inherited)."""
+    out = ["--stt", args.stt]
+    if args.config:
+        out += ["--config", args.config]
+    for assignment in args.assign or []:
+        out += ["--set", assignment]
+    if args.log_level:
+        out += ["--log-level", args.log_level]
+    if args.allow_unsigned:
+        out.append("--allow-unsigned")
+    return out
+
+
+def _run_parent(config: Config, workers: int, child_args: list[str]) -> int:
+    from engine.nursery import StartupError, root_cause
+    from engine.workers import WorkerPool, worker_overrides
+
+    worker_overrides(config, workers)  # a config error (sessions cannot be split) before anything starts
+    try:
+        return trio.run(WorkerPool(config, workers, child_args).run)
+    except BaseExceptionGroup as group:
+        cause = root_cause(group)
+        if isinstance(cause, StartupError):
+            raise cause from cause.cause
+        raise
+    except KeyboardInterrupt:
+        return 130
+
+
+def _run_worker(config: Config, stt: str, index: int, status_fd: int) -> int:
+    """One worker of ``--workers``: the engine on the inherited listener, reporting to the parent."""
+    from engine.app import Engine, apply_gc_policy, freeze_when_ready, serve
+    from engine.workers import report_and_watch_parent, tag_worker_logs
+
+    tag_worker_logs(index)
+    freeze = apply_gc_policy(config.server.gc_policy)
+
+    async def after_start(engine: Engine) -> None:
+        async with trio.open_nursery() as nursery:
+            if freeze:
+                nursery.start_soon(freeze_when_ready, engine)
+            assert engine.admin.bound_port is not None
+            await report_and_watch_parent(status_fd, engine.admin.bound_port, engine.shutdown)
+
+    async def main() -> None:
+        await serve(config, stt=stt, after_start=after_start)
+
+    try:
+        trio.run(main)
+    except KeyboardInterrupt:
+        return 130
     return 0

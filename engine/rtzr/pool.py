@@ -35,6 +35,7 @@ from engine.config import RtzrConfig
 from engine.log import get_logger
 from engine.metrics import Registry
 from engine.rtzr.auth import TokenManager, backoff_delay
+from engine.rtzr.budget import BudgetFull, BudgetUnavailable, LocalSessionBudget, SessionBudget
 from engine.rtzr.protocol import build_query
 from engine.rtzr.stream import LeaseItem, RtzrConnectError, RtzrSaturated, RtzrSocket, RtzrSocketLost, _Lost
 from engine.rtzr.tracker import LeaseResult
@@ -127,8 +128,11 @@ class RtzrPool:
 
     name = "rtzr_pool"
 
-    def __init__(self, config: RtzrConfig, tokens: TokenManager, budgets: Budgets, metrics: Registry) -> None:
+    def __init__(self, config: RtzrConfig, tokens: TokenManager, budgets: Budgets, metrics: Registry,
+                 session_budget: SessionBudget | None = None) -> None:
         self.config = config
+        # A lease per open socket (engine/rtzr/budget.py): local, or shared through Redis across processes.
+        self.session_budget = session_budget or LocalSessionBudget(config.pool.max_sessions)
         self.pool_config = config.pool
         self.tokens = tokens
         self.budgets = budgets
@@ -164,6 +168,7 @@ class RtzrPool:
         self._last_open_error = ""
         self._open_refused = False  # the latest open failed for a reason other than saturation
         self._draining = False
+        self._budget_leases: dict[RtzrSocket, str] = {}
 
     # ------------------------------------------------------------------ state
 
@@ -199,6 +204,8 @@ class RtzrPool:
         if self._draining:
             return "RTZR pool draining"
         if self.pooled and not self._idle and self.pool_config.spare > 0:
+            if self._saturated and self._last_open_error.startswith(BudgetFull.__name__):
+                return f"RTZR session budget full ({self._last_open_error}) and no idle socket"
             if self._saturated:
                 return "RTZR session limit reached (HTTP 429) and no idle socket"
             if self._last_open_error:
@@ -232,6 +239,8 @@ class RtzrPool:
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             try:
+                self.session_budget.on_change = self._notify  # contention sheds idle spares (_due, _wanted_opens)
+                await nursery.start(self.session_budget.run)  # stops with the pool, giving its leases back
                 nursery.start_soon(self._maintain)
                 nursery.start_soon(self._retry_when_token_arrives)
                 await self._warm_up()
@@ -281,6 +290,8 @@ class RtzrPool:
         pc = self.pool_config
         if not sock.usable:
             return self._unusable_reason(sock)
+        if self.session_budget.contended:  # a lessee elsewhere waits for a session: no idle spares held here
+            return "shed"
         if now - sock.last_used >= pc.max_idle_ms / 1000.0:
             return "idle"
         if now - sock.opened_at >= pc.max_age_ms / 1000.0:
@@ -305,7 +316,8 @@ class RtzrPool:
     def _wanted_opens(self) -> int:
         """How many more sockets to open now: spares plus one per waiting lessee, within max_sessions."""
         waiting = self.waiting_count
-        want = (self.pool_config.spare if self.pooled else 0) + waiting - len(self._idle) - self._opening
+        spare = self.pool_config.spare if self.pooled and not self.session_budget.contended else 0
+        want = spare + waiting - len(self._idle) - self._opening
         return max(0, min(want, self.pool_config.max_sessions - self.open_count))
 
     async def _maintain(self) -> None:
@@ -317,7 +329,7 @@ class RtzrPool:
                 if reason is not None:
                     self._idle.remove(sock)
                     self._recycle_counter(reason)
-                    self._nursery_close(sock, reason, eos=reason in ("idle", "age", "token"))
+                    self._nursery_close(sock, reason, eos=reason in ("idle", "age", "token", "shed"))
             wake_at = math.inf
             if now >= self._retry_at:
                 for _ in range(self._wanted_opens()):
@@ -334,9 +346,15 @@ class RtzrPool:
 
     async def _open(self) -> RtzrSocket:
         assert self._nursery is not None, "RtzrPool.run is not running"
-        sock = await RtzrSocket.connect(
-            self.config, self.tokens, self.budgets, self.metrics, self._nursery, query=self._query
-        )
+        budget_lease = await self.session_budget.acquire()  # BudgetFull / BudgetUnavailable: nothing opened
+        try:
+            sock = await RtzrSocket.connect(
+                self.config, self.tokens, self.budgets, self.metrics, self._nursery, query=self._query
+            )
+        except BaseException:
+            self.session_budget.release(budget_lease)
+            raise
+        self._budget_leases[sock] = budget_lease  # given back in _close_one, once the socket is closed
         self._nursery_watch(sock)
         return sock
 
@@ -345,6 +363,11 @@ class RtzrPool:
         sock: RtzrSocket | None = None
         try:
             sock = await self._open()
+        except (BudgetFull, BudgetUnavailable) as exc:  # the shared limit, not RTZR: retry soon, count apart
+            self._opening -= 1
+            self._saturated = isinstance(exc, BudgetFull)
+            self._open_failed(exc, saturated=self._saturated)
+            self._retry_at = min(self._retry_at, trio.current_time() + self.session_budget.retry_s)
         except RtzrSaturated as exc:
             self._opening -= 1
             self._c_429.inc()
@@ -413,6 +436,9 @@ class RtzrPool:
         try:
             await sock.close(eos=eos and sock.is_open and not sock.bad)
         finally:
+            budget_lease = self._budget_leases.pop(sock, None)
+            if budget_lease is not None:
+                self.session_budget.release(budget_lease)
             self._closing.discard(sock)
             self._notify()
         log.debug("rtzr_pool_socket_closed", reason=reason)

@@ -19,6 +19,8 @@ from __future__ import annotations
 import errno
 import itertools
 import math
+import os
+import socket
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 from typing import Protocol
@@ -248,7 +250,11 @@ class TwilioServer:
 
     async def run(self, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
         """Bind, report the bound port, accept until cancelled (live calls keep running)."""
-        listeners = await trio.open_tcp_listeners(self.config.server.port, host=self.config.server.host)
+        if self.config.server.listen_fd is not None:  # a worker of `sori serve --workers`: the parent's socket
+            inherited = socket.socket(fileno=os.dup(self.config.server.listen_fd))  # a dup: a restart reuses it
+            listeners = [trio.SocketListener(trio.socket.from_stdlib_socket(inherited))]
+        else:
+            listeners = await trio.open_tcp_listeners(self.config.server.port, host=self.config.server.host)
         self.port = listeners[0].socket.getsockname()[1]
         log.info("twilio_listening", host=self.config.server.host, port=self.port, path=self.config.twilio.path)
         async with trio.open_nursery() as nursery:
