@@ -8,11 +8,15 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import TYPE_CHECKING
 
 import trio
 
 from engine.config import Config, ConfigError
 from engine.log import get_logger, setup_logging
+
+if TYPE_CHECKING:
+    from engine.app import SttLauncher
 
 log = get_logger(__name__)
 
@@ -50,19 +54,23 @@ def run_serve(args: argparse.Namespace) -> int:
         return _run_parent(config, workers, _child_args(args))
     from engine.app import run_engine
 
-    stt = None
-    if args.stt == "emulator":  # the engine knows no emulator: the CLI wires it (engine/rtzr/emulator/local.py)
-        from engine.rtzr.emulator.local import in_process
-
-        stt = in_process()
     try:
-        trio.run(run_engine, config, stt)
+        trio.run(run_engine, config, _stt_launcher(args.stt))
     except KeyboardInterrupt:
         return 130
     except ConfigError as exc:
         print(f"sori: config error: {exc}", file=sys.stderr)
         return EXIT_CONFIG
     return 0
+
+
+def _stt_launcher(stt: str) -> SttLauncher | None:
+    """The engine knows no emulator by name: the CLI wires it (engine/rtzr/emulator/local.py)."""
+    if stt != "emulator":
+        return None
+    from engine.rtzr.emulator.local import in_process
+
+    return in_process()
 
 
 def _child_args(args: argparse.Namespace) -> list[str]:
@@ -111,7 +119,7 @@ def _run_worker(config: Config, stt: str, index: int, status_fd: int) -> int:
             await report_and_watch_parent(status_fd, engine.admin.bound_port, engine.shutdown)
 
     async def main() -> None:
-        await serve(config, stt=stt, after_start=after_start)
+        await serve(config, stt=_stt_launcher(stt), after_start=after_start)
 
     try:
         trio.run(main)
