@@ -44,6 +44,8 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--faults", default="", metavar="SPEC",
                    help="e.g. 'session=3:close_after=500;session=5:reject=429'; kinds: reject=STATUS, "
                         "close_after=MS, error_after=MS, empty_text, stall[=MS]; session=N, N-M or *")
+    p.add_argument("--lag-probe-ms", type=int, default=0,
+                   help="load tests: sample the event loop's own lag this often; GET /stats reports it (0 = off)")
     p.add_argument("--log-level", choices=["debug", "info", "warning", "error"], default="info")
 
 
@@ -82,6 +84,7 @@ def config_from_args(args: argparse.Namespace) -> EmulatorConfig:
         "max_session_s": args.max_session_s, "epd_time": args.epd_time, "phrasebook": args.phrasebook,
         "cheap": bool(getattr(args, "cheap", False)),
         "client_id": client_id, "client_secret": client_secret, "faults": args.faults,
+        "lag_probe_ms": int(getattr(args, "lag_probe_ms", 0)),
     }
     config = msgspec.convert(raw, EmulatorConfig)
     parse_faults(config.faults)
