@@ -104,14 +104,14 @@ def pinned(cmd: list[str], cpu: int | None) -> list[str]:
     return ["taskset", "-c", str(cpu), *cmd]
 
 
-def realtime(cmd: list[str]) -> list[str]:
+def realtime(cmd: list[str], prio: int = 1) -> list[str]:
     """Prefix with ``chrt -f 1`` (SCHED_FIFO) when allowed, so a load generator sharing its core with the
     emulator is never kept waiting behind the emulator's bursts (its pacing is what the engine's frame lag
     measures). The kernel's RT throttling still leaves the core's other processes 5 %; the load generator
     sleeps between ticks anyway."""
     if shutil.which("chrt") is None or subprocess.call(["chrt", "-f", "1", "true"], stderr=subprocess.DEVNULL) != 0:
         return cmd
-    return ["chrt", "-f", "1", *cmd]
+    return ["chrt", "-f", str(prio), *cmd]
 
 
 def spawn(cmd: list[str], *, cpu: int | None, log: Path, env: dict[str, str] | None = None,
@@ -156,16 +156,18 @@ def real_pid(proc: subprocess.Popen[bytes]) -> int:
 
 def start_emulator(port: int, *, max_sessions: int, log: Path, cpu: int | None,
                    handshake_ms: int = 100, final_ms: int = 150, interim_ms: int = 1000,
-                   cheap: bool = False, lag_probe_ms: int = 10, root: Path = ROOT) -> subprocess.Popen[bytes]:
+                   cheap: bool = False, lag_probe_ms: int = 10, root: Path = ROOT,
+                   rt: bool = False) -> subprocess.Popen[bytes]:
     """``sori emulate-rtzr``; ``cheap`` skips recognition (placeholder words, same EPD/Finalize/EOS semantics).
 
     ``lag_probe_ms`` > 0: the emulator samples its own event-loop lag (read it with :func:`emulator_stats`);
-    0 for a ``root`` checkout older than the probe.
+    0 for a ``root`` checkout older than the probe. ``rt``: SCHED_FIFO priority 1 (see :func:`realtime`).
     """
     probe = ["--lag-probe-ms", str(lag_probe_ms)] if lag_probe_ms else []
-    proc = spawn([PY, "-m", "engine", "emulate-rtzr", "--port", str(port), "--handshake-ms", str(handshake_ms),
+    wrap = realtime if rt else (lambda cmd: cmd)
+    proc = spawn(wrap([PY, "-m", "engine", "emulate-rtzr", "--port", str(port), "--handshake-ms", str(handshake_ms),
                   "--final-ms", str(final_ms), "--interim-ms", str(interim_ms), "--max-sessions", str(max_sessions),
-                  "--log-level", "warning", "--idle-timeout-s", "600", *(["--cheap"] if cheap else []), *probe],
+                  "--log-level", "warning", "--idle-timeout-s", "600", *(["--cheap"] if cheap else []), *probe]),
                  cpu=cpu, log=log, root=root)
     wait_port(port, proc)
     return proc

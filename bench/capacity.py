@@ -186,8 +186,8 @@ def window_lag(load: dict[str, Any], t_from: float, t_to: float) -> tuple[float,
 # one step
 
 
-def rig_cmd(cmd: list[str], args: argparse.Namespace) -> list[str]:
-    return cmd if args.no_rt else c.realtime(cmd)
+def rig_cmd(cmd: list[str], args: argparse.Namespace, prio: int = 1) -> list[str]:
+    return cmd if args.no_rt else c.realtime(cmd, prio)
 
 
 def run_step(n: int, gc: str, corpus: list[c.CorpusCall], work: Path, *, args: argparse.Namespace) -> Step:
@@ -383,7 +383,8 @@ def run_rig_only(n: int, corpus: list[c.CorpusCall], work: Path, args: argparse.
                  emulator_root: Path | None = None) -> RigRun:
     """The rig on core 1 (load generator SCHED_FIFO + ``--cheap`` emulator) driving ``n`` calls through the
     stand-in on core 0 (bench/standin.py: Twilio in, every call's audio to its own emulator session in 100 ms
-    messages). KEEPS UP = core 1 ≤ 90 %, load generator lag p99 ≤ --rig-lag-ms, emulator loop lag p99 ≤
+    messages). Unless --no-rt all three run SCHED_FIFO (load generator above the emulator, so its pacing comes
+    first), so other engineers' processes on this shared machine cannot starve the rig. KEEPS UP = core 1 ≤ 90 %, load generator lag p99 ≤ --rig-lag-ms, emulator loop lag p99 ≤
     --emu-lag-ms, every call and session up; INVALID when the stand-in (> 90 %) or other processes on core 1
     (> --max-others) were the limit, or a call ended inside the window."""
     pin = not args.no_pin
@@ -392,12 +393,12 @@ def run_rig_only(n: int, corpus: list[c.CorpusCall], work: Path, args: argparse.
     emu_port, port = c.free_port(), c.free_port()
     emulator = c.start_emulator(emu_port, max_sessions=n + 50, log=work / f"emu-rig-{tag}.log", cpu=1 if pin else None,
                                 final_ms=FINAL_MS, cheap=True, lag_probe_ms=0 if emulator_root else 10,
-                                root=emulator_root or c.ROOT)
+                                root=emulator_root or c.ROOT, rt=not args.no_rt)
     stats_path = work / f"standin-{tag}.json"
     standin = gen = None
     try:
-        standin = c.spawn([c.PY, str(c.ROOT / "bench" / "standin.py"), "--port", str(port), "--emulator",
-                           f"127.0.0.1:{emu_port}", "--stats", str(stats_path)], cpu=0 if pin else None,
+        standin = c.spawn(rig_cmd([c.PY, str(c.ROOT / "bench" / "standin.py"), "--port", str(port), "--emulator",
+                           f"127.0.0.1:{emu_port}", "--stats", str(stats_path)], args), cpu=0 if pin else None,
                           log=work / f"standin-{tag}.log")
         c.wait_port(port, standin)
         progress = work / f"progress-rig-{tag}.jsonl"
@@ -405,7 +406,7 @@ def run_rig_only(n: int, corpus: list[c.CorpusCall], work: Path, args: argparse.
         stagger = min(20.0, args.ramp_s * 1000 / n)
         gen = c.spawn(rig_cmd([c.PY, str(c.ROOT / "bench" / "loadgen.py"), f"ws://127.0.0.1:{port}/twilio/media",
                        "--calls", str(n), "--stagger-ms", f"{stagger:.3f}", "--repeat", str(args.repeat),
-                       "--progress", str(progress), "--out", str(out), "--audio", *[str(k.wav) for k in corpus]], args),
+                       "--progress", str(progress), "--out", str(out), "--audio", *[str(k.wav) for k in corpus]], args, 2),
                       cpu=1 if pin else None, log=work / f"load-rig-{tag}.log")
         deadline = time.monotonic() + args.ramp_s + 60
         while "all_live" not in progress_events(progress) and time.monotonic() < deadline and gen.poll() is None:
@@ -513,7 +514,8 @@ def main() -> int:
                 print(f"  rig {n} calls ({r.emulator}): {r.verdict}, core 1 {r.core1:.0f} % (loadgen {r.loadgen_cpu:.0f} "
                       f"+ emulator {r.emulator_cpu:.0f}), stand-in {r.standin_cpu:.0f} %, loadgen lag p99 "
                       f"{r.rig_lag_p99:.1f} ms, emulator lag p99 {fmt_ms(r.emu_lag_p99)} ms", flush=True)
-        print(f"rig only: load generator (SCHED_FIFO) + --cheap emulator on core 1, bench/standin.py on core 0; "
+        print(f"rig only: load generator + --cheap emulator on core 1, bench/standin.py on core 0"
+              f"{'' if args.no_rt else ' (all SCHED_FIFO, load generator first)'}; "
               f"{len(corpus)} corpus calls × {args.repeat} plays; window {args.window_s:g} s after all live + "
               f"{args.settle_s:g} s; {c.machine()}; logs in {work}")
         print(rig_report(runs))

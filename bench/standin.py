@@ -7,7 +7,8 @@ start-up, then a WebSocket upgrade with the token), forwards the call's audio as
 messages (the engine's RTZR batch size; audio that arrives during the handshake is sent when it completes),
 and at ``stop`` sends ``EOS`` and closes. It forwards *all* of a call's audio (the engine streams only
 utterances), so the emulator sees at least the engine's load. One selector loop, no frame work beyond
-splitting: zero-key client frames (the load generator's) are read in place, other masks are applied.
+splitting: zero-key client frames (the load generator's) are read in place, other masks are applied; its
+own frames to the emulator carry random masking keys, as the engine's do.
 
 On SIGTERM it writes ``--stats`` (JSON): sessions opened/closed, results, EOS → closing final times.
 
@@ -20,9 +21,11 @@ import argparse
 import base64
 import hashlib
 import json
+import os
 import selectors
 import signal
 import socket
+import threading
 import time
 import urllib.parse
 import urllib.request
@@ -40,7 +43,9 @@ QUERY = "/v1/transcribe:streaming?sample_rate=8000&encoding=LINEAR16"
 
 
 def client_frame(opcode: int, payload: bytes) -> bytes:
-    """A final client frame with the zero masking key (the payload bytes are sent as they are)."""
+    """A final client frame with a random masking key, as the engine's RTZR client sends (the emulator unmasks)."""
+    key = os.urandom(4)
+    payload = apply_mask(payload, key)
     n = len(payload)
     if n < 126:
         head = bytes([0x80 | opcode, 0x80 | n])
@@ -48,7 +53,7 @@ def client_frame(opcode: int, payload: bytes) -> bytes:
         head = bytes([0x80 | opcode, 0x80 | 126]) + n.to_bytes(2, "big")
     else:
         head = bytes([0x80 | opcode, 0x80 | 127]) + n.to_bytes(8, "big")
-    return head + b"\0\0\0\0" + payload
+    return head + key + payload
 
 
 def split_frames(buf: bytearray) -> list[tuple[int, bytes]]:
@@ -162,6 +167,7 @@ class Call:
 
 class StandIn:
     def __init__(self, port: int, emulator: str, token: str) -> None:
+        """Listens on ``port`` (0: any; see ``self.port``)."""
         self.sel = selectors.DefaultSelector()
         self.emulator = emulator
         self.token = token
@@ -171,12 +177,16 @@ class StandIn:
         self.listener.bind(("127.0.0.1", port))
         self.listener.listen(4096)
         self.listener.setblocking(False)
+        self.port: int = self.listener.getsockname()[1]
         self.sel.register(self.listener, selectors.EVENT_READ, None)
 
-    def serve(self) -> None:
-        while True:
-            for key, mask in self.sel.select():
+    def serve(self, stop: threading.Event | None = None) -> None:
+        """Until SIGTERM (or ``stop`` is set: tests run it in a thread)."""
+        while stop is None or not stop.is_set():
+            for key, mask in self.sel.select(None if stop is None else 0.05):
                 obj = key.data
+                if obj is not None and obj.sock.fileno() < 0:  # closed earlier in this batch
+                    continue
                 if obj is None:
                     self.accept()
                 elif mask & selectors.EVENT_WRITE and obj.out.backlog:
