@@ -157,13 +157,15 @@ def real_pid(proc: subprocess.Popen[bytes]) -> int:
 def start_emulator(port: int, *, max_sessions: int, log: Path, cpu: int | None,
                    handshake_ms: int = 100, final_ms: int = 150, interim_ms: int = 1000,
                    cheap: bool = False, lag_probe_ms: int = 10, root: Path = ROOT,
-                   rt: bool = False) -> subprocess.Popen[bytes]:
+                   rt: bool = False, read_batch_ms: float = 0.0) -> subprocess.Popen[bytes]:
     """``sori emulate-rtzr``; ``cheap`` skips recognition (placeholder words, same EPD/Finalize/EOS semantics).
 
     ``lag_probe_ms`` > 0: the emulator samples its own event-loop lag (read it with :func:`emulator_stats`);
     0 for a ``root`` checkout older than the probe. ``rt``: SCHED_FIFO priority 1 (see :func:`realtime`).
     """
     probe = ["--lag-probe-ms", str(lag_probe_ms)] if lag_probe_ms else []
+    if read_batch_ms:
+        probe += ["--read-batch-ms", f"{read_batch_ms:g}"]
     wrap = realtime if rt else (lambda cmd: cmd)
     proc = spawn(wrap([PY, "-m", "engine", "emulate-rtzr", "--port", str(port), "--handshake-ms", str(handshake_ms),
                   "--final-ms", str(final_ms), "--interim-ms", str(interim_ms), "--max-sessions", str(max_sessions),

@@ -199,7 +199,7 @@ def run_step(n: int, gc: str, corpus: list[c.CorpusCall], work: Path, *, args: a
     events = work / f"events-{tag}.jsonl"
     progress = work / f"progress-{tag}.jsonl"
     emulator = c.start_emulator(emu_port, max_sessions=n + 50, log=work / f"emu-{tag}.log", cpu=1 if pin else None,
-                                final_ms=FINAL_MS, cheap=not args.full_emulator)
+                                final_ms=FINAL_MS, cheap=not args.full_emulator, read_batch_ms=args.emu_read_batch_ms)
     engine = gen = None
     try:
         engine = c.start_engine(port, admin, emu_port, events=events, log=work / f"engine-{tag}.log",
@@ -393,7 +393,8 @@ def run_rig_only(n: int, corpus: list[c.CorpusCall], work: Path, args: argparse.
     emu_port, port = c.free_port(), c.free_port()
     emulator = c.start_emulator(emu_port, max_sessions=n + 50, log=work / f"emu-rig-{tag}.log", cpu=1 if pin else None,
                                 final_ms=FINAL_MS, cheap=True, lag_probe_ms=0 if emulator_root else 10,
-                                root=emulator_root or c.ROOT, rt=not args.no_rt)
+                                root=emulator_root or c.ROOT, rt=not args.no_rt,
+                                read_batch_ms=0.0 if emulator_root else args.emu_read_batch_ms)
     stats_path = work / f"standin-{tag}.json"
     standin = gen = None
     try:
@@ -498,6 +499,8 @@ def main() -> int:
     p.add_argument("--no-rt", action="store_true", help="do not run the load generator SCHED_FIFO (chrt -f 1)")
     p.add_argument("--emu-lag-ms", type=float, default=10.0,
                    help="emulator event-loop lag p99 above this: the rig fell behind (INVALID step)")
+    p.add_argument("--emu-read-batch-ms", type=float, default=0.0,
+                   help="emulator --read-batch-ms (more sessions per wake-up; its results up to this much later)")
     p.add_argument("--rig-only", type=int, nargs="+", metavar="CALLS",
                    help="measure the rig alone (load generator + emulator) through an engine stand-in")
     p.add_argument("--ab-emulator", metavar="DIR",

@@ -80,6 +80,23 @@ async def test_one_wakeup_reads_every_ready_socket() -> None:
             assert sorted(len(data) for _fd, data in log) == [1, 2, 3, 4]
 
 
+async def test_a_read_batch_gathers_sockets_that_become_ready_within_it(autojump_clock: trio.testing.MockClock) -> None:
+    log: list[tuple[int, bytes]] = []
+    with trio.fail_after(10), pairs(2) as socks:
+        async with trio.open_nursery() as nursery:
+            hub = await nursery.start(ReadHub(batch_s=0.010).run)
+            first, second = Recorder(socks[0][0], log), Recorder(socks[1][0], log)
+            hub.add(first)
+            hub.add(second)
+            socks[0][1].send(b"a")
+            await trio.sleep(0.005)  # the hub has woken for "a" and waits out its batch
+            socks[1][1].send(b"b")
+            await first.got.wait()
+            await second.got.wait()
+            assert hub.wakeups == 1 and hub.reads == 2
+            nursery.cancel_scope.cancel()
+
+
 async def test_a_paused_reader_is_not_read_until_resumed() -> None:
     log: list[tuple[int, bytes]] = []
     with trio.fail_after(10), pairs(2) as socks:
@@ -214,3 +231,16 @@ async def test_no_probe_by_default(autojump_clock: trio.testing.MockClock) -> No
         await trio.sleep(1.0)
         assert sum(emu.stats.loop_lag.counts) == 0
         nursery.cancel_scope.cancel()
+
+
+def test_cli_load_test_flags() -> None:
+    import argparse
+
+    from engine.rtzr.emulator.cli import config_from_args, configure_parser
+
+    parser = argparse.ArgumentParser()
+    configure_parser(parser)
+    config = config_from_args(parser.parse_args(["--lag-probe-ms", "10", "--read-batch-ms", "2.5"]))
+    assert (config.lag_probe_ms, config.read_batch_ms) == (10, 2.5)
+    defaults = config_from_args(parser.parse_args([]))
+    assert (defaults.lag_probe_ms, defaults.read_batch_ms) == (0, 0.0)

@@ -36,7 +36,9 @@ class Reader(Protocol):
 class ReadHub:
     """Many sockets, one waiting task. ``add``/``pause``/``resume``/``remove`` are synchronous and idempotent."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, batch_s: float = 0.0) -> None:
+        # > 0: at most one wake-up per batch_s (load tests: more sockets per wake-up, each read up to batch_s later)
+        self._batch_s = batch_s
         self._selector: selectors.BaseSelector | None = None
         self._fileno = -1
         self._readers: dict[int, Reader] = {}  # registered or paused, by fd
@@ -56,6 +58,8 @@ class ReadHub:
         try:
             while True:
                 await trio.lowlevel.wait_readable(self._fileno)
+                if self._batch_s:
+                    await trio.sleep(self._batch_s)
                 ready = selector.select(0)
                 if ready:
                     self.wakeups += 1

@@ -139,7 +139,7 @@ class Emulator:
         self.port = listeners[0].socket.getsockname()[1]
         log.warning("rtzr_emulator_started", notice=EMULATED_NOTICE, api_base=self.api_base, ws_url=self.ws_url)
         async with trio.open_nursery() as nursery:
-            self._hub = await nursery.start(ReadHub().run)
+            self._hub = await nursery.start(ReadHub(batch_s=self.config.read_batch_ms / 1000).run)
             if self.config.lag_probe_ms:
                 nursery.start_soon(self._probe_lag, self.config.lag_probe_ms / 1000)
             task_status.started(self)
