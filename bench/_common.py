@@ -104,22 +104,24 @@ def pinned(cmd: list[str], cpu: int | None) -> list[str]:
     return ["taskset", "-c", str(cpu), *cmd]
 
 
-def realtime(cmd: list[str]) -> list[str]:
+def realtime(cmd: list[str], prio: int = 1) -> list[str]:
     """Prefix with ``chrt -f 1`` (SCHED_FIFO) when allowed, so a load generator sharing its core with the
     emulator is never kept waiting behind the emulator's bursts (its pacing is what the engine's frame lag
     measures). The kernel's RT throttling still leaves the core's other processes 5 %; the load generator
     sleeps between ticks anyway."""
     if shutil.which("chrt") is None or subprocess.call(["chrt", "-f", "1", "true"], stderr=subprocess.DEVNULL) != 0:
         return cmd
-    return ["chrt", "-f", "1", *cmd]
+    return ["chrt", "-f", str(prio), *cmd]
 
 
-def spawn(cmd: list[str], *, cpu: int | None, log: Path, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+def spawn(cmd: list[str], *, cpu: int | None, log: Path, env: dict[str, str] | None = None,
+          root: Path = ROOT) -> subprocess.Popen[bytes]:
+    """Start ``cmd`` with ``root`` (this tree, or another checkout for an A/B run) first on its import path."""
     full_env = dict(os.environ)
-    full_env["PYTHONPATH"] = str(ROOT) + os.pathsep + full_env.get("PYTHONPATH", "")
+    full_env["PYTHONPATH"] = str(root) + os.pathsep + full_env.get("PYTHONPATH", "")
     full_env.update(env or {})
     out = log.open("wb")
-    return subprocess.Popen(pinned(cmd, cpu), stdout=out, stderr=subprocess.STDOUT, env=full_env, cwd=ROOT)
+    return subprocess.Popen(pinned(cmd, cpu), stdout=out, stderr=subprocess.STDOUT, env=full_env, cwd=root)
 
 
 def wait_port(port: int, proc: subprocess.Popen[bytes], timeout: float = 20.0) -> None:
@@ -154,14 +156,51 @@ def real_pid(proc: subprocess.Popen[bytes]) -> int:
 
 def start_emulator(port: int, *, max_sessions: int, log: Path, cpu: int | None,
                    handshake_ms: int = 100, final_ms: int = 150, interim_ms: int = 1000,
-                   cheap: bool = False) -> subprocess.Popen[bytes]:
-    """``sori emulate-rtzr``; ``cheap`` skips recognition (placeholder words, same EPD/Finalize/EOS semantics)."""
-    proc = spawn([PY, "-m", "engine", "emulate-rtzr", "--port", str(port), "--handshake-ms", str(handshake_ms),
+                   cheap: bool = False, lag_probe_ms: int = 10, root: Path = ROOT,
+                   rt: bool = False, read_batch_ms: float = 0.0) -> subprocess.Popen[bytes]:
+    """``sori emulate-rtzr``; ``cheap`` skips recognition (placeholder words, same EPD/Finalize/EOS semantics).
+
+    ``lag_probe_ms`` > 0: the emulator samples its own event-loop lag (read it with :func:`emulator_stats`);
+    0 for a ``root`` checkout older than the probe. ``rt``: SCHED_FIFO priority 1 (see :func:`realtime`).
+    """
+    probe = ["--lag-probe-ms", str(lag_probe_ms)] if lag_probe_ms else []
+    if read_batch_ms:
+        probe += ["--read-batch-ms", f"{read_batch_ms:g}"]
+    wrap = realtime if rt else (lambda cmd: cmd)
+    proc = spawn(wrap([PY, "-m", "engine", "emulate-rtzr", "--port", str(port), "--handshake-ms", str(handshake_ms),
                   "--final-ms", str(final_ms), "--interim-ms", str(interim_ms), "--max-sessions", str(max_sessions),
-                  "--log-level", "warning", "--idle-timeout-s", "600", *(["--cheap"] if cheap else [])],
-                 cpu=cpu, log=log)
+                  "--log-level", "warning", "--idle-timeout-s", "600", *(["--cheap"] if cheap else []), *probe]),
+                 cpu=cpu, log=log, root=root)
     wait_port(port, proc)
     return proc
+
+
+def emulator_stats(port: int) -> dict[str, Any] | None:
+    """The emulator's ``GET /stats`` (counters, read-hub wake-ups, loop-lag histogram); None if it has none."""
+    try:
+        doc: dict[str, Any] = json.loads(urllib.request.urlopen(f"http://127.0.0.1:{port}/stats", timeout=5).read())
+    except (OSError, ValueError):
+        return None
+    return doc
+
+
+def lag_window(after: dict[str, Any] | None, before: dict[str, Any] | None) -> tuple[float, float]:
+    """Emulator loop lag p99 and max over a window, as histogram bucket upper bounds (ms); NaN without stats."""
+    if not after or not before:
+        return math.nan, math.nan
+    counts = [x - y for x, y in zip(after["loop_lag"]["counts"], before["loop_lag"]["counts"], strict=True)]
+    bounds = [*after["loop_lag"]["bounds_ms"], math.inf]
+    total = sum(counts)
+    if not total:
+        return math.nan, math.nan
+    cumulative, p99 = 0, math.inf
+    for bound, count in zip(bounds, counts, strict=True):
+        cumulative += count
+        if cumulative >= 0.99 * total:
+            p99 = bound
+            break
+    worst = max(bound for bound, count in zip(bounds, counts, strict=True) if count)
+    return p99, worst
 
 
 def start_engine(port: int, admin_port: int, emulator_port: int, *, settings: Sequence[str], events: Path,

@@ -12,22 +12,22 @@ errors.
 Verdict by the rule: PASS when frame lag p99 ≤ 20 ms over the window, no final lost, no error, every call
 connected, engine ≤ 90 % of one core. INVALID (the rig or the machine, not the engine, was measured) when
 the load generator's sender lag p99 in the window is above ``--rig-lag-ms``, core 1 (load generator +
-emulator) was above 90 %, other processes took more than ``--max-others`` % of the engine's core, or the
-window did not fit inside the calls. The load generator runs SCHED_FIFO (``chrt -f 1``) unless ``--no-rt``.
+emulator) was above 90 %, the emulator's own event-loop lag p99 (its ``--lag-probe-ms`` histogram, window
+delta) was above ``--emu-lag-ms``, other processes took more than ``--max-others`` % of the engine's core, or
+the window did not fit inside the calls. The load generator runs SCHED_FIFO (``chrt -f 1``) unless ``--no-rt``.
 
     .venv/bin/python bench/capacity.py --steps 100 200 300 --gc throughput default [--repeat 3]
-    .venv/bin/python bench/capacity.py --rig-only 600     # load generator against a trivial sink on core 0
+    .venv/bin/python bench/capacity.py --rig-only 300 600 [--ab-emulator /tmp/old-tree]   # the rig alone
+
+``--rig-only``: the load generator and the emulator on core 1 drive N calls through bench/standin.py on core 0
+(a trivial engine stand-in that forwards every call's audio to its own emulator session in 100 ms messages).
 """
 
 from __future__ import annotations
 
 import argparse
-import base64
-import hashlib
 import json
 import math
-import selectors
-import socket
 import subprocess
 import tempfile
 import time
@@ -74,6 +74,8 @@ class Step:
     emulator_cpu: float = math.nan
     rig_lag_p99: float = math.nan
     rig_lag_max: float = math.nan
+    emu_lag_p99: float = math.nan  # the emulator's own event-loop lag in the window (bucket bound, ms)
+    emu_lag_max: float = math.nan
     stalls: int = 0
     others_cpu: float = math.nan  # every other process on the machine during the window, % of one core
     others_core0: float = math.nan  # of which on the engine's core (pinned runs)
@@ -184,8 +186,8 @@ def window_lag(load: dict[str, Any], t_from: float, t_to: float) -> tuple[float,
 # one step
 
 
-def rig_cmd(cmd: list[str], args: argparse.Namespace) -> list[str]:
-    return cmd if args.no_rt else c.realtime(cmd)
+def rig_cmd(cmd: list[str], args: argparse.Namespace, prio: int = 1) -> list[str]:
+    return cmd if args.no_rt else c.realtime(cmd, prio)
 
 
 def run_step(n: int, gc: str, corpus: list[c.CorpusCall], work: Path, *, args: argparse.Namespace) -> Step:
@@ -197,7 +199,7 @@ def run_step(n: int, gc: str, corpus: list[c.CorpusCall], work: Path, *, args: a
     events = work / f"events-{tag}.jsonl"
     progress = work / f"progress-{tag}.jsonl"
     emulator = c.start_emulator(emu_port, max_sessions=n + 50, log=work / f"emu-{tag}.log", cpu=1 if pin else None,
-                                final_ms=FINAL_MS, cheap=not args.full_emulator)
+                                final_ms=FINAL_MS, cheap=not args.full_emulator, read_batch_ms=args.emu_read_batch_ms)
     engine = gen = None
     try:
         engine = c.start_engine(port, admin, emu_port, events=events, log=work / f"engine-{tag}.log",
@@ -232,7 +234,9 @@ def run_step(n: int, gc: str, corpus: list[c.CorpusCall], work: Path, *, args: a
         busy_a, core0_a = machine_busy_s(), machine_busy_s(0)
         cpu_a = [c.CpuSample.take(p.pid) for p in (engine, gen, emulator)]
         hist_a = histogram_buckets(fetch(f"http://127.0.0.1:{admin}/metrics"), LAG_METRIC)
+        emu_a = c.emulator_stats(emu_port)
         watch(time.monotonic() + args.window_s)
+        emu_b = c.emulator_stats(emu_port)
         if gen.poll() is not None:
             raise StepFailed("the load generator ended inside the window")
         cpu_b = [c.CpuSample.take(p.pid) for p in (engine, gen, emulator)]
@@ -242,6 +246,7 @@ def run_step(n: int, gc: str, corpus: list[c.CorpusCall], work: Path, *, args: a
         if "first_done" in progress_events(progress):
             step.invalid.append("a call ended inside the window (raise --repeat)")
         step.window_s = t_b - t_a
+        step.emu_lag_p99, step.emu_lag_max = c.lag_window(emu_b, emu_a)
         step.engine_cpu, step.loadgen_cpu, step.emulator_cpu = (b.percent_since(a) for a, b in zip(cpu_a, cpu_b, strict=True))
         ours = sum(b.cpu_s - a.cpu_s for a, b in zip(cpu_a, cpu_b, strict=True))
         step.others_cpu = max(0.0, 100 * (busy_b - busy_a - ours) / (cpu_b[0].wall - cpu_a[0].wall))
@@ -299,6 +304,8 @@ def run_step(n: int, gc: str, corpus: list[c.CorpusCall], work: Path, *, args: a
         step.invalid.append(f"load generator lag p99 {step.rig_lag_p99:.1f} ms > {args.rig_lag_ms:g}")
     if pin and step.others_core0 > args.max_others:
         step.invalid.append(f"other processes took {step.others_core0:.0f} % of the engine's core")
+    if step.emu_lag_p99 > args.emu_lag_ms:
+        step.invalid.append(f"emulator loop lag p99 {fmt_ms(step.emu_lag_p99)} ms > {args.emu_lag_ms:g}")
     if pin and step.loadgen_cpu + step.emulator_cpu > RULE_CPU:
         step.invalid.append(f"core 1 (load generator + emulator) at {step.loadgen_cpu + step.emulator_cpu:.0f} %")
     return step
@@ -311,8 +318,8 @@ def fmt_ms(v: float) -> str:
 def report(steps: list[Step]) -> str:
     lines = ["| calls | GC | verdict | engine CPU | RSS peak (idle) | RSS/call | frame lag p50 / p99 / p99.9 ms "
              "| frames ≤ 20 ms | closing finals / utterances, incomplete, lost | errors | rig CPU: loadgen, emulator | rig lag p99 / max "
-             "| other processes | core 0 calibration before / after |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| emulator lag p99 / max | other processes | core 0 calibration before / after |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for s in steps:
         errs = f"{s.errors}" + (f" ({', '.join(f'{k} {v}' for k, v in s.error_kinds.items())})" if s.errors else "")
         lines.append(
@@ -320,6 +327,7 @@ def report(steps: list[Step]) -> str:
             f"({s.rss_idle_mib:.0f}) | {s.rss_per_call_kib:.0f} KiB | {fmt_ms(s.lag_p50)} / {fmt_ms(s.lag_p99)} / "
             f"{fmt_ms(s.lag_p999)} | {s.lag_le20_pct:.2f} % | {s.finals} / {s.utterances}, {s.incomplete}, {s.lost} | {errs} | "
             f"{s.loadgen_cpu:.0f} %, {s.emulator_cpu:.0f} % | {s.rig_lag_p99:.1f} / {s.rig_lag_max:.1f} ms | "
+            f"{fmt_ms(s.emu_lag_p99)} / {fmt_ms(s.emu_lag_max)} ms | "
             f"{s.others_cpu:.0f} % ({s.others_core0:.0f} % on core 0) | {s.calib_ms[0]:.0f} / {s.calib_ms[1]:.0f} ms |")
     for s in steps:
         if s.invalid:
@@ -334,96 +342,139 @@ def report(steps: list[Step]) -> str:
 
 
 # ---------------------------------------------------------------------------------------------
-# the rig alone: load generator against a trivial Twilio sink
+# the rig alone: load generator → engine stand-in → emulator
 
 
-def serve_sink(port: int) -> None:
-    """A WebSocket server that accepts every upgrade, discards what arrives and closes after ``stop``.
+@dataclass
+class RigRun:
+    calls: int
+    emulator: str  # "this tree" or the --ab-emulator checkout
+    loadgen_cpu: float = math.nan
+    emulator_cpu: float = math.nan
+    standin_cpu: float = math.nan
+    core1_others: float = math.nan  # other processes on the rig's core during the window
+    rig_lag_p99: float = math.nan
+    rig_lag_max: float = math.nan
+    emu_lag_p99: float = math.nan
+    emu_lag_max: float = math.nan
+    reads_per_wakeup: float = math.nan
+    calls_ok: int = 0
+    sessions: int = 0
+    finals: int = 0
+    audio_messages: int = 0
+    eos_close_p50: float = math.nan
+    eos_close_p99: float = math.nan
+    window_s: float = 0.0
+    invalid: list[str] = field(default_factory=list)
+    behind: list[str] = field(default_factory=list)
 
-    One selector loop, no frame parsing (the load generator's zero-key masking leaves the JSON in clear):
-    the cheapest possible peer, so the load generator's figures are its own.
-    """
-    guid = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
-    sel = selectors.DefaultSelector()
-    lsock = socket.socket()
-    lsock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    lsock.bind(("127.0.0.1", port))
-    lsock.listen(4096)
-    lsock.setblocking(False)
-    sel.register(lsock, selectors.EVENT_READ, None)
-    state: dict[socket.socket, list[Any]] = {}  # sock -> [upgraded, buffer/tail]
-    while True:
-        for key, _ in sel.select():
-            if key.data is None:
-                conn, _addr = lsock.accept()
-                conn.setblocking(False)
-                state[conn] = [False, b""]
-                sel.register(conn, selectors.EVENT_READ, 1)
-                continue
-            sock: socket.socket = key.fileobj  # type: ignore[assignment]
-            try:
-                data = sock.recv(262144)
-            except OSError:
-                data = b""
-            st = state[sock]
-            if not data:
-                sel.unregister(sock)
-                sock.close()
-                del state[sock]
-                continue
-            buf = st[1] + data
-            if not st[0]:
-                if b"\r\n\r\n" not in buf:
-                    st[1] = buf
-                    continue
-                head = buf.split(b"\r\n\r\n", 1)[0].decode("latin-1")
-                wskey = next(line.split(":", 1)[1].strip() for line in head.split("\r\n")
-                             if line.lower().startswith("sec-websocket-key:"))
-                accept = base64.b64encode(hashlib.sha1(wskey.encode() + guid).digest())
-                sock.sendall(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-                             b"Sec-WebSocket-Accept: " + accept + b"\r\n\r\n")
-                st[0] = True
-            if b'"event":"stop"' in buf:
-                sock.send(b"\x88\x02\x03\xe8")  # close 1000; the client answers, then the TCP close ends it
-            st[1] = buf[-32:]
+    @property
+    def core1(self) -> float:
+        return self.loadgen_cpu + self.emulator_cpu
+
+    @property
+    def verdict(self) -> str:
+        if self.invalid:
+            return "INVALID"
+        return "BEHIND" if self.behind else "KEEPS UP"
 
 
-def run_rig_only(n: int, corpus: list[c.CorpusCall], work: Path, args: argparse.Namespace) -> str:
+def run_rig_only(n: int, corpus: list[c.CorpusCall], work: Path, args: argparse.Namespace,
+                 emulator_root: Path | None = None) -> RigRun:
+    """The rig on core 1 (load generator SCHED_FIFO + ``--cheap`` emulator) driving ``n`` calls through the
+    stand-in on core 0 (bench/standin.py: Twilio in, every call's audio to its own emulator session in 100 ms
+    messages). Unless --no-rt all three run SCHED_FIFO (load generator above the emulator, so its pacing comes
+    first), so other engineers' processes on this shared machine cannot starve the rig. KEEPS UP = core 1 ≤ 90 %, load generator lag p99 ≤ --rig-lag-ms, emulator loop lag p99 ≤
+    --emu-lag-ms, every call and session up; INVALID when the stand-in (> 90 %) or other processes on core 1
+    (> --max-others) were the limit, or a call ended inside the window."""
     pin = not args.no_pin
-    port = c.free_port()
-    sink = c.spawn([c.PY, str(Path(__file__).resolve()), "--serve-sink", str(port)], cpu=0 if pin else None,
-                   log=work / "sink.log")
-    c.wait_port(port, sink)
-    progress = work / f"progress-rig-{n}.jsonl"
-    out = work / f"load-rig-{n}.json"
-    stagger = min(20.0, args.ramp_s * 1000 / n)
-    gen = c.spawn(rig_cmd([c.PY, str(c.ROOT / "bench" / "loadgen.py"), f"ws://127.0.0.1:{port}/twilio/media",
-                   "--calls", str(n), "--stagger-ms", f"{stagger:.3f}", "--repeat", str(args.repeat),
-                   "--progress", str(progress), "--out", str(out), "--audio", *[str(k.wav) for k in corpus]], args),
-                  cpu=1 if pin else None, log=work / f"load-rig-{n}.log")
+    tag = f"{n}-{'ab' if emulator_root else 'this'}"
+    run = RigRun(n, str(emulator_root) if emulator_root else "this tree")
+    emu_port, port = c.free_port(), c.free_port()
+    emulator = c.start_emulator(emu_port, max_sessions=n + 50, log=work / f"emu-rig-{tag}.log", cpu=1 if pin else None,
+                                final_ms=FINAL_MS, cheap=True, lag_probe_ms=0 if emulator_root else 10,
+                                root=emulator_root or c.ROOT, rt=not args.no_rt,
+                                read_batch_ms=0.0 if emulator_root else args.emu_read_batch_ms)
+    stats_path = work / f"standin-{tag}.json"
+    standin = gen = None
     try:
+        standin = c.spawn(rig_cmd([c.PY, str(c.ROOT / "bench" / "standin.py"), "--port", str(port), "--emulator",
+                           f"127.0.0.1:{emu_port}", "--stats", str(stats_path)], args), cpu=0 if pin else None,
+                          log=work / f"standin-{tag}.log")
+        c.wait_port(port, standin)
+        progress = work / f"progress-rig-{tag}.jsonl"
+        out = work / f"load-rig-{tag}.json"
+        stagger = min(20.0, args.ramp_s * 1000 / n)
+        gen = c.spawn(rig_cmd([c.PY, str(c.ROOT / "bench" / "loadgen.py"), f"ws://127.0.0.1:{port}/twilio/media",
+                       "--calls", str(n), "--stagger-ms", f"{stagger:.3f}", "--repeat", str(args.repeat),
+                       "--progress", str(progress), "--out", str(out), "--audio", *[str(k.wav) for k in corpus]], args, 2),
+                      cpu=1 if pin else None, log=work / f"load-rig-{tag}.log")
         deadline = time.monotonic() + args.ramp_s + 60
         while "all_live" not in progress_events(progress) and time.monotonic() < deadline and gen.poll() is None:
             time.sleep(0.2)
         time.sleep(args.settle_s)
-        t_a, a, sa, busy_a = time.time(), c.CpuSample.take(gen.pid), c.CpuSample.take(sink.pid), machine_busy_s()
+        procs = (gen, emulator, standin)
+        emu_a = c.emulator_stats(emu_port)
+        t_a, cpu_a, core1_a = time.time(), [c.CpuSample.take(p.pid) for p in procs], machine_busy_s(1)
         time.sleep(args.window_s)
-        t_b, b, sb, busy_b = time.time(), c.CpuSample.take(gen.pid), c.CpuSample.take(sink.pid), machine_busy_s()
-        others = 100 * (busy_b - busy_a - (b.cpu_s - a.cpu_s) - (sb.cpu_s - sa.cpu_s)) / (b.wall - a.wall)
-        truncated = "first_done" in progress_events(progress)
+        t_b, cpu_b, core1_b = time.time(), [c.CpuSample.take(p.pid) for p in procs], machine_busy_s(1)
+        emu_b = c.emulator_stats(emu_port)
+        if "first_done" in progress_events(progress):
+            run.invalid.append("a call ended inside the window (raise --repeat)")
         gen.wait()
+        run.window_s = t_b - t_a
+        run.loadgen_cpu, run.emulator_cpu, run.standin_cpu = (b.percent_since(a) for a, b in zip(cpu_a, cpu_b, strict=True))
+        ours1 = sum(b.cpu_s - a.cpu_s for a, b in zip(cpu_a[:2], cpu_b[:2], strict=True))
+        run.core1_others = max(0.0, 100 * (core1_b - core1_a - ours1) / (cpu_b[0].wall - cpu_a[0].wall))
+        run.emu_lag_p99, run.emu_lag_max = c.lag_window(emu_b, emu_a)
+        if emu_a and emu_b and emu_b["read_wakeups"] > emu_a["read_wakeups"]:
+            run.reads_per_wakeup = (emu_b["reads"] - emu_a["reads"]) / (emu_b["read_wakeups"] - emu_a["read_wakeups"])
+        load = json.loads(out.read_text())
+        run.calls_ok = int(load["ok"])
+        run.rig_lag_p99, run.rig_lag_max = window_lag(load, t_a, t_b)
+        time.sleep(1.0 + FINAL_MS / 1000)  # the last EOS answers
+    except (RuntimeError, OSError, ValueError) as exc:
+        run.invalid.append(f"run failed: {exc}")
     finally:
-        c.stop(gen)
-        c.stop(sink)
-    load = json.loads(out.read_text())
-    p99, worst = window_lag(load, t_a, t_b)
-    return (f"rig only: {n} calls, load generator ({'core 1' if pin else 'unpinned'}) → trivial sink "
-            f"({'core 0' if pin else 'unpinned'}); {load['ok']}/{n} calls ok; window {t_b - t_a:.0f} s"
-            f"{' (TRUNCATED: a call ended inside it)' if truncated else ''}\n"
-            f"  load generator CPU {b.percent_since(a):.0f} % of one core; sender lag p99 {p99:.2f} ms, max {worst:.2f} ms; "
-            f"whole run p50 {load['sender_lag_ms_p50']:.2f} / p99 {load['sender_lag_ms_p99']:.2f} / max "
-            f"{load['sender_lag_ms_max']:.2f} ms; socket-full stalls {load['stalls']}; sink CPU {sb.percent_since(sa):.0f} %; "
-            f"other processes {max(0.0, others):.0f} %")
+        for proc in (gen, standin, emulator):
+            if proc is not None:
+                c.stop(proc)
+    if stats_path.exists():
+        st = json.loads(stats_path.read_text())
+        run.sessions, run.finals, run.audio_messages = st["sessions_opened"], st["finals"], st["audio_messages"]
+        run.eos_close_p50 = c.percentile(st["eos_to_close_ms"], 50)
+        run.eos_close_p99 = c.percentile(st["eos_to_close_ms"], 99)
+    if pin and run.standin_cpu > RULE_CPU:
+        run.invalid.append(f"the stand-in (core 0) at {run.standin_cpu:.0f} %")
+    if pin and run.core1_others > args.max_others:
+        run.invalid.append(f"other processes took {run.core1_others:.0f} % of the rig's core")
+    if pin and run.core1 > RULE_CPU:
+        run.behind.append(f"core 1 at {run.core1:.0f} %")
+    if not run.rig_lag_p99 <= args.rig_lag_ms:
+        run.behind.append(f"load generator lag p99 {run.rig_lag_p99:.1f} ms")
+    if run.emu_lag_p99 > args.emu_lag_ms:
+        run.behind.append(f"emulator loop lag p99 {fmt_ms(run.emu_lag_p99)} ms")
+    if run.calls_ok != n or run.sessions != n:
+        run.behind.append(f"{run.calls_ok} calls, {run.sessions} emulator sessions of {n}")
+    return run
+
+
+def rig_report(runs: list[RigRun]) -> str:
+    lines = ["| calls | emulator | verdict | core 1: loadgen + emulator | stand-in (core 0) | loadgen lag p99 / max "
+             "| emulator loop lag p99 / max | reads per wake-up | sessions, audio msgs, finals | EOS → close p50 / p99 "
+             "| other processes on core 1 |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in runs:
+        lines.append(
+            f"| {r.calls} | {r.emulator} | **{r.verdict}** | {r.core1:.0f} % = {r.loadgen_cpu:.0f} % + {r.emulator_cpu:.0f} % "
+            f"| {r.standin_cpu:.0f} % | {r.rig_lag_p99:.1f} / {r.rig_lag_max:.1f} ms | {fmt_ms(r.emu_lag_p99)} / "
+            f"{fmt_ms(r.emu_lag_max)} ms | {r.reads_per_wakeup:.1f} | {r.sessions}, {r.audio_messages}, {r.finals} "
+            f"| {r.eos_close_p50:.0f} / {r.eos_close_p99:.0f} ms | {r.core1_others:.0f} % |")
+    for r in runs:
+        for why, what in (("INVALID", r.invalid), ("BEHIND", r.behind)):
+            if what:
+                lines.append(f"{why} {r.calls} ({r.emulator}): {'; '.join(what)}")
+    return "\n".join(lines)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -446,16 +497,31 @@ def main() -> int:
     p.add_argument("--set", dest="settings", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--no-pin", action="store_true")
     p.add_argument("--no-rt", action="store_true", help="do not run the load generator SCHED_FIFO (chrt -f 1)")
-    p.add_argument("--rig-only", type=int, metavar="CALLS", help="measure the load generator alone against a sink")
-    p.add_argument("--serve-sink", type=int, metavar="PORT", help=argparse.SUPPRESS)
+    p.add_argument("--emu-lag-ms", type=float, default=10.0,
+                   help="emulator event-loop lag p99 above this: the rig fell behind (INVALID step)")
+    p.add_argument("--emu-read-batch-ms", type=float, default=0.0,
+                   help="emulator --read-batch-ms (more sessions per wake-up; its results up to this much later)")
+    p.add_argument("--rig-only", type=int, nargs="+", metavar="CALLS",
+                   help="measure the rig alone (load generator + emulator) through an engine stand-in")
+    p.add_argument("--ab-emulator", metavar="DIR",
+                   help="with --rig-only: also run the emulator of the checkout DIR (an A/B in the same run)")
     args = p.parse_args()
-    if args.serve_sink:
-        serve_sink(args.serve_sink)
-        return 0
     corpus = c.load_corpus()
     work = Path(tempfile.mkdtemp(prefix="sori-capacity-"))
     if args.rig_only:
-        print(run_rig_only(args.rig_only, corpus, work, args))
+        runs: list[RigRun] = []
+        for n in args.rig_only:
+            for root in (None, *([Path(args.ab_emulator).resolve()] if args.ab_emulator else [])):
+                runs.append(run_rig_only(n, corpus, work, args, root))
+                r = runs[-1]
+                print(f"  rig {n} calls ({r.emulator}): {r.verdict}, core 1 {r.core1:.0f} % (loadgen {r.loadgen_cpu:.0f} "
+                      f"+ emulator {r.emulator_cpu:.0f}), stand-in {r.standin_cpu:.0f} %, loadgen lag p99 "
+                      f"{r.rig_lag_p99:.1f} ms, emulator lag p99 {fmt_ms(r.emu_lag_p99)} ms", flush=True)
+        print(f"rig only: load generator + --cheap emulator on core 1, bench/standin.py on core 0"
+              f"{'' if args.no_rt else ' (all SCHED_FIFO, load generator first)'}; "
+              f"{len(corpus)} corpus calls × {args.repeat} plays; window {args.window_s:g} s after all live + "
+              f"{args.settle_s:g} s; {c.machine()}; logs in {work}")
+        print(rig_report(runs))
         return 0
     results: list[Step] = []
     for n in args.steps:

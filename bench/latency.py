@@ -10,15 +10,25 @@ corpus call once, then 1 s of silence. For each final that closes an utterance:
 - end of speech → event = event ``ts`` − (call's audio origin + the label's end of the utterance),
   for the last final of each labelled utterance (includes the hangover, framing and RTZR).
 
-The same calls run against ``rtzr.pool.mode=connect-per-utterance`` in the same run.
+The same calls run against ``rtzr.pool.mode=connect-per-utterance`` and the naive bridge in the same run.
 
-    .venv/bin/python bench/latency.py [--n 1 50 200] [--quick]
+At N concurrent calls (``--repeat`` ≥ 2), only the finals emitted inside the window in which every call is
+live (from ``--settle-s`` after the load generator's ``all_live`` to its ``first_done``) are counted, so the
+figures are "at N calls", not a ramp. Each run is checked like a capacity step: INVALID when the load
+generator's sender lag p99 in the window is above 5 ms, the emulator's own loop lag p99 above 10 ms, core 1
+(load generator + emulator) above 90 %, or other processes took more than 10 % of the engine's core; the
+engine's own CPU is printed (above 90 % the engine, not the rig, is the limit: that is a measurement of a
+saturated engine, and says so).
+
+    .venv/bin/python bench/latency.py --n 1 300 --repeat 2 --cheap     # the issue 13 table
+    .venv/bin/python bench/latency.py [--n 1 50 200]                   # one play per call, every final
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -29,6 +39,8 @@ import _common as c
 
 FINAL_MS = 150
 HANDSHAKE_MS = 100
+TRAILING_FRAMES = 50  # the load generator's 1 s of trailing silence
+GOAL_P99_MS = 20.0  # issue 13: engine-added p99 at 300 calls
 MODES = ("pooled", "connect-per-utterance", "naive")
 # What each mode sets: sori's pool; a socket per utterance (the handshake cost only); and the naive bridge of
 # the architecture page: a socket per utterance AND a 500 ms silence wait before asking for the result.
@@ -60,6 +72,14 @@ class RunResult:
     emulator_cpu_pct: float = 0.0
     loadgen_cpu_pct: float = 0.0
     notes: list[str] = field(default_factory=list)
+    window: tuple[float, float] | None = None  # wall-clock [from, to) of the all-live window, if one was used
+    rig_lag_p99: float = math.nan  # load generator sender lag in the window
+    emu_lag_p99: float = math.nan  # the emulator's own loop lag in the window (bucket bound)
+    others_core0: float = math.nan  # other processes on the engine's core in the window, % of one core
+    window_engine_cpu: float = math.nan
+    window_core1_cpu: float = math.nan
+    invalid: list[str] = field(default_factory=list)
+    repeat: int = 1
     # from the engine's /metrics at the end of the run
     leases_hit: float = 0.0
     leases_miss: float = 0.0
@@ -85,36 +105,45 @@ def pool_settings(n: int) -> tuple[int, int]:
 
 
 def run_once(mode: str, n: int, corpus: list[c.CorpusCall], work: Path, *, stagger_ms: float,
-             pin: bool = True) -> RunResult:
-    result = RunResult(mode, n)
+             pin: bool = True, repeat: int = 1, cheap: bool = False, settle_s: float = 3.0,
+             settings: tuple[str, ...] = ()) -> RunResult:
+    result = RunResult(mode, n, repeat=repeat)
     max_sessions, spare = pool_settings(n)
     emu_port, port, admin = c.free_port(), c.free_port(), c.free_port()
     tag = f"{mode}-{n}"
     events_path = work / f"events-{tag}.jsonl"
+    progress = work / f"progress-{tag}.jsonl"
     emulator = c.start_emulator(emu_port, max_sessions=max_sessions + 10, log=work / f"emu-{tag}.log", cpu=1 if pin else None,
-                                handshake_ms=HANDSHAKE_MS, final_ms=FINAL_MS)
+                                handshake_ms=HANDSHAKE_MS, final_ms=FINAL_MS, cheap=cheap)
     engine = None
+    load: dict[str, Any] = {}
     try:
         engine = c.start_engine(port, admin, emu_port, events=events_path, log=work / f"engine-{tag}.log",
                                 cpu=0 if pin else None,
                                 settings=[*MODE_SETTINGS[mode], f"rtzr.pool.max_sessions={max_sessions}",
-                                          f"rtzr.pool.spare={spare}"])
+                                          f"rtzr.pool.spare={spare}", *settings])
         time.sleep(1.0 + spare * 0.01)  # let the pool pre-warm its spare sockets
         before = c.CpuSample.take(engine.pid)
         emu_before = c.CpuSample.take(emulator.pid)
         out = work / f"load-{tag}.json"
-        gen = c.spawn([c.PY, str(c.ROOT / "bench" / "loadgen.py"), f"ws://127.0.0.1:{port}/twilio/media",
-                       "--calls", str(n), "--stagger-ms", str(stagger_ms), "--out", str(out),
-                       "--audio", *[str(k.wav) for k in corpus]], cpu=1 if pin else None, log=work / f"load-{tag}.log")
+        cmd = [c.PY, str(c.ROOT / "bench" / "loadgen.py"), f"ws://127.0.0.1:{port}/twilio/media",
+               "--calls", str(n), "--stagger-ms", f"{stagger_ms:.3f}", "--repeat", str(repeat), "--out", str(out),
+               "--progress", str(progress), "--audio", *[str(k.wav) for k in corpus]]
+        gen = c.spawn(c.realtime(cmd) if pin else cmd, cpu=1 if pin else None, log=work / f"load-{tag}.log")
         gen_before = c.CpuSample.take(gen.pid)
         gen_last = gen_before
         peak_rss = 0
+        sampled = False
         while gen.poll() is None:
             peak_rss = max(peak_rss, c.proc_rss(engine.pid))
             try:
                 gen_last = c.CpuSample.take(gen.pid)
             except (OSError, IndexError):
                 break
+            if repeat >= 2 and not sampled and _progress(progress, "all_live"):
+                sampled = True
+                time.sleep(settle_s)
+                window_checks(result, engine.pid, gen.pid, emulator.pid, emu_port, progress)
             time.sleep(0.5)
         gen.wait()
         after = c.CpuSample.take(engine.pid)
@@ -125,6 +154,8 @@ def run_once(mode: str, n: int, corpus: list[c.CorpusCall], work: Path, *, stagg
         load = json.loads(out.read_text())
         result.calls_ok = int(load["ok"])
         result.sender_lag_p99 = float(load["sender_lag_ms_p99"])
+        if result.window is not None:
+            result.rig_lag_p99 = window_lag_p99(load, *result.window)
         deadline = time.monotonic() + 15
         while time.monotonic() < deadline:
             if sum(e.get("type") == "call.ended" for e in c.read_events(events_path)) >= n:
@@ -135,8 +166,56 @@ def run_once(mode: str, n: int, corpus: list[c.CorpusCall], work: Path, *, stagg
         if engine is not None:
             c.stop(engine)
         c.stop(emulator)
+    if repeat >= 2 and result.window is None:
+        result.invalid.append("no all-live window (calls never all live)")
+    if not result.rig_lag_p99 <= 5.0 and result.window is not None:
+        result.invalid.append(f"load generator lag p99 {result.rig_lag_p99:.1f} ms")
+    if result.emu_lag_p99 > 10.0:
+        result.invalid.append(f"emulator loop lag p99 {result.emu_lag_p99:g} ms")
+    if pin and result.window_core1_cpu > 90.0:
+        result.invalid.append(f"core 1 (load generator + emulator) at {result.window_core1_cpu:.0f} %")
+    if pin and result.others_core0 > 10.0:
+        result.invalid.append(f"other processes took {result.others_core0:.0f} % of the engine's core")
     analyse(result, c.read_events(events_path), load, corpus)
     return result
+
+
+def _progress(path: Path, event: str) -> bool:
+    return path.exists() and f'"{event}"' in path.read_text()
+
+
+def window_checks(result: RunResult, engine: int, gen: int, emulator: int, emu_port: int, progress: Path) -> None:
+    """Open the all-live window now; sample CPU and the emulator's lag until the first call ends (or 30 s)."""
+    t_from = time.time()
+    pids = (engine, gen, emulator)
+    cpu_a = [c.CpuSample.take(p) for p in pids]
+    core0_a = _core_busy(0)
+    emu_a = c.emulator_stats(emu_port)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and not _progress(progress, "first_done"):
+        time.sleep(0.2)
+    cpu_b = [c.CpuSample.take(p) for p in pids]
+    core0_b = _core_busy(0)
+    emu_b = c.emulator_stats(emu_port)
+    result.window = (t_from, time.time())
+    wall = cpu_b[0].wall - cpu_a[0].wall
+    result.window_engine_cpu = cpu_b[0].percent_since(cpu_a[0])
+    result.window_core1_cpu = cpu_b[1].percent_since(cpu_a[1]) + cpu_b[2].percent_since(cpu_a[2])
+    result.others_core0 = max(0.0, 100 * (core0_b - core0_a - (cpu_b[0].cpu_s - cpu_a[0].cpu_s)) / wall)
+    result.emu_lag_p99, _ = c.lag_window(emu_b, emu_a)
+
+
+def _core_busy(cpu: int) -> float:
+    line = next(x for x in Path("/proc/stat").read_text().splitlines() if x.split()[0] == f"cpu{cpu}")
+    fields = [int(x) for x in line.split()[1:]]
+    return (sum(fields[:8]) - fields[3] - fields[4]) / c.CLK_TCK
+
+
+def window_lag_p99(load: dict[str, Any], t_from: float, t_to: float) -> float:
+    start, step = float(load["tick_start_wall"]), float(load["tick_step_s"])
+    lags: list[float] = load["tick_lag_ms"]
+    part = lags[max(0, int((t_from - start) / step)):min(len(lags), int((t_to - start) / step))]
+    return c.percentile(part, 99) if part else math.nan
 
 
 def scrape_pool(result: RunResult, sample: dict[str, float]) -> None:
@@ -154,6 +233,9 @@ def analyse(result: RunResult, events: list[dict[str, Any]], load: dict[str, Any
     calls = {call["call_sid"]: call for call in load["calls"]}
     finals_by_call: dict[str, list[dict[str, Any]]] = {}
     first_seen: set[str] = set()
+    if result.window is not None:  # only what happened while every call was live
+        lo, hi = result.window
+        events = [e for e in events if lo <= float(e.get("ts", 0.0)) < hi]
     for e in events:
         kind = e.get("type")
         if kind == "speech.started":
@@ -181,7 +263,10 @@ def analyse(result: RunResult, events: list[dict[str, Any]], load: dict[str, Any
             continue
         t0 = call["t0_wall"]
         closing = [f for f in finals if f.get("latency") is not None]
-        for _start, end in labels.get(call["audio"], []):
+        plays = max(1, result.repeat)
+        play_ms = (int(call["frames_sent"]) - TRAILING_FRAMES) * 20 / plays
+        ends = [end + play * play_ms for _start, end in labels.get(call["audio"], []) for play in range(plays)]
+        for end in ends:
             # the first final whose audio reaches the utterance's true end carries its last words
             covering = [f for f in closing if f["start_ms"] <= end <= f["end_ms"] + 50]
             if covering:
@@ -225,31 +310,78 @@ def report(results: dict[tuple[str, int], RunResult], ns: list[int]) -> str:
     return "\n".join(lines)
 
 
+def table(results: dict[tuple[str, int], RunResult], ns: list[int]) -> str:
+    """The issue 13 table: engine-added latency (total − endpoint hangover − STT server time) per mode and N."""
+    lines = ["| N | mode | verdict | engine-added p50 / p99 ms | total p50 / p99 ms | closing finals | errors "
+             "| engine CPU (window) | core 1 | loadgen lag p99 | emulator lag p99 | other on core 0 |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for n in ns:
+        for mode in MODES:
+            r = results[(mode, n)]
+            ea, tot = r.engine_added, r.total
+            lines.append(
+                f"| {n} | {mode} | {'INVALID' if r.invalid else 'valid'} | {c.percentile(ea, 50):.0f} / "
+                f"{c.percentile(ea, 99):.0f} | {c.percentile(tot, 50):.0f} / {c.percentile(tot, 99):.0f} | {len(tot)} "
+                f"| {r.errors} | {r.window_engine_cpu:.0f} % | {r.window_core1_cpu:.0f} % | {r.rig_lag_p99:.1f} ms "
+                f"| {r.emu_lag_p99:g} ms | {r.others_core0:.0f} % |")
+    for n in ns:
+        for mode in MODES:
+            r = results[(mode, n)]
+            if r.invalid:
+                lines.append(f"INVALID N={n} {mode}: {'; '.join(r.invalid)}")
+            if r.window_engine_cpu > 90:
+                lines.append(f"N={n} {mode}: the engine was saturated ({r.window_engine_cpu:.0f} % of its core): "
+                             "these are a saturated engine's latencies")
+        pooled = results[("pooled", n)]
+        p99 = c.percentile(pooled.engine_added, 99)
+        lines.append(f"goal at N={n}: engine-added p99 {p99:.0f} ms (goal ≤ {GOAL_P99_MS:g} ms at 300 calls): "
+                     f"{'met' if p99 <= GOAL_P99_MS else 'missed'}{' (INVALID run)' if pooled.invalid else ''}")
+    return "\n".join(lines)
+
+
 def run(ns: list[int], *, corpus_limit: int | None, stagger_ms: float, work: Path | None = None,
-        pin: bool = True) -> str:
-    corpus = c.load_corpus(corpus_limit)
+        pin: bool = True, repeat: int = 1, cheap: bool = False, ramp_s: float | None = None,
+        settle_s: float = 3.0, settings: tuple[str, ...] = ()) -> str:
+    # Babble calls last: their long first utterance (RTZR cuts it at 30 s) says nothing about latency, and at
+    # N = 1 call 0 is the only call.
+    corpus = sorted(c.load_corpus(corpus_limit), key=lambda k: k.name.startswith("babble"))
     work = work or Path(tempfile.mkdtemp(prefix="sori-latency-"))
     results: dict[tuple[str, int], RunResult] = {}
     for n in ns:
+        stagger = stagger_ms if ramp_s is None else min(stagger_ms, ramp_s * 1000 / n)
         for mode in MODES:
-            results[(mode, n)] = run_once(mode, n, corpus, work, stagger_ms=stagger_ms, pin=pin)
-            print(f"  done: {mode} N={n}", flush=True)
+            results[(mode, n)] = run_once(mode, n, corpus, work, stagger_ms=stagger, pin=pin, repeat=repeat,
+                                          cheap=cheap, settle_s=settle_s, settings=settings)
+            r = results[(mode, n)]
+            print(f"  done: {mode} N={n}: engine-added p50/p99 {c.percentile(r.engine_added, 50):.0f} / "
+                  f"{c.percentile(r.engine_added, 99):.0f} ms, {'INVALID: ' + '; '.join(r.invalid) if r.invalid else 'valid'}",
+                  flush=True)
     head = (f"latency: {len(corpus)} corpus calls ({', '.join(k.name for k in corpus[:4])}"
-            f"{'…' if len(corpus) > 4 else ''}), emulator handshake {HANDSHAKE_MS} ms / final {FINAL_MS} ms; "
-            f"pool max_sessions = max(5, N), spare = max(2, N/4); {c.machine()}; logs in {work}")
-    return head + "\n" + report(results, ns)
+            f"{'…' if len(corpus) > 4 else ''}) × {repeat} plays, emulator {'--cheap ' if cheap else ''}handshake "
+            f"{HANDSHAKE_MS} ms / final {FINAL_MS} ms; pool max_sessions = max(5, N), spare = max(2, N/4); "
+            f"{'pinned (engine core 0; emulator + SCHED_FIFO load generator core 1)' if pin else 'unpinned'}; "
+            f"settings {list(settings) or 'default'}; {c.machine()}; logs in {work}")
+    return head + "\n" + report(results, ns) + "\n\n" + table(results, ns)
 
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--n", type=int, nargs="+", default=[1, 50, 200])
     p.add_argument("--corpus-limit", type=int, default=None, help="use only the first K corpus calls")
-    p.add_argument("--stagger-ms", type=float, default=20.0, help="delay between call starts")
+    p.add_argument("--stagger-ms", type=float, default=20.0, help="delay between call starts (at most)")
+    p.add_argument("--ramp-s", type=float, default=None, help="start every call within this long (caps the stagger)")
+    p.add_argument("--repeat", type=int, default=1,
+                   help="plays per call; ≥ 2 measures only inside the window in which every call is live")
+    p.add_argument("--settle-s", type=float, default=3.0, help="after every call is live, before the window")
+    p.add_argument("--cheap", action="store_true", help="emulator --cheap (no recognition: for many calls)")
+    p.add_argument("--set", dest="settings", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--no-pin", action="store_true",
                    help="do not taskset (engine core 0, emulator + load core 1): on a shared machine a pinned "
                         "engine cannot escape other processes on its core")
     args = p.parse_args()
-    print(run(args.n, corpus_limit=args.corpus_limit, stagger_ms=args.stagger_ms, pin=not args.no_pin))
+    print(run(args.n, corpus_limit=args.corpus_limit, stagger_ms=args.stagger_ms, pin=not args.no_pin,
+              repeat=args.repeat, cheap=args.cheap, ramp_s=args.ramp_s, settle_s=args.settle_s,
+              settings=tuple(args.settings)))
     return 0
 
 

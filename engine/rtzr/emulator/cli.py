@@ -44,6 +44,11 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--faults", default="", metavar="SPEC",
                    help="e.g. 'session=3:close_after=500;session=5:reject=429'; kinds: reject=STATUS, "
                         "close_after=MS, error_after=MS, empty_text, stall[=MS]; session=N, N-M or *")
+    p.add_argument("--lag-probe-ms", type=int, default=0,
+                   help="load tests: sample the event loop's own lag this often; GET /stats reports it (0 = off)")
+    p.add_argument("--read-batch-ms", type=float, default=0.0,
+                   help="load tests: read input at most once per this many ms (more sessions per wake-up; "
+                        "every message, Finalize included, read up to this much later; 0 = at once)")
     p.add_argument("--log-level", choices=["debug", "info", "warning", "error"], default="info")
 
 
@@ -82,6 +87,8 @@ def config_from_args(args: argparse.Namespace) -> EmulatorConfig:
         "max_session_s": args.max_session_s, "epd_time": args.epd_time, "phrasebook": args.phrasebook,
         "cheap": bool(getattr(args, "cheap", False)),
         "client_id": client_id, "client_secret": client_secret, "faults": args.faults,
+        "lag_probe_ms": int(getattr(args, "lag_probe_ms", 0)),
+        "read_batch_ms": float(getattr(args, "read_batch_ms", 0.0)),
     }
     config = msgspec.convert(raw, EmulatorConfig)
     parse_faults(config.faults)

@@ -39,5 +39,9 @@ class Decoder:
         if self._carry:
             data = self._carry + data
         usable = len(data) & ~1
-        self._carry = data[usable:]
-        return np.frombuffer(data[:usable], dtype="<i2").astype(np.int16)
+        if usable == len(data):
+            self._carry = b""
+        else:
+            self._carry, data = data[usable:], data[:usable]
+        # A read-only view of the bytes (no copy on little-endian hosts): nothing writes into received audio.
+        return np.frombuffer(data, dtype="<i2").astype(np.int16, copy=False)

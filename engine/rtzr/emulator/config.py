@@ -103,6 +103,10 @@ class EmulatorConfig(Struct, kw_only=True):
     request_timeout_s: Annotated[float, Meta(gt=0)] = 10.0  # to receive an HTTP request head/body
     send_timeout_s: Annotated[float, Meta(gt=0)] = 10.0  # a client that stops reading is dropped
     max_message_bytes: Annotated[int, Meta(ge=1024)] = 1 << 20
+    lag_probe_ms: Annotated[int, Meta(ge=0)] = 0  # > 0: sample the event loop's lag this often (GET /stats)
+    # > 0 (load tests): input is read at most once per read_batch_ms, so one wake-up serves more sessions;
+    # every message (Finalize included) may then be read up to that much later.
+    read_batch_ms: Annotated[float, Meta(ge=0, le=50)] = 0.0
 
     def __post_init__(self) -> None:
         if (self.client_id is None) != (self.client_secret is None):

@@ -16,17 +16,18 @@ import msgspec
 import trio
 from msgspec import Struct
 from wsproto.connection import Connection, ConnectionType
-from wsproto.events import BytesMessage, CloseConnection, Event, Ping, TextMessage
+from wsproto.events import CloseConnection, Ping, TextMessage
 from wsproto.utilities import generate_accept_token
 
 from engine.log import get_logger
 from engine.rtzr.emulator.codec import DECODABLE
 from engine.rtzr.emulator.config import EmulatorConfig, Fault, FaultRule, parse_faults
 from engine.rtzr.emulator.phrasebook import load_phrasebook
+from engine.rtzr.emulator.reader import ReadHub
 from engine.rtzr.emulator.recognizer import PhrasebookRecognizer, Recognizer, SkipRecognizer
-from engine.rtzr.emulator.session import Abort, Action, Close, Send, SessionParams, StreamSession
+from engine.rtzr.emulator.session import Abort, Close, Send, SessionParams, StreamSession
 from engine.rtzr.emulator.tokens import TokenStore, parse_form
-from engine.rtzr.emulator.wsfast import FrameSplitter
+from engine.rtzr.emulator.wire import Done, SessionWire
 from engine.rtzr.protocol import RtzrQueryError, parse_query
 
 log = get_logger(__name__)
@@ -37,8 +38,26 @@ MAX_BODY = 64 * 1024
 EMULATED_NOTICE = "RTZR EMULATOR: all transcript text is EMULATED (phrasebook lookup), not real speech recognition"
 
 
+LAG_BOUNDS_MS = (1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0, 500.0, 1000.0)
+
+
+class LagHistogram(Struct, kw_only=True):
+    """How late the emulator's event loop ran a task that was due (``lag_probe_ms``): is the rig keeping up?"""
+
+    bounds_ms: tuple[float, ...] = LAG_BOUNDS_MS
+    counts: list[int] = msgspec.field(default_factory=lambda: [0] * (len(LAG_BOUNDS_MS) + 1))  # last: above all
+    max_ms: float = 0.0
+
+    def add(self, lag_ms: float) -> None:
+        i = 0
+        while i < len(self.bounds_ms) and lag_ms > self.bounds_ms[i]:
+            i += 1
+        self.counts[i] += 1
+        self.max_ms = max(self.max_ms, lag_ms)
+
+
 class EmulatorStats(Struct, kw_only=True):
-    """Counters for tests and the CLI; mutated in place."""
+    """Counters for tests, the CLI and ``GET /stats`` (load tests); mutated in place."""
 
     auth_requests: int = 0
     handshakes: int = 0  # upgrade attempts on the streaming path
@@ -49,6 +68,9 @@ class EmulatorStats(Struct, kw_only=True):
     finals_sent: int = 0
     errors_sent: int = 0
     bytes_received: int = 0
+    reads: int = 0  # socket reads by the read hub
+    read_wakeups: int = 0  # read-hub wake-ups (reads / wake-ups = sessions read per wake-up)
+    loop_lag: LagHistogram = msgspec.field(default_factory=LagHistogram)
 
 
 class _Reject(Exception):
@@ -56,10 +78,6 @@ class _Reject(Exception):
         super().__init__(message)
         self.status = status
         self.code = code
-
-
-class _Done(Exception):
-    """The session is over (closed by either side)."""
 
 
 def _json_body(code: str, message: str) -> bytes:
@@ -82,6 +100,7 @@ class Emulator:
         self.port = 0
         self.tokens: TokenStore | None = None
         self._reserved = 0
+        self._hub: ReadHub | None = None
 
     @property
     def api_base(self) -> str:
@@ -120,8 +139,23 @@ class Emulator:
         self.port = listeners[0].socket.getsockname()[1]
         log.warning("rtzr_emulator_started", notice=EMULATED_NOTICE, api_base=self.api_base, ws_url=self.ws_url)
         async with trio.open_nursery() as nursery:
+            self._hub = await nursery.start(ReadHub(batch_s=self.config.read_batch_ms / 1000).run)
+            if self.config.lag_probe_ms:
+                nursery.start_soon(self._probe_lag, self.config.lag_probe_ms / 1000)
             task_status.started(self)
             await trio.serve_listeners(self._handle, listeners, handler_nursery=nursery)
+
+    async def _probe_lag(self, period_s: float) -> None:
+        """Every ``period_s``, how late the loop woke a task that was due (the emulator's own lag under load)."""
+        while True:
+            due = trio.current_time() + period_s
+            await trio.sleep_until(due)
+            self.stats.loop_lag.add(1000 * (trio.current_time() - due))
+
+    def stats_json(self) -> bytes:
+        if self._hub is not None:
+            self.stats.reads, self.stats.read_wakeups = self._hub.reads, self._hub.wakeups
+        return msgspec.json.encode(self.stats)
 
     # ------------------------------------------------------------------ HTTP
     async def _handle(self, stream: trio.SocketStream) -> None:
@@ -192,6 +226,8 @@ class Emulator:
             return status, payload
         if path == "/healthz":
             return 200, b'{"status":"ok","emulated":true}'
+        if path == "/stats":  # the emulator's own counters, for load tests (not an RTZR endpoint)
+            return 200, self.stats_json()
         return 404, _json_body("H0404", "not found")
 
     @staticmethod
@@ -262,7 +298,7 @@ class Emulator:
                  encoding=params.encoding, faults=",".join(f.kind for f in faults))
         try:
             await self._session(stream, session, trailing)
-        except _Done:
+        except Done:
             pass
         finally:
             self.stats.sessions_active -= 1
@@ -271,80 +307,59 @@ class Emulator:
 
     # ------------------------------------------------------------------ WebSocket
     async def _session(self, stream: trio.SocketStream, session: StreamSession, trailing: bytes) -> None:
+        """Writes and waits for one session; its input arrives through the read hub (wire.SessionWire)."""
+        assert self._hub is not None
         ws = Connection(ConnectionType.SERVER)
-        frames = FrameSplitter(ws)
-        text = bytearray()
-        pending: list[Event] = frames.feed(trailing) if trailing else []
-        actions: list[Action] = []
-        while True:
-            # Outside any deadline scope: sends (results, pongs, close replies) are never cut in half.
-            await self._ws_events(stream, ws, session, text, pending)
-            actions += session.poll(trio.current_time())
-            if any(isinstance(a, Close) for a in actions):
-                ws.receive_data(frames.rest())  # the close handshake continues in wsproto alone
-            await self._perform(stream, ws, session, actions)
-            pending, actions = [], []
-            # One scope for many messages (a new scope per message was ~10 % of the emulator under load). Its
-            # deadline is the session's next one, moved only earlier (the idle deadline moves later with every
-            # message: a stale, early deadline just costs one more turn of this loop). Audio and text are
-            # handled inside; anything to send (due actions, control frames) leaves the scope first.
-            with trio.CancelScope() as scope:
-                while not pending and not actions:
-                    deadline = session.next_deadline()
-                    if deadline is not None and deadline < scope.deadline:
-                        scope.deadline = deadline
-                    data = await stream.receive_some(65536)  # cancelling receive_some loses no data
-                    if not data:
-                        raise _Done
-                    for event in frames.feed(data):
-                        if pending or not self._data_event(session, text, event):
-                            pending.append(event)
-                    actions = session.poll(trio.current_time())
+        wire = SessionWire(stream.socket.fileno(), ws, session, self._hub, self.stats,
+                           max_message_bytes=self.config.max_message_bytes)
+        self._hub.add(wire)
+        try:
+            if trailing:
+                wire.feed(trailing)
+            while True:
+                # Outside any deadline scope: sends (results, pongs, close replies) are never cut in half.
+                if wire.fatal is not None:
+                    raise Done from wire.fatal
+                await self._ws_events(stream, wire)
+                wire.poll()
+                await self._perform(stream, wire)
+                if wire.fatal is not None:
+                    raise Done from wire.fatal
+                if wire.eof and not wire.pending:
+                    raise Done
+                if not wire.pending:
+                    wire.resume()
+                await wire.wait()
+        finally:
+            self._hub.remove(wire)
 
-    def _data_event(self, session: StreamSession, text: bytearray, event: Event) -> bool:
-        """Handle an audio or text message at once (no I/O); False for anything else."""
-        now = trio.current_time()
-        if isinstance(event, BytesMessage):
-            before = session.counters.bytes_received
-            session.receive_audio(bytes(event.data), now)
-            self.stats.bytes_received += session.counters.bytes_received - before
-            return True
-        if isinstance(event, TextMessage):
-            text.extend(event.data.encode("utf-8", "surrogatepass"))
-            if len(text) > self.config.max_message_bytes:
-                raise _Done
-            if event.message_finished:
-                session.receive_text(text.decode("utf-8", "replace"), now)
-                text.clear()
-            return True
-        return False
-
-    async def _ws_events(self, stream: trio.SocketStream, ws: Connection, session: StreamSession,
-                         text: bytearray, events: list[Event]) -> None:
-        for event in events:
-            if self._data_event(session, text, event):
-                continue
+    async def _ws_events(self, stream: trio.SocketStream, wire: SessionWire) -> None:
+        """Control frames and the messages queued behind them, in wire order."""
+        while wire.pending:
+            event = wire.pending.popleft()
             now = trio.current_time()
+            if wire.data_event(event, now):
+                continue
             if isinstance(event, Ping):
-                if session.pong_allowed(now):
-                    await self._send(stream, ws.send(event.response()))
+                if wire.session.pong_allowed(now):
+                    await self._send(stream, wire.ws.send(event.response()))
             elif isinstance(event, CloseConnection):
-                if not session.stalled:
-                    await self._send(stream, ws.send(event.response()))
-                raise _Done
+                if not wire.session.stalled:
+                    await self._send(stream, wire.ws.send(event.response()))
+                raise Done
 
-    async def _perform(self, stream: trio.SocketStream, ws: Connection, session: StreamSession,
-                       actions: list[Action]) -> None:
-        for action in actions:
+    async def _perform(self, stream: trio.SocketStream, wire: SessionWire) -> None:
+        while wire.actions:
+            action = wire.actions.popleft()
             if isinstance(action, Send):
-                await self._send(stream, ws.send(TextMessage(data=action.text)))
+                await self._send(stream, wire.ws.send(TextMessage(data=action.text)))
                 self._count(action.text)
             elif isinstance(action, Close):
-                await self._send(stream, ws.send(CloseConnection(code=action.code, reason=action.reason)))
-                await self._await_close_reply(stream, ws)
-                raise _Done
+                await self._send(stream, wire.ws.send(CloseConnection(code=action.code, reason=action.reason)))
+                await self._await_close_reply(stream, wire.ws)
+                raise Done
             elif isinstance(action, Abort):
-                raise _Done  # _handle closes the TCP stream without a close frame
+                raise Done  # _handle closes the TCP stream without a close frame
 
     def _count(self, text: str) -> None:
         if '"final":true' in text:

@@ -97,6 +97,8 @@ class StreamSession:
         self._seq = 0
         self._frame = max(1, params.sample_rate // 100)
         self._threshold = self._frame * (32768.0 * 10 ** (params.speech_dbfs / 20)) ** 2
+        self._max_utter = int(params.max_utter_s * params.sample_rate)
+        self._epd = int(params.epd_time * params.sample_rate)
         self._total = 0  # samples received on the timeline
         self._carry = np.zeros(0, dtype=np.int16)  # samples not yet framed for EPD
         self._chunks: list[npt.NDArray[np.int16]] = []
@@ -236,13 +238,13 @@ class StreamSession:
         if n_frames == 0:
             return
         frames = data[: n_frames * self._frame].astype(np.float64).reshape(n_frames, self._frame)
-        loud = np.einsum("ij,ij->i", frames, frames) >= self._threshold
-        max_utter = int(self.p.max_utter_s * self.p.sample_rate)
-        epd = int(self.p.epd_time * self.p.sample_rate)
+        # Exact in float64 (80 squares of int16 < 2**53); a list, since the loop below reads it element by element.
+        loud: list[bool] = (np.einsum("ij,ij->i", frames, frames, optimize=False) >= self._threshold).tolist()
+        max_utter, epd = self._max_utter, self._epd
         # Fast paths, with the loop's exact outcome: a quiet batch outside speech changes nothing; a quiet batch
         # inside speech that does not reach epd_time only adds silence; an all-loud batch inside speech that does
         # not reach max_utter only extends it. (``_silence`` is only read while in speech, and reset when speech starts.)
-        n_loud = int(np.count_nonzero(loud))
+        n_loud = sum(loud)
         if n_loud == 0 and (self._speech_start is None or self._silence + n_frames * self._frame < epd):
             if self._speech_start is not None:
                 self._silence += n_frames * self._frame

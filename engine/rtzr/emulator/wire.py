@@ -1,0 +1,157 @@
+"""One upgraded session's input, driven by the ReadHub: bytes in, session logic at once, work out for its task.
+
+The hub calls :meth:`SessionWire.readable` when the socket has bytes. Audio and text messages go straight
+to the sans-IO :class:`StreamSession` (no I/O); whatever needs a write or an await — a control frame and
+everything after it, due results, the end of the session — is queued here and the session's task woken.
+Invariants the task relies on:
+
+- Messages reach the session in wire order: once a control frame is queued, every later event queues
+  behind it, and the hub stops reading this socket (``pause``) until the task has handled the queue.
+- Once a Close/Abort is due, or EOF or a fatal error is seen, the hub reads no more of this socket: the
+  task owns it (a close handshake reads the peer's reply itself).
+- The task's wait is bounded by the session's next deadline; a message that brings it earlier moves the
+  task's scope deadline directly, without a wake-up.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections import deque
+from typing import Protocol
+
+import trio
+from wsproto.connection import Connection
+from wsproto.events import BytesMessage, Event, TextMessage
+
+from engine.rtzr.emulator.reader import ReadHub
+from engine.rtzr.emulator.session import Abort, Action, Close, StreamSession
+from engine.rtzr.emulator.wsfast import FrameSplitter
+
+READ_SIZE = 65536
+
+
+class Done(Exception):
+    """The session is over (closed by either side, or its input is unusable)."""
+
+
+class ByteCounter(Protocol):
+    """Where a wire adds the audio bytes it received (the emulator's stats)."""
+
+    bytes_received: int
+
+
+class SessionWire:
+    """The input half of one session, plus the queues its task drains."""
+
+    def __init__(self, fd: int, ws: Connection, session: StreamSession, hub: ReadHub, stats: ByteCounter,
+                 *, max_message_bytes: int) -> None:
+        self.fd = fd
+        self.ws = ws
+        self.session = session
+        self.frames = FrameSplitter(ws)
+        self.pending: deque[Event] = deque()  # events the task must handle itself, in wire order
+        self.actions: deque[Action] = deque()  # due results/closes, in order
+        self.eof = False  # the peer closed (or reset) its side; handle what is queued, then end
+        self.fatal: BaseException | None = None  # end at once (message too large, or a bug)
+        self.wake = trio.Event()
+        self.scope: trio.CancelScope | None = None  # the task's wait, while it waits
+        self._hub = hub
+        self._stats = stats
+        self._text = bytearray()
+        self._max_message = max_message_bytes
+        self._closing = False  # a Close/Abort is queued: the task owns the socket from now on
+
+    # ------------------------------------------------------------------ hub side
+    def readable(self) -> None:
+        try:
+            data = os.read(self.fd, READ_SIZE)
+        except BlockingIOError:
+            return
+        except OSError:  # reset by the peer: like EOF (the old receive_some raised and the session ended)
+            data = b""
+        if not data:
+            self.eof = True
+            self._hub.remove(self)
+            self.wake.set()
+            return
+        self.feed(data)
+
+    def fail(self, exc: Exception) -> None:
+        self.fatal = exc
+        self.wake.set()
+
+    def feed(self, data: bytes) -> None:
+        """Split ``data`` into messages and hand them on (also used for bytes that came with the upgrade)."""
+        now = trio.current_time()
+        pending = self.pending
+        try:
+            for event in self.frames.feed(data):
+                if pending or not self.data_event(event, now):
+                    pending.append(event)
+        except Done as exc:
+            self._hub.remove(self)
+            self.fatal = exc
+            self.wake.set()
+            return
+        due = self.session.poll(now)
+        if due:
+            self.actions.extend(due)
+            if any(isinstance(a, Close | Abort) for a in due):
+                self.take_over()
+        if pending or due:
+            if pending:
+                self._hub.pause(self)
+            self.wake.set()
+        elif self.scope is not None:
+            deadline = self.session.next_deadline()
+            if deadline is not None and deadline < self.scope.deadline:
+                self.scope.deadline = deadline
+
+    def data_event(self, event: Event, now: float) -> bool:
+        """Handle an audio or text message at once (no I/O); False for anything else."""
+        if isinstance(event, BytesMessage):
+            before = self.session.counters.bytes_received
+            self.session.receive_audio(bytes(event.data), now)
+            self._stats.bytes_received += self.session.counters.bytes_received - before
+            return True
+        if isinstance(event, TextMessage):
+            self._text.extend(event.data.encode("utf-8", "surrogatepass"))
+            if len(self._text) > self._max_message:
+                raise Done("message too large")
+            if event.message_finished:
+                self.session.receive_text(self._text.decode("utf-8", "replace"), now)
+                self._text.clear()
+            return True
+        return False
+
+    # ------------------------------------------------------------------ task side
+    def take_over(self) -> None:
+        """A Close/Abort is due: stop the hub reading and give wsproto any partial frame (for the close handshake)."""
+        if not self._closing:
+            self._closing = True
+            self._hub.remove(self)
+            self.ws.receive_data(self.frames.rest())
+
+    def poll(self) -> None:
+        """Queue what is due now (the task calls this after its deadline)."""
+        due = self.session.poll(trio.current_time())
+        if due:
+            self.actions.extend(due)
+            if any(isinstance(a, Close | Abort) for a in due):
+                self.take_over()
+
+    def resume(self) -> None:
+        """The task has handled the pending events: read again (unless the socket is the task's now)."""
+        if not self._closing and not self.eof and self.fatal is None:
+            self._hub.resume(self)
+
+    async def wait(self) -> None:
+        """Until the hub queues work, or the session's next deadline."""
+        if self.pending or self.actions or self.eof or self.fatal is not None:
+            return
+        self.wake = trio.Event()
+        deadline = self.session.next_deadline()
+        with trio.CancelScope(deadline=math.inf if deadline is None else deadline) as self.scope:
+            await self.wake.wait()
+        self.scope = None
