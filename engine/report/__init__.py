@@ -29,7 +29,7 @@ def parse_time(value: str) -> float:
     try:
         moment = datetime.fromisoformat(value)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"not a time: {value!r} (ISO 8601, e.g. 2026-11-29T09:00, or Unix seconds)")
+        raise argparse.ArgumentTypeError(f"not a time: {value!r} (ISO 8601, e.g. 2026-11-29T09:00, or Unix seconds)") from None
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=UTC)
     return moment.timestamp()

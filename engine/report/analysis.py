@@ -301,13 +301,15 @@ class Analyzer:
             first_ts=self._first_ts, last_ts=self._last_ts,
         )
         return Report(
-            source=source, lines=getattr(stats, "lines", 0), events=getattr(stats, "events", 0), malformed=getattr(stats, "malformed", 0),
+            source=source, lines=getattr(stats, "lines", 0), events=getattr(stats, "events", 0),
+            malformed=getattr(stats, "malformed", 0),
             not_events=getattr(stats, "not_events", 0), partials=getattr(stats, "partials", 0),
             summary=summary, calls=self._summaries, details=list(self._details),
             total_hist=self._total.histogram(hist_bins, upper), hist_upper_ms=upper,
         )
 
     def _naive(self) -> Naive:
+        connect: float | None
         if self.connect_ms is not None:
             connect, where = self.connect_ms, "given"
         elif self._handshake.count:

@@ -29,8 +29,7 @@ class Dist:
     def add(self, value: float) -> None:
         self.count += 1
         self.sum += value
-        if value > self.max:
-            self.max = value
+        self.max = max(self.max, value)
         if self._exact is not None:
             self._exact.append(value)
             if len(self._exact) > EXACT_LIMIT:

@@ -18,16 +18,19 @@ COLORS = {"speech": "#4c78a8", "endpoint": "#f58518", "lease": "#b279a2", "stt":
 SPEECH_SHOWN_MS = 1200.0  # the timeline shows at most this much speech before its end
 
 CSS = """
-body{font:14px/1.45 system-ui,-apple-system,"Segoe UI","Noto Sans KR","Noto Sans CJK KR",sans-serif;margin:24px;color:#222;max-width:1200px}
+body{font:14px/1.45 system-ui,-apple-system,"Segoe UI","Noto Sans KR","Noto Sans CJK KR","NanumGothic",sans-serif;
+margin:24px;color:#222;max-width:1200px}
 h1{font-size:22px;margin:0 0 4px} h2{font-size:17px;margin:28px 0 8px;border-bottom:1px solid #ddd;padding-bottom:4px}
 h3{font-size:15px;margin:20px 0 6px} .muted{color:#666} .small{font-size:12px}
 .cards{display:flex;gap:12px;flex-wrap:wrap;margin:14px 0}
-.card{border:1px solid #ddd;border-radius:8px;padding:8px 14px;min-width:130px}
+.card{border:1px solid #ddd;border-radius:8px;padding:8px 14px;min-width:105px}
 .card b{display:block;font-size:22px} .card span{color:#666;font-size:12px}
-table{border-collapse:collapse;margin:6px 0} th,td{padding:3px 9px;border-bottom:1px solid #eee;text-align:left;white-space:nowrap}
+table{border-collapse:collapse;margin:6px 0}
+th,td{padding:3px 9px;border-bottom:1px solid #eee;text-align:left;white-space:nowrap}
 th{background:#f6f6f6;font-weight:600} td.n,th.n{text-align:right;font-variant-numeric:tabular-nums}
 td.t{white-space:normal;min-width:160px;max-width:340px} tr.err td{background:#fff1f0}
-.legend span{display:inline-block;margin-right:14px} .legend i{display:inline-block;width:12px;height:12px;margin-right:4px;vertical-align:-1px}
+.legend span{display:inline-block;margin-right:14px}
+.legend i{display:inline-block;width:12px;height:12px;margin-right:4px;vertical-align:-1px}
 svg text{font-size:11px;fill:#333} .axis{stroke:#ccc} .zero{stroke:#999;stroke-dasharray:2 2}
 """
 
@@ -108,7 +111,7 @@ def _naive_bars(report: Report, lang: str) -> str:
             w = value * scale
             svg.append(f'<rect x="{x:.1f}" y="{y}" width="{w:.1f}" height="20" fill="{color}"><title>{escape(label)} '
                        f'{value:.0f} ms</title></rect>')
-            if w > 40:
+            if w > len(label) * 7 + 8:
                 svg.append(f'<text x="{x + 4:.1f}" y="{y + 14}" style="fill:#fff">{escape(label)}</text>')
             x += w
         svg.append(f'<text x="{x + 6:.1f}" y="{y + 15}">{whole:,.0f} ms</text>')
@@ -120,10 +123,10 @@ def _histogram(report: Report) -> str:
     counts, upper = report.total_hist, report.hist_upper_ms
     if not any(counts):
         return ""
-    width, height, left = 900, 170, 40
+    width, height, left = 880, 170, 40
     bw = (width - left) / len(counts)
     top = max(counts)
-    svg = [f'<svg width="{width}" height="{height + 30}" role="img">',
+    svg = [f'<svg width="{width + 40}" height="{height + 30}" role="img">',
            f'<line class="axis" x1="{left}" y1="{height}" x2="{width}" y2="{height}"/>',
            f'<text x="0" y="12">{top:,}</text><text x="0" y="{height}">0</text>']
     for i, c in enumerate(counts):
@@ -192,7 +195,8 @@ def _timeline(call: CallReport, lang: str) -> str:
     height = row_h * len(rows) + 24
     svg = [f'<svg width="{width}" height="{height}" role="img">',
            f'<line class="zero" x1="{zero:.1f}" y1="0" x2="{zero:.1f}" y2="{height - 18}"/>']
-    step = 100 if after < 1200 else 250 if after < 3000 else 1000
+    span = SPEECH_SHOWN_MS + after
+    step = 200 if span < 2500 else 500 if span < 6000 else 1000
     for tick in range(-int(SPEECH_SHOWN_MS // step) * step, int(after) + 1, step):
         x = zero + tick * scale
         svg.append(f'<line class="axis" x1="{x:.1f}" y1="{height - 20}" x2="{x:.1f}" y2="{height - 16}"/>'

@@ -90,7 +90,8 @@ KO: dict[str, str] = {
     "stt": "STT",
     "total": "전체",
     "pool": "풀",
-    "pool_line": "{leases}건 중 {hits}건 풀에서 바로 ({rate}); 재사용 소켓 {reused}건; 소켓 {sockets}개, 연결(핸드셰이크) p50 {connect}",
+    "pool_line": "{leases}건 중 {hits}건 풀에서 바로 ({rate}); 재사용 소켓 {reused}건; "
+                 "소켓 {sockets}개, 연결(핸드셰이크) p50 {connect}",
     "tokens_line": "토큰 {tokens}개 사용, 갱신 {refreshes}회",
     "errors_by_kind": "종류별 오류",
     "naive": "단순 브리지와 비교",

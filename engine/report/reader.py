@@ -86,5 +86,5 @@ def open_events(path: str) -> IO[bytes]:
     if path == "-":
         return sys.stdin.buffer
     if path.endswith(".gz"):
-        return gzip.open(path, "rb")
-    return open(path, "rb", buffering=1 << 20)  # noqa: SIM115 - the caller closes it
+        return gzip.open(path, "rb")  # type: ignore[return-value]  # a GzipFile is a binary stream
+    return open(path, "rb", buffering=1 << 20)
