@@ -89,9 +89,11 @@ class LiveStatus:
                 self.recent.append((event.ts, lat.endpoint_ms, lat.lease_ms, lat.stt_ms, lat.total_ms))
 
     def _window(self, now: float) -> list[tuple[float, float, float, float, float]]:
-        while self.recent and self.recent[0][0] < now - WINDOW_S:
+        start = now - WINDOW_S
+        while self.recent and self.recent[0][0] < start:
             self.recent.popleft()
-        return list(self.recent)
+        # held finals (emitted in utterance order) can carry an earlier ts than the one before them
+        return [sample for sample in self.recent if sample[0] >= start]
 
     def page(self, not_ready: str | None, *, draining: bool = False) -> bytes:
         """The status page; ``not_ready``: what /readyz says (None when ready)."""
