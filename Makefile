@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 BENCH_STAMP := $(VENV)/.bench-installed
 FUZZ_EXAMPLES ?= 20000
 
-.PHONY: all demo test serve bench fuzz lint soak corpus eval emulate clean venv
+.PHONY: all demo test serve bench fuzz lint soak corpus eval emulate clean venv browser
 
 all: test
 
@@ -25,8 +25,14 @@ $(BENCH_STAMP): $(STAMP)
 demo: $(STAMP)
 	$(VENV)/bin/sori demo
 
-test: $(STAMP)
+test: $(STAMP) browser
 	$(PY) -m pytest
+
+# Headless Chromium (and a Korean font) for tests/report/test_browser.py, which loads the HTML report and the
+# admin /status page. When it cannot be installed (no root, no network) those tests skip and say why.
+browser:
+	@command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium) || true
+	@fc-list :lang=ko 2>/dev/null | grep -q . || (apt-get update -qq && apt-get install -y -qq fonts-nanum) || true
 
 serve: $(STAMP)
 	$(VENV)/bin/sori serve $(ARGS)

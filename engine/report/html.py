@@ -12,7 +12,7 @@ from html import escape
 
 from engine.report.analysis import CallReport, Report, UtteranceRow
 from engine.report.labels import labels, ms, when
-from engine.report.text import naive_line, row_note, socket_note
+from engine.report.text import naive_line, row_note, socket_note, width
 
 COLORS = {"speech": "#4c78a8", "endpoint": "#f58518", "lease": "#b279a2", "stt": "#54a24b", "naive": "#888"}
 SPEECH_SHOWN_MS = 1200.0  # the timeline shows at most this much speech before its end
@@ -111,7 +111,7 @@ def _naive_bars(report: Report, lang: str) -> str:
             w = value * scale
             svg.append(f'<rect x="{x:.1f}" y="{y}" width="{w:.1f}" height="20" fill="{color}"><title>{escape(label)} '
                        f'{value:.0f} ms</title></rect>')
-            if w > len(label) * 7 + 8:
+            if w > width(label) * 7 + 8:
                 svg.append(f'<text x="{x + 4:.1f}" y="{y + 14}" style="fill:#fff">{escape(label)}</text>')
             x += w
         svg.append(f'<text x="{x + 6:.1f}" y="{y + 15}">{whole:,.0f} ms</text>')
