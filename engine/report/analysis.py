@@ -182,29 +182,31 @@ class Analyzer:
         ts = event.ts
         if (self.since is not None and ts < self.since) or (self.until is not None and ts >= self.until):
             return
-        self._first_ts = ts if self._first_ts is None else min(self._first_ts, ts)
-        self._last_ts = ts if self._last_ts is None else max(self._last_ts, ts)
+        if self._first_ts is None or ts < self._first_ts:
+            self._first_ts = ts
+        if self._last_ts is None or ts > self._last_ts:
+            self._last_ts = ts
         call = self._open.get(event.call_sid)
         if call is None:
             call = self._open[event.call_sid] = CallReport(event.call_sid, event.stream_sid, ts, ts)
-        call.last_ts = max(call.last_ts, ts)
-        if isinstance(event, s.CallStarted):
-            call.started_in_log = True
-        elif isinstance(event, s.SpeechStarted):
+        elif ts > call.last_ts:
+            call.last_ts = ts
+        kind = type(event)
+        if kind is s.TranscriptFinal:
+            self._final(call, event)
+        elif kind is s.SpeechStarted:
             row = self._row(call, event.utterance_id)
             row.start_ms, row.continues = event.start_ms, event.continues
-        elif isinstance(event, s.SpeechEnded):
+        elif kind is s.SpeechEnded:
             row = self._row(call, event.utterance_id)
             row.last_speech_ms, row.end_ms, row.end_reason = event.last_speech_ms, event.end_ms, event.reason
-        elif isinstance(event, s.TranscriptFinal):
-            self._final(call, event)
-        elif isinstance(event, s.TurnEnded):
+        elif kind is s.TurnEnded:
             call.turns.append(TurnRow(event.text, list(event.utterance_ids), event.start_ms, event.end_ms))
             for uid in event.utterance_ids:
                 found = self._by_uid.get(uid)
                 if found is not None:
                     found.turn = len(call.turns)
-        elif isinstance(event, s.ErrorEvent):
+        elif kind is s.ErrorEvent:
             self._errors += 1
             self._error_kinds[event.kind] += 1
             if event.utterance_id:
@@ -212,7 +214,9 @@ class Analyzer:
                 row.error, row.error_message = event.kind, event.message
             else:
                 call.errors.append(CallError(event.kind, event.message))
-        elif isinstance(event, s.CallEnded):
+        elif kind is s.CallStarted:
+            call.started_in_log = True
+        elif kind is s.CallEnded:
             call.complete = True
             call.end_reason, call.duration_ms = event.reason, event.duration_ms
             self._close(call)

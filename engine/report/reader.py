@@ -57,7 +57,7 @@ class EventReader:
             if _PARTIAL in line:
                 stats.partials += 1  # counted, never decoded: the report does not use them
                 continue
-            if not line.strip():
+            if line[0] in b" \t\r\n" and not line.strip():
                 stats.blank += 1
                 continue
             try:
