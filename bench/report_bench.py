@@ -150,7 +150,7 @@ def main() -> None:
             seconds, rss, report = run_report(target)
             sm = report["summary"]
             rows.append((name, n, seconds, rss))
-            print(f"{name:13s}: {n:>10,} lines in {seconds:6.2f} s ({n / seconds / 1e6:.2f} M lines/s), peak RSS "
+            print(f"{name:13s}: {n:>10,} lines in {seconds:6.2f} s ({n / seconds / 1e3:,.0f} k lines/s), peak RSS "
                   f"{rss / 1024:6.1f} MiB; calls {sm['calls']}, utterances {sm['utterances']:,}, "
                   f"malformed {report['malformed']}, total p50 {sm['total']['p50']} p95 {sm['total']['p95']} ms, "
                   f"tokens {sm['tokens']}")

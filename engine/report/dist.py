@@ -17,11 +17,12 @@ MAX_MS = 60_000
 
 
 class Dist:
-    __slots__ = ("_bins", "_exact", "count", "max", "sum")
+    __slots__ = ("_binned", "_bins", "_values", "count", "max", "sum")
 
     def __init__(self) -> None:
-        self._exact: list[float] | None = []
+        self._values: list[float] = []  # exact values, or (once binned) a buffer flushed into the bins
         self._bins: np.ndarray | None = None
+        self._binned = 0
         self.count = 0
         self.sum = 0.0
         self.max = -math.inf
@@ -30,27 +31,32 @@ class Dist:
         self.count += 1
         self.sum += value
         self.max = max(self.max, value)
-        if self._exact is not None:
-            self._exact.append(value)
-            if len(self._exact) > EXACT_LIMIT:
-                self._to_bins()
-            return
-        assert self._bins is not None
-        self._bins[min(MAX_MS, max(0, int(value)))] += 1
+        self._values.append(value)
+        if len(self._values) > EXACT_LIMIT:
+            self._flush()
 
-    def _to_bins(self) -> None:
-        assert self._exact is not None
-        values = np.clip(np.asarray(self._exact, dtype=np.float64), 0, MAX_MS).astype(np.int64)
-        self._bins = np.bincount(values, minlength=MAX_MS + 1).astype(np.int64)
-        self._exact = None
+    def _flush(self) -> None:
+        """Move the buffered values into the 1 ms bins (one numpy call per EXACT_LIMIT values)."""
+        if not self._values:
+            return
+        values = np.clip(np.asarray(self._values, dtype=np.float64), 0, MAX_MS).astype(np.int64)
+        counts = np.bincount(values, minlength=MAX_MS + 1).astype(np.int64)
+        self._bins = counts if self._bins is None else self._bins + counts
+        self._binned += len(self._values)
+        self._values = []
+
+    @property
+    def exact(self) -> bool:
+        return self._bins is None
 
     def quantile(self, q: float) -> float | None:
         """Nearest-rank percentile (q in 0..1), None when empty; 1 ms resolution once binned."""
         if not self.count:
             return None
         rank = max(1, math.ceil(q * self.count))
-        if self._exact is not None:
-            return sorted(self._exact)[rank - 1]
+        if self._bins is None:
+            return sorted(self._values)[rank - 1]
+        self._flush()
         assert self._bins is not None
         index = int(np.searchsorted(np.cumsum(self._bins), rank))
         return float(min(index, self.max))
@@ -65,11 +71,11 @@ class Dist:
         if not self.count or upper <= 0:
             return counts
         width = upper / bins
-        if self._exact is not None:
-            for value in self._exact:
+        if self._bins is None:
+            for value in self._values:
                 counts[min(bins - 1, max(0, int(value / width)))] += 1
             return counts
-        assert self._bins is not None
+        self._flush()
         edges = np.minimum(bins - 1, (np.arange(MAX_MS + 1) / width).astype(np.int64))
         return [int(c) for c in np.bincount(edges, weights=self._bins, minlength=bins)[:bins]]
 

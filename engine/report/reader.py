@@ -1,10 +1,12 @@
 """Streamed reading of an events JSONL file: one line at a time, bounded memory, never fatal.
 
-Each line is decoded on its own with one reusable msgspec decoder, so memory does not grow with the file
-and one bad line costs only itself. ``transcript.partial`` lines (most of a log, and unused by the report)
-are recognised by their bytes and not decoded: the compact encoder the engine uses writes
-``"type":"transcript.partial"`` and that byte string cannot occur inside a JSON string (its quotes would be
-escaped). A line longer than ``MAX_LINE_BYTES`` is skipped as malformed without being held in memory.
+The file is read in 1 MiB chunks; each chunk's complete lines are decoded in one msgspec call
+(``decode_lines``), so memory does not grow with the file and the per-line cost is msgspec's. A chunk that
+holds a bad line is decoded again line by line, so one bad line costs only itself. ``transcript.partial``
+lines (most of a log, and unused by the report) are recognised by their bytes and not decoded: the compact
+encoder the engine uses writes ``"type":"transcript.partial"`` and that byte string cannot occur inside a
+JSON string (its quotes would be escaped). A line longer than ``MAX_LINE_BYTES`` is skipped as malformed
+without being held in memory whole.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import msgspec
 from engine.report.schema import AnyEvent, TranscriptPartial
 
 MAX_LINE_BYTES = 1 << 20
+CHUNK_BYTES = 1 << 20
 _PARTIAL = b'"type":"transcript.partial"'
 
 
@@ -32,7 +35,6 @@ class ReadStats:
     partials: int = 0
     malformed: int = 0  # not JSON, cut off, or longer than MAX_LINE_BYTES
     not_events: int = 0  # JSON, but not an event this report knows (log lines, newer event types)
-    blank: int = 0
 
 
 class EventReader:
@@ -44,41 +46,57 @@ class EventReader:
         self._decoder: msgspec.json.Decoder[AnyEvent] = msgspec.json.Decoder(AnyEvent)
 
     def __iter__(self) -> Iterator[AnyEvent]:
-        stats, decode, readline = self.stats, self._decoder.decode, self.stream.readline
+        stats, read = self.stats, self.stream.read
+        rest, skipping = b"", False  # rest: the unfinished last line; skipping: inside an overlong line
         while True:
-            line = readline(MAX_LINE_BYTES)
-            if not line:
-                return
-            stats.lines += 1
-            if len(line) >= MAX_LINE_BYTES and not line.endswith(b"\n"):
-                self._skip_rest()
+            chunk = read(CHUNK_BYTES)
+            if not chunk:
+                break
+            lines = (rest + chunk if rest else chunk).split(b"\n")
+            rest = lines.pop()
+            if skipping:
+                if not lines:  # still no end to the overlong line
+                    rest = b""
+                    continue
+                del lines[0]  # its tail
+                skipping = False
+            if len(rest) > MAX_LINE_BYTES:
+                stats.lines += 1
                 stats.malformed += 1
-                continue
-            if _PARTIAL in line:
-                stats.partials += 1  # counted, never decoded: the report does not use them
-                continue
-            if line[0] in b" \t\r\n" and not line.strip():
-                stats.blank += 1
-                continue
-            try:
-                event = decode(line)
-            except msgspec.ValidationError:
-                stats.not_events += 1
-                continue
-            except msgspec.DecodeError:
-                stats.malformed += 1
-                continue
-            if isinstance(event, TranscriptPartial):  # written by another encoder (spaces after the colon)
+                rest, skipping = b"", True
+            yield from self._batch(lines)
+        if rest and not skipping:
+            yield from self._batch([rest])
+
+    def _batch(self, lines: list[bytes]) -> Iterator[AnyEvent]:
+        """Decode a batch in one call; a batch holding a bad line is decoded line by line instead."""
+        stats = self.stats
+        stats.lines += len(lines)
+        keep = [line for line in lines if _PARTIAL not in line]
+        stats.partials += len(lines) - len(keep)
+        try:
+            events: list[AnyEvent] = self._decoder.decode_lines(b"\n".join(keep))
+        except msgspec.DecodeError:
+            events = self._one_by_one(keep)
+        for event in events:
+            if type(event) is TranscriptPartial:  # written by another encoder (spaces after the colon)
                 stats.partials += 1
                 continue
             stats.events += 1
             yield event
 
-    def _skip_rest(self) -> None:
-        while True:
-            chunk = self.stream.readline(MAX_LINE_BYTES)
-            if not chunk or chunk.endswith(b"\n"):
-                return
+    def _one_by_one(self, lines: list[bytes]) -> list[AnyEvent]:
+        decode, events = self._decoder.decode, []
+        for line in lines:
+            if not line.strip():
+                continue
+            try:
+                events.append(decode(line))
+            except msgspec.ValidationError:
+                self.stats.not_events += 1
+            except msgspec.DecodeError:
+                self.stats.malformed += 1
+        return events
 
 
 def open_events(path: str) -> IO[bytes]:
