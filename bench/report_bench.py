@@ -25,10 +25,11 @@ import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from engine import events as ev  # noqa: E402
+from engine import events as ev
 
 DAY_S = 86_400.0
 DAY0 = 1_795_910_400.0  # 2026-11-29 00:00 UTC
@@ -105,15 +106,17 @@ def write_day(path: Path, calls: int, utterances: int, seed: int) -> int:
     return lines
 
 
-def run_report(path: Path) -> tuple[float, int, dict[str, object]]:
-    """Wall seconds, peak RSS (KiB) of a fresh ``sori report --json`` child, and its summary."""
+def run_report(path: Path) -> tuple[float, float, int, dict[str, Any]]:
+    """Wall seconds, CPU seconds (whole process), peak RSS (KiB) of a fresh ``sori report --json`` child, and its
+    analysis."""
     code = ("import resource, sys, time\nfrom engine.cli import main\nt = time.perf_counter()\n"
             "rc = main(['report', sys.argv[1], '--json'])\n"
-            "sys.stderr.write(f'{time.perf_counter() - t} {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}\\n')\n"
+            "u = resource.getrusage(resource.RUSAGE_SELF)\n"
+            "sys.stderr.write(f'{time.perf_counter() - t} {u.ru_utime + u.ru_stime} {u.ru_maxrss}\\n')\n"
             "sys.exit(rc)")
     done = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, check=True)
-    seconds, rss = done.stderr.decode().split()[-2:]
-    return float(seconds), int(rss), json.loads(done.stdout)
+    seconds, cpu, rss = done.stderr.decode().split()[-3:]
+    return float(seconds), float(cpu), int(rss), json.loads(done.stdout)
 
 
 def bare_json(path: Path) -> float:
@@ -147,10 +150,10 @@ def main() -> None:
                 dst.write(line)
         rows = []
         for name, target, n in (("first quarter", quarter, lines // 4), ("whole day", path, lines)):
-            seconds, rss, report = run_report(target)
+            seconds, cpu, rss, report = run_report(target)
             sm = report["summary"]
             rows.append((name, n, seconds, rss))
-            print(f"{name:13s}: {n:>10,} lines in {seconds:6.2f} s ({n / seconds / 1e3:,.0f} k lines/s), peak RSS "
+            print(f"{name:13s}: {n:>10,} lines in {seconds:6.2f} s ({n / seconds / 1e3:,.0f} k lines/s; CPU {cpu:.2f} s), peak RSS "
                   f"{rss / 1024:6.1f} MiB; calls {sm['calls']}, utterances {sm['utterances']:,}, "
                   f"malformed {report['malformed']}, total p50 {sm['total']['p50']} p95 {sm['total']['p95']} ms, "
                   f"tokens {sm['tokens']}")
