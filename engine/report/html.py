@@ -168,7 +168,7 @@ def _call(call: CallReport, lang: str) -> str:
            f"<h3>{escape(t['timeline'])}</h3>", _legend(lang), _timeline(call, lang), _utterance_table(call, lang)]
     if call.turns:
         out.append(f"<h3>{escape(t['turns'])}</h3><ol>" + "".join(
-            f"<li>«{escape(turn.text)}» <span class='muted small'>({len(turn.utterance_ids)} {escape(t['utterances'])})"
+            f"<li>«{escape(turn.text)}» <span class='muted small'>({escape(t['utterances'])}: {len(turn.utterance_ids)})"
             "</span></li>" for turn in call.turns) + "</ol>")
     for err in call.errors:
         out.append(f"<div class='err'>{escape(t['call_errors'])}: {escape(err.kind)}: {escape(err.message)}</div>")

@@ -24,7 +24,7 @@ EN: dict[str, str] = {
     "pool": "pool",
     "pool_line": "{hits}/{leases} leases from the pool ({rate}); {reused} on a reused socket; {sockets} sockets, "
                  "connect (handshake) p50 {connect}",
-    "tokens_line": "{tokens} tokens used, {refreshes} refreshes",
+    "tokens_line": "tokens used: {tokens}, refreshes: {refreshes}",
     "errors_by_kind": "errors by kind",
     "naive": "vs a naive bridge",
     "naive_line": "a new socket per utterance ({connect} ms, {where}) + {silence:.0f} ms silence wait + the same STT: "

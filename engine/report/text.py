@@ -163,7 +163,7 @@ def call_lines(call: CallReport, lang: str) -> list[str]:
               t["col_socket"], t["col_stt"], t["col_total"], t["col_naive"], t["col_note"]]
     out = [head, *table(header, rows, [True, True, False, False, True, True, False, True, True, True, False])]
     for i, turn in enumerate(call.turns, 1):
-        out.append(f"  {t['col_turn']} {i}: «{turn.text}» ({len(turn.utterance_ids)} {t['utterances']})")
+        out.append(f"  {t['col_turn']} {i}: «{turn.text}» ({t['utterances']}: {len(turn.utterance_ids)})")
     for err in call.errors:
         out.append(f"  {t['call_errors']}: {err.kind}: {err.message}")
     return out
