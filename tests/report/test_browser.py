@@ -81,6 +81,9 @@ async def test_live_status_page_in_a_browser(tmp_path: Path) -> None:
                 nursery.start_soon(lambda: simulate_call(engine.twilio_url, audio, speed="realtime", trailing_silence_ms=300))
                 while len(got.of(ev.CallStarted)) < 2:
                     await trio.sleep(0.01)
+                second = got.of(ev.CallStarted)[1].call_sid
+                while not [f for f in got.of(ev.TranscriptFinal) if f.call_sid == second]:  # its first words are in
+                    await trio.sleep(0.01)
                 await screenshot(f"http://127.0.0.1:{engine.admin.bound_port}/status", tmp_path / "status.png",
                                  tmp_path / "profile", height=900)
                 nursery.cancel_scope.cancel()
