@@ -44,7 +44,8 @@ def call_events(n: int, utterances: int, rng: random.Random) -> Iterator[tuple[f
     enc = ev.encode
     yield t, enc(ev.CallStarted(call_sid=sid, stream_sid=stream, account_sid="AC" + "0" * 32, tracks=["inbound"],
                                 custom_parameters={"customer_id": str(n)}, sample_rate=8000, ts=t))
-    sock_id, sock_uses = f"s{n * 10}", 0
+    sock_id, sock_uses, handshake = f"c{n}s0", 0, rng.uniform(90, 130)
+    started = t
     token_fetched = DAY0 - 3600 + (t - DAY0) // 19_800 * 19_800  # a token refresh every 5.5 h
     for i in range(utterances):
         uid = f"{stream}:{i}"
@@ -64,7 +65,7 @@ def call_events(n: int, utterances: int, rng: random.Random) -> Iterator[tuple[f
                                     end_ms=round(last + 80, 1), reason="silence", ts=t))
         miss = rng.random() < 0.03
         if miss:
-            sock_id, sock_uses = f"s{n * 10 + i}", 0
+            sock_id, sock_uses, handshake = f"c{n}s{i}", 0, rng.uniform(90, 130)
         sock_uses += 1
         stt = rng.gammavariate(9.0, 17.0)
         lease = rng.uniform(80, 140) if miss else rng.uniform(0, 0.5)
@@ -80,7 +81,7 @@ def call_events(n: int, utterances: int, rng: random.Random) -> Iterator[tuple[f
                 call_sid=sid, stream_sid=stream, utterance_id=uid, text=" ".join(w.text for w in words), confidence=0.95,
                 start_ms=round(audio_ms, 1), end_ms=round(last, 1), words=words,
                 latency=ev.Latency(endpoint_ms=80.0, lease_ms=round(lease, 1), stt_ms=round(stt, 1), total_ms=round(total, 1)),
-                pool_hit=not miss, socket=ev.SocketInfo(id=sock_id, uses=sock_uses, handshake_ms=round(rng.uniform(90, 130), 1),
+                pool_hit=not miss, socket=ev.SocketInfo(id=sock_id, uses=sock_uses, handshake_ms=round(handshake, 1),
                                                         age_s=1.0, token_age_s=round(done - token_fetched, 3),
                                                         token_ttl_s=21_600.0), ts=done))
         if rng.random() < 0.4:
@@ -88,7 +89,8 @@ def call_events(n: int, utterances: int, rng: random.Random) -> Iterator[tuple[f
                                                start_ms=round(audio_ms, 1), end_ms=round(last, 1), ts=done + 0.6))
         audio_ms = last + 80
         t = done
-    yield t + 1, enc(ev.CallEnded(call_sid=sid, stream_sid=stream, reason="stop", duration_ms=1.0, utterances=utterances,
+    yield t + 1, enc(ev.CallEnded(call_sid=sid, stream_sid=stream, reason="stop", duration_ms=round((t + 1 - started) * 1000, 1),
+                                  utterances=utterances,
                                   finals=utterances, audio_sent_s=1.0, frames_received=1, frames_filled=0,
                                   frames_dropped=0, errors=0, ts=t + 1))
 

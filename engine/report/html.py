@@ -16,6 +16,7 @@ from engine.report.text import naive_line, row_note, socket_note, width
 
 COLORS = {"speech": "#4c78a8", "endpoint": "#f58518", "lease": "#b279a2", "stt": "#54a24b", "naive": "#888"}
 SPEECH_SHOWN_MS = 1200.0  # the timeline shows at most this much speech before its end
+MAX_TIMELINE_ROWS = 200  # a call's timeline draws its first utterances only (its table lists them all)
 
 CSS = """
 body{font:14px/1.45 system-ui,-apple-system,"Segoe UI","Noto Sans KR","Noto Sans CJK KR","NanumGothic",sans-serif;
@@ -79,8 +80,8 @@ def _summary_table(report: Report, lang: str) -> str:
         + f'<td class="n">{d["count"]:,}</td></tr>'
         for name, d in (("endpoint", sm.endpoint), ("lease", sm.lease), ("stt", sm.stt), ("total", sm.total)))
     rate = "-" if sm.pool_hit_rate is None else f"{sm.pool_hit_rate:.0%}"
-    pool = t["pool_line"].format(hits=sm.pool_hits, leases=sm.leases, rate=rate, reused=sm.reused_leases,
-                                 sockets=sm.sockets, connect="-" if sm.connect["p50"] is None else f"{sm.connect['p50']:.0f} ms")
+    pool = t["pool_line"].format(hits=f"{sm.pool_hits:,}", leases=f"{sm.leases:,}", rate=rate,
+                                 reused=f"{sm.reused_leases:,}", sockets=f"{sm.sockets:,}", connect="-" if sm.connect["p50"] is None else f"{sm.connect['p50']:.0f} ms")
     lines = [f"{t['pool']}: {pool}", t["tokens_line"].format(tokens=sm.tokens, refreshes=sm.token_refreshes)]
     if sm.errors_by_kind:
         lines.append(f"{t['errors_by_kind']}: " + ", ".join(f"{k} {v}" for k, v in sm.errors_by_kind.items()))
@@ -188,6 +189,10 @@ def _timeline(call: CallReport, lang: str) -> str:
     rows = [r for r in call.utterances if r.last_speech_ms is not None or r.total_ms is not None]
     if not rows:
         return ""
+    more = ""
+    if len(rows) > MAX_TIMELINE_ROWS:
+        more = f'<div class="muted small">… {len(rows) - MAX_TIMELINE_ROWS:,} more utterances in the table below</div>'
+        rows = rows[:MAX_TIMELINE_ROWS]
     after = max([r.naive_ms or 0.0 for r in rows] + [r.total_ms or 0.0 for r in rows] + [400.0]) * 1.05
     label_w, width, row_h = 260, 900, 24
     scale = (width - label_w - 60) / (SPEECH_SHOWN_MS + after)
@@ -204,7 +209,7 @@ def _timeline(call: CallReport, lang: str) -> str:
     for i, r in enumerate(rows):
         svg.append(_timeline_row(r, i * row_h + 2, zero, scale, lang))
     svg.append("</svg>")
-    return "".join(svg)
+    return "".join(svg) + more
 
 
 def _timeline_row(r: UtteranceRow, y: int, zero: float, scale: float, lang: str) -> str:

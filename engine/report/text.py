@@ -87,7 +87,7 @@ def summary_lines(report: Report, lang: str) -> list[str]:
                                           [False, True, True, True, True, True])]
     rate = "-" if sm.pool_hit_rate is None else f"{sm.pool_hit_rate:.0%}"
     out += ["", f"{t['pool']}: " + t["pool_line"].format(
-        hits=sm.pool_hits, leases=sm.leases, rate=rate, reused=sm.reused_leases, sockets=sm.sockets,
+        hits=f"{sm.pool_hits:,}", leases=f"{sm.leases:,}", rate=rate, reused=f"{sm.reused_leases:,}", sockets=f"{sm.sockets:,}",
         connect="-" if sm.connect["p50"] is None else f"{sm.connect['p50']:.0f} ms"),
         t["tokens_line"].format(tokens=sm.tokens, refreshes=sm.token_refreshes)]
     if sm.errors_by_kind:
