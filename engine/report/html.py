@@ -81,7 +81,8 @@ def _summary_table(report: Report, lang: str) -> str:
         for name, d in (("endpoint", sm.endpoint), ("lease", sm.lease), ("stt", sm.stt), ("total", sm.total)))
     rate = "-" if sm.pool_hit_rate is None else f"{sm.pool_hit_rate:.0%}"
     pool = t["pool_line"].format(hits=f"{sm.pool_hits:,}", leases=f"{sm.leases:,}", rate=rate,
-                                 reused=f"{sm.reused_leases:,}", sockets=f"{sm.sockets:,}", connect="-" if sm.connect["p50"] is None else f"{sm.connect['p50']:.0f} ms")
+                                 reused=f"{sm.reused_leases:,}", sockets=f"{sm.sockets:,}",
+                                 connect="-" if sm.connect["p50"] is None else f"{sm.connect['p50']:.0f} ms")
     lines = [f"{t['pool']}: {pool}", t["tokens_line"].format(tokens=sm.tokens, refreshes=sm.token_refreshes)]
     if sm.errors_by_kind:
         lines.append(f"{t['errors_by_kind']}: " + ", ".join(f"{k} {v}" for k, v in sm.errors_by_kind.items()))
