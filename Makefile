@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 BENCH_STAMP := $(VENV)/.bench-installed
 FUZZ_EXAMPLES ?= 20000
 
-.PHONY: all demo test serve bench fuzz lint soak corpus eval emulate clean venv
+.PHONY: all demo test serve bench fuzz lint soak corpus eval emulate clean venv browser
 
 all: test
 
@@ -26,9 +26,15 @@ demo: $(STAMP)
 	$(VENV)/bin/sori demo
 
 # tests/scale start a real redis-server (Debian's package); they skip with the reason if it cannot be installed.
-test: $(STAMP)
+test: $(STAMP) browser
 	@command -v redis-server >/dev/null || (apt-get update -qq && apt-get install -y -qq redis-server) || echo "redis-server could not be installed: tests/scale will skip"
 	$(PY) -m pytest
+
+# Headless Chromium (and a Korean font) for tests/report/test_browser.py, which loads the HTML report and the
+# admin /status page. When it cannot be installed (no root, no network) those tests skip and say why.
+browser:
+	@command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium) || true
+	@fc-list :lang=ko 2>/dev/null | grep -q . || (apt-get update -qq && apt-get install -y -qq fonts-nanum) || true
 
 serve: $(STAMP)
 	$(VENV)/bin/sori serve $(ARGS)

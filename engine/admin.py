@@ -5,6 +5,8 @@
   with the first failing reason as plain text (see :class:`Readiness`). ``/healthz`` is an alias
   kept for compatibility.
 - ``GET /metrics``: Prometheus text.
+- ``GET /status``: a self-refreshing HTML page for people (``engine/report/live.py``): calls in progress,
+  pool state, token expiry, readiness, recent latency percentiles. Read-only, and only on this listener.
 
 A deliberately tiny HTTP/1.1 server on h11 (sans-IO) + trio: one request per connection, every
 read and write under a short deadline so a slow client cannot hold a task for long.
@@ -61,11 +63,13 @@ class AdminServer:
 
     name = "admin"
 
-    def __init__(self, host: str, port: int, metrics: Registry, not_ready: Check) -> None:
+    def __init__(self, host: str, port: int, metrics: Registry, not_ready: Check,
+                 status: Callable[[], bytes] | None = None) -> None:
         self.host = host
         self.port = port
         self.metrics = metrics
         self.not_ready = not_ready
+        self.status = status  # renders /status (None: no page)
         self.bound_port: int | None = None
 
     async def run(self, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
@@ -90,11 +94,19 @@ class AdminServer:
             return 200, "text/plain", b"ok\n"
         if path == "/metrics":
             return 200, "text/plain; version=0.0.4", self.metrics.render().encode()
+        if path == "/status" and self.status is not None:
+            return self._status_page()
         return 404, "text/plain", b"not found\n"
 
     async def respond_async(self, method: str, target: str) -> tuple[int, str, bytes]:
         """What ``_handle`` serves; ``engine.workers`` overrides it to answer from its workers."""
         return self.respond(method, target)
+    def _status_page(self) -> tuple[int, str, bytes]:
+        try:
+            return 200, "text/html; charset=utf-8", self.status() if self.status is not None else b""
+        except Exception as exc:  # a page bug must not cost the admin port: say so, keep serving
+            log.error("status_page_failed", exc=exc)
+            return 500, "text/plain", f"status page failed: {type(exc).__name__}\n".encode()
 
     def _not_ready_reason(self) -> str | None:
         """The readiness reason as one line with secrets scrubbed; a failing check is itself a reason."""

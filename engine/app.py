@@ -26,6 +26,7 @@ from engine.events import Event
 from engine.log import get_logger
 from engine.metrics import Registry
 from engine.nursery import StartupError, Supervisor, root_cause
+from engine.report.live import LiveStatus
 from engine.rtzr import RtzrPool, TokenManager
 from engine.rtzr.budget import session_budget
 from engine.sinks import EventSinks
@@ -156,6 +157,11 @@ def build(config: Config, *, on_event: Callable[[Event], None] | None = None, ha
                             })
 
     live_streams: dict[str, int] = {}  # streamSid -> live sockets (Twilio has opened two for one call)
+    live = LiveStatus(pool, tokens, metrics)  # the admin /status page (issue 15)
+
+    def emit(event: Event) -> None:
+        live.observe(event)
+        sinks.emit(event)
 
     def new_call(session: TwilioSession) -> Call:
         sid = session.stream_sid
@@ -167,12 +173,13 @@ def build(config: Config, *, on_event: Callable[[Event], None] | None = None, ha
             if not live_streams[sid]:
                 del live_streams[sid]
 
-        return Call(session.started, config=config, pool=pool, emit=sinks.emit, metrics=metrics, budgets=budgets,
+        return Call(session.started, config=config, pool=pool, emit=emit, metrics=metrics, budgets=budgets,
                     stream_stats=session.stats, duplicate=duplicate, on_ended=ended)
 
     twilio = TwilioServer(config, host=supervisor, handler_factory=new_call, metrics=metrics, budgets=budgets)
     readiness = engine_readiness(supervisor, tokens, twilio, pool)
-    admin = AdminServer(config.server.admin_host, config.server.admin_port, metrics, readiness.reason)
+    admin = AdminServer(config.server.admin_host, config.server.admin_port, metrics, readiness.reason,
+                        status=lambda: live.page(readiness.reason(), draining=supervisor.draining.is_set()))
     supervisor.services = [admin, tokens, pool, sinks, twilio]
     return Engine(config, supervisor, metrics, sinks, pool, tokens, twilio, admin, readiness, stt_service)
 

@@ -411,6 +411,7 @@ class Call:
             words = [ev.Word(text=w.text, start_ms=round(start_ms + w.start_at, 1),
                              end_ms=round(start_ms + w.start_at + w.duration, 1), confidence=w.confidence)
                      for w in result.words]
+        socket_info = getattr(attempt.lease, "socket_info", None)  # issue 15: absent on test doubles
         utt.finals += 1
         self.stats.finals += 1
         self._m_finals.inc()
@@ -418,7 +419,7 @@ class Call:
             call_sid=self.call_sid, stream_sid=self.stream_sid, utterance_id=utt.uid, text=result.text,
             confidence=result.confidence, start_ms=round(start_ms, 1), end_ms=round(end_ms, 1), words=words,
             latency=latency, source=source, pool_hit=attempt.lease.pool_hit, replayed=attempt.replay,
-            continues=utt.continues,
+            continues=utt.continues, socket=socket_info() if callable(socket_info) else None,
         ))
 
     def _emit_empty_final(self, utt: Utterance) -> None:

@@ -1,4 +1,4 @@
-"""The ``sori`` command: ``serve``, ``demo``, ``emulate-rtzr``, ``simulate-call``.
+"""The ``sori`` command: ``serve``, ``demo``, ``emulate-rtzr``, ``simulate-call``, ``report``.
 
 Configuration errors print one line (``sori: config error: <key>: <reason>``) and exit 2. A service
 that cannot start (a port already in use) prints one line naming it
@@ -28,6 +28,7 @@ DELEGATED = {
     "emulate-rtzr": ("engine.rtzr.emulator", "run a local RTZR streaming STT emulator (emulated text!)"),
     "simulate-call": ("engine.twilio.simulator", "play audio into a sori server as Twilio Media Streams would"),
     "demo": ("engine.demo", "play a bundled Korean call through the engine with the emulated RTZR"),
+    "report": ("engine.report", "analyse an events JSONL log: per-call timelines, latency summary, HTML"),
 }
 
 

@@ -25,6 +25,22 @@ class Latency(Struct, kw_only=True):
     total_ms: float  # last speech audio → event emitted
 
 
+class SocketInfo(Struct, kw_only=True):
+    """The RTZR socket that served the utterance (issue 15: what ``sori report`` shows per utterance).
+
+    ``pool_hit`` false means the lessee waited for this socket to open: ``handshake_ms`` is then the connect
+    time on the utterance's path. Token times are taken when the event is built, so ``ts - token_age_s`` is
+    when the token was fetched (the report counts token refreshes from it).
+    """
+
+    id: str  # "s<n>", unique within the engine process
+    uses: int  # leases this socket has served, this one included (1: its first; >1: reused)
+    handshake_ms: float  # token, TCP, TLS and upgrade when the socket opened
+    age_s: float  # how long the socket had been open when leased
+    token_age_s: float | None = None  # seconds since its token was fetched; None if unknown
+    token_ttl_s: float | None = None  # seconds left before its token expires
+
+
 class Word(Struct, kw_only=True):
     text: str
     start_ms: float
@@ -93,6 +109,7 @@ class TranscriptFinal(Event, tag="transcript.final"):
     pool_hit: bool | None = None
     replayed: bool = False
     continues: str | None = None  # as on the utterance's speech.started: join this text after that utterance's
+    socket: SocketInfo | None = None  # the RTZR socket of the lease that produced it (absent in older logs)
 
 
 class TurnEnded(Event, tag="turn.ended"):

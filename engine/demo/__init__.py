@@ -12,6 +12,7 @@ import argparse
 import json
 import secrets
 import sys
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -217,6 +218,11 @@ def run_cli(args: argparse.Namespace) -> int:
         print("\n" + latency_table(result.finals, labels))
         print("\nText comes from the RTZR emulator's phrasebook (emulated, not real recognition); latencies are "
               "measured with its 100 ms handshake and 150 ms final delay.")
+        if result.ended is not None:  # issue 15: point at this call's report
+            from engine.report import write_call_report
+
+            jsonl, page = write_call_report(result.events, Path(tempfile.gettempdir()) / "sori-demo", result.ended.call_sid)
+            print(f"\nReport of this call: {page}\n  (in a terminal: sori report {jsonl} --call {result.ended.call_sid})")
     if result.ended is None:
         print("sori demo: the call did not end cleanly", file=sys.stderr)
         return 1

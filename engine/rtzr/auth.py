@@ -43,6 +43,7 @@ class Token(msgspec.Struct, frozen=True):
 
     value: str
     expire_at: float
+    fetched_at: float = 0.0  # epoch seconds when we received it (0: unknown); for the token age in events
 
     def __repr__(self) -> str:  # never print the token itself
         return f"Token(expire_at={self.expire_at})"
@@ -103,6 +104,10 @@ class TokenManager:
     def seconds_left(self, token: Token) -> float:
         """Wall-clock seconds until ``token`` expires."""
         return token.expire_at - self.wall()
+
+    def token_expires_in_s(self) -> float | None:
+        """Seconds left on the token held now (None without one), for the admin /status page."""
+        return None if self._token is None else self.seconds_left(self._token)
 
     def _valid(self) -> Token | None:
         if self._token is not None and trio.current_time() < self._usable_until:
@@ -271,7 +276,7 @@ class TokenManager:
             raise _Transient("malformed token reply: empty token or bad expire_at")
         add_secret(reply.access_token)
         self._fetches.inc()
-        return Token(reply.access_token, float(reply.expire_at))
+        return Token(reply.access_token, float(reply.expire_at), self.wall())
 
 
 def _error_code(body: bytes) -> str:

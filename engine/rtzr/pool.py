@@ -30,6 +30,7 @@ from contextlib import asynccontextmanager
 
 import trio
 
+from engine import events as ev
 from engine.budgets import BudgetExpired, Budgets
 from engine.config import RtzrConfig
 from engine.log import get_logger
@@ -53,6 +54,17 @@ class Lease:
         self._sock = sock
         self._results = sock.attach()
         self._final_deadline: float | None = None
+        self._uses = sock.uses
+        self._age_s = trio.current_time() - sock.opened_at
+
+    def socket_info(self) -> ev.SocketInfo:
+        """The socket behind this lease, for the events (issue 15); token times as of now."""
+        sock, wall = self._sock, self._pool.tokens.wall()
+        return ev.SocketInfo(
+            id=sock.id, uses=self._uses, handshake_ms=round(sock.handshake_ms, 1), age_s=round(self._age_s, 3),
+            token_age_s=round(wall - sock.token_fetched_at, 3) if sock.token_fetched_at > 0 else None,
+            token_ttl_s=round(sock.token_expire_at - wall, 3) if math.isfinite(sock.token_expire_at) else None,
+        )
 
     @property
     def socket(self) -> RtzrSocket:

@@ -12,6 +12,7 @@ engine at 60 calls; BENCHMARKS.md, Hot path).
 from __future__ import annotations
 
 import contextlib
+import itertools
 import math
 
 import trio
@@ -69,6 +70,8 @@ class _Lost:
 
 LeaseItem = LeaseResult | _Lost
 
+_socket_ids = itertools.count(1)  # SocketInfo.id in events (issue 15)
+
 
 def _rejection(exc: WsRejected) -> RtzrHandshakeError:
     body = exc.body[:200].decode("utf-8", "replace")
@@ -102,6 +105,9 @@ class RtzrSocket:
         self.last_used = self.opened_at
         self.token_expire_at = math.inf
         self.handshake_ms = 0.0
+        self.id = f"s{next(_socket_ids)}"  # issue 15 (report): socket id, leases served, token fetch time
+        self.uses = 0
+        self.token_fetched_at = 0.0
         self.close_reason = ""
         self.bad = False  # state uncertain: never hand it out again
         self.eos_sent = False
@@ -150,6 +156,7 @@ class RtzrSocket:
                     self._ws = conn
                     self.opened_at = self.last_used = trio.current_time()
                     self.token_expire_at = token.expire_at
+                    self.token_fetched_at = token.fetched_at
                     task_status.started()
                     await self._serve(conn)
                 finally:
@@ -293,6 +300,7 @@ class RtzrSocket:
         if self._sink is not None:
             self._sink.close()
         self.tracker.begin_lease()
+        self.uses += 1
         self._sink = send
         self.last_used = trio.current_time()
         if self._closed.is_set():
