@@ -214,9 +214,6 @@ class BandClassifier:
 
     __slots__ = (
         "_basis",
-        "_busy",
-        "_busy_a",
-        "_busy_on",
         "_fall",
         "_floors",
         "_frame",
@@ -241,8 +238,11 @@ class BandClassifier:
         "_talker",
         "_talker_decay",
         "_talker_drop",
-        "_talker_on",
         "_talker_up",
+        "_talker_on",
+        "_busy",
+        "_busy_a",
+        "_busy_on",
         "_vec",
         "sample_rate",
     )
