@@ -235,14 +235,6 @@ class BandClassifier:
         "_run",
         "_silence_ratio",
         "_spec",
-        "_talker",
-        "_talker_decay",
-        "_talker_drop",
-        "_talker_up",
-        "_talker_on",
-        "_busy",
-        "_busy_a",
-        "_busy_on",
         "_vec",
         "sample_rate",
     )
@@ -262,12 +254,6 @@ class BandClassifier:
         fall: float = 0.1,
         resume_ms: int = 0,
         resume_max_db: float = 6.0,
-        talker_drop_db: float = 0.0,
-        talker_decay_db_s: float = 1.0,
-        talker_up: float = 0.3,
-        talker_on_db: float = 0.0,
-        busy_s: float = 2.0,
-        busy_on: float = 0.0,
     ) -> None:
         if sample_rate not in (8000, 16000):
             raise ClassifierError(f"bands classifier: unsupported sample rate {sample_rate}")
@@ -302,15 +288,6 @@ class BandClassifier:
         self._resume_cap: float = 10.0 ** (resume_max_db / 10.0)  # the most a floor is lifted on unmute
         self._resume_min: list[float] = []  # per band, the quietest level since the line came back
         self._resume_top: list[float] = []  # per band, the highest the floor may be lifted to
-        # Foreground talker: 0 = off; else frames more than talker_drop_db below the talker level are not speech.
-        self._talker_drop: float = 10.0 ** (-talker_drop_db / 10.0) if talker_drop_db > 0 else 0.0
-        self._talker_decay: float = 10.0 ** (-talker_decay_db_s / frames_per_s / 10.0)
-        self._talker_up = talker_up
-        self._talker = 0.0  # the talker's in-band power (linear), 0 before any speech
-        self._talker_on: float = 10.0 ** (-talker_on_db / 10.0) if talker_on_db > 0 else self._talker_drop
-        self._busy = 0.0  # fraction of recent frames the floors call speech (babble keeps it near 1)
-        self._busy_a = 1.0 / (busy_s * frames_per_s)
-        self._busy_on = busy_on
 
     @property
     def frame_samples(self) -> int:
@@ -416,10 +393,6 @@ class BandClassifier:
                 product *= p / fl
         run = self._run
         speech = product > (self._off_ratio if run >= self._latch else self._on_ratio)
-        if self._talker_drop:
-            self._busy += self._busy_a * ((1.0 if speech else 0.0) - self._busy)
-            if speech:
-                speech = self._foreground(sum(ratios) - self._nb, run >= self._latch)
         if speech:
             self._run = run + 1
             rise = self._rise_speech
@@ -433,21 +406,6 @@ class BandClassifier:
             for p, fl in zip(ratios, floors, strict=True)
         ]
         return speech
-
-    def _foreground(self, power: float, held: bool) -> bool:
-        """A frame the floors call speech: is it the caller, or quieter voices behind (babble)?
-
-        The talker level follows the loud frames up at once (``talker_up`` of the way) and
-        sinks at ``talker_decay_db_s`` on every frame the floors call speech but that is
-        more than ``talker_drop_db`` below it (so a caller who gets quieter is heard again)."""
-        talker = self._talker
-        if power > talker:
-            self._talker = talker + self._talker_up * (power - talker)
-            return True
-        if self._busy < self._busy_on or power > talker * (self._talker_drop if held else self._talker_on):
-            return True
-        self._talker = talker * self._talker_decay
-        return False
 
 
 @functools.cache
