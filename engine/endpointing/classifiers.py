@@ -206,8 +206,8 @@ class BandClassifier:
       but whose peak-to-peak swing exceeds ``impulse_ratio`` × its in-band rms is speech without
       engaging the hysteresis, so the next frame must reach ``on_db`` itself. Line clicks (one
       frame) then no longer let the noise after them confirm an utterance at the lower ``off_db``,
-      which is what lets ``bands-click`` hold weak endings down to ``off_db`` 2.0 (not sent at 10 dB
-      on bench/corpus_real_full dev 1.2 → 0.9 %, false starts on line noise 4 per SNR → 0).
+      which is what lets ``bands-click`` start at ``on_db`` 4.5 and hold weak endings down to
+      ``off_db`` 2.0 (bench/corpus_real_full dev at 10 dB: not sent 1.2 → 0.8 %; see BENCHMARKS.md).
 
     Cost, the per-frame hot path (one 20 ms frame per Twilio packet): one int16→float32
     copy into a preallocated buffer, ``np.dot`` against a fixed windowed cos/sin basis into
@@ -519,10 +519,13 @@ CLASSIFIERS = ("bands", "energy", "webrtc", "silero", "bands-unmute", "bands-cli
 
 #: The unmute window of the ``bands-unmute`` classifier (see :class:`BandClassifier`, ``resume_ms``).
 UNMUTE_RESUME_MS = 60
-#: ``bands-click``: a click is a frame whose swing exceeds this × its in-band rms (voice: 99.9th
-#: percentile ~11× the full-band rms on bench/corpus_real, a line click ~8–14×; see BENCHMARKS.md).
-CLICK_RATIO = 5.0
-#: ``bands-click`` holds speech down to 2.0 dB per band on average (``bands``: 2.5), which its click rule affords.
+#: ``bands-click``: a frame whose swing exceeds this × its in-band rms cannot engage the hysteresis
+#: (a line click; also about half of the voice frames at an onset, which then latch one frame later).
+#: Chosen on bench/corpus_real_full dev (4 / 4.5 / 5 / 6 / 8 / 10 swept; see BENCHMARKS.md).
+CLICK_RATIO = 4.5
+#: ``bands-click`` starts at 4.5 dB per band on average and holds speech down to 2.0 (``bands``: 5.0 / 2.5),
+#: which its click rule affords: quiet utterances at 5 dB are heard, line clicks still start nothing.
+CLICK_ON_DB = 4.5
 CLICK_OFF_DB = 2.0
 
 
@@ -558,8 +561,8 @@ def classify_batch(classifiers: Sequence[FrameClassifier], frames: Frames) -> li
 def make_classifier(name: str, sample_rate: int, *, frame_ms: int = 20) -> FrameClassifier:
     """Build a fresh classifier by its config name (``bands``, ``energy``, ``webrtc``, ``silero`` or
     ``bands-unmute``: ``bands`` that re-learns its floors when the line comes back after digital silence;
-    ``bands-click``, the default: ``bands-unmute`` whose hysteresis a click cannot engage, holding speech
-    down to 2.0 dB instead of 2.5).
+    ``bands-click``, the default: ``bands-unmute`` whose hysteresis a click cannot engage, starting at
+    4.5 dB and holding speech down to 2.0 dB instead of 5.0 / 2.5).
 
     ``silero`` needs the ``silero`` extra and judges its model's own window (32 ms at both
     rates), whatever ``frame_ms`` says."""
@@ -569,7 +572,10 @@ def make_classifier(name: str, sample_rate: int, *, frame_ms: int = 20) -> Frame
         return BandClassifier(sample_rate, frame_ms, resume_ms=UNMUTE_RESUME_MS)
     if name == "bands-click":
         return BandClassifier(
-            sample_rate, frame_ms, resume_ms=UNMUTE_RESUME_MS, off_db=CLICK_OFF_DB, impulse_ratio=CLICK_RATIO
+            sample_rate, frame_ms, resume_ms=UNMUTE_RESUME_MS,
+            on_db=CLICK_ON_DB,
+            off_db=CLICK_OFF_DB,
+            impulse_ratio=CLICK_RATIO,
         )
     if name == "energy":
         return EnergyClassifier(sample_rate, frame_ms)
