@@ -331,16 +331,19 @@ class BandClassifier:
             np.dot(vec, self._basis, out=spec)
             np.multiply(spec, spec, out=spec)
             ratios = np.dot(spec, self._group, out=self._pow).tolist()
-            if self._impulse and self._run < self._latch:
-                f = frames[0]
-                return [self.decide(ratios, float(int(f.max()) - int(f.min())))]
-            return [self.decide(ratios)]
+            return [self.decide(ratios, frames[0] if self._impulse else 0.0)]
         decide = self.decide
         all_ratios = _band_ratios(self._basis, self._group, frames)
         if self._impulse:
             swings = _swings(frames)
             return [decide(r, w) for r, w in zip(all_ratios, swings, strict=True)]
         return [decide(ratios) for ratios in all_ratios]
+
+    def _is_click(self, ratios: list[float], swing: float | Frames) -> bool:
+        """Peak-to-peak swing beyond ``impulse_ratio`` × the in-band rms (``sum(ratios) - nb`` is nb × the power)."""
+        if isinstance(swing, np.ndarray):
+            swing = float(int(swing.max()) - int(swing.min()))
+        return swing * swing * self._nb > self._impulse * (sum(ratios) - self._nb)
 
     @classmethod
     def classify_batch(cls, classifiers: Sequence[BandClassifier], frames: Frames) -> list[bool]:
@@ -354,8 +357,9 @@ class BandClassifier:
             return [c.decide(r, w) for c, r, w in zip(classifiers, ratios, swings, strict=True)]
         return [c.decide(r) for c, r in zip(classifiers, ratios, strict=True)]
 
-    def decide(self, ratios: list[float], swing: float = 0.0) -> bool:
-        """One frame, given its per-band ``1 + power`` (from :meth:`band_ratios`).
+    def decide(self, ratios: list[float], swing: float | Frames = 0.0) -> bool:
+        """One frame, given its per-band ``1 + power`` (from :meth:`band_ratios`) and, for the click
+        rule, its peak-to-peak swing or the frame itself (the swing is then computed only if needed).
 
         Works on power ratios: the sum of per-band positive SNRs in dB is the log of the
         product of the ratios above 1, and a dB step up on a floor is a factor, so there is
@@ -414,7 +418,7 @@ class BandClassifier:
                 product *= p / fl
         run = self._run
         speech = product > (self._off_ratio if run >= self._latch else self._on_ratio)
-        if speech and run < self._latch and self._impulse and swing * swing * self._nb > self._impulse * (sum(ratios) - self._nb):
+        if speech and run < self._latch and self._impulse and self._is_click(ratios, swing):
             # A click on the line: its swing is far beyond what its in-band power allows for
             # voice or noise. It is speech (a plosive looks the same) but does not engage the
             # hysteresis: the next frame must reach on_db by itself, so the line noise after a
