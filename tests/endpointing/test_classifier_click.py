@@ -85,3 +85,15 @@ def test_click_rule_is_the_same_batched() -> None:
     got = [classify_batch(streams, np.stack([f, f, f])) for f in frames]
     assert [g[0] for g in got] == expect and all(len(set(g)) == 1 for g in got)
     assert CLICK_RATIO > 0
+
+
+def test_mixed_bands_batch_matches_each_stream() -> None:
+    """A tick mixing bands-click and bands-unmute streams (one matmul, swings for all): each gets its own answer."""
+    sig = concat(_clicky_line(2, 300.0, seed=9), speechlike(RATE, RATE, level=3000.0), _clicky_line(1, 300.0, seed=10))
+    frames = sig[: len(sig) // 160 * 160].reshape(-1, 160)
+    names = ["bands-click", "bands-unmute", "bands-click"]
+    solo = [make_classifier(n, RATE) for n in names]
+    batch = [make_classifier(n, RATE) for n in names]
+    for f in frames:
+        expect = [c.classify(f[None])[0] for c in solo]
+        assert classify_batch(batch, np.stack([f, f, f])) == expect
