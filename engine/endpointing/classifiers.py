@@ -440,7 +440,7 @@ class BandClassifier:
         return speech
 
 
-def _swings(frames: Frames) -> list[float]:
+def _swings(frames: Frames) -> list[int]:
     """Peak-to-peak swing of every row (int16 rows: no overflow in int32)."""
     return (frames.max(axis=1).astype(np.int32) - frames.min(axis=1)).tolist()  # type: ignore[no-any-return]
 
@@ -576,7 +576,9 @@ def make_classifier(name: str, sample_rate: int, *, frame_ms: int = 20) -> Frame
         return BandClassifier(sample_rate, frame_ms, resume_ms=UNMUTE_RESUME_MS)
     if name == "bands-click":
         return BandClassifier(
-            sample_rate, frame_ms, resume_ms=UNMUTE_RESUME_MS,
+            sample_rate,
+            frame_ms,
+            resume_ms=UNMUTE_RESUME_MS,
             on_db=CLICK_ON_DB,
             off_db=CLICK_OFF_DB,
             impulse_ratio=CLICK_RATIO,
