@@ -97,3 +97,16 @@ def test_mixed_bands_batch_matches_each_stream() -> None:
     for f in frames:
         expect = [c.classify(f[None])[0] for c in solo]
         assert classify_batch(batch, np.stack([f, f, f])) == expect
+
+
+def test_a_quiet_utterance_at_4_7_db_per_band_starts() -> None:
+    """bench/corpus_real_full test_pink_snr05_06 (fr_CA, 5 dB pink): its best frames reach ~27 dB of summed
+    per-band SNR, under bands-unmute's start bar (6 × 5 dB = 30): missed by every setting before. bands-click's
+    bar is 6 × 4.5 = 27. Here: steady noise, then frames 4.7 dB over it in every band (28.2 dB summed)."""
+    noise_ratios = [1001.0] * 6
+    quiet_speech = [1.0 + 1000.0 * 10 ** 0.47] * 6
+    for name, heard in (("bands-click", True), ("bands-unmute", False)):
+        c = make_classifier(name, RATE)
+        assert isinstance(c, BandClassifier)
+        assert not any(c.decide(noise_ratios) for _ in range(50))
+        assert [c.decide(quiet_speech) for _ in range(6)] == [heard] * 6, name
