@@ -202,6 +202,12 @@ class BandClassifier:
       louder than the floors left before the silence is heard as speech until the floors
       climb at the slow in-speech rate: seconds of run-on (bench/corpus_real_full
       dev_line_snr05_03, test_pink_snr05_05). 0 (the default) keeps the old behaviour.
+    * clicks (``impulse_ratio`` > 0, the ``bands-click`` classifier): a frame that reaches ``on_db``
+      but whose peak-to-peak swing exceeds ``impulse_ratio`` × its in-band rms is speech without
+      engaging the hysteresis, so the next frame must reach ``on_db`` itself. Line clicks (one
+      frame) then no longer let the noise after them confirm an utterance at the lower ``off_db``,
+      which is what lets ``bands-click`` start at ``on_db`` 4.5 and hold weak endings down to
+      ``off_db`` 2.0 (bench/corpus_real_full dev at 10 dB: not sent 1.2 → 0.8 %; see BENCHMARKS.md).
 
     Cost, the per-frame hot path (one 20 ms frame per Twilio packet): one int16→float32
     copy into a preallocated buffer, ``np.dot`` against a fixed windowed cos/sin basis into
@@ -218,6 +224,7 @@ class BandClassifier:
         "_floors",
         "_frame",
         "_group",
+        "_impulse",
         "_informed",
         "_initial_cap",
         "_latch",
@@ -254,6 +261,7 @@ class BandClassifier:
         fall: float = 0.1,
         resume_ms: int = 0,
         resume_max_db: float = 6.0,
+        impulse_ratio: float = 0.0,
     ) -> None:
         if sample_rate not in (8000, 16000):
             raise ClassifierError(f"bands classifier: unsupported sample rate {sample_rate}")
@@ -288,6 +296,8 @@ class BandClassifier:
         self._resume_cap: float = 10.0 ** (resume_max_db / 10.0)  # the most a floor is lifted on unmute
         self._resume_min: list[float] = []  # per band, the quietest level since the line came back
         self._resume_top: list[float] = []  # per band, the highest the floor may be lifted to
+        # Clicks: (peak-to-peak)² above impulse_ratio² × the in-band power per sample (0: off).
+        self._impulse: float = impulse_ratio * impulse_ratio if impulse_ratio > 0 else 0.0
 
     @property
     def frame_samples(self) -> int:
@@ -320,9 +330,20 @@ class BandClassifier:
             spec = self._spec
             np.dot(vec, self._basis, out=spec)
             np.multiply(spec, spec, out=spec)
-            return [self.decide(np.dot(spec, self._group, out=self._pow).tolist())]
+            ratios = np.dot(spec, self._group, out=self._pow).tolist()
+            return [self.decide(ratios, frames[0] if self._impulse else 0.0)]
         decide = self.decide
-        return [decide(ratios) for ratios in _band_ratios(self._basis, self._group, frames)]
+        all_ratios = _band_ratios(self._basis, self._group, frames)
+        if self._impulse:
+            swings = _swings(frames)
+            return [decide(r, w) for r, w in zip(all_ratios, swings, strict=True)]
+        return [decide(ratios) for ratios in all_ratios]
+
+    def _is_click(self, ratios: list[float], swing: float | Frames) -> bool:
+        """Peak-to-peak swing beyond ``impulse_ratio`` × the in-band rms (``sum(ratios) - nb`` is nb × the power)."""
+        if isinstance(swing, np.ndarray):
+            swing = float(int(swing.max()) - int(swing.min()))
+        return swing * swing * self._nb > self._impulse * (sum(ratios) - self._nb)
 
     @classmethod
     def classify_batch(cls, classifiers: Sequence[BandClassifier], frames: Frames) -> list[bool]:
@@ -331,10 +352,14 @@ class BandClassifier:
         if any(c._basis is not first._basis for c in classifiers):
             return [c.classify(frames[i : i + 1])[0] for i, c in enumerate(classifiers)]
         ratios = _band_ratios(first._basis, first._group, frames)
+        if any(c._impulse for c in classifiers):
+            swings = _swings(frames)
+            return [c.decide(r, w) for c, r, w in zip(classifiers, ratios, swings, strict=True)]
         return [c.decide(r) for c, r in zip(classifiers, ratios, strict=True)]
 
-    def decide(self, ratios: list[float]) -> bool:
-        """One frame, given its per-band ``1 + power`` (from :meth:`band_ratios`).
+    def decide(self, ratios: list[float], swing: float | Frames = 0.0) -> bool:
+        """One frame, given its per-band ``1 + power`` (from :meth:`band_ratios`) and, for the click
+        rule, its peak-to-peak swing or the frame itself (the swing is then computed only if needed).
 
         Works on power ratios: the sum of per-band positive SNRs in dB is the log of the
         product of the ratios above 1, and a dB step up on a floor is a factor, so there is
@@ -393,7 +418,14 @@ class BandClassifier:
                 product *= p / fl
         run = self._run
         speech = product > (self._off_ratio if run >= self._latch else self._on_ratio)
-        if speech:
+        if speech and run < self._latch and self._impulse and self._is_click(ratios, swing):
+            # A click on the line: its swing is far beyond what its in-band power allows for
+            # voice or noise. It is speech (a plosive looks the same) but does not engage the
+            # hysteresis: the next frame must reach on_db by itself, so the line noise after a
+            # click cannot pass the lower bar and confirm an utterance.
+            self._run = 0
+            rise = self._rise_speech
+        elif speech:
             self._run = run + 1
             rise = self._rise_speech
         else:
@@ -406,6 +438,11 @@ class BandClassifier:
             for p, fl in zip(ratios, floors, strict=True)
         ]
         return speech
+
+
+def _swings(frames: Frames) -> list[int]:
+    """Peak-to-peak swing of every row (int16 rows: no overflow in int32)."""
+    return (frames.max(axis=1).astype(np.int32) - frames.min(axis=1)).tolist()  # type: ignore[no-any-return]
 
 
 @functools.cache
@@ -482,10 +519,18 @@ class WebRtcClassifier:
         return [not q and bool(vad.is_speech(row.tobytes(), rate)) for row, q in zip(data, quiet, strict=True)]
 
 
-CLASSIFIERS = ("bands", "energy", "webrtc", "silero", "bands-unmute")
+CLASSIFIERS = ("bands", "energy", "webrtc", "silero", "bands-unmute", "bands-click")
 
 #: The unmute window of the ``bands-unmute`` classifier (see :class:`BandClassifier`, ``resume_ms``).
 UNMUTE_RESUME_MS = 60
+#: ``bands-click``: a frame whose swing exceeds this × its in-band rms cannot engage the hysteresis
+#: (a line click; also about half of the voice frames at an onset, which then latch one frame later).
+#: Chosen on bench/corpus_real_full dev (4 / 4.5 / 5 / 6 / 8 / 10 swept; see BENCHMARKS.md).
+CLICK_RATIO = 4.5
+#: ``bands-click`` starts at 4.5 dB per band on average and holds speech down to 2.0 (``bands``: 5.0 / 2.5),
+#: which its click rule affords: quiet utterances at 5 dB are heard, line clicks still start nothing.
+CLICK_ON_DB = 4.5
+CLICK_OFF_DB = 2.0
 
 
 @runtime_checkable
@@ -519,7 +564,9 @@ def classify_batch(classifiers: Sequence[FrameClassifier], frames: Frames) -> li
 
 def make_classifier(name: str, sample_rate: int, *, frame_ms: int = 20) -> FrameClassifier:
     """Build a fresh classifier by its config name (``bands``, ``energy``, ``webrtc``, ``silero`` or
-    ``bands-unmute``: ``bands`` that re-learns its floors when the line comes back after digital silence).
+    ``bands-unmute``: ``bands`` that re-learns its floors when the line comes back after digital silence;
+    ``bands-click``, the default: ``bands-unmute`` whose hysteresis a click cannot engage, starting at
+    4.5 dB and holding speech down to 2.0 dB instead of 5.0 / 2.5).
 
     ``silero`` needs the ``silero`` extra and judges its model's own window (32 ms at both
     rates), whatever ``frame_ms`` says."""
@@ -527,6 +574,15 @@ def make_classifier(name: str, sample_rate: int, *, frame_ms: int = 20) -> Frame
         return BandClassifier(sample_rate, frame_ms)
     if name == "bands-unmute":
         return BandClassifier(sample_rate, frame_ms, resume_ms=UNMUTE_RESUME_MS)
+    if name == "bands-click":
+        return BandClassifier(
+            sample_rate,
+            frame_ms,
+            resume_ms=UNMUTE_RESUME_MS,
+            on_db=CLICK_ON_DB,
+            off_db=CLICK_OFF_DB,
+            impulse_ratio=CLICK_RATIO,
+        )
     if name == "energy":
         return EnergyClassifier(sample_rate, frame_ms)
     if name == "webrtc":

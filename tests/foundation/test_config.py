@@ -36,7 +36,7 @@ def test_defaults_match_the_architecture() -> None:
     assert c.endpointing.end_ms == 80 and c.endpointing.merge_ms == 600
     assert c.endpointing.start_ms == 40 and c.endpointing.preroll_ms == 300
     assert c.endpointing.turn_ms == 600
-    assert c.endpointing.classifier == "bands-unmute"
+    assert c.endpointing.classifier == "bands-click"
     assert c.twilio.path == "/twilio/media"
 
 
