@@ -26,7 +26,8 @@ import _common as c
 # Runs inside the engine process: start tracing, dump a snapshot to $SORI_MEMPROBE_DIR/<n>.pickle on SIGUSR1.
 _PROBE = """
 import os, pickle, runpy, signal, sys, tracemalloc
-tracemalloc.start(int(os.environ.get("SORI_MEMPROBE_FRAMES", "1")))
+if not os.environ.get("SORI_MEMPROBE_RSS_ONLY"):
+    tracemalloc.start(int(os.environ.get("SORI_MEMPROBE_FRAMES", "1")))
 _n = [0]
 def _dump(signum, frame):
     _n[0] += 1
@@ -60,6 +61,7 @@ def main() -> int:
     p.add_argument("--calls", type=int, default=30)
     p.add_argument("--settle-s", type=float, default=8.0)
     p.add_argument("--top", type=int, default=25)
+    p.add_argument("--rss-only", action="store_true", help="no tracemalloc: RSS per call only (an A/B across trees)")
     p.add_argument("--set", dest="settings", action="append", default=[], metavar="KEY=VALUE")
     args = p.parse_args()
     n = args.calls
@@ -69,7 +71,7 @@ def main() -> int:
     emulator = c.start_emulator(emu_port, max_sessions=n + 50, log=work / "emu.log", cpu=None, cheap=True)
     engine = gen = None
     try:
-        env = {"SORI_MEMPROBE_DIR": str(work)}
+        env = {"SORI_MEMPROBE_DIR": str(work), **({"SORI_MEMPROBE_RSS_ONLY": "1"} if args.rss_only else {})}
         probe = work / "probe.py"
         probe.write_text(_PROBE)
         orig = c.PY
@@ -94,7 +96,7 @@ def main() -> int:
                 time.sleep(0.3)
         time.sleep(3.0)
         rss_idle = c.proc_rss(engine.pid)
-        idle = snapshot(engine.pid, work, 1)
+        idle = None if args.rss_only else snapshot(engine.pid, work, 1)
         progress = work / "progress.jsonl"
         gen = c.spawn([orig, str(c.ROOT / "bench" / "loadgen.py"), f"ws://127.0.0.1:{port}/twilio/media",
                        "--calls", str(n), "--stagger-ms", "20", "--repeat", "3", "--progress", str(progress),
@@ -105,6 +107,10 @@ def main() -> int:
             time.sleep(0.2)
         time.sleep(args.settle_s)
         rss_live = c.proc_rss(engine.pid)
+        if idle is None:
+            print(f"{n} live calls vs idle: RSS +{(rss_live - rss_idle) / n / 1024:.1f} KiB per call "
+                  f"({rss_idle / 2**20:.1f} → {rss_live / 2**20:.1f} MiB)")
+            return 0
         live = snapshot(engine.pid, work, 2)
         diff = live.compare_to(idle, "filename")
         total = sum(d.size_diff for d in diff)
