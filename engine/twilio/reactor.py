@@ -152,6 +152,8 @@ class Reactor:
                             continue
                         if pause:
                             self._pause(fd)
+        except Exception as exc:  # a reactor bug: each registered call fails on its own (finally), never the nursery
+            log.error("reactor_failed", exc=exc)
         finally:
             current = self._epoll is epoll
             trio.lowlevel.notify_closing(epfd)

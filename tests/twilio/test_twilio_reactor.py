@@ -296,3 +296,22 @@ async def test_a_bad_frame_or_a_bug_in_one_call_leaves_the_others_alone() -> Non
     full = [h for h in handlers if h.close_reasons == ["stop"]]
     assert all(h.samples == FRAMES * 160 for h in full)
     assert srv.metrics.value("twilio_protocol_errors_total", "kind=json") == 1
+
+
+async def test_a_failure_of_the_reactor_itself_fails_each_reader_not_the_nursery(monkeypatch: pytest.MonkeyPatch) -> None:
+    reactor = Reactor()
+    with trio.fail_after(5), socket_pairs(2) as pairs:
+        readers = [Collect(), Collect()]
+        async with trio.open_nursery() as nursery:  # would raise here if the reactor's error escaped
+            for (ours, _), reader in zip(pairs, readers, strict=True):
+                reactor.register(ours.fileno(), reader, nursery)
+            await trio.sleep(0)
+
+            def broken_read(fd: int, n: int) -> bytes:
+                raise ValueError("reactor bug")
+
+            monkeypatch.setattr("engine.twilio.reactor.os.read", broken_read)
+            pairs[0][1].send(b"x")
+            await until(lambda: all(r.errors for r in readers))
+        assert all("stopped" in str(r.errors[0]) for r in readers)
+        assert not reactor.running
