@@ -459,6 +459,8 @@ class TwilioServer:
         reason = reader.deliver()  # messages that came with `start`
         if reason is not None:
             return reason
+        if ws.closed is not None:  # a close that came with `start` (answered): no bytes may follow it
+            return "closed"
         with reader.scope:
             reader.push_deadline(trio.current_time())
             reactor.register(fd, reader, self.host.calls_nursery)

@@ -315,3 +315,29 @@ async def test_a_failure_of_the_reactor_itself_fails_each_reader_not_the_nursery
             await until(lambda: all(r.errors for r in readers))
         assert all("stopped" in str(r.errors[0]) for r in readers)
         assert not reactor.running
+
+
+async def test_a_close_in_the_same_read_as_start_ends_the_call_at_once() -> None:
+    """The peer's close arrived with `start` (handled before the reactor): the call ends "closed" at once,
+    not after the idle deadline, although the peer keeps its TCP connection open."""
+    import wsproto
+    from wsproto.events import AcceptConnection, CloseConnection, Request, TextMessage
+
+    from tests.twilio.twilio_support import make_config
+
+    cfg = make_config(server__allow_unsigned=True, twilio__read_idle_ms=60_000)
+    with trio.fail_after(10):
+        async with running_server(cfg) as srv:
+            stream = await trio.open_tcp_stream("127.0.0.1", srv.port)
+            client = wsproto.WSConnection(wsproto.ConnectionType.CLIENT)
+            await stream.send_all(client.send(Request(host=f"127.0.0.1:{srv.port}", target="/twilio/media")))
+            accepted = False
+            while not accepted:
+                client.receive_data(await stream.receive_some(65536))
+                accepted = any(isinstance(e, AcceptConnection) for e in client.events())
+            await stream.send_all(client.send(TextMessage(connected())) + client.send(TextMessage(start()))
+                                  + client.send(TextMessage(media(2, 1, 0))) + client.send(CloseConnection(1000)))
+            await wait_for(lambda: srv.handlers and srv.handlers[0].close_reasons)
+            await stream.aclose()
+    assert srv.handlers[0].close_reasons == ["closed"]
+    assert srv.handlers[0].samples == 160
