@@ -4,7 +4,8 @@ Each stage runs alone over realistic input (the demo call, Twilio's JSON shape),
 ``Call.on_event`` path, then the WebSocket layers: RTZR audio sends (wsproto frame encode, and
 trio-websocket ``send_message`` over loopback, per 60 ms batch divided by 3) and the Twilio ingest
 (trio-websocket ``get_message`` vs a bare wsproto parse of the same bytes vs our own
-``engine.twilio.wsconn``, which the server runs).
+``engine.twilio.wsconn``, which the server runs), and many sockets with one frame each per tick read by a
+task per socket (the old ingest) vs one :class:`engine.twilio.reactor.Reactor` (the server's now).
 
     .venv/bin/python bench/hotpath.py [--repeat 7] [--frames 2000] [--json]
 """
