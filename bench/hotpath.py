@@ -4,7 +4,8 @@ Each stage runs alone over realistic input (the demo call, Twilio's JSON shape),
 ``Call.on_event`` path, then the WebSocket layers: RTZR audio sends (wsproto frame encode, and
 trio-websocket ``send_message`` over loopback, per 60 ms batch divided by 3) and the Twilio ingest
 (trio-websocket ``get_message`` vs a bare wsproto parse of the same bytes vs our own
-``engine.twilio.wsconn``, which the server runs).
+``engine.twilio.wsconn``, which the server runs), and many sockets with one frame each per tick read by a
+task per socket (the old ingest) vs one :class:`engine.twilio.reactor.Reactor` (the server's now).
 
     .venv/bin/python bench/hotpath.py [--repeat 7] [--frames 2000] [--json]
 """
@@ -19,6 +20,7 @@ import os
 import statistics
 import time
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 import _common  # sets sys.path
@@ -358,6 +360,90 @@ async def _ingest_wsconn(blob: bytes, count: int) -> float:
     return result[0] / count * 1e6
 
 
+async def _ingest_many(frame: bytes, sockets: int, ticks: int, *, reactor: bool) -> float:
+    """µs per frame for ``sockets`` TCP connections that each get one frame per tick (the real shape of
+    many calls), read either by one task per socket (``receive_some``, the old ingest) or by one
+    :class:`engine.twilio.reactor.Reactor` (the server's now). Both decode with ``TextFrameDecoder``; the
+    client's own sends (one non-blocking ``send`` per frame, the same in both) are included."""
+    import socket
+
+    from engine.twilio.reactor import KEEP, Reactor
+    from engine.twilio.wsconn import TextFrameDecoder
+
+    listener = socket.create_server(("127.0.0.1", 0))
+    clients, servers = [], []
+    for _ in range(sockets):
+        c = socket.create_connection(listener.getsockname())
+        s, _addr = listener.accept()
+        s.setblocking(False)
+        clients.append(c)
+        servers.append(s)
+    listener.close()
+    total = sockets * ticks
+    got = [0]
+    done = trio.Event()
+
+    def on_frames(n: int) -> None:
+        got[0] += n
+        if got[0] >= total:
+            done.set()
+
+    class _Reader:
+        def __init__(self) -> None:
+            self.decoder = TextFrameDecoder(1 << 20)
+
+        def readable(self, data: bytes, now: float) -> bool:
+            on_frames(len(self.decoder.feed(data)[0]))
+            return KEEP
+
+        def failed(self, exc: Exception) -> None:
+            raise exc
+
+    async def per_socket(sock: socket.socket) -> None:
+        stream = trio.SocketStream(trio.socket.from_stdlib_socket(sock))
+        decoder = TextFrameDecoder(1 << 20)
+        while got[0] < total:
+            data = await stream.receive_some(65536)
+            on_frames(len(decoder.feed(data)[0]))
+
+    try:
+        async with trio.open_nursery() as nursery:
+            r = Reactor()
+            if reactor:
+                for sock in servers:
+                    r.register(sock.fileno(), _Reader(), nursery)
+            else:
+                for sock in servers:
+                    nursery.start_soon(per_socket, sock)
+            await trio.sleep(0.05)
+            t0 = time.perf_counter()
+            for tick in range(ticks):
+                for c in clients:
+                    c.send(frame)
+                with trio.fail_after(10):
+                    while got[0] < sockets * (tick + 1):
+                        await trio.sleep(0)
+            elapsed = time.perf_counter() - t0
+            await done.wait()
+            for sock in servers:
+                r.unregister(sock.fileno())
+            nursery.cancel_scope.cancel()
+    finally:
+        for sock in clients + servers:
+            sock.close()
+    return elapsed / total * 1e6
+
+
+def bench_ingest_many(media: list[str], repeat: int, sockets: int = 200, ticks: int = 50) -> list[tuple[str, float]]:
+    frame = client_blob(media[:1])
+    return [(f"Twilio ingest, {sockets} sockets x 1 frame per tick: one task per socket (old)",
+             statistics.median(trio.run(partial(_ingest_many, reactor=False), frame, sockets, ticks)
+                               for _ in range(repeat))),
+            (f"Twilio ingest, {sockets} sockets x 1 frame per tick: one Reactor for all (new)",
+             statistics.median(trio.run(partial(_ingest_many, reactor=True), frame, sockets, ticks)
+                               for _ in range(repeat)))]
+
+
 def client_blob(messages: list[str]) -> bytes:
     """Masked client frames for these text messages, as a Twilio client writes them."""
     from wsproto.connection import Connection, ConnectionType
@@ -424,6 +510,7 @@ def run(repeat: int, frames_n: int) -> list[tuple[str, float]]:
     rows.extend(bench_rtzr_send(mulaw.decode(b"".join(frames)), repeat))
     _head, media = twilio_messages(frames)
     rows.extend(bench_ingest(media, max(3, repeat // 2)))
+    rows.extend(bench_ingest_many(media, max(3, repeat // 2)))
     return rows
 
 

@@ -122,7 +122,11 @@ class Call:
         clf = make_classifier(ep_cfg.classifier, self.ep_rate, frame_ms=ep_cfg.frame_ms)
         self.endpointer = Endpointer(ep_cfg, classifier=clf)
         self.turns = TurnTracker(ep_cfg.turn_ms)
-        self.stt_bytes_per_ms = self.stt_rate * (1 if self.stt_mulaw else 2) / 1000
+        self.stt_sample_bytes = 1 if self.stt_mulaw else 2
+        self.stt_bytes_per_ms = self.stt_rate * self.stt_sample_bytes / 1000
+        # Every sample the STT gets is a decoded μ-law code (nothing resampled on the way): the utterance
+        # buffers keep the codes, half the memory of LINEAR16 (engine/utterance.py).
+        self._compact = not self.stt_mulaw and self.ep_rate == TWILIO_RATE == self.stt_rate
         self.batch_bytes = int(config.call.send_batch_ms * self.stt_bytes_per_ms)
         self.buffer_limit_bytes = int(config.call.audio_buffer_ms * self.stt_bytes_per_ms)
         self._current: Utterance | None = None
@@ -197,6 +201,8 @@ class Call:
         self.stats.utterances += 1
         utt = Utterance(index, f"{self.utterance_prefix}:{index}", self._ms(event.preroll_start), self._ms(event.start),
                         continues=self._last_uid if event.continues else None)
+        if self._compact:
+            utt.audio = UtteranceAudio(mulaw_as_pcm16=True)
         self._current = utt
         self._last_uid = utt.uid
         self._to_stt = None if self.stt_rate == self.ep_rate else Resampler(self.ep_rate, self.stt_rate)
@@ -211,12 +217,11 @@ class Call:
         utt = self._current
         if utt is None or not len(pcm):
             return
-        if self._to_stt is not None:
-            pcm = self._to_stt.process(pcm)
-        data = mulaw.encode(pcm) if self.stt_mulaw else pcm.astype("<i2", copy=False).tobytes()
         if utt.overflowed:
             return
-        if self._unsent_bytes() + len(data) > self.buffer_limit_bytes:
+        if self._to_stt is not None:
+            pcm = self._to_stt.process(pcm)
+        if self._unsent_bytes() + len(pcm) * self.stt_sample_bytes > self.buffer_limit_bytes:
             # One outcome per utterance: this error replaces its transcript; its STT task stops, and a
             # socket it leased is closed (it holds audio whose final would belong to no one).
             self._m_overflow.inc()
@@ -229,7 +234,7 @@ class Call:
                         f"RTZR is slower than real time: more than {self.config.call.audio_buffer_ms} ms of audio "
                         "waiting to be sent (no socket free, or RTZR too slow); utterance not transcribed", utt)
             return
-        utt.audio.append(data)
+        utt.audio.append_pcm(pcm, mulaw_out=self.stt_mulaw)
 
     def _unsent_bytes(self) -> int:
         return sum(utt.audio.size - utt.sent for utt in self._open if not utt.overflowed)
@@ -239,9 +244,7 @@ class Call:
         if utt is None:
             return
         if self._to_stt is not None:
-            tail = self._to_stt.flush()
-            if len(tail):
-                utt.audio.append(mulaw.encode(tail) if self.stt_mulaw else tail.astype("<i2").tobytes())
+            utt.audio.append_pcm(self._to_stt.flush(), mulaw_out=self.stt_mulaw)
         utt.reason = event.reason
         utt.endpoint_ms = self._ms(event.end - event.last_speech_end)
         utt.end_ms = self._ms(event.end)

@@ -48,7 +48,7 @@ def decode(mulaw: bytes | bytearray | memoryview | npt.NDArray[np.uint8]) -> npt
 
 def encode(pcm: npt.NDArray[np.int16]) -> bytes:
     """int16 PCM samples → μ-law bytes."""
-    return ENCODE_TABLE[np.asarray(pcm, dtype=np.int16).view(np.uint16)].tobytes()
+    return ENCODE_TABLE.take(np.asarray(pcm, dtype=np.int16).view(np.uint16)).tobytes()  # take(): as decode
 
 
 def silence(n_bytes: int) -> bytes:

@@ -1,17 +1,19 @@
-"""The Twilio Media Streams WebSocket endpoint: admission, one reader per call, the outbound API.
+"""The Twilio Media Streams WebSocket endpoint: admission, every call's receive side, the outbound API.
 
 Thin Trio shell around :class:`~engine.twilio.protocol.TwilioStream` on our own wsproto connection
-(:mod:`engine.twilio.wsconn`: no reader task, no channel; the call's reader pulls and parses). The
-accept loop hands each TCP connection to the supervisor's calls nursery; there every connection gets
-its own nursery (the reader + the call's handler task), so cancelling :meth:`TwilioServer.run` stops
-accepting without touching live calls, and one failing call is logged and contained.
+(:mod:`engine.twilio.wsconn`). The accept loop hands each TCP connection to the supervisor's calls
+nursery; there every connection gets its own nursery (its task + the call's handler task), so
+cancelling :meth:`TwilioServer.run` stops accepting without touching live calls, and one failing call
+is logged and contained.
 
 Admission happens before the upgrade, on the request h11 parsed (:class:`~engine.twilio.wsconn.UpgradeHandshake`):
 400/426/431 for what is not a WebSocket upgrade, 404 wrong path, 503 draining or at ``max_calls``, 403
 missing or bad ``X-Twilio-Signature`` (logged with the URLs compared and the proxy headers' standing).
-After the upgrade we wait for ``start`` under ``budgets.twilio_start``, then the handler runs next to a
-reader that never blocks (a stalled reader stops answering pings and
-makes Twilio drop audio).
+After the upgrade the call's task waits for ``start`` under ``budgets.twilio_start``, then registers the
+socket with the server's :class:`~engine.twilio.reactor.Reactor`: one task reads every call's socket,
+many per wake-up, and runs each call's per-frame work (:class:`_CallReader`) without blocking (a stalled
+reader stops answering pings and makes Twilio drop audio). The call's task sleeps under its idle
+deadline until the reactor hands the call back (stop, close, a control frame to answer, an exception).
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ from engine.audio import mulaw
 from engine.budgets import BudgetExpired, Budgets
 from engine.config import Config
 from engine.log import get_logger
-from engine.metrics import Counter, Registry
+from engine.metrics import Counter, Histogram, Registry
 from engine.twilio.protocol import (
     FRAME_BYTES,
     SILENCE,
@@ -48,6 +50,7 @@ from engine.twilio.protocol import (
     encode_mark,
     encode_media,
 )
+from engine.twilio.reactor import KEEP, PAUSE, Reactor
 from engine.twilio.signature import candidate_urls, mismatch_details, validate
 from engine.twilio.wsconn import ConnectionClosed, HandshakeFailed, UpgradeRequest, WsServerConnection
 
@@ -244,12 +247,14 @@ class TwilioServer:
         self.metrics = _Metrics(metrics)
         self.port: int | None = None
         self._ids = itertools.count(1)
+        self._reactor = Reactor()  # replaced in run(): live calls keep the one they registered with
         if not config.twilio.auth_token and not config.server.allow_unsigned:
             log.warning("twilio_no_auth_token", hint="every upgrade will be rejected with 403; set "
                         "TWILIO_AUTH_TOKEN or server.allow_unsigned for development")
 
     async def run(self, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
         """Bind, report the bound port, accept until cancelled (live calls keep running)."""
+        self._reactor = Reactor()
         if self.config.server.listen_fd is not None:  # a worker of `sori serve --workers`: the parent's socket
             inherited = socket.socket(fileno=os.dup(self.config.server.listen_fd))  # a dup: a restart reuses it
             listeners = [trio.SocketListener(trio.socket.from_stdlib_socket(inherited))]
@@ -320,7 +325,7 @@ class TwilioServer:
             self.metrics.accepted.inc()
             self.metrics.live.inc()
             try:
-                await self._run_call(ws, conn)
+                await self._run_call(ws, conn, stream.socket.fileno())
             finally:
                 self.metrics.live.dec()
 
@@ -359,7 +364,7 @@ class TwilioServer:
             return 503, "at capacity", {}
         return 0, "", {}
 
-    async def _run_call(self, ws: WsServerConnection, conn: str) -> None:
+    async def _run_call(self, ws: WsServerConnection, conn: str, fd: int) -> None:
         cfg = self.config
         proto = TwilioStream(cfg.server.max_message_bytes, cfg.twilio.track, max_gap_ms=cfg.twilio.max_gap_ms)
         reporter = _StatsReporter(proto.stats, self.metrics)
@@ -406,7 +411,7 @@ class TwilioServer:
             with trio.CancelScope() as grace:
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(self._run_handler, handler, started.stream_sid)
-                    reason = await self._read(ws, proto, handler, pending=pending, errors=errors,
+                    reason = await self._read(ws, proto, handler, fd=fd, pending=pending, errors=errors,
                                               reporter=reporter, debug=debug)
                     close_once(reason)
                     await self._close(ws, 1000 if reason in ("stop", "closed") else 1008, reason)
@@ -441,53 +446,49 @@ class TwilioServer:
                 if isinstance(event, Started):
                     return event, events[i + 1:]
 
-    async def _read(self, ws: WsServerConnection, proto: TwilioStream, handler: CallHandler, *,
+    async def _read(self, ws: WsServerConnection, proto: TwilioStream, handler: CallHandler, *, fd: int,
                     pending: list[TwilioEvent], errors: _ErrorPolicy, reporter: _StatsReporter, debug: bool) -> str:
-        """Deliver events until stop, close, the idle deadline, or too many protocol errors."""
+        """Deliver events until stop, close, the idle deadline, or too many protocol errors.
+
+        The frames are read and processed by the server's :class:`~engine.twilio.reactor.Reactor` (many
+        calls per wake-up); this task sleeps until the reactor hands the call back: the stream ended, a
+        control frame or a close needs this task's writes, or processing raised (raised here, so the
+        call ends as any failing call does, and no other call notices).
+        """
         for event in pending:
             handler.on_event(event)
             if isinstance(event, Stopped):
                 return "stop"
-        idle = self.config.twilio.read_idle_ms / 1000
-        count = 0
-        sid = proto.stream_sid
-        # Frame lag: a frame of audio offset o (s) is due at origin + o, the origin being the earliest
-        # (now - o) seen on this stream; lag = handled time - due (one clock read per message).
-        origin = math.inf
-        lag = self.metrics.frame_lag
-        # One scope for the whole call; its deadline is pushed forward at most every IDLE_SLACK_S (moving a
-        # deadline reorders Trio's deadline heap: per 20 ms message that was ~4 % of the engine at 50 calls).
-        # The idle timeout therefore fires after between read_idle_ms − IDLE_SLACK_S and read_idle_ms of silence.
-        pushed_at = -math.inf
-        with trio.CancelScope() as scope:
-            while True:
-                now = trio.current_time()
-                if now - pushed_at >= IDLE_SLACK_S:
-                    scope.deadline = now + idle
-                    pushed_at = now
-                try:
-                    message = await ws.receive_message()
-                except ConnectionClosed:
-                    return "closed"
-                if debug:
-                    log.debug("twilio_message", stream_sid=sid, size=len(message))
-                try:
-                    events = errors.feed(proto, message)
-                except _EndCall as end:
-                    return end.reason
-                for event in events:
-                    handler.on_event(event)
-                    if type(event) is Media:
-                        if not event.filled:
-                            base = trio.current_time() - event.offset / 8000
-                            origin = min(origin, base)
-                            lag.observe((base - origin) * 1000)
-                    elif isinstance(event, Stopped):
-                        return "stop"
-                count += 1
-                if count % _STATS_FLUSH_EVERY == 0:
-                    reporter.flush(sid)
-        log.warning("twilio_read_idle", stream_sid=sid, ms=self.config.twilio.read_idle_ms)
+        reactor = self._reactor
+        reader = _CallReader(ws, proto, handler, errors=errors, reporter=reporter, lag=self.metrics.frame_lag,
+                             idle_s=self.config.twilio.read_idle_ms / 1000, debug=debug)
+        reason = reader.deliver()  # messages that came with `start`
+        if reason is not None:
+            return reason
+        if ws.closed is not None:  # a close that came with `start` (answered): no bytes may follow it
+            return "closed"
+        with reader.scope:
+            reader.push_deadline(trio.current_time())
+            reactor.register(fd, reader, self.host.calls_nursery)
+            try:
+                while True:
+                    await reader.wake.wait()
+                    reader.wake = trio.Event()
+                    if reader.error is not None:
+                        raise reader.error
+                    if reader.reason is not None:
+                        return reader.reason
+                    # A control frame, a close or EOF: this task's writes (pong, close reply), then on.
+                    await ws.process_events()
+                    reason = reader.deliver()
+                    if reason is not None:
+                        return reason
+                    if ws.closed is not None:
+                        return "closed"
+                    reactor.resume(fd)
+            finally:
+                reactor.unregister(fd)  # before the socket is closed
+        log.warning("twilio_read_idle", stream_sid=proto.stream_sid, ms=self.config.twilio.read_idle_ms)
         return "idle_timeout"
 
     async def _close(self, ws: WsServerConnection, code: int, reason: str) -> None:
@@ -524,3 +525,88 @@ class _ErrorPolicy:
             if self.count >= self.budget:
                 raise _EndCall("protocol_errors") from None
             return []
+
+
+class _CallReader:
+    """One call's receive side as the reactor drives it (a :class:`~engine.twilio.reactor.Reader`).
+
+    :meth:`readable` runs in the reactor's task: it feeds the bytes to the call's WebSocket, and
+    :meth:`deliver` parses every complete message and runs the call's per-frame work
+    (``handler.on_event``) synchronously. Whatever needs the call's own task — the end of the stream,
+    a frame wsproto must handle (control, close, EOF), an exception — is left in ``reason`` /
+    ``error`` and ``wake`` is set; the reactor pauses the socket until the task resumes it.
+    """
+
+    __slots__ = ("count", "debug", "error", "errors", "handler", "idle_s", "lag", "origin", "proto", "pushed_at",
+                 "reason", "reporter", "scope", "wake", "ws")
+
+    def __init__(self, ws: WsServerConnection, proto: TwilioStream, handler: CallHandler, *, errors: _ErrorPolicy,
+                 reporter: _StatsReporter, lag: Histogram, idle_s: float, debug: bool) -> None:
+        self.ws = ws
+        self.proto = proto
+        self.handler = handler
+        self.errors = errors
+        self.reporter = reporter
+        self.lag = lag
+        self.idle_s = idle_s
+        self.debug = debug
+        self.wake = trio.Event()
+        self.reason: str | None = None
+        self.error: Exception | None = None
+        # One scope for the whole call (the idle deadline); its deadline is pushed forward at most every
+        # IDLE_SLACK_S (moving a deadline reorders Trio's deadline heap: per 20 ms message that was ~4 % of
+        # the engine at 50 calls). The idle timeout therefore fires after between read_idle_ms −
+        # IDLE_SLACK_S and read_idle_ms of silence.
+        self.scope = trio.CancelScope()
+        self.pushed_at = -math.inf
+        # Frame lag: a frame of audio offset o (s) is due at origin + o, the origin being the earliest
+        # (now - o) seen on this stream; lag = handled time - due (one clock read per message).
+        self.origin = math.inf
+        self.count = 0
+
+    def push_deadline(self, now: float) -> None:
+        self.scope.deadline = now + self.idle_s
+        self.pushed_at = now
+
+    def readable(self, data: bytes, now: float) -> bool:
+        if now - self.pushed_at >= IDLE_SLACK_S:
+            self.push_deadline(now)
+        if self.ws.feed_nowait(data):
+            self.wake.set()
+            return PAUSE
+        reason = self.deliver()
+        if reason is not None:
+            self.reason = reason
+            self.wake.set()
+            return PAUSE
+        return KEEP
+
+    def failed(self, exc: Exception) -> None:
+        self.error = exc
+        self.wake.set()
+
+    def deliver(self) -> str | None:
+        """Process every complete message received; the reason the stream ended (stop, protocol errors) or None."""
+        messages = self.ws.received
+        handler = self.handler
+        while messages:
+            message = messages.popleft()
+            if self.debug:
+                log.debug("twilio_message", stream_sid=self.proto.stream_sid, size=len(message))
+            try:
+                events = self.errors.feed(self.proto, message)
+            except _EndCall as end:
+                return end.reason
+            for event in events:
+                handler.on_event(event)
+                if type(event) is Media:
+                    if not event.filled:
+                        base = trio.current_time() - event.offset / 8000
+                        self.origin = min(self.origin, base)
+                        self.lag.observe((base - self.origin) * 1000)
+                elif isinstance(event, Stopped):
+                    return "stop"
+            self.count += 1
+            if self.count % _STATS_FLUSH_EVERY == 0:
+                self.reporter.flush(self.proto.stream_sid)
+        return None

@@ -18,8 +18,10 @@ Only one task may receive at a time (the reader); any task may send.
 
 from __future__ import annotations
 
+from collections import deque
+
 import trio
-from wsproto.connection import Connection, ConnectionType
+from wsproto.connection import Connection, ConnectionState, ConnectionType
 from wsproto.events import TextMessage
 from wsproto.frame_protocol import CloseReason
 
@@ -123,3 +125,28 @@ class WsServerConnection(WsConnection):
                 await self._close_handshake(code, reason)
         finally:
             await trio.aclose_forcefully(self._stream)
+
+    # -- for a caller that reads the socket itself (engine.twilio.reactor) ----------------------
+
+    @property
+    def received(self) -> deque[str | bytes]:
+        """Complete messages not yet taken (``popleft`` to take one), as :meth:`receive_message` would return them."""
+        return self._messages
+
+    def feed_nowait(self, data: bytes) -> bool:
+        """Take bytes the caller read from this connection's socket (b"": EOF, or a read error), without awaiting.
+
+        Complete messages go to :attr:`received`. True when the connection's own task must now call
+        :meth:`process_events` (wsproto has events: a control frame to answer, a close, EOF) or the
+        connection is closed (:attr:`closed`); the caller then stops feeding until that is done.
+        """
+        ws = self._ws
+        if self._closed is not None or ws is None or ws.state is ConnectionState.CLOSED:
+            self._closed = self._closed or ConnectionClosed(CloseReason.ABNORMAL_CLOSURE, "connection closed")
+            return True
+        return self._feed(data)
+
+    async def process_events(self) -> None:
+        """Handle what :meth:`feed_nowait` left to wsproto (pings answered, close completed, messages queued)."""
+        if self._ws is not None and self._closed is None:
+            await self._process_events()

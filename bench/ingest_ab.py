@@ -1,0 +1,178 @@
+"""CPU per 20 ms frame of the whole Twilio → Call path for many calls in one process, by CPU time, not pace.
+
+Why this and not only ``bench/capacity.py``: on a shared machine the capacity steps go INVALID whenever
+other processes take the engine's core; CPU time per frame processed (``time.process_time``) is a
+far steadier A/B. One process runs the real :class:`engine.twilio.server.TwilioServer` with real
+:class:`engine.call.Call` handlers (a pool that never hands out a socket, and an audio buffer large enough
+that nothing overflows: STT is not measured here) and ``--calls`` raw TCP clients in the same process. The
+clients send the demo call's media frames as the load generator does: the calls in ``--groups`` phase
+groups, each group's next frame written in one go (one non-blocking ``send`` per call), then the
+process waits until the server has handled them. Reported: process CPU µs per frame (the clients' sends
+included, the same in every tree), and wall µs per frame. Runs against whichever tree's ``engine`` is
+importable, so an A/B is this script run by two trees' venvs:
+
+    .venv/bin/python bench/ingest_ab.py --calls 200 --frames 250
+    /tmp/cap-base/.venv/bin/python bench/ingest_ab.py --calls 200 --frames 250   # same file, the old tree
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import json
+import logging
+import os
+import socket
+import statistics
+import sys
+import time
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import trio
+
+sys.path.insert(0, os.getcwd())  # the tree this runs from (its own venv's editable install points there too)
+
+from engine.budgets import Budgets
+from engine.call import Call
+from engine.config import Config
+from engine.metrics import Registry
+from engine.nursery import CallHost
+from engine.twilio.protocol import Media
+from engine.twilio.server import TwilioServer
+from engine.twilio.simulator import frames_of, load_audio
+
+DEMO_WAV = Path(os.getcwd()) / "engine" / "demo" / "call.wav"  # the tree run from
+
+
+class _NoPool:
+    """Never hands out a socket (STT is not measured); the call's utterance tasks just wait."""
+
+    @asynccontextmanager
+    async def lease(self) -> Any:
+        await trio.sleep_forever()
+        yield None
+
+
+def _client_frame(text: str) -> bytes:
+    """A masked client text frame with the zero key (what the load generator sends)."""
+    data = text.encode()
+    n = len(data)
+    head = bytes([0x81]) + (bytes([0x80 | n]) if n < 126 else bytes([0x80 | 126]) + n.to_bytes(2, "big"))
+    return head + b"\0\0\0\0" + data
+
+
+def _media(sid: str, seq: int, chunk: int, payload: bytes) -> str:
+    return json.dumps({"event": "media", "sequenceNumber": str(seq), "streamSid": sid,
+                       "media": {"track": "inbound", "chunk": str(chunk), "timestamp": str((chunk - 1) * 20),
+                                 "payload": base64.b64encode(payload).decode()}}, separators=(",", ":"))
+
+
+async def run(calls: int, frames_n: int, groups: int) -> dict[str, float]:
+    config = Config()
+    config.server.host = "127.0.0.1"
+    config.server.port = 0
+    config.server.allow_unsigned = True
+    config.server.max_calls = calls + 10
+    config = msgspec.structs.replace(config, call=msgspec.structs.replace(config.call, audio_buffer_ms=3_600_000))
+    audio_frames = frames_of(load_audio(str(DEMO_WAV)))
+    metrics = Registry()
+    budgets = Budgets(config.budgets)
+    handled = [0]
+    target = [0]
+    reached = trio.Event()
+    box = [reached]
+
+    class Counting(Call):
+        def on_event(self, event: Any) -> None:
+            super().on_event(event)
+            if type(event) is Media:
+                handled[0] += 1
+                if handled[0] >= target[0]:
+                    box[0].set()
+
+    started = [0]
+
+    def factory(session: Any) -> Call:
+        started[0] += 1
+        return Counting(session.started, config=config, pool=_NoPool(), emit=lambda e: None, metrics=metrics,
+                        budgets=budgets)
+
+    async with trio.open_nursery() as calls_nursery:
+        host = CallHost(calls_nursery, metrics)
+        server = TwilioServer(config, host=host, handler_factory=factory, metrics=metrics, budgets=budgets)
+        async with trio.open_nursery() as serving:
+            port = await serving.start(server.run)
+            socks = []
+            for i in range(calls):
+                s = socket.create_connection(("127.0.0.1", port))
+                key = base64.b64encode(os.urandom(16)).decode()
+                s.sendall((f"GET /twilio/media HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\n"
+                           f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
+                           ).encode())
+                s.setblocking(False)
+                sid = f"MZ{i:032x}"
+                start = {"event": "start", "sequenceNumber": "1", "streamSid": sid,
+                         "start": {"accountSid": "AC" + "1" * 32, "streamSid": sid, "callSid": f"CA{i:032x}",
+                                   "tracks": ["inbound"], "customParameters": {},
+                                   "mediaFormat": {"encoding": "audio/x-mulaw", "sampleRate": 8000, "channels": 1}}}
+                s.send(_client_frame('{"event":"connected","protocol":"Call","version":"1.0.0"}')
+                       + _client_frame(json.dumps(start)))
+                socks.append((s, sid))
+                await trio.sleep(0)
+            with trio.fail_after(60):
+                while started[0] < calls:  # every call has read its start
+                    await trio.sleep(0.05)
+            for s, _ in socks:  # drain the 101 responses
+                try:
+                    s.recv(65536)
+                except BlockingIOError:
+                    pass
+            encoded = [[_client_frame(_media(sid, k + 2, k + 1, audio_frames[k % len(audio_frames)]))
+                        for k in range(frames_n)] for _s, sid in socks]
+            group_of = [list(range(g, calls, groups)) for g in range(groups)]
+            cpu0, wall0 = time.process_time(), time.perf_counter()
+            for k in range(frames_n):
+                for members in group_of:
+                    target[0] += len(members)
+                    box[0] = trio.Event()
+                    for i in members:
+                        socks[i][0].send(encoded[i][k])
+                    if handled[0] < target[0]:
+                        await box[0].wait()
+            cpu1, wall1 = time.process_time(), time.perf_counter()
+            for s, _ in socks:
+                s.close()
+            with trio.move_on_after(10):
+                await host.wait_idle()
+            serving.cancel_scope.cancel()
+        calls_nursery.cancel_scope.cancel()
+    total = calls * frames_n
+    return {"cpu_us_per_frame": (cpu1 - cpu0) / total * 1e6, "wall_us_per_frame": (wall1 - wall0) / total * 1e6,
+            "frames": total}
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--calls", type=int, default=200)
+    p.add_argument("--frames", type=int, default=250, help="frames per call (50 = 1 s of audio)")
+    p.add_argument("--groups", type=int, default=10, help="phase groups, as the load generator's 10 × 2 ms")
+    p.add_argument("--repeat", type=int, default=3)
+    args = p.parse_args()
+    logging.disable(logging.ERROR)  # the per-call info/warning lines (closing calls) are not measured
+    runs = [trio.run(run, args.calls, args.frames, args.groups) for _ in range(args.repeat)]
+    cpu = statistics.median(r["cpu_us_per_frame"] for r in runs)
+    wall = statistics.median(r["wall_us_per_frame"] for r in runs)
+    import engine
+    print(json.dumps({"tree": str(Path(engine.__file__).resolve().parent.parent), "calls": args.calls,
+                      "frames_per_call": args.frames, "groups": args.groups,
+                      "cpu_us_per_frame": round(cpu, 1), "wall_us_per_frame": round(wall, 1),
+                      "cpu_runs": [round(r["cpu_us_per_frame"], 1) for r in runs],
+                      "calls_per_core_at_90pct": round(0.9 * 20000 / cpu)}))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

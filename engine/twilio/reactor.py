@@ -1,0 +1,166 @@
+"""One Trio task that reads many sockets per wake-up (the Twilio ingest's multi-socket reader).
+
+Why: with a reader task per call, every 20 ms frame of every call cost one Trio wake-up, one
+``receive_some`` and one trip through the scheduler — about three quarters of the engine's per-frame
+time at 75–100 calls (BENCHMARKS.md, Profile). Here a single task owns an ``epoll`` of every registered
+socket, waits on the epoll's own fd with :func:`trio.lowlevel.wait_readable`, and on each wake-up reads
+every ready socket with a non-blocking ``os.read`` and hands the bytes to that socket's
+:class:`Reader` synchronously: one wake-up for all the frames that arrived meanwhile.
+
+What stays per connection: each registered socket belongs to a task of its own (the call's, in its own
+nursery) that owns its budgets and its cancellation. The reactor never awaits on a connection's behalf:
+a reader that needs its task (a control frame to answer, the end of the stream, an exception while
+processing) returns :data:`PAUSE` (or raises), the reactor stops reading that socket, and the reader
+wakes its task, which calls :meth:`Reactor.resume` once it is done or :meth:`Reactor.unregister` when it
+ends. An exception from one reader is handed to that reader (:meth:`Reader.failed`) and never reaches the
+reactor or another socket.
+
+The task runs in the nursery given to :meth:`Reactor.register` (the calls nursery) while any socket is
+registered, and exits (closing its epoll) when the last one leaves; the next registration starts it
+again. A registration must be removed before its socket is closed (fd numbers are reused).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import select
+from typing import Final, Protocol
+
+import trio
+
+from engine.log import get_logger
+
+log = get_logger(__name__)
+
+RECEIVE_SIZE: Final = 64 * 1024
+PAUSE: Final = True  # Reader.readable's answer: stop reading this socket until resume()
+KEEP: Final = False
+
+
+class Reader(Protocol):
+    """A registered socket's synchronous side, called from the reactor's task."""
+
+    def readable(self, data: bytes, now: float) -> bool:
+        """Bytes read from the socket (b"" at EOF or a read error), at Trio time ``now``.
+
+        Must not block. Returns :data:`PAUSE` to hand the connection to its own task (the reactor
+        stops reading it until :meth:`Reactor.resume`), else :data:`KEEP`.
+        """
+        ...
+
+    def failed(self, exc: Exception) -> None:
+        """:meth:`readable` raised ``exc``: the socket is paused; hand the error to the connection's task."""
+        ...
+
+
+class Reactor:
+    """Many sockets, one reader task (see the module docstring). Not thread-safe; one Trio run."""
+
+    def __init__(self) -> None:
+        self._readers: dict[int, Reader] = {}
+        self._epoll: select.epoll | None = None  # the running task's; None: no task
+        self._scope: trio.CancelScope | None = None
+        self.wakeups = 0  # reactor wake-ups so far (tests, benchmarks)
+        self.reads = 0  # socket reads so far
+
+    @property
+    def registered(self) -> int:
+        return len(self._readers)
+
+    @property
+    def running(self) -> bool:
+        return self._epoll is not None
+
+    def register(self, fd: int, reader: Reader, nursery: trio.Nursery) -> None:
+        """Start reading ``fd`` (non-blocking, owned by the caller) for ``reader``; starts the task if needed."""
+        if fd in self._readers:
+            raise RuntimeError(f"fd {fd} is already registered")
+        epoll = self._epoll
+        if epoll is None:
+            epoll = select.epoll()
+            scope = trio.CancelScope()
+            try:
+                nursery.start_soon(self._run, epoll, scope)
+            except BaseException:
+                epoll.close()
+                raise
+            self._epoll, self._scope = epoll, scope
+        epoll.register(fd, select.EPOLLIN)
+        self._readers[fd] = reader
+
+    def unregister(self, fd: int) -> None:
+        """Stop reading ``fd`` for good (idempotent); call before the socket is closed."""
+        if self._readers.pop(fd, None) is None:
+            return
+        epoll = self._epoll
+        if epoll is None:
+            return
+        with contextlib.suppress(OSError):  # already gone from the epoll (closed elsewhere): nothing to undo
+            epoll.unregister(fd)
+        if not self._readers:  # the last one: the task ends (it would wait on an empty epoll forever)
+            self._detach()
+
+    def resume(self, fd: int) -> None:
+        """Read ``fd`` again after its reader paused it."""
+        if fd in self._readers and self._epoll is not None:
+            self._epoll.modify(fd, select.EPOLLIN)
+
+    def _pause(self, fd: int) -> None:
+        if self._epoll is not None:
+            with contextlib.suppress(OSError):  # gone from the epoll: nothing left to pause
+                self._epoll.modify(fd, 0)
+
+    @staticmethod
+    def _fail(reader: Reader, exc: Exception) -> None:
+        try:
+            reader.failed(exc)
+        except Exception as bug:  # a reader's own bug: logged, never raised from the reactor
+            log.error("reactor_reader_failed_raised", exc=bug)
+
+    def _detach(self) -> None:
+        """Let the running task go (it closes its epoll); the next register() starts a new one."""
+        if self._scope is not None:
+            self._scope.cancel()
+        self._epoll = self._scope = None
+
+    async def _run(self, epoll: select.epoll, scope: trio.CancelScope) -> None:
+        epfd = epoll.fileno()
+        readers = self._readers
+        try:
+            with scope:
+                while True:
+                    await trio.lowlevel.wait_readable(epfd)
+                    self.wakeups += 1
+                    now = trio.current_time()
+                    for fd, _mask in epoll.poll(0):
+                        reader = readers.get(fd)
+                        if reader is None:
+                            continue
+                        try:
+                            data = os.read(fd, RECEIVE_SIZE)
+                        except BlockingIOError:
+                            continue
+                        except OSError:  # reset, or the like: the end of this stream, like EOF
+                            data = b""
+                        self.reads += 1
+                        try:
+                            pause = reader.readable(data, now)
+                        except Exception as exc:  # contained: that connection's task gets it
+                            self._pause(fd)
+                            self._fail(reader, exc)
+                            continue
+                        if pause:
+                            self._pause(fd)
+        except Exception as exc:  # a reactor bug: each registered call fails on its own (finally), never the nursery
+            log.error("reactor_failed", exc=exc)
+        finally:
+            current = self._epoll is epoll
+            trio.lowlevel.notify_closing(epfd)
+            epoll.close()
+            if current:  # not detached: we are cancelled with our nursery, or failed ourselves
+                self._epoll = self._scope = None
+                stranded = list(readers.values())
+                readers.clear()
+                for reader in stranded:  # their tasks must not wait for bytes that no one reads
+                    self._fail(reader, RuntimeError("the socket reactor stopped"))
