@@ -150,7 +150,7 @@ async def _drain_under_load(calls: int, *, drain_ms: int, use_signal: bool) -> N
         sids = [rep.stream_sid for rep in reports]
         acc = r.ledger.account()
         if drain_ms >= 10_000:  # the calls end on their own before the deadline: everything delivered
-            assert all(rep.ok for rep in reports)
+            assert all(rep.ok for rep in reports), [(rep.error, rep.close_code) for rep in reports if not rep.ok]
             for sid in sids:
                 assert r.ledger.texts(sid) == texts
             assert (acc.started, acc.delivered) == (calls * len(texts), calls * len(texts)), acc
@@ -165,8 +165,11 @@ async def _drain_under_load(calls: int, *, drain_ms: int, use_signal: bool) -> N
 
 
 async def test_sigterm_drains_20_live_calls() -> None:
-    with trio.fail_after(60):
-        await _drain_under_load(20, drain_ms=15_000, use_signal=True)
+    # The drain budget is a bound, not a pace: the calls end on their own after ~5 s of real-time audio, and
+    # the drain returns as soon as they have; 40 s leaves room for a machine several times slower than ours
+    # (at 15 s it failed with the engine, emulator and 20 simulated callers sharing ~20 % of a core).
+    with trio.fail_after(90):
+        await _drain_under_load(20, drain_ms=40_000, use_signal=True)
 
 
 @pytest.mark.slow
