@@ -136,7 +136,10 @@ def bench_call(frames: list[bytes], repeat: int) -> float:
     """The whole synchronous reader path: parse → Call.on_event (decode, resample, endpoint, buffer)."""
     from engine.budgets import Budgets
     from engine.call import Call
+    from engine.media import AudioReceived
     from engine.metrics import Registry
+    from engine.twilio.protocol import Started
+    from engine.twilio.server import stream_started
 
     head, media = twilio_messages(frames)
     config = Config()
@@ -152,12 +155,14 @@ def bench_call(frames: list[bytes], repeat: int) -> float:
                 for e in proto.receive_text(m):
                     started = e
             assert started is not None
-            call = Call(started, config=config, pool=None,  # type: ignore[arg-type]
+            assert isinstance(started, Started)
+            call = Call(stream_started(started), config=config, pool=None,  # type: ignore[arg-type]
                         emit=lambda e: None, metrics=Registry(), budgets=Budgets(config.budgets))
             t0 = time.perf_counter()
             for m in media:
                 for e in proto.receive_text(m):
-                    call.on_event(e)
+                    # as the server's reader: the Twilio event translated to its neutral one (engine/media.py)
+                    call.on_event(AudioReceived(e.payload, e.offset / 8, e.filled))  # type: ignore[union-attr]
             samples.append((time.perf_counter() - t0) / len(media) * 1e6)
         return statistics.median(samples)
 

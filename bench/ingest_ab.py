@@ -38,10 +38,10 @@ sys.path.insert(0, os.getcwd())  # the tree this runs from (its own venv's edita
 from engine.budgets import Budgets
 from engine.call import Call
 from engine.config import Config
+from engine.media import AudioReceived
 from engine.metrics import Registry
 from engine.nursery import CallHost
-from engine.twilio.protocol import Media
-from engine.twilio.server import TwilioServer
+from engine.twilio.server import TwilioServer, stream_started
 from engine.twilio.simulator import frames_of, load_audio
 
 DEMO_WAV = Path(os.getcwd()) / "engine" / "demo" / "call.wav"  # the tree run from
@@ -88,7 +88,7 @@ async def run(calls: int, frames_n: int, groups: int) -> dict[str, float]:
     class Counting(Call):
         def on_event(self, event: Any) -> None:
             super().on_event(event)
-            if type(event) is Media:
+            if type(event) is AudioReceived:
                 handled[0] += 1
                 if handled[0] >= target[0]:
                     box[0].set()
@@ -97,7 +97,7 @@ async def run(calls: int, frames_n: int, groups: int) -> dict[str, float]:
 
     def factory(session: Any) -> Call:
         started[0] += 1
-        return Counting(session.started, config=config, pool=_NoPool(), emit=lambda e: None, metrics=metrics,
+        return Counting(stream_started(session.started), config=config, pool=_NoPool(), emit=lambda e: None, metrics=metrics,
                         budgets=budgets)
 
     async with trio.open_nursery() as calls_nursery:

@@ -30,7 +30,7 @@ from engine.report.live import LiveStatus
 from engine.rtzr import RtzrPool, TokenManager
 from engine.rtzr.budget import session_budget
 from engine.sinks import EventSinks
-from engine.twilio.server import TwilioServer, TwilioSession
+from engine.twilio.server import TwilioServer, TwilioSession, stream_started
 
 log = get_logger(__name__)
 
@@ -173,7 +173,7 @@ def build(config: Config, *, on_event: Callable[[Event], None] | None = None, ha
             if not live_streams[sid]:
                 del live_streams[sid]
 
-        return Call(session.started, config=config, pool=pool, emit=emit, metrics=metrics, budgets=budgets,
+        return Call(stream_started(session.started), config=config, pool=pool, emit=emit, metrics=metrics, budgets=budgets,
                     stream_stats=session.stats, duplicate=duplicate, on_ended=ended)
 
     twilio = TwilioServer(config, host=supervisor, handler_factory=new_call, metrics=metrics, budgets=budgets)

@@ -1,6 +1,8 @@
-"""The per-call pipeline: Twilio audio → μ-law decode → resample → Endpointer → pooled RTZR utterances.
+"""The per-call pipeline: provider audio → decode → resample → Endpointer → pooled RTZR utterances.
 
-The Twilio reader calls :meth:`Call.on_event` synchronously for every frame: decoding, resampling and
+Typed on :mod:`engine.media`'s vendor-neutral events, never on a provider's messages: the provider's
+reader (Twilio's in ``engine/twilio/server.py``) calls :meth:`Call.on_event` synchronously for every
+chunk (μ-law or L16, any rate, any length): decoding, resampling and
 endpointing run inline (microseconds), and audio toward RTZR goes into the utterance's buffer, so the
 reader never waits on STT. Each utterance is transcribed by its own task in the call's nursery: lease
 a socket, stream the audio in batches, ``Finalize`` at the endpoint, wait for the final under
@@ -25,15 +27,15 @@ from engine.budgets import BudgetExpired, Budgets
 from engine.config import Config
 from engine.endpointing import Endpointer, SpeechAudio, SpeechEnded, SpeechStarted, make_classifier
 from engine.log import get_logger
+from engine.media import AudioReceived, DropCounts, MediaEvent, StreamStarted, StreamStopped
 from engine.metrics import Registry
 from engine.stt import LeaseLike, PoolLike, SttResult, SttUnavailable
 from engine.turns import TurnTracker
-from engine.twilio.protocol import Media, Started, StreamStats, TwilioEvent
 from engine.utterance import UtteranceAudio
 
 log = get_logger(__name__)
 
-TWILIO_RATE = 8000
+FRAME_MS = 20  # the unit of CallStats.frames_* (Twilio's frame; a longer chunk counts its whole frames)
 
 
 class Emit(Protocol):
@@ -86,18 +88,18 @@ class CallStats:
 
 
 class Call:
-    """One Twilio stream's pipeline (the server's CallHandler)."""
+    """One media stream's pipeline (a provider server's CallHandler)."""
 
     def __init__(
         self,
-        started: Started,
+        started: StreamStarted,
         *,
         config: Config,
         pool: PoolLike,
         emit: Emit,
         metrics: Registry,
         budgets: Budgets,
-        stream_stats: StreamStats | None = None,
+        stream_stats: DropCounts | None = None,
         duplicate: int = 0,
         on_ended: Callable[[], None] | None = None,
     ) -> None:
@@ -110,15 +112,23 @@ class Call:
         self.stream_stats = stream_stats
         self.on_ended = on_ended
         # A second live socket with the same streamSid (seen from Twilio) gets its own utterance ids.
-        self.utterance_prefix = started.stream_sid if not duplicate else f"{started.stream_sid}~{duplicate}"
-        self.call_sid = started.call_sid
-        self.stream_sid = started.stream_sid
+        self.utterance_prefix = started.stream_id if not duplicate else f"{started.stream_id}~{duplicate}"
+        self.call_sid = started.call_id
+        self.stream_sid = started.stream_id
         self.stats = CallStats()
         ep_cfg = config.endpointing
         self.ep_rate = ep_cfg.sample_rate
         self.stt_rate = config.rtzr.sample_rate
         self.stt_mulaw = config.rtzr.encoding == "MULAW"
-        self.to_endpointer = Resampler(TWILIO_RATE, self.ep_rate)
+        self.in_rate = started.sample_rate
+        self.to_endpointer = Resampler(self.in_rate, self.ep_rate)
+        # Decoding is chosen once per stream: the per-chunk path is one call, as when it was μ-law only.
+        mono_mulaw = started.encoding == "mulaw" and started.channels == 1
+        self._decode: Callable[[bytes], np.ndarray[Any, np.dtype[np.int16]]] = (
+            mulaw.decode if mono_mulaw else self._decode_general)
+        self._frame_bytes = started.frame_bytes
+        self._carry = b""  # an L16 sample (or a multi-channel frame) split across chunks
+        self._bytes_per_frame = max(1, int(started.bytes_per_ms * FRAME_MS))
         clf = make_classifier(ep_cfg.classifier, self.ep_rate, frame_ms=ep_cfg.frame_ms)
         self.endpointer = Endpointer(ep_cfg, classifier=clf)
         self.turns = TurnTracker(ep_cfg.turn_ms)
@@ -126,7 +136,7 @@ class Call:
         self.stt_bytes_per_ms = self.stt_rate * self.stt_sample_bytes / 1000
         # Every sample the STT gets is a decoded μ-law code (nothing resampled on the way): the utterance
         # buffers keep the codes, half the memory of LINEAR16 (engine/utterance.py).
-        self._compact = not self.stt_mulaw and self.ep_rate == TWILIO_RATE == self.stt_rate
+        self._compact = mono_mulaw and not self.stt_mulaw and self.ep_rate == self.in_rate == self.stt_rate
         self.batch_bytes = int(config.call.send_batch_ms * self.stt_bytes_per_ms)
         self.buffer_limit_bytes = int(config.call.audio_buffer_ms * self.stt_bytes_per_ms)
         self._current: Utterance | None = None
@@ -151,17 +161,20 @@ class Call:
         self._h_stt = metrics.histogram("final_stt_ms", "Finalize → final")
         self._h_endpoint = metrics.histogram("final_endpoint_ms", "last speech audio → endpoint decision")
         self.emit(ev.CallStarted(
-            call_sid=self.call_sid, stream_sid=self.stream_sid, account_sid=started.account_sid,
-            tracks=list(started.tracks), custom_parameters=dict(started.custom_parameters), sample_rate=TWILIO_RATE,
+            call_sid=self.call_sid, stream_sid=self.stream_sid, account_sid=started.account_id,
+            tracks=list(started.tracks), custom_parameters=dict(started.custom_parameters), sample_rate=self.in_rate,
         ))
         if duplicate:
             self._error("duplicate_stream", f"another socket for stream {self.stream_sid} is live; this one's "
                         f"utterance ids start with {self.utterance_prefix}:")
 
     # -- reader side (synchronous, never blocks) -----------------------------------------------
-    def on_event(self, event: TwilioEvent) -> None:
-        if isinstance(event, Media):
+    def on_event(self, event: MediaEvent) -> None:
+        """Audio and the stream's end; DTMF and marks are the application channel's, not the pipeline's."""
+        if type(event) is AudioReceived:
             self._on_media(event)
+        elif type(event) is StreamStopped:
+            self.on_close(event.reason)
 
     def on_close(self, reason: str) -> None:
         """The stream ended (stop, close, errors): close the open utterance; run() then finishes."""
@@ -171,18 +184,33 @@ class Call:
         self._handle(self.endpointer.end())
         self._spawn_send.close()
 
-    def _on_media(self, media: Media) -> None:
-        frames = max(1, len(media.payload) // 160)
+    def _on_media(self, media: AudioReceived) -> None:
+        frames = max(1, len(media.payload) // self._bytes_per_frame)
         if media.filled:
             self.stats.frames_filled += frames
         else:
             self.stats.frames_received += frames
-        pcm = mulaw.decode(media.payload)
+        pcm = self._decode(media.payload)
         self._handle(self.endpointer.push(self.to_endpointer.process(pcm)))
         turn = self.turns.advance(self.endpointer.position * 1000 / self.ep_rate,
                                   continuation_possible=self.endpointer.continuation_possible)
         if turn is not None:
             self._emit_turn(turn)
+
+    def _decode_general(self, payload: bytes) -> np.ndarray[Any, np.dtype[np.int16]]:
+        """L16 (little-endian) or multi-channel audio → mono int16; a split sample waits for the next chunk."""
+        if self._carry:
+            payload = self._carry + payload
+            self._carry = b""
+        if cut := len(payload) % self._frame_bytes:
+            self._carry = payload[-cut:]
+            payload = payload[:-cut]
+        l16 = self.started.encoding == "l16"
+        pcm = np.frombuffer(payload, dtype="<i2").astype(np.int16) if l16 else mulaw.decode(payload)
+        channels = self.started.channels
+        if channels > 1:
+            pcm = (pcm.reshape(-1, channels).sum(axis=1, dtype=np.int32) // channels).astype(np.int16)
+        return pcm
 
     def _handle(self, events: list[Any]) -> None:
         for event in events:

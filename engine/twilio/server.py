@@ -35,10 +35,14 @@ from engine.audio import mulaw
 from engine.budgets import BudgetExpired, Budgets
 from engine.config import Config
 from engine.log import get_logger
+from engine.media import AudioReceived, DtmfReceived, MarkReached, MediaEvent, StreamStarted, StreamStopped
 from engine.metrics import Counter, Histogram, Registry
 from engine.twilio.protocol import (
+    BYTES_PER_MS,
     FRAME_BYTES,
     SILENCE,
+    Dtmf,
+    Mark,
     Media,
     Started,
     Stopped,
@@ -82,12 +86,13 @@ class CallHostLike(Protocol):
 class CallHandler(Protocol):
     """The per-call pipeline as the server drives it.
 
-    ``on_event`` is called synchronously from the reader for every event after ``Started``
-    (``Stopped`` included) and must not block. ``run`` runs next to the reader and returns once it
-    has seen ``Stopped`` or ``on_close``. ``on_close(reason)`` is called exactly once.
+    ``on_event`` is called synchronously from the reader with the vendor-neutral event
+    (:mod:`engine.media`, see :func:`media_event`) of every Twilio event after ``Started`` (``Stopped``
+    included) and must not block. ``run`` runs next to the reader and returns once it has seen
+    ``StreamStopped`` or ``on_close``. ``on_close(reason)`` is called exactly once.
     """
 
-    def on_event(self, event: TwilioEvent) -> None: ...
+    def on_event(self, event: MediaEvent) -> None: ...
 
     async def run(self) -> None: ...
 
@@ -456,7 +461,9 @@ class TwilioServer:
         call ends as any failing call does, and no other call notices).
         """
         for event in pending:
-            handler.on_event(event)
+            neutral = media_event(event)
+            if neutral is not None:
+                handler.on_event(neutral)
             if isinstance(event, Stopped):
                 return "stop"
         reactor = self._reactor
@@ -598,15 +605,51 @@ class _CallReader:
             except _EndCall as end:
                 return end.reason
             for event in events:
-                handler.on_event(event)
-                if type(event) is Media:
+                if type(event) is Media:  # the per-frame case, translated inline (media_event does the same)
+                    handler.on_event(AudioReceived(event.payload, event.offset / BYTES_PER_MS, event.filled))
                     if not event.filled:
                         base = trio.current_time() - event.offset / 8000
                         self.origin = min(self.origin, base)
                         self.lag.observe((base - self.origin) * 1000)
-                elif isinstance(event, Stopped):
+                    continue
+                neutral = media_event(event)
+                if neutral is not None:
+                    handler.on_event(neutral)
+                if type(event) is Stopped:
                     return "stop"
             self.count += 1
             if self.count % _STATS_FLUSH_EVERY == 0:
                 self.reporter.flush(self.proto.stream_sid)
         return None
+
+
+# -- Twilio → vendor-neutral media events (engine/media.py): all a call sees of Twilio's messages ----------
+
+
+def stream_started(started: Started) -> StreamStarted:
+    """Twilio's ``start`` as the neutral stream description the call is built from."""
+    fmt = started.media_format  # TwilioStream accepted only audio/x-mulaw 8000 Hz mono
+    return StreamStarted(stream_id=started.stream_sid, call_id=started.call_sid, encoding="mulaw",
+                         sample_rate=fmt.sample_rate, channels=fmt.channels,
+                         custom_parameters=dict(started.custom_parameters), provider="twilio",
+                         account_id=started.account_sid, tracks=started.tracks)
+
+
+def media_event(event: TwilioEvent) -> MediaEvent | None:
+    """One Twilio event after ``start`` → its neutral event (``None`` for what a call has no use for)."""
+    kind = type(event)
+    if kind is Media:
+        assert isinstance(event, Media)
+        return AudioReceived(event.payload, event.offset / BYTES_PER_MS, event.filled)
+    if kind is Dtmf:
+        assert isinstance(event, Dtmf)
+        return DtmfReceived(event.digit)
+    if kind is Mark:
+        assert isinstance(event, Mark)
+        return MarkReached(event.name)
+    if kind is Stopped:
+        return StreamStopped("stop")
+    if kind is Started:
+        assert isinstance(event, Started)
+        return stream_started(event)
+    return None  # Connected: before start, nothing to tell the call

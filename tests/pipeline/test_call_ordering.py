@@ -12,9 +12,9 @@ from engine import events as ev
 from engine.budgets import Budgets
 from engine.call import Call
 from engine.config import BudgetsConfig, Config, EndpointingConfig
+from engine.media import AudioReceived, StreamStarted
 from engine.metrics import Registry
 from engine.rtzr.tracker import LeaseResult
-from engine.twilio.protocol import Media, MediaFormat, Started
 
 from .test_pipeline_e2e import phrase_call
 
@@ -66,8 +66,8 @@ async def test_a_later_utterance_answered_first_waits_for_the_earlier_one(autoju
     audio, texts = phrase_call(["diary", "tonight", "ate"])
     pool = ScriptedPool([SlowFinalLease(4.0, texts[0]), SlowFinalLease(0.1, texts[1]), SlowFinalLease(0.1, texts[2])])
     events: list[ev.Event] = []
-    started = Started(stream_sid="MZ1", call_sid="CA1", account_sid="AC1", tracks=("inbound",), custom_parameters={},
-                      media_format=MediaFormat(encoding="audio/x-mulaw", sample_rate=8000, channels=1))
+    started = StreamStarted(stream_id="MZ1", call_id="CA1", account_id="AC1", encoding="mulaw", sample_rate=8000,
+                      provider="test")
     # end_ms 200: one utterance per demo phrase (the default 80 makes its 90 ms word gaps continuations)
     config = Config(endpointing=EndpointingConfig(end_ms=200))
     call = Call(started, config=config, pool=pool, emit=events.append, metrics=Registry(),
@@ -76,7 +76,7 @@ async def test_a_later_utterance_answered_first_waits_for_the_earlier_one(autoju
         async with trio.open_nursery() as nursery:
             nursery.start_soon(call.run)
             for i in range(0, len(audio), 160):
-                call.on_event(Media(payload=audio[i:i + 160], timestamp_ms=i // 8))
+                call.on_event(AudioReceived(audio[i:i + 160], i / 8))
                 await trio.sleep(0.02)  # real-time pacing on the mock clock
             call.on_close("stop")
     finals = [e for e in events if isinstance(e, ev.TranscriptFinal)]

@@ -16,11 +16,11 @@ from engine.audio import mulaw
 from engine.budgets import BudgetExpired, Budgets
 from engine.call import Call
 from engine.config import BudgetsConfig, Config, EndpointingConfig
+from engine.media import AudioReceived, StreamStarted
 from engine.metrics import Registry
 from engine.rtzr.emulator import EmulatorConfig
 from engine.rtzr.stream import RtzrSocketLost
 from engine.rtzr.tracker import LeaseResult
-from engine.twilio.protocol import Media, MediaFormat, Started
 from engine.twilio.simulator import load_audio, simulate_call
 
 from .test_pipeline_e2e import DEMO, make_config, phrase_call, running_engine
@@ -92,15 +92,15 @@ async def test_server_cut_final_then_unanswered_finalize_is_one_outcome(
     """Defect 2: the utterance got a transcript.final and, 2 s later, an error 'budget finalize expired'."""
     audio, _ = phrase_call(["diary"])
     events: list[ev.Event] = []
-    started = Started(stream_sid="MZ1", call_sid="CA1", account_sid="AC1", tracks=("inbound",), custom_parameters={},
-                      media_format=MediaFormat(encoding="audio/x-mulaw", sample_rate=8000, channels=1))
+    started = StreamStarted(stream_id="MZ1", call_id="CA1", account_id="AC1", encoding="mulaw", sample_rate=8000,
+                      provider="test")
     call = Call(started, config=ONE_PER_PHRASE, pool=OneLeasePool(), emit=events.append, metrics=Registry(),
                 budgets=Budgets(BudgetsConfig(finalize=2000)))
     with trio.fail_after(60):
         async with trio.open_nursery() as nursery:
             nursery.start_soon(call.run)
             for i in range(0, len(audio), 160):
-                call.on_event(Media(payload=audio[i:i + 160], timestamp_ms=i // 8))
+                call.on_event(AudioReceived(audio[i:i + 160], i / 8))
                 await trio.sleep(0.02)
             call.on_close("stop")
     got = assert_one_outcome_each(events)
@@ -133,14 +133,14 @@ class CutThenLostPool:
 
 
 def _call(pool: object, events: list[ev.Event], budgets: BudgetsConfig) -> Call:
-    started = Started(stream_sid="MZ1", call_sid="CA1", account_sid="AC1", tracks=("inbound",), custom_parameters={},
-                      media_format=MediaFormat(encoding="audio/x-mulaw", sample_rate=8000, channels=1))
+    started = StreamStarted(stream_id="MZ1", call_id="CA1", account_id="AC1", encoding="mulaw", sample_rate=8000,
+                      provider="test")
     return Call(started, config=ONE_PER_PHRASE, pool=pool, emit=events.append, metrics=Registry(), budgets=Budgets(budgets))
 
 
 async def _play(call: Call, audio: bytes) -> None:
     for i in range(0, len(audio), 160):
-        call.on_event(Media(payload=audio[i:i + 160], timestamp_ms=i // 8))
+        call.on_event(AudioReceived(audio[i:i + 160], i / 8))
         await trio.sleep(0.02)
     call.on_close("stop")
 

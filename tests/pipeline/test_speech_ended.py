@@ -9,8 +9,8 @@ from engine import events as ev
 from engine.budgets import Budgets
 from engine.call import Call
 from engine.config import BudgetsConfig, Config, EndpointingConfig
+from engine.media import StreamStarted
 from engine.metrics import Registry
-from engine.twilio.protocol import MediaFormat, Started
 from engine.twilio.simulator import simulate_call
 
 from .test_pipeline_e2e import make_config, phrase_call, running_engine
@@ -53,8 +53,8 @@ async def test_speech_ended_at_end_of_stream_mid_utterance() -> None:
 
 async def test_call_builds_its_classifier_with_the_configured_frame_ms() -> None:
     """Defect: call.py built the classifier without frame_ms, so frame_ms=10 still ran 20 ms frames."""
-    started = Started(stream_sid="MZ1", call_sid="CA1", account_sid="AC1", tracks=("inbound",), custom_parameters={},
-                      media_format=MediaFormat(encoding="audio/x-mulaw", sample_rate=8000, channels=1))
+    started = StreamStarted(stream_id="MZ1", call_id="CA1", account_id="AC1", encoding="mulaw", sample_rate=8000,
+                      provider="test")
     for frame_ms, samples in ((10, 80), (20, 160), (30, 240)):
         config = Config(endpointing=EndpointingConfig(frame_ms=frame_ms))
         call = Call(started, config=config, pool=None, emit=lambda e: None,  # type: ignore[arg-type]

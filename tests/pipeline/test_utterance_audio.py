@@ -10,14 +10,14 @@ from engine.audio import mulaw
 from engine.budgets import Budgets
 from engine.call import Call
 from engine.config import BudgetsConfig, Config, RtzrConfig
+from engine.media import AudioReceived, StreamStarted
 from engine.metrics import Registry
-from engine.twilio.protocol import Media, MediaFormat, Started
 from engine.utterance import UtteranceAudio
 
 from .test_pipeline_e2e import phrase_call
 
-STARTED = Started(stream_sid="MZ1", call_sid="CA1", account_sid="AC1", tracks=("inbound",), custom_parameters={},
-                  media_format=MediaFormat(encoding="audio/x-mulaw", sample_rate=8000, channels=1))
+STARTED = StreamStarted(stream_id="MZ1", call_id="CA1", account_id="AC1", encoding="mulaw", sample_rate=8000,
+                      provider="test")
 
 
 def test_every_mulaw_code_survives_compact_storage_in_any_chunking() -> None:
@@ -50,7 +50,7 @@ def _utterance_bytes(compact: bool, audio: bytes) -> list[bytes]:
     assert call._compact  # LINEAR16 at 8 kHz, endpointer at 8 kHz: the compact case
     call._compact = compact
     for i in range(0, len(audio) - 159, 160):
-        call.on_event(Media(audio[i:i + 160], i // 8, offset=i))
+        call.on_event(AudioReceived(audio[i:i + 160], i / 8))
     call.on_close("stop")
     return [u.audio.read(0, u.audio.size) for u in call._open]
 

@@ -15,7 +15,7 @@ import pytest
 import trio
 from trio_websocket import ConnectionClosed
 
-from engine.twilio.protocol import Media
+from engine.media import AudioReceived
 from engine.twilio.reactor import KEEP, PAUSE, Reactor
 from engine.twilio.server import CallHandler, TwilioSession
 from tests.twilio.test_twilio_protocol import connected, media, start, stop
@@ -202,7 +202,7 @@ class RaisingHandler(RecordingHandler):
     """A pipeline bug in the per-frame path: raises on the frame whose payload starts with 0x7E."""
 
     def on_event(self, event: object) -> None:
-        if isinstance(event, Media) and event.payload[:1] == b"\x7e":
+        if isinstance(event, AudioReceived) and event.payload[:1] == b"\x7e":
             raise RuntimeError("per-frame bug")
         super().on_event(event)  # type: ignore[arg-type]
 

@@ -13,7 +13,8 @@ import trio
 from trio_websocket import ConnectionClosed, WebSocketConnection, open_websocket
 
 from engine.log import JsonLinesFormatter
-from engine.twilio.protocol import Mark, Media, Started
+from engine.media import AudioReceived, MarkReached
+from engine.twilio.protocol import Started
 from engine.twilio.server import CallHandler, TwilioSession
 from engine.twilio.signature import compute_signature
 from engine.twilio.simulator import simulate_call
@@ -169,7 +170,7 @@ async def test_dtmf_and_close_without_stop() -> None:
             await wait_for(lambda: srv.handlers[0].close_reasons)
     handler = srv.handlers[0]
     assert handler.close_reasons == ["closed"] and not handler.saw_stop
-    assert [type(e).__name__ for e in handler.events] == ["Media", "Dtmf"]
+    assert [type(e).__name__ for e in handler.events] == ["AudioReceived", "DtmfReceived"]
 
 
 async def test_read_idle_timeout_ends_a_silent_call() -> None:
@@ -241,7 +242,7 @@ async def test_outbound_media_is_played_and_mark_echoed() -> None:
     assert report.ok
     assert report.media_received_bytes == 960 and report.played_bytes == 960
     assert report.marks_received == 1 and report.marks_echoed == 1
-    assert Mark("played") in handlers[0].events
+    assert MarkReached("played") in handlers[0].events
     assert not await handlers[0].session.send_mark("after close")
 
 
@@ -267,8 +268,8 @@ async def test_clear_echoes_all_pending_marks_at_once() -> None:
         async with running_server(factory=factory) as srv:
             report = await simulate_call(srv.url, b"\xff" * 8000, auth_token=TOKEN, speed="realtime")
             await wait_for(lambda: handlers and handlers[0].close_reasons)
-    marks = [e for e in handlers[0].events if isinstance(e, Mark)]
-    assert marks == [Mark("a"), Mark("b")]
+    marks = [e for e in handlers[0].events if isinstance(e, MarkReached)]
+    assert marks == [MarkReached("a"), MarkReached("b")]
     assert report.clears_received == 1 and report.marks_echoed == 2
     assert report.played_bytes < 16000  # playback was interrupted
 
@@ -385,4 +386,4 @@ async def test_start_info_reaches_the_session() -> None:
     assert isinstance(session.started, Started)
     assert session.stream_sid.startswith("MZ") and session.call_sid.startswith("CA")
     assert json.dumps(session.custom_parameters) == '{"lang": "ko"}'
-    assert srv.handlers[0].events[0] == Media(b"\x01\x02", 52, False, 0)
+    assert srv.handlers[0].events[0] == AudioReceived(b"\x01\x02", 0.0)  # ms from the stream's first sample

@@ -11,9 +11,9 @@ import trio
 
 from engine.audio import mulaw
 from engine.config import Config
+from engine.media import AudioReceived, MediaEvent, StreamStopped
 from engine.metrics import Registry
 from engine.nursery import CallHost
-from engine.twilio.protocol import Media, Stopped, TwilioEvent
 from engine.twilio.server import CallHandler, TwilioServer, TwilioSession
 
 TOKEN = "test-auth-token-123"
@@ -24,7 +24,7 @@ class RecordingHandler:
 
     def __init__(self, session: TwilioSession) -> None:
         self.session = session
-        self.events: list[TwilioEvent] = []
+        self.events: list[MediaEvent] = []
         self.pcm: list[np.ndarray] = []
         self.samples = 0
         self.filled_bytes = 0
@@ -33,15 +33,15 @@ class RecordingHandler:
         self.done = trio.Event()
         self.run_returned = False
 
-    def on_event(self, event: TwilioEvent) -> None:
+    def on_event(self, event: MediaEvent) -> None:
         self.events.append(event)
-        if isinstance(event, Media):
+        if isinstance(event, AudioReceived):
             pcm = mulaw.decode(event.payload)
             self.pcm.append(pcm)
             self.samples += len(pcm)
             if event.filled:
                 self.filled_bytes += len(event.payload)
-        elif isinstance(event, Stopped):
+        elif isinstance(event, StreamStopped):
             self.saw_stop = True
 
     async def run(self) -> None:
