@@ -295,13 +295,18 @@ class ControlledCall:
                 await self.call.run()
                 self.control.close()
         finally:
-            self.control.close()
-            if self.on_ended is not None:
-                self.on_ended()
+            self._ended()
 
     def on_close(self, reason: str) -> None:
-        self.control.close()
+        self._ended()
         self.call.on_close(reason)
+
+    def _ended(self) -> None:
+        """Once: the control is closed and unregistered before the call can emit ``call.ended``."""
+        self.control.close()
+        if self.on_ended is not None:
+            on_ended, self.on_ended = self.on_ended, None
+            on_ended()
 
 
 class CallHandlerLike(Protocol):

@@ -79,6 +79,10 @@ class AppHub:
         self.subscribers.append(sub)
         return sub
 
+    def live_calls(self, sub: Subscriber) -> list[str]:
+        """The stream_sids of the live calls ``sub`` follows."""
+        return [sid for sid, c in self.controls.items() if not c.closed and sub.follows(sid, c.call_sid)]
+
     def unsubscribe(self, sub: Subscriber) -> None:
         if sub in self.subscribers:
             self.subscribers.remove(sub)

@@ -53,10 +53,12 @@ AnyCommand = Play | Mark | Clear | Stop
 
 
 class Hello(Struct, tag_field="type", tag="channel.hello", kw_only=True):
-    """First message after the upgrade: what this connection receives (``"*"``: every call)."""
+    """First message after the upgrade: what this connection receives (``"*"``: every call), and the live
+    calls it follows now (their ``stream_sid``: an application that reconnects mid-call picks them up)."""
 
     subscribed: str
     queue: int
+    calls: list[str]
 
 
 class ChannelError(Struct, tag_field="type", tag="channel.error", kw_only=True):

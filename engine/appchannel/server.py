@@ -129,7 +129,8 @@ class AppChannelServer:
         try:
             with self.budgets.send():
                 await ws.accept()
-                await ws.send_text(msg.encode(msg.Hello(subscribed=call or "*", queue=self.config.queue)).decode())
+                await ws.send_text(msg.encode(msg.Hello(subscribed=call or "*", queue=self.config.queue,
+                                                        calls=self.hub.live_calls(sub))).decode())
             self._m_accepted.inc()
             self._m_live.inc()
             log.info("app_channel_connected", conn=conn, subscribed=call or "*", remote=ws.remote)
