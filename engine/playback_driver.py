@@ -107,7 +107,8 @@ class CallControl:
         self._outbox: deque[Output] = deque()
         self._wake = trio.Event()
         self._closed = False
-        self._stopping = False
+        self._stopping = False  # stop() was called: commands are refused from now on
+        self._end_requested = False
         self._position_ms = 0.0  # end of the inbound audio seen so far, on the call timeline
         self._speech: tuple[str, float] | None = None  # (utterance_id, start_ms) that may barge in
         self._m_frames = metrics.counter("playback_frames_total", "20 ms frames of application audio sent to Twilio")
@@ -226,9 +227,9 @@ class CallControl:
             if not await self._flush():
                 self._closed = True  # the socket is gone or stalled: the call is ending
                 return
-            if self._stopping:
+            if self._stopping and not self._end_requested:
+                self._end_requested = True
                 self.session.end("app_stop")
-                self._stopping = False
             due = self.core.next_due(trio.current_time())
             if due is not None and due <= trio.current_time():
                 continue
