@@ -175,7 +175,8 @@ class PlaybackConfig(_Section):
 
     # Audio sent ahead of real time: Twilio holds at most this much, so a clear (barge-in) drops at most
     # this much and the answer's first frame still goes out at once.
-    lead_ms: Annotated[int, Meta(ge=20, le=1000)] = 60
+    # 120 ms: a loaded host or a jittery path can delay a frame by tens of ms without the caller hearing a gap.
+    lead_ms: Annotated[int, Meta(ge=20, le=1000)] = 120
     max_queued_ms: Annotated[int, Meta(ge=1000, le=3_600_000)] = 300_000  # per call, queued and not yet sent
     # The caller speaking over playback clears it (playback.interrupted, reason barge_in) without a round trip
     # through the application, once the speech has lasted barge_in_min_speech_ms past its confirmed start.

@@ -65,7 +65,7 @@ def interrupted(events: list[ev.Event]) -> list[ev.PlaybackInterrupted]:
 
 @pytest.mark.parametrize("min_speech_ms", [0, 100, 300])
 async def test_barge_in_after_the_minimum_speech(autojump_clock: trio.testing.MockClock, min_speech_ms: int) -> None:
-    control, session, events = make(barge_in_min_speech_ms=min_speech_ms)
+    control, session, events = make(barge_in_min_speech_ms=min_speech_ms, lead_ms=60)
     async with trio.open_nursery() as nursery:
         nursery.start_soon(control.run)
         media_until(control, 0, 1000)
