@@ -10,7 +10,8 @@ driver's clock:
   the endpoint decision (``speech.ended.end_ms``): everything between the audio that completed the hangover
   leaving the caller and the answer arriving back (engine read + endpointer, event to the application over
   the channel, the application's decode and ``play``, the engine's decode, μ-law, pacing, the send);
-- of which event: the ``speech.ended`` message reaching the application (the rest is the answer's way back);
+- of which event: the ``speech.ended`` message reaching the application, and answer back: the application's
+  ``play`` → the answer's first frame at the call (the new path of issue 14);
 - caller's last speech → answer = the same, from the frame carrying the end of the last speech audio (adds
   the endpointer's hangover, ``endpointing.end_ms``, a policy, not engine work).
 
@@ -32,7 +33,11 @@ from pathlib import Path
 import _common as c
 import numpy as np
 import trio
+import wsproto
+from loadgen import client_text_frame
 from trio_websocket import open_websocket
+from wsproto.connection import ConnectionType
+from wsproto.events import AcceptConnection, RejectConnection, Request, TextMessage
 
 from engine.audio import mulaw
 from engine.twilio.protocol import (
@@ -52,6 +57,7 @@ from engine.twilio.protocol import (
 )
 
 SECRET = "bench-app-secret"
+SID_MARK = b"MZ" + b"#" * 10  # the length of the bench's streamSids (MZbench00000)
 PHRASE = Path(__file__).resolve().parents[1] / "engine" / "demo" / "phrases" / "thanks.wav"
 GAP_MS = 1000
 ANSWER = mulaw.encode((np.sin(np.arange(1600) / 4) * 6000).astype(np.int16))  # 200 ms
@@ -80,42 +86,69 @@ def call_audio(turns: int) -> bytes:
     return mulaw.encode(np.concatenate([np.zeros(400 * 8, np.int16), *([one] * turns)]))
 
 
-async def run_call(port: int, state: CallState, audio: bytes, delay: float) -> None:
+async def run_call(port: int, state: CallState, frames: list[bytes], delay: float) -> None:
+    """One call on a raw socket: frames pre-encoded with the zero mask (as bench/loadgen.py does, so the
+    driver is not the limit at 100 calls), received frames parsed by wsproto, marks echoed at once."""
     await trio.sleep(delay)
-    async with open_websocket("127.0.0.1", port, "/twilio/media", use_ssl=False) as ws:
-        seq = 0
+    stream = await trio.open_tcp_stream("127.0.0.1", port)
+    ws = wsproto.WSConnection(ConnectionType.CLIENT)
+    await stream.send_all(ws.send(Request(host=f"127.0.0.1:{port}", target="/twilio/media")))
+    accepted = False
+    while not accepted:
+        ws.receive_data(await stream.receive_some(65536))
+        for event in ws.events():
+            if isinstance(event, AcceptConnection):
+                accepted = True
+            elif isinstance(event, RejectConnection):
+                raise RuntimeError("rejected")
+    sid = state.sid.encode()
 
-        async def send(message: object) -> None:
-            nonlocal seq
-            if not isinstance(message, ConnectedMessage):
-                seq += 1
-                message.sequence_number = str(seq)  # type: ignore[attr-defined]
-            await ws.send_message(encode(message))  # type: ignore[arg-type]
+    async def send_text(text: str) -> None:
+        await stream.send_all(client_text_frame(text.encode()))
 
-        async def receive() -> None:
-            while True:
-                message = decode_outbound(await ws.get_message())
-                now = trio.current_time()
+    async def receive() -> None:
+        buffer = ""
+        while True:
+            data = await stream.receive_some(65536)
+            if not data:
+                return
+            ws.receive_data(data)
+            for event in ws.events():
+                if not isinstance(event, TextMessage):
+                    continue
+                buffer += event.data
+                if not event.message_finished:
+                    continue
+                message, buffer = decode_outbound(buffer), ""
                 if isinstance(message, OutboundMedia) and state.awaiting is not None:
-                    state.awaiting.answer_at = now
+                    state.awaiting.answer_at = trio.current_time()
                     state.awaiting = None
                 elif isinstance(message, OutboundMark):  # as if played at once: the answers are short
-                    await send(MarkMessage(stream_sid=state.sid, mark=MarkInfo(name=message.mark.name)))
+                    await send_text(encode(MarkMessage(stream_sid=state.sid, mark=MarkInfo(name=message.mark.name))))
 
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(receive)
-            await send(ConnectedMessage())
-            await send(StartMessage(stream_sid=state.sid, start=StartInfo(stream_sid=state.sid, call_sid="CA" + state.sid[2:],
-                                                                          media_format=MediaFormat())))
-            t0 = trio.current_time()
-            for i in range(len(audio) // 160):
-                await trio.sleep_until(t0 + (i + 1) * 0.02)
-                await send(MediaMessage(stream_sid=state.sid, media=InboundMedia(
-                    chunk=str(i + 1), timestamp=str(i * 20), payload=audio[i * 160:(i + 1) * 160])))
-                state.sent.append(trio.current_time())
-            await trio.sleep(0.5)
-            await send(StopMessage(stream_sid=state.sid))
-            nursery.cancel_scope.cancel()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(receive)
+        await send_text(encode(ConnectedMessage()))
+        await send_text(encode(StartMessage(stream_sid=state.sid, sequence_number="1", start=StartInfo(
+            stream_sid=state.sid, call_sid="CA" + state.sid[2:], media_format=MediaFormat()))))
+        t0 = trio.current_time()
+        for i, frame in enumerate(frames):
+            await trio.sleep_until(t0 + (i + 1) * 0.02)
+            await stream.send_all(frame.replace(SID_MARK, sid, 1))
+            state.sent.append(trio.current_time())
+        await trio.sleep(0.5)
+        await send_text(encode(StopMessage(stream_sid=state.sid)))
+        await trio.sleep(0.2)
+        nursery.cancel_scope.cancel()
+    await stream.aclose()
+
+
+def encode_frames(audio: bytes) -> list[bytes]:
+    """Every media message of a call, framed once, with a placeholder streamSid of the same length."""
+    return [client_text_frame(encode(MediaMessage(
+        stream_sid=SID_MARK.decode(), sequence_number=str(i + 2),
+        media=InboundMedia(chunk=str(i + 1), timestamp=str(i * 20), payload=audio[i * 160:(i + 1) * 160]))).encode())
+        for i in range(len(audio) // 160)]
 
 
 async def run_app(port: int, calls: dict[str, CallState], ready: trio.Event) -> None:
@@ -135,21 +168,32 @@ async def run_app(port: int, calls: dict[str, CallState], ready: trio.Event) -> 
 
 
 async def drive(twilio_port: int, app_port: int, n: int, turns: int) -> list[CallState]:
-    audio = call_audio(turns)
+    frames = encode_frames(call_audio(turns))
     calls = {f"MZbench{i:05d}": CallState(f"MZbench{i:05d}") for i in range(n)}
+    assert all(len(sid) == len(SID_MARK) for sid in calls)
     ready = trio.Event()
     async with trio.open_nursery() as nursery:
         nursery.start_soon(run_app, app_port, calls, ready)
         await ready.wait()
         async with trio.open_nursery() as call_nursery:
             for i, state in enumerate(calls.values()):
-                call_nursery.start_soon(run_call, twilio_port, state, audio, i * 0.0137 % 1.0)
+                call_nursery.start_soon(run_call, twilio_port, state, frames, i * 0.0137 % 1.0)
         nursery.cancel_scope.cancel()
     return list(calls.values())
 
 
+def sender_lag(calls: list[CallState]) -> float:
+    """p99 of how late the driver sent its frames (vs t0 + (i + 1) * 20 ms): above a few ms the rig is the limit."""
+    lags = []
+    for state in calls:
+        if state.sent:
+            t0 = state.sent[0] - 0.02
+            lags.extend((t - (t0 + (i + 1) * 0.02)) * 1000 for i, t in enumerate(state.sent))
+    return round(c.pcts(lags)[2], 2) if lags else 0.0
+
+
 def measure(calls: list[CallState]) -> dict[str, object]:
-    added, event, total = [], [], []
+    added, event, total, back = [], [], [], []
     missing = 0
     for state in calls:
         for t in state.turns:
@@ -161,9 +205,11 @@ def measure(calls: list[CallState]) -> dict[str, object]:
             added.append((t.answer_at - state.sent[end_frame]) * 1000)
             event.append((t.event_at - state.sent[end_frame]) * 1000)
             total.append((t.answer_at - state.sent[speech_frame]) * 1000)
+            back.append((t.answer_at - t.event_at) * 1000)
     p = lambda v: tuple(round(x, 2) for x in c.pcts(v)) if v else None  # noqa: E731
     return {"turns": len(added), "missing": missing, "engine_added_p50_p90_p99": p(added),
-            "event_p50_p90_p99": p(event), "last_speech_to_answer_p50_p90_p99": p(total),
+            "event_p50_p90_p99": p(event), "answer_back_p50_p90_p99": p(back), "sender_lag_p99": sender_lag(calls),
+            "last_speech_to_answer_p50_p90_p99": p(total),
             "engine_added_max": round(max(added), 2) if added else None}
 
 

@@ -292,11 +292,19 @@ class ControlledCall:
     async def run(self) -> None:
         try:
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(self.control.run)
+                nursery.start_soon(self._run_control)
                 await self.call.run()
                 self.control.close()
         finally:
             self._ended()
+
+    async def _run_control(self) -> None:
+        """Playback failing (a bug) ends playback, never the call's transcription."""
+        try:
+            await self.control.run()
+        except Exception as exc:
+            log.error("playback_failed", stream_sid=self.control.stream_sid, exc=exc)
+            self.control.close()
 
     def on_close(self, reason: str) -> None:
         self._ended()
