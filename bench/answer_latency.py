@@ -12,6 +12,8 @@ driver's clock:
   the channel, the application's decode and ``play``, the engine's decode, μ-law, pacing, the send);
 - of which event: the ``speech.ended`` message reaching the application, and answer back: the application's
   ``play`` → the answer's first frame at the call (the new path of issue 14);
+- engine play → first frame: the engine's own histogram ``playback_start_ms`` (play command accepted → first
+  frame written), bucket upper bounds;
 - caller's last speech → answer = the same, from the frame carrying the end of the last speech audio (adds
   the endpointer's hangover, ``endpointing.end_ms``, a policy, not engine work).
 
@@ -102,9 +104,14 @@ async def run_call(port: int, state: CallState, frames: list[bytes], delay: floa
             elif isinstance(event, RejectConnection):
                 raise RuntimeError("rejected")
     sid = state.sid.encode()
+    lock = trio.StrictFIFOLock()  # the frame sender and the mark echoes share the socket
+
+    async def send_raw(data: bytes) -> None:
+        async with lock:
+            await stream.send_all(data)
 
     async def send_text(text: str) -> None:
-        await stream.send_all(client_text_frame(text.encode()))
+        await send_raw(client_text_frame(text.encode()))
 
     async def receive() -> None:
         buffer = ""
@@ -134,7 +141,7 @@ async def run_call(port: int, state: CallState, frames: list[bytes], delay: floa
         t0 = trio.current_time()
         for i, frame in enumerate(frames):
             await trio.sleep_until(t0 + (i + 1) * 0.02)
-            await stream.send_all(frame.replace(SID_MARK, sid, 1))
+            await send_raw(frame.replace(SID_MARK, sid, 1))
             state.sent.append(trio.current_time())
         await trio.sleep(0.5)
         await send_text(encode(StopMessage(stream_sid=state.sid)))
@@ -182,6 +189,16 @@ async def drive(twilio_port: int, app_port: int, n: int, turns: int) -> list[Cal
     return list(calls.values())
 
 
+def bucket_quantile(metrics: dict[str, float], name: str, q: float) -> float | None:
+    """Upper bound of the histogram bucket holding quantile ``q`` (the engine's own view, coarse)."""
+    buckets = sorted((float(key.split('le="')[1].split('"')[0]), value) for key, value in metrics.items()
+                     if key.startswith(name + "_bucket{"))
+    if not buckets or not buckets[-1][1]:
+        return None
+    total = buckets[-1][1]
+    return next(le for le, count in buckets if count >= q * total)
+
+
 def sender_lag(calls: list[CallState]) -> float:
     """p99 of how late the driver sent its frames (vs t0 + (i + 1) * 20 ms): above a few ms the rig is the limit."""
     lags = []
@@ -215,7 +232,8 @@ def measure(calls: list[CallState]) -> dict[str, object]:
 
 def run(n: int, turns: int, workdir: Path) -> dict[str, object]:
     emu_port, port, admin, app_port = c.free_port(), c.free_port(), c.free_port(), c.free_port()
-    emulator = c.start_emulator(emu_port, max_sessions=max(20, n * 2), log=workdir / f"emu-{n}.log", cpu=1)
+    # cheap: no recognition (STT is not on the answer's path; the emulator shares core 1 with this driver)
+    emulator = c.start_emulator(emu_port, max_sessions=max(20, n * 2), log=workdir / f"emu-{n}.log", cpu=1, cheap=True)
     try:
         engine = c.start_engine(port, admin, emu_port, cpu=0, events=workdir / f"events-{n}.jsonl",
                                 log=workdir / f"engine-{n}.log", env={"SORI_APP_SECRET": SECRET},
@@ -228,8 +246,10 @@ def run(n: int, turns: int, workdir: Path) -> dict[str, object]:
             result = measure(calls)
             result["engine_cpu_pct"] = round(c.CpuSample.take(c.real_pid(engine)).percent_since(before), 1)
             metrics = c.scrape_metrics(admin)
-            result["app_channel_dropped"] = c.metric(metrics, "app_channel_events_dropped_total")
-            result["twilio_send_timeouts"] = c.metric(metrics, "twilio_send_timeouts_total")
+            result["engine_play_to_first_frame_p50_p99_bucket_ms"] = (bucket_quantile(metrics, "sori_playback_start_ms", 0.5),
+                                                                   bucket_quantile(metrics, "sori_playback_start_ms", 0.99))
+            result["app_channel_dropped"] = c.metric(metrics, "sori_app_channel_events_dropped_total")
+            result["twilio_send_timeouts"] = c.metric(metrics, "sori_twilio_send_timeouts_total")
         finally:
             c.stop(engine)
     finally:
@@ -242,11 +262,15 @@ def main() -> None:
     ap.add_argument("--n", type=int, nargs="+", default=[1, 100])
     ap.add_argument("--turns-1", type=int, default=25, help="turns per call when n == 1")
     ap.add_argument("--turns-n", type=int, default=3, help="turns per call when n > 1")
+    ap.add_argument("--pin-driver", action="store_true", help="run this driver on core 1 (the engine is on core 0)")
     args = ap.parse_args()
+    if args.pin_driver and hasattr(os, "sched_setaffinity") and (os.cpu_count() or 1) > 1:
+        os.sched_setaffinity(0, {1})
     print(c.machine(), f"loadavg {os.getloadavg()[0]:.2f}", flush=True)
     with tempfile.TemporaryDirectory() as tmp:
+        work = Path(os.environ.get("ANSWER_BENCH_DIR") or tmp)
         for n in args.n:
-            print(json.dumps(run(n, args.turns_1 if n == 1 else args.turns_n, Path(tmp))), flush=True)
+            print(json.dumps(run(n, args.turns_1 if n == 1 else args.turns_n, work)), flush=True)
     print(f"loadavg after {os.getloadavg()[0]:.2f}")
 
 

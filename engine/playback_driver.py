@@ -46,6 +46,7 @@ log = get_logger(__name__)
 
 Encoding = Literal["mulaw", "pcm16"]
 MIN_RATE, MAX_RATE = 4000, 192_000
+START_BUCKETS_MS = (0.1, 0.25, 0.5, 1, 2, 5, 10, 20, 50, 100, 200, 500, 1000)
 
 
 class OutboundSession(Protocol):
@@ -114,6 +115,9 @@ class CallControl:
         self._m_frames = metrics.counter("playback_frames_total", "20 ms frames of application audio sent to Twilio")
         self._m_barge = metrics.counter("playback_barge_in_total", "playbacks cleared because the caller spoke")
         self._m_plays = metrics.counter("playback_started_total", "playbacks started")
+        self._h_start = metrics.histogram("playback_start_ms", "play command accepted → its first frame written to "
+                                          "Twilio (when nothing was playing)", buckets=START_BUCKETS_MS)
+        self._queued_at: dict[str, float] = {}  # playback_id -> when play was accepted, while nothing played
 
     @property
     def closed(self) -> bool:
@@ -126,7 +130,10 @@ class CallControl:
         data = to_mulaw8k(audio, encoding, sample_rate)
         if self._closed or self._stopping:
             raise PlaybackError("call_ended", "play: the call has ended")
+        idle = not self.core.active
         pid = self.core.play(data, playback_id)
+        if idle:
+            self._queued_at[pid] = trio.current_time()
         self._wake.set()
         return pid
 
@@ -140,6 +147,7 @@ class CallControl:
         if self._closed:
             return
         outputs, notices = self.core.clear(trio.current_time(), reason)
+        self._queued_at.clear()
         self._outbox.clear()  # frames not yet written are dropped with the rest
         self._outbox.extend(outputs)
         self._notify(notices)
@@ -227,6 +235,11 @@ class CallControl:
             if not await self._flush():
                 self._closed = True  # the socket is gone or stalled: the call is ending
                 return
+            if self._queued_at and any(isinstance(n, Started) for n in notices):
+                now = trio.current_time()
+                for n in notices:
+                    if isinstance(n, Started) and (at := self._queued_at.pop(n.playback_id, None)) is not None:
+                        self._h_start.observe((now - at) * 1000)
             if self._stopping and not self._end_requested:
                 self._end_requested = True
                 self.session.end("app_stop")
