@@ -29,7 +29,8 @@ async def test_simulator_records_the_answer_and_echoes_marks_when_heard() -> Non
             assert report.ok, report.error
             assert len(report.heard) == 1
             seg = report.heard[0]
-            assert abs((seg["end_s"] - seg["start_s"]) - 0.3 - report.underrun_ms / 1000) < 0.005
+            # 300 ms heard, plus the gaps if the loaded host let it run dry (sub-ms gaps are not counted as underruns)
+            assert 0.3 - 0.001 <= seg["end_s"] - seg["start_s"] <= 0.3 + report.underrun_ms / 1000 + 0.02
             # heard after the endpoint decision (its audio had to arrive first), well before the call ended
             assert seg["start_s"] >= answer_at[0] / 1000
             [end_mark] = report.marks_heard
