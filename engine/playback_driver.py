@@ -243,6 +243,8 @@ class CallControl:
             if self._stopping and not self._end_requested:
                 self._end_requested = True
                 self.session.end("app_stop")
+            if self._closed:  # closed while a send was in flight: close()'s wake-up is already spent
+                return
             due = self.core.next_due(trio.current_time())
             if due is not None and due <= trio.current_time():
                 continue

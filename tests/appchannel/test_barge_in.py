@@ -162,3 +162,22 @@ def test_audio_conversion() -> None:
     for bad in ((b"\x00", "pcm16", 8000), (b"\x00\x00", "pcm16", 1000), (b"\x00", "mulaw", 16000)):
         with pytest.raises(PlaybackError):
             to_mulaw8k(*bad)  # type: ignore[arg-type]
+
+
+async def test_close_while_a_send_is_in_flight_ends_the_task(autojump_clock: trio.testing.MockClock) -> None:
+    """Defect: close() during a send left the task waiting on a fresh wake-up event forever."""
+    control, session, _ = make()
+    gate = trio.Event()
+
+    async def slow_send(audio: bytes) -> bool:
+        await gate.wait()
+        return True
+
+    session.send_media = slow_send  # type: ignore[method-assign]
+    with trio.fail_after(5):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(control.run)
+            control.play_nowait(b"\x00" * 1600)
+            await trio.sleep(0.01)  # the task is inside the send
+            control.close()
+            gate.set()
