@@ -1,7 +1,9 @@
 """Assembles the engine: token manager, RTZR pool, sinks, admin and Twilio servers under the supervisor.
 
 ``serve(config, on_event=...)`` is the embedding API (run it with ``trio.run`` or inside your own
-nursery with ``nursery.start``); ``sori serve`` and ``sori demo`` use it too.
+nursery with ``nursery.start``); ``sori serve`` and ``sori demo`` use it too. ``engine.control(stream_sid)``
+is the application's handle on a live call (play, mark, clear, stop), the same one the application channel
+(``app_channel``, a WebSocket on its own listener) drives.
 
 Start order: admin first (so /livez and /metrics answer, and /readyz explains what is missing, while
 the RTZR pool warms up; a taken admin port also fails fast, before any RTZR socket is opened), then
@@ -13,19 +15,21 @@ from __future__ import annotations
 
 import gc
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 import trio
 
 from engine.admin import AdminServer, Readiness
+from engine.appchannel import AppChannelServer, AppHub
 from engine.budgets import Budgets
 from engine.call import Call
 from engine.config import Config
 from engine.events import Event
 from engine.log import get_logger
 from engine.metrics import Registry
-from engine.nursery import StartupError, Supervisor, root_cause
+from engine.nursery import Service, StartupError, Supervisor, root_cause
+from engine.playback_driver import CallControl, ControlledCall
 from engine.report.live import LiveStatus
 from engine.rtzr import RtzrPool, TokenManager
 from engine.rtzr.budget import session_budget
@@ -61,11 +65,24 @@ class Engine:
     admin: AdminServer
     readiness: Readiness
     stt_service: object | None = None  # what an SttLauncher started (the in-process emulator), if any
+    hub: AppHub | None = None
+    app_channel: AppChannelServer | None = None
+    controls: dict[str, CallControl] = field(default_factory=dict)
 
     @property
     def emulator(self) -> object | None:
         """The in-process STT service (the RTZR emulator in tests and the demo); None on the real RTZR."""
         return self.stt_service
+
+    def control(self, stream_sid: str) -> CallControl | None:
+        """The live call's handle (``play``, ``mark``, ``clear``, ``stop``), from its ``call.started`` on."""
+        return self.controls.get(stream_sid)
+
+    @property
+    def app_url(self) -> str:
+        """The local WebSocket URL of the application channel (when enabled)."""
+        assert self.app_channel is not None, "app_channel.enabled is false"
+        return f"ws://{self.config.app_channel.host}:{self.app_channel.port}{self.config.app_channel.path}"
 
     @property
     def twilio_url(self) -> str:
@@ -150,38 +167,62 @@ def build(config: Config, *, on_event: Callable[[Event], None] | None = None, ha
     pool = RtzrPool(config.rtzr, tokens, budgets, metrics,
                     session_budget(config.redis, config.rtzr.pool.max_sessions, metrics))
     sinks = EventSinks(config.sinks, metrics, on_event=on_event)
+    controls: dict[str, CallControl] = {}
+    hub = AppHub(controls, metrics)
+    app_channel = AppChannelServer(config.app_channel, hub, metrics=metrics, budgets=budgets) \
+        if config.app_channel.enabled else None
+    listen = {AdminServer.name: (config.server.admin_host, config.server.admin_port),
+              TwilioServer.name: (config.server.host, config.server.port)}
+    if app_channel is not None:
+        listen[AppChannelServer.name] = (config.app_channel.host, config.app_channel.port)
     supervisor = Supervisor([], budgets=budgets, metrics=metrics, handle_signals=handle_signals,
-                            listen_addresses={
-                                AdminServer.name: (config.server.admin_host, config.server.admin_port),
-                                TwilioServer.name: (config.server.host, config.server.port),
-                            })
+                            listen_addresses=listen)
 
     live_streams: dict[str, int] = {}  # streamSid -> live sockets (Twilio has opened two for one call)
     live = LiveStatus(pool, tokens, metrics)  # the admin /status page (issue 15)
 
     def emit(event: Event) -> None:
+        """The engine's one emit path: the live status page, the sinks (and on_event), the application channel."""
         live.observe(event)
         sinks.emit(event)
+        hub.publish(event)
 
-    def new_call(session: TwilioSession) -> Call:
+    def new_call(session: TwilioSession) -> ControlledCall:
         sid = session.stream_sid
         duplicate = live_streams.get(sid, 0)
         live_streams[sid] = duplicate + 1
+        started = stream_started(session.started)
+        control = CallControl(session, config.playback, emit, metrics, bytes_per_ms=started.bytes_per_ms)
+        controls.setdefault(sid, control)  # a duplicate socket of a live stream is not addressable
 
         def ended() -> None:
             live_streams[sid] -= 1
             if not live_streams[sid]:
                 del live_streams[sid]
 
-        return Call(stream_started(session.started), config=config, pool=pool, emit=emit, metrics=metrics, budgets=budgets,
+        def control_ended() -> None:
+            if controls.get(sid) is control:
+                del controls[sid]
+
+        def call_emit(event: Event) -> None:
+            emit(event)
+            control.on_engine_event(event)  # barge-in: after speech.started went out
+
+        call = Call(started, config=config, pool=pool, emit=call_emit, metrics=metrics,
+                    budgets=budgets,
                     stream_stats=session.stats, duplicate=duplicate, on_ended=ended)
+        return ControlledCall(call, control, on_ended=control_ended)
 
     twilio = TwilioServer(config, host=supervisor, handler_factory=new_call, metrics=metrics, budgets=budgets)
     readiness = engine_readiness(supervisor, tokens, twilio, pool)
     admin = AdminServer(config.server.admin_host, config.server.admin_port, metrics, readiness.reason,
                         status=lambda: live.page(readiness.reason(), draining=supervisor.draining.is_set()))
-    supervisor.services = [admin, tokens, pool, sinks, twilio]
-    return Engine(config, supervisor, metrics, sinks, pool, tokens, twilio, admin, readiness, stt_service)
+    services: list[Service] = [admin, tokens, pool, sinks, twilio]
+    if app_channel is not None:
+        services.insert(-1, app_channel)  # applications can connect before the first call
+    supervisor.services = services
+    return Engine(config, supervisor, metrics, sinks, pool, tokens, twilio, admin, readiness, stt_service,
+                  hub=hub, app_channel=app_channel, controls=controls)
 
 
 def engine_readiness(supervisor: Supervisor, tokens: TokenManager, twilio: TwilioServer, pool: RtzrPool) -> Readiness:

@@ -190,6 +190,34 @@ class RedisConfig(_Section):
     retry_ms: PositiveMs = 500
 
 
+class PlaybackConfig(_Section):
+    """Audio the application plays into calls (engine/playback.py): pacing and barge-in."""
+
+    # Audio sent ahead of real time: Twilio holds at most this much, so a clear (barge-in) drops at most
+    # this much and the answer's first frame still goes out at once.
+    # 120 ms: a loaded host or a jittery path can delay a frame by tens of ms without the caller hearing a gap.
+    lead_ms: Annotated[int, Meta(ge=20, le=1000)] = 120
+    max_queued_ms: Annotated[int, Meta(ge=1000, le=3_600_000)] = 300_000  # per call, queued and not yet sent
+    # The caller speaking over playback clears it (playback.interrupted, reason barge_in) without a round trip
+    # through the application, once the speech has lasted barge_in_min_speech_ms past its confirmed start.
+    barge_in: bool = True
+    barge_in_min_speech_ms: Annotated[int, Meta(ge=0, le=10_000)] = 0
+
+
+class AppChannelConfig(_Section):
+    """The application channel (docs/app-channel.md): a WebSocket, on its own listener, where an application
+    receives its calls' events and sends play/mark/clear/stop. The secret comes from ``SORI_APP_SECRET``."""
+
+    enabled: bool = False
+    host: str = "127.0.0.1"
+    port: Port = 8081
+    path: str = "/app"
+    secret: str | None = None
+    queue: Annotated[int, Meta(ge=1, le=1_000_000)] = 2000  # events waiting for a slow application, per connection
+    max_message_bytes: Annotated[int, Meta(ge=1024, le=64 * 1024 * 1024)] = 8 * 1024 * 1024
+    max_connections: Annotated[int, Meta(ge=1, le=100_000)] = 100
+
+
 class LogConfig(_Section):
     """JSON-lines logs on stderr."""
 
@@ -206,6 +234,8 @@ class Config(_Section):
     sinks: SinksConfig = msgspec.field(default_factory=SinksConfig)
     twilio: TwilioConfig = msgspec.field(default_factory=TwilioConfig)
     call: CallConfig = msgspec.field(default_factory=CallConfig)
+    playback: PlaybackConfig = msgspec.field(default_factory=PlaybackConfig)
+    app_channel: AppChannelConfig = msgspec.field(default_factory=AppChannelConfig)
     log: LogConfig = msgspec.field(default_factory=LogConfig)
     redis: RedisConfig = msgspec.field(default_factory=RedisConfig)
 
@@ -216,11 +246,12 @@ class Config(_Section):
             self.twilio.auth_token,
             self.sinks.webhook_secret,
             urllib.parse.urlsplit(self.redis.url).password if self.redis.url else None,
+            self.app_channel.secret,
         ]
         return [v for v in values if v]
 
 
-SECRET_KEYS = frozenset({"rtzr.client_secret", "twilio.auth_token", "sinks.webhook_secret"})
+SECRET_KEYS = frozenset({"rtzr.client_secret", "twilio.auth_token", "sinks.webhook_secret", "app_channel.secret"})
 
 # Environment variables with conventional names; everything else is SORI_<SECTION>_<KEY>.
 NAMED_ENV = {
@@ -229,6 +260,7 @@ NAMED_ENV = {
     "RTZR_API_BASE": "rtzr.api_base",
     "RTZR_WS_URL": "rtzr.ws_url",
     "TWILIO_AUTH_TOKEN": "twilio.auth_token",
+    "SORI_APP_SECRET": "app_channel.secret",
 }
 
 

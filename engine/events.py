@@ -140,7 +140,47 @@ class ErrorEvent(Event, tag="error"):
     utterance_id: str | None = None
 
 
-AnyEvent = CallStarted | SpeechStarted | SpeechEnded | TranscriptPartial | TranscriptFinal | TurnEnded | CallEnded | ErrorEvent
+class PlaybackStarted(Event, tag="playback.started"):
+    """The first frame of a playback went to Twilio (``duration_ms``: its whole length)."""
+
+    playback_id: str
+    duration_ms: float
+
+
+class PlaybackFinished(Event, tag="playback.finished"):
+    """Twilio reported the playback's last frame played (it echoed sori's mark behind it)."""
+
+    playback_id: str
+    duration_ms: float
+
+
+class PlaybackInterrupted(Event, tag="playback.interrupted"):
+    """The playback was cut before it finished: ``reason`` ``clear`` (the application), ``barge_in`` (the
+    caller spoke), ``stop`` or ``call_ended``; ``played_ms``: how much the caller heard, estimated from
+    sori's pacing clock (0 for a playback that never started)."""
+
+    playback_id: str
+    played_ms: float
+    duration_ms: float
+    reason: Literal["clear", "barge_in", "stop", "call_ended"]
+
+
+class MarkReached(Event, tag="mark"):
+    """An application mark: the audio queued before it has played (``cleared``: it was dropped by a clear
+    or the call's end before that audio played)."""
+
+    name: str
+    cleared: bool = False
+
+
+class Dtmf(Event, tag="dtmf"):
+    """The caller pressed a key (Twilio's inbound ``dtmf`` message)."""
+
+    digit: str
+
+
+AnyEvent = (CallStarted | SpeechStarted | SpeechEnded | TranscriptPartial | TranscriptFinal | TurnEnded | CallEnded
+            | ErrorEvent | PlaybackStarted | PlaybackFinished | PlaybackInterrupted | MarkReached | Dtmf)
 
 _encoder = msgspec.json.Encoder()
 _decoder: msgspec.json.Decoder[AnyEvent] = msgspec.json.Decoder(AnyEvent)

@@ -36,6 +36,8 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--set", dest="assign", action="append", default=[], metavar="KEY=VALUE",
                    help="override a setting, e.g. --set endpointing.end_ms=120")
     p.add_argument("--log-level", default="warning", choices=["debug", "info", "warning", "error"])
+    p.add_argument("--agent", action="store_true",
+                   help="answer every final with a phrase clip (playback through the engine), timing each turn")
 
 
 @dataclass
@@ -47,6 +49,7 @@ class DemoResult:
     errors: list[ev.ErrorEvent] = field(default_factory=list)
     ended: ev.CallEnded | None = None
     report: Any = None
+    agent: Any = None
 
 
 class Printer:
@@ -89,6 +92,14 @@ def _describe(event: ev.Event) -> str:
         return f"turn ended     «{event.text}»"
     if isinstance(event, ev.ErrorEvent):
         return f"ERROR  {event.kind}: {event.message}"
+    if isinstance(event, ev.PlaybackStarted):
+        return f"AGENT  ▶ {event.playback_id} ({event.duration_ms:.0f} ms)"
+    if isinstance(event, ev.PlaybackFinished):
+        return f"AGENT  ■ {event.playback_id} finished"
+    if isinstance(event, ev.PlaybackInterrupted):
+        return f"AGENT  ✂ {event.playback_id} interrupted ({event.reason}) after {event.played_ms:.0f} ms"
+    if isinstance(event, ev.Dtmf):
+        return f"dtmf           {event.digit}"
     if isinstance(event, ev.CallEnded):
         return (f"call ended     {event.reason}: {event.utterances} utterances, {event.finals} finals, "
                 f"{event.audio_sent_s:.2f}s of audio sent to STT, {event.errors} errors")
@@ -149,14 +160,18 @@ def _pad(text: str, width: int) -> str:
 
 
 async def run_demo(config: Config, audio_path: Path, *, out: IO[str], as_json: bool = False,
-                   speed: str = "realtime") -> DemoResult:
+                   speed: str = "realtime", agent: bool = False) -> DemoResult:
     """Engine + emulator in-process, one simulated call; returns what happened."""
-    from engine.app import serve
+    from engine.app import Engine, serve
+    from engine.demo.agent import Agent
     from engine.twilio.simulator import load_audio, simulate_call
 
     result = DemoResult()
     printer = Printer(out, as_json=as_json)
     call_done = trio.Event()
+    engines: list[Engine] = []
+    if agent:
+        result.agent = Agent(lambda sid: engines[0].control(sid) if engines else None, None if as_json else out)
 
     def on_event(event: ev.Event) -> None:
         result.events.append(event)
@@ -168,10 +183,13 @@ async def run_demo(config: Config, audio_path: Path, *, out: IO[str], as_json: b
             result.ended = event
             call_done.set()
         printer(event)
+        if result.agent is not None:
+            result.agent(event)
 
     audio = load_audio(str(audio_path))
     async with trio.open_nursery() as nursery:
         engine = await nursery.start(_serve, serve, config, on_event)
+        engines.append(engine)
         with trio.move_on_after(config.budgets.auth / 1000 + config.budgets.connect / 1000):
             await engine.wait_ready()  # /readyz: token held, listener bound, spares open
         if not as_json:
@@ -182,7 +200,8 @@ async def run_demo(config: Config, audio_path: Path, *, out: IO[str], as_json: b
             out.write(f"playing {audio_path.name} ({len(audio) / 8000:.1f}s) as a signed Twilio Media Stream...\n\n")
         result.report = await simulate_call(engine.twilio_url, audio, auth_token=config.twilio.auth_token,
                                             speed="fast" if speed == "fast" else "realtime",
-                                            trailing_silence_ms=1000, custom_parameters={"demo": "true"})
+                                            trailing_silence_ms=2000 if agent else 1000,
+                                            custom_parameters={"demo": "true"})
         with trio.move_on_after(config.budgets.finalize / 1000 + 5):
             await call_done.wait()
         engine.shutdown()
@@ -212,10 +231,16 @@ def run_cli(args: argparse.Namespace) -> int:
     if not audio_path.exists():
         print(f"sori demo: {audio_path}: no such file", file=sys.stderr)
         return 2
-    result = trio.run(lambda: run_demo(config, audio_path, out=sys.stdout, as_json=args.json, speed=args.speed))
+    result = trio.run(lambda: run_demo(config, audio_path, out=sys.stdout, as_json=args.json, speed=args.speed,
+                                       agent=args.agent))
     labels = json.loads(DEMO_LABELS.read_text())["phrases"] if audio_path == DEMO_AUDIO else None
     if not args.json:
         print("\n" + latency_table(result.finals, labels))
+        if result.agent is not None:
+            print("\n" + result.agent.table())
+            heard = result.report.heard if result.report is not None else []
+            print("the simulated caller heard: " + (", ".join(f"{h['start_s']:.2f}–{h['end_s']:.2f}s" for h in heard)
+                                                  or "nothing"))
         print("\nText comes from the RTZR emulator's phrasebook (emulated, not real recognition); latencies are "
               "measured with its 100 ms handshake and 150 ms final delay.")
         if result.ended is not None:  # issue 15: point at this call's report

@@ -121,6 +121,8 @@ class TwilioSession:
         self._budgets = budgets
         self._send_timeouts = send_timeouts
         self._usable = True
+        self.ended_by: str | None = None  # set by end(): why the application ended the stream
+        self._end_scope: trio.CancelScope | None = None  # the reader's, while it reads
 
     @property
     def stream_sid(self) -> str:
@@ -159,6 +161,14 @@ class TwilioSession:
     async def clear(self) -> bool:
         """Drop audio Twilio has queued (barge-in); Twilio echoes every pending mark."""
         return await self._send(encode_clear(self.stream_sid))
+
+    def end(self, reason: str = "app_stop") -> None:
+        """End the media stream from our side (the application's ``stop``): the reader stops, the WebSocket is
+        closed with 1000, and the call finishes as on Twilio's ``stop``."""
+        if self.ended_by is None:
+            self.ended_by = reason
+        if self._end_scope is not None:
+            self._end_scope.cancel()
 
     async def _send(self, text: str) -> bool:
         if not self._usable:
@@ -416,10 +426,16 @@ class TwilioServer:
             with trio.CancelScope() as grace:
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(self._run_handler, handler, started.stream_sid)
-                    reason = await self._read(ws, proto, handler, fd=fd, pending=pending, errors=errors,
-                                              reporter=reporter, debug=debug)
+                    with trio.CancelScope() as session._end_scope:  # session.end() cancels the read
+                        if session.ended_by is not None:
+                            session._end_scope.cancel()
+                        reason = await self._read(ws, proto, handler, fd=fd, pending=pending, errors=errors,
+                                                  reporter=reporter, debug=debug)
+                    session._end_scope = None
+                    if reason == "cancelled" and session.ended_by is not None:
+                        reason = session.ended_by
                     close_once(reason)
-                    await self._close(ws, 1000 if reason in ("stop", "closed") else 1008, reason)
+                    await self._close(ws, 1000 if reason in ("stop", "closed", "app_stop") else 1008, reason)
                     # The handler finishes its work (last finals) on its own, within the drain budget.
                     grace.deadline = trio.current_time() + self.budgets.drain.seconds
             if grace.cancelled_caught:

@@ -5,7 +5,10 @@ It opens a signed upgrade with Twilio's headers, sends ``connected`` and ``start
 sequence numbers, chunks and timestamps (the first timestamp is not 0), optionally with jitter
 (which bunches frames into bursts, as after a network stall) and dropped frames, then ``stop`` and
 a close. What the server sends back is played in real time; marks are echoed when the audio queued
-before them has played, and all pending marks at once on ``clear``.
+before them has played, and all pending marks at once on ``clear``. What was played is reported as
+segments heard on the call's timeline (``CallReport.heard``: when each playback started and stopped being
+heard, 0 = the start of the caller's first frame) and can be recorded to a WAV (``--record``), silence
+where the engine played nothing.
 
 Pacing sleeps to absolute deadlines (``t0 + i * 20 ms``), so there is no drift over long calls.
 """
@@ -60,6 +63,7 @@ from engine.twilio.protocol import (
 from engine.twilio.signature import compute_signature
 
 FRAME_S = 0.020
+SEGMENT_GAP_S = 0.1  # a longer silence between played frames starts a new heard segment (another playback)
 USER_AGENT = b"Twilio.TmeWs/1.0"
 RAW_SUFFIXES = (".ulaw", ".mulaw", ".raw", ".ul", ".mu")
 Speed = Literal["realtime", "fast"]
@@ -149,6 +153,17 @@ def pcm_to_mulaw8k(pcm: npt.NDArray[np.float32], rate: int) -> bytes:
     return mulaw.encode(ints)
 
 
+def write_wav(path: str | os.PathLike[str], mulaw_audio: bytes) -> None:
+    """μ-law 8 kHz → a 16-bit PCM mono WAV file."""
+    import wave
+
+    with wave.open(str(path), "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(8000)
+        w.writeframes(mulaw.decode(mulaw_audio).astype("<i2").tobytes())
+
+
 def frames_of(mulaw_audio: bytes) -> list[bytes]:
     """Split into 160-byte frames; the last one is padded with silence, as Twilio always sends 160."""
     frames = [mulaw_audio[i:i + FRAME_BYTES] for i in range(0, len(mulaw_audio), FRAME_BYTES)]
@@ -186,6 +201,11 @@ class CallReport:
     error: str | None = None
     duration_s: float = 0.0
     received_audio: bytes = b""
+    heard: list[dict[str, float]] = field(default_factory=list)  # {"start_s", "end_s"} per playback heard
+    marks_heard: list[dict[str, str | float]] = field(default_factory=list)  # {"name", "at_s"} echo times
+    played_audio: bytes = b""  # μ-law on the call timeline (``record=True``)
+    underruns: int = 0  # gaps inside a playback (the server's audio arrived after the previous frame had played)
+    underrun_ms: float = 0.0
 
     @property
     def ok(self) -> bool:
@@ -197,11 +217,17 @@ class CallReport:
         line = (f"call {self.index}: {self.stream_sid} frames={self.frames_sent} dropped={self.frames_dropped} "
                 f"media_in={self.media_received_bytes}B marks_echoed={self.marks_echoed} "
                 f"close={self.close_code} {self.duration_s:.2f}s")
-        return line + (f" error={self.error}" if self.error else "")
+        line += (f" error={self.error}" if self.error else "")
+        for i, seg in enumerate(self.heard):
+            line += f"\n  playback {i + 1} heard from {seg['start_s']:.3f}s to {seg['end_s']:.3f}s"
+        if self.underruns:
+            line += f"\n  {self.underruns} underruns ({self.underrun_ms:.0f} ms of gaps inside playbacks)"
+        return line
 
     def to_json(self) -> dict[str, object]:
         out = asdict(self)
         out.pop("received_audio")
+        out.pop("played_audio")
         out["ok"] = self.ok
         return out
 
@@ -237,11 +263,15 @@ class _Sender:
 class _Player:
     """Plays server audio at real time; echoes marks when reached, all pending ones on clear."""
 
-    def __init__(self, sender: _Sender, report: CallReport, *, realtime: bool, keep: bool) -> None:
+    def __init__(self, sender: _Sender, report: CallReport, *, realtime: bool, keep: bool, record: bool = False) -> None:
         self.sender = sender
         self.report = report
         self.realtime = realtime
         self.keep = keep
+        self.record = record
+        self.origin: float | None = None  # trio time of the call timeline's 0 (set by the streaming task)
+        self.timeline = bytearray()  # what was heard, μ-law, on the call timeline
+        self.segment: dict[str, float] | None = None  # the playback being heard
         self.queue: deque[tuple[bool, bytes | str]] = deque()  # (is_mark, audio or name)
         self.wake = trio.Event()
         self.idle = trio.Event()
@@ -260,8 +290,17 @@ class _Player:
         self.queue.clear()
         if self.scope is not None:
             self.scope.cancel()
+        if self.segment is not None:  # the audio being heard stops now
+            self.segment["end_s"] = round(min(self.segment["end_s"], self._now_s()), 4)
+            self.segment = None
+            if self.record and self.realtime:
+                del self.timeline[max(0, round(self._now_s() * 8000)):]
+        self.play_until = min(self.play_until, trio.current_time())
         for name in marks:
             await self.echo(str(name))
+
+    def _now_s(self) -> float:
+        return trio.current_time() - (self.origin if self.origin is not None else 0.0)
 
     async def echo(self, name: str) -> None:
         try:
@@ -269,6 +308,27 @@ class _Player:
         except (ConnectionClosed, trio.TooSlowError):
             return  # the call is ending; the streaming task reports why
         self.report.marks_echoed += 1
+        self.report.marks_heard.append({"name": name, "at_s": round(self._now_s(), 4)})
+
+    def _heard(self, chunk: bytes, start: float) -> None:
+        """Note ``chunk`` as heard from trio time ``start``: a new segment after a gap, and the recording."""
+        origin = self.origin if self.origin is not None else start
+        at_s = start - origin
+        end_s = at_s + len(chunk) / 8000
+        seg = self.segment
+        if seg is None or at_s > seg["end_s"] + SEGMENT_GAP_S:
+            seg = self.segment = {"start_s": round(at_s, 4), "end_s": round(end_s, 4)}
+            self.report.heard.append(seg)
+        else:
+            if at_s > seg["end_s"] + 0.001:  # the audio ran dry for a moment: a glitch a caller would hear
+                self.report.underruns += 1
+                self.report.underrun_ms = round(self.report.underrun_ms + (at_s - seg["end_s"]) * 1000, 1)
+            seg["end_s"] = round(end_s, 4)
+        if self.record:
+            pos = max(0, round(at_s * 8000))
+            if pos > len(self.timeline):
+                self.timeline += bytes([SILENCE]) * (pos - len(self.timeline))
+            self.timeline[pos:pos + len(chunk)] = chunk
 
     async def run(self) -> None:
         while True:
@@ -282,8 +342,10 @@ class _Player:
                 await self.echo(str(value))
                 continue
             assert isinstance(value, bytes)
+            start = max(self.play_until, trio.current_time())
+            self.play_until = start + len(value) / 8000
+            self._heard(value, start)
             if self.realtime:
-                self.play_until = max(self.play_until, trio.current_time()) + len(value) / 8000
                 with trio.CancelScope() as self.scope:
                     await trio.sleep_until(self.play_until)
                 self.scope = None
@@ -309,6 +371,7 @@ async def simulate_call(
     connect_timeout: float = 10.0,
     send_timeout: float = 5.0,
     keep_received: bool = False,
+    record: bool = False,
 ) -> CallReport:
     """Play ``mulaw_audio`` (8 kHz μ-law) into ``url`` as one Twilio Media Stream.
 
@@ -339,12 +402,12 @@ async def simulate_call(
                                   extra_headers=headers, message_queue_size=64,
                                   connect_timeout=connect_timeout, disconnect_timeout=send_timeout) as ws:
             sender = _Sender(ws, report.stream_sid, send_timeout)
-            player = _Player(sender, report, realtime=speed == "realtime", keep=keep_received)
+            player = _Player(sender, report, realtime=speed == "realtime", keep=keep_received, record=record)
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(player.run)
                 nursery.start_soon(_receive, ws, player, report)
                 try:
-                    await _stream(sender, frames, report, rng, account_sid=account_sid, speed=speed,
+                    await _stream(sender, frames, report, rng, player, account_sid=account_sid, speed=speed,
                                   jitter_ms=jitter_ms, drop_rate=drop_rate, tracks=tracks,
                                   custom_parameters=dict(custom_parameters or {}), dtmf=dtmf or {})
                 except ConnectionClosed:
@@ -354,6 +417,8 @@ async def simulate_call(
                 nursery.cancel_scope.cancel()
             if keep_received:
                 report.received_audio = bytes(player.received)
+            if record:
+                report.played_audio = bytes(player.timeline)
         closed = ws.closed
         if closed is not None:
             report.close_code, report.close_reason = closed.code, closed.reason
@@ -365,7 +430,7 @@ async def simulate_call(
     return report
 
 
-async def _stream(sender: _Sender, frames: list[bytes], report: CallReport, rng: random.Random, *,
+async def _stream(sender: _Sender, frames: list[bytes], report: CallReport, rng: random.Random, player: _Player, *,
                   account_sid: str, speed: Speed, jitter_ms: float, drop_rate: float, tracks: Sequence[str],
                   custom_parameters: dict[str, str], dtmf: Mapping[int, str]) -> None:
     sid = report.stream_sid
@@ -375,6 +440,7 @@ async def _stream(sender: _Sender, frames: list[bytes], report: CallReport, rng:
         custom_parameters=custom_parameters, media_format=MediaFormat())))
     first_ts = rng.randrange(20, 120)
     t0 = trio.current_time()
+    player.origin = t0  # frame i carries the audio of [i * 20 ms, (i + 1) * 20 ms) on the call timeline
     last_send = t0
     track = "inbound" if "inbound" in tracks else tracks[0]
     for i, frame in enumerate(frames):
@@ -457,6 +523,9 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=None, help="seed for SIDs, jitter and drops")
     p.add_argument("--sign-url", default=None, help="URL to sign if not the one connected to (behind a proxy)")
     p.add_argument("--json", action="store_true", help="print one JSON document instead of summary lines")
+    p.add_argument("--record", metavar="FILE.wav", default=None,
+                   help="write what the engine played (8 kHz, on the call's timeline) to this WAV; with --calls N "
+                        "each call gets FILE-<n>.wav")
 
 
 def run_cli(args: argparse.Namespace) -> int:
@@ -482,7 +551,13 @@ def run_cli(args: argparse.Namespace) -> int:
         auth_token=token, speed=args.speed, jitter_ms=args.jitter_ms, drop_rate=args.drop_rate,
         custom_parameters=params, trailing_silence_ms=args.trailing_silence_ms, sign_url=args.sign_url,
     )
-    reports = trio.run(run)
+    reports = trio.run(functools.partial(run, record=bool(args.record)))
+    if args.record:
+        for r in reports:
+            path = Path(args.record)
+            if len(reports) > 1:
+                path = path.with_name(f"{path.stem}-{r.index}{path.suffix or '.wav'}")
+            write_wav(path, r.played_audio)
     out = io.StringIO()
     if args.json:
         doc = {"calls": [r.to_json() for r in reports],
