@@ -19,6 +19,7 @@ from engine.app import Engine, serve
 from engine.audio import mulaw
 from engine.config import Config, cli_overrides, load
 from engine.rtzr.emulator import EmulatorConfig
+from engine.rtzr.emulator.local import in_process
 from engine.twilio.protocol import (
     ConnectedMessage,
     DtmfInfo,
@@ -88,8 +89,8 @@ async def running_engine(config: Config) -> AsyncIterator[tuple[Engine, Collecto
     emu = EmulatorConfig(host="127.0.0.1", port=0, handshake_ms=20, final_ms=60)
     async with trio.open_nursery() as nursery:
         engine: Engine = await nursery.start(
-            lambda task_status: serve(config, on_event=collector, stt="emulator", handle_signals=False,
-                                      emulator_config=emu, task_status=task_status))
+            lambda task_status: serve(config, on_event=collector, stt=in_process(emu), handle_signals=False,
+                                      task_status=task_status))
         yield engine, collector
         engine.shutdown()
         engine.shutdown()
