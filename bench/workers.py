@@ -22,7 +22,12 @@ cgroup), or the frame lag failed while the worker was neither near its quota nor
 above ``--max-wait`` ms per s: other processes, not the quota, held it back). Capacity = the largest passing
 N per round; every configuration is run at every step once per round, the configurations alternating.
 
-    .venv/bin/python bench/workers.py --steps1 15 20 25 --steps2 30 40 50 --rounds 2 [--quota 0.4]
+``--steps2s``: a third configuration, two separate single-process engines (one per worker cgroup and core),
+each driven by its own load generator with half the calls: what two workers carry when the calls are spread
+evenly, to tell the workers' CPU scaling from how ``--workers 2``'s shared accept queue spreads the calls.
+
+    .venv/bin/python bench/workers.py --steps1 18 22 26 30 --steps2 28 36 44 52 --rounds 2 [--quota 0.4]
+    .venv/bin/python bench/workers.py --steps1 22 26 --steps2 36 44 --steps2s 36 44 52 --rounds 1
 
 The cgroups are removed at the end (also on failure or Ctrl-C). Needs root and a cgroup v1 ``cpu`` hierarchy;
 without them every step is marked INVALID ("no CPU quota") and measured unconfined.
@@ -144,6 +149,7 @@ class Step:
     calls: int
     round: int
     quota_pct: float  # each worker's quota, % of one core (nan: unconfined)
+    split: bool = False  # two separate engines, half the calls each (not --workers 2)
     worker_cpu: list[float] = field(default_factory=list)  # % of one core each
     throttled_pct: list[float] = field(default_factory=list)  # % of the window's periods throttled, per worker
     wait_ms_per_s: list[float] = field(default_factory=list)  # run-queue wait per second of wall time
@@ -165,6 +171,10 @@ class Step:
     invalid: list[str] = field(default_factory=list)
 
     @property
+    def config(self) -> str:
+        return f"{self.workers} engines" if self.split else f"{self.workers} worker{'s' if self.workers > 1 else ''}"
+
+    @property
     def cpu_ok(self) -> bool:
         return bool(self.worker_cpu) and all(x <= cap.RULE_CPU / 100 * self.quota_pct for x in self.worker_cpu)
 
@@ -178,97 +188,134 @@ class Step:
 
 
 def run_step(workers: int, n: int, round_: int, corpus: list[c.CorpusCall], work: Path, args: argparse.Namespace,
-             groups: list[Cgroup] | None, rig_group: Cgroup | None) -> Step:
-    s = Step(workers, n, round_, 100 * args.quota if groups else math.nan)
+             groups: list[Cgroup] | None, rig_group: Cgroup | None, *, split: bool = False) -> Step:
+    """One step. ``split``: not ``--workers 2`` but two separate single-process engines, each in its worker
+    cgroup and driven by its own load generator with half the calls (the calls spread evenly by construction:
+    what the workers would carry if the shared accept queue spread the calls evenly)."""
+    s = Step(workers, n, round_, 100 * args.quota if groups else math.nan, split=split)
     if groups is None:
         s.invalid.append("no CPU quota (cgroup set-up failed): the workers were unconfined")
-    tag = f"w{workers}-{n}-r{round_}"
-    emu_port, port, admin = c.free_port(), c.free_port(), c.free_port()
-    events, prog, out = work / f"events-{tag}.jsonl", work / f"progress-{tag}.jsonl", work / f"load-{tag}.json"
+    tag = f"w{workers}{'s' if split else ''}-{n}-r{round_}"
+    n_engines = workers if split else 1
+    per_engine = workers if not split else 1
+    shares = [n // n_engines + (1 if i < n % n_engines else 0) for i in range(n_engines)]
+    emu_port = c.free_port()
+    ports = [(c.free_port(), c.free_port()) for _ in range(n_engines)]
+    events = [work / f"events-{tag}-{i}.jsonl" for i in range(n_engines)]
+    progs = [work / f"progress-{tag}-{i}.jsonl" for i in range(n_engines)]
+    outs = [work / f"load-{tag}-{i}.json" for i in range(n_engines)]
+    for stale in (*events, *progs, *outs):  # appended to by the engine and the load generator
+        stale.unlink(missing_ok=True)
     emulator = c.start_emulator(emu_port, max_sessions=n + 50, log=work / f"emu-{tag}.log", cpu=None,
                                 final_ms=cap.FINAL_MS, cheap=True)
-    engine = gen = None
+    engines: list[subprocess.Popen[bytes]] = []
+    gens: list[subprocess.Popen[bytes]] = []
     try:
         if rig_group:
             rig_group.add(emulator.pid)
-        engine = c.start_engine(port, admin, emu_port, events=events, log=work / f"engine-{tag}.log", cpu=None,
-                                settings=[f"server.workers={workers}", f"rtzr.pool.max_sessions={(n + 20) * workers}",
-                                          "rtzr.pool.spare=10", f"server.admin_port={admin}"])
-        cap.wait_ready(admin, engine, timeout=90)
-        pids = worker_pids(engine, workers)
+        for i, (port, admin) in enumerate(ports):
+            engines.append(c.start_engine(
+                port, admin, emu_port, events=events[i], log=work / f"engine-{tag}-{i}.log", cpu=None,
+                settings=[f"server.workers={per_engine}", f"rtzr.pool.max_sessions={(shares[i] + 20) * per_engine}",
+                          "rtzr.pool.spare=10", f"server.admin_port={admin}"]))
+        for (_, admin), engine in zip(ports, engines, strict=True):
+            cap.wait_ready(admin, engine, timeout=90)
+        pids = [p for e in engines for p in worker_pids(e, per_engine)]
         for i, pid in enumerate(pids):
             if groups:
                 groups[i].add(pid)
             subprocess.run(["taskset", "-a", "-p", "-c", str(i % (os.cpu_count() or 1)), str(pid)],
                            check=True, capture_output=True)
         time.sleep(1.0)
-        gen = c.spawn(c.realtime([c.PY, str(c.ROOT / "bench" / "loadgen.py"), f"ws://127.0.0.1:{port}/twilio/media",
-                                  "--calls", str(n), "--stagger-ms", "20", "--repeat", str(args.repeat),
-                                  "--progress", str(prog), "--out", str(out), "--audio", *[str(k.wav) for k in corpus]]),
-                      cpu=None, log=work / f"load-{tag}.log")
+        for i, (port, _) in enumerate(ports):
+            gens.append(c.spawn(c.realtime(
+                [c.PY, str(c.ROOT / "bench" / "loadgen.py"), f"ws://127.0.0.1:{port}/twilio/media",
+                 "--calls", str(shares[i]), "--stagger-ms", str(20 * n_engines), "--repeat", str(args.repeat),
+                 "--progress", str(progs[i]), "--out", str(outs[i]), "--audio", *[str(k.wav) for k in corpus]]),
+                cpu=None, log=work / f"load-{tag}-{i}.log"))
+
+        def all_live() -> bool:
+            return all("all_live" in cap.progress_events(p) for p in progs)
+
         deadline = time.monotonic() + 60
-        while "all_live" not in cap.progress_events(prog) and time.monotonic() < deadline and gen.poll() is None:
+        while not all_live() and time.monotonic() < deadline and all(g.poll() is None for g in gens):
             time.sleep(0.1)
-        if "all_live" not in cap.progress_events(prog):
+        if not all_live():
             s.invalid.append("calls never all live")
         time.sleep(args.settle_s)
-        procs = [*pids, engine.pid] if workers > 1 else pids
-        rig = [gen.pid, emulator.pid]
+        parents = [e.pid for e in engines] if per_engine > 1 else []
+        rig = [g.pid for g in gens] + [emulator.pid]
+        mine = pids + parents + rig
+
+        def metrics() -> list[str]:
+            return [cap.fetch(f"http://127.0.0.1:{admin}/metrics") for _, admin in ports]
+
         busy_a = cap.machine_busy_s()
-        cpu_a = [c.CpuSample.take(p) for p in procs + rig]
+        cpu_a = [c.CpuSample.take(p) for p in mine]
         wait_a = [run_delay_s(p) for p in pids]
         thr_a = [g.throttled() for g in groups[:workers]] if groups else []
         emu_a = c.emulator_stats(emu_port)
-        text_a = cap.fetch(f"http://127.0.0.1:{admin}/metrics")
+        text_a = metrics()
         t_a = time.time()
         time.sleep(args.window_s)
         t_b = time.time()
-        text_b = cap.fetch(f"http://127.0.0.1:{admin}/metrics")
+        text_b = metrics()
         emu_b = c.emulator_stats(emu_port)
         thr_b = [g.throttled() for g in groups[:workers]] if groups else []
         wait_b = [run_delay_s(p) for p in pids]
-        cpu_b = [c.CpuSample.take(p) for p in procs + rig]
+        cpu_b = [c.CpuSample.take(p) for p in mine]
         busy_b = cap.machine_busy_s()
-        if "first_done" in cap.progress_events(prog):
+        if any("first_done" in cap.progress_events(p) for p in progs):
             s.invalid.append("a call ended inside the window (raise --repeat)")
         wall = cpu_b[0].wall - cpu_a[0].wall
         pct = [b.percent_since(a) for a, b in zip(cpu_a, cpu_b, strict=True)]
         s.worker_cpu = pct[:workers]
-        s.parent_cpu = pct[workers] if workers > 1 else math.nan
-        s.loadgen_cpu, s.emulator_cpu = pct[-2], pct[-1]
+        s.parent_cpu = sum(pct[workers : workers + len(parents)]) if parents else math.nan
+        s.loadgen_cpu, s.emulator_cpu = sum(pct[-len(rig) : -1]), pct[-1]
         ours = sum(b.cpu_s - a.cpu_s for a, b in zip(cpu_a, cpu_b, strict=True))
         s.others_cpu = max(0.0, 100 * (busy_b - busy_a - ours) / wall)
         s.wait_ms_per_s = [1000 * (b - a) / wall for a, b in zip(wait_a, wait_b, strict=True)]
         periods = wall * 1e6 / args.period_us
         s.throttled_pct = [100 * (b[0] - a[0]) / periods for a, b in zip(thr_a, thr_b, strict=True)]
-        window = cap.delta(cap.histogram_buckets(text_b, cap.LAG_METRIC), cap.histogram_buckets(text_a, cap.LAG_METRIC))
-        s.lag_p50, s.lag_p99 = cap.quantiles(window, (0.5, 0.99))
-        if workers > 1:
-            wa, wb = per_worker_p99(text_a), per_worker_p99(text_b)
+        windows = [cap.delta(cap.histogram_buckets(b, cap.LAG_METRIC), cap.histogram_buckets(a, cap.LAG_METRIC))
+                   for a, b in zip(text_a, text_b, strict=True)]
+        total: dict[float, float] = {}
+        for w in windows:
+            for bound, count in w.items():
+                total[bound] = total.get(bound, 0.0) + count
+        s.lag_p50, s.lag_p99 = cap.quantiles(total, (0.5, 0.99))
+        if split and workers > 1:
+            s.worker_lag_p99 = [cap.quantiles(w, (0.99,))[0] for w in windows]
+            s.calls_by_worker = [int(c.metric(c.scrape_metrics(admin), "sori_calls_live")) for _, admin in ports]
+        elif workers > 1:
+            wa, wb = per_worker_p99(text_a[0]), per_worker_p99(text_b[0])
             s.worker_lag_p99 = [cap.quantiles(cap.delta(wb[w], wa.get(w, {})), (0.99,))[0] for w in sorted(wb)]
-            live = c.scrape_metrics(admin)
+            live = c.scrape_metrics(ports[0][1])
             s.calls_by_worker = [int(c.metric(live, "sori_calls_live", worker=str(i))) for i in range(workers)]
         s.emu_lag_p99, _ = c.lag_window(emu_b, emu_a)
-        gen.wait(timeout=300)
-        load = json.loads(out.read_text())
-        s.calls_ok = int(load["ok"])
-        s.rig_lag_p99, _ = cap.window_lag(load, t_a, t_b)
+        for g in gens:
+            g.wait(timeout=300)
+        lags = []
+        for o in outs:
+            load = json.loads(o.read_text())
+            s.calls_ok += int(load["ok"])
+            lags.append(cap.window_lag(load, t_a, t_b)[0])
+        s.rig_lag_p99 = max(lags)
         deadline = time.monotonic() + 15  # the last finals
         while time.monotonic() < deadline:
-            if sum(e.get("type") == "call.ended" for e in c.read_events(events)) >= s.calls_ok:
+            if sum(e.get("type") == "call.ended" for ev in events for e in c.read_events(ev)) >= s.calls_ok:
                 break
             time.sleep(0.5)
-        if worker_pids(engine, workers) != pids:
+        if [p for e in engines for p in worker_pids(e, per_engine)] != pids:
             s.invalid.append("a worker restarted (its successor ran outside the cgroup)")
     except (RuntimeError, OSError, ValueError, subprocess.SubprocessError) as exc:
         s.invalid.append(f"step failed: {type(exc).__name__}: {exc}")
     finally:
-        for proc in (gen, engine, emulator):
-            if proc is not None:
-                c.stop(proc, timeout=60)
+        for proc in (*gens, *engines, emulator):
+            c.stop(proc, timeout=60)
     started: set[str] = set()
     outcome: set[str] = set()
-    for e in c.read_events(events):
+    for e in (e for ev in events for e in c.read_events(ev)):
         kind = e.get("type")
         if kind == "speech.started":
             started.add(e["utterance_id"])
@@ -299,13 +346,13 @@ def fmt_list(xs: list[float], f: str = ".0f") -> str:
 
 
 def report(steps: list[Step]) -> str:
-    lines = ["| round | workers | calls | verdict | worker CPU (% of a core; quota) | throttled periods | run-queue wait ms/s "
+    lines = ["| round | configuration | calls | verdict | worker CPU (% of a core; quota) | throttled periods | run-queue wait ms/s "
              "| calls by worker | frame lag p50 / p99 ms (per worker p99) | closing finals / utterances, lost | errors "
              "| calls ok | rig: loadgen, emulator CPU | loadgen lag p99 | emulator lag p99 | parent CPU | others |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for s in steps:
         lines.append(
-            f"| {s.round} | {s.workers} | {s.calls} | **{s.verdict}** | {fmt_list(s.worker_cpu)} ({s.quota_pct:.0f}) "
+            f"| {s.round} | {s.config} | {s.calls} | **{s.verdict}** | {fmt_list(s.worker_cpu)} ({s.quota_pct:.0f}) "
             f"| {fmt_list(s.throttled_pct)} % | {fmt_list(s.wait_ms_per_s)} | {fmt_list([float(x) for x in s.calls_by_worker])} "
             f"| {cap.fmt_ms(s.lag_p50)} / {cap.fmt_ms(s.lag_p99)}"
             f"{' (' + ', '.join(cap.fmt_ms(x) for x in s.worker_lag_p99) + ')' if s.worker_lag_p99 else ''} "
@@ -314,24 +361,25 @@ def report(steps: list[Step]) -> str:
             f"| {s.parent_cpu:.1f} % | {s.others_cpu:.0f} % |")
     for s in steps:
         if s.invalid:
-            lines.append(f"INVALID round {s.round}, {s.workers} worker(s), {s.calls} calls: {'; '.join(s.invalid)}")
-    caps: dict[tuple[int, int], str] = {}
+            lines.append(f"INVALID round {s.round}, {s.config}, {s.calls} calls: {'; '.join(s.invalid)}")
+    configs = list(dict.fromkeys(s.config for s in steps))
     for r in sorted({s.round for s in steps}):
-        for w in sorted({s.workers for s in steps}):
-            mine = sorted((s for s in steps if s.round == r and s.workers == w), key=lambda s: s.calls)
+        caps: dict[str, int | None] = {}
+        for cfg in configs:
+            mine = sorted((s for s in steps if s.round == r and s.config == cfg), key=lambda s: s.calls)
             passed = [s.calls for s in mine if s.verdict == "PASS"]
             failed = [s.calls for s in mine if s.verdict == "FAIL"]
             invalid = [s.calls for s in mine if s.verdict == "INVALID"]
-            capacity = max(passed) if passed else None
+            caps[cfg] = capacity = max(passed) if passed else None
             caveat = ""
             if capacity is not None and any(f < capacity for f in failed):
                 caveat = f" (but FAIL at {', '.join(str(f) for f in failed if f < capacity)})"
-            caps[(r, w)] = str(capacity) if capacity is not None else "–"
-            lines.append(f"round {r}, {w} worker(s): capacity {capacity if capacity is not None else 'below the smallest step'}"
+            lines.append(f"round {r}, {cfg}: capacity {capacity if capacity is not None else 'below the smallest step'}"
                          f"{caveat}; FAIL at {failed or '–'}; INVALID at {invalid or '–'}")
-        one, two = caps.get((r, 1), "–"), caps.get((r, 2), "–")
-        if one.isdigit() and two.isdigit():
-            lines.append(f"round {r}: ratio 2 workers / 1 worker = {two} / {one} = {int(two) / int(one):.2f}")
+        one = caps.get("1 worker")
+        for cfg, got in caps.items():
+            if cfg != "1 worker" and one and got:
+                lines.append(f"round {r}: ratio {cfg} / 1 worker = {got} / {one} = {got / one:.2f}")
     return "\n".join(lines)
 
 
@@ -339,6 +387,8 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--steps1", type=int, nargs="+", default=[15, 20, 25], help="calls for 1 worker")
     p.add_argument("--steps2", type=int, nargs="+", default=[30, 40, 50], help="calls for 2 workers")
+    p.add_argument("--steps2s", type=int, nargs="*", default=[],
+                   help="calls for 2 separate engines (half each, own load generator): the even-spread A/B")
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--quota", type=float, default=0.4, help="each worker's CPU quota, cores")
     p.add_argument("--period-us", type=int, default=10000)
@@ -369,12 +419,13 @@ def main() -> int:
             rig_group = None
         steps: list[Step] = []
         for r in range(1, args.rounds + 1):
-            for k in range(max(len(args.steps1), len(args.steps2))):  # 1 and 2 workers alternate step by step
-                for w, plan in ((1, args.steps1), (2, args.steps2)):
+            plans = ((1, False, args.steps1), (2, False, args.steps2), (2, True, args.steps2s))
+            for k in range(max(len(plan) for _, _, plan in plans)):  # the configurations alternate step by step
+                for w, split, plan in plans:
                     if k < len(plan):
-                        steps.append(run_step(w, plan[k], r, corpus, work, args, groups, rig_group))
+                        steps.append(run_step(w, plan[k], r, corpus, work, args, groups, rig_group, split=split))
                         s = steps[-1]
-                        print(f"  round {r}, {w} worker(s), {plan[k]} calls: {s.verdict}, CPU {fmt_list(s.worker_cpu)} "
+                        print(f"  round {r}, {s.config}, {plan[k]} calls: {s.verdict}, CPU {fmt_list(s.worker_cpu)} "
                               f"of {s.quota_pct:.0f} %, throttled {fmt_list(s.throttled_pct)} %, lag p99 "
                               f"{cap.fmt_ms(s.lag_p99)} ms, lost {s.lost}, errors {s.errors}, rig lag {s.rig_lag_p99:.1f} "
                               f"ms, emulator lag {cap.fmt_ms(s.emu_lag_p99)} ms, others {s.others_cpu:.0f} %"
