@@ -313,19 +313,7 @@ def run_step(workers: int, n: int, round_: int, corpus: list[c.CorpusCall], work
     finally:
         for proc in (*gens, *engines, emulator):
             c.stop(proc, timeout=60)
-    started: set[str] = set()
-    outcome: set[str] = set()
-    for e in (e for ev in events for e in c.read_events(ev)):
-        kind = e.get("type")
-        if kind == "speech.started":
-            started.add(e["utterance_id"])
-        elif kind == "error":
-            s.errors += 1
-            if e.get("utterance_id"):
-                outcome.add(e["utterance_id"])
-        elif kind == "transcript.final":
-            outcome.add(e["utterance_id"])
-            s.finals += bool(e.get("latency"))
+    started, outcome, s.finals, s.errors = utterance_outcomes(events)
     s.utterances = len(started)
     s.lost = len(started - outcome)
     if s.rig_lag_p99 > args.rig_lag_ms:
@@ -339,6 +327,27 @@ def run_step(workers: int, n: int, round_: int, corpus: list[c.CorpusCall], work
             s.invalid.append(f"worker(s) {starved} below 90 % of quota, not throttled, but waiting for a core "
                              f"({', '.join(f'{s.wait_ms_per_s[i]:.0f}' for i in starved)} ms/s): other processes")
     return s
+
+
+def utterance_outcomes(events: list[Path]) -> tuple[set[tuple[int, str]], set[tuple[int, str]], int, int]:
+    """(utterances started, utterances with an outcome (a final or an error), closing finals, errors) over the
+    engines' event files; keyed by engine, since two engines number their calls' utterances alike."""
+    started: set[tuple[int, str]] = set()
+    outcome: set[tuple[int, str]] = set()
+    finals = errors = 0
+    for i, path in enumerate(events):
+        for e in c.read_events(path):
+            kind = e.get("type")
+            if kind == "speech.started":
+                started.add((i, e["utterance_id"]))
+            elif kind == "error":
+                errors += 1
+                if e.get("utterance_id"):
+                    outcome.add((i, e["utterance_id"]))
+            elif kind == "transcript.final":
+                outcome.add((i, e["utterance_id"]))
+                finals += bool(e.get("latency"))
+    return started, outcome, finals, errors
 
 
 def fmt_list(xs: list[float], f: str = ".0f") -> str:
@@ -358,7 +367,7 @@ def report(steps: list[Step]) -> str:
             f"{' (' + ', '.join(cap.fmt_ms(x) for x in s.worker_lag_p99) + ')' if s.worker_lag_p99 else ''} "
             f"| {s.finals} / {s.utterances}, {s.lost} | {s.errors} | {s.calls_ok} / {s.calls} "
             f"| {s.loadgen_cpu:.0f} %, {s.emulator_cpu:.0f} % | {s.rig_lag_p99:.1f} ms | {cap.fmt_ms(s.emu_lag_p99)} ms "
-            f"| {s.parent_cpu:.1f} % | {s.others_cpu:.0f} % |")
+            f"| {'–' if math.isnan(s.parent_cpu) else f'{s.parent_cpu:.1f} %'} | {s.others_cpu:.0f} % |")
     for s in steps:
         if s.invalid:
             lines.append(f"INVALID round {s.round}, {s.config}, {s.calls} calls: {'; '.join(s.invalid)}")
