@@ -224,8 +224,9 @@ def run_step(workers: int, n: int, round_: int, corpus: list[c.CorpusCall], work
         for i, pid in enumerate(pids):
             if groups:
                 groups[i].add(pid)
-            subprocess.run(["taskset", "-a", "-p", "-c", str(i % (os.cpu_count() or 1)), str(pid)],
-                           check=True, capture_output=True)
+            if not args.no_pin:
+                subprocess.run(["taskset", "-a", "-p", "-c", str(i % (os.cpu_count() or 1)), str(pid)],
+                               check=True, capture_output=True)
         time.sleep(1.0)
         for i, (port, _) in enumerate(ports):
             gens.append(c.spawn(c.realtime(
@@ -394,8 +395,8 @@ def report(steps: list[Step]) -> str:
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--steps1", type=int, nargs="+", default=[15, 20, 25], help="calls for 1 worker")
-    p.add_argument("--steps2", type=int, nargs="+", default=[30, 40, 50], help="calls for 2 workers")
+    p.add_argument("--steps1", type=int, nargs="*", default=[15, 20, 25], help="calls for 1 worker")
+    p.add_argument("--steps2", type=int, nargs="*", default=[30, 40, 50], help="calls for 2 workers")
     p.add_argument("--steps2s", type=int, nargs="*", default=[],
                    help="calls for 2 separate engines (half each, own load generator): the even-spread A/B")
     p.add_argument("--rounds", type=int, default=2)
@@ -408,6 +409,7 @@ def main() -> int:
     p.add_argument("--emu-lag-ms", type=float, default=10.0)
     p.add_argument("--max-wait", type=float, default=50.0,
                    help="run-queue wait (ms per s) above which a worker under its quota was held back by others")
+    p.add_argument("--no-pin", action="store_true", help="leave the workers on every core (quota only)")
     p.add_argument("--work", default="")
     args = p.parse_args()
     work = Path(args.work) if args.work else Path(tempfile.mkdtemp(prefix="sori-workers-"))
@@ -429,7 +431,7 @@ def main() -> int:
         steps: list[Step] = []
         for r in range(1, args.rounds + 1):
             plans = ((1, False, args.steps1), (2, False, args.steps2), (2, True, args.steps2s))
-            for k in range(max(len(plan) for _, _, plan in plans)):  # the configurations alternate step by step
+            for k in range(max(len(plan) for _, _, plan in plans) if any(plan for _, _, plan in plans) else 0):  # the configurations alternate step by step
                 for w, split, plan in plans:
                     if k < len(plan):
                         steps.append(run_step(w, plan[k], r, corpus, work, args, groups, rig_group, split=split))
@@ -446,7 +448,7 @@ def main() -> int:
             except OSError as exc:
                 print(f"WARNING: {exc}", flush=True)
     print(f"workers: each worker in a cgroup v1 CPU quota of {args.quota:g} core (period {args.period_us} us, shares "
-          f"{SHARES}), worker i pinned to core i; emulator --cheap in a high-shares group, load generator SCHED_FIFO; "
+          f"{SHARES}), {'unpinned' if args.no_pin else 'worker i pinned to core i'}; emulator --cheap in a high-shares group, load generator SCHED_FIFO; "
           f"{len(corpus)} corpus calls x {args.repeat} plays; window {args.window_s:g} s after all live + {args.settle_s:g} s; "
           f"{c.machine()}; logs in {work}")
     print(report(steps))
