@@ -4,7 +4,7 @@ worker held to a fixed CPU share so that a 2-core machine can also run the rig.
 Why quotas: two workers at capacity would need both cores and the rig (load generator + emulator) a third. So
 each worker gets ``--quota`` of a core through a cgroup v1 CPU quota (``/sys/fs/cgroup/cpu/sori-bench-w<i>``,
 ``cpu.cfs_period_us`` = ``--period-us``, short so a throttled worker waits at most a few ms), pinned to its own
-core (worker i on core i), with high ``cpu.shares`` so it gets its quota whenever it wants it even while other
+core (worker i on core i; ``--no-pin``: any core, as deployed; pinning skews the accept spread), with high ``cpu.shares`` so it gets its quota whenever it wants it even while other
 processes run. One worker has ``quota`` of a core, two have 2 × ``quota``; the rig (``--cheap`` emulator in
 ``sori-bench-rig``, high shares, no quota; the load generator SCHED_FIFO) has the rest and is checked.
 
@@ -26,8 +26,8 @@ N per round; every configuration is run at every step once per round, the config
 each driven by its own load generator with half the calls: what two workers carry when the calls are spread
 evenly, to tell the workers' CPU scaling from how ``--workers 2``'s shared accept queue spreads the calls.
 
-    .venv/bin/python bench/workers.py --steps1 18 22 26 30 --steps2 28 36 44 52 --rounds 2 [--quota 0.4]
-    .venv/bin/python bench/workers.py --steps1 22 26 --steps2 36 44 --steps2s 36 44 52 --rounds 1
+    .venv/bin/python bench/workers.py --steps1 30 34 38 --steps2 44 52 60 --steps2s 64 72 --rounds 2 --no-pin
+    .venv/bin/python bench/workers.py --steps1 30 34 38 --steps2 36 44 --steps2s 56 64 72 --rounds 2  # pinned
 
 The cgroups are removed at the end (also on failure or Ctrl-C). Needs root and a cgroup v1 ``cpu`` hierarchy;
 without them every step is marked INVALID ("no CPU quota") and measured unconfined.
