@@ -3,9 +3,9 @@ worker held to a fixed CPU share so that a 2-core machine can also run the rig.
 
 Why quotas: two workers at capacity would need both cores and the rig (load generator + emulator) a third. So
 each worker gets ``--quota`` of a core through a cgroup v1 CPU quota (``/sys/fs/cgroup/cpu/sori-bench-w<i>``,
-``cpu.cfs_period_us`` = ``--period-us``, short so a throttled worker waits at most a few ms), pinned to its own
-core (worker i on core i; ``--no-pin``: any core, as deployed; pinning skews the accept spread), with high ``cpu.shares`` so it gets its quota whenever it wants it even while other
-processes run. One worker has ``quota`` of a core, two have 2 × ``quota``; the rig (``--cheap`` emulator in
+``cpu.cfs_period_us`` = ``--period-us``, short so a throttled worker waits at most a few ms), pinned to its
+own core (worker i on core i; ``--no-pin``: any core, as deployed; pinning skews the accept spread), with
+high ``cpu.shares`` so it gets its quota whenever it wants it even while other processes run. One worker has ``quota`` of a core, two have 2 × ``quota``; the rig (``--cheap`` emulator in
 ``sori-bench-rig``, high shares, no quota; the load generator SCHED_FIFO) has the rest and is checked.
 
 Per step: a fresh emulator, ``sori serve --set server.workers=W`` (W = 1 is the single engine process, put in
