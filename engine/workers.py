@@ -365,8 +365,11 @@ class WorkerPool:
 
     async def _read_ends(self, w: WorkerState, chan: trio.socket.SocketType) -> None:
         """The worker's one byte per ended connection keeps its live count right."""
-        while data := await chan.recv(4096):
-            self.balancer.ended(w.index, len(data))
+        try:
+            while data := await chan.recv(4096):
+                self.balancer.ended(w.index, len(data))
+        except OSError as exc:  # the worker is gone; its supervisor sees the exit
+            log.debug("worker_handoff_read_failed", worker=w.index, error=type(exc).__name__)
 
     async def _supervise(self, w: WorkerState) -> None:
         backoff = Backoff(0.5, 30.0)

@@ -4,7 +4,8 @@ Thin Trio shell around :class:`~engine.twilio.protocol.TwilioStream` on our own 
 (:mod:`engine.twilio.wsconn`). The accept loop hands each TCP connection to the supervisor's calls
 nursery; there every connection gets its own nursery (its task + the call's handler task), so
 cancelling :meth:`TwilioServer.run` stops accepting without touching live calls, and one failing call
-is logged and contained.
+is logged and contained. A worker of ``sori serve --workers`` accepts nothing: its parent hands it connections
+over a Unix socket (``server.handoff_fd``), each then served exactly as an accepted one.
 
 Admission happens before the upgrade, on the request h11 parsed (:class:`~engine.twilio.wsconn.UpgradeHandshake`):
 400/426/431 for what is not a WebSocket upgrade, 404 wrong path, 503 draining or at ``max_calls``, 403
