@@ -155,6 +155,13 @@ async def test_a_killed_worker_is_restarted() -> None:
             assert again["pid"] != first["pid"]
             await parent.wait_ready()
             assert "sori_worker_restarts_total 1" in (await parent.get("/metrics")).text
+            # the parent hands calls to the new worker too (2 concurrent calls: one each)
+            mark = len(parent.logs)
+            url = f"ws://127.0.0.1:{parent.twilio_port}/twilio/media"
+            reports = await simulate_calls(url, load_audio(DEMO_WAV)[:8000], calls=2, speed="realtime")
+            assert all(r.ok for r in reports), reports
+            served = sorted(e.get("worker") for e in parent.logs[mark:] if e.get("event") == "twilio_call_started")
+            assert served == [0, 1]
             parent.signal()
             assert await parent.proc.wait() == 0
 
