@@ -4,7 +4,7 @@ worker held to a fixed CPU share so that a 2-core machine can also run the rig.
 Why quotas: two workers at capacity would need both cores and the rig (load generator + emulator) a third. So
 each worker gets ``--quota`` of a core through a cgroup v1 CPU quota (``/sys/fs/cgroup/cpu/sori-bench-w<i>``,
 ``cpu.cfs_period_us`` = ``--period-us``, short so a throttled worker waits at most a few ms), pinned to its
-own core (worker i on core i; ``--no-pin``: any core, as deployed; pinning skews the accept spread), with
+own core (worker i on core i; ``--no-pin``: any core, as deployed; pinning skewed the old shared-accept spread), with
 high ``cpu.shares`` so it gets its quota whenever it wants it even while other processes run. One worker has ``quota`` of a core, two have 2 × ``quota``; the rig (``--cheap`` emulator in
 ``sori-bench-rig``, high shares, no quota; the load generator SCHED_FIFO) has the rest and is checked.
 
@@ -24,7 +24,8 @@ N per round; every configuration is run at every step once per round, the config
 
 ``--steps2s``: a third configuration, two separate single-process engines (one per worker cgroup and core),
 each driven by its own load generator with half the calls: what two workers carry when the calls are spread
-evenly, to tell the workers' CPU scaling from how ``--workers 2``'s shared accept queue spreads the calls.
+evenly, to tell the workers' CPU scaling from how ``--workers 2`` spreads the calls (the parent's least-loaded
+hand-off now; a shared accept queue before).
 
     .venv/bin/python bench/workers.py --steps1 30 34 38 --steps2 44 52 60 --steps2s 64 72 --rounds 2 --no-pin
     .venv/bin/python bench/workers.py --steps1 30 34 38 --steps2 36 44 --steps2s 56 64 72 --rounds 2  # pinned
@@ -191,7 +192,7 @@ def run_step(workers: int, n: int, round_: int, corpus: list[c.CorpusCall], work
              groups: list[Cgroup] | None, rig_group: Cgroup | None, *, split: bool = False) -> Step:
     """One step. ``split``: not ``--workers 2`` but two separate single-process engines, each in its worker
     cgroup and driven by its own load generator with half the calls (the calls spread evenly by construction:
-    what the workers would carry if the shared accept queue spread the calls evenly)."""
+    what the workers carry with a perfect spread, the reference for ``--workers 2``'s hand-off)."""
     s = Step(workers, n, round_, 100 * args.quota if groups else math.nan, split=split)
     if groups is None:
         s.invalid.append("no CPU quota (cgroup set-up failed): the workers were unconfined")

@@ -51,8 +51,9 @@ class ServerConfig(_Section):
     gc_policy: Literal["throughput", "default"] = "throughput"
     # Scale-out (docs/deploy.md): worker processes sharing the Twilio port; "auto" = one per usable core.
     workers: Annotated[int, Meta(ge=1, le=256)] | Literal["auto"] = 1
-    # Set by ``sori serve --workers`` for its workers: the Twilio listening socket they inherit (not for users).
-    listen_fd: Annotated[int, Meta(ge=0)] | None = None
+    # Set by ``sori serve --workers`` for its workers: the Unix socket the parent hands accepted Twilio
+    # connections over (engine/workers.py; not for users).
+    handoff_fd: Annotated[int, Meta(ge=0)] | None = None
 
 
 class PoolConfig(_Section):

@@ -104,7 +104,7 @@ def _run_parent(config: Config, workers: int, child_args: list[str]) -> int:
 
 
 def _run_worker(config: Config, stt: str, index: int, status_fd: int) -> int:
-    """One worker of ``--workers``: the engine on the inherited listener, reporting to the parent."""
+    """One worker of ``--workers``: the engine on the connections the parent hands over, reporting to the parent."""
     from engine.app import Engine, apply_gc_policy, freeze_when_ready, serve
     from engine.workers import report_and_watch_parent, tag_worker_logs
 

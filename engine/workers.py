@@ -1,25 +1,31 @@
 """``sori serve --workers N``: N engine processes behind one Twilio port, supervised by a parent.
 
-Why a parent that owns the listener (not SO_REUSEPORT): the parent binds the Twilio port once and every
-worker inherits that socket and accepts on it, so all share one kernel accept queue. A worker that dies,
-restarts or drains loses no connection waiting in the queue (with SO_REUSEPORT each worker has its own
-queue, and connections queued on a dying worker's socket are reset), port 0 works, and a restart never
-rebinds. The cost is no kernel hash balancing: an idle worker tends to win ``accept``, which is the
-balancing we want for CPU-bound workers.
+Why a parent that owns the listener and hands connections over (not SO_REUSEPORT, not a shared accept):
+the parent binds the Twilio port once, accepts every connection itself and passes its file descriptor
+(SCM_RIGHTS over a per-worker Unix socketpair) to the **least-loaded** ready worker (fewest live
+connections, ties round-robin: :class:`Balancer`). Workers never accept. Measured (BENCHMARKS.md, Workers):
+when every worker accepted on one inherited socket, the kernel's shared accept queue spread calls unevenly
+(40:12 and 2:42 at the same load; an idle worker does *not* reliably win ``accept``), so 2 workers carried
+only 1.29-1.76x one worker. A worker that dies, restarts or drains loses no connection waiting in the
+backlog (the parent accepts only while some worker is ready), port 0 works, and a restart never rebinds.
+A dead worker's connections die with it; the parent sends nothing to it until its successor is ready.
 
 The parent (plain Trio, no engine of its own):
 
-- spawns each worker as ``sori serve`` with ``server.listen_fd`` (the inherited socket), an admin port on
-  loopback chosen by the worker, and a status socket: the worker writes its admin port on it once started,
-  and drains by itself if the parent dies (EOF);
+- spawns each worker as ``sori serve`` with ``server.handoff_fd`` (its end of the hand-off socketpair:
+  connections in, one byte per ended connection back), an admin port on loopback chosen by the worker, and
+  a status socket: the worker writes its admin port on it once started, and drains by itself if the parent
+  dies (EOF);
 - restarts a worker that exits unexpectedly, with capped exponential backoff (a worker that fails before
   its first start stops everything: a config or credential problem is not fixed by restarting);
-- on SIGTERM/SIGINT forwards SIGTERM to every worker (each drains its calls within ``budgets.drain``; a
+- on SIGTERM/SIGINT stops choosing by load and forwards SIGTERM to every worker (connections that still
+  arrive go to a live worker, which answers 503 draining, until the last worker exits and the listener
+  closes); (each drains its calls within ``budgets.drain``; a
   second signal is forwarded too and cancels at once) and waits for all, killing what outlives
   ``budgets.drain`` + :data:`KILL_GRACE_S`;
 - serves the admin endpoint: ``/metrics`` is every worker's metrics with a ``worker`` label plus the
-  parent's own; ``/readyz`` is ready only when **every** worker is running and ready (any worker may accept
-  the next call from the shared queue), else 503 with the first reason, e.g. ``worker 1: draining``.
+  parent's own; ``/readyz`` is ready only when **every** worker is running and ready (the capacity a load
+  balancer plans for is N workers'), else 503 with the first reason, e.g. ``worker 1: draining``.
 
 Without ``redis.url`` the workers cannot share a session budget, so ``rtzr.pool.max_sessions`` is split
 between them (each gets ``max_sessions // N``): one host never exceeds the organisation's limit.
@@ -27,6 +33,9 @@ between them (each gets ``max_sessions // N``): one host never exceeds the organ
 
 from __future__ import annotations
 
+import array
+import errno
+import itertools
 import json
 import logging
 import os
@@ -53,6 +62,9 @@ KILL_GRACE_S = 10.0  # beyond budgets.drain, before a worker that has not exited
 SCRAPE_TIMEOUT_S = 2.0
 LISTEN_BACKLOG = 1024
 STABLE_AFTER_S = 60.0  # a worker up this long has its restart backoff reset
+HANDOFF_TIMEOUT_S = 2.0  # a worker that takes no connection this long (socket buffer full): the call is dropped
+_ACCEPT_CAPACITY_ERRNOS = {errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS}
+_GONE_ERRNOS = {errno.EPIPE, errno.ECONNRESET, errno.ENOTCONN, errno.EBADF}
 
 
 def resolve_workers(value: int | Literal["auto"], cpu_max: str = "/sys/fs/cgroup/cpu.max") -> int:
@@ -165,6 +177,50 @@ def ready_reason(states: Sequence[WorkerState], draining: bool) -> str | None:
     return None
 
 
+class Balancer:
+    """Which worker gets the next connection (sans-IO): the fewest live connections among the ready workers,
+    ties broken round-robin (so sequential short calls alternate too).
+
+    ``live`` counts connections handed over and not yet reported ended; a worker going down (exit, restart)
+    forgets its count, as its connections died with it.
+    """
+
+    def __init__(self, n: int) -> None:
+        self.live = [0] * n
+        self.ready = [False] * n
+        self.handed = [0] * n  # totals, for logs and tests
+        self._next = 0
+
+    def up(self, index: int) -> None:
+        self.ready[index] = True
+        self.live[index] = 0
+
+    def down(self, index: int) -> None:
+        self.ready[index] = False
+        self.live[index] = 0
+
+    @property
+    def any_ready(self) -> bool:
+        return any(self.ready)
+
+    def pick(self) -> int | None:
+        n = len(self.live)
+        best: int | None = None
+        for k in range(n):
+            i = (self._next + k) % n
+            if self.ready[i] and (best is None or self.live[i] < self.live[best]):
+                best = i
+        return best
+
+    def handed_to(self, index: int) -> None:
+        self.live[index] += 1
+        self.handed[index] += 1
+        self._next = (index + 1) % len(self.live)
+
+    def ended(self, index: int, count: int) -> None:
+        self.live[index] = max(0, self.live[index] - count)
+
+
 # ---------------------------------------------------------------------------------------- the parent
 
 @dataclass
@@ -193,12 +249,16 @@ class WorkerPool:
         self.port: int | None = None
         self.admin_port: int | None = None
         self._procs: dict[int, trio.Process] = {}
+        self.balancer = Balancer(n)
+        self._chans: dict[int, trio.socket.SocketType] = {}  # hand-off socket of each running worker
+        self._ready_changed = trio.Event()
+        self._conn_ids = itertools.count(1)
         self._restarts = self.metrics.counter("worker_restarts_total", "workers restarted after an unexpected exit")
         self._g_running = self.metrics.gauge("workers_running", "worker processes up (admin port reported)")
         self.metrics.gauge("workers_configured", "worker processes configured").set(n)
 
     def bind(self) -> socket.socket:
-        """The Twilio listening socket all workers inherit (bound before anything else: fail fast)."""
+        """The Twilio listening socket (bound before anything else: fail fast); only the parent accepts on it."""
         host, port = self.config.server.host, self.config.server.port
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         sock = socket.socket(family, socket.SOCK_STREAM)
@@ -209,12 +269,11 @@ class WorkerPool:
             sock.close()
             raise StartupError("twilio", exc, (host, port)) from exc
         sock.listen(LISTEN_BACKLOG)
-        sock.set_inheritable(True)
         self.port = sock.getsockname()[1]
         return sock
 
     async def run(self, *, task_status: trio.TaskStatus[WorkerPool] = trio.TASK_STATUS_IGNORED) -> int:
-        listener = self.bind()
+        listener = trio.socket.from_stdlib_socket(self.bind())
         try:
             async with trio.open_nursery() as nursery:
                 admin = _AggregatingAdmin(self)
@@ -226,9 +285,10 @@ class WorkerPool:
                 if self.handle_signals:
                     nursery.start_soon(self._watch_signals)
                 log.info("workers_starting", workers=self.n, port=self.port, admin_port=self.admin_port)
+                nursery.start_soon(self._accept_loop, listener)
                 async with trio.open_nursery() as workers:
                     for w in self.workers:
-                        workers.start_soon(self._supervise, w, listener.fileno())
+                        workers.start_soon(self._supervise, w)
                     task_status.started(self)
                 log.info("workers_stopped", exit_code=self.exit_code)
                 nursery.cancel_scope.cancel()
@@ -250,11 +310,72 @@ class WorkerPool:
                 log.info("signal", signal=signal.Signals(signum).name, workers=len(self._procs))
                 self.request_shutdown()
 
-    async def _supervise(self, w: WorkerState, listen_fd: int) -> None:
+    # -- accept and hand over ------------------------------------------------------------------------------
+
+    def _set_ready(self, index: int, ready: bool) -> None:
+        if ready:
+            self.balancer.up(index)
+        else:
+            self.balancer.down(index)
+        self._ready_changed.set()
+        self._ready_changed = trio.Event()
+
+    async def _accept_loop(self, listener: trio.socket.SocketType) -> None:
+        """Accept only while some worker is ready (until then connections wait in the kernel's backlog), and
+        hand each connection to the least-loaded worker."""
+        while True:
+            while not self.balancer.any_ready:
+                await self._ready_changed.wait()
+            try:
+                conn, _ = await listener.accept()
+            except OSError as exc:
+                if exc.errno not in _ACCEPT_CAPACITY_ERRNOS:
+                    raise
+                log.error("twilio_accept_failed", error=errno.errorcode.get(exc.errno or 0, "?"))
+                await trio.sleep(0.1)
+                continue
+            with conn:  # our copy is closed once handed over (the worker holds its own)
+                await self._hand_over(conn)
+
+    async def _hand_over(self, conn: trio.socket.SocketType) -> None:
+        fds = array.array("i", [conn.fileno()])
+        while True:
+            index = self.balancer.pick()
+            if index is None:  # every worker went down after the accept: wait for one
+                await self._ready_changed.wait()
+                continue
+            chan = self._chans.get(index)
+            if chan is None:
+                self._set_ready(index, False)
+                continue
+            try:
+                with trio.fail_after(HANDOFF_TIMEOUT_S):
+                    await chan.sendmsg([b"c"], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, fds.tobytes())])
+            except trio.TooSlowError:
+                log.error("worker_handoff_timeout", worker=index, action="connection dropped")
+                return
+            except OSError as exc:
+                if exc.errno not in _GONE_ERRNOS:
+                    raise
+                self._set_ready(index, False)  # it is exiting: its supervisor restarts it
+                continue
+            self.balancer.handed_to(index)
+            log.debug("worker_handoff", worker=index, conn=next(self._conn_ids), live=self.balancer.live[index])
+            return
+
+    async def _read_ends(self, w: WorkerState, chan: trio.socket.SocketType) -> None:
+        """The worker's one byte per ended connection keeps its live count right."""
+        try:
+            while data := await chan.recv(4096):
+                self.balancer.ended(w.index, len(data))
+        except OSError as exc:  # the worker is gone; its supervisor sees the exit
+            log.debug("worker_handoff_read_failed", worker=w.index, error=type(exc).__name__)
+
+    async def _supervise(self, w: WorkerState) -> None:
         backoff = Backoff(0.5, 30.0)
         while not self.stopping.is_set():
             started_at = trio.current_time()
-            code = await self._run_once(w, listen_fd)
+            code = await self._run_once(w)
             if self.stopping.is_set():
                 break
             if not w.starts:  # failed before it ever started: restarting cannot help
@@ -270,36 +391,46 @@ class WorkerPool:
             with trio.move_on_after(delay):
                 await self.stopping.wait()
 
-    async def _run_once(self, w: WorkerState, listen_fd: int) -> int:
+    async def _run_once(self, w: WorkerState) -> int:
         parent_end, child_end = socket.socketpair()
+        # SEQPACKET: one message per handed connection, never glued to the next one's
+        hand_parent, hand_child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         cmd = [sys.executable, "-m", "engine", "serve", *self.child_args,
                *[a for s in worker_overrides(self.config, self.n) for a in ("--set", s)],
-               "--set", f"server.listen_fd={listen_fd}", "--set", f"server.port={self.port}",
+               "--set", f"server.handoff_fd={hand_child.fileno()}", "--set", f"server.port={self.port}",
                "--worker-index", str(w.index), "--worker-status-fd", str(child_end.fileno())]
         try:
             proc = await trio.lowlevel.open_process(
-                cmd, pass_fds=(listen_fd, child_end.fileno()), stdin=subprocess.DEVNULL,
+                cmd, pass_fds=(hand_child.fileno(), child_end.fileno()), stdin=subprocess.DEVNULL,
                 start_new_session=True)  # a terminal's Ctrl-C reaches the parent only: it forwards one SIGTERM
         except OSError as exc:  # cannot exec the interpreter (permissions, resources): as a worker that failed
             parent_end.close()
+            hand_parent.close()
             log.error("worker_spawn_failed", worker=w.index, error=f"{type(exc).__name__}: {exc}")
             return 127
         finally:
             child_end.close()
+            hand_child.close()
         w.pid = proc.pid
         self._procs[w.index] = proc
         log.info("worker_spawned", worker=w.index, pid=proc.pid)
         if self.stopping.is_set():  # the shutdown came while it was being spawned
             proc.send_signal(signal.SIGTERM)
         status = trio.socket.from_stdlib_socket(parent_end)
+        hand = trio.socket.from_stdlib_socket(hand_parent)
+        self._chans[w.index] = hand
         try:
             async with trio.open_nursery() as n:
                 n.start_soon(self._read_status, w, status)
+                n.start_soon(self._read_ends, w, hand)
                 n.start_soon(self._kill_if_late, w, proc)
                 code = await proc.wait()
                 n.cancel_scope.cancel()
         finally:
+            self._chans.pop(w.index, None)
+            self._set_ready(w.index, False)
             status.close()
+            hand.close()
             w.admin_port = None
             w.not_ready = "not running"
             w.pid = None
@@ -333,6 +464,7 @@ class WorkerPool:
                     continue
                 w.admin_port = port
                 w.starts += 1
+                self._set_ready(w.index, True)
                 self._g_running.set(sum(1 for x in self.workers if x.admin_port is not None))
                 log.info("worker_started", worker=w.index, pid=w.pid, admin_port=port)
 

@@ -4,7 +4,8 @@ Thin Trio shell around :class:`~engine.twilio.protocol.TwilioStream` on our own 
 (:mod:`engine.twilio.wsconn`). The accept loop hands each TCP connection to the supervisor's calls
 nursery; there every connection gets its own nursery (its task + the call's handler task), so
 cancelling :meth:`TwilioServer.run` stops accepting without touching live calls, and one failing call
-is logged and contained.
+is logged and contained. A worker of ``sori serve --workers`` accepts nothing: its parent hands it connections
+over a Unix socket (``server.handoff_fd``), each then served exactly as an accepted one.
 
 Admission happens before the upgrade, on the request h11 parsed (:class:`~engine.twilio.wsconn.UpgradeHandshake`):
 400/426/431 for what is not a WebSocket upgrade, 404 wrong path, 503 draining or at ``max_calls``, 403
@@ -23,6 +24,7 @@ import itertools
 import math
 import os
 import socket
+import sys
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 from typing import Protocol
@@ -65,7 +67,19 @@ IDLE_SLACK_S = 0.5
 MAX_OUTBOUND_PAYLOAD = 50 * FRAME_BYTES  # one outbound media message carries at most 1 s
 _STATS_FLUSH_EVERY = 50  # messages (≈1 s of audio) between metric updates
 _ACCEPT_CAPACITY_ERRNOS = {errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS}  # as trio.serve_listeners
+HANDOFF_MSG_BYTES = 64  # one byte per handed connection (and per ended one, reported back)
+HANDOFF_MAX_FDS = 16
 FRAME_LAG_BUCKETS_MS = (1, 2, 5, 10, 15, 20, 25, 30, 40, 50, 75, 100, 150, 200, 300, 500, 1000, 2000, 5000)
+
+
+def handed_fds(ancdata: list[tuple[int, int, bytes]]) -> list[int]:
+    """The file descriptors in a ``recvmsg`` ancillary list (SCM_RIGHTS), as ``socket.recv_fds`` parses them."""
+    fds: list[int] = []
+    for level, kind, data in ancdata:
+        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+            usable = len(data) - len(data) % 4
+            fds.extend(int.from_bytes(data[i:i + 4], sys.byteorder, signed=True) for i in range(0, usable, 4))
+    return fds
 
 
 class CallHostLike(Protocol):
@@ -263,18 +277,31 @@ class TwilioServer:
         self.port: int | None = None
         self._ids = itertools.count(1)
         self._reactor = Reactor()  # replaced in run(): live calls keep the one they registered with
+        self._ended = 0  # handed-over connections ended, not yet reported to the parent
+        self._ended_changed = trio.Event()
         if not config.twilio.auth_token and not config.server.allow_unsigned:
             log.warning("twilio_no_auth_token", hint="every upgrade will be rejected with 403; set "
                         "TWILIO_AUTH_TOKEN or server.allow_unsigned for development")
 
     async def run(self, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
-        """Bind, report the bound port, accept until cancelled (live calls keep running)."""
+        """Bind, report the bound port, accept until cancelled (live calls keep running).
+
+        A worker of ``sori serve --workers`` binds nothing: it serves the connections its parent accepted
+        and handed over ``server.handoff_fd`` (:meth:`_receive_handoffs`)."""
         self._reactor = Reactor()
-        if self.config.server.listen_fd is not None:  # a worker of `sori serve --workers`: the parent's socket
-            inherited = socket.socket(fileno=os.dup(self.config.server.listen_fd))  # a dup: a restart reuses it
-            listeners = [trio.SocketListener(trio.socket.from_stdlib_socket(inherited))]
-        else:
-            listeners = await trio.open_tcp_listeners(self.config.server.port, host=self.config.server.host)
+        if self.config.server.handoff_fd is not None:
+            self.port = self.config.server.port
+            log.info("twilio_listening", host=self.config.server.host, port=self.port, path=self.config.twilio.path,
+                     handoff=True)
+            # A dup: a restart of this service reuses the parent's socket (which this process never closes).
+            chan = trio.socket.from_stdlib_socket(socket.socket(fileno=os.dup(self.config.server.handoff_fd)))
+            with chan:
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(self._report_ends, chan)
+                    task_status.started(self.port)
+                    await self._receive_handoffs(chan)
+            return
+        listeners = await trio.open_tcp_listeners(self.config.server.port, host=self.config.server.host)
         self.port = listeners[0].socket.getsockname()[1]
         log.info("twilio_listening", host=self.config.server.host, port=self.port, path=self.config.twilio.path)
         async with trio.open_nursery() as nursery:
@@ -299,6 +326,55 @@ class TwilioServer:
                     self.host.calls_nursery.start_soon(self._on_connection, stream)
                 except RuntimeError:  # "Nursery is closed to new arrivals"
                     await trio.aclose_forcefully(stream)
+
+    # -- the worker side of the parent's hand-off (engine/workers.py): one accepted TCP socket per message --
+
+    async def _receive_handoffs(self, chan: trio.socket.SocketType) -> None:
+        """Serve every connection the parent hands over, exactly as an accepted one. At EOF the parent is
+        gone: nothing more comes, and the worker drains by itself (engine.workers.report_and_watch_parent)."""
+        ancbufsize = socket.CMSG_SPACE(HANDOFF_MAX_FDS * 4)
+        while True:
+            data, ancdata, _flags, _addr = await chan.recvmsg(HANDOFF_MSG_BYTES, ancbufsize)
+            fds = handed_fds(ancdata)
+            if not data and not fds:
+                log.warning("twilio_handoff_closed")
+                await trio.sleep_forever()
+            for fd in fds:
+                try:
+                    sock = trio.socket.from_stdlib_socket(socket.socket(fileno=fd))
+                except OSError as exc:  # not a socket: nothing to serve, but the parent counted it
+                    os.close(fd)
+                    log.error("twilio_handoff_bad_fd", error=f"{type(exc).__name__}: {exc}")
+                    self._connection_ended()
+                    continue
+                stream = trio.SocketStream(sock)
+                try:
+                    self.host.calls_nursery.start_soon(self._on_handed_connection, stream)
+                except RuntimeError:  # "Nursery is closed to new arrivals"
+                    await trio.aclose_forcefully(stream)
+                    self._connection_ended()
+
+    async def _on_handed_connection(self, stream: trio.SocketStream) -> None:
+        try:
+            await self._on_connection(stream)
+        finally:
+            self._connection_ended()
+
+    def _connection_ended(self) -> None:
+        self._ended += 1
+        self._ended_changed.set()
+
+    async def _report_ends(self, chan: trio.socket.SocketType) -> None:
+        """One byte per connection that ended, so the parent's live count per worker stays right."""
+        while True:
+            await self._ended_changed.wait()
+            self._ended_changed = trio.Event()
+            while self._ended:
+                n, self._ended = min(self._ended, HANDOFF_MSG_BYTES), max(0, self._ended - HANDOFF_MSG_BYTES)
+                try:
+                    await chan.send(b"." * n)
+                except OSError:  # the parent is gone: nobody to count for
+                    return
 
     async def _on_connection(self, stream: trio.SocketStream) -> None:
         conn = f"ws-{next(self._ids)}"

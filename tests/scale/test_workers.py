@@ -10,8 +10,8 @@ import pytest
 import trio
 
 from engine.config import ConfigError, build
-from engine.twilio.simulator import load_audio, simulate_call
-from engine.workers import WorkerState, cgroup_cpu_quota, merge_metrics, ready_reason, resolve_workers, worker_overrides
+from engine.twilio.simulator import load_audio, simulate_call, simulate_calls
+from engine.workers import Balancer, WorkerState, cgroup_cpu_quota, merge_metrics, ready_reason, resolve_workers, worker_overrides
 
 from .workers_env import workers
 
@@ -32,6 +32,55 @@ def test_merge_metrics_labels_every_sample_and_keeps_families_together() -> None
     # each family's samples follow its own TYPE line (the text format requires it)
     i, j = out.index("# TYPE sori_h histogram"), out.index("# HELP sori_c c")
     assert all(line.startswith("sori_h") for line in out[i + 1 : j])
+
+
+def test_balancer_picks_the_least_loaded_ready_worker_round_robin_on_ties() -> None:
+    b = Balancer(3)
+    assert b.pick() is None and not b.any_ready
+    b.up(0)
+    b.up(2)
+    picks = []
+    for _ in range(4):  # ties alternate between the ready workers; worker 1 is not ready
+        i = b.pick()
+        assert i is not None
+        b.handed_to(i)
+        picks.append(i)
+    assert picks == [0, 2, 0, 2] and b.live == [2, 0, 2]
+    b.ended(2, 2)  # worker 2's calls ended: it is the least loaded, twice
+    assert b.pick() == 2
+    b.handed_to(2)
+    assert b.pick() == 2
+    b.up(1)
+    assert b.pick() == 1  # a (re)started worker starts empty
+    b.down(0)
+    assert b.live[0] == 0 and b.pick() == 1
+    b.ended(1, 5)
+    assert b.live[1] == 0  # never negative (a late report after a restart)
+    b.down(1)
+    b.down(2)
+    assert b.pick() is None
+
+
+def test_handed_fds_parses_scm_rights() -> None:
+    import array
+    import socket
+
+    from engine.twilio.server import handed_fds
+
+    a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    with a, b:
+        r, w = os.pipe()
+        try:
+            a.sendmsg([b"c"], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [r]).tobytes())])
+            _, anc, _, _ = b.recvmsg(64, socket.CMSG_SPACE(16 * 4))
+            (got,) = handed_fds(anc)
+            os.write(w, b"x")
+            assert os.read(got, 1) == b"x"
+            os.close(got)
+        finally:
+            os.close(r)
+            os.close(w)
+    assert handed_fds([]) == []
 
 
 def test_ready_only_when_every_worker_is_ready() -> None:
@@ -77,6 +126,23 @@ async def test_metrics_and_readiness_cover_every_worker() -> None:
             assert await parent.proc.wait() == 0
 
 
+async def test_calls_are_split_evenly_between_two_workers() -> None:
+    """The parent hands each call to the least-loaded worker: 10 concurrent calls -> 5:5 (± 1). With every
+    worker accepting on one shared socket the split was left to the kernel's queue (measured 40:12, 2:42)."""
+    audio = load_audio(DEMO_WAV)[: 8000 * 2]
+    with trio.fail_after(120):
+        async with workers(2) as parent:
+            await parent.wait_ready()
+            url = f"ws://127.0.0.1:{parent.twilio_port}/twilio/media"
+            reports = await simulate_calls(url, audio, calls=10, speed="realtime", trailing_silence_ms=500)
+            assert all(r.ok for r in reports), reports
+            parent.signal()
+            assert await parent.proc.wait() == 0
+            started = [e.get("worker") for e in parent.logs if e.get("event") == "twilio_call_started"]
+            assert len(started) == 10
+            assert abs(started.count(0) - started.count(1)) <= 2, started
+
+
 async def test_a_killed_worker_is_restarted() -> None:
     with trio.fail_after(120):
         async with workers(2) as parent:
@@ -89,6 +155,13 @@ async def test_a_killed_worker_is_restarted() -> None:
             assert again["pid"] != first["pid"]
             await parent.wait_ready()
             assert "sori_worker_restarts_total 1" in (await parent.get("/metrics")).text
+            # the parent hands calls to the new worker too (2 concurrent calls: one each)
+            mark = len(parent.logs)
+            url = f"ws://127.0.0.1:{parent.twilio_port}/twilio/media"
+            reports = await simulate_calls(url, load_audio(DEMO_WAV)[:8000], calls=2, speed="realtime")
+            assert all(r.ok for r in reports), reports
+            served = sorted(e.get("worker") for e in parent.logs[mark:] if e.get("event") == "twilio_call_started")
+            assert served == [0, 1]
             parent.signal()
             assert await parent.proc.wait() == 0
 
