@@ -35,7 +35,7 @@ from types import FrameType
 import _common  # noqa: F401  (puts the repo on sys.path)
 
 from engine.audio import mulaw
-from engine.ws_messages import apply_mask
+from engine.ws.frames import apply_mask
 
 GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 BATCH = 800  # μ-law bytes per RTZR message: 100 ms at 8 kHz

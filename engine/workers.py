@@ -52,6 +52,7 @@ import trio
 
 from engine.admin import AdminServer
 from engine.config import Config, ConfigError
+from engine.listeners import accept_or_pause
 from engine.log import get_logger
 from engine.metrics import Registry
 from engine.nursery import Backoff, StartupError
@@ -63,7 +64,6 @@ SCRAPE_TIMEOUT_S = 2.0
 LISTEN_BACKLOG = 1024
 STABLE_AFTER_S = 60.0  # a worker up this long has its restart backoff reset
 HANDOFF_TIMEOUT_S = 2.0  # a worker that takes no connection this long (socket buffer full): the call is dropped
-_ACCEPT_CAPACITY_ERRNOS = {errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS}
 _GONE_ERRNOS = {errno.EPIPE, errno.ECONNRESET, errno.ENOTCONN, errno.EBADF}
 
 
@@ -326,14 +326,10 @@ class WorkerPool:
         while True:
             while not self.balancer.any_ready:
                 await self._ready_changed.wait()
-            try:
-                conn, _ = await listener.accept()
-            except OSError as exc:
-                if exc.errno not in _ACCEPT_CAPACITY_ERRNOS:
-                    raise
-                log.error("twilio_accept_failed", error=errno.errorcode.get(exc.errno or 0, "?"))
-                await trio.sleep(0.1)
+            accepted = await accept_or_pause(listener.accept, "twilio_accept_failed")
+            if accepted is None:
                 continue
+            conn, _ = accepted
             with conn:  # our copy is closed once handed over (the worker holds its own)
                 await self._hand_over(conn)
 

@@ -13,7 +13,6 @@ application that leaves never affects its calls: they keep running, and a new co
 
 from __future__ import annotations
 
-import errno
 import hmac
 import itertools
 import urllib.parse
@@ -24,13 +23,13 @@ from engine.appchannel import messages as msg
 from engine.appchannel.hub import AppHub, Subscriber
 from engine.budgets import BudgetExpired, Budgets
 from engine.config import AppChannelConfig
+from engine.listeners import accept_or_pause
 from engine.log import get_logger
 from engine.metrics import Registry
 from engine.twilio.wsconn import ConnectionClosed, HandshakeFailed, UpgradeRequest, WsServerConnection
 
 log = get_logger(__name__)
 
-_ACCEPT_CAPACITY_ERRNOS = {errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS}
 
 
 def check_secret(secret: str | None, header: bytes | None) -> int:
@@ -76,13 +75,8 @@ class AppChannelServer:
     async def _accept_loop(self, listener: trio.SocketListener, nursery: trio.Nursery) -> None:
         async with listener:
             while True:
-                try:
-                    stream = await listener.accept()
-                except OSError as exc:
-                    if exc.errno not in _ACCEPT_CAPACITY_ERRNOS:
-                        raise
-                    log.error("app_channel_accept_failed", error=errno.errorcode.get(exc.errno or 0, "?"))
-                    await trio.sleep(0.1)
+                stream = await accept_or_pause(listener.accept, "app_channel_accept_failed")
+                if stream is None:
                     continue
                 nursery.start_soon(self._on_connection, stream)
 

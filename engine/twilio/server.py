@@ -19,7 +19,6 @@ deadline until the reactor hands the call back (stop, close, a control frame to 
 
 from __future__ import annotations
 
-import errno
 import itertools
 import math
 import os
@@ -36,6 +35,7 @@ import trio
 from engine.audio import mulaw
 from engine.budgets import BudgetExpired, Budgets
 from engine.config import Config
+from engine.listeners import accept_or_pause
 from engine.log import get_logger
 from engine.media import AudioReceived, DtmfReceived, MarkReached, MediaEvent, StreamStarted, StreamStopped
 from engine.metrics import Counter, Histogram, Registry
@@ -66,7 +66,6 @@ IDLE_SLACK_S = 0.5
 
 MAX_OUTBOUND_PAYLOAD = 50 * FRAME_BYTES  # one outbound media message carries at most 1 s
 _STATS_FLUSH_EVERY = 50  # messages (≈1 s of audio) between metric updates
-_ACCEPT_CAPACITY_ERRNOS = {errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS}  # as trio.serve_listeners
 HANDOFF_MSG_BYTES = 64  # one byte per handed connection (and per ended one, reported back)
 HANDOFF_MAX_FDS = 16
 FRAME_LAG_BUCKETS_MS = (1, 2, 5, 10, 15, 20, 25, 30, 40, 50, 75, 100, 150, 200, 300, 500, 1000, 2000, 5000)
@@ -314,13 +313,8 @@ class TwilioServer:
         (the end of a drain, before this service is cancelled) is dropped instead of crashing us."""
         async with listener:
             while True:
-                try:
-                    stream = await listener.accept()
-                except OSError as exc:
-                    if exc.errno not in _ACCEPT_CAPACITY_ERRNOS:
-                        raise
-                    log.error("twilio_accept_failed", error=errno.errorcode.get(exc.errno or 0, "?"))
-                    await trio.sleep(0.1)
+                stream = await accept_or_pause(listener.accept, "twilio_accept_failed")
+                if stream is None:
                     continue
                 try:
                     self.host.calls_nursery.start_soon(self._on_connection, stream)

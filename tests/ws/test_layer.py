@@ -6,7 +6,6 @@ from wsproto.frame_protocol import CloseReason
 
 import engine.rtzr.wsclient as client
 import engine.twilio.wsconn as server
-import engine.ws_messages as legacy
 from engine import ws
 
 
@@ -22,7 +21,6 @@ def test_public_names_stay_importable_from_the_side_modules() -> None:
         assert hasattr(server, name), name
     for name in ("WsClientConnection", "WsRejected", "WsHandshakeError", "encode_frame", "default_ssl_context"):
         assert hasattr(client, name), name
-    assert legacy.apply_mask is ws.apply_mask and legacy.MessageAssembler is ws.MessageAssembler
 
 
 def test_closed_reports_the_numeric_code_for_named_reasons() -> None:
