@@ -86,6 +86,10 @@ class RedisClient:
                     RespProtocolError, ssl.SSLError) as exc:
                 await self._drop()
                 raise RedisUnavailable(f"{type(exc).__name__}: {exc}".rstrip(": ")) from exc
+            except BaseException:
+                # Cancelled mid-round-trip: the reply may still come, and would answer the next command.
+                await self._drop()
+                raise
         if isinstance(reply, RedisError):
             raise reply
         return reply
