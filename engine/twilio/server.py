@@ -691,17 +691,17 @@ class _CallReader:
             except _EndCall as end:
                 return end.reason
             for event in events:
-                if type(event) is Media:  # the per-frame case, translated inline (media_event does the same)
-                    handler.on_event(AudioReceived(event.payload, event.offset / BYTES_PER_MS, event.filled))
-                    if not event.filled:
-                        base = trio.current_time() - event.offset / 8000
-                        self.origin = min(self.origin, base)
-                        self.lag.observe((base - self.origin) * 1000)
-                    continue
                 neutral = media_event(event)
                 if neutral is not None:
                     handler.on_event(neutral)
-                if type(event) is Stopped:
+                kind = type(event)
+                if kind is Media:
+                    assert isinstance(event, Media)
+                    if not event.filled:  # the frame's lag against the stream's own clock
+                        base = trio.current_time() - event.offset / (BYTES_PER_MS * 1000)
+                        self.origin = min(self.origin, base)
+                        self.lag.observe((base - self.origin) * 1000)
+                elif kind is Stopped:
                     return "stop"
             self.count += 1
             if self.count % _STATS_FLUSH_EVERY == 0:
