@@ -31,11 +31,23 @@ pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="headless Chromium is n
 WIDTH, HEIGHT = 1200, 1500
 
 
-async def screenshot(url: str, out: Path, profile: Path, height: int = HEIGHT) -> None:
+def _chromium(profile: Path, *args: str) -> list[str]:
     assert CHROMIUM is not None
-    cmd = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-           "--disable-background-networking", "--disable-component-update", "--disable-sync", "--hide-scrollbars",
-           f"--user-data-dir={profile}", f"--screenshot={out}", f"--window-size={WIDTH},{height}", url]
+    return [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+            "--disable-background-networking", "--disable-component-update", "--disable-sync", "--hide-scrollbars",
+            f"--user-data-dir={profile}", *args]
+
+
+async def rendered_dom(url: str, profile: Path) -> str:
+    """The page as the browser built it (so a browser error page cannot pass for the report)."""
+    with trio.fail_after(120):
+        done = await trio.run_process(_chromium(profile, "--dump-dom", url), capture_stdout=True,
+                                      capture_stderr=True)
+    return done.stdout.decode(errors="replace")
+
+
+async def screenshot(url: str, out: Path, profile: Path, height: int = HEIGHT) -> None:
+    cmd = _chromium(profile, f"--screenshot={out}", f"--window-size={WIDTH},{height}", url)
     with trio.fail_after(120):
         await trio.run_process(cmd, capture_stdout=True, capture_stderr=True)
     check_png(out, WIDTH, height)
@@ -68,6 +80,8 @@ async def test_html_report_in_a_browser(tmp_path: Path) -> None:
         page = tmp_path / f"report-{lang}.html"
         page.write_text(render_html(report, lang), encoding="utf-8")
         await screenshot(page.as_uri(), tmp_path / name, tmp_path / f"profile-{lang}")
+        dom = await rendered_dom(page.as_uri(), tmp_path / f"profile-{lang}")
+        assert report.calls and report.calls[0].call_sid in dom and "일지 쓰려" in dom and "<svg" in dom
 
 
 async def test_live_status_page_in_a_browser(tmp_path: Path) -> None:
@@ -86,4 +100,6 @@ async def test_live_status_page_in_a_browser(tmp_path: Path) -> None:
                     await trio.sleep(0.01)
                 await screenshot(f"http://127.0.0.1:{engine.admin.bound_port}/status", tmp_path / "status.png",
                                  tmp_path / "profile", height=900)
+                dom = await rendered_dom(f"http://127.0.0.1:{engine.admin.bound_port}/status", tmp_path / "profile")
+                assert "Calls in progress" in dom and second in dom
                 nursery.cancel_scope.cancel()
