@@ -55,7 +55,7 @@ SECRET = "bench-app-secret"
 SID_MARK = "MZ" + "#" * 10  # the length of the bench's streamSids (MZbench00000)
 PHRASE = Path(__file__).resolve().parents[1] / "engine" / "demo" / "phrases" / "thanks.wav"
 ANSWER = mulaw.encode((np.sin(np.arange(1600) / 4) * 6000).astype(np.int16))  # 200 ms
-SLOT_S = 0.005  # calls start on 5 ms slots: 4 phases per 20 ms, one ticker wake-up per slot
+SLOT_S = 0.005  # default: calls start on 5 ms slots (4 phases per 20 ms), one ticker wake-up per slot
 
 
 def call_audio(turns: int, gap_ms: int) -> bytes:
@@ -154,6 +154,7 @@ async def receive_call(stream: trio.SocketStream, ws: wsproto.WSConnection, call
 
 
 async def run_callers(spec: dict[str, Any]) -> dict[str, Any]:
+    slot = spec["slot_s"]
     frames = encode_frames(call_audio(spec["turns"], spec["gap_ms"]))
     calls = [Call(sid, start, [f.replace(SID_MARK.encode(), sid.encode(), 1) for f in frames])
              for sid, start in zip(spec["sids"], spec["starts"], strict=True)]
@@ -199,10 +200,10 @@ async def run_callers(spec: dict[str, Any]) -> dict[str, Any]:
             for call in [c for c in live if c.next_frame == len(c.frames)]:
                 live.remove(call)
                 nursery.start_soon(finish_call, call)
-            tick += SLOT_S
+            tick += slot
             behind = time.monotonic() - tick
             if behind > 0:  # skip the slots already past (their frames go out, late, at the next wake-up)
-                tick += (behind // SLOT_S + 1) * SLOT_S
+                tick += (behind // slot + 1) * slot
         for call in calls:
             await call.done.wait()
         nursery.cancel_scope.cancel()

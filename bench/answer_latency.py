@@ -41,7 +41,7 @@ from pathlib import Path
 from typing import Any
 
 import _common as c
-from answer_driver import SECRET, SID_MARK, SLOT_S, call_audio
+from answer_driver import SECRET, SID_MARK, call_audio
 
 DRIVER = Path(__file__).resolve().parent / "answer_driver.py"
 
@@ -108,13 +108,14 @@ def start_engine(port: int, admin: int, emu_port: int, app_port: int, n: int, wo
 
 
 def drive(port: int, app_port: int, n: int, turns: int, gap_ms: int, procs: int, workdir: Path, tag: str,
-          driver_cpu: int | None, rt: bool) -> dict[str, Any]:
+          driver_cpu: int | None, rt: bool, phases: int) -> dict[str, Any]:
     """Run the application process and ``procs`` caller processes; their results, joined."""
     sids = [f"MZbench{i:05d}" for i in range(n)]
     assert all(len(sid) == len(SID_MARK) for sid in sids)
     call_s = len(call_audio(turns, gap_ms)) / 8000
     # Start times relative to the go (written once every driver process is ready), spread over 1 s, on slots.
-    starts = [0.6 + round((i * 0.0137 % 1.0) / SLOT_S) * SLOT_S for i in range(n)]
+    slot = 0.02 / phases
+    starts = [0.6 + round((i * 0.0137 % 1.0) / slot) * slot for i in range(n)]
     go = workdir / f"go-{tag}-{n}"
     go.unlink(missing_ok=True)
     for stale in workdir.glob(f"*-{tag}-{n}.json.ready"):
@@ -129,7 +130,8 @@ def drive(port: int, app_port: int, n: int, turns: int, gap_ms: int, procs: int,
     for k, group in enumerate(groups):
         spec = workdir / f"callers{k}-{tag}-{n}.json"
         spec.write_text(json.dumps({"port": port, "sids": [sids[i] for i in group], "starts": [starts[i] for i in group],
-                                    "turns": turns, "gap_ms": gap_ms, "go": str(go)}))
+                                    "turns": turns, "gap_ms": gap_ms, "go": str(go),
+                                    "slot_s": slot}))
         running.append(c.spawn(wrap([c.PY, str(DRIVER), "caller", str(spec), str(workdir / f"callers{k}-out-{tag}-{n}.json")]),
                                cpu=driver_cpu, log=workdir / f"callers{k}-{tag}-{n}.log"))
     outs = [workdir / f"app-out-{tag}-{n}.json"] + [workdir / f"callers{k}-out-{tag}-{n}.json" for k in range(len(groups))]
@@ -177,7 +179,7 @@ def run(n: int, turns: int, args: argparse.Namespace, workdir: Path, tag: str, r
         before = c.CpuSample.take(c.real_pid(engine))
         procs = args.procs or max(1, math.ceil(n / 25))
         result = drive(port, app_port, n, turns, args.gap_ms, procs, workdir, tag, 1 if args.pin_driver else None,
-                       args.rt_driver)
+                       args.rt_driver, args.phases)
         result["engine_cpu_pct"] = round(c.CpuSample.take(c.real_pid(engine)).percent_since(before), 1)
         metrics = c.scrape_metrics(admin)
         (workdir / f"metrics-{tag}-{n}.json").write_text(json.dumps(metrics, indent=0))
@@ -196,7 +198,7 @@ def run(n: int, turns: int, args: argparse.Namespace, workdir: Path, tag: str, r
         why.append(f"rig lag p99 {rig:.1f} ms > {args.max_rig_lag_ms} ms")
     if not result["turns"] or result["missing"] or result["driver_write_stalls"]:
         why.append(f"{result['missing']} turns unanswered, {result['driver_write_stalls']} driver write stalls")
-    return {"engine": tag, "n": n, "rt_driver": args.rt_driver, "rt_engine": args.rt_engine, "turns_per_call": turns, "gap_ms": args.gap_ms,
+    return {"engine": tag, "n": n, "rt_driver": args.rt_driver, "rt_engine": args.rt_engine, "phases": args.phases, "turns_per_call": turns, "gap_ms": args.gap_ms,
             "loadavg_before_after": [round(load, 2), round(os.getloadavg()[0], 2)],
             "valid": not why, "invalid_because": "; ".join(why) or None, **result}
 
@@ -207,6 +209,8 @@ def main() -> None:
     ap.add_argument("--turns-1", type=int, default=100, help="turns per call when n == 1")
     ap.add_argument("--turns-n", type=int, default=5, help="turns per call when n > 1")
     ap.add_argument("--gap-ms", type=int, default=700, help="silence after each phrase")
+    ap.add_argument("--phases", type=int, default=4, help="frame phases per 20 ms across calls (each caller "
+                    "process's ticker wakes 20/phases ms apart; Twilio's calls have any phase)")
     ap.add_argument("--procs", type=int, default=0, help="caller processes (default: one per 25 calls)")
     ap.add_argument("--max-rig-lag-ms", type=float, default=3.0, help="a step is INVALID above this driver lag p99")
     ap.add_argument("--pin-driver", action="store_true", help="run the driver processes on core 1 (the engine is on core 0)")
