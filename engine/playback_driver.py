@@ -69,6 +69,21 @@ class OutboundSession(Protocol):
     def end(self, reason: str) -> None: ...
 
 
+class NowaitSession(OutboundSession, Protocol):
+    """A session that can also write from synchronous code (``engine.twilio.server.TwilioSession`` can): a
+    play on an idle call then writes its first frames from the command itself, with no wake-up of the call's
+    playback task in between (that wake-up waits for a whole scheduler pass: every call's reads at 100 calls)."""
+
+    def send_media_nowait(self, audio: bytes) -> bool: ...
+
+    def send_mark_nowait(self, name: str) -> bool: ...
+
+    @property
+    def send_pending(self) -> bool: ...
+
+    async def flush(self) -> bool: ...
+
+
 def to_mulaw8k(audio: bytes | npt.NDArray[np.int16], encoding: Encoding = "mulaw", sample_rate: int = 8000) -> bytes:
     """Application audio → μ-law 8 kHz: μ-law must be 8 kHz; PCM16 (little-endian) at any rate is resampled (soxr)."""
     if isinstance(audio, np.ndarray):
@@ -121,6 +136,10 @@ class CallControl:
         self._h_start = metrics.histogram("playback_start_ms", "play command accepted → its first frame written to "
                                           "Twilio (when nothing was playing)", buckets=START_BUCKETS_MS)
         self._queued_at: dict[str, float] = {}  # playback_id -> when play was accepted, while nothing played
+        self._nowait: NowaitSession | None = session if all(
+            hasattr(session, name) for name in ("send_media_nowait", "send_mark_nowait", "send_pending", "flush")
+        ) else None  # type: ignore[assignment]
+        self._deferred: list[Notice] = []  # notices of a play written from the command, emitted by the task
 
     @property
     def closed(self) -> bool:
@@ -137,8 +156,38 @@ class CallControl:
         pid = self.core.play(data, playback_id)
         if idle:
             self._queued_at[pid] = trio.current_time()
+            self._send_due_now()
         self._wake.set()
         return pid
+
+    def _send_due_now(self) -> None:
+        """Write what is due at once from here (synchronously) when the session can and nothing is waiting in
+        the outbox (order); whatever cannot go now stays, in order, for the task."""
+        session = self._nowait
+        if session is None or self._outbox or self._closed:
+            return
+        now = trio.current_time()
+        outputs, notices = self.core.poll(now)
+        # Not emitted from inside the command (an on_event callback that plays would be re-entered): the
+        # task emits them when it wakes, and any other notice first emits these (their order is kept).
+        self._deferred.extend(notices)
+        for i, out in enumerate(outputs):
+            if type(out) is SendMedia:
+                assert isinstance(out, SendMedia)
+                ok = session.send_media_nowait(out.payload)
+                if ok:
+                    self._m_frames.inc(len(out.payload) // 160)
+            elif type(out) is SendMark:
+                assert isinstance(out, SendMark)
+                ok = session.send_mark_nowait(out.name)
+            else:
+                ok = False
+            if not ok:
+                self._outbox.extend(outputs[i:])
+                break
+        for n in notices:
+            if isinstance(n, Started) and (at := self._queued_at.pop(n.playback_id, None)) is not None:
+                self._h_start.observe((trio.current_time() - at) * 1000)
 
     def mark_nowait(self, name: str) -> None:
         if self._closed or self._stopping:
@@ -258,6 +307,8 @@ class CallControl:
     async def _flush(self) -> bool:
         outbox = self._outbox
         session = self.session
+        if self._nowait is not None and self._nowait.send_pending and not await self._nowait.flush():
+            return False
         while outbox and not self._closed:
             out = outbox.popleft()
             if type(out) is SendMedia:
@@ -275,6 +326,8 @@ class CallControl:
         return True
 
     def _notify(self, notices: list[Notice]) -> None:
+        if self._deferred:
+            notices, self._deferred = self._deferred + notices, []
         sid, cid = self.stream_sid, self.call_sid
         for n in notices:
             event: ev.Event

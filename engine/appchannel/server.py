@@ -5,8 +5,9 @@ compared with ``app_channel.secret`` (env ``SORI_APP_SECRET``) in constant time;
 403 when it is wrong (or no secret is configured: the channel is then closed to everyone), 404 for another
 path, 503 at ``max_connections``. The secret is never logged.
 
-Each connection: a ``channel.hello``, then a writer task that drains the connection's bounded queue
-(:class:`~engine.appchannel.hub.Subscriber`) and a reader that applies commands. A write that exceeds
+Each connection: a ``channel.hello``, then a reader that applies commands, and events written from the
+emit path itself when nothing is queued (:meth:`WsServerConnection.send_text_nowait`), else by a writer
+task that drains the connection's bounded queue (:class:`~engine.appchannel.hub.Subscriber`) in one write. A write that exceeds
 ``budgets.send`` (the application stopped reading and its socket is full) ends the connection; an
 application that leaves never affects its calls: they keep running, and a new connection may pick them up.
 """
@@ -157,34 +158,46 @@ class AppChannelServer:
         """Reader and writer until either ends; returns why."""
         why = "closed"
 
+        def send_now(body: bytes) -> bool:
+            if not ws.send_text_nowait(body):
+                return False
+            if ws.pending:  # the kernel took part of it: the writer completes it
+                sub.wake.set()
+            return True
+
         async def writer(cancel: trio.CancelScope) -> None:
             nonlocal why
             try:
                 while True:
+                    if ws.pending:
+                        await ws.flush()
                     batch = sub.take()
                     if not batch:
                         await sub.wake.wait()
                         continue
-                    for body in batch:
-                        await ws.send_text(body.decode())
+                    await ws.send_texts(batch)  # everything queued, in one write
             except BudgetExpired:
                 why = "slow_application"
             except ConnectionClosed:
                 why = "closed"
             cancel.cancel()
 
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(writer, nursery.cancel_scope)
-            while True:
-                try:
-                    data = await ws.receive_message()
-                except ConnectionClosed:
-                    break
-                if isinstance(data, bytes):
-                    error: msg.ChannelError | None = msg.ChannelError(code="binary", message="commands are JSON text")
-                else:
-                    error = self.hub.command(sub, data)
-                if error is not None:
-                    sub.push(msg.encode(error))
-            nursery.cancel_scope.cancel()
+        sub.send_now = send_now
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(writer, nursery.cancel_scope)
+                while True:
+                    try:
+                        data = await ws.receive_message()
+                    except ConnectionClosed:
+                        break
+                    if isinstance(data, bytes):
+                        error: msg.ChannelError | None = msg.ChannelError(code="binary", message="commands are JSON text")
+                    else:
+                        error = self.hub.command(sub, data)
+                    if error is not None:
+                        sub.push(msg.encode(error))
+                nursery.cancel_scope.cancel()
+        finally:
+            sub.send_now = None
         return why

@@ -175,6 +175,27 @@ class TwilioSession:
         """Drop audio Twilio has queued (barge-in); Twilio echoes every pending mark."""
         return await self._send(encode_clear(self.stream_sid))
 
+    def send_media_nowait(self, audio: bytes) -> bool:
+        """:meth:`send_media` of whole μ-law frames from synchronous code, with no task wake-up (an answer's
+        first frames): True when written (or its tail left in :attr:`send_pending`); False: nothing was sent,
+        await :meth:`send_media` (another send is in flight, or the connection is not usable)."""
+        if not self._usable or len(audio) % FRAME_BYTES or len(audio) > MAX_OUTBOUND_PAYLOAD:
+            return False
+        return self._ws.send_text_nowait(encode_media(self.stream_sid, audio).encode())
+
+    def send_mark_nowait(self, name: str) -> bool:
+        """:meth:`send_mark` from synchronous code, as :meth:`send_media_nowait`."""
+        return self._usable and self._ws.send_text_nowait(encode_mark(self.stream_sid, name).encode())
+
+    @property
+    def send_pending(self) -> bool:
+        """A ``*_nowait`` send is partly written: :meth:`flush` completes it."""
+        return self._ws.pending
+
+    async def flush(self) -> bool:
+        """Complete a ``*_nowait`` send; False as for :meth:`send_media`."""
+        return await self._send(None)
+
     def end(self, reason: str = "app_stop") -> None:
         """End the media stream from our side (the application's ``stop``): the reader stops, the WebSocket is
         closed with 1000, and the call finishes as on Twilio's ``stop``."""
@@ -183,12 +204,13 @@ class TwilioSession:
         if self._end_scope is not None:
             self._end_scope.cancel()
 
-    async def _send(self, text: str) -> bool:
+    async def _send(self, text: str | None) -> bool:
+        """Send ``text`` (None: only what a ``*_nowait`` send left)."""
         if not self._usable:
             return False
         try:
             with self._budgets.send():
-                await self._ws.send_text(text)
+                await (self._ws.flush() if text is None else self._ws.send_text(text))
         except ConnectionClosed:
             self._usable = False
             return False

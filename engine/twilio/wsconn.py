@@ -18,7 +18,9 @@ Only one task may receive at a time (the reader); any task may send.
 
 from __future__ import annotations
 
+import os
 from collections import deque
+from collections.abc import Sequence
 
 import trio
 from wsproto.connection import Connection, ConnectionState, ConnectionType
@@ -26,7 +28,7 @@ from wsproto.events import TextMessage
 from wsproto.frame_protocol import CloseReason
 
 from engine.budgets import Budget
-from engine.ws.connection import RECEIVE_SIZE, ConnectionClosed, WsConnection
+from engine.ws.connection import _SENDABLE, RECEIVE_SIZE, ConnectionClosed, WsConnection
 from engine.ws.frames import TextFrameDecoder
 from engine.ws.handshake import (
     MAX_REQUEST_HEAD,
@@ -57,6 +59,8 @@ class WsServerConnection(WsConnection):
         self._handshake = UpgradeHandshake()
         self._fast: TextFrameDecoder | None = TextFrameDecoder(max_message_size)  # None: wsproto parses
         self.request: UpgradeRequest | None = None
+        self._pending = b""  # the part of a send_text_nowait frame the kernel did not take (written first)
+        self._socket = stream.socket if isinstance(stream, trio.SocketStream) else None  # plain TCP: nowait sends
         try:
             host, port = stream.socket.getpeername()[:2]
             self.remote = f"{host}:{port}"
@@ -115,8 +119,68 @@ class WsServerConnection(WsConnection):
     # -- sending ----------------------------------------------------------------------------
 
     async def send_text(self, text: str) -> None:
-        """Send one text message; raises :class:`ConnectionClosed` or ``BudgetExpired``."""
+        """Send one text message; raises :class:`ConnectionClosed` or ``BudgetExpired``.
+
+        Uncontended (the usual case), the frame is written before the task's first schedule point (as
+        trio's own ``send`` does: the checkpoint comes after the write), not a scheduler pass later.
+        """
+        await trio.lowlevel.checkpoint_if_cancelled()
+        if self.send_text_nowait(text.encode()):
+            if self._pending:
+                await self.flush()
+            else:
+                await trio.lowlevel.cancel_shielded_checkpoint()
+            return
         await self._send_event(TextMessage(data=text))
+
+    async def send_texts(self, payloads: Sequence[bytes]) -> None:
+        """Send UTF-8 text messages in one write (an application channel's queued events); raises as
+        :meth:`send_text`."""
+        data = b"".join(server_text_frame(p) for p in payloads)
+        with self._send_budget():
+            async with self._send_lock:
+                if self._broken or self._ws is None or self._ws.state not in _SENDABLE:
+                    raise self._closed or ConnectionClosed(CloseReason.ABNORMAL_CLOSURE, "connection closed")
+                await self._write_held(data)
+
+    def send_text_nowait(self, payload: bytes) -> bool:
+        """Send one UTF-8 text message from synchronous code, with no task wake-up (the first frame of an
+        answer, an event to an application): True when it is written, in order.
+
+        Only when no task is writing (the send lock is free, nothing :attr:`pending`), the connection is open
+        and on a plain socket; else False and nothing is written (the caller awaits :meth:`send_text`). What
+        the kernel does not take at once waits in :attr:`pending`: the caller must then ``await``
+        :meth:`flush`; any later write sends it first, so the order on the wire is the order of the calls.
+        """
+        ws = self._ws
+        # The fd is read each time: once the stream is closed it is -1 (its number may belong to another socket).
+        fd = -1 if self._socket is None else self._socket.fileno()
+        if fd < 0 or self._pending or self._send_lock.locked() or self._broken or ws is None or ws.state not in _SENDABLE:
+            return False
+        frame = server_text_frame(payload)
+        try:
+            written = os.write(fd, frame)
+        except BlockingIOError:
+            written = 0
+        except OSError:
+            return False  # the awaited path meets the same error and closes the connection
+        self._pending = frame[written:]
+        return True
+
+    @property
+    def pending(self) -> bool:
+        """A :meth:`send_text_nowait` frame is partly written: :meth:`flush` must complete it."""
+        return bool(self._pending)
+
+    async def flush(self) -> None:
+        """Write what :meth:`send_text_nowait` left (under the lock and the send budget); raises as :meth:`send_text`."""
+        if self._pending:
+            await self._write(b"")
+
+    async def _write_held(self, data: bytes) -> None:
+        if self._pending:  # a frame started by send_text_nowait goes out whole, before anything else
+            data, self._pending = self._pending + data, b""
+        await super()._write_held(data)
 
     async def aclose(self, code: int = CloseReason.NORMAL_CLOSURE, reason: str = "") -> None:
         """Send a close frame, wait (within the caller's deadline) for the peer's, close the stream."""
@@ -150,3 +214,13 @@ class WsServerConnection(WsConnection):
         """Handle what :meth:`feed_nowait` left to wsproto (pings answered, close completed, messages queued)."""
         if self._ws is not None and self._closed is None:
             await self._process_events()
+
+
+def server_text_frame(payload: bytes) -> bytes:
+    """One whole, unmasked text frame (RFC 6455 5.2: a server never masks) carrying UTF-8 ``payload``. Sans-IO."""
+    n = len(payload)
+    if n < 126:
+        return bytes((0x81, n)) + payload
+    if n < 1 << 16:
+        return bytes((0x81, 126)) + n.to_bytes(2, "big") + payload
+    return bytes((0x81, 127)) + n.to_bytes(8, "big") + payload
