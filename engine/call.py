@@ -25,7 +25,15 @@ from engine.audio import mulaw
 from engine.audio.resample import Resampler
 from engine.budgets import BudgetExpired, Budgets
 from engine.config import Config
-from engine.endpointing import Endpointer, SpeechAudio, SpeechEnded, SpeechStarted, make_classifier
+from engine.endpointing import (
+    Endpointer,
+    FrameClassifier,
+    SpeechAudio,
+    SpeechEnded,
+    SpeechStarted,
+    make_classifier,
+)
+from engine.endpointing.batch import FrameBatch
 from engine.log import get_logger
 from engine.media import AudioReceived, DropCounts, MediaEvent, StreamStarted, StreamStopped
 from engine.metrics import Registry
@@ -131,6 +139,10 @@ class Call:
         self._bytes_per_frame = max(1, int(started.bytes_per_ms * FRAME_MS))
         clf = make_classifier(ep_cfg.classifier, self.ep_rate, frame_ms=ep_cfg.frame_ms)
         self.endpointer = Endpointer(ep_cfg, classifier=clf)
+        # Batched classification (attach_batch): frames_ready's frames, waiting for the batch's decisions.
+        self.batch_frames: np.ndarray[Any, np.dtype[np.int16]] | None = None
+        self._batch: FrameBatch | None = None
+        self._batch_failed: Callable[[Exception], None] | None = None
         self.turns = TurnTracker(ep_cfg.turn_ms)
         self.stt_sample_bytes = 1 if self.stt_mulaw else 2
         self.stt_bytes_per_ms = self.stt_rate * self.stt_sample_bytes / 1000
@@ -180,6 +192,8 @@ class Call:
         """The stream ended (stop, close, errors): close the open utterance; run() then finishes."""
         if self._closed_reason is not None:
             return
+        if self.batch_frames is not None:  # audio before the end, still in the wake-up's batch
+            self._decide_alone()
         self._closed_reason = reason
         self._handle(self.endpointer.end())
         self._spawn_send.close()
@@ -190,12 +204,55 @@ class Call:
             self.stats.frames_filled += frames
         else:
             self.stats.frames_received += frames
-        pcm = self._decode(media.payload)
-        self._handle(self.endpointer.push(self.to_endpointer.process(pcm)))
+        if self.batch_frames is not None:  # a second chunk in one wake-up: the first one's frames first
+            self._decide_alone()
+        pcm = self.to_endpointer.process(self._decode(media.payload))
+        batch = self._batch
+        if batch is not None and batch.collecting:
+            ready = self.endpointer.frames_ready(pcm)
+            if ready is not None:  # classified with every other call of this wake-up (FrameBatch.end)
+                self.batch_frames = ready
+                batch.add(self)
+                return
+            self._after_endpoint([])
+            return
+        self._after_endpoint(self.endpointer.push(pcm))
+
+    def _after_endpoint(self, events: list[Any]) -> None:
+        self._handle(events)
         turn = self.turns.advance(self.endpointer.position * 1000 / self.ep_rate,
                                   continuation_possible=self.endpointer.continuation_possible)
         if turn is not None:
             self._emit_turn(turn)
+
+    # -- batched classification (engine/endpointing/batch.py: one classify_batch per reactor wake-up) --
+    def attach_batch(self, batch: FrameBatch | None, failed: Callable[[Exception], None] | None = None) -> None:
+        """Classify this call's frames in ``batch`` while it collects (None: alone, at once, as ``push``).
+        ``failed`` gets an exception raised while the batch finishes this call's frames (the reader's
+        failure path: the call ends as if its reader had raised it)."""
+        if batch is None and self.batch_frames is not None:
+            self._decide_alone()
+        self._batch = batch
+        self._batch_failed = failed
+
+    @property
+    def batch_classifier(self) -> FrameClassifier:
+        return self.endpointer.classifier
+
+    def batch_decided(self, decisions: list[bool]) -> None:
+        self.batch_frames = None
+        self._after_endpoint(self.endpointer.push_decided(decisions))
+
+    def batch_failed(self, exc: Exception) -> None:
+        if self._batch_failed is None:
+            raise exc
+        self._batch_failed(exc)
+
+    def _decide_alone(self) -> None:
+        frames = self.batch_frames
+        assert frames is not None
+        self.batch_frames = None  # the batch skips this call now: its classifier sees each frame once
+        self._after_endpoint(self.endpointer.push_decided(self.endpointer.classifier.classify(frames)))
 
     def _decode_general(self, payload: bytes) -> np.ndarray[Any, np.dtype[np.int16]]:
         """L16 (little-endian) or multi-channel audio → mono int16; a split sample waits for the next chunk."""

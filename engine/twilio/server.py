@@ -19,6 +19,7 @@ deadline until the reactor hands the call back (stop, close, a control frame to 
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 import os
@@ -56,6 +57,7 @@ from engine.twilio.protocol import (
     encode_mark,
     encode_media,
 )
+from engine.endpointing.batch import FrameBatch
 from engine.twilio.reactor import KEEP, PAUSE, Reactor
 from engine.twilio.signature import candidate_urls, mismatch_details, validate
 from engine.twilio.wsconn import ConnectionClosed, HandshakeFailed, UpgradeRequest, WsServerConnection
@@ -275,7 +277,9 @@ class TwilioServer:
         self.metrics = _Metrics(metrics)
         self.port: int | None = None
         self._ids = itertools.count(1)
-        self._reactor = Reactor()  # replaced in run(): live calls keep the one they registered with
+        # Replaced in run(): live calls keep the one they registered with. Its pass hook classifies the
+        # frames of every call read in one wake-up together (FrameBatch, issue 13).
+        self._reactor = Reactor(FrameBatch())
         self._ended = 0  # handed-over connections ended, not yet reported to the parent
         self._ended_changed = trio.Event()
         if not config.twilio.auth_token and not config.server.allow_unsigned:
@@ -287,7 +291,7 @@ class TwilioServer:
 
         A worker of ``sori serve --workers`` binds nothing: it serves the connections its parent accepted
         and handed over ``server.handoff_fd`` (:meth:`_receive_handoffs`)."""
-        self._reactor = Reactor()
+        self._reactor = Reactor(FrameBatch())
         if self.config.server.handoff_fd is not None:
             self.port = self.config.server.port
             log.info("twilio_listening", host=self.config.server.host, port=self.port, path=self.config.twilio.path,
@@ -560,9 +564,12 @@ class TwilioServer:
             return reason
         if ws.closed is not None:  # a close that came with `start` (answered): no bytes may follow it
             return "closed"
+        attach = getattr(handler, "attach_batch", None)  # a handler that can classify in the wake-up's batch
         with reader.scope:
             reader.push_deadline(trio.current_time())
             reactor.register(fd, reader, self.host.calls_nursery)
+            if attach is not None and isinstance(reactor.hook, FrameBatch):
+                attach(reactor.hook, functools.partial(reactor.fail, fd))
             try:
                 while True:
                     await reader.wake.wait()
@@ -580,6 +587,8 @@ class TwilioServer:
                         return "closed"
                     reactor.resume(fd)
             finally:
+                if attach is not None:
+                    attach(None)  # from now on (on_close, the end of the call) at once, in this task
                 reactor.unregister(fd)  # before the socket is closed
         log.warning("twilio_read_idle", stream_sid=proto.stream_sid, ms=self.config.twilio.read_idle_ms)
         return "idle_timeout"
