@@ -140,7 +140,9 @@ class Call:
         clf = make_classifier(ep_cfg.classifier, self.ep_rate, frame_ms=ep_cfg.frame_ms)
         self.endpointer = Endpointer(ep_cfg, classifier=clf)
         # Batched classification (attach_batch): frames_ready's frames, waiting for the batch's decisions.
+        self.batch_payload: bytes | None = None  # μ-law for the batch to decode (mono μ-law, no resampling)
         self.batch_frames: np.ndarray[Any, np.dtype[np.int16]] | None = None
+        self._batch_decode = mono_mulaw and self.to_endpointer.identity
         self._batch: FrameBatch | None = None
         self._batch_failed: Callable[[Exception], None] | None = None
         self.turns = TurnTracker(ep_cfg.turn_ms)
@@ -192,8 +194,8 @@ class Call:
         """The stream ended (stop, close, errors): close the open utterance; run() then finishes."""
         if self._closed_reason is not None:
             return
-        if self.batch_frames is not None:  # audio before the end, still in the wake-up's batch
-            self._decide_alone()
+        if self.batch_payload is not None or self.batch_frames is not None:
+            self._decide_alone()  # audio before the end, still in the wake-up's batch
         self._closed_reason = reason
         self._handle(self.endpointer.end())
         self._spawn_send.close()
@@ -204,10 +206,14 @@ class Call:
             self.stats.frames_filled += frames
         else:
             self.stats.frames_received += frames
-        if self.batch_frames is not None:  # a second chunk in one wake-up: the first one's frames first
-            self._decide_alone()
-        pcm = self.to_endpointer.process(self._decode(media.payload))
+        if self.batch_payload is not None or self.batch_frames is not None:
+            self._decide_alone()  # a second chunk in one wake-up: the first one's frames first, alone
         batch = self._batch
+        if batch is not None and batch.collecting and self._batch_decode:
+            self.batch_payload = media.payload  # decoded with every call of this wake-up (FrameBatch.end)
+            batch.add(self)
+            return
+        pcm = self.to_endpointer.process(self._decode(media.payload))
         if batch is not None and batch.collecting:
             ready = self.endpointer.frames_ready(pcm)
             if ready is not None:  # classified with every other call of this wake-up (FrameBatch.end)
@@ -230,7 +236,7 @@ class Call:
         """Classify this call's frames in ``batch`` while it collects (None: alone, at once, as ``push``).
         ``failed`` gets an exception raised while the batch finishes this call's frames (the reader's
         failure path: the call ends as if its reader had raised it)."""
-        if batch is None and self.batch_frames is not None:
+        if batch is None and (self.batch_payload is not None or self.batch_frames is not None):
             self._decide_alone()
         self._batch = batch
         self._batch_failed = failed
@@ -238,6 +244,14 @@ class Call:
     @property
     def batch_classifier(self) -> FrameClassifier:
         return self.endpointer.classifier
+
+    def batch_audio(self, pcm: np.ndarray[Any, np.dtype[np.int16]]) -> None:
+        self.batch_payload = None
+        ready = self.endpointer.frames_ready(pcm)  # a copy: pcm is a slice of the whole wake-up's audio
+        if ready is None:
+            self._after_endpoint([])
+        else:
+            self.batch_frames = ready
 
     def batch_decided(self, decisions: list[bool]) -> None:
         self.batch_frames = None
@@ -249,6 +263,14 @@ class Call:
         self._batch_failed(exc)
 
     def _decide_alone(self) -> None:
+        payload = self.batch_payload
+        if payload is not None:
+            self.batch_payload = None
+            ready = self.endpointer.frames_ready(self._decode(payload))
+            if ready is None:
+                self._after_endpoint([])
+                return
+            self.batch_frames = ready
         frames = self.batch_frames
         assert frames is not None
         self.batch_frames = None  # the batch skips this call now: its classifier sees each frame once

@@ -36,6 +36,7 @@ import trio
 from engine.audio import mulaw
 from engine.budgets import BudgetExpired, Budgets
 from engine.config import Config
+from engine.endpointing.batch import FrameBatch
 from engine.listeners import accept_or_pause
 from engine.log import get_logger
 from engine.media import AudioReceived, DtmfReceived, MarkReached, MediaEvent, StreamStarted, StreamStopped
@@ -57,7 +58,6 @@ from engine.twilio.protocol import (
     encode_mark,
     encode_media,
 )
-from engine.endpointing.batch import FrameBatch
 from engine.twilio.reactor import KEEP, PAUSE, Reactor
 from engine.twilio.signature import candidate_urls, mismatch_details, validate
 from engine.twilio.wsconn import ConnectionClosed, HandshakeFailed, UpgradeRequest, WsServerConnection
