@@ -74,7 +74,8 @@ class FrameBatch:
         self.collecting = True
 
     def add(self, stream: Deferred) -> None:
-        """``stream.batch_payload`` or ``batch_frames`` waits for :meth:`end` (while collecting, once per stream)."""
+        """``stream.batch_payload`` or ``batch_frames`` waits for :meth:`end` (while collecting; adding a stream
+        again in the same wake-up, after it decided alone, is harmless)."""
         self._waiting.append(stream)
 
     def end(self) -> None:
@@ -84,6 +85,8 @@ class FrameBatch:
         if not waiting:
             return
         self._waiting = []
+        # A stream that decided alone and deferred again within the wake-up was added twice: once each.
+        waiting = list(dict.fromkeys(waiting))
         self._decode(waiting)
         groups: dict[tuple[type, int], list[tuple[Deferred, Frames]]] = {}
         for stream in waiting:
