@@ -35,6 +35,12 @@ from .endpointer import Pcm
 
 log = get_logger(__name__)
 
+# Rows per classify_batch call. Above ~50 rows OpenBLAS runs the bands classifier's matrix product on
+# several threads, which on a shared 2-core machine costs 3-10x more per row than one thread (measured:
+# 0.7 µs/row at 32 rows, 1.9-20 µs at 64-400; BENCHMARKS.md § Capacity); 32 keeps one thread and most of
+# the sharing (0.57 µs/row at 400 with one thread).
+MAX_ROWS = 32
+
 
 class Deferred(Protocol):
     """A stream waiting in a :class:`FrameBatch`."""
@@ -128,18 +134,19 @@ class FrameBatch:
         try:
             # Round r: row r of every stream that has one (a classifier sees its frames in order, one per round).
             for r in range(rows):
-                members: Sequence[int]
-                if rows == 1:
-                    members = range(len(group))
-                    stack = np.concatenate([f for _s, f in group])
-                else:
-                    members = range(len(group)) if r == 0 else [i for i, (_s, f) in enumerate(group) if f.shape[0] > r]
-                    stack = np.stack([group[i][1][r] for i in members])
-                out = classify_batch([group[i][0].batch_classifier for i in members], stack)
-                self.batches += 1
-                self.frames += len(members)
-                for i, d in zip(members, out, strict=True):
-                    decided[i].append(d)
+                every: Sequence[int]
+                every = range(len(group)) if r == 0 else [i for i, (_s, f) in enumerate(group) if f.shape[0] > r]
+                for at in range(0, len(every), MAX_ROWS):
+                    members = every[at : at + MAX_ROWS]
+                    if rows == 1:
+                        stack = np.concatenate([group[i][1] for i in members])
+                    else:
+                        stack = np.stack([group[i][1][r] for i in members])
+                    out = classify_batch([group[i][0].batch_classifier for i in members], stack)
+                    self.batches += 1
+                    self.frames += len(members)
+                    for i, d in zip(members, out, strict=True):
+                        decided[i].append(d)
         except Exception as exc:  # a classifier bug: each stream alone, so only a broken one fails
             log.error("frame_batch_failed", streams=len(group), exc=exc)
             for (stream, f), got in zip(group, decided, strict=True):
