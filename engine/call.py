@@ -293,11 +293,12 @@ class Call:
 
     def _handle(self, events: list[Any]) -> None:
         for event in events:
-            if isinstance(event, SpeechStarted):
-                self._start_utterance(event)
-            elif isinstance(event, SpeechAudio):
+            kind = type(event)
+            if kind is SpeechAudio:  # every frame of speech: first
                 self._append(event.pcm)
-            elif isinstance(event, SpeechEnded):
+            elif kind is SpeechStarted:
+                self._start_utterance(event)
+            elif kind is SpeechEnded:
                 self._end_utterance(event)
 
     def _ms(self, samples: int) -> float:
@@ -344,7 +345,11 @@ class Call:
         utt.audio.append_pcm(pcm, mulaw_out=self.stt_mulaw)
 
     def _unsent_bytes(self) -> int:
-        return sum(utt.audio.size - utt.sent for utt in self._open if not utt.overflowed)
+        unsent = 0
+        for utt in self._open:  # per frame of speech: a plain loop, no generator
+            if not utt.overflowed:
+                unsent += utt.audio.size - utt.sent
+        return unsent
 
     def _end_utterance(self, event: SpeechEnded) -> None:
         utt = self._current

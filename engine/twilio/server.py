@@ -690,13 +690,18 @@ class _CallReader:
     def deliver(self) -> str | None:
         """Process every complete message received; the reason the stream ended (stop, protocol errors) or None."""
         messages = self.ws.received
+        if not messages:
+            return None
         handler = self.handler
+        proto = self.proto
+        feed = self.errors.feed
+        debug = self.debug
         while messages:
             message = messages.popleft()
-            if self.debug:
-                log.debug("twilio_message", stream_sid=self.proto.stream_sid, size=len(message))
+            if debug:
+                log.debug("twilio_message", stream_sid=proto.stream_sid, size=len(message))
             try:
-                events = self.errors.feed(self.proto, message)
+                events = feed(proto, message)
             except _EndCall as end:
                 return end.reason
             for event in events:
@@ -714,7 +719,7 @@ class _CallReader:
                     return "stop"
             self.count += 1
             if self.count % _STATS_FLUSH_EVERY == 0:
-                self.reporter.flush(self.proto.stream_sid)
+                self.reporter.flush(proto.stream_sid)
         return None
 
 
