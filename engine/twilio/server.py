@@ -640,7 +640,7 @@ class _CallReader:
     """
 
     __slots__ = ("count", "debug", "error", "errors", "handler", "idle_s", "lag", "origin", "proto", "pushed_at",
-                 "reason", "reporter", "scope", "wake", "ws")
+                 "reason", "reporter", "scope", "slack_s", "wake", "ws")
 
     def __init__(self, ws: WsServerConnection, proto: TwilioStream, handler: CallHandler, *, errors: _ErrorPolicy,
                  reporter: _StatsReporter, lag: Histogram, idle_s: float, debug: bool) -> None:
@@ -656,9 +656,11 @@ class _CallReader:
         self.reason: str | None = None
         self.error: Exception | None = None
         # One scope for the whole call (the idle deadline); its deadline is pushed forward at most every
-        # IDLE_SLACK_S (moving a deadline reorders Trio's deadline heap: per 20 ms message that was ~4 % of
-        # the engine at 50 calls). The idle timeout therefore fires after between read_idle_ms −
-        # IDLE_SLACK_S and read_idle_ms of silence.
+        # ``slack_s`` = max(IDLE_SLACK_S, read_idle_ms / 8) (moving a deadline reorders Trio's deadline heap:
+        # per 20 ms message that was ~4 % of the engine at 50 calls; every 0.5 s still 1.6 % at 200 calls,
+        # BENCHMARKS.md § Capacity, issue 13). The idle timeout therefore fires after between
+        # read_idle_ms − slack_s and read_idle_ms of silence (13.1–15 s at the default 15 s).
+        self.slack_s = max(IDLE_SLACK_S, idle_s / 8)
         self.scope = trio.CancelScope()
         self.pushed_at = -math.inf
         # Frame lag: a frame of audio offset o (s) is due at origin + o, the origin being the earliest
@@ -671,7 +673,7 @@ class _CallReader:
         self.pushed_at = now
 
     def readable(self, data: bytes, now: float) -> bool:
-        if now - self.pushed_at >= IDLE_SLACK_S:
+        if now - self.pushed_at >= self.slack_s:
             self.push_deadline(now)
         if self.ws.feed_nowait(data):
             self.wake.set()
