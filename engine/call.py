@@ -187,7 +187,10 @@ class Call:
         """Audio and the stream's end; DTMF and marks are the application channel's, not the pipeline's."""
         if type(event) is AudioReceived:
             self._on_media(event)
-        elif type(event) is StreamStopped:
+            return
+        if self.batch_payload is not None or self.batch_frames is not None:
+            self._decide_alone()  # what came before this event is endpointed (and emitted) before it
+        if type(event) is StreamStopped:
             self.on_close(event.reason)
 
     def on_close(self, reason: str) -> None:

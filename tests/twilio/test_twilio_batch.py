@@ -139,3 +139,24 @@ async def test_a_failure_in_one_calls_batched_work_ends_that_call_alone() -> Non
         assert by_id[str(i)]._closed_reason == "stop"
         assert seen[i] == expected
 
+
+
+async def test_the_engines_own_call_handler_is_batched() -> None:
+    """engine.app wraps each Call in a ControlledCall (playback, barge-in): the batch must reach the Call
+    through it (before, the server found no attach_batch on the wrapper and every frame went alone)."""
+    from tests.appchannel.support import make_config as engine_config
+    from tests.appchannel.support import mulaw_of, phrase_pcm, running_engine, silence, twilio_peer
+
+    with trio.fail_after(30):
+        async with running_engine(engine_config()) as (engine, collector), trio.open_nursery() as nursery:
+            batch = engine.twilio._reactor.hook
+            assert isinstance(batch, FrameBatch)
+            async with twilio_peer(engine, nursery) as peer:
+                await peer.audio(silence(200))
+                await peer.audio(mulaw_of(phrase_pcm()))
+                await peer.audio(silence(1000))
+                await collector.wait(lambda: collector.of(ev.SpeechEnded))
+                assert batch.frames > 0 and batch.decoded > 0
+                await peer.stop()
+                await collector.wait(lambda: collector.of(ev.CallEnded))
+            nursery.cancel_scope.cancel()
