@@ -214,10 +214,10 @@ class Endpointer:
         flat = self._flat
         if flat is None:
             raise EndpointerError("push_decided() without frames_ready()")
-        self._flat = None
         nf = flat.shape[0] // self._frame
-        if len(decisions) != nf:
+        if len(decisions) != nf:  # the frames still wait for their decisions
             raise EndpointerError(f"push_decided() expects {nf} decisions, got {len(decisions)}")
+        self._flat = None
         if not self._in_speech and not any(decisions):
             # The common case, every idle frame on a quiet line: nothing can happen.
             self._run = 0
