@@ -33,8 +33,9 @@ from wsproto.events import AcceptConnection, BytesMessage, Request, TextMessage
 
 from engine.audio import mulaw
 from engine.audio.resample import Resampler
-from engine.config import Config
-from engine.endpointing import Endpointer, make_classifier
+from engine.config import Config, EndpointingConfig
+from engine.endpointing import Endpointer, FrameClassifier, make_classifier
+from engine.endpointing.batch import FrameBatch
 from engine.twilio.protocol import (
     ConnectedMessage,
     InboundMedia,
@@ -129,7 +130,60 @@ def bench_sync(frames: list[bytes], repeat: int) -> list[tuple[str, float]]:
         return len(pcm8)
 
     rows.append(("endpointer push (incl. classifier)", timed(endpoint, repeat)))
+
+    def decode_push() -> int:
+        ep = Endpointer(cfg, classifier=make_classifier(cfg.classifier, 8000))
+        for f in frames:
+            ep.push(mulaw.decode(f))
+        return len(frames)
+
+    rows.append(("μ-law decode + endpointer push, one call alone", timed(decode_push, repeat)))
+
+    def batched(n: int) -> Callable[[], int]:
+        def run() -> int:
+            streams = [_BatchStream(cfg) for _ in range(n)]
+            batch = FrameBatch()
+            for f in frames:
+                batch.begin()
+                for s in streams:
+                    s.feed(f, batch)
+                batch.end()
+            return len(frames) * n
+        return run
+
+    for n in (20, 200):
+        rows.append((f"μ-law decode + endpointer, FrameBatch of {n} calls per wake-up, per call-frame",
+                     timed(batched(n), max(1, repeat // 2))))
     return rows
+
+
+class _BatchStream:
+    """One call's endpointer in a FrameBatch as engine.call.Call drives it (μ-law payload deferred)."""
+
+    def __init__(self, cfg: EndpointingConfig) -> None:
+        self.ep = Endpointer(cfg, classifier=make_classifier(cfg.classifier, 8000))
+        self.batch_payload: bytes | None = None
+        self.batch_frames: np.ndarray | None = None
+        self.events = 0
+
+    @property
+    def batch_classifier(self) -> FrameClassifier:
+        return self.ep.classifier
+
+    def feed(self, payload: bytes, batch: FrameBatch) -> None:
+        self.batch_payload = payload
+        batch.add(self)
+
+    def batch_audio(self, pcm: np.ndarray) -> None:
+        self.batch_payload = None
+        self.batch_frames = self.ep.frames_ready(pcm)
+
+    def batch_decided(self, decisions: list[bool]) -> None:
+        self.batch_frames = None
+        self.events += len(self.ep.push_decided(decisions))
+
+    def batch_failed(self, exc: Exception) -> None:
+        raise exc
 
 
 def bench_call(frames: list[bytes], repeat: int) -> float:

@@ -25,7 +25,15 @@ from engine.audio import mulaw
 from engine.audio.resample import Resampler
 from engine.budgets import BudgetExpired, Budgets
 from engine.config import Config
-from engine.endpointing import Endpointer, SpeechAudio, SpeechEnded, SpeechStarted, make_classifier
+from engine.endpointing import (
+    Endpointer,
+    FrameClassifier,
+    SpeechAudio,
+    SpeechEnded,
+    SpeechStarted,
+    make_classifier,
+)
+from engine.endpointing.batch import FrameBatch
 from engine.log import get_logger
 from engine.media import AudioReceived, DropCounts, MediaEvent, StreamStarted, StreamStopped
 from engine.metrics import Registry
@@ -131,6 +139,12 @@ class Call:
         self._bytes_per_frame = max(1, int(started.bytes_per_ms * FRAME_MS))
         clf = make_classifier(ep_cfg.classifier, self.ep_rate, frame_ms=ep_cfg.frame_ms)
         self.endpointer = Endpointer(ep_cfg, classifier=clf)
+        # Batched classification (attach_batch): frames_ready's frames, waiting for the batch's decisions.
+        self.batch_payload: bytes | None = None  # μ-law for the batch to decode (mono μ-law, no resampling)
+        self.batch_frames: np.ndarray[Any, np.dtype[np.int16]] | None = None
+        self._batch_decode = mono_mulaw and self.to_endpointer.identity
+        self._batch: FrameBatch | None = None
+        self._batch_failed: Callable[[Exception], None] | None = None
         self.turns = TurnTracker(ep_cfg.turn_ms)
         self.stt_sample_bytes = 1 if self.stt_mulaw else 2
         self.stt_bytes_per_ms = self.stt_rate * self.stt_sample_bytes / 1000
@@ -173,13 +187,18 @@ class Call:
         """Audio and the stream's end; DTMF and marks are the application channel's, not the pipeline's."""
         if type(event) is AudioReceived:
             self._on_media(event)
-        elif type(event) is StreamStopped:
+            return
+        if self.batch_payload is not None or self.batch_frames is not None:
+            self._decide_alone()  # what came before this event is endpointed (and emitted) before it
+        if type(event) is StreamStopped:
             self.on_close(event.reason)
 
     def on_close(self, reason: str) -> None:
         """The stream ended (stop, close, errors): close the open utterance; run() then finishes."""
         if self._closed_reason is not None:
             return
+        if self.batch_payload is not None or self.batch_frames is not None:
+            self._decide_alone()  # audio before the end, still in the wake-up's batch
         self._closed_reason = reason
         self._handle(self.endpointer.end())
         self._spawn_send.close()
@@ -190,12 +209,75 @@ class Call:
             self.stats.frames_filled += frames
         else:
             self.stats.frames_received += frames
-        pcm = self._decode(media.payload)
-        self._handle(self.endpointer.push(self.to_endpointer.process(pcm)))
+        if self.batch_payload is not None or self.batch_frames is not None:
+            self._decide_alone()  # a second chunk in one wake-up: the first one's frames first, alone
+        batch = self._batch
+        if batch is not None and batch.collecting and self._batch_decode:
+            self.batch_payload = media.payload  # decoded with every call of this wake-up (FrameBatch.end)
+            batch.add(self)
+            return
+        pcm = self.to_endpointer.process(self._decode(media.payload))
+        if batch is not None and batch.collecting:
+            ready = self.endpointer.frames_ready(pcm)
+            if ready is not None:  # classified with every other call of this wake-up (FrameBatch.end)
+                self.batch_frames = ready
+                batch.add(self)
+                return
+            self._after_endpoint([])
+            return
+        self._after_endpoint(self.endpointer.push(pcm))
+
+    def _after_endpoint(self, events: list[Any]) -> None:
+        self._handle(events)
         turn = self.turns.advance(self.endpointer.position * 1000 / self.ep_rate,
                                   continuation_possible=self.endpointer.continuation_possible)
         if turn is not None:
             self._emit_turn(turn)
+
+    # -- batched classification (engine/endpointing/batch.py: one classify_batch per reactor wake-up) --
+    def attach_batch(self, batch: FrameBatch | None, failed: Callable[[Exception], None] | None = None) -> None:
+        """Classify this call's frames in ``batch`` while it collects (None: alone, at once, as ``push``).
+        ``failed`` gets an exception raised while the batch finishes this call's frames (the reader's
+        failure path: the call ends as if its reader had raised it)."""
+        if batch is None and (self.batch_payload is not None or self.batch_frames is not None):
+            self._decide_alone()
+        self._batch = batch
+        self._batch_failed = failed
+
+    @property
+    def batch_classifier(self) -> FrameClassifier:
+        return self.endpointer.classifier
+
+    def batch_audio(self, pcm: np.ndarray[Any, np.dtype[np.int16]]) -> None:
+        self.batch_payload = None
+        ready = self.endpointer.frames_ready(pcm)  # a copy: pcm is a slice of the whole wake-up's audio
+        if ready is None:
+            self._after_endpoint([])
+        else:
+            self.batch_frames = ready
+
+    def batch_decided(self, decisions: list[bool]) -> None:
+        self.batch_frames = None
+        self._after_endpoint(self.endpointer.push_decided(decisions))
+
+    def batch_failed(self, exc: Exception) -> None:
+        if self._batch_failed is None:
+            raise exc
+        self._batch_failed(exc)
+
+    def _decide_alone(self) -> None:
+        payload = self.batch_payload
+        if payload is not None:
+            self.batch_payload = None
+            ready = self.endpointer.frames_ready(self._decode(payload))
+            if ready is None:
+                self._after_endpoint([])
+                return
+            self.batch_frames = ready
+        frames = self.batch_frames
+        assert frames is not None
+        self.batch_frames = None  # the batch skips this call now: its classifier sees each frame once
+        self._after_endpoint(self.endpointer.push_decided(self.endpointer.classifier.classify(frames)))
 
     def _decode_general(self, payload: bytes) -> np.ndarray[Any, np.dtype[np.int16]]:
         """L16 (little-endian) or multi-channel audio → mono int16; a split sample waits for the next chunk."""
@@ -214,11 +296,12 @@ class Call:
 
     def _handle(self, events: list[Any]) -> None:
         for event in events:
-            if isinstance(event, SpeechStarted):
-                self._start_utterance(event)
-            elif isinstance(event, SpeechAudio):
+            kind = type(event)
+            if kind is SpeechAudio:  # every frame of speech: first
                 self._append(event.pcm)
-            elif isinstance(event, SpeechEnded):
+            elif kind is SpeechStarted:
+                self._start_utterance(event)
+            elif kind is SpeechEnded:
                 self._end_utterance(event)
 
     def _ms(self, samples: int) -> float:
@@ -265,7 +348,11 @@ class Call:
         utt.audio.append_pcm(pcm, mulaw_out=self.stt_mulaw)
 
     def _unsent_bytes(self) -> int:
-        return sum(utt.audio.size - utt.sent for utt in self._open if not utt.overflowed)
+        unsent = 0
+        for utt in self._open:  # per frame of speech: a plain loop, no generator
+            if not utt.overflowed:
+                unsent += utt.audio.size - utt.sent
+        return unsent
 
     def _end_utterance(self, event: SpeechEnded) -> None:
         utt = self._current

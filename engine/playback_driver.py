@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 from collections import deque
 from collections.abc import Callable
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
 
 import numpy as np
 import numpy.typing as npt
@@ -387,6 +387,12 @@ class ControlledCall:
         if self.on_ended is not None:
             on_ended, self.on_ended = self.on_ended, None
             on_ended()
+
+    def attach_batch(self, batch: Any, failed: Callable[[Exception], None] | None = None) -> None:
+        """The reactor's per-wake-up batch (issue 13), for the call when it can use one (``Call.attach_batch``)."""
+        attach = getattr(self.call, "attach_batch", None)
+        if attach is not None:
+            attach(batch, failed)
 
 
 class CallHandlerLike(Protocol):

@@ -39,7 +39,7 @@ import numpy.typing as npt
 
 from engine.config import EndpointingConfig
 
-from .classifiers import FrameClassifier, make_classifier
+from .classifiers import FrameClassifier, Frames, make_classifier
 from .events import EndpointEvent, EndReason, SpeechAudio, SpeechEnded, SpeechStarted
 
 Pcm = npt.NDArray[np.int16]
@@ -61,6 +61,7 @@ class Endpointer:
         "_classifier",
         "_closed",
         "_end_frames",
+        "_flat",
         "_frame",
         "_frames_done",
         "_in_speech",
@@ -122,6 +123,7 @@ class Endpointer:
         self._ring_filled = 0
         self._ring_end = 0
         self._pending: Pcm = _EMPTY
+        self._flat: Pcm | None = None  # frames_ready's frames (flat), waiting for push_decided
         self.position = 0
         self._frames_done = 0
         self._in_speech = False
@@ -154,15 +156,41 @@ class Endpointer:
         earliest = (self._frames_done - self._run) * self._frame
         return earliest - prev <= self._merge
 
+    @property
+    def classifier(self) -> FrameClassifier:
+        """This stream's classifier (stateful: it must see this stream's frames, in order, and only them)."""
+        return self._classifier
+
+    @property
+    def awaiting_decisions(self) -> bool:
+        """True between :meth:`frames_ready` returning frames and :meth:`push_decided`."""
+        return self._flat is not None
+
     def push(self, pcm: Pcm) -> list[EndpointEvent]:
         """Consume the next chunk of audio (any length); return the events it completes."""
+        frames = self.frames_ready(pcm)
+        if frames is None:
+            return []
+        return self.push_decided(self._classifier.classify(frames))
+
+    # Two phases, for a caller that classifies the frames of many streams in one batch (issue 13: the
+    # Twilio reactor, one ``classify_batch`` per wake-up): ``frames_ready`` cuts the chunk into whole
+    # frames and returns them; the caller gets one decision per frame from this stream's classifier
+    # (``classifier``, alone or batched with other streams'), then ``push_decided`` runs the state machine.
+    # ``push`` is exactly the two with ``classifier.classify`` between them.
+
+    def frames_ready(self, pcm: Pcm) -> Frames | None:
+        """Consume the next chunk (any length); the whole frames it completes, shape ``(n, frame_samples)``,
+        to be classified and given to :meth:`push_decided`, or None (no whole frame yet: nothing to decide)."""
         if self._closed:
             raise EndpointerError("push() after end()")
+        if self._flat is not None:
+            raise EndpointerError("frames_ready() again before push_decided()")
         if not isinstance(pcm, np.ndarray) or pcm.dtype != np.int16 or pcm.ndim != 1:
             raise EndpointerError("push() expects a 1-D int16 numpy array")
         n = pcm.shape[0]
         if n == 0:
-            return []
+            return None
         self.position += n
         frame = self._frame
         pending = self._pending
@@ -176,9 +204,20 @@ class Endpointer:
         else:
             self._pending = data[used:]
             if nf == 0:
-                return []
+                return None
             flat = data[:used]
-        decisions = self._classifier.classify(flat[None] if nf == 1 else flat.reshape(nf, frame))
+        self._flat = flat
+        return flat[None] if nf == 1 else flat.reshape(nf, frame)
+
+    def push_decided(self, decisions: list[bool]) -> list[EndpointEvent]:
+        """The decisions for the frames :meth:`frames_ready` returned (one per frame, in order): the events."""
+        flat = self._flat
+        if flat is None:
+            raise EndpointerError("push_decided() without frames_ready()")
+        nf = flat.shape[0] // self._frame
+        if len(decisions) != nf:  # the frames still wait for their decisions
+            raise EndpointerError(f"push_decided() expects {nf} decisions, got {len(decisions)}")
+        self._flat = None
         if not self._in_speech and not any(decisions):
             # The common case, every idle frame on a quiet line: nothing can happen.
             self._run = 0
@@ -296,6 +335,8 @@ class Endpointer:
         """End of stream: flush a partial frame into an open utterance and close it."""
         if self._closed:
             return []
+        if self._flat is not None:
+            raise EndpointerError("end() before push_decided()")
         self._closed = True
         if not self._in_speech:
             return []

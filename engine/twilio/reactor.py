@@ -15,6 +15,11 @@ wakes its task, which calls :meth:`Reactor.resume` once it is done or :meth:`Rea
 ends. An exception from one reader is handed to that reader (:meth:`Reader.failed`) and never reaches the
 reactor or another socket.
 
+Work that pays to batch over a wake-up (issue 13: the endpointer's frame classification, one
+``classify_batch`` for every call read in the wake-up) goes in the optional :class:`PassHook`: the
+readers queue it during the pass, ``hook.end()`` runs it once after the last ready socket, and a
+failure there for one connection comes back through :meth:`Reactor.fail` (pause + ``Reader.failed``).
+
 The task runs in the nursery given to :meth:`Reactor.register` (the calls nursery) while any socket is
 registered, and exits (closing its epoll) when the last one leaves; the next registration starts it
 again. A registration must be removed before its socket is closed (fd numbers are reused).
@@ -54,10 +59,20 @@ class Reader(Protocol):
         ...
 
 
+class PassHook(Protocol):
+    """Work batched over one wake-up (e.g. :class:`engine.endpointing.batch.FrameBatch`): ``begin`` before
+    the first ready socket is handed to its reader, ``end`` after the last (also when a reader raised)."""
+
+    def begin(self) -> None: ...
+
+    def end(self) -> None: ...
+
+
 class Reactor:
     """Many sockets, one reader task (see the module docstring). Not thread-safe; one Trio run."""
 
-    def __init__(self) -> None:
+    def __init__(self, hook: PassHook | None = None) -> None:
+        self.hook = hook
         self._readers: dict[int, Reader] = {}
         self._epoll: select.epoll | None = None  # the running task's; None: no task
         self._scope: trio.CancelScope | None = None
@@ -106,6 +121,15 @@ class Reactor:
         if fd in self._readers and self._epoll is not None:
             self._epoll.modify(fd, select.EPOLLIN)
 
+    def fail(self, fd: int, exc: Exception) -> None:
+        """``fd``'s reader failed outside :meth:`Reader.readable` (in the pass hook's batched work): pause the
+        socket and hand ``exc`` to its reader, as if ``readable`` had raised it."""
+        reader = self._readers.get(fd)
+        if reader is None:
+            return
+        self._pause(fd)
+        self._fail(reader, exc)
+
     def _pause(self, fd: int) -> None:
         if self._epoll is not None:
             with contextlib.suppress(OSError):  # gone from the epoll: nothing left to pause
@@ -118,6 +142,13 @@ class Reactor:
         except Exception as bug:  # a reader's own bug: logged, never raised from the reactor
             log.error("reactor_reader_failed_raised", exc=bug)
 
+    @staticmethod
+    def _end_pass(hook: PassHook) -> None:
+        try:
+            hook.end()  # its streams' failures are theirs (FrameBatch hands them over, see Reactor.fail)
+        except Exception as bug:  # the hook's own bug: logged, never the end of the reactor
+            log.error("reactor_pass_hook_failed", exc=bug)
+
     def _detach(self) -> None:
         """Let the running task go (it closes its epoll); the next register() starts a new one."""
         if self._scope is not None:
@@ -127,31 +158,38 @@ class Reactor:
     async def _run(self, epoll: select.epoll, scope: trio.CancelScope) -> None:
         epfd = epoll.fileno()
         readers = self._readers
+        hook = self.hook
         try:
             with scope:
                 while True:
                     await trio.lowlevel.wait_readable(epfd)
                     self.wakeups += 1
                     now = trio.current_time()
-                    for fd, _mask in epoll.poll(0):
-                        reader = readers.get(fd)
-                        if reader is None:
-                            continue
-                        try:
-                            data = os.read(fd, RECEIVE_SIZE)
-                        except BlockingIOError:
-                            continue
-                        except OSError:  # reset, or the like: the end of this stream, like EOF
-                            data = b""
-                        self.reads += 1
-                        try:
-                            pause = reader.readable(data, now)
-                        except Exception as exc:  # contained: that connection's task gets it
-                            self._pause(fd)
-                            self._fail(reader, exc)
-                            continue
-                        if pause:
-                            self._pause(fd)
+                    if hook is not None:
+                        hook.begin()
+                    try:
+                        for fd, _mask in epoll.poll(0):
+                            reader = readers.get(fd)
+                            if reader is None:
+                                continue
+                            try:
+                                data = os.read(fd, RECEIVE_SIZE)
+                            except BlockingIOError:
+                                continue
+                            except OSError:  # reset, or the like: the end of this stream, like EOF
+                                data = b""
+                            self.reads += 1
+                            try:
+                                pause = reader.readable(data, now)
+                            except Exception as exc:  # contained: that connection's task gets it
+                                self._pause(fd)
+                                self._fail(reader, exc)
+                                continue
+                            if pause:
+                                self._pause(fd)
+                    finally:
+                        if hook is not None:
+                            self._end_pass(hook)
         except Exception as exc:  # a reactor bug: each registered call fails on its own (finally), never the nursery
             log.error("reactor_failed", exc=exc)
         finally:

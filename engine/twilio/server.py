@@ -19,6 +19,7 @@ deadline until the reactor hands the call back (stop, close, a control frame to 
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 import os
@@ -35,6 +36,7 @@ import trio
 from engine.audio import mulaw
 from engine.budgets import BudgetExpired, Budgets
 from engine.config import Config
+from engine.endpointing.batch import FrameBatch
 from engine.listeners import accept_or_pause
 from engine.log import get_logger
 from engine.media import AudioReceived, DtmfReceived, MarkReached, MediaEvent, StreamStarted, StreamStopped
@@ -297,7 +299,9 @@ class TwilioServer:
         self.metrics = _Metrics(metrics)
         self.port: int | None = None
         self._ids = itertools.count(1)
-        self._reactor = Reactor()  # replaced in run(): live calls keep the one they registered with
+        # Replaced in run(): live calls keep the one they registered with. Its pass hook classifies the
+        # frames of every call read in one wake-up together (FrameBatch, issue 13).
+        self._reactor = Reactor(FrameBatch())
         self._ended = 0  # handed-over connections ended, not yet reported to the parent
         self._ended_changed = trio.Event()
         if not config.twilio.auth_token and not config.server.allow_unsigned:
@@ -309,7 +313,7 @@ class TwilioServer:
 
         A worker of ``sori serve --workers`` binds nothing: it serves the connections its parent accepted
         and handed over ``server.handoff_fd`` (:meth:`_receive_handoffs`)."""
-        self._reactor = Reactor()
+        self._reactor = Reactor(FrameBatch())
         if self.config.server.handoff_fd is not None:
             self.port = self.config.server.port
             log.info("twilio_listening", host=self.config.server.host, port=self.port, path=self.config.twilio.path,
@@ -582,9 +586,12 @@ class TwilioServer:
             return reason
         if ws.closed is not None:  # a close that came with `start` (answered): no bytes may follow it
             return "closed"
+        attach = getattr(handler, "attach_batch", None)  # a handler that can classify in the wake-up's batch
         with reader.scope:
             reader.push_deadline(trio.current_time())
             reactor.register(fd, reader, self.host.calls_nursery)
+            if attach is not None and isinstance(reactor.hook, FrameBatch):
+                attach(reactor.hook, functools.partial(reactor.fail, fd))
             try:
                 while True:
                     await reader.wake.wait()
@@ -602,6 +609,8 @@ class TwilioServer:
                         return "closed"
                     reactor.resume(fd)
             finally:
+                if attach is not None:
+                    attach(None)  # from now on (on_close, the end of the call) at once, in this task
                 reactor.unregister(fd)  # before the socket is closed
         log.warning("twilio_read_idle", stream_sid=proto.stream_sid, ms=self.config.twilio.read_idle_ms)
         return "idle_timeout"
@@ -653,7 +662,7 @@ class _CallReader:
     """
 
     __slots__ = ("count", "debug", "error", "errors", "handler", "idle_s", "lag", "origin", "proto", "pushed_at",
-                 "reason", "reporter", "scope", "wake", "ws")
+                 "reason", "reporter", "scope", "slack_s", "wake", "ws")
 
     def __init__(self, ws: WsServerConnection, proto: TwilioStream, handler: CallHandler, *, errors: _ErrorPolicy,
                  reporter: _StatsReporter, lag: Histogram, idle_s: float, debug: bool) -> None:
@@ -669,9 +678,11 @@ class _CallReader:
         self.reason: str | None = None
         self.error: Exception | None = None
         # One scope for the whole call (the idle deadline); its deadline is pushed forward at most every
-        # IDLE_SLACK_S (moving a deadline reorders Trio's deadline heap: per 20 ms message that was ~4 % of
-        # the engine at 50 calls). The idle timeout therefore fires after between read_idle_ms −
-        # IDLE_SLACK_S and read_idle_ms of silence.
+        # ``slack_s`` = max(IDLE_SLACK_S, read_idle_ms / 8) (moving a deadline reorders Trio's deadline heap:
+        # per 20 ms message that was ~4 % of the engine at 50 calls; every 0.5 s still 1.6 % at 200 calls,
+        # BENCHMARKS.md § Capacity, issue 13). The idle timeout therefore fires after between
+        # read_idle_ms − slack_s and read_idle_ms of silence (13.1–15 s at the default 15 s).
+        self.slack_s = max(IDLE_SLACK_S, idle_s / 8)
         self.scope = trio.CancelScope()
         self.pushed_at = -math.inf
         # Frame lag: a frame of audio offset o (s) is due at origin + o, the origin being the earliest
@@ -684,7 +695,7 @@ class _CallReader:
         self.pushed_at = now
 
     def readable(self, data: bytes, now: float) -> bool:
-        if now - self.pushed_at >= IDLE_SLACK_S:
+        if now - self.pushed_at >= self.slack_s:
             self.push_deadline(now)
         if self.ws.feed_nowait(data):
             self.wake.set()
@@ -703,13 +714,18 @@ class _CallReader:
     def deliver(self) -> str | None:
         """Process every complete message received; the reason the stream ended (stop, protocol errors) or None."""
         messages = self.ws.received
+        if not messages:
+            return None
         handler = self.handler
+        proto = self.proto
+        feed = self.errors.feed
+        debug = self.debug
         while messages:
             message = messages.popleft()
-            if self.debug:
-                log.debug("twilio_message", stream_sid=self.proto.stream_sid, size=len(message))
+            if debug:
+                log.debug("twilio_message", stream_sid=proto.stream_sid, size=len(message))
             try:
-                events = self.errors.feed(self.proto, message)
+                events = feed(proto, message)
             except _EndCall as end:
                 return end.reason
             for event in events:
@@ -727,7 +743,7 @@ class _CallReader:
                     return "stop"
             self.count += 1
             if self.count % _STATS_FLUSH_EVERY == 0:
-                self.reporter.flush(self.proto.stream_sid)
+                self.reporter.flush(proto.stream_sid)
         return None
 
 

@@ -341,3 +341,52 @@ async def test_a_close_in_the_same_read_as_start_ends_the_call_at_once() -> None
             await stream.aclose()
     assert srv.handlers[0].close_reasons == ["closed"]
     assert srv.handlers[0].samples == 160
+
+
+class Hook:
+    """A PassHook that records the passes and what the readers did inside them."""
+
+    def __init__(self) -> None:
+        self.log: list[str] = []
+        self.inside = False
+
+    def begin(self) -> None:
+        self.inside = True
+        self.log.append("begin")
+
+    def end(self) -> None:
+        self.inside = False
+        self.log.append("end")
+
+
+async def test_pass_hook_wraps_every_wakeup_even_when_a_reader_raises() -> None:
+    hook = Hook()
+    reactor = Reactor(hook)
+    with trio.fail_after(5), socket_pairs(2) as pairs:
+        readers = [Collect(), Collect()]
+        seen_inside: list[bool] = []
+        orig = readers[1].readable
+
+        def readable(data: bytes, now: float) -> bool:
+            seen_inside.append(hook.inside)
+            return orig(data, now)
+
+        readers[1].readable = readable  # type: ignore[method-assign]
+        async with trio.open_nursery() as nursery:
+            for (ours, _), reader in zip(pairs, readers, strict=True):
+                reactor.register(ours.fileno(), reader, nursery)
+            pairs[0][1].send(b"boom")  # reader 0 raises in the same wake-up as reader 1 reads
+            pairs[1][1].send(b"abc")
+            await until(lambda: readers[0].errors and readers[1].data)
+            assert hook.log[-1] == "end" and not hook.inside  # the pass ended through the hook despite the raise
+            assert seen_inside == [True]
+            # A failure found in the hook's batched work: that reader is paused and told, the other reads on.
+            reactor.fail(pairs[1][0].fileno(), RuntimeError("batched work failed"))
+            assert isinstance(readers[1].errors[0], RuntimeError)
+            pairs[1][1].send(b"more")
+            pairs[0][1].send(b"x")  # reader 0 was paused by its own raise: nothing reads it either
+            await trio.sleep(0.05)
+            assert bytes(readers[1].data) == b"abc"
+            reactor.fail(12345, RuntimeError("unknown fd: ignored"))
+            nursery.cancel_scope.cancel()
+    assert hook.log.count("begin") == hook.log.count("end") >= 1

@@ -1,0 +1,173 @@
+"""Many streams' frames classified together: one ``classify_batch`` per classifier kind per batch.
+
+Why (issue 13): every call's 20 ms packet costs the bands classifier three small numpy products when
+classified alone; the Twilio reactor reads many calls per wake-up, so their frames can share one matrix
+product (``classify_batch``), leaving only each classifier's per-frame decision in Python.
+
+Sans-IO. A stream with frames to classify (a :class:`Deferred`, e.g. :class:`engine.call.Call`) sets its
+``batch_frames`` (from :meth:`Endpointer.frames_ready`), or its μ-law ``batch_payload`` when nothing but the
+decode stands before the endpointer, and :meth:`FrameBatch.add` s itself while the batch is collecting
+(between :meth:`FrameBatch.begin` and :meth:`FrameBatch.end`, one reactor wake-up). :meth:`FrameBatch.end`
+decodes every waiting payload in one table lookup (each stream gets its slice, :meth:`Deferred.batch_audio`),
+then classifies every stream still waiting and hands each its decisions (:meth:`Deferred.batch_decided`).
+A stream that cannot wait (another event of its own arrived) decides alone and clears its fields first:
+the batch then skips it (its classifier must never see a frame twice). Decisions equal per-stream
+``classify`` up to float rounding of the matrix product (the same difference as between one push of
+several frames and several pushes of one).
+
+Failures stay per stream: an exception from one stream's ``batch_decided`` goes to that stream's
+``batch_failed``; if a batched ``classify_batch`` itself raises, every stream of that group is classified
+alone, and only a stream whose own classifier raises fails.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Protocol
+
+import numpy as np
+
+from engine.audio import mulaw
+from engine.log import get_logger
+
+from .classifiers import FrameClassifier, Frames, classify_batch
+from .endpointer import Pcm
+
+log = get_logger(__name__)
+
+# Rows per classify_batch call. Above ~50 rows OpenBLAS runs the bands classifier's matrix product on
+# several threads, which on a shared 2-core machine costs 3-10x more per row than one thread (measured:
+# 0.7 µs/row at 32 rows, 1.9-20 µs at 64-400; BENCHMARKS.md § Capacity); 32 keeps one thread and most of
+# the sharing (0.57 µs/row at 400 with one thread).
+MAX_ROWS = 32
+
+
+class Deferred(Protocol):
+    """A stream waiting in a :class:`FrameBatch`."""
+
+    batch_payload: bytes | None  # μ-law still to decode (then batch_audio), or None
+    batch_frames: Frames | None  # the frames to classify, shape (n, frame); None: nothing (any more)
+
+    def batch_audio(self, pcm: Pcm) -> None:
+        """``batch_payload`` decoded (the stream clears it): set ``batch_frames``, or finish if no frame is whole."""
+        ...
+
+    @property
+    def batch_classifier(self) -> FrameClassifier: ...
+
+    def batch_decided(self, decisions: list[bool]) -> None:
+        """One decision per row of ``batch_frames`` (which the stream clears)."""
+        ...
+
+    def batch_failed(self, exc: Exception) -> None:
+        """Classifying or :meth:`batch_decided` raised ``exc``: the stream's own failure."""
+        ...
+
+
+class FrameBatch:
+    """Collects streams during one wake-up (``begin`` … ``end``) and classifies them together at ``end``."""
+
+    __slots__ = ("_waiting", "batches", "collecting", "decoded", "frames")
+
+    def __init__(self) -> None:
+        self.collecting = False
+        self._waiting: list[Deferred] = []
+        self.batches = 0  # classify_batch calls so far (tests, benchmarks)
+        self.frames = 0  # frames classified in batches so far
+        self.decoded = 0  # μ-law payloads decoded in batches so far
+
+    def begin(self) -> None:
+        self.collecting = True
+
+    def add(self, stream: Deferred) -> None:
+        """``stream.batch_payload`` or ``batch_frames`` waits for :meth:`end` (while collecting; adding a stream
+        again in the same wake-up, after it decided alone, is harmless)."""
+        self._waiting.append(stream)
+
+    def end(self) -> None:
+        """Stop collecting; classify every waiting stream and hand each its decisions."""
+        self.collecting = False
+        waiting = self._waiting
+        if not waiting:
+            return
+        self._waiting = []
+        # A stream that decided alone and deferred again within the wake-up was added twice: once each.
+        waiting = list(dict.fromkeys(waiting))
+        self._decode(waiting)
+        groups: dict[tuple[type, int], list[tuple[Deferred, Frames]]] = {}
+        for stream in waiting:
+            frames = stream.batch_frames
+            if frames is None:  # decided alone meanwhile, or nothing whole to classify
+                continue
+            key = (type(stream.batch_classifier), frames.shape[1])
+            group = groups.get(key)
+            if group is None:
+                groups[key] = [(stream, frames)]
+            else:
+                group.append((stream, frames))
+        for group in groups.values():
+            self._decide(group)
+
+    def _decode(self, waiting: list[Deferred]) -> None:
+        """Every waiting μ-law payload decoded by one table lookup; each stream gets its slice."""
+        payloads = [p for s in waiting if (p := s.batch_payload) is not None]
+        if not payloads:
+            return
+        pcm = mulaw.decode(b"".join(payloads))
+        self.decoded += len(payloads)
+        at = 0
+        for stream in waiting:
+            payload = stream.batch_payload
+            if payload is None:
+                continue
+            n = len(payload)
+            try:
+                stream.batch_audio(pcm[at : at + n])
+            except Exception as exc:
+                stream.batch_payload = stream.batch_frames = None
+                self._fail(stream, exc)
+            at += n
+
+    def _decide(self, group: list[tuple[Deferred, Frames]]) -> None:
+        decided: list[list[bool]] = [[] for _ in group]
+        rows = max(f.shape[0] for _s, f in group)
+        try:
+            # Round r: row r of every stream that has one (a classifier sees its frames in order, one per round).
+            for r in range(rows):
+                every: Sequence[int]
+                every = range(len(group)) if r == 0 else [i for i, (_s, f) in enumerate(group) if f.shape[0] > r]
+                for at in range(0, len(every), MAX_ROWS):
+                    members = every[at : at + MAX_ROWS]
+                    if rows == 1:
+                        stack = np.concatenate([group[i][1] for i in members])
+                    else:
+                        stack = np.stack([group[i][1][r] for i in members])
+                    out = classify_batch([group[i][0].batch_classifier for i in members], stack)
+                    self.batches += 1
+                    self.frames += len(members)
+                    for i, d in zip(members, out, strict=True):
+                        decided[i].append(d)
+        except Exception as exc:  # a classifier bug: each stream alone, so only a broken one fails
+            log.error("frame_batch_failed", streams=len(group), exc=exc)
+            for (stream, f), got in zip(group, decided, strict=True):
+                if len(got) < f.shape[0]:
+                    try:
+                        got.extend(stream.batch_classifier.classify(f[len(got) :]))
+                    except Exception as own:
+                        stream.batch_frames = None
+                        self._fail(stream, own)
+        for (stream, frames), decisions in zip(group, decided, strict=True):
+            if stream.batch_frames is not frames:  # failed above
+                continue
+            try:
+                stream.batch_decided(decisions)
+            except Exception as exc:
+                stream.batch_frames = None
+                self._fail(stream, exc)
+
+    @staticmethod
+    def _fail(stream: Deferred, exc: Exception) -> None:
+        try:
+            stream.batch_failed(exc)
+        except Exception as bug:  # never raised into the reactor or another stream
+            log.error("frame_batch_stream_failed_raised", exc=bug)
