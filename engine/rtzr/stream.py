@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import math
+from collections.abc import Callable
 
 import trio
 
@@ -111,6 +112,9 @@ class RtzrSocket:
         self.close_reason = ""
         self.bad = False  # state uncertain: never hand it out again
         self.eos_sent = False
+        # Called once when the socket dies (the pool's wake-up to replace it): a callback rather than a
+        # watcher task per socket, which cost a Task, its coroutine and a wait per open socket (issue 13).
+        self.on_closed: Callable[[], None] | None = None
         self._handshake_hist = metrics.histogram("rtzr_handshake_ms", "RTZR WebSocket handshake time")
         self._metrics = metrics
 
@@ -139,6 +143,11 @@ class RtzrSocket:
     @property
     def is_open(self) -> bool:
         return self._ws is not None and not self._closed.is_set() and self._ws.closed is None
+
+    @property
+    def lost(self) -> bool:
+        """The socket is dead (what :meth:`wait_closed` waits for)."""
+        return self._closed.is_set()
 
     @property
     def usable(self) -> bool:
@@ -270,6 +279,9 @@ class RtzrSocket:
         self.close_reason = self.close_reason or reason
         self.bad = True
         self._closed.set()
+        on_closed, self.on_closed = self.on_closed, None
+        if on_closed is not None:
+            on_closed()
         if self._sink is not None:
             with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
                 self._sink.send_nowait(_Lost(self.close_reason))
