@@ -189,6 +189,27 @@ class WsClientConnection(WsConnection):
         """Send one text message; raises :class:`ConnectionClosed` or ``BudgetExpired('send')``."""
         await self._send_data(_TEXT, text.encode())
 
+    async def send_ping(self, payload: bytes) -> trio.Event:
+        """Send a ping; the returned event is set when its pong arrives (or the connection closes).
+
+        For a caller that is itself the reader (the pong is delivered by its own receive calls). Raises
+        :class:`ConnectionClosed`, ``BudgetExpired('send')``, or ``ValueError`` if a ping with this
+        payload is already in flight.
+        """
+        if self._closed is not None:
+            raise self._closed
+        if payload in self._pings:
+            raise ValueError("a ping with this payload is already in flight")
+        answered = trio.Event()
+        self._pings[payload] = answered
+        try:
+            await self._send_event(Ping(payload=payload))
+        except BaseException:
+            if self._pings.get(payload) is answered:
+                del self._pings[payload]
+            raise
+        return answered
+
     async def ping(self, payload: bytes) -> None:
         """Send a ping and wait for its pong (delivered by the reader); the caller bounds the wait.
 
