@@ -389,11 +389,8 @@ class Call:
     async def _receive_results(self, utt: Utterance, attempt: _Attempt) -> None:
         """Route this lease's results to events; note the final that answers our Finalize."""
         try:
-            while True:
-                result = await attempt.lease.receive()
-                closing = result.closes
-                self._on_result(utt, attempt, result, closing=closing)
-                if closing:
+            while True:  # no local keeps the last result (and its words) alive while waiting for the next
+                if self._on_received(utt, attempt, await attempt.lease.receive()):
                     attempt.closing_final.set()
         except Exception as exc:
             attempt.failure = attempt.failure or exc
@@ -422,6 +419,11 @@ class Call:
         if await attempt.lease.finalize(speech_end_ms):
             with self.budgets.finalize():
                 await attempt.closing_final.wait()
+
+    def _on_received(self, utt: Utterance, attempt: _Attempt, result: SttResult) -> bool:
+        """One result of this lease; True when it is the final that answers our Finalize."""
+        self._on_result(utt, attempt, result, closing=result.closes)
+        return result.closes
 
     def _on_result(self, utt: Utterance, attempt: _Attempt, result: SttResult, *, closing: bool) -> None:
         """Partials as they come; finals with text; the closing final always (empty if nothing was heard),
