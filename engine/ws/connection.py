@@ -131,8 +131,12 @@ class WsConnection:
             ws = self._ws
             if ws is None:
                 raise ConnectionClosed(CloseReason.ABNORMAL_CLOSURE, "not upgraded")
+            data = b""
             with trio.CancelScope(deadline=deadline) as waited:
-                data = await self._receive_some()
+                try:  # inlined _receive_some: one coroutine less in every waiting reader's chain
+                    data = cast("bytes", await self._stream.receive_some(RECEIVE_SIZE))
+                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    data = b""
             if waited.cancelled_caught:
                 return None
             if ws.state is ConnectionState.CLOSED:  # closed by a sender meanwhile
