@@ -2,8 +2,10 @@
 
 Starts the ``--cheap`` RTZR emulator, ``sori serve`` under tracemalloc (traces allocations by Python code and
 numpy; not the interpreter's own arenas or the kernel's socket buffers) and ``bench/loadgen.py`` with N calls.
-Snapshots the engine once ready and idle, and again ``--settle-s`` after every call is live; prints the
-difference per call grouped by file (and the top source lines), and the RSS per call for comparison.
+Snapshots the engine once ready and idle, and again ``--settle-s`` after every call is live; prints the RSS
+per call, a census per call (objects by kind, Trio tasks by coroutine, the cyclic garbage not yet collected
+under the GC policy) and, when tracing, the difference per call grouped by file and by source line, counting
+only what is still reachable after a full collection.
 tracemalloc slows the engine ~2-3x, so keep N small enough for it to keep up (30 by default).
 
     .venv/bin/python bench/call_memory.py [--calls 30] [--settle-s 8] [--top 25]
@@ -12,6 +14,7 @@ tracemalloc slows the engine ~2-3x, so keep N small enough for it to keep up (30
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import pickle
 import signal
@@ -20,40 +23,100 @@ import tempfile
 import time
 import tracemalloc
 from pathlib import Path
+from typing import Any
 
 import _common as c
 
 # Runs inside the engine process: start tracing, dump a snapshot to $SORI_MEMPROBE_DIR/<n>.pickle on SIGUSR1.
 _PROBE = """
-import os, pickle, runpy, signal, sys, tracemalloc
+import collections, gc, json, os, pickle, runpy, signal, sys, tracemalloc
 if not os.environ.get("SORI_MEMPROBE_RSS_ONLY"):
     tracemalloc.start(int(os.environ.get("SORI_MEMPROBE_FRAMES", "1")))
 _n = [0]
+_KINDS = ("Task", "CancelScope", "CancelStatus", "Nursery", "Event", "MemoryChannelState", "ParkingLot",
+          "Utterance", "UtteranceAudio", "RtzrSocket", "Call", "WsServerConnection", "WsClientConnection",
+          "Connection", "H11Connection", "frame", "coroutine", "Cancelled", "traceback")
+def _census():
+    # What is alive, counted by kind (no tracemalloc needed), and what a full collection would free.
+    counts = collections.Counter(type(o).__name__ for o in gc.get_objects())
+    tasks = collections.Counter()
+    try:
+        import trio
+        def walk(task):
+            coro = task.coro
+            names = []
+            while coro is not None and len(names) < 12:
+                code = getattr(coro, "cr_code", None) or getattr(coro, "gi_code", None)
+                if code is None:
+                    break
+                names.append(code.co_qualname)
+                coro = getattr(coro, "cr_await", None) or getattr(coro, "gi_yieldfrom", None)
+            tasks[" > ".join(names[:1] + names[-1:])] += 1
+            for nursery in task.child_nurseries:
+                for child in nursery.child_tasks:
+                    walk(child)
+        walk(trio.lowlevel.current_root_task())
+    except Exception as exc:
+        tasks[f"error: {exc!r}"] += 1
+    return {"objects": {k: counts.get(k, 0) for k in _KINDS}, "tasks": dict(tasks), "gc_count": list(gc.get_count())}
+def _rss():
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 def _dump(signum, frame):
     _n[0] += 1
-    snap = tracemalloc.take_snapshot()
-    with open(os.path.join(os.environ["SORI_MEMPROBE_DIR"], f"{_n[0]}.pickle"), "wb") as f:
-        pickle.dump(snap, f)
+    base = os.path.join(os.environ["SORI_MEMPROBE_DIR"], str(_n[0]))
+    info = {"rss": _rss(), **_census()}
+    if tracemalloc.is_tracing():
+        with open(base + ".pickle", "wb") as f:
+            pickle.dump(tracemalloc.take_snapshot(), f)
+    info["garbage_objects"] = gc.collect()  # cyclic garbage the GC policy had not collected yet
+    info["rss_after_collect"] = _rss()
+    if tracemalloc.is_tracing():
+        with open(base + ".collected.pickle", "wb") as f:
+            pickle.dump(tracemalloc.take_snapshot(), f)
+    with open(base + ".json", "w") as f:
+        json.dump(info, f)
 signal.signal(signal.SIGUSR1, _dump)
 sys.argv = ["engine", *sys.argv[1:]]
 runpy.run_module("engine", run_name="__main__")
 """
 
-
-def snapshot(pid: int, folder: Path, n: int) -> tracemalloc.Snapshot:
+def snapshot(pid: int, folder: Path, n: int) -> tuple[dict[str, Any], tracemalloc.Snapshot | None,
+                                                    tracemalloc.Snapshot | None]:
+    """Signal the probe; its census, and its tracemalloc snapshots before / after a full collection (if tracing)."""
     os.kill(pid, signal.SIGUSR1)
-    path = folder / f"{n}.pickle"
-    deadline = time.monotonic() + 60
-    size = -1
-    while time.monotonic() < deadline:
-        if path.exists() and path.stat().st_size == size and size > 0:
-            break
-        size = path.stat().st_size if path.exists() else -1
+    info_path = folder / f"{n}.json"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not info_path.exists():
         time.sleep(0.5)
-    with path.open("rb") as f:
-        snap: tracemalloc.Snapshot = pickle.load(f)
-    return snap.filter_traces([tracemalloc.Filter(False, tracemalloc.__file__),
-                               tracemalloc.Filter(False, "<frozen importlib._bootstrap>")])
+    time.sleep(0.5)
+    info: dict[str, Any] = json.loads(info_path.read_text())
+    snaps: list[tracemalloc.Snapshot | None] = []
+    for name in (f"{n}.pickle", f"{n}.collected.pickle"):
+        path = folder / name
+        if not path.exists():
+            snaps.append(None)
+            continue
+        with path.open("rb") as f:
+            snap: tracemalloc.Snapshot = pickle.load(f)
+        snaps.append(snap.filter_traces([tracemalloc.Filter(False, tracemalloc.__file__),
+                                         tracemalloc.Filter(False, "<frozen importlib._bootstrap>")]))
+    return info, snaps[0], snaps[1]
+
+
+def print_census(idle: dict[str, Any], live: dict[str, Any], n: int) -> None:
+    """Per live call: objects by kind, Trio tasks by coroutine (outermost > innermost), uncollected garbage."""
+    print(f"census per call (live - idle) / {n}:")
+    print("  objects: " + ", ".join(f"{k} {(live['objects'][k] - idle['objects'][k]) / n:.2f}"
+                                     for k in live["objects"]))
+    tasks = {k: live["tasks"].get(k, 0) - idle["tasks"].get(k, 0) for k in {*live["tasks"], *idle["tasks"]}}
+    print(f"  tasks: {sum(tasks.values()) / n:.2f} per call")
+    for name, count in sorted(tasks.items(), key=lambda kv: -kv[1]):
+        if count:
+            print(f"    {count / n:6.2f}  {name}")
+    print(f"  uncollected cyclic garbage: {live['garbage_objects'] / n:.0f} objects per call "
+          f"(gc counts {live['gc_count']}); RSS {live['rss'] / 2**20:.1f} → {live['rss_after_collect'] / 2**20:.1f} "
+          "MiB after a full collection")
 
 
 def main() -> int:
@@ -96,7 +159,7 @@ def main() -> int:
                 time.sleep(0.3)
         time.sleep(3.0)
         rss_idle = c.proc_rss(engine.pid)
-        idle = None if args.rss_only else snapshot(engine.pid, work, 1)
+        idle_info, idle, idle_collected = snapshot(engine.pid, work, 1)
         progress = work / "progress.jsonl"
         gen = c.spawn([orig, str(c.ROOT / "bench" / "loadgen.py"), f"ws://127.0.0.1:{port}/twilio/media",
                        "--calls", str(n), "--stagger-ms", "20", "--repeat", "3", "--progress", str(progress),
@@ -106,23 +169,24 @@ def main() -> int:
         while time.monotonic() < deadline and not (progress.exists() and "all_live" in progress.read_text()):
             time.sleep(0.2)
         time.sleep(args.settle_s)
-        rss_live = c.proc_rss(engine.pid)
-        if idle is None:
-            print(f"{n} live calls vs idle: RSS +{(rss_live - rss_idle) / n / 1024:.1f} KiB per call "
-                  f"({rss_idle / 2**20:.1f} → {rss_live / 2**20:.1f} MiB)")
+        rss_live = c.proc_rss(engine.pid)  # before the census (whose full collection would change it)
+        print(f"{n} live calls vs idle: RSS +{(rss_live - rss_idle) / n / 1024:.1f} KiB per call "
+              f"({rss_idle / 2**20:.1f} → {rss_live / 2**20:.1f} MiB)")
+        live_info, live, live_collected = snapshot(engine.pid, work, 2)
+        print_census(idle_info, live_info, n)
+        if live is None or idle is None or live_collected is None or idle_collected is None:
             return 0
-        live = snapshot(engine.pid, work, 2)
         diff = live.compare_to(idle, "filename")
         total = sum(d.size_diff for d in diff)
-        print(f"{n} live calls vs idle: traced +{total / n / 1024:.1f} KiB per call; "
-              f"RSS +{(rss_live - rss_idle) / n / 1024:.1f} KiB per call ({rss_idle / 2**20:.0f} → "
-              f"{rss_live / 2**20:.0f} MiB)")
-        print(f"{'KiB/call':>9} {'blocks/call':>11}  file")
-        for d in diff[:args.top]:
+        kept = sum(d.size_diff for d in live_collected.compare_to(idle_collected, "filename"))
+        print(f"traced +{total / n / 1024:.1f} KiB per call, of which +{kept / n / 1024:.1f} KiB still reachable "
+              "after a full collection")
+        print(f"{'KiB/call':>9} {'blocks/call':>11}  file (reachable only)")
+        for d in live_collected.compare_to(idle_collected, "filename")[:args.top]:
             print(f"{d.size_diff / n / 1024:9.1f} {d.count_diff / n:11.1f}  {d.traceback[0].filename}")
         print()
-        print(f"{'KiB/call':>9} {'blocks/call':>11}  line")
-        for d in live.compare_to(idle, "lineno")[:args.top]:
+        print(f"{'KiB/call':>9} {'blocks/call':>11}  line (reachable only)")
+        for d in live_collected.compare_to(idle_collected, "lineno")[:args.top]:
             frame = d.traceback[0]
             print(f"{d.size_diff / n / 1024:9.1f} {d.count_diff / n:11.1f}  {frame.filename}:{frame.lineno}")
     finally:

@@ -12,7 +12,6 @@ and the audio replayed once, then the utterance becomes an ``error`` event. Noth
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -67,7 +66,7 @@ class Utterance:
     speech_end_ms: float | None = None  # last speech on the utterance's own timeline (0 = first pre-roll sample)
     overflowed: bool = False  # its audio exceeded the call's buffer: its one outcome is that error
     scope: trio.CancelScope = field(default_factory=trio.CancelScope)  # its STT task, cancelled on overflow
-    sent: int = 0  # bytes of audio sent on the current lease (restarts at 0 on a replay)
+    sent: int = 0  # STT bytes of the utterance sent (a replay restarts at audio.start, 0 unless released)
     finals_emitted_until_ms: float = -1.0
     finals: int = 0
 
@@ -78,6 +77,7 @@ class _Attempt:
 
     lease: LeaseLike
     replay: bool
+    offset: int = 0  # STT bytes of the utterance before this lease's first byte (its timeline starts there)
     failure: Exception | None = None
     closing_final: trio.Event = field(default_factory=trio.Event)
     finalize_at: float | None = None  # trio clock when Finalize was sent
@@ -153,6 +153,7 @@ class Call:
         self._compact = mono_mulaw and not self.stt_mulaw and self.ep_rate == self.in_rate == self.stt_rate
         self.batch_bytes = int(config.call.send_batch_ms * self.stt_bytes_per_ms)
         self.buffer_limit_bytes = int(config.call.audio_buffer_ms * self.stt_bytes_per_ms)
+        self._release_margin_ms = float(config.rtzr.pool.timestamp_tolerance_ms)
         self._current: Utterance | None = None
         self._last_uid: str | None = None  # the latest utterance started: what a continuation continues
         self._to_stt: Resampler | None = None
@@ -162,7 +163,12 @@ class Call:
         self._head = 0  # index of the earliest utterance not yet settled
         self._settled: set[int] = set()
         self._held: dict[int, list[tuple[ev.Event, float]]] = {}
-        self._spawn_send, self._spawn_recv = trio.open_memory_channel[Utterance](math.inf)
+        # Utterance tasks are started in run()'s nursery straight from the reader (no channel, no task
+        # looping over one: such a loop's variable also kept the last utterance and its audio alive until
+        # the next one began); utterances that start before run() has opened it wait in _unspawned.
+        self._nursery: trio.Nursery | None = None
+        self._unspawned: list[Utterance] = []
+        self._stream_closed = trio.Event()
         self._closed_reason: str | None = None
         self._started_at = trio.current_time()
         self._m_overflow = metrics.counter("call_audio_overflow_total", "utterance audio dropped: RTZR slower than real time")
@@ -201,7 +207,7 @@ class Call:
             self._decide_alone()  # audio before the end, still in the wake-up's batch
         self._closed_reason = reason
         self._handle(self.endpointer.end())
-        self._spawn_send.close()
+        self._stream_closed.set()
 
     def _on_media(self, media: AudioReceived) -> None:
         frames = max(1, len(media.payload) // self._bytes_per_frame)
@@ -322,7 +328,7 @@ class Call:
                                    start_ms=utt.speech_start_ms, continues=utt.continues))
         self._open.append(utt)
         self._append(event.preroll)
-        self._spawn_send.send_nowait(utt)
+        self._spawn(utt)
 
     def _append(self, pcm: np.ndarray[Any, np.dtype[np.int16]]) -> None:
         utt = self._current
@@ -377,10 +383,16 @@ class Call:
         reason = "cancelled"
         try:
             async with trio.open_nursery() as nursery:
-                async for utt in self._spawn_recv:
+                self._nursery = nursery
+                waiting, self._unspawned = self._unspawned, []
+                for utt in waiting:
                     nursery.start_soon(self._transcribe, utt)
+                del waiting
+                await self._stream_closed.wait()
+                self._nursery = None  # no utterance starts after the stream closed
             reason = self._closed_reason or "closed"
         finally:
+            self._nursery = None
             for utt in list(self._open):  # started, but cancelled before its STT task ran
                 self._open.remove(utt)
                 if not utt.overflowed:  # an overflow already was its outcome
@@ -446,10 +458,11 @@ class Call:
         log.warning("utterance_replay", call_sid=self.call_sid, utterance_id=utt.uid, error=f"{type(exc).__name__}: {exc}")
 
     async def _stream_once(self, utt: Utterance, *, replay: bool) -> None:
-        """Lease a socket, send the utterance (from 0 on a replay), Finalize, wait for the final."""
-        utt.sent = 0
+        """Lease a socket, send the utterance (on a replay, from the first byte RTZR has not answered yet),
+        Finalize, wait for the final."""
+        utt.sent = utt.audio.start
         async with self.pool.lease() as lease:  # bounded by budgets.lease inside the pool
-            attempt = _Attempt(lease, replay)
+            attempt = _Attempt(lease, replay, offset=utt.sent)
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._receive_results, utt, attempt)
                 try:
@@ -463,11 +476,8 @@ class Call:
     async def _receive_results(self, utt: Utterance, attempt: _Attempt) -> None:
         """Route this lease's results to events; note the final that answers our Finalize."""
         try:
-            while True:
-                result = await attempt.lease.receive()
-                closing = result.closes
-                self._on_result(utt, attempt, result, closing=closing)
-                if closing:
+            while True:  # no local keeps the last result (and its words) alive while waiting for the next
+                if self._on_received(utt, attempt, await attempt.lease.receive()):
                     attempt.closing_final.set()
         except Exception as exc:
             attempt.failure = attempt.failure or exc
@@ -490,21 +500,34 @@ class Call:
         if attempt.failure is not None:
             return
         attempt.finalize_at = trio.current_time()
-        if await attempt.lease.finalize(None if utt.overflowed else utt.speech_end_ms):
+        speech_end_ms = None
+        if not utt.overflowed and utt.speech_end_ms is not None:  # on this lease's timeline
+            speech_end_ms = max(0.0, utt.speech_end_ms - attempt.offset / self.stt_bytes_per_ms)
+        if await attempt.lease.finalize(speech_end_ms):
             with self.budgets.finalize():
                 await attempt.closing_final.wait()
+
+    def _on_received(self, utt: Utterance, attempt: _Attempt, result: SttResult) -> bool:
+        """One result of this lease; True when it is the final that answers our Finalize."""
+        self._on_result(utt, attempt, result, closing=result.closes)
+        return result.closes
 
     def _on_result(self, utt: Utterance, attempt: _Attempt, result: SttResult, *, closing: bool) -> None:
         """Partials as they come; finals with text; the closing final always (empty if nothing was heard),
         so every ``speech.started`` is answered by a ``transcript.final`` or an ``error``."""
         if utt.overflowed and not utt.finals:
             return
-        start_ms = utt.audio_start_ms + result.start_ms
+        start_ms = utt.audio_start_ms + attempt.offset / self.stt_bytes_per_ms + result.start_ms
         if not result.final:
             self.emit(ev.TranscriptPartial(call_sid=self.call_sid, stream_sid=self.stream_sid, utterance_id=utt.uid,
                                            text=result.text, start_ms=round(start_ms, 1)))
             return
         end_ms = start_ms + result.duration_ms
+        if not closing:
+            # RTZR cut the utterance itself: the audio before this final is answered, so a replay need
+            # not send it again (engine/utterance.py); a timestamp tolerance of margin, whole blocks only.
+            answered = result.start_ms + result.duration_ms - self._release_margin_ms
+            utt.audio.release_before(min(utt.sent, attempt.offset + int(answered * self.stt_bytes_per_ms)))
         if end_ms <= utt.finals_emitted_until_ms or not (result.text or (closing and not utt.finals)):
             return  # already emitted before a replay, or an empty final that closes nothing
         utt.finals_emitted_until_ms = end_ms
@@ -549,6 +572,14 @@ class Call:
             start_ms=round(utt.speech_start_ms, 1), end_ms=round(utt.end_ms, 1),
             source="end_of_stream" if utt.reason == "end_of_stream" else "finalize", continues=utt.continues,
         ))
+
+    def _spawn(self, utt: Utterance) -> None:
+        """Start the utterance's STT task in run()'s nursery (or hold it until run() opens one)."""
+        nursery = self._nursery
+        if nursery is None:
+            self._unspawned.append(utt)
+        else:
+            nursery.start_soon(self._transcribe, utt)
 
     # -- events ------------------------------------------------------------------------------------
     def _fail(self, utt: Utterance, kind: str, message: str, *, budget: str | None = None) -> None:

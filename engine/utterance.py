@@ -1,16 +1,29 @@
-"""One utterance's audio, kept from its first pre-roll sample until its final has arrived.
+"""One utterance's audio, kept from its first pre-roll sample until RTZR has answered it (replay).
 
 The Twilio reader appends (synchronously, never blocking); the utterance's STT task reads from an
-offset and can start again from 0 when a socket dies before the final (replay).
+offset and can start again from :attr:`UtteranceAudio.start` when a socket dies before the final (replay).
 
 Kept for the whole utterance (seconds, tens of seconds for babble), this buffer was the largest part of
-a live call's memory (BENCHMARKS.md, Capacity, issue 13). When the STT wants LINEAR16 at 8 kHz and
-nothing was resampled, every sample is a μ-law code decoded (Twilio's audio), so the buffer keeps the
-μ-law codes (1 byte per sample, not 2) and expands them on :meth:`UtteranceAudio.read`: lossless, since
-decoding the re-encoded sample gives the same sample back for each of the 256 codes.
+a live call's memory (BENCHMARKS.md, Capacity, issue 13). Three things keep it small:
+
+- **μ-law storage.** When the STT wants LINEAR16 at 8 kHz and nothing was resampled, every sample is a
+  decoded μ-law code (Twilio's audio), so the buffer keeps the codes (1 byte per sample, not 2) and
+  expands them on :meth:`UtteranceAudio.read`: lossless, since decoding the re-encoded sample gives the
+  same sample back for each of the 256 codes.
+- **Fixed-size blocks, not one growing ``bytearray``.** A ``bytearray`` grown 160 bytes at a time is
+  reallocated again and again (12.5 % spare capacity, and every move leaves a hole of a different size in
+  the C heap, which many calls growing at once fragment). Blocks of :data:`BLOCK_BYTES` are allocated once
+  each, all the same size, so a freed block is reused as is by the next utterance of any call.
+- **Released once answered.** When RTZR cuts a long utterance itself (a final before our Finalize), the
+  audio before that final is answered: a replay would only re-send it to produce finals already emitted.
+  :meth:`UtteranceAudio.release_before` drops the whole blocks before such a point, and a replay starts at
+  :attr:`UtteranceAudio.start` instead of 0 (engine/call.py shifts the replay's result times by it). A
+  babble call's 20 s utterance then holds the audio since RTZR's last cut, not the whole 20 s.
 """
 
 from __future__ import annotations
+
+from typing import Final
 
 import numpy as np
 import numpy.typing as npt
@@ -18,31 +31,68 @@ import trio
 
 from engine.audio import mulaw
 
+BLOCK_BYTES: Final = 2048  # stored bytes per block: 256 ms of μ-law at 8 kHz, 128 ms of LINEAR16
+
 
 class UtteranceAudio:
     """Append-only STT-ready audio with a 'something changed' signal for the sender.
 
-    ``size`` and :meth:`read` are in STT bytes whatever the storage: with ``mulaw_as_pcm16`` the buffer
-    holds μ-law codes and reads return little-endian int16 PCM (2 bytes per stored byte).
+    ``size``, ``start`` and :meth:`read` are in STT bytes whatever the storage: with ``mulaw_as_pcm16`` the
+    buffer holds μ-law codes and reads return little-endian int16 PCM (2 bytes per stored byte).
     """
 
-    __slots__ = ("_buf", "_changed", "_scale", "closed")
+    __slots__ = ("_base", "_blocks", "_changed", "_fill", "_scale", "closed")
 
     def __init__(self, *, mulaw_as_pcm16: bool = False) -> None:
-        self._buf = bytearray()
+        self._blocks: list[bytearray] = []  # every block full but the last, which holds _fill bytes
+        self._fill = BLOCK_BYTES  # no block yet: the next append allocates one
+        self._base = 0  # stored bytes released from the front (a multiple of BLOCK_BYTES)
         self._scale = 2 if mulaw_as_pcm16 else 1
         self.closed = False
         self._changed = trio.Event()
 
     @property
     def size(self) -> int:
-        return len(self._buf) * self._scale
+        """STT bytes appended so far (released ones included: offsets never move)."""
+        return (self._base + self._stored()) * self._scale
+
+    @property
+    def start(self) -> int:
+        """The first STT byte still held: where a replay starts (0 until something was released)."""
+        return self._base * self._scale
+
+    @property
+    def held_bytes(self) -> int:
+        """Bytes of block storage held now (what the buffer costs; tests and benchmarks)."""
+        return len(self._blocks) * BLOCK_BYTES
+
+    def _stored(self) -> int:
+        blocks = len(self._blocks)
+        return 0 if not blocks else (blocks - 1) * BLOCK_BYTES + self._fill
 
     def append(self, data: bytes) -> None:
         """Stored bytes: STT bytes, or μ-law codes with ``mulaw_as_pcm16``."""
-        if data:
-            self._buf += data
+        n = len(data)
+        if not n:
+            return
+        fill = self._fill
+        if fill + n <= BLOCK_BYTES:  # the per-frame case: one copy into the current block
+            self._blocks[-1][fill : fill + n] = data
+            self._fill = fill + n
             self._changed.set()
+            return
+        view = memoryview(data)
+        pos = 0
+        while pos < n:
+            fill = self._fill
+            if fill == BLOCK_BYTES:
+                self._blocks.append(bytearray(BLOCK_BYTES))
+                fill = 0
+            take = min(BLOCK_BYTES - fill, n - pos)
+            self._blocks[-1][fill : fill + take] = view[pos : pos + take]
+            self._fill = fill + take
+            pos += take
+        self._changed.set()
 
     def append_pcm(self, pcm: npt.NDArray[np.int16], *, mulaw_out: bool) -> None:
         """int16 PCM at the STT rate: stored as μ-law when the STT wants μ-law or in compact storage."""
@@ -58,12 +108,39 @@ class UtteranceAudio:
         self.closed = True
         self._changed.set()
 
+    def release_before(self, offset: int) -> int:
+        """RTZR has answered the audio before STT byte ``offset``: drop the whole blocks before it.
+
+        Returns :attr:`start`, the new replay point (at most ``offset``; never beyond what was appended).
+        """
+        drop = (offset // self._scale - self._base) // BLOCK_BYTES
+        drop = min(drop, len(self._blocks) - 1)  # the last block is still being filled
+        if drop > 0:
+            del self._blocks[:drop]
+            self._base += drop * BLOCK_BYTES
+        return self.start
+
     def read(self, offset: int, max_bytes: int) -> bytes:
-        """A copy of the STT bytes from ``offset`` (at most ``max_bytes``; offsets even in compact storage)."""
-        if self._scale == 1:
-            return bytes(memoryview(self._buf)[offset : offset + max_bytes])
-        codes = memoryview(self._buf)[offset // 2 : (offset + max_bytes) // 2]
-        return mulaw.decode(codes).astype("<i2", copy=False).tobytes()
+        """A copy of the STT bytes from ``offset`` (≥ :attr:`start`; at most ``max_bytes``; even offsets in
+        compact storage)."""
+        scale = self._scale
+        first = offset // scale - self._base
+        if first < 0:
+            raise ValueError(f"offset {offset} was released (the buffer starts at {self.start})")
+        last = min(first + max_bytes // scale, self._stored())
+        if last <= first:
+            return b""
+        parts = []
+        pos = first
+        while pos < last:
+            index, within = divmod(pos, BLOCK_BYTES)
+            take = min(BLOCK_BYTES - within, last - pos)
+            parts.append(memoryview(self._blocks[index])[within : within + take])
+            pos += take
+        stored = parts[0] if len(parts) == 1 else b"".join(parts)
+        if scale == 1:
+            return bytes(stored)
+        return mulaw.decode(stored).astype("<i2", copy=False).tobytes()
 
     async def wait_changed(self) -> None:
         """Wait until audio is appended or the utterance is closed."""

@@ -426,15 +426,13 @@ class RtzrPool:
                     break
 
     def _nursery_watch(self, sock: RtzrSocket) -> None:
-        """One watcher per socket: wake the maintainer when it dies, so it is replaced promptly."""
+        """Wake the maintainer when the socket dies, so it is replaced promptly (a callback, not a task)."""
         if self._nursery is None:
             return
-
-        async def watch() -> None:
-            await sock.wait_closed()
+        if sock.lost:
             self._notify()
-
-        self._nursery.start_soon(watch)
+        else:
+            sock.on_closed = self._notify
 
     def _nursery_close(self, sock: RtzrSocket, reason: str, *, eos: bool = True) -> None:
         if self._nursery is None:  # the pool has stopped; its nursery already closed every socket

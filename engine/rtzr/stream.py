@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import math
+from collections.abc import Callable
 
 import trio
 
@@ -111,6 +112,10 @@ class RtzrSocket:
         self.close_reason = ""
         self.bad = False  # state uncertain: never hand it out again
         self.eos_sent = False
+        self.pings_answered = 0  # pongs checked in time (tests)
+        # Called once when the socket dies (the pool's wake-up to replace it): a callback rather than a
+        # watcher task per socket, which cost a Task, its coroutine and a wait per open socket (issue 13).
+        self.on_closed: Callable[[], None] | None = None
         self._handshake_hist = metrics.histogram("rtzr_handshake_ms", "RTZR WebSocket handshake time")
         self._metrics = metrics
 
@@ -139,6 +144,11 @@ class RtzrSocket:
     @property
     def is_open(self) -> bool:
         return self._ws is not None and not self._closed.is_set() and self._ws.closed is None
+
+    @property
+    def lost(self) -> bool:
+        """The socket is dead (what :meth:`wait_closed` waits for)."""
+        return self._closed.is_set()
 
     @property
     def usable(self) -> bool:
@@ -206,62 +216,77 @@ class RtzrSocket:
         raise AssertionError("unreachable: the second attempt returns or raises")
 
     async def _serve(self, ws: WsClientConnection) -> None:
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(self._pinger, ws)
-            try:
-                await self._reader(ws)
-            finally:
-                nursery.cancel_scope.cancel()
+        """Read until the socket closes, pinging while it is quiet: the reader is also the pinger.
 
-    async def _reader(self, ws: WsClientConnection) -> None:
-        """Decode every server message and route it to the attached lessee."""
+        A ping goes out every ``ping_interval_ms``; its pong must arrive within ``budgets.send`` of it,
+        else the socket is lost ("ping timeout"). One task per socket, not a reader and a sleeping pinger
+        (a Task, its coroutines and a cancel scope per open socket: issue 13, memory per call).
+        """
+        interval = self._config.pool.ping_interval_ms / 1000.0
+        pong_budget = self._budgets.send.seconds
+        next_ping = trio.current_time() + interval
+        pong: trio.Event | None = None
+        pong_due = math.inf
+        n = 0
         while True:
             try:
-                message = await ws.receive_message()
+                message = await ws.receive_message_before(next_ping if pong is None else pong_due)
             except ConnectionClosed as exc:
                 self._lose(f"closed by server: {exc.code} {exc.reason}")
                 return
-            try:
-                decoded = decode_server_message(message)
-            except RtzrProtocolError as exc:
-                self._metrics.counter("rtzr_socket_errors_total", "RTZR socket failures", "kind=protocol").inc()
-                self._lose(f"protocol error: {exc}")
-                return
-            if isinstance(decoded, RtzrServerError):
-                self._metrics.counter("rtzr_socket_errors_total", "RTZR socket failures", "kind=server").inc()
-                self._lose(f"server error {decoded.code or ''}: {decoded.message}")
-                return
-            mapped = self.tracker.on_result(decoded)
-            if isinstance(mapped, ForeignResult):
-                # The clean-socket rule (tracker.py, rule 4): never delivered, counted, and the socket closed.
-                self._metrics.counter("rtzr_foreign_results_total",
-                                      "results dropped: not produced by the current lessee's audio").inc()
-                log.warning("rtzr_foreign_result", reason=mapped.reason, seq=mapped.seq)
-                self._lose(f"foreign result: {mapped.reason}")
-                return
-            if mapped is not None and self._sink is not None:
-                try:
-                    self._sink.send_nowait(mapped)
-                except (trio.BrokenResourceError, trio.ClosedResourceError):
-                    self._sink = None
-
-    async def _pinger(self, ws: WsClientConnection) -> None:
-        interval = self._config.pool.ping_interval_ms / 1000.0
-        n = 0
-        while True:
-            await trio.sleep(interval)
-            n += 1
-            expired = False
-            with trio.move_on_after(self._budgets.send.seconds) as scope:
-                try:
-                    await ws.ping(n.to_bytes(8, "big"))  # returns at the pong (our reader delivers it)
-                except ConnectionClosed:
+            if message is not None:
+                if not self._route(message):
                     return
+                continue
+            now = trio.current_time()
+            if pong is not None and now >= pong_due:
+                if not pong.is_set():
+                    self._lose("ping timeout")
+                    return
+                pong, pong_due = None, math.inf
+                self.pings_answered += 1
+            if pong is None and now >= next_ping:  # one ping in flight at a time
+                n += 1
+                next_ping = now + interval
+                try:
+                    pong = await ws.send_ping(n.to_bytes(8, "big"))
+                except ConnectionClosed:
+                    continue  # the next receive reports the close
                 except BudgetExpired:  # the ping frame itself could not be written in time
-                    expired = True
-            if scope.cancelled_caught or expired:
-                self._lose("ping timeout")
-                return
+                    self._lose("ping timeout")
+                    return
+                pong_due = trio.current_time() + pong_budget
+
+    def _route(self, message: str | bytes) -> bool:
+        """Decode one server message and route it to the attached lessee; False when the socket is lost.
+
+        A function of its own so that the message and its decoded result are not kept alive (as a loop's
+        locals would be) while the reader waits for the next one.
+        """
+        try:
+            decoded = decode_server_message(message)
+        except RtzrProtocolError as exc:
+            self._metrics.counter("rtzr_socket_errors_total", "RTZR socket failures", "kind=protocol").inc()
+            self._lose(f"protocol error: {exc}")
+            return False
+        if isinstance(decoded, RtzrServerError):
+            self._metrics.counter("rtzr_socket_errors_total", "RTZR socket failures", "kind=server").inc()
+            self._lose(f"server error {decoded.code or ''}: {decoded.message}")
+            return False
+        mapped = self.tracker.on_result(decoded)
+        if isinstance(mapped, ForeignResult):
+            # The clean-socket rule (tracker.py, rule 4): never delivered, counted, and the socket closed.
+            self._metrics.counter("rtzr_foreign_results_total",
+                                  "results dropped: not produced by the current lessee's audio").inc()
+            log.warning("rtzr_foreign_result", reason=mapped.reason, seq=mapped.seq)
+            self._lose(f"foreign result: {mapped.reason}")
+            return False
+        if mapped is not None and self._sink is not None:
+            try:
+                self._sink.send_nowait(mapped)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                self._sink = None
+        return True
 
     def _lose(self, reason: str) -> None:
         """Mark the socket dead, tell the lessee, and stop the socket task."""
@@ -270,6 +295,9 @@ class RtzrSocket:
         self.close_reason = self.close_reason or reason
         self.bad = True
         self._closed.set()
+        on_closed, self.on_closed = self.on_closed, None
+        if on_closed is not None:
+            on_closed()
         if self._sink is not None:
             with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
                 self._sink.send_nowait(_Lost(self.close_reason))

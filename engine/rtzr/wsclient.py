@@ -84,7 +84,9 @@ class WsClientConnection(WsConnection):
 
     def __init__(self, stream: trio.abc.Stream, *, send_budget: Budget, max_message_size: int) -> None:
         super().__init__(stream, send_budget=send_budget, max_message_size=max_message_size)
-        self._client = WSConnection(ConnectionType.CLIENT)  # handshake, then wsproto's frame layer
+        # The handshake (wsproto over h11); after the upgrade only its frame layer is kept (issue 13: the
+        # h11 connection and its buffers are dropped, not carried for the socket's whole life).
+        self._client: WSConnection | None = WSConnection(ConnectionType.CLIENT)
         self._ws = self._client
         self._pings: dict[bytes, trio.Event] = {}  # in flight, oldest first
         self.accepted: AcceptConnection | None = None
@@ -131,7 +133,9 @@ class WsClientConnection(WsConnection):
         return conn
 
     async def _handshake(self, host: str, target: str, extra_headers: list[tuple[bytes, bytes]]) -> None:
-        await self._stream.send_all(self._client.send(Request(host=host, target=target, extra_headers=extra_headers)))
+        client = self._client
+        assert client is not None, "one handshake per connection"
+        await self._stream.send_all(client.send(Request(host=host, target=target, extra_headers=extra_headers)))
         rejected: RejectConnection | None = None
         body = b""
         while True:
@@ -139,10 +143,13 @@ class WsClientConnection(WsConnection):
             if not data and rejected is None:
                 raise WsHandshakeError("connection closed during the upgrade")
             try:
-                self._client.receive_data(data or None)
-                for event in self._client.events():
+                client.receive_data(data or None)
+                for event in client.events():
                     if isinstance(event, AcceptConnection):
                         self.accepted = event
+                        assert client.connection is not None  # wsproto sets it with the accept
+                        self._ws = client.connection
+                        self._client = None
                         # Frames the server sent right behind the 101 are parsed by wsproto already.
                         await self._process_events()
                         return
@@ -189,6 +196,27 @@ class WsClientConnection(WsConnection):
         """Send one text message; raises :class:`ConnectionClosed` or ``BudgetExpired('send')``."""
         await self._send_data(_TEXT, text.encode())
 
+    async def send_ping(self, payload: bytes) -> trio.Event:
+        """Send a ping; the returned event is set when its pong arrives (or the connection closes).
+
+        For a caller that is itself the reader (the pong is delivered by its own receive calls). Raises
+        :class:`ConnectionClosed`, ``BudgetExpired('send')``, or ``ValueError`` if a ping with this
+        payload is already in flight.
+        """
+        if self._closed is not None:
+            raise self._closed
+        if payload in self._pings:
+            raise ValueError("a ping with this payload is already in flight")
+        answered = trio.Event()
+        self._pings[payload] = answered
+        try:
+            await self._send_event(Ping(payload=payload))
+        except BaseException:
+            if self._pings.get(payload) is answered:
+                del self._pings[payload]
+            raise
+        return answered
+
     async def ping(self, payload: bytes) -> None:
         """Send a ping and wait for its pong (delivered by the reader); the caller bounds the wait.
 
@@ -226,7 +254,8 @@ class WsClientConnection(WsConnection):
                 await lock.acquire()
         try:
             # Checked under the lock: a close frame written meanwhile ends the data stream.
-            if self._broken or self._client.state is not ConnectionState.OPEN:
+            ws = self._ws
+            if self._broken or ws is None or ws.state is not ConnectionState.OPEN:
                 raise self._closed or ConnectionClosed(CloseReason.ABNORMAL_CLOSURE, "connection closed")
             frame = encode_frame(opcode, payload, os.urandom(4))
             if self._fd >= 0:

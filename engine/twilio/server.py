@@ -425,6 +425,7 @@ class TwilioServer:
             log.info("twilio_rejected", conn=conn, status=status, reason=why, path=request.target[:200], **details)
             await self._reject(ws, status, why)
             return
+        del request  # not kept for the call's life (its headers: issue 13, memory per call)
         # Counted before the first checkpoint after admission, so concurrent upgrades cannot overshoot.
         with self.host.track_call(conn):
             try:

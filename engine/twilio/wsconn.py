@@ -56,7 +56,8 @@ class WsServerConnection(WsConnection):
 
     def __init__(self, stream: trio.SocketStream, *, send_budget: Budget, max_message_size: int) -> None:
         super().__init__(stream, send_budget=send_budget, max_message_size=max_message_size)
-        self._handshake = UpgradeHandshake()
+        # h11's state, needed only until the upgrade: dropped by accept() (issue 13, memory per call)
+        self._handshake: UpgradeHandshake | None = UpgradeHandshake()
         self._fast: TextFrameDecoder | None = TextFrameDecoder(max_message_size)  # None: wsproto parses
         self.request: UpgradeRequest | None = None
         self._pending = b""  # the part of a send_text_nowait frame the kernel did not take (written first)
@@ -79,26 +80,33 @@ class WsServerConnection(WsConnection):
             data = await self._receive_some()
             if not data:
                 raise HandshakeFailed(0, "connection closed before the request")
-            request = self._handshake.receive_data(data)
+            request = self._shake().receive_data(data)
             if request is not None:
                 self.request = request
                 return request
 
     async def reject(self, status: int, body: bytes) -> None:
         """Answer the request with an HTTP error (before any upgrade); the caller closes the stream."""
-        data = self._handshake.reject(status, body)
+        data = self._shake().reject(status, body)
         if data:
             await self._write(data)
         self._set_closed(CloseReason.ABNORMAL_CLOSURE, f"rejected {status}")
 
     async def accept(self) -> None:
         """Complete the upgrade (no subprotocol, no extensions: Twilio offers none)."""
-        response, trailing = self._handshake.accept()
+        response, trailing = self._shake().accept()
+        self._handshake = None
+        self.request = None  # the caller has it; the connection no longer needs the head
         self._ws = Connection(ConnectionType.SERVER)  # no extensions negotiated
         await self._write(response)
         # Bytes the client sent right behind the request head belong to the WebSocket.
         if trailing and self._feed(trailing):
             await self._process_events()
+
+    def _shake(self) -> UpgradeHandshake:
+        if self._handshake is None:
+            raise RuntimeError("the connection is already upgraded")
+        return self._handshake
 
     # -- receiving: the fast decoder in front of wsproto --------------------------------------
 
