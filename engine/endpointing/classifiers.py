@@ -243,6 +243,8 @@ class BandClassifier:
         "_silence_ratio",
         "_spec",
         "_vec",
+        "_voiced_ratio",
+        "_voiced_start",
         "sample_rate",
     )
 
@@ -298,6 +300,9 @@ class BandClassifier:
         self._resume_top: list[float] = []  # per band, the highest the floor may be lifted to
         # Clicks: (peak-to-peak)² above impulse_ratio² × the in-band power per sample (0: off).
         self._impulse: float = impulse_ratio * impulse_ratio if impulse_ratio > 0 else 0.0
+        # Periodic frames (``bands-pitch``, engine/endpointing/pitch.py): speech above this product (∞: off).
+        self._voiced_ratio: float = math.inf
+        self._voiced_start = False  # may a periodic frame start a run (True) or only hold one (False)?
 
     @property
     def frame_samples(self) -> int:
@@ -357,9 +362,11 @@ class BandClassifier:
             return [c.decide(r, w) for c, r, w in zip(classifiers, ratios, swings, strict=True)]
         return [c.decide(r) for c, r in zip(classifiers, ratios, strict=True)]
 
-    def decide(self, ratios: list[float], swing: float | Frames = 0.0) -> bool:
+    def decide(self, ratios: list[float], swing: float | Frames = 0.0, voiced: bool = False) -> bool:
         """One frame, given its per-band ``1 + power`` (from :meth:`band_ratios`) and, for the click
-        rule, its peak-to-peak swing or the frame itself (the swing is then computed only if needed).
+        rule, its peak-to-peak swing or the frame itself (the swing is then computed only if needed);
+        ``voiced``: the frame is strongly periodic (``bands-pitch``: then a product above the lower
+        ``voiced_ratio`` is enough).
 
         Works on power ratios: the sum of per-band positive SNRs in dB is the log of the
         product of the ratios above 1, and a dB step up on a floor is a factor, so there is
@@ -418,6 +425,10 @@ class BandClassifier:
                 product *= p / fl
         run = self._run
         speech = product > (self._off_ratio if run >= self._latch else self._on_ratio)
+        if voiced and not speech and product > self._voiced_ratio and (run >= self._latch or self._voiced_start):
+            # A periodic frame a little above the floors: a voiced syllable under stationary noise
+            # (pink, hiss and clicks are aperiodic; hum is periodic but learnt by the floors).
+            speech = True
         if speech and run < self._latch and self._impulse and self._is_click(ratios, swing):
             # A click on the line: its swing is far beyond what its in-band power allows for
             # voice or noise. It is speech (a plosive looks the same) but does not engage the
@@ -519,7 +530,7 @@ class WebRtcClassifier:
         return [not q and bool(vad.is_speech(row.tobytes(), rate)) for row, q in zip(data, quiet, strict=True)]
 
 
-CLASSIFIERS = ("bands", "energy", "webrtc", "silero", "bands-unmute", "bands-click")
+CLASSIFIERS = ("bands", "energy", "webrtc", "silero", "bands-unmute", "bands-click", "bands-pitch")
 
 #: The unmute window of the ``bands-unmute`` classifier (see :class:`BandClassifier`, ``resume_ms``).
 UNMUTE_RESUME_MS = 60
@@ -576,6 +587,17 @@ def make_classifier(name: str, sample_rate: int, *, frame_ms: int = 20) -> Frame
         return BandClassifier(sample_rate, frame_ms, resume_ms=UNMUTE_RESUME_MS)
     if name == "bands-click":
         return BandClassifier(
+            sample_rate,
+            frame_ms,
+            resume_ms=UNMUTE_RESUME_MS,
+            on_db=CLICK_ON_DB,
+            off_db=CLICK_OFF_DB,
+            impulse_ratio=CLICK_RATIO,
+        )
+    if name == "bands-pitch":
+        from .pitch import PitchBandClassifier
+
+        return PitchBandClassifier(
             sample_rate,
             frame_ms,
             resume_ms=UNMUTE_RESUME_MS,
