@@ -243,6 +243,7 @@ class BandClassifier:
         "_silence_ratio",
         "_spec",
         "_vec",
+        "_voiced_hold",
         "_voiced_ratio",
         "_voiced_start",
         "sample_rate",
@@ -302,7 +303,8 @@ class BandClassifier:
         self._impulse: float = impulse_ratio * impulse_ratio if impulse_ratio > 0 else 0.0
         # Periodic frames (``bands-pitch``, engine/endpointing/pitch.py): speech above this product (∞: off).
         self._voiced_ratio: float = math.inf
-        self._voiced_start = False  # may a periodic frame start a run (True) or only hold one (False)?
+        self._voiced_hold: float = math.inf  # the periodicity that holds speech while the hysteresis is engaged
+        self._voiced_start: float = math.inf  # ... that also counts outside it (starts a run)
 
     @property
     def frame_samples(self) -> int:
@@ -362,11 +364,11 @@ class BandClassifier:
             return [c.decide(r, w) for c, r, w in zip(classifiers, ratios, swings, strict=True)]
         return [c.decide(r) for c, r in zip(classifiers, ratios, strict=True)]
 
-    def decide(self, ratios: list[float], swing: float | Frames = 0.0, voiced: bool = False) -> bool:
+    def decide(self, ratios: list[float], swing: float | Frames = 0.0, voicing: float = 0.0) -> bool:
         """One frame, given its per-band ``1 + power`` (from :meth:`band_ratios`) and, for the click
         rule, its peak-to-peak swing or the frame itself (the swing is then computed only if needed);
-        ``voiced``: the frame is strongly periodic (``bands-pitch``: then a product above the lower
-        ``voiced_ratio`` is enough).
+        ``voicing``: the frame's periodicity (``bands-pitch``: a periodic frame needs only a product above
+        the lower ``voiced_ratio``).
 
         Works on power ratios: the sum of per-band positive SNRs in dB is the log of the
         product of the ratios above 1, and a dB step up on a floor is a factor, so there is
@@ -425,7 +427,11 @@ class BandClassifier:
                 product *= p / fl
         run = self._run
         speech = product > (self._off_ratio if run >= self._latch else self._on_ratio)
-        if voiced and not speech and product > self._voiced_ratio and (run >= self._latch or self._voiced_start):
+        if (
+            not speech
+            and product > self._voiced_ratio
+            and voicing >= (self._voiced_hold if run >= self._latch else self._voiced_start)
+        ):
             # A periodic frame a little above the floors: a voiced syllable under stationary noise
             # (pink, hiss and clicks are aperiodic; hum is periodic but learnt by the floors).
             speech = True
@@ -542,6 +548,12 @@ CLICK_RATIO = 4.5
 #: which its click rule affords: quiet utterances at 5 dB are heard, line clicks still start nothing.
 CLICK_ON_DB = 4.5
 CLICK_OFF_DB = 2.0
+#: ``bands-pitch`` (engine/endpointing/pitch.py): a frame whose periodicity reaches PITCH_HOLD holds speech
+#: (PITCH_START: also starts a run) when its bands are PITCH_DB per band above the floors on average.
+#: Chosen on bench/corpus_real_full dev (hold / start 0.25–0.5 swept; see BENCHMARKS.md).
+PITCH_HOLD = 0.3
+PITCH_START = 0.45
+PITCH_DB = 0.5
 
 
 @runtime_checkable
@@ -604,6 +616,9 @@ def make_classifier(name: str, sample_rate: int, *, frame_ms: int = 20) -> Frame
             on_db=CLICK_ON_DB,
             off_db=CLICK_OFF_DB,
             impulse_ratio=CLICK_RATIO,
+            voiced=PITCH_HOLD,
+            voiced_start=PITCH_START,
+            voiced_db=PITCH_DB,
         )
     if name == "energy":
         return EnergyClassifier(sample_rate, frame_ms)

@@ -1,22 +1,33 @@
-"""Periodicity (pitch) cue for the bands classifier: the ``bands-pitch`` classifier.
+"""Periodicity (pitch) cue for the bands classifier: the ``bands-pitch`` classifier (issue 12).
 
-A voiced syllable is periodic (one voice, one F0); pink noise, line hiss and clicks are not. Under
-stationary noise a quiet voiced syllable can sit within a dB or two of the per-band floors, where
-``bands-click`` calls it silence, while its waveform is still clearly periodic. ``bands-pitch``
-calls such a frame speech when its periodicity is strong and it is at least a little above the
-floors (issue 12, goal "missed (anchor) ≤ Silero's"; measured in BENCHMARKS.md).
+A voiced syllable is periodic (one voice, one F0); pink noise, line hiss and clicks are not, and a sum
+of several voices is much less so. Under stationary noise a quiet voiced syllable can sit within a dB
+or two of the per-band floors, where ``bands-click`` calls it silence, while its waveform is still
+clearly periodic. ``bands-pitch`` calls such a frame speech when its periodicity is strong and it is
+at least a little above the floors (goal "missed (anchor) ≤ Silero's"; measured in BENCHMARKS.md).
 
-The periodicity of a frame: the peak of the normalised autocorrelation of the last 40 ms (this
-frame and the one before), decimated to 4 kHz by pair sums (its voiced harmonics sit under 2 kHz),
-over lags 2.5–16 ms (F0 62.5–400 Hz), with everything under 300 Hz removed first (mains hum and its
-low harmonics are periodic too; the line has nothing of the voice there). One real FFT of 256 points
-per frame, batched over calls: ``|X|²`` → inverse FFT is the autocorrelation (no wrap: 160 samples +
-64 lags ≤ 256), divided by its lag-0 value and corrected for the shrinking overlap (``W/(W-τ)``), so a
-pure periodic signal reads ≈ 1 and white noise ≈ 0.2 at its best lag.
+The periodicity of a frame (:func:`voicing`): the last 40 ms (this frame and the one before),
+decimated to 4 kHz by pair sums (a crude low-pass: the voice's harmonics under 2 kHz dominate), its
+power spectrum at the 256-point DFT's bins from 300 Hz up (mains hum and its low harmonics are
+periodic too, and the line has nothing of the voice below 300 Hz), turned into the autocorrelation
+at lags 2.5–16 ms (F0 400–62.5 Hz; no wrap: 160 samples + 64 lags ≤ 256) and corrected for the
+shrinking overlap (``W/(W-τ)``); from it the line's own autocorrelation is subtracted (below), and the
+peak over the lags is divided by the frame's power (lag 0). One periodic voice reads ≈ 0.9–1, three
+voices summed ≈ 0.5, six ≈ 0.35, white or pink noise ≈ 0.2–0.3 (tests/endpointing/test_classifier_pitch.py).
+
+The line's autocorrelation is a running mean over frames well clear of speech. Subtracting it is
+linear (not a clipped spectral subtraction, whose leftover "musical" peaks look periodic), so what
+is stationary on the line goes, periodic or not: mains hum's harmonics above 300 Hz are periodic,
+but the same every frame. A lag where the line's autocorrelation is negative is not raised by it.
+
+Cost: both the DFT and its inverse are matrix products with fixed bases (one BLAS call each for the
+whole tick in :meth:`PitchBandClassifier.classify_batch`; a few µs for one frame, where an FFT call
+costs tens in numpy's per-call overhead).
 """
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 
@@ -27,166 +38,181 @@ from .classifiers import BandClassifier, ClassifierError, Frames, _band_ratios, 
 
 F32 = npt.NDArray[np.float32]
 
-#: Decimated rate, window (samples at it), FFT size and the lag range (F0 400 … 62.5 Hz).
+#: The analysis runs at 4 kHz on a 256-point DFT grid, lags 10–64 samples (F0 400 … 62.5 Hz).
 PITCH_RATE = 4000
 _NFFT = 256
 _LAG_MIN = PITCH_RATE // 400
-_LAG_MAX = PITCH_RATE // 62  # 64: 62.5 Hz
-#: Frames after the last speech frame before the line's autocorrelation learns again (200 ms at 20 ms).
-_NOISE_AFTER = 10
-_LOW_BIN = int(300.0 * _NFFT / PITCH_RATE)  # bins under 300 Hz are dropped
+_LAG_MAX = 64
+_BINS = np.arange(int(300.0 * _NFFT / PITCH_RATE), _NFFT // 2 + 1)  # 300 Hz – 2 kHz
+#: Frames after the last speech frame before the line's autocorrelation learns again (200 ms at 20 ms):
+#: the quiet frames inside and just after an utterance are often its weak syllables, not the line.
+NOISE_AFTER_FRAMES = 10
 
 
-def _window_len(frame_ms: int) -> int:
+def window_len(frame_ms: int) -> int:
     """Samples of the 4 kHz analysis window: 40 ms (2.5 periods at 62.5 Hz), 48 ms for 30 ms frames
-    (the frame + 18 ms): at most 256 − 64, so the FFT's autocorrelation does not wrap."""
+    (the frame + 18 ms); at most 256 − 64, so the autocorrelation on the 256-point grid does not wrap."""
     return max(40, frame_ms + 18) * PITCH_RATE // 1000
 
 
 def decimate(frames: Frames, sample_rate: int) -> F32:
-    """Frames at 4 kHz: sums of 2 (8 kHz) or 4 (16 kHz) consecutive samples, float32 (a crude low-pass
-    that is enough for a periodicity measure: the voice's harmonics under 2 kHz dominate)."""
+    """Frames at 4 kHz, float32: sums of 2 (8 kHz) or 4 (16 kHz) consecutive samples."""
     step = sample_rate // PITCH_RATE
-    x = frames.astype(np.float32)
-    if step == 1:
-        return x
-    return x.reshape(x.shape[0], x.shape[1] // step, step).sum(axis=2)  # type: ignore[no-any-return]
+    n, f = frames.shape
+    return frames.reshape(n, f // step, step).sum(axis=2, dtype=np.float32)  # type: ignore[no-any-return]
 
 
-def spectra(windows: F32) -> F32:
-    """Power spectra (``(n, 129)``) of the rows of ``windows`` (4 kHz), mean removed, nothing under 300 Hz."""
-    x = windows - windows.mean(axis=1, keepdims=True)
-    spec = np.fft.rfft(x, _NFFT)
-    power = (spec.real * spec.real + spec.imag * spec.imag).astype(np.float32)
-    power[:, :_LOW_BIN] = 0.0
-    return power  # type: ignore[no-any-return]
+@functools.cache
+def _basis(w: int) -> F32:
+    """DFT basis for a ``w``-sample window: cos | sin columns at :data:`_BINS`, mean-free (a DC offset
+    contributes nothing)."""
+    angle = 2 * np.pi * np.outer(np.arange(w), _BINS) / _NFFT
+    basis = np.concatenate([np.cos(angle), np.sin(angle)], axis=1)
+    basis -= basis.mean(axis=0)
+    b32 = basis.astype(np.float32)
+    b32.setflags(write=False)
+    return b32  # type: ignore[no-any-return]
 
 
-def autocorrelations(power: F32) -> F32:
-    """Autocorrelation at lags 0–64 of each row's signal, from its power spectrum (``(n, 129)``)."""
-    return np.fft.irfft(power, _NFFT)[:, : _LAG_MAX + 1].astype(np.float32)  # type: ignore[no-any-return]
+@functools.cache
+def _cosines(w: int) -> F32:
+    """Power spectrum → autocorrelation at lag 0 and lags 10–64 (the inverse real DFT: every bin twice but
+    Nyquist), the lags already multiplied by the overlap correction ``w / (w − τ)``."""
+    lags = np.concatenate([[0], np.arange(_LAG_MIN, _LAG_MAX + 1)])
+    gain = np.where(lags == 0, 1.0, w / (w - lags))
+    weight = np.where(_BINS == _NFFT // 2, 1.0, 2.0) / _NFFT
+    cosines = weight[:, None] * np.cos(2 * np.pi * np.outer(_BINS, lags) / _NFFT) * gain[None, :]
+    c32 = cosines.astype(np.float32)
+    c32.setflags(write=False)
+    return c32  # type: ignore[no-any-return]
 
 
-def periodicity(r: F32, noise: F32 | None, w: int) -> F32:
-    """Per row: the peak over lags 2.5–16 ms of the frame's autocorrelation ``r`` less the line's
-    (``noise``, both ``(n, 65)``), over the frame's lag-0 power: ≈ the fraction of the frame's power that is
-    one periodic voice. Subtracting the noise's autocorrelation (linear, not a clipped spectral
-    subtraction, which leaves "musical" peaks that look periodic) removes what is stationary on the
-    line, periodic or not: mains hum's harmonics above 300 Hz are periodic, but the same every frame.
-    The subtraction never raises a lag above the frame's own value (a negative lobe of the noise's
-    autocorrelation is not periodicity of the frame). 0 for a silent row."""
-    own = r[:, _LAG_MIN:]
-    lagged = own if noise is None else np.minimum(own, own - noise[..., _LAG_MIN:])
-    peak = (lagged * _overlap_gain(w)).max(axis=1)
-    return (peak / np.maximum(r[:, 0], 1e-3)).astype(np.float32)  # type: ignore[no-any-return]
+def autocorrelations(windows: F32) -> F32:
+    """Per row of ``windows`` (4 kHz, ``(n, w)``): lag 0 then the overlap-corrected lags 10–64 (``(n, 56)``)."""
+    basis = _basis(windows.shape[1])
+    y = windows @ basis
+    np.multiply(y, y, out=y)
+    k = basis.shape[1] // 2
+    return (y[:, :k] + y[:, k:]) @ _cosines(windows.shape[1])  # type: ignore[no-any-return]
 
 
-_GAINS: dict[int, F32] = {}
-
-
-def _overlap_gain(w: int) -> F32:
-    g = _GAINS.get(w)
-    if g is None:
-        lags = np.arange(_LAG_MIN, _LAG_MAX + 1)
-        g = _GAINS[w] = (w / (w - lags)).astype(np.float32)
-    return g
+def voicing(r: F32, line: F32 | None = None) -> F32:
+    """Periodicity per row of :func:`autocorrelations` ``r``, less ``line`` (the line's own autocorrelation,
+    same layout, one row or one per row; only its positive lags count); 0 for a silent row."""
+    lagged = r[:, 1:] if line is None else r[:, 1:] - np.maximum(line[..., 1:], 0.0)
+    return lagged.max(axis=1) / np.maximum(r[:, 0], 1e-3)  # type: ignore[no-any-return]
 
 
 class PitchBandClassifier(BandClassifier):
-    """``bands-click`` plus a periodicity cue: a frame the floors call silence is speech when it is strongly
-    periodic (``voiced`` ≥ the threshold) and its bands are at least ``voiced_db`` per band above the
-    floors on average, while the hysteresis is engaged (``voiced_start``: also to start a run).
+    """``bands-click`` plus the periodicity cue: a frame the floors call silence is speech when its voicing
+    reaches ``voiced`` while the hysteresis is engaged (``voiced_start`` outside it: it starts a run; 0: never)
+    and its bands are at least ``voiced_db`` per band above the floors on average.
 
-    State beyond the bands': the previous frame at 4 kHz (the window's first half) and the line's power
-    spectrum, a running mean (``noise_rate`` per frame) over the frames judged not speech, never over
-    digital silence (like the floors: hold/mute says nothing about the line)."""
+    State beyond the bands': the last 40 ms at 4 kHz, the line's autocorrelation (a running mean, ``noise_rate``
+    per frame, over frames judged not speech at least :data:`NOISE_AFTER_FRAMES` after the last speech frame,
+    never over digital silence: like the floors, hold/mute says nothing about the line)."""
 
-    __slots__ = ("_noise", "_noise_rate", "_prev", "_quiet", "_voiced", "_win")
+    __slots__ = ("_dec", "_line", "_line_pos", "_noise_rate", "_quiet", "_step_down", "_win", "_wlen")
 
     def __init__(
         self,
         sample_rate: int,
         frame_ms: int = 20,
         *,
-        voiced: float = 0.4,
+        voiced: float = 0.3,
+        voiced_start: float = 0.45,
         voiced_db: float = 0.5,
-        voiced_start: bool = False,
         noise_rate: float = 0.1,
         **bands: float,
     ) -> None:
         super().__init__(sample_rate, frame_ms, **bands)  # type: ignore[arg-type]
-        if not 0.0 < voiced <= 1.5:
-            raise ClassifierError(f"bands-pitch: voiced threshold must be in (0, 1.5], not {voiced}")
+        if not 0.0 < voiced <= 1.5 or not 0.0 <= voiced_start <= 1.5:
+            raise ClassifierError(f"bands-pitch: voicing thresholds must be in (0, 1.5], not {voiced} / {voiced_start}")
         if not 0.0 < noise_rate <= 1.0:
             raise ClassifierError(f"bands-pitch: noise_rate must be in (0, 1], not {noise_rate}")
-        self._voiced = voiced
-        self._voiced_ratio = 10.0 ** (voiced_db * self._nb / 10.0) if voiced_db > 0 else 1.0
-        self._voiced_start = voiced_start
+        if voiced_db < 0.0 or not math.isfinite(voiced_db):
+            raise ClassifierError(f"bands-pitch: voiced_db must be ≥ 0, not {voiced_db}")
+        self._voiced_hold = voiced
+        self._voiced_start = voiced_start if voiced_start > 0 else math.inf
+        self._voiced_ratio = 10.0 ** (voiced_db * self._nb / 10.0)
         self._noise_rate = noise_rate
-        self._win = _window_len(frame_ms)
-        self._prev: F32 = np.zeros(self._win - self._frame * PITCH_RATE // sample_rate, dtype=np.float32)
-        self._noise: F32 | None = None  # the line's autocorrelation, lags 0–64
+        self._step_down = sample_rate // PITCH_RATE
+        self._dec = self._frame // self._step_down
+        self._wlen = window_len(frame_ms)
+        self._win: F32 = np.zeros(self._wlen, dtype=np.float32)  # the analysis window, newest frame last
+        self._line: F32 | None = None  # the line's autocorrelation (layout of :func:`autocorrelations`)
+        self._line_pos: F32 | None = None  # its lags, negative ones zeroed
         self._quiet = 0  # frames since the last speech frame
 
-    def classify(self, frames: Frames) -> list[bool]:
-        dec = decimate(frames, self.sample_rate)
-        hist = self._prev.shape[0]
-        n, f = dec.shape
-        flat = np.concatenate((self._prev, dec.reshape(-1)))
-        windows = flat[np.arange(n)[:, None] * f + np.arange(hist + f)[None, :]]
-        self._prev = flat[flat.shape[0] - hist :].copy()
-        r = autocorrelations(spectra(windows))
-        all_ratios = _band_ratios(self._basis, self._group, frames)
-        swings: Sequence[float | Frames] = _swings(frames) if self._impulse else [0.0] * n
+    def voicing(self, frames: Frames) -> list[float]:
+        """The periodicity of each frame as :meth:`classify` sees it (advances the window, not the decisions)."""
         out = []
-        for i in range(n):
-            # The noise spectrum moves frame by frame, so the periodicity is computed per frame here.
-            v = float(periodicity(r[i : i + 1], self._noise, windows.shape[1])[0])
-            out.append(self._step(all_ratios[i], swings[i], v, r[i]))
+        for row in frames:
+            self._push(row)
+            out.append(float(voicing(autocorrelations(self._win[None]), self._line)[0]))
         return out
 
-    def _step(self, ratios: list[float], swing: float | Frames, voicing: float, r: F32) -> bool:
-        """Decide one frame, then let a frame well clear of speech (not digital silence) teach the line's
-        autocorrelation: the quiet frames inside and just after an utterance are often its weak syllables."""
-        speech = self.decide(ratios, swing, voicing >= self._voiced)
+    def _push(self, row: Frames) -> None:
+        win, dec = self._win, self._dec
+        win[: self._wlen - dec] = win[dec:]
+        np.sum(row.reshape(dec, self._step_down), axis=1, dtype=np.float32, out=win[self._wlen - dec :])
+
+    def classify(self, frames: Frames) -> list[bool]:
+        # Frame by frame, through one code path whatever the chunking: the line's autocorrelation
+        # moves with every decision.
+        out = []
+        vec, spec, frame = self._vec, self._spec, self._frame
+        for row in frames:
+            vec[:frame] = row
+            np.dot(vec, self._basis, out=spec)
+            np.multiply(spec, spec, out=spec)
+            ratios = np.dot(spec, self._group, out=self._pow).tolist()
+            self._push(row)
+            r = autocorrelations(self._win[None])[0]
+            lagged = r[1:] if self._line_pos is None else r[1:] - self._line_pos
+            v = float(lagged.max()) / max(float(r[0]), 1e-3)
+            out.append(self._decide_voiced(ratios, row if self._impulse else 0.0, v, r))
+        return out
+
+    def _decide_voiced(self, ratios: list[float], swing: float | Frames, v: float, r: F32) -> bool:
+        """Decide one frame, then let a frame well clear of speech (not digital silence) teach the line."""
+        speech = self.decide(ratios, swing, v)
         if speech:
             self._quiet = 0
         elif max(ratios) > self._silence_ratio:
             self._quiet += 1
-            noise = self._noise
-            if noise is None:
-                self._noise = r.copy()
-            elif self._quiet > _NOISE_AFTER:
-                noise += self._noise_rate * (r - noise)
+            line = self._line
+            if line is None:
+                line = self._line = r.copy()
+            elif self._quiet > NOISE_AFTER_FRAMES:
+                line += self._noise_rate * (r - line)
+            else:
+                return speech
+            self._line_pos = np.maximum(line[1:], 0.0)
         return speech
 
     @classmethod
     def classify_batch(cls, classifiers: Sequence[BandClassifier], frames: Frames) -> list[bool]:
-        """One frame for each of many streams: the band products and the FFTs once for the whole tick."""
+        """One frame for each of many streams: the band products and both DFT products once for the tick."""
         first = classifiers[0]
         pitchy = [c for c in classifiers if isinstance(c, PitchBandClassifier)]
-        if len(pitchy) != len(classifiers) or any(
-            c._basis is not first._basis or c._win != pitchy[0]._win for c in pitchy
-        ):
+        if len(pitchy) != len(classifiers) or any(c._basis is not first._basis or c._wlen != pitchy[0]._wlen for c in pitchy):
             return [c.classify(frames[i : i + 1])[0] for i, c in enumerate(classifiers)]
-        n = len(pitchy)
-        dec = decimate(frames, first.sample_rate)
-        w = pitchy[0]._win
-        hist = w - dec.shape[1]
+        n, w, dec = len(pitchy), pitchy[0]._wlen, pitchy[0]._dec
         win = np.empty((n, w), dtype=np.float32)
-        noise = np.zeros((n, _LAG_MAX + 1), dtype=np.float32)
+        line = np.zeros((n, _LAG_MAX - _LAG_MIN + 1), dtype=np.float32)
         for i, c in enumerate(pitchy):
-            win[i, :hist] = c._prev
-            if c._noise is not None:
-                noise[i] = c._noise
-        win[:, hist:] = dec
-        r = autocorrelations(spectra(win))
-        voicing = periodicity(r, noise, w).tolist()
-        tail = win[:, w - hist :]
+            win[i, : w - dec] = c._win[dec:]
+            if c._line_pos is not None:
+                line[i] = c._line_pos
+        win[:, w - dec :] = decimate(frames, first.sample_rate)
+        r = autocorrelations(win)
+        lagged = r[:, 1:] - line
+        v = (lagged.max(axis=1) / np.maximum(r[:, 0], 1e-3)).tolist()
         ratios = _band_ratios(first._basis, first._group, frames)
         swings: Sequence[float] = _swings(frames) if any(c._impulse for c in pitchy) else [0.0] * n
         out = []
         for i, c in enumerate(pitchy):
-            c._prev = tail[i].copy()
-            out.append(c._step(ratios[i], swings[i], voicing[i], r[i]))
+            c._win = win[i]
+            out.append(c._decide_voiced(ratios[i], swings[i], v[i], r[i]))
         return out
