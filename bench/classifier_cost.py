@@ -10,7 +10,7 @@ silence) cut into 20 ms packets (32 ms windows for silero). For each classifier:
 
 Per 20 ms of audio: silero's 32 ms windows are scaled by 20/32. Each figure: the run is timed in 20
 blocks, each block's minimum over ``--repeats`` runs, summed over ``--frames`` frames. Usage:
-python bench/classifier_cost.py [--classifiers bands-click,bands-unmute,bands,energy,webrtc,silero] [--frames 10000] [--calls 300]
+python bench/classifier_cost.py [--classifiers bands-pitch,bands-click,bands-unmute,bands,energy,webrtc,silero] [--frames 10000] [--calls 300]
 """
 
 from __future__ import annotations
@@ -105,7 +105,7 @@ def measure(name: str, n_frames: int, calls: int, repeats: int) -> dict[str, flo
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--classifiers", default="bands-click,bands-unmute,bands,energy,webrtc,silero")
+    ap.add_argument("--classifiers", default="bands-pitch,bands-click,bands-unmute,bands,energy,webrtc,silero")
     ap.add_argument("--frames", type=int, default=10_000)
     ap.add_argument("--calls", type=int, default=300)
     ap.add_argument("--repeats", type=int, default=5)

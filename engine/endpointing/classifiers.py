@@ -236,6 +236,7 @@ class BandClassifier:
         "_resume_cap",
         "_resume_frames",
         "_resume_min",
+        "_rescued",
         "_resume_top",
         "_rise_noise",
         "_rise_speech",
@@ -305,6 +306,7 @@ class BandClassifier:
         self._voiced_ratio: float = math.inf
         self._voiced_hold: float = math.inf  # the periodicity that holds speech while the hysteresis is engaged
         self._voiced_start: float = math.inf  # ... that also counts outside it (starts a run)
+        self._rescued = False  # the last frame was speech by its periodicity alone
 
     @property
     def frame_samples(self) -> int:
@@ -427,6 +429,7 @@ class BandClassifier:
                 product *= p / fl
         run = self._run
         speech = product > (self._off_ratio if run >= self._latch else self._on_ratio)
+        self._rescued = False
         if (
             not speech
             and product > self._voiced_ratio
@@ -434,7 +437,7 @@ class BandClassifier:
         ):
             # A periodic frame a little above the floors: a voiced syllable under stationary noise
             # (pink, hiss and clicks are aperiodic; hum is periodic but learnt by the floors).
-            speech = True
+            speech = self._rescued = True
         if speech and run < self._latch and self._impulse and self._is_click(ratios, swing):
             # A click on the line: its swing is far beyond what its in-band power allows for
             # voice or noise. It is speech (a plosive looks the same) but does not engage the

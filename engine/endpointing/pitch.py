@@ -109,8 +109,10 @@ class PitchBandClassifier(BandClassifier):
     and its bands are at least ``voiced_db`` per band above the floors on average.
 
     State beyond the bands': the last 40 ms at 4 kHz, the line's autocorrelation (a running mean, ``noise_rate``
-    per frame, over frames judged not speech at least :data:`NOISE_AFTER_FRAMES` after the last speech frame,
-    never over digital silence: like the floors, hold/mute says nothing about the line)."""
+    per frame, over frames at least :data:`NOISE_AFTER_FRAMES` after the last frame the floors called speech,
+    never over digital silence: like the floors, hold/mute says nothing about the line). Frames that are
+    speech by their periodicity alone still teach it: a periodic line (a pure hum tone in the band) would
+    otherwise keep itself "speech" and never be learnt (bench/corpus_full hum: seconds of run-on)."""
 
     __slots__ = ("_dec", "_line", "_line_pos", "_noise_rate", "_quiet", "_step_down", "_win", "_wlen")
 
@@ -175,9 +177,9 @@ class PitchBandClassifier(BandClassifier):
         return out
 
     def _decide_voiced(self, ratios: list[float], swing: float | Frames, v: float, r: F32) -> bool:
-        """Decide one frame, then let a frame well clear of speech (not digital silence) teach the line."""
+        """Decide one frame, then let a frame well clear of the floors' speech (not digital silence) teach the line."""
         speech = self.decide(ratios, swing, v)
-        if speech:
+        if speech and not self._rescued:
             self._quiet = 0
         elif max(ratios) > self._silence_ratio:
             self._quiet += 1
