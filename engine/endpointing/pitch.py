@@ -96,6 +96,22 @@ def autocorrelations(windows: F32) -> F32:
     return (y[:, :k] + y[:, k:]) @ _cosines(windows.shape[1])  # type: ignore[no-any-return]
 
 
+_LAGS = np.concatenate([[0], np.arange(_LAG_MIN, _LAG_MAX + 1)])
+
+
+def autocorrelations_fft(windows: F32) -> F32:
+    """:func:`autocorrelations` through numpy's FFT: the same quantity (up to float rounding), cheaper for
+    a whole tick of calls, dearer for one row (numpy's per-call overhead)."""
+    w = windows.shape[1]
+    x = windows - windows.mean(axis=1, keepdims=True)
+    spec = np.fft.rfft(x, _NFFT)
+    power = spec.real * spec.real + spec.imag * spec.imag
+    power[:, : _BINS[0]] = 0.0
+    r = np.fft.irfft(power, _NFFT)[:, _LAGS]
+    r[:, 1:] *= w / (w - _LAGS[1:])
+    return r.astype(np.float32)  # type: ignore[no-any-return]
+
+
 def voicing(r: F32, line: F32 | None = None) -> F32:
     """Periodicity per row of :func:`autocorrelations` ``r``, less ``line`` (the line's own autocorrelation,
     same layout, one row or one per row; only its positive lags count); 0 for a silent row."""
@@ -159,6 +175,24 @@ class PitchBandClassifier(BandClassifier):
         win[: self._wlen - dec] = win[dec:]
         np.sum(row.reshape(dec, self._step_down), axis=1, dtype=np.float32, out=win[self._wlen - dec :])
 
+    def _wanted(self, ratios: list[float]) -> bool:
+        """Can this frame's periodicity change anything? Not when it is digital silence, nor when the floors
+        already call it speech (the line's autocorrelation does not learn then either), nor when it is too
+        faint to be rescued and too close to speech to teach the line. Skipping those rows is most of the
+        cue's cost saved (a conversation is half speech); the same rule on every path keeps them identical."""
+        floors = self._floors
+        if floors is None or not self._informed or self._resume or self._line is None:
+            return True
+        if max(ratios) <= self._silence_ratio:
+            return False
+        product = 1.0
+        for p, fl in zip(ratios, floors, strict=True):
+            if p > fl:
+                product *= p / fl
+        if product > (self._off_ratio if self._run >= self._latch else self._on_ratio):
+            return False
+        return product > self._voiced_ratio or self._quiet >= NOISE_AFTER_FRAMES
+
     def classify(self, frames: Frames) -> list[bool]:
         # Frame by frame, through one code path whatever the chunking: the line's autocorrelation
         # moves with every decision.
@@ -170,51 +204,90 @@ class PitchBandClassifier(BandClassifier):
             np.multiply(spec, spec, out=spec)
             ratios = np.dot(spec, self._group, out=self._pow).tolist()
             self._push(row)
-            r = autocorrelations(self._win[None])[0]
-            lagged = r[1:] if self._line_pos is None else r[1:] - self._line_pos
-            v = float(lagged.max()) / max(float(r[0]), 1e-3)
+            v, r = 0.0, None
+            if self._wanted(ratios):
+                r = autocorrelations(self._win[None])[0]
+                lagged = r[1:] if self._line_pos is None else r[1:] - self._line_pos
+                v = float(lagged.max()) / max(float(r[0]), 1e-3)
             out.append(self._decide_voiced(ratios, row if self._impulse else 0.0, v, r))
         return out
 
-    def _decide_voiced(self, ratios: list[float], swing: float | Frames, v: float, r: F32) -> bool:
+    def _decide_voiced(self, ratios: list[float], swing: float | Frames, v: float, r: F32 | None) -> bool:
         """Decide one frame, then let a frame well clear of the floors' speech (not digital silence) teach the line."""
+        speech, learn = self._judge(ratios, swing, v, r is not None)
+        if learn:
+            assert r is not None
+            self._learn(r)
+        return speech
+
+    def _judge(self, ratios: list[float], swing: float | Frames, v: float, have_r: bool) -> tuple[bool, bool]:
+        """The decision, and whether the frame's autocorrelation should now teach the line's."""
         speech = self.decide(ratios, swing, v)
         if speech and not self._rescued:
             self._quiet = 0
-        elif max(ratios) > self._silence_ratio:
-            self._quiet += 1
-            line = self._line
-            if line is None:
-                line = self._line = r.copy()
-            elif self._quiet > NOISE_AFTER_FRAMES:
-                line += self._noise_rate * (r - line)
-            else:
-                return speech
-            self._line_pos = np.maximum(line[1:], 0.0)
-        return speech
+            return speech, False
+        if max(ratios) <= self._silence_ratio:
+            return speech, False
+        self._quiet += 1
+        return speech, have_r and (self._line is None or self._quiet > NOISE_AFTER_FRAMES)
+
+    def _learn(self, r: F32) -> None:
+        line = self._line
+        if line is None:
+            line = self._line = r.copy()
+        else:
+            line += self._noise_rate * (r - line)
+        self._line_pos = np.maximum(line[1:], 0.0)
 
     @classmethod
     def classify_batch(cls, classifiers: Sequence[BandClassifier], frames: Frames) -> list[bool]:
-        """One frame for each of many streams: the band products and both DFT products once for the tick."""
+        """One frame for each of many streams: the band products once for the tick, and one FFT pair over
+        the rows whose periodicity can matter (:meth:`_wanted`)."""
         first = classifiers[0]
         pitchy = [c for c in classifiers if isinstance(c, PitchBandClassifier)]
         if len(pitchy) != len(classifiers) or any(c._basis is not first._basis or c._wlen != pitchy[0]._wlen for c in pitchy):
             return [c.classify(frames[i : i + 1])[0] for i, c in enumerate(classifiers)]
         n, w, dec = len(pitchy), pitchy[0]._wlen, pitchy[0]._dec
         win = np.empty((n, w), dtype=np.float32)
-        line = np.zeros((n, _LAG_MAX - _LAG_MIN + 1), dtype=np.float32)
-        for i, c in enumerate(pitchy):
-            win[i, : w - dec] = c._win[dec:]
-            if c._line_pos is not None:
-                line[i] = c._line_pos
+        win[:, : w - dec] = np.stack([c._win for c in pitchy])[:, dec:]
         win[:, w - dec :] = decimate(frames, first.sample_rate)
-        r = autocorrelations(win)
-        lagged = r[:, 1:] - line
-        v = (lagged.max(axis=1) / np.maximum(r[:, 0], 1e-3)).tolist()
         ratios = _band_ratios(first._basis, first._group, frames)
+        wanted = [i for i, c in enumerate(pitchy) if c._wanted(ratios[i])]
+        v = [0.0] * n
+        at = [-1] * n  # row of the tick's autocorrelations for each stream (-1: not computed)
+        r: F32 = np.zeros((0, len(_LAGS)), dtype=np.float32)
+        if wanted:
+            r = autocorrelations_fft(win[wanted])
+            line = np.zeros((len(wanted), _LAG_MAX - _LAG_MIN + 1), dtype=np.float32)
+            for j, i in enumerate(wanted):
+                at[i] = j
+                pos = pitchy[i]._line_pos
+                if pos is not None:
+                    line[j] = pos
+            got = ((r[:, 1:] - line).max(axis=1) / np.maximum(r[:, 0], 1e-3)).tolist()
+            for j, i in enumerate(wanted):
+                v[i] = got[j]
         swings: Sequence[float] = _swings(frames) if any(c._impulse for c in pitchy) else [0.0] * n
         out = []
+        learners: list[int] = []
         for i, c in enumerate(pitchy):
             c._win = win[i]
-            out.append(c._decide_voiced(ratios[i], swings[i], v[i], r[i]))
+            speech, learn = c._judge(ratios[i], swings[i], v[i], at[i] >= 0)
+            out.append(speech)
+            if learn:
+                learners.append(i)
+        if learners:
+            # The lines' running means, all in one go (the same float32 operations as _learn, row by row).
+            fresh = [i for i in learners if pitchy[i]._line is None]
+            for i in fresh:
+                pitchy[i]._learn(r[at[i]])
+            old = [i for i in learners if pitchy[i]._line is not None and i not in fresh]
+            if old:
+                lines = np.stack([pitchy[i]._line for i in old])  # type: ignore[misc]
+                rate = np.array([[pitchy[i]._noise_rate] for i in old], dtype=np.float32)
+                lines += rate * (r[[at[i] for i in old]] - lines)
+                pos = np.maximum(lines[:, 1:], 0.0)
+                for j, i in enumerate(old):
+                    pitchy[i]._line = lines[j]
+                    pitchy[i]._line_pos = pos[j]
         return out
