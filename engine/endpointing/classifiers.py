@@ -557,6 +557,10 @@ CLICK_OFF_DB = 2.0
 PITCH_HOLD = 0.3
 PITCH_START = 0.45
 PITCH_DB = 0.5
+#: ... unless its in-band power fell under PITCH_DROP × the frame before's: the analysis window's first half
+#: is the previous frame, so the frame after the last voiced one still reads periodic (+20 ms on every end of
+#: bench/corpus_full's synthetic voices, p50 99–106 → 114–124 ms without it).
+PITCH_DROP = 0.25
 
 
 @runtime_checkable
@@ -622,6 +626,7 @@ def make_classifier(name: str, sample_rate: int, *, frame_ms: int = 20) -> Frame
             voiced=PITCH_HOLD,
             voiced_start=PITCH_START,
             voiced_db=PITCH_DB,
+            voiced_drop=PITCH_DROP,
         )
     if name == "energy":
         return EnergyClassifier(sample_rate, frame_ms)

@@ -122,7 +122,9 @@ def voicing(r: F32, line: F32 | None = None) -> F32:
 class PitchBandClassifier(BandClassifier):
     """``bands-click`` plus the periodicity cue: a frame the floors call silence is speech when its voicing
     reaches ``voiced`` while the hysteresis is engaged (``voiced_start`` outside it: it starts a run; 0: never)
-    and its bands are at least ``voiced_db`` per band above the floors on average.
+    and its bands are at least ``voiced_db`` per band above the floors on average, unless its in-band power
+    fell under ``voiced_drop`` × the previous frame's (0: off): the window's older half is the previous
+    frame, so the first frame after a voiced one reads periodic even when it is only noise.
 
     State beyond the bands': the last 40 ms at 4 kHz, the line's autocorrelation (a running mean, ``noise_rate``
     per frame, over frames at least :data:`NOISE_AFTER_FRAMES` after the last frame the floors called speech,
@@ -130,7 +132,7 @@ class PitchBandClassifier(BandClassifier):
     speech by their periodicity alone still teach it: a periodic line (a pure hum tone in the band) would
     otherwise keep itself "speech" and never be learnt (bench/corpus_full hum: seconds of run-on)."""
 
-    __slots__ = ("_dec", "_line", "_line_pos", "_noise_rate", "_quiet", "_step_down", "_win", "_wlen")
+    __slots__ = ("_dec", "_drop", "_last_power", "_line", "_line_pos", "_noise_rate", "_quiet", "_step_down", "_win", "_wlen")
 
     def __init__(
         self,
@@ -141,6 +143,7 @@ class PitchBandClassifier(BandClassifier):
         voiced_start: float = 0.45,
         voiced_db: float = 0.5,
         noise_rate: float = 0.1,
+        voiced_drop: float = 0.0,
         **bands: float,
     ) -> None:
         super().__init__(sample_rate, frame_ms, **bands)  # type: ignore[arg-type]
@@ -148,12 +151,16 @@ class PitchBandClassifier(BandClassifier):
             raise ClassifierError(f"bands-pitch: voicing thresholds must be in (0, 1.5], not {voiced} / {voiced_start}")
         if not 0.0 < noise_rate <= 1.0:
             raise ClassifierError(f"bands-pitch: noise_rate must be in (0, 1], not {noise_rate}")
+        if not 0.0 <= voiced_drop < 1.0:
+            raise ClassifierError(f"bands-pitch: voiced_drop must be in [0, 1), not {voiced_drop}")
         if voiced_db < 0.0 or not math.isfinite(voiced_db):
             raise ClassifierError(f"bands-pitch: voiced_db must be ≥ 0, not {voiced_db}")
         self._voiced_hold = voiced
         self._voiced_start = voiced_start if voiced_start > 0 else math.inf
         self._voiced_ratio = 10.0 ** (voiced_db * self._nb / 10.0)
         self._noise_rate = noise_rate
+        self._drop = voiced_drop  # no rescue for a frame this much quieter (power ratio) than the one before
+        self._last_power = 0.0
         self._step_down = sample_rate // PITCH_RATE
         self._dec = self._frame // self._step_down
         self._wlen = window_len(frame_ms)
@@ -222,6 +229,11 @@ class PitchBandClassifier(BandClassifier):
 
     def _judge(self, ratios: list[float], swing: float | Frames, v: float, have_r: bool) -> tuple[bool, bool]:
         """The decision, and whether the frame's autocorrelation should now teach the line's."""
+        if self._drop:
+            power = sum(ratios)
+            if power - self._nb < self._drop * (self._last_power - self._nb):
+                v = 0.0
+            self._last_power = power
         speech = self.decide(ratios, swing, v)
         if speech and not self._rescued:
             self._quiet = 0

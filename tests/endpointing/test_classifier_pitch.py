@@ -15,7 +15,7 @@ import pytest
 
 from engine.config import EndpointingConfig
 from engine.endpointing import ClassifierError, SpeechStarted, make_classifier
-from engine.endpointing.classifiers import PITCH_DB, PITCH_HOLD, PITCH_START, classify_batch
+from engine.endpointing.classifiers import PITCH_DB, PITCH_DROP, PITCH_HOLD, PITCH_START, classify_batch
 from engine.endpointing.pitch import PitchBandClassifier, autocorrelations, decimate, voicing, window_len
 
 from .helpers import check, run
@@ -115,6 +115,23 @@ def test_a_periodic_frame_a_little_above_the_floors_is_speech() -> None:
     assert click.decide(faint, 0.0, 1.0) is False  # type: ignore[attr-defined]  # bands-click ignores voicing
 
 
+def test_the_frame_after_a_voiced_one_is_not_rescued_by_its_window_alone() -> None:
+    """The analysis window's older half is the previous frame: right after the last voiced frame the window
+    still reads periodic. A frame whose in-band power fell under PITCH_DROP × the previous frame's is not
+    rescued (synthetic corpus: +20 ms on every end without it); a gentler decay still is."""
+    noise_ratios = [1001.0] * 6
+    loud = [1.0 + 1000.0 * 10**1.0] * 6
+    faint = [1.0 + 1000.0 * 10**0.1] * 6
+    assert 10**0.1 < PITCH_DROP * 10**1.0
+    for before, rescued in ((loud, False), ([1.0 + 1000.0 * 10**0.35] * 6, True)):
+        c = _pitch()
+        for _ in range(50):
+            c._decide_voiced(noise_ratios, 0.0, 0.1, None)
+        assert all(c._decide_voiced(loud, 0.0, 0.9, None) for _ in range(5))
+        assert c._decide_voiced(before, 0.0, 0.9, None)
+        assert c._decide_voiced(faint, 0.0, 0.9, None) is rescued
+
+
 def _signal() -> np.ndarray:
     """Pink line noise, a voice, a quieter voice, hum, digital silence, noise again."""
     n = RATE
@@ -166,7 +183,8 @@ def test_speech_is_heard_and_ended_in_noise() -> None:
 
 
 @pytest.mark.parametrize("kw", [{"voiced": 0.0}, {"voiced": 2.0}, {"voiced_start": -0.1}, {"noise_rate": 0.0},
-                                {"voiced_db": -1.0}, {"voiced_db": float("nan")}])
+                                {"voiced_db": -1.0}, {"voiced_db": float("nan")},
+                                {"voiced_drop": -0.1}, {"voiced_drop": 1.0}])
 def test_bad_parameters(kw: dict[str, Any]) -> None:
     with pytest.raises(ClassifierError):
         PitchBandClassifier(RATE, **kw)
