@@ -251,6 +251,10 @@ class PitchBandClassifier(BandClassifier):
             line += self._noise_rate * (r - line)
         self._line_pos = np.maximum(line[1:], 0.0)
 
+    def _settled(self) -> bool:
+        """Floors and line learnt, no unmute window: :meth:`_wanted` is then its vectorised form's."""
+        return self._informed and not self._resume and self._line is not None and self._floors is not None
+
     @classmethod
     def classify_batch(cls, classifiers: Sequence[BandClassifier], frames: Frames) -> list[bool]:
         """One frame for each of many streams: the band products once for the tick, and one FFT pair over
@@ -264,7 +268,7 @@ class PitchBandClassifier(BandClassifier):
         win[:, : w - dec] = np.stack([c._win for c in pitchy])[:, dec:]
         win[:, w - dec :] = decimate(frames, first.sample_rate)
         ratios = _band_ratios(first._basis, first._group, frames)
-        wanted = [i for i, c in enumerate(pitchy) if c._wanted(ratios[i])]
+        wanted = _wanted_rows(pitchy, ratios)
         v = [0.0] * n
         at = [-1] * n  # row of the tick's autocorrelations for each stream (-1: not computed)
         r: F32 = np.zeros((0, len(_LAGS)), dtype=np.float32)
@@ -303,3 +307,19 @@ class PitchBandClassifier(BandClassifier):
                     pitchy[i]._line = lines[j]
                     pitchy[i]._line_pos = pos[j]
         return out
+
+
+def _wanted_rows(streams: Sequence[PitchBandClassifier], ratios: list[list[float]]) -> list[int]:
+    """The rows of a tick for which :meth:`PitchBandClassifier._wanted` holds, the band products for the
+    whole tick in numpy (the same rule; a stream still learning its floors or line, or in an unmute window,
+    asks its own :meth:`~PitchBandClassifier._wanted`)."""
+    settled = [c._settled() for c in streams]
+    r = np.array(ratios)
+    floors = np.array([c._floors if ok else [1.0] * len(ratios[0]) for c, ok in zip(streams, settled, strict=True)])
+    product = np.maximum(r / floors, 1.0).prod(axis=1)
+    bar = np.array([c._off_ratio if c._run >= c._latch else c._on_ratio for c in streams])
+    low = np.array([c._voiced_ratio for c in streams])
+    learning = np.array([c._quiet >= NOISE_AFTER_FRAMES for c in streams])
+    audible = r.max(axis=1) > np.array([c._silence_ratio for c in streams])
+    keep = (audible & (product <= bar) & ((product > low) | learning)).tolist()
+    return [i for i, (k, ok) in enumerate(zip(keep, settled, strict=True)) if (k if ok else streams[i]._wanted(ratios[i]))]
