@@ -34,7 +34,7 @@ from collections.abc import Sequence
 import numpy as np
 import numpy.typing as npt
 
-from .classifiers import BandClassifier, ClassifierError, Frames, _band_ratios, _swings
+from .classifiers import BandClassifier, ClassifierError, Frames, _swings
 
 F32 = npt.NDArray[np.float32]
 
@@ -221,16 +221,20 @@ class PitchBandClassifier(BandClassifier):
 
     def _decide_voiced(self, ratios: list[float], swing: float | Frames, v: float, r: F32 | None) -> bool:
         """Decide one frame, then let a frame well clear of the floors' speech (not digital silence) teach the line."""
-        speech, learn = self._judge(ratios, swing, v, r is not None)
+        speech, learn = self._judge(
+            ratios, swing, v, r is not None, power=sum(ratios), audible=max(ratios) > self._silence_ratio
+        )
         if learn:
             assert r is not None
             self._learn(r)
         return speech
 
-    def _judge(self, ratios: list[float], swing: float | Frames, v: float, have_r: bool) -> tuple[bool, bool]:
-        """The decision, and whether the frame's autocorrelation should now teach the line's."""
+    def _judge(
+        self, ratios: list[float], swing: float | Frames, v: float, have_r: bool, *, power: float, audible: bool
+    ) -> tuple[bool, bool]:
+        """The decision, and whether the frame's autocorrelation should now teach the line's (``power``:
+        ``sum(ratios)``; ``audible``: not digital silence, ``max(ratios) > silence``)."""
         if self._drop:
-            power = sum(ratios)
             if power - self._nb < self._drop * (self._last_power - self._nb):
                 v = 0.0
             self._last_power = power
@@ -238,7 +242,7 @@ class PitchBandClassifier(BandClassifier):
         if speech and not self._rescued:
             self._quiet = 0
             return speech, False
-        if max(ratios) <= self._silence_ratio:
+        if not audible:
             return speech, False
         self._quiet += 1
         return speech, have_r and (self._line is None or self._quiet > NOISE_AFTER_FRAMES)
@@ -261,14 +265,25 @@ class PitchBandClassifier(BandClassifier):
         the rows whose periodicity can matter (:meth:`_wanted`)."""
         first = classifiers[0]
         pitchy = [c for c in classifiers if isinstance(c, PitchBandClassifier)]
-        if len(pitchy) != len(classifiers) or any(c._basis is not first._basis or c._wlen != pitchy[0]._wlen for c in pitchy):
+        if len(pitchy) != len(classifiers) or any(
+            c._basis is not first._basis or c._wlen != pitchy[0]._wlen or c._silence_ratio != first._silence_ratio
+            for c in pitchy
+        ):
             return [c.classify(frames[i : i + 1])[0] for i, c in enumerate(classifiers)]
         n, w, dec = len(pitchy), pitchy[0]._wlen, pitchy[0]._dec
         win = np.empty((n, w), dtype=np.float32)
         win[:, : w - dec] = np.stack([c._win for c in pitchy])[:, dec:]
         win[:, w - dec :] = decimate(frames, first.sample_rate)
-        ratios = _band_ratios(first._basis, first._group, frames)
-        wanted = _wanted_rows(pitchy, ratios)
+        x = np.empty((n, frames.shape[1] + 1), dtype=np.float32)
+        x[:, :-1] = frames
+        x[:, -1] = 1.0
+        y = x @ first._basis
+        np.multiply(y, y, out=y)
+        bands = y @ first._group  # 1 + band powers, as _band_ratios
+        ratios: list[list[float]] = bands.tolist()
+        power = bands.astype(np.float64).sum(axis=1).tolist()  # as sum(ratios) on the one-frame path
+        audible = (bands.max(axis=1) > first._silence_ratio).tolist()
+        wanted = _wanted_rows(pitchy, bands, ratios)
         v = [0.0] * n
         at = [-1] * n  # row of the tick's autocorrelations for each stream (-1: not computed)
         r: F32 = np.zeros((0, len(_LAGS)), dtype=np.float32)
@@ -288,7 +303,7 @@ class PitchBandClassifier(BandClassifier):
         learners: list[int] = []
         for i, c in enumerate(pitchy):
             c._win = win[i]
-            speech, learn = c._judge(ratios[i], swings[i], v[i], at[i] >= 0)
+            speech, learn = c._judge(ratios[i], swings[i], v[i], at[i] >= 0, power=power[i], audible=audible[i])
             out.append(speech)
             if learn:
                 learners.append(i)
@@ -309,17 +324,17 @@ class PitchBandClassifier(BandClassifier):
         return out
 
 
-def _wanted_rows(streams: Sequence[PitchBandClassifier], ratios: list[list[float]]) -> list[int]:
+def _wanted_rows(streams: Sequence[PitchBandClassifier], bands: F32, ratios: list[list[float]]) -> list[int]:
     """The rows of a tick for which :meth:`PitchBandClassifier._wanted` holds, the band products for the
-    whole tick in numpy (the same rule; a stream still learning its floors or line, or in an unmute window,
-    asks its own :meth:`~PitchBandClassifier._wanted`)."""
+    whole tick in numpy (``bands``: the tick's ratios as an array; the same rule; a stream still learning its
+    floors or line, or in an unmute window, asks its own :meth:`~PitchBandClassifier._wanted`)."""
     settled = [c._settled() for c in streams]
-    r = np.array(ratios)
-    floors = np.array([c._floors if ok else [1.0] * len(ratios[0]) for c, ok in zip(streams, settled, strict=True)])
-    product = np.maximum(r / floors, 1.0).prod(axis=1)
+    ones = [1.0] * bands.shape[1]
+    floors = np.array([c._floors if ok else ones for c, ok in zip(streams, settled, strict=True)])
+    product = np.maximum(bands / floors, 1.0).prod(axis=1)
     bar = np.array([c._off_ratio if c._run >= c._latch else c._on_ratio for c in streams])
     low = np.array([c._voiced_ratio for c in streams])
     learning = np.array([c._quiet >= NOISE_AFTER_FRAMES for c in streams])
-    audible = r.max(axis=1) > np.array([c._silence_ratio for c in streams])
+    audible = bands.max(axis=1) > np.array([c._silence_ratio for c in streams])
     keep = (audible & (product <= bar) & ((product > low) | learning)).tolist()
     return [i for i, (k, ok) in enumerate(zip(keep, settled, strict=True)) if (k if ok else streams[i]._wanted(ratios[i]))]
