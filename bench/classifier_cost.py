@@ -10,7 +10,8 @@ silence) cut into 20 ms packets (32 ms windows for silero). For each classifier:
 
 Per 20 ms of audio: silero's 32 ms windows are scaled by 20/32. Each figure: the run is timed in 20
 blocks, each block's minimum over ``--repeats`` runs, summed over ``--frames`` frames. Usage:
-python bench/classifier_cost.py [--classifiers bands-click,bands-unmute,bands,energy,webrtc,silero] [--frames 10000] [--calls 300]
+python bench/classifier_cost.py [--classifiers bands-pitch,bands-click,bands-unmute,bands,energy,webrtc,silero] [--frames 10000] [--calls 300]
+       python bench/classifier_cost.py --interleave bands-click,bands-pitch [--rounds 40]  (same-run A/B)
 """
 
 from __future__ import annotations
@@ -103,13 +104,50 @@ def measure(name: str, n_frames: int, calls: int, repeats: int) -> dict[str, flo
     return res
 
 
+def interleaved(names: list[str], calls: int, rounds: int, ticks: int = 40, frames_1: int = 2000) -> None:
+    """Same-run A/B on a shared machine: alternating rounds (the order flipped every round) of ``ticks``
+    batched ticks at ``calls`` calls and ``frames_1`` one-call frames per classifier, each figure the minimum
+    over the rounds; prints the ratios to the first name."""
+    frames = audio(len(np.concatenate([p for _, p, _ in load(HERE / "corpus_real")])) // 160 * 160).reshape(-1, 160)
+    offsets = np.random.default_rng(0).integers(0, len(frames), size=calls)
+    batch = {n: [make_classifier(n, 8000) for _ in range(calls)] for n in names}
+    single = {n: make_classifier(n, 8000) for n in names}
+    best_b = dict.fromkeys(names, float("inf"))
+    best_1 = dict.fromkeys(names, float("inf"))
+    pos = dict.fromkeys(names, 0)
+    for rnd in range(rounds):
+        for n in names if rnd % 2 == 0 else names[::-1]:
+            ticks_ = [frames[(offsets + rnd * ticks + t) % len(frames)] for t in range(ticks)]
+            t0 = time.perf_counter()
+            for b in ticks_:
+                classify_batch(batch[n], b)
+            best_b[n] = min(best_b[n], (time.perf_counter() - t0) / (ticks * calls) * 1e6)
+            seq = frames[pos[n] : pos[n] + frames_1]
+            t0 = time.perf_counter()
+            for f in seq:
+                single[n].classify(f[None])
+            best_1[n] = min(best_1[n], (time.perf_counter() - t0) / len(seq) * 1e6)
+            pos[n] = (pos[n] + frames_1) % (len(frames) - frames_1)
+    print(f"\ninterleaved, {rounds} rounds, min; load average now {os.getloadavg()[0]:.2f}\n")
+    print(f"| classifier | classify_batch µs/20 ms at {calls} calls | ratio | classify µs/20 ms, 1 call | ratio |")
+    print("|---|---|---|---|---|")
+    for n in names:
+        print(f"| {n} | {best_b[n]:.2f} | {best_b[n] / best_b[names[0]]:.2f} | {best_1[n]:.2f} | "
+              f"{best_1[n] / best_1[names[0]]:.2f} |")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--classifiers", default="bands-click,bands-unmute,bands,energy,webrtc,silero")
+    ap.add_argument("--classifiers", default="bands-pitch,bands-click,bands-unmute,bands,energy,webrtc,silero")
     ap.add_argument("--frames", type=int, default=10_000)
     ap.add_argument("--calls", type=int, default=300)
     ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--interleave", default="", help="A,B[,...]: a same-run A/B instead (alternating rounds)")
+    ap.add_argument("--rounds", type=int, default=40)
     args = ap.parse_args()
+    if args.interleave:
+        interleaved([n.strip() for n in args.interleave.split(",")], args.calls, args.rounds)
+        return 0
     print(f"load average {os.getloadavg()[0]:.2f} / {os.cpu_count()} cpus; {args.frames} frames, min of {args.repeats}")
     print(f"\n| classifier | classify µs/20 ms, 1 call | Endpointer.push µs/20 ms, 1 call | classify_batch µs/20 ms at {args.calls} calls |")
     print("|---|---|---|---|")

@@ -232,6 +232,7 @@ class BandClassifier:
         "_off_ratio",
         "_on_ratio",
         "_pow",
+        "_rescued",
         "_resume",
         "_resume_cap",
         "_resume_frames",
@@ -243,6 +244,9 @@ class BandClassifier:
         "_silence_ratio",
         "_spec",
         "_vec",
+        "_voiced_hold",
+        "_voiced_ratio",
+        "_voiced_start",
         "sample_rate",
     )
 
@@ -298,6 +302,11 @@ class BandClassifier:
         self._resume_top: list[float] = []  # per band, the highest the floor may be lifted to
         # Clicks: (peak-to-peak)² above impulse_ratio² × the in-band power per sample (0: off).
         self._impulse: float = impulse_ratio * impulse_ratio if impulse_ratio > 0 else 0.0
+        # Periodic frames (``bands-pitch``, engine/endpointing/pitch.py): speech above this product (∞: off).
+        self._voiced_ratio: float = math.inf
+        self._voiced_hold: float = math.inf  # the periodicity that holds speech while the hysteresis is engaged
+        self._voiced_start: float = math.inf  # ... that also counts outside it (starts a run)
+        self._rescued = False  # the last frame was speech by its periodicity alone
 
     @property
     def frame_samples(self) -> int:
@@ -357,9 +366,11 @@ class BandClassifier:
             return [c.decide(r, w) for c, r, w in zip(classifiers, ratios, swings, strict=True)]
         return [c.decide(r) for c, r in zip(classifiers, ratios, strict=True)]
 
-    def decide(self, ratios: list[float], swing: float | Frames = 0.0) -> bool:
+    def decide(self, ratios: list[float], swing: float | Frames = 0.0, voicing: float = 0.0) -> bool:
         """One frame, given its per-band ``1 + power`` (from :meth:`band_ratios`) and, for the click
-        rule, its peak-to-peak swing or the frame itself (the swing is then computed only if needed).
+        rule, its peak-to-peak swing or the frame itself (the swing is then computed only if needed);
+        ``voicing``: the frame's periodicity (``bands-pitch``: a periodic frame needs only a product above
+        the lower ``voiced_ratio``).
 
         Works on power ratios: the sum of per-band positive SNRs in dB is the log of the
         product of the ratios above 1, and a dB step up on a floor is a factor, so there is
@@ -418,6 +429,15 @@ class BandClassifier:
                 product *= p / fl
         run = self._run
         speech = product > (self._off_ratio if run >= self._latch else self._on_ratio)
+        self._rescued = False
+        if (
+            not speech
+            and product > self._voiced_ratio
+            and voicing >= (self._voiced_hold if run >= self._latch else self._voiced_start)
+        ):
+            # A periodic frame a little above the floors: a voiced syllable under stationary noise
+            # (pink, hiss and clicks are aperiodic; hum is periodic but learnt by the floors).
+            speech = self._rescued = True
         if speech and run < self._latch and self._impulse and self._is_click(ratios, swing):
             # A click on the line: its swing is far beyond what its in-band power allows for
             # voice or noise. It is speech (a plosive looks the same) but does not engage the
@@ -519,7 +539,7 @@ class WebRtcClassifier:
         return [not q and bool(vad.is_speech(row.tobytes(), rate)) for row, q in zip(data, quiet, strict=True)]
 
 
-CLASSIFIERS = ("bands", "energy", "webrtc", "silero", "bands-unmute", "bands-click")
+CLASSIFIERS = ("bands", "energy", "webrtc", "silero", "bands-unmute", "bands-click", "bands-pitch")
 
 #: The unmute window of the ``bands-unmute`` classifier (see :class:`BandClassifier`, ``resume_ms``).
 UNMUTE_RESUME_MS = 60
@@ -531,6 +551,16 @@ CLICK_RATIO = 4.5
 #: which its click rule affords: quiet utterances at 5 dB are heard, line clicks still start nothing.
 CLICK_ON_DB = 4.5
 CLICK_OFF_DB = 2.0
+#: ``bands-pitch`` (engine/endpointing/pitch.py): a frame whose periodicity reaches PITCH_HOLD holds speech
+#: (PITCH_START: also starts a run) when its bands are PITCH_DB per band above the floors on average.
+#: Chosen on bench/corpus_real_full dev (hold / start 0.25–0.5 swept; see BENCHMARKS.md).
+PITCH_HOLD = 0.3
+PITCH_START = 0.45
+PITCH_DB = 0.5
+#: ... unless its in-band power fell under PITCH_DROP × the frame before's: the analysis window's first half
+#: is the previous frame, so the frame after the last voiced one still reads periodic (+20 ms on every end of
+#: bench/corpus_full's synthetic voices, p50 99–106 → 114–124 ms without it).
+PITCH_DROP = 0.25
 
 
 @runtime_checkable
@@ -582,6 +612,21 @@ def make_classifier(name: str, sample_rate: int, *, frame_ms: int = 20) -> Frame
             on_db=CLICK_ON_DB,
             off_db=CLICK_OFF_DB,
             impulse_ratio=CLICK_RATIO,
+        )
+    if name == "bands-pitch":
+        from .pitch import PitchBandClassifier
+
+        return PitchBandClassifier(
+            sample_rate,
+            frame_ms,
+            resume_ms=UNMUTE_RESUME_MS,
+            on_db=CLICK_ON_DB,
+            off_db=CLICK_OFF_DB,
+            impulse_ratio=CLICK_RATIO,
+            voiced=PITCH_HOLD,
+            voiced_start=PITCH_START,
+            voiced_db=PITCH_DB,
+            voiced_drop=PITCH_DROP,
         )
     if name == "energy":
         return EnergyClassifier(sample_rate, frame_ms)
