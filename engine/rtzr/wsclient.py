@@ -223,14 +223,8 @@ class WsClientConnection(WsConnection):
         Raises :class:`ConnectionClosed` if the connection is or becomes closed, ``ValueError`` if
         a ping with this payload is already in flight.
         """
-        if self._closed is not None:
-            raise self._closed
-        if payload in self._pings:
-            raise ValueError("a ping with this payload is already in flight")
-        answered = trio.Event()
-        self._pings[payload] = answered
+        answered = await self.send_ping(payload)
         try:
-            await self._send_event(Ping(payload=payload))
             await answered.wait()
         finally:
             if self._pings.get(payload) is answered:

@@ -17,6 +17,7 @@ Invariants every subclass keeps:
 
 from __future__ import annotations
 
+import math
 from collections import deque
 from collections.abc import Generator
 from typing import Protocol, cast
@@ -99,23 +100,9 @@ class WsConnection:
         the TCP connection broke, or a message exceeded ``max_message_size`` (we close with 1009).
         Messages that arrived before the close are delivered first.
         """
-        messages = self._messages
-        while not messages:
-            if self._closed is not None:
-                raise self._closed
-            ws = self._ws
-            if ws is None:
-                raise ConnectionClosed(CloseReason.ABNORMAL_CLOSURE, "not upgraded")
-            try:  # inlined _receive_some: this loop is the per-frame path of every Twilio call
-                data = cast("bytes", await self._stream.receive_some(RECEIVE_SIZE))
-            except (trio.BrokenResourceError, trio.ClosedResourceError):
-                data = b""
-            if ws.state is ConnectionState.CLOSED:  # closed by a sender meanwhile
-                self._set_closed(CloseReason.ABNORMAL_CLOSURE, "connection closed")
-                continue
-            if self._feed(data):
-                await self._process_events()
-        return messages.popleft()
+        message = await self.receive_message_before(math.inf)
+        assert message is not None  # no deadline: only a message or an exception ends the wait
+        return message
 
     async def receive_message_before(self, deadline: float) -> str | bytes | None:
         """:meth:`receive_message`, or None once Trio's clock reaches ``deadline`` with no message complete.
