@@ -227,6 +227,7 @@ class BandClassifier:
         "_impulse",
         "_informed",
         "_initial_cap",
+        "_key",
         "_latch",
         "_nb",
         "_off_ratio",
@@ -307,6 +308,7 @@ class BandClassifier:
         self._voiced_hold: float = math.inf  # the periodicity that holds speech while the hysteresis is engaged
         self._voiced_start: float = math.inf  # ... that also counts outside it (starts a run)
         self._rescued = False  # the last frame was speech by its periodicity alone
+        self._key: tuple[float, ...] | None = None  # the decision's parameters, for _decide_rows (set there)
 
     @property
     def frame_samples(self) -> int:
@@ -356,15 +358,26 @@ class BandClassifier:
 
     @classmethod
     def classify_batch(cls, classifiers: Sequence[BandClassifier], frames: Frames) -> list[bool]:
-        """One frame for each of many streams (row i → classifiers[i]): the matrix products once."""
+        """One frame for each of many streams (row i → classifiers[i]): the matrix products once, and the
+        decisions of every settled stream in one go (:func:`_decide_rows`)."""
         first = classifiers[0]
         if any(c._basis is not first._basis for c in classifiers):
             return [c.classify(frames[i : i + 1])[0] for i, c in enumerate(classifiers)]
-        ratios = _band_ratios(first._basis, first._group, frames)
-        if any(c._impulse for c in classifiers):
-            swings = _swings(frames)
-            return [c.decide(r, w) for c, r, w in zip(classifiers, ratios, swings, strict=True)]
-        return [c.decide(r) for c, r in zip(classifiers, ratios, strict=True)]
+        bands = _band_array(first._basis, first._group, frames)
+        swings = _swings(frames) if any(c._impulse for c in classifiers) else None
+        return _decide_rows(classifiers, bands, swings, None)[0]
+
+    def _params(self) -> tuple[float, ...]:
+        """The decision's parameters (fixed after construction), one shared tuple per distinct set."""
+        key = self._key
+        if key is None:
+            key = (
+                self._nb, self._silence_ratio, self._on_ratio, self._off_ratio, self._latch, self._fall,
+                self._rise_speech, self._rise_noise, self._impulse, self._voiced_ratio, self._voiced_hold,
+                self._voiced_start,
+            )  # fmt: skip
+            key = self._key = _PARAMS.setdefault(key, key)
+        return key
 
     def decide(self, ratios: list[float], swing: float | Frames = 0.0, voicing: float = 0.0) -> bool:
         """One frame, given its per-band ``1 + power`` (from :meth:`band_ratios`) and, for the click
@@ -460,6 +473,86 @@ class BandClassifier:
         return speech
 
 
+_PARAMS: dict[tuple[float, ...], tuple[float, ...]] = {}
+
+
+def _decide_rows(
+    classifiers: Sequence[BandClassifier],
+    bands: npt.NDArray[np.float32],
+    swings: Sequence[float] | None,
+    voicing: Sequence[float] | None,
+) -> tuple[list[bool], list[bool]]:
+    """:meth:`BandClassifier.decide` for one frame of each of many streams (row i → classifiers[i]; ``bands``:
+    the rows' ``1 + band powers``; ``swings`` / ``voicing`` as ``decide``'s, None: 0), and whether each was
+    rescued by its periodicity (``_rescued``).
+
+    Issue 13: the decision of a *settled* stream (floors learnt, no unmute window) on a frame that is not
+    digital silence (the common case by far) is done for all such rows with numpy, on float64 arrays
+    gathered from the classifiers and scattered back; every other row asks its own ``decide``. The arrays
+    repeat ``decide``'s operations in its order (products band by band, the swing test, the floors' update:
+    the same IEEE float64 operations on the same values), so the floors and decisions are identical to
+    ``decide`` row by row (tests/endpointing/test_classifier_vector.py, fuzz/test_endpointer_batch_props.py)."""
+    n = len(classifiers)
+    ratios: list[list[float]] = bands.tolist()
+    out = [False] * n
+    rescued = [False] * n
+    key = classifiers[0]._params()
+    nb, silence, on, off, latch, fall, rise_speech, rise_noise, impulse, v_ratio, v_hold, v_start = key
+    loud = (bands.max(axis=1) > silence).tolist()
+    fast: list[int] = []
+    for i, c in enumerate(classifiers):
+        if loud[i] and c._informed and not c._resume and c._params() is key:
+            fast.append(i)
+        else:  # learning, unmute, digital silence, or other parameters: its own decide
+            out[i] = c.decide(ratios[i], 0.0 if swings is None else swings[i], 0.0 if voicing is None else voicing[i])
+            rescued[i] = c._rescued
+    if not fast:
+        return out, rescued
+    every = len(fast) == n
+    sel = [classifiers[i] for i in fast] if not every else classifiers
+    p = bands.astype(np.float64) if every else bands[fast].astype(np.float64)
+    fl = np.array([c._floors for c in sel], dtype=np.float64)
+    run = np.array([c._run for c in sel])
+    # product of the ratios above the floors, band by band as decide's loop (x 1.0 is exact)
+    q = np.divide(p, fl)
+    np.copyto(q, 1.0, where=p <= fl)
+    product = q[:, 0].copy()
+    for b in range(1, int(nb)):
+        product *= q[:, b]
+    latched = run >= latch
+    speech = product > np.where(latched, off, on)
+    resc = np.zeros(len(sel), dtype=bool)
+    if voicing is not None and v_ratio != math.inf:
+        v = np.array(voicing if every else [voicing[i] for i in fast], dtype=np.float64)
+        resc = ~speech & (product > v_ratio) & (v >= np.where(latched, v_hold, v_start))
+        speech |= resc
+    click = np.zeros(len(sel), dtype=bool)
+    if impulse and swings is not None:
+        w = np.array(swings if every else [swings[i] for i in fast], dtype=np.float64)
+        total = p[:, 0].copy()  # sum(ratios), left to right
+        for b in range(1, int(nb)):
+            total += p[:, b]
+        click = speech & ~latched & (w * w * nb > impulse * (total - nb))
+    new_run = np.where(speech & ~click, run + 1, 0)
+    rise = np.where(speech, rise_speech, rise_noise)
+    # down: fl * (p / fl) ** fall; up: to p, at most fl * rise (decide's expression, operation by operation)
+    up = fl * rise[:, None]
+    new = np.where(p < up, p, up)
+    down = p < fl
+    if down.any():
+        new[down] = fl[down] * np.power(p[down] / fl[down], fall)
+    for c, f, r, s, x in zip(sel, new.tolist(), new_run.tolist(), speech.tolist(), resc.tolist(), strict=True):
+        c._floors = f
+        c._run = r
+        c._rescued = x
+    if every:
+        return speech.tolist(), resc.tolist()
+    for j, i in enumerate(fast):
+        out[i] = bool(speech[j])
+        rescued[i] = bool(resc[j])
+    return out, rescued
+
+
 def _swings(frames: Frames) -> list[int]:
     """Peak-to-peak swing of every row (int16 rows: no overflow in int32)."""
     return (frames.max(axis=1).astype(np.int32) - frames.min(axis=1)).tolist()  # type: ignore[no-any-return]
@@ -494,6 +587,17 @@ def _band_matrices(sample_rate: int, frame: int) -> tuple[npt.NDArray[np.float32
     b32.setflags(write=False)
     g32.setflags(write=False)
     return b32, g32
+
+
+def _band_array(basis: npt.NDArray[np.float32], group: npt.NDArray[np.float32], frames: Frames) -> npt.NDArray[np.float32]:
+    """1 + band powers for every row of ``frames`` (any number of rows), two matrix products, as an array."""
+    n = frames.shape[1]
+    x = np.empty((frames.shape[0], n + 1), dtype=np.float32)
+    x[:, :n] = frames
+    x[:, n] = 1.0
+    y = x @ basis
+    np.multiply(y, y, out=y)
+    return y @ group  # type: ignore[no-any-return]
 
 
 def _band_ratios(basis: npt.NDArray[np.float32], group: npt.NDArray[np.float32], frames: Frames) -> list[list[float]]:
