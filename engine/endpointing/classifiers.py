@@ -11,7 +11,7 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Sequence
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, ClassVar, Protocol, runtime_checkable
 
 import numpy as np
 import numpy.typing as npt
@@ -367,6 +367,11 @@ class BandClassifier:
         swings = _swings(frames) if any(c._impulse for c in classifiers) else None
         return _decide_rows(classifiers, bands, swings, None)[0]
 
+    #: Rows per classify_batch call that FrameBatch may give (engine/endpointing/batch.py): every row of a
+    #: round, since the matrix products are cut into MATMUL_ROWS here and the decision's numpy cost is per
+    #: call, not per row (issue 13: 2.6 µs/row at 32 rows, 1.2 at 200; BENCHMARKS.md § Capacity).
+    batch_rows: ClassVar[int] = 1 << 16
+
     def _params(self) -> tuple[float, ...]:
         """The decision's parameters (fixed after construction), one shared tuple per distinct set."""
         key = self._key
@@ -493,55 +498,54 @@ def _decide_rows(
     the same IEEE float64 operations on the same values), so the floors and decisions are identical to
     ``decide`` row by row (tests/endpointing/test_classifier_vector.py, fuzz/test_endpointer_batch_props.py)."""
     n = len(classifiers)
-    ratios: list[list[float]] = bands.tolist()
-    out = [False] * n
-    rescued = [False] * n
     key = classifiers[0]._params()
     nb, silence, on, off, latch, fall, rise_speech, rise_noise, impulse, v_ratio, v_hold, v_start = key
     loud = (bands.max(axis=1) > silence).tolist()
-    fast: list[int] = []
-    for i, c in enumerate(classifiers):
-        if loud[i] and c._informed and not c._resume and c._params() is key:
-            fast.append(i)
-        else:  # learning, unmute, digital silence, or other parameters: its own decide
-            out[i] = c.decide(ratios[i], 0.0 if swings is None else swings[i], 0.0 if voicing is None else voicing[i])
-            rescued[i] = c._rescued
-    if not fast:
-        return out, rescued
+    fast = [
+        i
+        for i, c in enumerate(classifiers)
+        if loud[i] and c._informed and not c._resume and (c._key if c._key is not None else c._params()) is key
+    ]
     every = len(fast) == n
-    sel = [classifiers[i] for i in fast] if not every else classifiers
+    out: list[bool] = []
+    rescued: list[bool] = []
+    if not every:  # learning, unmute, digital silence, or other parameters: each its own decide
+        out, rescued = [False] * n, [False] * n
+        ratios: list[list[float]] = bands.tolist()
+        fast_set = set(fast)
+        for i, c in enumerate(classifiers):
+            if i not in fast_set:
+                out[i] = c.decide(ratios[i], 0.0 if swings is None else swings[i], 0.0 if voicing is None else voicing[i])
+                rescued[i] = c._rescued
+        if not fast:
+            return out, rescued
+    sel = classifiers if every else [classifiers[i] for i in fast]
+    k = len(sel)
     p = bands.astype(np.float64) if every else bands[fast].astype(np.float64)
     fl = np.array([c._floors for c in sel], dtype=np.float64)
     run = np.array([c._run for c in sel])
-    # product of the ratios above the floors, band by band as decide's loop (x 1.0 is exact)
-    q = np.divide(p, fl)
-    np.copyto(q, 1.0, where=p <= fl)
-    product = q[:, 0].copy()
-    for b in range(1, int(nb)):
-        product *= q[:, b]
+    d = p / fl
+    # The product of the ratios above the floors: decide multiplies band by band, skipping p <= fl, and
+    # p / fl <= 1 exactly when p <= fl (division is monotonic), so x max(p / fl, 1) is the same product.
+    product = np.maximum(d, 1.0).prod(axis=1)
     latched = run >= latch
     speech = product > np.where(latched, off, on)
-    resc = np.zeros(len(sel), dtype=bool)
+    resc = np.zeros(k, dtype=bool)
     if voicing is not None and v_ratio != math.inf:
         v = np.array(voicing if every else [voicing[i] for i in fast], dtype=np.float64)
         resc = ~speech & (product > v_ratio) & (v >= np.where(latched, v_hold, v_start))
         speech |= resc
-    click = np.zeros(len(sel), dtype=bool)
+    grow = speech
     if impulse and swings is not None:
         w = np.array(swings if every else [swings[i] for i in fast], dtype=np.float64)
-        total = p[:, 0].copy()  # sum(ratios), left to right
-        for b in range(1, int(nb)):
-            total += p[:, b]
-        click = speech & ~latched & (w * w * nb > impulse * (total - nb))
-    new_run = np.where(speech & ~click, run + 1, 0)
-    rise = np.where(speech, rise_speech, rise_noise)
-    # down: fl * (p / fl) ** fall; up: to p, at most fl * rise (decide's expression, operation by operation)
-    up = fl * rise[:, None]
-    new = np.where(p < up, p, up)
+        total = _row_sums(p)
+        grow = speech & ~(~latched & (w * w * nb > impulse * (total - nb)))  # a click engages nothing
+    new_run = np.where(grow, run + 1, 0)
+    # up: to p, at most fl * rise (min(p, up) is decide's ``p if p < up else up``); down: fl * (p / fl) ** fall
+    new = np.minimum(p, fl * np.where(speech, rise_speech, rise_noise)[:, None])
     down = p < fl
-    if down.any():
-        new[down] = fl[down] * np.power(p[down] / fl[down], fall)
-    for c, f, r, s, x in zip(sel, new.tolist(), new_run.tolist(), speech.tolist(), resc.tolist(), strict=True):
+    np.multiply(fl, np.power(d, fall, out=np.ones_like(d), where=down), out=new, where=down)
+    for c, f, r, x in zip(sel, new.tolist(), new_run.tolist(), resc.tolist(), strict=True):
         c._floors = f
         c._run = r
         c._rescued = x
@@ -551,6 +555,15 @@ def _decide_rows(
         out[i] = bool(speech[j])
         rescued[i] = bool(resc[j])
     return out, rescued
+
+
+def _row_sums(p: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
+    """Each row's sum left to right, as Python's ``sum`` of the row's list (numpy's reduction may
+    associate differently: not the same float)."""
+    total = p[:, 0].copy()
+    for b in range(1, p.shape[1]):
+        total += p[:, b]
+    return total
 
 
 def _swings(frames: Frames) -> list[int]:
@@ -589,15 +602,27 @@ def _band_matrices(sample_rate: int, frame: int) -> tuple[npt.NDArray[np.float32
     return b32, g32
 
 
+#: Rows per matrix product: above ~50 rows OpenBLAS runs it on several threads, which on a shared 2-core
+#: machine costs 3-10x more per row (BENCHMARKS.md § Capacity, issue 13); 32 keeps one thread.
+MATMUL_ROWS = 32
+
+
 def _band_array(basis: npt.NDArray[np.float32], group: npt.NDArray[np.float32], frames: Frames) -> npt.NDArray[np.float32]:
-    """1 + band powers for every row of ``frames`` (any number of rows), two matrix products, as an array."""
-    n = frames.shape[1]
-    x = np.empty((frames.shape[0], n + 1), dtype=np.float32)
+    """1 + band powers for every row of ``frames`` (any number of rows, MATMUL_ROWS per product), as an array."""
+    rows, n = frames.shape
+    x = np.empty((rows, n + 1), dtype=np.float32)
     x[:, :n] = frames
     x[:, n] = 1.0
-    y = x @ basis
-    np.multiply(y, y, out=y)
-    return y @ group  # type: ignore[no-any-return]
+    if rows <= MATMUL_ROWS:
+        y = x @ basis
+        np.multiply(y, y, out=y)
+        return y @ group  # type: ignore[no-any-return]
+    out = np.empty((rows, group.shape[1]), dtype=np.float32)
+    for at in range(0, rows, MATMUL_ROWS):
+        y = x[at : at + MATMUL_ROWS] @ basis
+        np.multiply(y, y, out=y)
+        np.matmul(y, group, out=out[at : at + MATMUL_ROWS])
+    return out
 
 
 def _band_ratios(basis: npt.NDArray[np.float32], group: npt.NDArray[np.float32], frames: Frames) -> list[list[float]]:

@@ -91,3 +91,22 @@ def test_classify_batch_mixed_parameters_same_type() -> None:
         frames = np.stack([c[t] for c in calls])
         expected = [c.classify(frames[i : i + 1])[0] for i, c in enumerate(alone)]
         assert BandClassifier.classify_batch(batched, frames) == expected  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_classify_batch_of_many_rows_equals_one_call_at_a_time(kind: str) -> None:
+    """More rows than MATMUL_ROWS in one classify_batch (FrameBatch gives the bands kinds a whole round):
+    the products cut in pieces, the decisions in one go, each stream as if alone."""
+    from engine.endpointing.classifiers import MATMUL_ROWS, classify_batch
+
+    n_calls, n_frames = MATMUL_ROWS * 2 + 7, 120
+    calls = [stream(700 + i, n_frames) for i in range(n_calls)]
+    alone = [make_classifier(kind, 8000) for _ in range(n_calls)]
+    batched = [make_classifier(kind, 8000) for _ in range(n_calls)]
+    heard = 0
+    for t in range(n_frames):
+        frames = np.stack([c[t] for c in calls])
+        expected = [c.classify(frames[i : i + 1])[0] for i, c in enumerate(alone)]
+        assert classify_batch(batched, frames) == expected
+        heard += sum(expected)
+    assert heard > n_calls * 10
