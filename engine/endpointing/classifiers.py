@@ -480,16 +480,23 @@ class BandClassifier:
 
 _PARAMS: dict[tuple[float, ...], tuple[float, ...]] = {}
 
+#: Fewer settled rows than this are decided row by row: the vectorised decision costs ~60 µs per call
+#: whatever the rows (about 25 numpy operations), ``decide`` ~3 µs per row; they break even at 24-32 rows
+#: (BENCHMARKS.md § Capacity, issue 13).
+VECTOR_MIN_ROWS = 32
+
 
 def _decide_rows(
     classifiers: Sequence[BandClassifier],
     bands: npt.NDArray[np.float32],
     swings: Sequence[float] | None,
     voicing: Sequence[float] | None,
+    *,
+    min_rows: int = 0,
 ) -> tuple[list[bool], list[bool]]:
     """:meth:`BandClassifier.decide` for one frame of each of many streams (row i → classifiers[i]; ``bands``:
     the rows' ``1 + band powers``; ``swings`` / ``voicing`` as ``decide``'s, None: 0), and whether each was
-    rescued by its periodicity (``_rescued``).
+    rescued by its periodicity (``_rescued``); ``min_rows``: VECTOR_MIN_ROWS unless given (tests).
 
     Issue 13: the decision of a *settled* stream (floors learnt, no unmute window) on a frame that is not
     digital silence (the common case by far) is done for all such rows with numpy, on float64 arrays
@@ -506,6 +513,8 @@ def _decide_rows(
         for i, c in enumerate(classifiers)
         if loud[i] and c._informed and not c._resume and (c._key if c._key is not None else c._params()) is key
     ]
+    if len(fast) < (min_rows or VECTOR_MIN_ROWS):  # numpy's fixed cost per call would outweigh the rows'
+        fast = []
     every = len(fast) == n
     out: list[bool] = []
     rescued: list[bool] = []
