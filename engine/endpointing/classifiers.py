@@ -505,6 +505,15 @@ def _decide_rows(
     the same IEEE float64 operations on the same values), so the floors and decisions are identical to
     ``decide`` row by row (tests/endpointing/test_classifier_vector.py, fuzz/test_endpointer_batch_props.py)."""
     n = len(classifiers)
+    if n < (min_rows or VECTOR_MIN_ROWS):  # too few rows to vectorise: decide's own cost, nothing added
+        each: list[list[float]] = bands.tolist()
+        if swings is None and voicing is None:
+            alone = [c.decide(r) for c, r in zip(classifiers, each, strict=True)]
+        else:
+            ws = [0.0] * n if swings is None else swings
+            vs = [0.0] * n if voicing is None else voicing
+            alone = [c.decide(r, s, x) for c, r, s, x in zip(classifiers, each, ws, vs, strict=True)]
+        return alone, [c._rescued for c in classifiers]
     key = classifiers[0]._params()
     nb, silence, on, off, latch, fall, rise_speech, rise_noise, impulse, v_ratio, v_hold, v_start = key
     loud = (bands.max(axis=1) > silence).tolist()
