@@ -5,7 +5,8 @@ silence) cut into 20 ms packets (32 ms windows for silero). For each classifier:
 
 * ``classify``: ``classify(frame[None])`` per frame, one call's stream;
 * ``push``: ``Endpointer.push`` per 20 ms packet (classifier + state machine), one call;
-* ``batch N``: :func:`engine.endpointing.classifiers.classify_batch` over N classifiers (N calls),
+* ``batch N``: :func:`engine.endpointing.classifiers.classify_batch` over N classifiers (N calls) in calls of
+  ``--rows`` rows (32, as FrameBatch.MAX_ROWS),
   one frame each per tick; per frame = tick time / N (the whole batch counted).
 
 Per 20 ms of audio: silero's 32 ms windows are scaled by 20/32. Each figure: the run is timed in 20
@@ -55,7 +56,7 @@ def best(fn, repeats: int, blocks: int = 20) -> float:
     return sum(mins)
 
 
-def measure(name: str, n_frames: int, calls: int, repeats: int) -> dict[str, float]:
+def measure(name: str, n_frames: int, calls: int, repeats: int, rows: int = 32) -> dict[str, float]:
     rate = 8000
     clf = make_classifier(name, rate, frame_ms=20)
     w = clf.frame_samples
@@ -97,7 +98,8 @@ def measure(name: str, n_frames: int, calls: int, repeats: int) -> dict[str, flo
         if k is None:
             return [make_classifier(name, rate, frame_ms=20) for _ in range(calls)]
         for b in part(batches, k):
-            classify_batch(k[0], b)
+            for at in range(0, calls, rows):  # as FrameBatch: at most MAX_ROWS rows per classify_batch
+                classify_batch(k[0][at : at + rows], b[at : at + rows])
         return None
 
     res[f"batch {calls}"] = best(batch, repeats, blocks=min(ticks, 20)) / (ticks * calls) * 1e6 * scale
@@ -142,6 +144,7 @@ def main() -> int:
     ap.add_argument("--frames", type=int, default=10_000)
     ap.add_argument("--calls", type=int, default=300)
     ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--rows", type=int, default=32, help="rows per classify_batch call (FrameBatch.MAX_ROWS)")
     ap.add_argument("--interleave", default="", help="A,B[,...]: a same-run A/B instead (alternating rounds)")
     ap.add_argument("--rounds", type=int, default=40)
     args = ap.parse_args()
@@ -153,7 +156,7 @@ def main() -> int:
     print("|---|---|---|---|")
     for name in args.classifiers.split(","):
         try:
-            r = measure(name.strip(), args.frames, args.calls, args.repeats)
+            r = measure(name.strip(), args.frames, args.calls, args.repeats, args.rows)
         except ClassifierError as exc:
             print(f"skipping {name}: {exc}", file=sys.stderr)
             continue

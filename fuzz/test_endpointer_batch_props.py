@@ -144,3 +144,81 @@ def test_batch_shares_one_classify_per_wakeup() -> None:
             s.feed(mulaw.encode((rng.standard_normal(160) * 500).astype(np.int16)), batch)
         batch.end()
     assert batch.batches == 20 and batch.frames == 600 and batch.decoded == 600
+
+
+BANDS_KINDS = ["bands", "bands-unmute", "bands-click", "bands-pitch"]
+
+
+@given(data=st.data())
+def test_vectorised_decision_is_decide_row_by_row(data: st.DataObject) -> None:
+    """Issue 13: ``_decide_rows`` (the bands decision for a tick's rows in numpy) leaves every classifier in
+    exactly the state ``decide`` leaves it in (floors to the bit) and gives the same decisions, for random
+    band levels (digital silence, noise, speech, clicks), voicing and tick membership, one kind or mixed."""
+    from engine.endpointing import BandClassifier
+    from engine.endpointing.classifiers import _decide_rows
+
+    n = data.draw(st.integers(1, 12))
+    kinds = data.draw(st.one_of(st.sampled_from(BANDS_KINDS).map(lambda k: [k] * n),
+                                st.lists(st.sampled_from(BANDS_KINDS[:3]), min_size=n, max_size=n)))
+    alone = [make_classifier(k, 8000) for k in kinds]
+    rows = [make_classifier(k, 8000) for k in kinds]
+    level = st.one_of(st.floats(1.0, 90.0), st.floats(90.0, 2e3), st.floats(2e3, 1e7))  # 1 + power per band
+    for _tick in range(data.draw(st.integers(1, 60))):
+        members = data.draw(st.lists(st.integers(0, n - 1), unique=True, max_size=n))
+        if not members or (kinds[members[0]] == "bands-pitch") != all(kinds[i] == "bands-pitch" for i in members):
+            continue
+        loudness = data.draw(st.sampled_from([0.0, 1.0, 1.0, 1.0]))  # sometimes a tick of digital silence
+        bands = np.array([[1.0 + loudness * (data.draw(level) - 1.0) for _ in range(6)] for _ in members],
+                         dtype=np.float32)
+        swings = [data.draw(st.integers(0, 65535)) for _ in members]
+        voicing = [data.draw(st.floats(0.0, 1.2)) for _ in members]
+        expected = []
+        for j, i in enumerate(members):
+            a = alone[i]
+            assert isinstance(a, BandClassifier)
+            expected.append(a.decide(bands[j].tolist(), swings[j], voicing[j]))
+        got, _rescued = _decide_rows([rows[i] for i in members], bands, swings, voicing, min_rows=1)  # type: ignore[misc]
+        assert got == expected
+        for i in members:
+            a, r = alone[i], rows[i]
+            assert isinstance(a, BandClassifier) and isinstance(r, BandClassifier)
+            assert (r._floors, r._informed, r._run, r._resume, r._resume_min, r._resume_top) == (
+                a._floors, a._informed, a._run, a._resume, a._resume_min, a._resume_top)
+
+
+@given(data=st.data())
+def test_many_streams_of_one_bands_kind_batched_equal_per_stream_push(data: st.DataObject) -> None:
+    """Issue 13: many streams of one bands kind (one vectorised decision per round), random signals and
+    wake-ups: each stream's events are its own push's."""
+    kind = data.draw(st.sampled_from(BANDS_KINDS))
+    n_streams = data.draw(st.integers(2, 12))
+    cfg = EndpointingConfig(classifier=kind)  # type: ignore[arg-type]
+    streams = [Stream(cfg, 8000, as_mulaw=True) for _ in range(n_streams)]
+    refs = [Endpointer(cfg, sample_rate=8000, classifier=make_classifier(kind, 8000)) for _ in range(n_streams)]
+    inputs = []
+    expected = []
+    for ref in refs:
+        sig = mulaw.decode(mulaw.encode(data.draw(signals(8000, max_ms=2500))))
+        chunks = _chunks(sig, data.draw(st.sampled_from([[160], [160, 320], [80, 240], [160, 160, 1]])), True)
+        inputs.append(chunks)
+        events: list[EndpointEvent] = []
+        for chunk in chunks:
+            assert isinstance(chunk, bytes)
+            events += ref.push(mulaw.decode(chunk))
+        expected.append([key(e) for e in events + ref.end()])
+    batch = FrameBatch()
+    nxt = [0] * n_streams
+    wakeups = data.draw(st.lists(st.lists(st.integers(0, n_streams - 1), max_size=2 * n_streams), max_size=60))
+    while any(nxt[i] < len(inputs[i]) for i in range(n_streams)):  # then one chunk of every stream per wake-up
+        wakeups.append(list(range(n_streams)))
+        for wake in wakeups:
+            batch.begin()
+            for i in wake:
+                if nxt[i] < len(inputs[i]):
+                    streams[i].feed(inputs[i][nxt[i]], batch)
+                    nxt[i] += 1
+            batch.end()
+        wakeups = []
+    for s in streams:
+        s.events += s.ep.end()
+    assert [[key(e) for e in s.events] for s in streams] == expected

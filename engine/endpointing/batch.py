@@ -136,8 +136,9 @@ class FrameBatch:
             for r in range(rows):
                 every: Sequence[int]
                 every = range(len(group)) if r == 0 else [i for i, (_s, f) in enumerate(group) if f.shape[0] > r]
-                for at in range(0, len(every), MAX_ROWS):
-                    members = every[at : at + MAX_ROWS]
+                step = getattr(type(group[0][0].batch_classifier), "batch_rows", MAX_ROWS)  # bands: all (issue 13)
+                for at in range(0, len(every), step):
+                    members = every[at : at + step]
                     if rows == 1:
                         stack = np.concatenate([group[i][1] for i in members])
                     else:

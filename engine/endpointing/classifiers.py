@@ -11,7 +11,7 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Sequence
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, ClassVar, Protocol, runtime_checkable
 
 import numpy as np
 import numpy.typing as npt
@@ -213,7 +213,8 @@ class BandClassifier:
     copy into a preallocated buffer, ``np.dot`` against a fixed windowed cos/sin basis into
     a preallocated output, an in-place square, a second ``np.dot`` summing bins into bands
     (a constant row adds the ``1 +`` of the ratios for free), then plain Python on six
-    floats. :func:`classify_batch` shares the two matrix products across calls.
+    floats. :func:`classify_batch` shares the two matrix products across calls and, from 32 settled
+    streams, decides them with numpy in one go (:func:`_decide_rows`, bit-identical to :meth:`decide`).
     """
 
     EDGES_HZ = (300.0, 500.0, 800.0, 1200.0, 1800.0, 2600.0, 3400.0)
@@ -227,6 +228,7 @@ class BandClassifier:
         "_impulse",
         "_informed",
         "_initial_cap",
+        "_key",
         "_latch",
         "_nb",
         "_off_ratio",
@@ -307,6 +309,7 @@ class BandClassifier:
         self._voiced_hold: float = math.inf  # the periodicity that holds speech while the hysteresis is engaged
         self._voiced_start: float = math.inf  # ... that also counts outside it (starts a run)
         self._rescued = False  # the last frame was speech by its periodicity alone
+        self._key: tuple[float, ...] | None = None  # the decision's parameters, for _decide_rows (set there)
 
     @property
     def frame_samples(self) -> int:
@@ -356,15 +359,31 @@ class BandClassifier:
 
     @classmethod
     def classify_batch(cls, classifiers: Sequence[BandClassifier], frames: Frames) -> list[bool]:
-        """One frame for each of many streams (row i → classifiers[i]): the matrix products once."""
+        """One frame for each of many streams (row i → classifiers[i]): the matrix products once, and the
+        decisions of every settled stream in one go (:func:`_decide_rows`)."""
         first = classifiers[0]
         if any(c._basis is not first._basis for c in classifiers):
             return [c.classify(frames[i : i + 1])[0] for i, c in enumerate(classifiers)]
-        ratios = _band_ratios(first._basis, first._group, frames)
-        if any(c._impulse for c in classifiers):
-            swings = _swings(frames)
-            return [c.decide(r, w) for c, r, w in zip(classifiers, ratios, swings, strict=True)]
-        return [c.decide(r) for c, r in zip(classifiers, ratios, strict=True)]
+        bands = _band_array(first._basis, first._group, frames)
+        swings = _swings(frames) if any(c._impulse for c in classifiers) else None
+        return _decide_rows(classifiers, bands, swings, None)[0]
+
+    #: Rows per classify_batch call that FrameBatch may give (engine/endpointing/batch.py): every row of a
+    #: round, since the matrix products are cut into MATMUL_ROWS here and the decision's numpy cost is per
+    #: call, not per row (issue 13: 2.6 µs/row at 32 rows, 1.2 at 200; BENCHMARKS.md § Capacity).
+    batch_rows: ClassVar[int] = 1 << 16
+
+    def _params(self) -> tuple[float, ...]:
+        """The decision's parameters (fixed after construction), one shared tuple per distinct set."""
+        key = self._key
+        if key is None:
+            key = (
+                self._nb, self._silence_ratio, self._on_ratio, self._off_ratio, self._latch, self._fall,
+                self._rise_speech, self._rise_noise, self._impulse, self._voiced_ratio, self._voiced_hold,
+                self._voiced_start,
+            )  # fmt: skip
+            key = self._key = _PARAMS.setdefault(key, key)
+        return key
 
     def decide(self, ratios: list[float], swing: float | Frames = 0.0, voicing: float = 0.0) -> bool:
         """One frame, given its per-band ``1 + power`` (from :meth:`band_ratios`) and, for the click
@@ -460,6 +479,112 @@ class BandClassifier:
         return speech
 
 
+_PARAMS: dict[tuple[float, ...], tuple[float, ...]] = {}
+
+#: Fewer settled rows than this are decided row by row: the vectorised decision costs ~60 µs per call
+#: whatever the rows (about 25 numpy operations), ``decide`` ~3 µs per row; they break even at 24-32 rows
+#: (BENCHMARKS.md § Capacity, issue 13).
+VECTOR_MIN_ROWS = 32
+
+
+def _decide_rows(
+    classifiers: Sequence[BandClassifier],
+    bands: npt.NDArray[np.float32],
+    swings: Sequence[float] | None,
+    voicing: Sequence[float] | None,
+    *,
+    min_rows: int = 0,
+) -> tuple[list[bool], list[bool]]:
+    """:meth:`BandClassifier.decide` for one frame of each of many streams (row i → classifiers[i]; ``bands``:
+    the rows' ``1 + band powers``; ``swings`` / ``voicing`` as ``decide``'s, None: 0), and whether each was
+    rescued by its periodicity (``_rescued``); ``min_rows``: VECTOR_MIN_ROWS unless given (tests).
+
+    Issue 13: the decision of a *settled* stream (floors learnt, no unmute window) on a frame that is not
+    digital silence (the common case by far) is done for all such rows with numpy, on float64 arrays
+    gathered from the classifiers and scattered back; every other row asks its own ``decide``. The arrays
+    repeat ``decide``'s operations in its order (products band by band, the swing test, the floors' update:
+    the same IEEE float64 operations on the same values), so the floors and decisions are identical to
+    ``decide`` row by row (tests/endpointing/test_classifier_vector.py, fuzz/test_endpointer_batch_props.py)."""
+    n = len(classifiers)
+    if n < (min_rows or VECTOR_MIN_ROWS):  # too few rows to vectorise: decide's own cost, nothing added
+        each: list[list[float]] = bands.tolist()
+        if swings is None and voicing is None:
+            alone = [c.decide(r) for c, r in zip(classifiers, each, strict=True)]
+        else:
+            ws = [0.0] * n if swings is None else swings
+            vs = [0.0] * n if voicing is None else voicing
+            alone = [c.decide(r, s, x) for c, r, s, x in zip(classifiers, each, ws, vs, strict=True)]
+        return alone, [c._rescued for c in classifiers]
+    key = classifiers[0]._params()
+    nb, silence, on, off, latch, fall, rise_speech, rise_noise, impulse, v_ratio, v_hold, v_start = key
+    loud = (bands.max(axis=1) > silence).tolist()
+    fast = [
+        i
+        for i, c in enumerate(classifiers)
+        if loud[i] and c._informed and not c._resume and (c._key if c._key is not None else c._params()) is key
+    ]
+    if len(fast) < (min_rows or VECTOR_MIN_ROWS):  # numpy's fixed cost per call would outweigh the rows'
+        fast = []
+    every = len(fast) == n
+    out: list[bool] = []
+    rescued: list[bool] = []
+    if not every:  # learning, unmute, digital silence, or other parameters: each its own decide
+        out, rescued = [False] * n, [False] * n
+        ratios: list[list[float]] = bands.tolist()
+        fast_set = set(fast)
+        for i, c in enumerate(classifiers):
+            if i not in fast_set:
+                out[i] = c.decide(ratios[i], 0.0 if swings is None else swings[i], 0.0 if voicing is None else voicing[i])
+                rescued[i] = c._rescued
+        if not fast:
+            return out, rescued
+    sel = classifiers if every else [classifiers[i] for i in fast]
+    k = len(sel)
+    p = bands.astype(np.float64) if every else bands[fast].astype(np.float64)
+    fl = np.array([c._floors for c in sel], dtype=np.float64)
+    run = np.array([c._run for c in sel])
+    d = p / fl
+    # The product of the ratios above the floors: decide multiplies band by band, skipping p <= fl, and
+    # p / fl <= 1 exactly when p <= fl (division is monotonic), so x max(p / fl, 1) is the same product.
+    product = np.maximum(d, 1.0).prod(axis=1)
+    latched = run >= latch
+    speech = product > np.where(latched, off, on)
+    resc = np.zeros(k, dtype=bool)
+    if voicing is not None and v_ratio != math.inf:
+        v = np.array(voicing if every else [voicing[i] for i in fast], dtype=np.float64)
+        resc = ~speech & (product > v_ratio) & (v >= np.where(latched, v_hold, v_start))
+        speech |= resc
+    grow = speech
+    if impulse and swings is not None:
+        w = np.array(swings if every else [swings[i] for i in fast], dtype=np.float64)
+        total = _row_sums(p)
+        grow = speech & ~(~latched & (w * w * nb > impulse * (total - nb)))  # a click engages nothing
+    new_run = np.where(grow, run + 1, 0)
+    # up: to p, at most fl * rise (min(p, up) is decide's ``p if p < up else up``); down: fl * (p / fl) ** fall
+    new = np.minimum(p, fl * np.where(speech, rise_speech, rise_noise)[:, None])
+    down = p < fl
+    np.multiply(fl, np.power(d, fall, out=np.ones_like(d), where=down), out=new, where=down)
+    for c, f, r, x in zip(sel, new.tolist(), new_run.tolist(), resc.tolist(), strict=True):
+        c._floors = f
+        c._run = r
+        c._rescued = x
+    if every:
+        return speech.tolist(), resc.tolist()
+    for j, i in enumerate(fast):
+        out[i] = bool(speech[j])
+        rescued[i] = bool(resc[j])
+    return out, rescued
+
+
+def _row_sums(p: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
+    """Each row's sum left to right, as Python's ``sum`` of the row's list (numpy's reduction may
+    associate differently: not the same float)."""
+    total = p[:, 0].copy()
+    for b in range(1, p.shape[1]):
+        total += p[:, b]
+    return total
+
+
 def _swings(frames: Frames) -> list[int]:
     """Peak-to-peak swing of every row (int16 rows: no overflow in int32)."""
     return (frames.max(axis=1).astype(np.int32) - frames.min(axis=1)).tolist()  # type: ignore[no-any-return]
@@ -494,6 +619,29 @@ def _band_matrices(sample_rate: int, frame: int) -> tuple[npt.NDArray[np.float32
     b32.setflags(write=False)
     g32.setflags(write=False)
     return b32, g32
+
+
+#: Rows per matrix product: above ~50 rows OpenBLAS runs it on several threads, which on a shared 2-core
+#: machine costs 3-10x more per row (BENCHMARKS.md § Capacity, issue 13); 32 keeps one thread.
+MATMUL_ROWS = 32
+
+
+def _band_array(basis: npt.NDArray[np.float32], group: npt.NDArray[np.float32], frames: Frames) -> npt.NDArray[np.float32]:
+    """1 + band powers for every row of ``frames`` (any number of rows, MATMUL_ROWS per product), as an array."""
+    rows, n = frames.shape
+    x = np.empty((rows, n + 1), dtype=np.float32)
+    x[:, :n] = frames
+    x[:, n] = 1.0
+    if rows <= MATMUL_ROWS:
+        y = x @ basis
+        np.multiply(y, y, out=y)
+        return y @ group  # type: ignore[no-any-return]
+    out = np.empty((rows, group.shape[1]), dtype=np.float32)
+    for at in range(0, rows, MATMUL_ROWS):
+        y = x[at : at + MATMUL_ROWS] @ basis
+        np.multiply(y, y, out=y)
+        np.matmul(y, group, out=out[at : at + MATMUL_ROWS])
+    return out
 
 
 def _band_ratios(basis: npt.NDArray[np.float32], group: npt.NDArray[np.float32], frames: Frames) -> list[list[float]]:

@@ -194,6 +194,9 @@ class Endpointer:
         self.position += n
         frame = self._frame
         pending = self._pending
+        if n == frame and not pending.shape[0]:  # the hot path: one whole packet, nothing pending
+            flat = self._flat = pcm.copy()
+            return flat[None]
         # A copy either way: events and the pending tail must not alias the caller's buffer.
         data = np.concatenate((pending, pcm)) if pending.shape[0] else pcm.copy()
         nf = data.shape[0] // frame
@@ -218,13 +221,49 @@ class Endpointer:
         if len(decisions) != nf:  # the frames still wait for their decisions
             raise EndpointerError(f"push_decided() expects {nf} decisions, got {len(decisions)}")
         self._flat = None
-        if not self._in_speech and not any(decisions):
-            # The common case, every idle frame on a quiet line: nothing can happen.
-            self._run = 0
-            self._frames_done += nf
-            self._remember(flat)
-            return []
+        if not self._in_speech:
+            if not any(decisions):
+                # The common case, every idle frame on a quiet line: nothing can happen.
+                self._run = 0
+                self._frames_done += nf
+                ring = self._ring
+                pos = self._ring_pos
+                stop = pos + nf * self._frame
+                if stop < ring.shape[0]:  # inlined _remember, the case with no wrap
+                    ring[pos:stop] = flat
+                    self._ring_pos = stop
+                    self._ring_end += stop - pos
+                    filled = self._ring_filled + stop - pos
+                    self._ring_filled = filled if filled < ring.shape[0] else ring.shape[0]
+                else:
+                    self._remember(flat)
+                return []
+        elif nf == 1:
+            # The other common case, one frame of an utterance under way: _step's loop for that one frame.
+            frame = self._frame
+            base = self._frames_done * frame
+            self._frames_done += 1
+            end = base + frame
+            audio = SpeechAudio(base, flat)
+            if decisions[0]:
+                self._silence = 0
+                self._last_speech_end = end
+            else:
+                self._silence += 1
+                if self._silence >= self._end_frames and end - self._utt_start >= self._min_samples:
+                    return self._end(audio, end, "silence")
+            if end >= self._max_end:
+                return self._end(audio, end, "max_length")
+            return [audio]
         return self._step(flat, decisions)
+
+    def _end(self, audio: SpeechAudio, end: int, reason: EndReason) -> list[EndpointEvent]:
+        """_step's end of an utterance on its last frame (``audio``), for push_decided's one-frame path."""
+        self._prev_last_speech = self._last_speech_end
+        self._in_speech = False
+        self._run = 0
+        self._forget(end)
+        return [audio, SpeechEnded(end, reason, self._last_speech_end)]
 
     def _step(self, flat: Pcm, decisions: list[bool]) -> list[EndpointEvent]:
         """Run the state machine over whole frames ``flat`` (decisions, one per frame)."""

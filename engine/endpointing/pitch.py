@@ -34,7 +34,7 @@ from collections.abc import Sequence
 import numpy as np
 import numpy.typing as npt
 
-from .classifiers import BandClassifier, ClassifierError, Frames, _swings
+from .classifiers import BandClassifier, ClassifierError, Frames, _band_array, _decide_rows, _row_sums, _swings
 
 F32 = npt.NDArray[np.float32]
 
@@ -274,14 +274,9 @@ class PitchBandClassifier(BandClassifier):
         win = np.empty((n, w), dtype=np.float32)
         win[:, : w - dec] = np.stack([c._win for c in pitchy])[:, dec:]
         win[:, w - dec :] = decimate(frames, first.sample_rate)
-        x = np.empty((n, frames.shape[1] + 1), dtype=np.float32)
-        x[:, :-1] = frames
-        x[:, -1] = 1.0
-        y = x @ first._basis
-        np.multiply(y, y, out=y)
-        bands = y @ first._group  # 1 + band powers, as _band_ratios
+        bands = _band_array(first._basis, first._group, frames)  # 1 + band powers
         ratios: list[list[float]] = bands.tolist()
-        power = bands.astype(np.float64).sum(axis=1).tolist()  # as sum(ratios) on the one-frame path
+        power = _row_sums(bands.astype(np.float64))  # sum(ratios), as on the one-frame path
         audible = (bands.max(axis=1) > first._silence_ratio).tolist()
         wanted = _wanted_rows(pitchy, bands, ratios)
         v = [0.0] * n
@@ -298,15 +293,26 @@ class PitchBandClassifier(BandClassifier):
             got = ((r[:, 1:] - line).max(axis=1) / np.maximum(r[:, 0], 1e-3)).tolist()
             for j, i in enumerate(wanted):
                 v[i] = got[j]
-        swings: Sequence[float] = _swings(frames) if any(c._impulse for c in pitchy) else [0.0] * n
-        out = []
+        swings = _swings(frames) if any(c._impulse for c in pitchy) else None
+        # _judge for every row at once: the drop rule on the voicing, the decisions (vectorised for settled
+        # streams, _decide_rows), then each stream's quiet count and whether its line learns.
+        last = np.array([c._last_power if c._drop else math.nan for c in pitchy])
+        drop = np.array([c._drop for c in pitchy])
+        nb = first._nb
+        dropped = ((power - nb) < drop * (last - nb)).tolist()  # NaN (no drop rule): False
+        voiced = [0.0 if x else y for x, y in zip(dropped, v, strict=True)]
+        out, rescued = _decide_rows(pitchy, bands, swings, voiced)
         learners: list[int] = []
-        for i, c in enumerate(pitchy):
+        for i, (c, p, speech) in enumerate(zip(pitchy, power.tolist(), out, strict=True)):
             c._win = win[i]
-            speech, learn = c._judge(ratios[i], swings[i], v[i], at[i] >= 0, power=power[i], audible=audible[i])
-            out.append(speech)
-            if learn:
-                learners.append(i)
+            if c._drop:
+                c._last_power = p
+            if speech and not rescued[i]:
+                c._quiet = 0
+            elif audible[i]:
+                c._quiet += 1
+                if at[i] >= 0 and (c._line is None or c._quiet > NOISE_AFTER_FRAMES):
+                    learners.append(i)
         if learners:
             # The lines' running means, all in one go (the same float32 operations as _learn, row by row).
             fresh = [i for i in learners if pitchy[i]._line is None]

@@ -257,3 +257,18 @@ def test_cost_per_frame_is_small() -> None:
         ep.push(f)
     per_frame = (time.perf_counter() - t0) / len(frames)
     assert per_frame < 100e-6
+
+
+@pytest.mark.parametrize("extra", [{}, {"max_utterance_ms": 600}, {"min_utterance_ms": 900}, {"merge_ms": 400}])
+def test_one_frame_fast_paths_equal_the_general_step(extra: dict[str, int]) -> None:
+    """Issue 13: push_decided's one-frame paths (idle ring write, a frame of an utterance, its end by silence
+    or max_length) give exactly what the general loop gives for the same frames pushed in one go."""
+    c = cfg(end_ms=120, **extra)
+    sig = concat(noise(4000, 30), speechlike(9000, 8000), noise(1200, 30, seed=3), speechlike(2000, 8000, seed=4),
+                 silence(3000), speechlike(1500, 8000, seed=5), noise(6000, 30, seed=6))
+    whole = run(c, sig, [len(sig)])
+    frames = run(c, sig, [160])
+    check(c, 8000, sig, frames)
+    assert [key(e) for e in frames.events] == [key(e) for e in whole.events]
+    reasons = {e.reason for e in frames.events if isinstance(e, SpeechEnded)}
+    assert "silence" in reasons and ("max_length" in reasons) == ("max_utterance_ms" in extra)
