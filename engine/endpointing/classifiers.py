@@ -563,7 +563,13 @@ def _decide_rows(
     # up: to p, at most fl * rise (min(p, up) is decide's ``p if p < up else up``); down: fl * (p / fl) ** fall
     new = np.minimum(p, fl * np.where(speech, rise_speech, rise_noise)[:, None])
     down = p < fl
-    np.multiply(fl, np.power(d, fall, out=np.ones_like(d), where=down), out=new, where=down)
+    # The fall's power is taken by Python's ``**`` (C's pow), as decide does, not by ``np.power``: numpy may
+    # dispatch that to a vector library (SVML on AVX-512 machines) whose result can differ by an ulp, and
+    # then the floors would drift from decide's on such a machine. One pow per falling band value.
+    where = np.flatnonzero(down)
+    if where.size:
+        falling = zip(fl.take(where).tolist(), d.take(where).tolist(), strict=True)
+        np.put(new, where, [f * x**fall for f, x in falling])
     for c, f, r, x in zip(sel, new.tolist(), new_run.tolist(), resc.tolist(), strict=True):
         c._floors = f
         c._run = r

@@ -110,3 +110,29 @@ def test_classify_batch_of_many_rows_equals_one_call_at_a_time(kind: str) -> Non
         assert classify_batch(batched, frames) == expected
         heard += sum(expected)
     assert heard > n_calls * 10
+
+
+def test_the_floors_fall_by_the_same_pow_as_decide(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The vectorised floors' fall must not use ``np.power``: numpy may dispatch it to a vector library
+    (SVML on AVX-512 CPUs) whose result can be an ulp off C's ``pow``, and the floors would then drift from
+    ``decide``'s on such a machine only. Here ``np.power`` is made an ulp off on purpose: nothing changes."""
+    real_power = np.power
+
+    def ulp_off(*args: object, **kwargs: object) -> object:
+        out = real_power(*args, **kwargs)  # type: ignore[call-overload]
+        return np.nextafter(out, np.inf) if isinstance(out, np.ndarray) else out
+
+    monkeypatch.setattr(np, "power", ulp_off)
+    n_calls, n_frames = 40, 200
+    calls = [stream(900 + i, n_frames) for i in range(n_calls)]
+    alone = [make_classifier("bands-click", 8000) for _ in range(n_calls)]
+    rows = [make_classifier("bands-click", 8000) for _ in range(n_calls)]
+    for t in range(n_frames):
+        frames = np.stack([c[t] for c in calls])
+        bands = _band_array(rows[0]._basis, rows[0]._group, frames)  # type: ignore[attr-defined]
+        expected = [c.decide(r, s) for c, r, s in zip(alone, bands.tolist(), _swings(frames), strict=True)]
+        got, _ = _decide_rows(rows, bands, _swings(frames), None, min_rows=2)  # type: ignore[arg-type]
+        assert got == expected
+        for a, r in zip(alone, rows, strict=True):
+            assert isinstance(a, BandClassifier) and isinstance(r, BandClassifier)
+            assert r._floors == a._floors
