@@ -406,8 +406,7 @@ class TwilioStream:
         if tag not in self._checked_fields:
             self._checked_fields.add(tag)
             self._note_unknown_fields(text, kind)
-        if kind is MediaMessage:
-            assert isinstance(msg, MediaMessage)
+        if isinstance(msg, MediaMessage):
             return self._on_media(msg)
         if isinstance(msg, ConnectedMessage):
             self.state = self._next(Inbound.CONNECTED)
