@@ -4,7 +4,8 @@ Configuration errors print one line (``sori: config error: <key>: <reason>``) an
 that cannot start (a port already in use) prints one line naming it
 (``sori: cannot listen on 127.0.0.1:9090 (admin): [Errno 98] Address already in use``) and exits 1.
 Subcommands owned by other modules register through ``configure_parser(parser)`` and run
-through ``run_cli(args) -> int``.
+through ``run_cli(args) -> int``. Importing this module sizes numpy's BLAS/OpenMP thread pools at one
+thread unless the environment already says otherwise (:mod:`engine._threads`).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
+import engine._threads  # noqa: F401  (first of sori's imports: single-threaded BLAS, set before numpy loads)
 from engine import __version__
 from engine.config import Config, ConfigError, cli_overrides, load
 from engine.log import redactor

@@ -639,17 +639,21 @@ class _ErrorPolicy:
         try:
             return proto.receive_text(message)
         except TwilioProtocolError as exc:
-            self.count += 1
-            self.metrics.protocol_error(exc.kind)
-            if exc.kind not in self.logged:
-                self.logged.add(exc.kind)
-                log.warning("twilio_protocol_error", conn=self.conn, stream_sid=proto.stream_sid, kind=exc.kind,
-                            error=str(exc)[:300])
-            if exc.fatal:
-                raise _EndCall(f"protocol_{exc.kind}") from None
-            if self.count >= self.budget:
-                raise _EndCall("protocol_errors") from None
+            self.failed(proto, exc)
             return []
+
+    def failed(self, proto: TwilioStream, exc: TwilioProtocolError) -> None:
+        """``proto`` rejected a message: count and log it; raises :class:`_EndCall` when the call must end."""
+        self.count += 1
+        self.metrics.protocol_error(exc.kind)
+        if exc.kind not in self.logged:
+            self.logged.add(exc.kind)
+            log.warning("twilio_protocol_error", conn=self.conn, stream_sid=proto.stream_sid, kind=exc.kind,
+                        error=str(exc)[:300])
+        if exc.fatal:
+            raise _EndCall(f"protocol_{exc.kind}") from None
+        if self.count >= self.budget:
+            raise _EndCall("protocol_errors") from None
 
 
 class _CallReader:
@@ -717,30 +721,35 @@ class _CallReader:
         messages = self.ws.received
         if not messages:
             return None
-        handler = self.handler
+        on_event = self.handler.on_event
         proto = self.proto
-        feed = self.errors.feed
+        receive = proto.receive_text
         debug = self.debug
         while messages:
             message = messages.popleft()
             if debug:
                 log.debug("twilio_message", stream_sid=proto.stream_sid, size=len(message))
             try:
-                events = feed(proto, message)
-            except _EndCall as end:
-                return end.reason
+                events = receive(message)
+            except TwilioProtocolError as exc:
+                try:
+                    self.errors.failed(proto, exc)
+                except _EndCall as end:
+                    return end.reason
+                events = []
             for event in events:
-                neutral = media_event(event)
-                if neutral is not None:
-                    handler.on_event(neutral)
-                kind = type(event)
-                if kind is Media:
+                if type(event) is Media:  # per frame: media_event's translation, inline
                     assert isinstance(event, Media)
+                    on_event(AudioReceived(event.payload, event.offset / BYTES_PER_MS, event.filled))
                     if not event.filled:  # the frame's lag against the stream's own clock
                         base = trio.current_time() - event.offset / (BYTES_PER_MS * 1000)
                         self.origin = min(self.origin, base)
                         self.lag.observe((base - self.origin) * 1000)
-                elif kind is Stopped:
+                    continue
+                neutral = media_event(event)
+                if neutral is not None:
+                    on_event(neutral)
+                if type(event) is Stopped:
                     return "stop"
             self.count += 1
             if self.count % _STATS_FLUSH_EVERY == 0:

@@ -16,6 +16,24 @@ from wsproto.frame_protocol import Opcode
 FIN = 0x80
 MASKED = 0x80
 _FAST_TEXT_HEAD = FIN | Opcode.TEXT  # 0x81: the only first byte TextFrameDecoder handles
+_MASKED_LEN16 = MASKED | 126  # second byte of a masked frame with a 16-bit length (126..65535 bytes)
+
+
+# Repunits in base 2**32 (1 + 2**32 + 2**64 + ...) by word count: mask_int * repunit is the mask repeated as
+# one int, built by one multiplication instead of a bytes repeat, a slice and a conversion. Kept for small
+# frames only (≤ _REPUNIT_MAX_WORDS words) and at most _REPUNIT_SLOTS sizes at a time (≤ 256 KiB).
+_REPUNIT_MAX_WORDS = 1024
+_REPUNIT_SLOTS = 64
+_repunits: dict[int, int] = {}
+
+
+def _repunit(words: int) -> int:
+    rep = _repunits.get(words)
+    if rep is None:
+        if len(_repunits) >= _REPUNIT_SLOTS:
+            _repunits.clear()
+        rep = _repunits[words] = int.from_bytes(b"\x01\x00\x00\x00" * words, "little")
+    return rep
 
 
 def apply_mask(data: bytes, mask: bytes) -> bytes:
@@ -27,8 +45,12 @@ def apply_mask(data: bytes, mask: bytes) -> bytes:
     n = len(data)
     if not n:
         return b""
-    key = (mask * (n // 4 + 1))[:n]
-    return (int.from_bytes(data, "little") ^ int.from_bytes(key, "little")).to_bytes(n, "little")
+    words = (n + 3) >> 2
+    if words <= _REPUNIT_MAX_WORDS:  # a Twilio frame: the key by one multiplication (≈ 0.4 µs less)
+        key = int.from_bytes(mask, "little") * _repunit(words)
+        return (int.from_bytes(data, "little") ^ key).to_bytes(words << 2, "little")[:n]
+    key_bytes = (mask * (n // 4 + 1))[:n]
+    return (int.from_bytes(data, "little") ^ int.from_bytes(key_bytes, "little")).to_bytes(n, "little")
 
 
 def encode_frame(opcode: int, payload: bytes, mask: bytes) -> bytes:
@@ -59,6 +81,17 @@ class TextFrameDecoder:
 
     def feed(self, data: bytes) -> tuple[list[str], bytes | None]:
         """Decode ``data``: (complete messages, None), or (messages before it, bytes for wsproto)."""
+        if not self._buffer:
+            # The common read: exactly one whole frame of a Twilio message (126..65535 bytes: 16-bit length).
+            # The loop below decides every other case, from scratch (nothing here changed any state).
+            n = len(data)
+            if n > 8 and data[0] == _FAST_TEXT_HEAD and data[1] == _MASKED_LEN16:
+                length = (data[2] << 8) | data[3]
+                if n == 8 + length and 126 <= length <= self.max_message_size:
+                    try:
+                        return [apply_mask(data[8:], data[4:8]).decode()], None
+                    except UnicodeDecodeError:
+                        pass  # the loop hands it to wsproto, which reports it
         buf = self._buffer + data if self._buffer else data
         self._buffer = b""
         out: list[str] = []
