@@ -272,18 +272,14 @@ class Call:
         self._batch_failed(exc)
 
     def _decide_alone(self) -> None:
+        """What waits in the batch for this call, decided now, alone (the batch then skips this call: its
+        classifier sees each frame once); the same steps the batch would take."""
         payload = self.batch_payload
         if payload is not None:
-            self.batch_payload = None
-            ready = self.endpointer.frames_ready(self._decode(payload))
-            if ready is None:
-                self._after_endpoint([])
-                return
-            self.batch_frames = ready
+            self.batch_audio(self._decode(payload))
         frames = self.batch_frames
-        assert frames is not None
-        self.batch_frames = None  # the batch skips this call now: its classifier sees each frame once
-        self._after_endpoint(self.endpointer.push_decided(self.endpointer.classifier.classify(frames)))
+        if frames is not None:
+            self.batch_decided(self.endpointer.classifier.classify(frames))
 
     def _decode_general(self, payload: bytes) -> np.ndarray[Any, np.dtype[np.int16]]:
         """L16 (little-endian) or multi-channel audio → mono int16; a split sample waits for the next chunk."""

@@ -35,10 +35,11 @@ from .endpointer import Pcm
 
 log = get_logger(__name__)
 
-# Rows per classify_batch call. Above ~50 rows OpenBLAS runs the bands classifier's matrix product on
-# several threads, which on a shared 2-core machine costs 3-10x more per row than one thread (measured:
-# 0.7 µs/row at 32 rows, 1.9-20 µs at 64-400; BENCHMARKS.md § Capacity); 32 keeps one thread and most of
-# the sharing (0.57 µs/row at 400 with one thread).
+# Rows per classify_batch call for a classifier kind that does not name its own ``batch_rows`` (the bands
+# kinds take a whole round: they cut their matrix products themselves, classifiers.MATMUL_ROWS). Above ~50
+# rows a multi-threaded OpenBLAS runs a product on several threads, 3-10x dearer per row on a shared 2-core
+# machine (BENCHMARKS.md § Capacity); ``sori`` runs BLAS single-threaded (engine/_threads.py), an embedder
+# may not.
 MAX_ROWS = 32
 
 
@@ -131,12 +132,12 @@ class FrameBatch:
     def _decide(self, group: list[tuple[Deferred, Frames]]) -> None:
         decided: list[list[bool]] = [[] for _ in group]
         rows = max(f.shape[0] for _s, f in group)
+        step = getattr(type(group[0][0].batch_classifier), "batch_rows", MAX_ROWS)
         try:
             # Round r: row r of every stream that has one (a classifier sees its frames in order, one per round).
             for r in range(rows):
                 every: Sequence[int]
                 every = range(len(group)) if r == 0 else [i for i, (_s, f) in enumerate(group) if f.shape[0] > r]
-                step = getattr(type(group[0][0].batch_classifier), "batch_rows", MAX_ROWS)  # bands: all (issue 13)
                 for at in range(0, len(every), step):
                     members = every[at : at + step]
                     if rows == 1:

@@ -440,9 +440,9 @@ class TwilioStream:
             self._seen = 1
         self.stats.missing_connected = self.state is SessionState.IDLE
         self.state = started
-        self._sid = msg.stream_sid or info.stream_sid
+        self._sid = sid = msg.stream_sid or info.stream_sid
         self.started = Started(
-            stream_sid=msg.stream_sid or info.stream_sid,
+            stream_sid=sid,
             call_sid=info.call_sid,
             account_sid=info.account_sid,
             tracks=tuple(info.tracks),

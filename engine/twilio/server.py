@@ -723,33 +723,28 @@ class _CallReader:
             return None
         on_event = self.handler.on_event
         proto = self.proto
-        receive = proto.receive_text
+        errors = self.errors
         debug = self.debug
         while messages:
             message = messages.popleft()
             if debug:
                 log.debug("twilio_message", stream_sid=proto.stream_sid, size=len(message))
             try:
-                events = receive(message)
-            except TwilioProtocolError as exc:
-                try:
-                    self.errors.failed(proto, exc)
-                except _EndCall as end:
-                    return end.reason
-                events = []
+                events = errors.feed(proto, message)
+            except _EndCall as end:
+                return end.reason
             for event in events:
-                if type(event) is Media:  # per frame: media_event's translation, inline
+                neutral = media_event(event)
+                if neutral is not None:
+                    on_event(neutral)
+                kind = type(event)
+                if kind is Media:
                     assert isinstance(event, Media)
-                    on_event(AudioReceived(event.payload, event.offset / BYTES_PER_MS, event.filled))
                     if not event.filled:  # the frame's lag against the stream's own clock
                         base = trio.current_time() - event.offset / (BYTES_PER_MS * 1000)
                         self.origin = min(self.origin, base)
                         self.lag.observe((base - self.origin) * 1000)
-                    continue
-                neutral = media_event(event)
-                if neutral is not None:
-                    on_event(neutral)
-                if type(event) is Stopped:
+                elif kind is Stopped:
                     return "stop"
             self.count += 1
             if self.count % _STATS_FLUSH_EVERY == 0:
