@@ -220,6 +220,9 @@ class AppChannelConfig(_Section):
     queue: Annotated[int, Meta(ge=1, le=1_000_000)] = 2000  # events waiting for a slow application, per connection
     max_message_bytes: Annotated[int, Meta(ge=1024, le=64 * 1024 * 1024)] = 8 * 1024 * 1024
     max_connections: Annotated[int, Meta(ge=1, le=100_000)] = 100
+    # Liveness: after this long with nothing from the application, sori pings it; no pong (or other message)
+    # within as long again and the connection is closed ("ping_timeout"): a dead peer never holds a read.
+    ping_ms: Annotated[int, Meta(ge=100, le=3_600_000)] = 20_000
 
 
 class LogConfig(_Section):

@@ -186,11 +186,23 @@ class AppChannelServer:
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(writer, nursery.cancel_scope)
+                # Every read is bounded: after ping_ms of silence a ping, and a peer that does not answer it
+                # (nor sends anything) within ping_ms more is gone.
+                ping_s = self.config.ping_ms / 1000
+                pong: trio.Event | None = None
+                pings = itertools.count()
                 while True:
                     try:
-                        data = await ws.receive_message()
-                    except ConnectionClosed:
+                        data = await ws.receive_message_before(trio.current_time() + ping_s)
+                        if data is None:
+                            if pong is not None and not pong.is_set():
+                                why = "ping_timeout"
+                                break
+                            pong = await ws.send_ping(next(pings).to_bytes(8, "big"))
+                            continue
+                    except (ConnectionClosed, BudgetExpired):
                         break
+                    pong = None  # the peer is alive: the next silence starts a new ping
                     if isinstance(data, bytes):
                         error: msg.ChannelError | None = msg.ChannelError(code="binary", message="commands are JSON text")
                     else:

@@ -31,7 +31,6 @@ from wsproto import ConnectionType, WSConnection
 from wsproto.connection import ConnectionState
 from wsproto.events import (
     AcceptConnection,
-    Ping,
     RejectConnection,
     RejectData,
     Request,
@@ -88,7 +87,6 @@ class WsClientConnection(WsConnection):
         # h11 connection and its buffers are dropped, not carried for the socket's whole life).
         self._client: WSConnection | None = WSConnection(ConnectionType.CLIENT)
         self._ws = self._client
-        self._pings: dict[bytes, trio.Event] = {}  # in flight, oldest first
         self.accepted: AcceptConnection | None = None
         # Plain TCP: the fd for the non-blocking fast path of _send_data (TLS always goes through send_all).
         self._fd = stream.socket.fileno() if isinstance(stream, trio.SocketStream) else -1
@@ -167,25 +165,6 @@ class WsClientConnection(WsConnection):
             if not data and rejected is not None:  # a body delimited by EOF
                 raise WsRejected(rejected.status_code, body)
 
-    def _set_closed(self, code: int, reason: str) -> None:
-        super()._set_closed(code, reason)
-        for event in self._pings.values():  # waiting pings see the close
-            event.set()
-        self._pings.clear()
-
-    # -- receiving: pongs wake pings -----------------------------------------------------------
-
-    def _on_pong(self, payload: bytes) -> None:
-        """Wake the ping with this payload and every older one (a peer may answer several with one pong)."""
-        if payload not in self._pings:
-            return
-        while self._pings:
-            key, event = next(iter(self._pings.items()))
-            del self._pings[key]
-            event.set()
-            if key == payload:
-                return
-
     # -- sending ----------------------------------------------------------------------------
 
     async def send_bytes(self, data: bytes) -> None:
@@ -195,42 +174,6 @@ class WsClientConnection(WsConnection):
     async def send_text(self, text: str) -> None:
         """Send one text message; raises :class:`ConnectionClosed` or ``BudgetExpired('send')``."""
         await self._send_data(_TEXT, text.encode())
-
-    async def send_ping(self, payload: bytes) -> trio.Event:
-        """Send a ping; the returned event is set when its pong arrives (or the connection closes).
-
-        For a caller that is itself the reader (the pong is delivered by its own receive calls). Raises
-        :class:`ConnectionClosed`, ``BudgetExpired('send')``, or ``ValueError`` if a ping with this
-        payload is already in flight.
-        """
-        if self._closed is not None:
-            raise self._closed
-        if payload in self._pings:
-            raise ValueError("a ping with this payload is already in flight")
-        answered = trio.Event()
-        self._pings[payload] = answered
-        try:
-            await self._send_event(Ping(payload=payload))
-        except BaseException:
-            if self._pings.get(payload) is answered:
-                del self._pings[payload]
-            raise
-        return answered
-
-    async def ping(self, payload: bytes) -> None:
-        """Send a ping and wait for its pong (delivered by the reader); the caller bounds the wait.
-
-        Raises :class:`ConnectionClosed` if the connection is or becomes closed, ``ValueError`` if
-        a ping with this payload is already in flight.
-        """
-        answered = await self.send_ping(payload)
-        try:
-            await answered.wait()
-        finally:
-            if self._pings.get(payload) is answered:
-                del self._pings[payload]
-        if self._closed is not None:
-            raise self._closed
 
     async def _send_data(self, opcode: int, payload: bytes) -> None:
         """The hot path: frame it ourselves (wsproto only checks state and masks, slowly).

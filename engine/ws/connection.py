@@ -69,6 +69,7 @@ class WsConnection:
         self._assembler = MessageAssembler(max_message_size)
         self._closed: ConnectionClosed | None = None
         self._broken = False  # a write failed: nothing more may be written
+        self._pings: dict[bytes, trio.Event] = {}  # in flight, oldest first
 
     @property
     def closed(self) -> ConnectionClosed | None:
@@ -79,6 +80,9 @@ class WsConnection:
         """Record why the connection closed; the first reason wins."""
         if self._closed is None:
             self._closed = ConnectionClosed(code, reason)
+        for event in self._pings.values():  # waiting pings see the close
+            event.set()
+        self._pings.clear()
 
     def _upgraded(self) -> FrameLayer:
         if self._ws is None:
@@ -162,7 +166,53 @@ class WsConnection:
                 return
 
     def _on_pong(self, payload: bytes) -> None:
-        """A pong arrived (unsolicited ones are allowed, RFC 6455 5.5.3); the client wakes its pings."""
+        """Wake the ping with this payload and every older one (a peer may answer several with one pong;
+        unsolicited pongs are allowed, RFC 6455 5.5.3)."""
+        if payload not in self._pings:
+            return
+        while self._pings:
+            key, event = next(iter(self._pings.items()))
+            del self._pings[key]
+            event.set()
+            if key == payload:
+                return
+
+    async def send_ping(self, payload: bytes) -> trio.Event:
+        """Send a ping; the returned event is set when its pong arrives (or the connection closes).
+
+        For a caller that is itself the reader (the pong is delivered by its own receive calls). Raises
+        :class:`ConnectionClosed`, ``BudgetExpired('send')``, or ``ValueError`` if a ping with this
+        payload is already in flight.
+        """
+        if self._closed is not None:
+            raise self._closed
+        if payload in self._pings:
+            raise ValueError("a ping with this payload is already in flight")
+        answered = trio.Event()
+        self._pings[payload] = answered
+        try:
+            await self._send_event(Ping(payload=payload))
+        except BaseException:
+            if self._pings.get(payload) is answered:
+                del self._pings[payload]
+            raise
+        return answered
+
+    async def ping(self, payload: bytes) -> None:
+        """Send a ping and wait for its pong (delivered by the reader); the caller bounds the wait.
+
+        Raises :class:`ConnectionClosed` if the connection is or becomes closed, ``ValueError`` if
+        a ping with this payload is already in flight.
+        """
+        answered = await self.send_ping(payload)
+        try:
+            await answered.wait()
+        finally:
+            if self._pings.get(payload) is answered:
+                del self._pings[payload]
+        if self._closed is not None:
+            raise self._closed
+
 
     async def _on_close(self, event: CloseConnection) -> None:
         state = self._upgraded().state
