@@ -25,11 +25,11 @@ from collections.abc import Sequence
 import trio
 from wsproto.connection import Connection, ConnectionState, ConnectionType
 from wsproto.events import TextMessage
-from wsproto.frame_protocol import CloseReason
+from wsproto.frame_protocol import CloseReason, Opcode
 
 from engine.budgets import Budget
-from engine.ws.connection import _SENDABLE, RECEIVE_SIZE, ConnectionClosed, WsConnection
-from engine.ws.frames import TextFrameDecoder
+from engine.ws.connection import RECEIVE_SIZE, ConnectionClosed, WsConnection
+from engine.ws.frames import TextFrameDecoder, encode_frame
 from engine.ws.handshake import (
     MAX_REQUEST_HEAD,
     WEBSOCKET_VERSION,
@@ -147,7 +147,7 @@ class WsServerConnection(WsConnection):
         data = b"".join(server_text_frame(p) for p in payloads)
         with self._send_budget():
             async with self._send_lock:
-                if self._broken or self._ws is None or self._ws.state not in _SENDABLE:
+                if not self._sendable:
                     raise self._closed or ConnectionClosed(CloseReason.ABNORMAL_CLOSURE, "connection closed")
                 await self._write_held(data)
 
@@ -160,10 +160,9 @@ class WsServerConnection(WsConnection):
         the kernel does not take at once waits in :attr:`pending`: the caller must then ``await``
         :meth:`flush`; any later write sends it first, so the order on the wire is the order of the calls.
         """
-        ws = self._ws
         # The fd is read each time: once the stream is closed it is -1 (its number may belong to another socket).
         fd = -1 if self._socket is None else self._socket.fileno()
-        if fd < 0 or self._pending or self._send_lock.locked() or self._broken or ws is None or ws.state not in _SENDABLE:
+        if fd < 0 or self._pending or self._send_lock.locked() or not self._sendable:
             return False
         frame = server_text_frame(payload)
         try:
@@ -225,10 +224,5 @@ class WsServerConnection(WsConnection):
 
 
 def server_text_frame(payload: bytes) -> bytes:
-    """One whole, unmasked text frame (RFC 6455 5.2: a server never masks) carrying UTF-8 ``payload``. Sans-IO."""
-    n = len(payload)
-    if n < 126:
-        return bytes((0x81, n)) + payload
-    if n < 1 << 16:
-        return bytes((0x81, 126)) + n.to_bytes(2, "big") + payload
-    return bytes((0x81, 127)) + n.to_bytes(8, "big") + payload
+    """One whole, unmasked text frame carrying UTF-8 ``payload`` (what a server sends). Sans-IO."""
+    return encode_frame(Opcode.TEXT, payload, None)

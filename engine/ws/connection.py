@@ -84,6 +84,12 @@ class WsConnection:
             event.set()
         self._pings.clear()
 
+    @property
+    def _sendable(self) -> bool:
+        """Frames may be written: upgraded, no write failed, and wsproto accepts frames from us."""
+        ws = self._ws
+        return not self._broken and ws is not None and ws.state in _SENDABLE
+
     def _upgraded(self) -> FrameLayer:
         if self._ws is None:
             raise ConnectionClosed(CloseReason.ABNORMAL_CLOSURE, "not upgraded")
@@ -251,11 +257,10 @@ class WsConnection:
             with self._send_budget():
                 async with self._send_lock:
                     # Checked under the lock: a close frame written meanwhile ends the data stream.
-                    ws = self._ws
-                    if self._broken or ws is None or ws.state not in _SENDABLE:
+                    if not self._sendable:
                         raise self._closed or ConnectionClosed(CloseReason.ABNORMAL_CLOSURE, "connection closed")
                     try:
-                        data = ws.send(event)
+                        data = self._upgraded().send(event)
                     except LocalProtocolError:
                         raise self._closed or ConnectionClosed(
                             CloseReason.ABNORMAL_CLOSURE, "connection closed") from None

@@ -53,15 +53,19 @@ def apply_mask(data: bytes, mask: bytes) -> bytes:
     return (int.from_bytes(data, "little") ^ int.from_bytes(key_bytes, "little")).to_bytes(n, "little")
 
 
-def encode_frame(opcode: int, payload: bytes, mask: bytes) -> bytes:
-    """One whole (FIN) client frame, masked with the 4-byte ``mask`` (RFC 6455 5.2/5.3). Sans-IO."""
+def encode_frame(opcode: int, payload: bytes, mask: bytes | None) -> bytes:
+    """One whole (FIN) frame (RFC 6455 5.2/5.3): a client's, masked with the 4-byte ``mask``, or with
+    ``mask=None`` a server's, unmasked (a server never masks). Sans-IO."""
     n = len(payload)
+    masked = 0 if mask is None else MASKED
     if n < 126:
-        head = bytes((FIN | opcode, MASKED | n))
+        head = bytes((FIN | opcode, masked | n))
     elif n < 1 << 16:
-        head = bytes((FIN | opcode, MASKED | 126)) + n.to_bytes(2, "big")
+        head = bytes((FIN | opcode, masked | 126)) + n.to_bytes(2, "big")
     else:
-        head = bytes((FIN | opcode, MASKED | 127)) + n.to_bytes(8, "big")
+        head = bytes((FIN | opcode, masked | 127)) + n.to_bytes(8, "big")
+    if mask is None:
+        return head + payload
     return head + mask + apply_mask(payload, mask)
 
 
