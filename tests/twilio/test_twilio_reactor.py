@@ -362,8 +362,8 @@ class Hook:
 async def test_pass_hook_wraps_every_wakeup_even_when_a_reader_raises() -> None:
     hook = Hook()
     reactor = Reactor(hook)
-    with trio.fail_after(5), socket_pairs(2) as pairs:
-        readers = [Collect(), Collect()]
+    with trio.fail_after(5), socket_pairs(3) as pairs:
+        readers = [Collect(), Collect(), Collect()]  # the third: a live socket, to know a pass went by
         seen_inside: list[bool] = []
         orig = readers[1].readable
 
@@ -385,8 +385,9 @@ async def test_pass_hook_wraps_every_wakeup_even_when_a_reader_raises() -> None:
             assert isinstance(readers[1].errors[0], RuntimeError)
             pairs[1][1].send(b"more")
             pairs[0][1].send(b"x")  # reader 0 was paused by its own raise: nothing reads it either
-            await trio.sleep(0.05)
-            assert bytes(readers[1].data) == b"abc"
+            pairs[2][1].send(b"live")  # sent last: the pass that reads it saw the paused sockets ready too
+            await until(lambda: readers[2].data)
+            assert bytes(readers[1].data) == b"abc" and not readers[0].data
             reactor.fail(12345, RuntimeError("unknown fd: ignored"))
             nursery.cancel_scope.cancel()
     assert hook.log.count("begin") == hook.log.count("end") >= 1
