@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 import _common as c
+import capacity as cap
 
 FINAL_MS = 150
 HANDSHAKE_MS = 100
@@ -155,7 +156,7 @@ def run_once(mode: str, n: int, corpus: list[c.CorpusCall], work: Path, *, stagg
         result.calls_ok = int(load["ok"])
         result.sender_lag_p99 = float(load["sender_lag_ms_p99"])
         if result.window is not None:
-            result.rig_lag_p99 = window_lag_p99(load, *result.window)
+            result.rig_lag_p99 = cap.window_lag(load, *result.window)[0]
         deadline = time.monotonic() + 15
         while time.monotonic() < deadline:
             if sum(e.get("type") == "call.ended" for e in c.read_events(events_path)) >= n:
@@ -189,13 +190,13 @@ def window_checks(result: RunResult, engine: int, gen: int, emulator: int, emu_p
     t_from = time.time()
     pids = (engine, gen, emulator)
     cpu_a = [c.CpuSample.take(p) for p in pids]
-    core0_a = _core_busy(0)
+    core0_a = cap.machine_busy_s(0)
     emu_a = c.emulator_stats(emu_port)
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline and not _progress(progress, "first_done"):
         time.sleep(0.2)
     cpu_b = [c.CpuSample.take(p) for p in pids]
-    core0_b = _core_busy(0)
+    core0_b = cap.machine_busy_s(0)
     emu_b = c.emulator_stats(emu_port)
     result.window = (t_from, time.time())
     wall = cpu_b[0].wall - cpu_a[0].wall
@@ -203,19 +204,6 @@ def window_checks(result: RunResult, engine: int, gen: int, emulator: int, emu_p
     result.window_core1_cpu = cpu_b[1].percent_since(cpu_a[1]) + cpu_b[2].percent_since(cpu_a[2])
     result.others_core0 = max(0.0, 100 * (core0_b - core0_a - (cpu_b[0].cpu_s - cpu_a[0].cpu_s)) / wall)
     result.emu_lag_p99, _ = c.lag_window(emu_b, emu_a)
-
-
-def _core_busy(cpu: int) -> float:
-    line = next(x for x in Path("/proc/stat").read_text().splitlines() if x.split()[0] == f"cpu{cpu}")
-    fields = [int(x) for x in line.split()[1:]]
-    return (sum(fields[:8]) - fields[3] - fields[4]) / c.CLK_TCK
-
-
-def window_lag_p99(load: dict[str, Any], t_from: float, t_to: float) -> float:
-    start, step = float(load["tick_start_wall"]), float(load["tick_step_s"])
-    lags: list[float] = load["tick_lag_ms"]
-    part = lags[max(0, int((t_from - start) / step)):min(len(lags), int((t_to - start) / step))]
-    return c.percentile(part, 99) if part else math.nan
 
 
 def scrape_pool(result: RunResult, sample: dict[str, float]) -> None:
