@@ -170,6 +170,11 @@ class TwilioConfig(_Section):
     read_idle_ms: PositiveMs = 15_000
     # Longest gap filled with silence; a bigger timestamp jump re-bases the timeline instead.
     max_gap_ms: PositiveMs = 10_000
+    # The ingest reactor's shortest time between two passes (engine/twilio/reactor.py): frames that arrive
+    # sooner wait for the next pass, so one pass reads and classifies more calls at once (fewer wake-ups, larger
+    # batches). Adds at most this much to a frame's lag, and only when passes come this close (many calls);
+    # 0 = a pass per wake-up. Measured in BENCHMARKS.md (Capacity, "pass interval").
+    pass_interval_ms: Annotated[int, Meta(ge=0, le=20)] = 5
 
 
 class CallConfig(_Section):

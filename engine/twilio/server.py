@@ -242,6 +242,9 @@ class _Metrics:
         self.filled_bytes = registry.counter("twilio_filled_bytes_total", "bytes of silence filled into gaps")
         self.duplicates = registry.counter("twilio_frames_duplicate_total", "duplicate messages dropped")
         self.reordered = registry.counter("twilio_frames_reordered_total", "late messages (reordered)")
+        self.ingest_passes = registry.counter(
+            "twilio_ingest_passes_total", "ingest reactor passes (each reads every ready Twilio socket)")
+        self.ingest_reads = registry.counter("twilio_ingest_reads_total", "Twilio socket reads by the ingest reactor")
         self.frame_lag = registry.histogram(
             "twilio_frame_lag_ms", "media frame handled (after the endpointer) minus its due time; due = the "
             "stream's least-delayed frame + its audio offset", buckets=FRAME_LAG_BUCKETS_MS)
@@ -301,19 +304,24 @@ class TwilioServer:
         self._ids = itertools.count(1)
         # Replaced in run(): live calls keep the one they registered with. Its pass hook classifies the
         # frames of every call read in one wake-up together (FrameBatch, issue 13).
-        self._reactor = Reactor(FrameBatch())
+        self._reactor = self._new_reactor()
         self._ended = 0  # handed-over connections ended, not yet reported to the parent
         self._ended_changed = trio.Event()
         if not config.twilio.auth_token and not config.server.allow_unsigned:
             log.warning("twilio_no_auth_token", hint="every upgrade will be rejected with 403; set "
                         "TWILIO_AUTH_TOKEN or server.allow_unsigned for development")
 
+    def _new_reactor(self) -> Reactor:
+        """The ingest reactor, its pass hook classifying the frames of every call read in one pass together."""
+        return Reactor(FrameBatch(), min_pass_interval=self.config.twilio.pass_interval_ms / 1000.0,
+                       passes=self.metrics.ingest_passes, reads=self.metrics.ingest_reads)
+
     async def run(self, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
         """Bind, report the bound port, accept until cancelled (live calls keep running).
 
         A worker of ``sori serve --workers`` binds nothing: it serves the connections its parent accepted
         and handed over ``server.handoff_fd`` (:meth:`_receive_handoffs`)."""
-        self._reactor = Reactor(FrameBatch())
+        self._reactor = self._new_reactor()
         if self.config.server.handoff_fd is not None:
             self.port = self.config.server.port
             log.info("twilio_listening", host=self.config.server.host, port=self.port, path=self.config.twilio.path,

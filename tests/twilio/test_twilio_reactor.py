@@ -13,6 +13,7 @@ from contextlib import contextmanager
 
 import pytest
 import trio
+import trio.testing
 from trio_websocket import ConnectionClosed
 
 from engine.media import AudioReceived
@@ -391,3 +392,54 @@ async def test_pass_hook_wraps_every_wakeup_even_when_a_reader_raises() -> None:
             reactor.fail(12345, RuntimeError("unknown fd: ignored"))
             nursery.cancel_scope.cancel()
     assert hook.log.count("begin") == hook.log.count("end") >= 1
+
+
+# The pass interval (issue 13): passes that would come closer than min_pass_interval wait, so one pass
+# reads more calls. A manual MockClock: the reactor's wait is visible as "every task blocked, clock still".
+
+
+async def test_frames_sooner_than_the_pass_interval_wait_for_the_next_pass_together(
+        mock_clock: trio.testing.MockClock) -> None:
+    clock = mock_clock
+    hook = Hook()
+    reactor = Reactor(hook, min_pass_interval=0.005)
+    with trio.fail_after(5), socket_pairs(3) as pairs:
+        readers = [Collect() for _ in pairs]
+        async with trio.open_nursery() as nursery:
+            for (ours, _), reader in zip(pairs, readers, strict=True):
+                reactor.register(ours.fileno(), reader, nursery)
+            pairs[0][1].send(b"a")
+            await until(lambda: readers[0].data)
+            first = trio.current_time()
+            assert reactor.wakeups == 1
+            pairs[1][1].send(b"b")  # 0 ms after the first pass started: it must wait for the interval
+            await trio.testing.wait_all_tasks_blocked()
+            pairs[2][1].send(b"c")
+            await trio.testing.wait_all_tasks_blocked()
+            assert not readers[1].data and not readers[2].data and trio.current_time() == first
+            clock.jump(0.005)
+            await until(lambda: readers[1].data and readers[2].data)
+            assert reactor.wakeups == 2 and reactor.reads == 3  # both late frames in one pass
+            assert hook.log == ["begin", "end", "begin", "end"]
+            nursery.cancel_scope.cancel()
+
+
+async def test_a_frame_after_a_quiet_interval_is_read_at_once(mock_clock: trio.testing.MockClock) -> None:
+    clock = mock_clock
+    reactor = Reactor(min_pass_interval=0.005)
+    with trio.fail_after(5), socket_pairs(1) as pairs:
+        reader = Collect()
+        async with trio.open_nursery() as nursery:
+            reactor.register(pairs[0][0].fileno(), reader, nursery)
+            pairs[0][1].send(b"a")
+            await until(lambda: reader.data)
+            clock.jump(0.020)  # a lone call: the next frame comes 20 ms later, long after the interval
+            pairs[0][1].send(b"b")
+            await trio.testing.wait_all_tasks_blocked()
+            assert bytes(reader.data) == b"ab" and reactor.wakeups == 2  # read without the clock moving
+            nursery.cancel_scope.cancel()
+
+
+def test_a_negative_pass_interval_is_refused() -> None:
+    with pytest.raises(ValueError, match="min_pass_interval"):
+        Reactor(min_pass_interval=-0.001)
