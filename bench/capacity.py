@@ -41,6 +41,8 @@ import _common as c
 
 FINAL_MS = 150
 LAG_METRIC = "sori_twilio_frame_lag_ms_bucket"
+PASSES_METRIC = "sori_twilio_ingest_passes_total"
+READS_METRIC = "sori_twilio_ingest_reads_total"
 RULE_LAG_MS = 20.0
 RULE_CPU = 90.0
 
@@ -77,6 +79,7 @@ class Step:
     emu_lag_p99: float = math.nan  # the emulator's own event-loop lag in the window (bucket bound, ms)
     emu_lag_max: float = math.nan
     stalls: int = 0
+    reads_per_pass: float = math.nan  # the engine's ingest reactor: Twilio socket reads per pass in the window
     others_cpu: float = math.nan  # every other process on the machine during the window, % of one core
     others_core0: float = math.nan  # of which on the engine's core (pinned runs)
     calib_ms: tuple[float, float] = (math.nan, math.nan)  # core 0's time for a fixed job, before / after the step
@@ -122,6 +125,14 @@ def quantiles(buckets: dict[float, float], qs: tuple[float, ...]) -> list[float]
                 break
         out.append(found)
     return out
+
+
+def counter_value(metrics_text: str, name: str) -> float:
+    """An unlabelled counter's value in a /metrics text (0 when absent: an engine without it)."""
+    for line in metrics_text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[1])
+    return 0.0
 
 
 def histogram_quantiles(metrics_text: str, name: str, qs: tuple[float, ...]) -> list[float]:
@@ -233,7 +244,8 @@ def run_step(n: int, gc: str, corpus: list[c.CorpusCall], work: Path, *, args: a
         t_a = time.time()
         busy_a, core0_a = machine_busy_s(), machine_busy_s(0)
         cpu_a = [c.CpuSample.take(p.pid) for p in (engine, gen, emulator)]
-        hist_a = histogram_buckets(fetch(f"http://127.0.0.1:{admin}/metrics"), LAG_METRIC)
+        text_a = fetch(f"http://127.0.0.1:{admin}/metrics")
+        hist_a = histogram_buckets(text_a, LAG_METRIC)
         emu_a = c.emulator_stats(emu_port)
         watch(time.monotonic() + args.window_s)
         emu_b = c.emulator_stats(emu_port)
@@ -241,8 +253,12 @@ def run_step(n: int, gc: str, corpus: list[c.CorpusCall], work: Path, *, args: a
             raise StepFailed("the load generator ended inside the window")
         cpu_b = [c.CpuSample.take(p.pid) for p in (engine, gen, emulator)]
         busy_b, core0_b = machine_busy_s(), machine_busy_s(0)
-        hist_b = histogram_buckets(fetch(f"http://127.0.0.1:{admin}/metrics"), LAG_METRIC)
+        text_b = fetch(f"http://127.0.0.1:{admin}/metrics")
+        hist_b = histogram_buckets(text_b, LAG_METRIC)
         t_b = time.time()
+        passes = counter_value(text_b, PASSES_METRIC) - counter_value(text_a, PASSES_METRIC)
+        if passes > 0:
+            step.reads_per_pass = (counter_value(text_b, READS_METRIC) - counter_value(text_a, READS_METRIC)) / passes
         if "first_done" in progress_events(progress):
             step.invalid.append("a call ended inside the window (raise --repeat)")
         step.window_s = t_b - t_a
@@ -318,8 +334,8 @@ def fmt_ms(v: float) -> str:
 def report(steps: list[Step]) -> str:
     lines = ["| calls | GC | verdict | engine CPU | RSS peak (idle) | RSS/call | frame lag p50 / p99 / p99.9 ms "
              "| frames ≤ 20 ms | closing finals / utterances, incomplete, lost | errors | rig CPU: loadgen, emulator | rig lag p99 / max "
-             "| emulator lag p99 / max | other processes | core 0 calibration before / after |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| emulator lag p99 / max | reads per pass | other processes | core 0 calibration before / after |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for s in steps:
         errs = f"{s.errors}" + (f" ({', '.join(f'{k} {v}' for k, v in s.error_kinds.items())})" if s.errors else "")
         lines.append(
@@ -327,7 +343,7 @@ def report(steps: list[Step]) -> str:
             f"({s.rss_idle_mib:.0f}) | {s.rss_per_call_kib:.0f} KiB | {fmt_ms(s.lag_p50)} / {fmt_ms(s.lag_p99)} / "
             f"{fmt_ms(s.lag_p999)} | {s.lag_le20_pct:.2f} % | {s.finals} / {s.utterances}, {s.incomplete}, {s.lost} | {errs} | "
             f"{s.loadgen_cpu:.0f} %, {s.emulator_cpu:.0f} % | {s.rig_lag_p99:.1f} / {s.rig_lag_max:.1f} ms | "
-            f"{fmt_ms(s.emu_lag_p99)} / {fmt_ms(s.emu_lag_max)} ms | "
+            f"{fmt_ms(s.emu_lag_p99)} / {fmt_ms(s.emu_lag_max)} ms | {s.reads_per_pass:.1f} | "
             f"{s.others_cpu:.0f} % ({s.others_core0:.0f} % on core 0) | {s.calib_ms[0]:.0f} / {s.calib_ms[1]:.0f} ms |")
     for s in steps:
         if s.invalid:
