@@ -145,7 +145,7 @@ def prompts(lang: str) -> tuple[Prompt, ...]:
 
 
 def babble(n: int, pool: list[Prompt], rng: np.random.Generator) -> np.ndarray:
-    """Six overlapping streams of prompts (other than the call's own)."""
+    """Six overlapping streams of prompts (other than the call's own), each starting in the first second."""
     out = np.zeros(n, np.float32)
     for _ in range(6):
         pos = int(rng.integers(0, RATE))
@@ -153,6 +153,22 @@ def babble(n: int, pool: list[Prompt], rng: np.random.Generator) -> np.ndarray:
             y = pool[int(rng.integers(len(pool)))].pcm[: n - pos]
             out[pos : pos + len(y)] += y * float(rng.uniform(0.5, 1.5))
             pos += len(y) + int(rng.integers(0, RATE // 4))
+    return out
+
+
+def babble_from_start(n: int, pool: list[Prompt], rng: np.random.Generator) -> np.ndarray:
+    """Six streams as :func:`babble`, but every one already talking at the call's first sample (no fade-in:
+    the ``--babble-from-start`` variant, BENCHMARKS.md, issue 12)."""
+    out = np.zeros(n, np.float32)
+    for _ in range(6):
+        first = pool[int(rng.integers(len(pool)))].pcm
+        pos = -int(rng.integers(0, len(first)))  # mid-prompt when the call starts
+        y = first
+        while pos < n:
+            seg = y[max(0, -pos) : max(0, -pos) + n - max(pos, 0)]
+            out[max(pos, 0) : max(pos, 0) + len(seg)] += seg * float(rng.uniform(0.5, 1.5))
+            pos += len(y) + int(rng.integers(0, RATE // 4))
+            y = pool[int(rng.integers(len(pool)))].pcm
     return out
 
 
@@ -186,7 +202,7 @@ def seed_of(name: str) -> int:
 
 
 def build_call(name: str, split: str, lang: str, kind: str, snr_db: float, seconds: float,
-               noise_only: bool = False, hold: bool = False) -> tuple[np.ndarray, dict]:
+               noise_only: bool = False, hold: bool = False, babble_at_start: bool = False) -> tuple[np.ndarray, dict]:
     """One call: int16 PCM after the μ-law round trip, and its labels."""
     rng = np.random.default_rng(seed_of(name))
     n = int(seconds * RATE)
@@ -231,7 +247,7 @@ def build_call(name: str, split: str, lang: str, kind: str, snr_db: float, secon
     # noise, scaled so that its RMS on the line is `snr_db` under the active speech level
     others = [pr for lg in SPLITS[split] for pr in prompts(lg) if pr.name not in used]
     if kind == "babble":
-        noise = bandpass(babble(n, others, rng))
+        noise = bandpass((babble_from_start if babble_at_start else babble)(n, others, rng))
     elif kind == "pink":
         noise = bandpass(pink(n, rng))
     elif kind == "hum":
@@ -276,12 +292,15 @@ def names(split: str, calls_per_condition: int) -> list[tuple[str, dict]]:
     return out
 
 
-def build(directory: Path, splits: tuple[str, ...], calls_per_condition: int) -> int:
+def build(directory: Path, splits: tuple[str, ...], calls_per_condition: int, *,
+          kinds: tuple[str, ...] = NOISES, babble_at_start: bool = False) -> int:
     directory.mkdir(parents=True, exist_ok=True)
     count = 0
     for split in splits:
         for name, kw in names(split, calls_per_condition):
-            pcm, labels = build_call(name, split, **kw)
+            if kw["kind"] not in kinds:
+                continue
+            pcm, labels = build_call(name, split, **kw, babble_at_start=babble_at_start)
             write_mulaw_wav(directory / f"{name}.wav", pcm)
             (directory / f"{name}.json").write_text(json.dumps(labels, separators=(",", ":")) + "\n")
             count += 1
@@ -292,15 +311,20 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--full", action="store_true", help="both splits, 8 calls per condition, into bench/corpus_real_full/")
     ap.add_argument("--out", type=Path, default=None)
+    ap.add_argument("--kinds", default=",".join(NOISES), help="comma-separated noise kinds to build")
+    ap.add_argument("--babble-from-start", action="store_true",
+                    help="babble already at full density at the call's first sample (a variant; use with --out)")
     args = ap.parse_args()
+    kinds = tuple(k for k in args.kinds.split(",") if k)
     here = Path(__file__).resolve().parent
     t0 = time.perf_counter()
     if args.full:
         out = args.out or here / "corpus_real_full"
-        count = build(out, ("dev", "test"), calls_per_condition=8)
+        count = build(out, ("dev", "test"), calls_per_condition=8, kinds=kinds,
+                      babble_at_start=args.babble_from_start)
     else:
         out = args.out or here / "corpus_real"
-        count = build(out, ("dev",), calls_per_condition=2)
+        count = build(out, ("dev",), calls_per_condition=2, kinds=kinds, babble_at_start=args.babble_from_start)
     for lg in ("en", "es", "fr", "it"):
         print(f"{lg} ({VOICES[lg]}): {len(prompts(lg))} usable prompts")
     print(f"wrote {count} files to {out} in {time.perf_counter() - t0:.1f} s")
