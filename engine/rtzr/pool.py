@@ -27,8 +27,9 @@ import itertools
 import math
 import random
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Coroutine
 from contextlib import asynccontextmanager
+from typing import Any
 
 import trio
 
@@ -58,6 +59,8 @@ class Lease:
         self._final_deadline: float | None = None
         self._uses = sock.uses
         self._age_s = trio.current_time() - sock.opened_at
+        # The socket's own method, not a wrapper: one coroutine less per 100 ms audio message (issue 13).
+        self.send_audio: Callable[[bytes], Coroutine[Any, Any, None]] = sock.send_audio
 
     def socket_info(self) -> ev.SocketInfo:
         """The socket behind this lease, for the events (issue 15); token times as of now."""
@@ -81,9 +84,6 @@ class Lease:
     def sent_ms(self) -> float:
         """Audio sent on this lease, in ms (the lessee's timeline)."""
         return self._sock.tracker.lease_sent_ms
-
-    async def send_audio(self, pcm: bytes) -> None:
-        await self._sock.send_audio(pcm)
 
     async def finalize(self, speech_end_ms: float | None = None) -> bool:
         """Ask for the final now; False (and nothing sent) when no audio is pending.
