@@ -176,6 +176,7 @@ def main() -> None:
     if args.client:
         client_main(args)
         return
+    args.old, args.new = args.old.resolve(), args.new.resolve()
     port = free_port()
     sessions = args.idle + args.lessees + 100
     log = open(Path(tempfile.gettempdir()) / f"stt_send_emu_{port}.log", "wb")
