@@ -4,9 +4,9 @@ Why not trio-websocket: every ``send_message`` goes through its lock, wsproto's 
 encoder and a ``send_all``, and every socket runs a reader task that hands results through a memory
 channel; at 60 calls that was ~12 % of the engine (BENCHMARKS.md, Profile). Here wsproto does the
 handshake and parses what the server sends (results are rare: a few per second); the audio we send
-is framed by :func:`encode_frame` (one big-int XOR to mask, no per-byte loop) and written under the
-``send`` budget through one lock whose uncontended path costs no extra scheduling round (on plain
-TCP a write the kernel takes at once needs no cancel scope at all: see :meth:`_send_data`).
+is framed by :func:`encode_frame` (one numpy or big-int XOR to mask, no per-byte loop) and written
+under the ``send`` budget through one lock; on plain TCP a write the kernel takes at once, while no
+task holds the lock, needs neither the lock, nor a cancel scope, nor a task switch (see :meth:`_send_data`).
 
 The caller's own task reads (:meth:`WsClientConnection.receive_message`): pings are answered, pongs
 wake :meth:`~WsClientConnection.ping`, fragments are reassembled, a close frame is answered. A
