@@ -115,7 +115,10 @@ class RtzrSocket:
         self.pings_answered = 0  # pongs checked in time (tests)
         # Called once when the socket dies (the pool's wake-up to replace it): a callback rather than a
         # watcher task per socket, which cost a Task, its coroutine and a wait per open socket (issue 13).
-        self.on_closed: Callable[[], None] | None = None
+        self.on_closed: Callable[[RtzrSocket], None] | None = None
+        # Called when a result makes the socket unclean (untrusted timestamps) without closing it: an idle
+        # socket is then no longer usable, and the pool, which no longer rescans its idle sockets, must know.
+        self.on_unclean: Callable[[RtzrSocket], None] | None = None
         self._handshake_hist = metrics.histogram("rtzr_handshake_ms", "RTZR WebSocket handshake time")
         self._metrics = metrics
 
@@ -273,6 +276,7 @@ class RtzrSocket:
             self._metrics.counter("rtzr_socket_errors_total", "RTZR socket failures", "kind=server").inc()
             self._lose(f"server error {decoded.code or ''}: {decoded.message}")
             return False
+        was_trusted = not self.tracker.untrusted
         mapped = self.tracker.on_result(decoded)
         if isinstance(mapped, ForeignResult):
             # The clean-socket rule (tracker.py, rule 4): never delivered, counted, and the socket closed.
@@ -286,6 +290,8 @@ class RtzrSocket:
                 self._sink.send_nowait(mapped)
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 self._sink = None
+        if was_trusted and self.tracker.untrusted and self.on_unclean is not None:
+            self.on_unclean(self)
         return True
 
     def _lose(self, reason: str) -> None:
@@ -297,7 +303,7 @@ class RtzrSocket:
         self._closed.set()
         on_closed, self.on_closed = self.on_closed, None
         if on_closed is not None:
-            on_closed()
+            on_closed(self)
         if self._sink is not None:
             with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
                 self._sink.send_nowait(_Lost(self.close_reason))
@@ -363,13 +369,27 @@ class RtzrSocket:
         self.last_used = trio.current_time()
 
     async def send_audio(self, pcm: bytes) -> None:
-        """Send audio in the configured encoding (LINEAR16 little-endian, or MULAW passthrough)."""
+        """Send audio in the configured encoding (LINEAR16 little-endian, or MULAW passthrough).
+
+        The hot path (one call per 100 ms per utterance): :meth:`_send` inlined, and ``last_used`` left
+        alone (attach and detach set it; the pool reads it only for idle sockets).
+        """
         if not pcm:
             return
         if self.eos_sent:
             raise RtzrSocketLost("EOS already sent")
         self.tracker.audio_sent(len(pcm))
-        await self._send(pcm)
+        ws = self._ws
+        if ws is None or self._closed.is_set():
+            raise RtzrSocketLost(self.close_reason or "socket not open")
+        try:
+            await ws.send_bytes(pcm)
+        except ConnectionClosed:
+            self._lose("closed while sending")
+            raise RtzrSocketLost(self.close_reason) from None
+        except BudgetExpired:
+            self._lose("send timeout")
+            raise
 
     async def finalize(self, speech_end_ms: float | None = None) -> bool:
         """Send Finalize if audio is pending; returns whether a final is now expected.

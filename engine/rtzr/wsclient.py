@@ -4,9 +4,9 @@ Why not trio-websocket: every ``send_message`` goes through its lock, wsproto's 
 encoder and a ``send_all``, and every socket runs a reader task that hands results through a memory
 channel; at 60 calls that was ~12 % of the engine (BENCHMARKS.md, Profile). Here wsproto does the
 handshake and parses what the server sends (results are rare: a few per second); the audio we send
-is framed by :func:`encode_frame` (one big-int XOR to mask, no per-byte loop) and written under the
-``send`` budget through one lock whose uncontended path costs no extra scheduling round (on plain
-TCP a write the kernel takes at once needs no cancel scope at all: see :meth:`_send_data`).
+is framed by :func:`encode_frame` (one numpy or big-int XOR to mask, no per-byte loop) and written
+under the ``send`` budget through one lock; on plain TCP a write the kernel takes at once, while no
+task holds the lock, needs neither the lock, nor a cancel scope, nor a task switch (see :meth:`_send_data`).
 
 The caller's own task reads (:meth:`WsClientConnection.receive_message`): pings are answered, pongs
 wake :meth:`~WsClientConnection.ping`, fragments are reassembled, a close frame is answered. A
@@ -40,7 +40,7 @@ from wsproto.utilities import RemoteProtocolError
 
 from engine.budgets import Budget
 from engine.ws.connection import RECEIVE_SIZE, ConnectionClosed, WsConnection
-from engine.ws.frames import encode_frame
+from engine.ws.frames import encode_frame, mask_key
 
 __all__ = [
     "MAX_REJECT_BODY",
@@ -54,6 +54,8 @@ __all__ = [
 ]
 
 MAX_REJECT_BODY = 4096  # what we keep of an HTTP error body (for the error message)
+# A sender whose frames the kernel takes at once yields to the scheduler once per this many (see _send_data).
+YIELD_EVERY = 8
 # Bound once: an Enum attribute lookup costs ~0.2 µs on CPython 3.11, per audio frame sent.
 _BINARY = Opcode.BINARY
 _TEXT = Opcode.TEXT
@@ -90,6 +92,7 @@ class WsClientConnection(WsConnection):
         self.accepted: AcceptConnection | None = None
         # Plain TCP: the fd for the non-blocking fast path of _send_data (TLS always goes through send_all).
         self._fd = stream.socket.fileno() if isinstance(stream, trio.SocketStream) else -1
+        self._unyielded = 0  # whole writes in a row without a schedule point (_send_data)
 
     @classmethod
     async def connect(
@@ -178,14 +181,50 @@ class WsClientConnection(WsConnection):
     async def _send_data(self, opcode: int, payload: bytes) -> None:
         """The hot path: frame it ourselves (wsproto only checks state and masks, slowly).
 
-        On plain TCP the frame is first written with one non-blocking ``write``; only the part
-        the kernel did not take is awaited, under ``budgets.send`` (a Trio cancel scope costs more
-        than the write itself, and a write that does not block cannot overrun a deadline).
+        On plain TCP, when no task is writing (the lock is free), the frame is written at once with one
+        non-blocking ``write``, without taking the lock: nothing awaits between the check and the write, so
+        no other frame can come between. Only the part the kernel did not take is awaited, under the lock
+        and ``budgets.send`` (a Trio cancel scope costs more than the write itself, and a write that does
+        not block cannot overrun a deadline). A whole write returns without a schedule point, as the
+        Twilio side's ``send_text_nowait`` does (issue 13: a task switch per 100 ms audio message), except
+        every ``YIELD_EVERY``-th in a row, so that a sender with a backlog (a replay) still lets the other
+        tasks run.
         """
-        lock = self._send_lock
         await trio.lowlevel.checkpoint_if_cancelled()
+        lock = self._send_lock
+        if self._fd < 0 or lock.locked():
+            await self._send_locked(opcode, payload)
+            return
+        ws = self._ws
+        if self._broken or ws is None or ws.state is not ConnectionState.OPEN:
+            raise self._closed or ConnectionClosed(CloseReason.ABNORMAL_CLOSURE, "connection closed")
+        frame = encode_frame(opcode, payload, mask_key())
         try:
-            lock.acquire_nowait()  # uncontended: no extra scheduling round
+            written = os.write(self._fd, frame)
+        except BlockingIOError:
+            written = 0
+        except OSError:
+            self._break()
+            raise ConnectionClosed(CloseReason.ABNORMAL_CLOSURE, "connection lost") from None
+        if written == len(frame):
+            self._unyielded += 1
+            if self._unyielded >= YIELD_EVERY:
+                self._unyielded = 0
+                await trio.lowlevel.cancel_shielded_checkpoint()
+            return
+        self._unyielded = 0
+        lock.acquire_nowait()  # free: nothing was awaited since locked() said so
+        try:
+            with self._send_budget():
+                await self._write_held(frame[written:])  # rare: the socket buffer was full
+        finally:
+            lock.release()
+
+    async def _send_locked(self, opcode: int, payload: bytes) -> None:
+        """Another task is writing (or TLS): wait for the lock, within ``budgets.send``."""
+        lock = self._send_lock
+        try:
+            lock.acquire_nowait()  # TLS, uncontended: no extra scheduling round
         except trio.WouldBlock:
             with self._send_budget():
                 await lock.acquire()
@@ -194,19 +233,7 @@ class WsClientConnection(WsConnection):
             ws = self._ws
             if self._broken or ws is None or ws.state is not ConnectionState.OPEN:
                 raise self._closed or ConnectionClosed(CloseReason.ABNORMAL_CLOSURE, "connection closed")
-            frame = encode_frame(opcode, payload, os.urandom(4))
-            if self._fd >= 0:
-                try:
-                    written = os.write(self._fd, frame)
-                except BlockingIOError:
-                    written = 0
-                except OSError:
-                    self._break()
-                    raise ConnectionClosed(CloseReason.ABNORMAL_CLOSURE, "connection lost") from None
-                if written == len(frame):
-                    await trio.lowlevel.cancel_shielded_checkpoint()  # what trio's own send does
-                    return
-                frame = frame[written:]
+            frame = encode_frame(opcode, payload, mask_key())
             with self._send_budget():
                 await self._write_held(frame)
         finally:
