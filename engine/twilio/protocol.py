@@ -4,8 +4,9 @@
 (``connected`` → ``start`` → (``media`` | ``dtmf`` | ``mark``)* → ``stop``), the ``streamSid``, the
 sequence numbers, and rebuilds the call's audio timeline from ``chunk``/``timestamp``: lost audio
 becomes μ-law silence, duplicates and late (reordered) frames are dropped and counted, so the
-concatenated ``Media.payload`` of one stream is exactly the call's timeline. Malformed input raises
-one :class:`TwilioProtocolError` (with a ``kind`` for metrics); the caller decides what to do.
+concatenated ``AudioReceived.payload`` of one stream is exactly the call's timeline. After ``start`` it
+hands out the vendor-neutral events of :mod:`engine.media` itself (what a call is typed on). Malformed input
+raises one :class:`TwilioProtocolError` (with a ``kind`` for metrics); the caller decides what to do.
 """
 
 from __future__ import annotations
