@@ -654,8 +654,9 @@ class _ErrorPolicy:
 class _CallReader:
     """One call's receive side as the reactor drives it (a :class:`~engine.twilio.reactor.Reader`).
 
-    :meth:`readable` runs in the reactor's task: it feeds the bytes to the call's WebSocket, and
-    :meth:`deliver` parses every complete message and runs the call's per-frame work
+    :meth:`readable` runs in the reactor's task: a read that is one whole frame (each Twilio message) goes
+    straight to :meth:`_message`, any other read is fed to the call's WebSocket and :meth:`deliver` takes
+    every complete message to :meth:`_message`, which parses it and runs the call's per-frame work
     (``handler.on_event``) synchronously. Whatever needs the call's own task — the end of the stream,
     a frame wsproto must handle (control, close, EOF), an exception — is left in ``reason`` /
     ``error`` and ``wake`` is set; the reactor pauses the socket until the task resumes it.
