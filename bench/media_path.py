@@ -3,10 +3,10 @@
 The stages the reactor runs for every 20 ms frame of every call before the call's own work
 (BENCHMARKS.md § Capacity, "Issue 13: per-message path"):
 
-* ``ws``: ``TextFrameDecoder.feed`` of one read holding one masked media frame (random mask, as Twilio);
+* ``ws``: ``TextFrameDecoder.one`` of one read holding one masked media frame (random mask, as Twilio);
 * ``decode``: the msgspec decode of the message alone;
-* ``stream``: ``TwilioStream.receive_text`` of an in-step media message plus its translation to the
-  neutral ``AudioReceived`` (what ``_CallReader.deliver`` hands ``Call.on_event``).
+* ``stream``: ``TwilioStream.receive_text`` of an in-step media message, which returns the neutral
+  ``AudioReceived`` itself (what ``_CallReader`` hands ``Call.on_event``).
 
 Each figure is the minimum over ``--repeat`` passes of ``--messages`` messages (the minimum filters out
 the other processes of a shared machine). Runs against whichever tree's ``engine`` is importable, so an A/B
@@ -25,8 +25,7 @@ from collections.abc import Callable
 
 sys.path.insert(0, os.getcwd())  # the tree this runs from
 
-from engine.media import AudioReceived
-from engine.twilio.protocol import BYTES_PER_MS, Media, TwilioStream, decode_inbound
+from engine.twilio.protocol import TwilioStream, decode_inbound
 from engine.ws.frames import TextFrameDecoder, apply_mask
 
 SID = "MZ" + "0" * 32
@@ -66,7 +65,7 @@ def main() -> int:
         decoder = TextFrameDecoder(64 * 1024)
         t = time.perf_counter()
         for f in frames:
-            decoder.feed(f)
+            decoder.one(f)
         return (time.perf_counter() - t) / n * 1e6
 
     def decode() -> float:
@@ -82,9 +81,7 @@ def main() -> int:
         receive = s.receive_text
         t = time.perf_counter()
         for m in messages:
-            for event in receive(m):
-                if type(event) is Media:
-                    AudioReceived(event.payload, event.offset / BYTES_PER_MS, event.filled)
+            receive(m)  # the neutral events themselves (AudioReceived), as the call gets them
         return (time.perf_counter() - t) / n * 1e6
 
     import engine

@@ -1,12 +1,13 @@
 """Differential: the per-message fast paths against the general code they bypass.
 
-* ``TwilioStream._on_media`` (the in-step media message, checked at once) against
-  ``TwilioStream._on_media_checked`` (every check in order, as before the fast path): for any sequence of
-  messages — in step, gaps, duplicates, late frames, timestamp jumps, the other track, another streamSid,
-  missing or malformed digit strings, media before ``start`` or after ``stop`` — both accept and reject
-  exactly the same messages, with the same events, errors (kind, message, fatal), stats and state.
-* ``TextFrameDecoder.feed`` on a read holding exactly one frame (its fast path) against the same bytes fed
-  in two reads (the general loop).
+* ``TwilioStream.receive_text``'s fast path (the in-step media message, decoded once and checked at once)
+  against ``TwilioStream._receive_checked`` (every check in order, as before the fast path): for any
+  sequence of messages — in step, gaps, duplicates, late frames, timestamp jumps, the other track, another
+  streamSid, missing or malformed digit strings, empty or oversized payloads, unknown fields, a binary
+  frame, media before ``start`` or after ``stop`` — both accept and reject exactly the same messages, with
+  the same events, errors (kind, message, fatal), stats and state.
+* ``TextFrameDecoder.one`` (a read holding exactly one frame) against the same bytes fed to the general
+  loop (``feed``) in two reads; and ``one`` takes every frame of the shape it is for (not vacuous).
 * ``apply_mask`` against the RFC's byte-by-byte XOR, both sides of its small-frame limit.
 
 Bounded (the ``sori`` profile in conftest.py) in ``make test``; ``make fuzz`` runs it long.
@@ -17,10 +18,11 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from hypothesis import given
+import pytest
+from hypothesis import example, given
 from hypothesis import strategies as st
 
-from engine.twilio.protocol import TwilioEvent, TwilioProtocolError, TwilioStream
+from engine.twilio.protocol import InboundMessage, TwilioEvent, TwilioProtocolError, TwilioStream
 from engine.ws.frames import _REPUNIT_MAX_WORDS, TextFrameDecoder, apply_mask, encode_frame
 
 SID = "MZ" + "0" * 32
@@ -28,13 +30,13 @@ OTHER_SID = "MZ" + "1" * 32
 
 
 class _GeneralOnly(TwilioStream):
-    """The reference: every media message through the general path."""
+    """The reference: every message through the general path."""
 
-    def _on_media(self, msg: Any) -> list[TwilioEvent]:
-        return self._on_media_checked(msg)
+    def receive_text(self, text: str | bytes) -> list[TwilioEvent]:
+        return self._receive_checked(text, None)
 
 
-def _outcome(stream: TwilioStream, text: str) -> tuple[str, object]:
+def _outcome(stream: TwilioStream, text: str | bytes) -> tuple[str, object]:
     try:
         return "events", stream.receive_text(text)
     except TwilioProtocolError as exc:
@@ -43,8 +45,8 @@ def _outcome(stream: TwilioStream, text: str) -> tuple[str, object]:
 
 def _snapshot(stream: TwilioStream) -> tuple[object, ...]:
     tl = stream._timeline
-    return (stream.stats, stream.state, stream.started, stream._highest_seq, stream._seen, tl.first_ts,
-            tl.next_chunk, tl.pos, sorted(tl.missing))
+    return (stream.stats, stream.state, stream.started, stream.stop, stream._highest_seq, stream._seen, tl.first_ts,
+            tl.next_chunk, tl.pos, sorted(tl.missing), sorted(stream._checked_fields))
 
 
 # Digit strings as Twilio sends them, and what a broken or hostile peer might send instead: each of these
@@ -58,7 +60,8 @@ _MISSPELLED = (lambda n: f" {n}", lambda n: f"{n} ", lambda n: f"+{n}", lambda n
 _FLAWS = ["none"] * 8 + [
     "seq_ahead", "seq_behind", "seq_same", "seq_missing", "seq_number", "seq_misspelled",
     "chunk_ahead", "chunk_behind", "chunk_same", "chunk_number", "chunk_misspelled",
-    "ts_late", "ts_behind", "ts_misspelled", "other_sid", "other_track", "payload_size",
+    "ts_late", "ts_behind", "ts_misspelled", "other_sid", "other_track", "payload_size", "unknown_field", "binary",
+    "seq_long", "chunk_long", "ts_long",
 ]
 
 
@@ -75,13 +78,15 @@ def _value(draw: st.DrawFn, flaw: str, field: str, expected: int) -> object:
         return str(max(0, expected - 1))
     if how == "late":
         return str(expected + draw(st.sampled_from([1, 20, 39, 40, 41, 400, 5000])))
+    if how == "long":
+        return str(expected).rjust(16, "0")  # the right number in 16 digits: more than a digit string may have
     if how == "number":
         return expected  # a JSON number: a schema error for msgspec
     return draw(st.sampled_from(_MISSPELLED))(expected)
 
 
 @st.composite
-def _message(draw: st.DrawFn, seq: int, chunk: int, ts: int) -> str:
+def _message(draw: st.DrawFn, seq: int, chunk: int, ts: int) -> str | bytes:
     """The next message: mostly in-step media, each with at most one flaw, now and then another event."""
     kind = draw(st.sampled_from(["media"] * 40 + ["connected", "start", "dtmf", "mark", "stop", "junk"]))
     if kind == "junk":
@@ -103,6 +108,10 @@ def _message(draw: st.DrawFn, seq: int, chunk: int, ts: int) -> str:
         msg["media"] = {"track": "outbound" if flaw == "other_track" else "inbound",
                         "chunk": _value(draw, flaw, "chunk", chunk), "timestamp": _value(draw, flaw, "ts", ts),
                         "payload": _b64(bytes(range(size % 256)) + bytes(max(0, size - 256)))}
+    if flaw == "unknown_field":
+        msg[draw(st.sampled_from(["media", "extra"]))] = msg.get("media", {}) | {"newField": 1}
+    if flaw == "binary":
+        return json.dumps(msg).encode()  # a binary frame, which Twilio never sends
     return json.dumps(msg)
 
 
@@ -112,10 +121,12 @@ def _b64(data: bytes) -> str:
     return base64.b64encode(data).decode()
 
 
-@given(st.data(), st.integers(20, 2000))
-def test_media_fast_path_equals_the_general_path(data: st.DataObject, max_gap_ms: int) -> None:
-    fast = TwilioStream(track="inbound", max_gap_ms=max_gap_ms)
-    general = _GeneralOnly(track="inbound", max_gap_ms=max_gap_ms)
+@given(st.data(), st.one_of(st.sampled_from([20, 25, 39, 40, 41]), st.integers(20, 2000)),
+       st.sampled_from([64 * 1024, 450]))
+def test_media_fast_path_equals_the_general_path(data: st.DataObject, max_gap_ms: int, max_bytes: int) -> None:
+    # max_bytes 450: a media message of 320 bytes of audio is oversized, one of 160 is not.
+    fast = TwilioStream(max_bytes, track="inbound", max_gap_ms=max_gap_ms)
+    general = _GeneralOnly(max_bytes, track="inbound", max_gap_ms=max_gap_ms)
     prelude = data.draw(st.sampled_from([[], ["connected"], ["connected", "start"], ["connected", "start"], ["start"]]))
     for kind in prelude:
         text = (json.dumps({"event": "connected", "protocol": "Call", "version": "1.0.0"}) if kind == "connected" else
@@ -128,6 +139,8 @@ def test_media_fast_path_equals_the_general_path(data: st.DataObject, max_gap_ms
         got, want = _outcome(fast, text), _outcome(general, text)
         assert got == want, text
         assert _snapshot(fast) == _snapshot(general), text
+        if got[0] == "events":  # one object per event: the neutral ones themselves
+            assert all(type(a) is type(b) for a, b in zip(got[1], want[1], strict=True))  # type: ignore[call-overload]
         # The model's next numbers follow the stream (what an in-step next message would carry).
         seq = general._highest_seq + 1
         chunk = max(general._timeline.next_chunk, 1)
@@ -135,35 +148,53 @@ def test_media_fast_path_equals_the_general_path(data: st.DataObject, max_gap_ms
         ts = ts if first is None else first + general._timeline.pos // 8
 
 
-def test_in_step_media_takes_the_fast_path() -> None:
-    """Not vacuous: in-step media never reaches the general path (which this stream refuses)."""
+@pytest.mark.parametrize("max_gap_ms", [10_000, 30])
+def test_in_step_media_takes_the_fast_path(max_gap_ms: int) -> None:
+    """Not vacuous: in-step media never reaches the general path (which this stream counts), up to a timestamp
+    exactly at the in-step bound (40 ms ahead, or max_gap_ms when that is less) on every other frame."""
 
     class _FastOnly(TwilioStream):
         general = 0
 
-        def _on_media_checked(self, msg: Any) -> list[TwilioEvent]:
+        def _receive_checked(self, text: str | bytes, msg: InboundMessage | None) -> list[TwilioEvent]:
             type(self).general += 1
-            return super()._on_media_checked(msg)
+            return super()._receive_checked(text, msg)
 
-    stream, general = _FastOnly(), _GeneralOnly()
+    stream, general = _FastOnly(max_gap_ms=max_gap_ms), _GeneralOnly(max_gap_ms=max_gap_ms)
     start = json.dumps({"event": "start", "sequenceNumber": "1", "streamSid": SID, "start": {"streamSid": SID}})
     stream.receive_text(start)
     general.receive_text(start)
+    ahead = min(40, max_gap_ms)
     for k in range(1, 601):  # past the 256-message sequence window
+        ts = k * 20 + (ahead if k % 2 == 0 else 0)
         text = json.dumps({"event": "media", "sequenceNumber": str(k + 1), "streamSid": SID,
-                           "media": {"track": "inbound", "chunk": str(k), "timestamp": str(k * 20),
+                           "media": {"track": "inbound", "chunk": str(k), "timestamp": str(ts),
                                      "payload": _b64(bytes([k % 256]) * 160)}})
         assert stream.receive_text(text) == general.receive_text(text)
-    assert _FastOnly.general == 1  # the first frame (it sets the timeline's origin)
+    assert _FastOnly.general == 2  # start, and the first frame (it sets the timeline's origin)
     assert stream.stats.frames == 600 and stream._timeline.pos == 600 * 160
+    assert stream.stats.timestamp_jumps == stream.stats.filled_frames == stream.stats.resyncs == 0
     assert _snapshot(stream) == _snapshot(general)
 
 
-@given(st.one_of(st.binary(max_size=125), st.binary(min_size=126, max_size=700)), st.binary(min_size=4, max_size=4),
-       st.integers(0, 4),
-       st.sampled_from([0, 125, 126, 127, 300, 65535]), st.binary(max_size=12))
+_ASCII = st.text(st.characters(min_codepoint=32, max_codepoint=126), min_size=126, max_size=400).map(str.encode)
+
+
+# Weighted towards the read one() is for (whole, undamaged, nothing before or after it), so each of its checks
+# meets, within the bounded run, a read it must refuse; the examples pin the boundaries.
+@given(st.one_of(st.binary(max_size=125), st.binary(min_size=126, max_size=400), _ASCII),
+       st.one_of(st.just(b"\0\0\0\0"), st.binary(min_size=4, max_size=4)),
+       st.sampled_from([0] * 6 + [1, 2, 3, 4, 5, 6, 7]), st.sampled_from([0, 125, 126, 127, 300, 65535]),
+       st.one_of(st.just(b""), st.binary(max_size=12)), st.sampled_from([0] * 5 + [1, 3, 9]))
+@example(b"a" * 126, b"\0\0\0\0", 0, 126, b"", 0)  # the shortest 16-bit length, exactly at the limit
+@example(b"a" * 300, b"\0\0\0\0", 0, 300, b"", 0)  # exactly at the limit
+@example(b"a" * 301, b"\0\0\0\0", 0, 300, b"", 0)  # one past it: wsproto's (1009)
+@example(b"a" * 200, b"\0\0\0\0", 6, 0, b"", 0)  # unmasked, 16-bit length
+@example(b"a" * 200, b"\0\0\0\0", 0, 0, b"", 3)  # a partial frame buffered before a whole one
+# A masked 7-bit frame whose key and a 3-byte tail read as a 16-bit length (126) that matches the read's size.
+@example(b"a" * 125, b"\x00\x7e\x00\x00", 0, 300, b"\x01\x01\x01", 0)
 def test_one_frame_read_equals_the_general_loop(payload: bytes, mask: bytes, damage: int, limit_pick: int,
-                                                tail: bytes) -> None:
+                                                tail: bytes, lead: int) -> None:
     text = payload.decode("utf-8", "replace").encode()
     frame = bytearray(encode_frame(0x1, text if damage != 1 else payload, mask))
     if damage == 2 and len(frame) > 4:
@@ -173,15 +204,29 @@ def test_one_frame_read_equals_the_general_loop(payload: bytes, mask: bytes, dam
     if damage == 4:  # a 16-bit length that 7 bits could hold: not minimal, a protocol error (wsproto's)
         short = text[:125]
         frame = bytearray(bytes((0x81, 0x80 | 126)) + len(short).to_bytes(2, "big") + mask + apply_mask(short, mask))
+    if damage == 5:  # another first byte: binary, no FIN (a fragment), RSV1 (an extension), a ping
+        frame[0] = (0x82, 0x01, 0xC1, 0x89)[len(payload) % 4]
+    if damage == 6:  # the mask bit cleared: an unmasked frame, which a client must not send
+        frame[1] &= 0x7F
+    if damage == 7:  # a 64-bit length (legal for any size, but not the shape of a Twilio message)
+        frame = bytearray(bytes((0x81, 0x80 | 127)) + len(text).to_bytes(8, "big") + mask + apply_mask(text, mask))
     data = bytes(frame) + tail  # the frame alone, or followed by part of the next one
     limit = limit_pick or 64 * 1024
-    one = TextFrameDecoder(limit)
-    two = TextFrameDecoder(limit)
-    got = one.feed(data)
-    first, rest = two.feed(data[:1])
-    assert first == [] and rest is None
-    assert got == two.feed(data[1:])
-    assert one._buffer == two._buffer
+    # ``lead`` bytes of another fast frame already buffered (a frame split across reads) before this read
+    pending = encode_frame(0x1, b"x" * 100, mask)[:lead]
+    fast, general = TextFrameDecoder(limit), TextFrameDecoder(limit)
+    assert fast.feed(pending) == general.feed(pending) == ([], None)
+    got = fast.one(data)
+    assert fast._buffer == general._buffer  # one() changes no state, whatever it answers
+    first, rest = general.feed(data[:1])  # the general loop, the frame split over two reads
+    want = (first + (second := general.feed(data[1:]))[0], second[1]) if rest is None else (first, rest + data[1:])
+    whole = not general._buffer and want[1] is None and len(want[0]) == 1
+    if got is not None:
+        assert whole and want[0] == [got]
+    # Not vacuous: every read that is one whole masked text frame with a 16-bit length, within the limit, no
+    # partial frame before it, decoded by the general loop, is taken by one().
+    if whole and not pending and data[1] == 0x80 | 126 and len(data) == 8 + int.from_bytes(data[2:4], "big"):
+        assert got == want[0][0]
 
 
 @given(st.binary(max_size=(_REPUNIT_MAX_WORDS + 8) * 4), st.binary(min_size=4, max_size=4))

@@ -8,6 +8,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from msgspec import UNSET
 
+from engine.media import AudioReceived
 from engine.twilio.protocol import (
     ConnectedMessage,
     DtmfInfo,
@@ -15,7 +16,6 @@ from engine.twilio.protocol import (
     InboundMedia,
     MarkInfo,
     MarkMessage,
-    Media,
     MediaFormat,
     MediaMessage,
     OutboundClear,
@@ -152,8 +152,8 @@ def _decoded(messages: list[str]) -> tuple[bytes, TwilioStream]:
     offset = 0
     for message in messages:
         for event in stream.receive_text(message):
-            if isinstance(event, Media):
-                assert event.offset == offset
+            if isinstance(event, AudioReceived):
+                assert event.timestamp_ms * 8 == offset
                 offset += len(event.payload)
                 out += event.payload
     return bytes(out), stream

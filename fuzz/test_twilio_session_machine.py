@@ -5,8 +5,8 @@ reordering, the other track, dtmf, marks, stop) and invalid ones (garbage, binar
 base64, wrong streamSid, out of order). Invariants after every step:
 
 * nothing but ``TwilioProtocolError`` escapes;
-* the timeline is monotonic and contiguous: each ``Media.offset`` is where the previous one ended,
-  and ``timestamp_ms`` never goes back;
+* the timeline is monotonic and contiguous: each ``AudioReceived`` starts (``timestamp_ms`` × 8 bytes) where
+  the previous one ended, and its Twilio timestamp (``first_timestamp_ms`` + ``timestamp_ms``) never goes back;
 * every valid media frame is accounted for: decoded exactly once in chunk order, or counted as dropped
   (duplicate, reordered/late, other track) — ``decoded + dropped == valid frames sent``.
 """
@@ -20,7 +20,8 @@ import msgspec
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
-from engine.twilio.protocol import Media, Started, Stopped, TwilioProtocolError, TwilioStream
+from engine.media import AudioReceived, StreamStopped
+from engine.twilio.protocol import BYTES_PER_MS, Started, TwilioProtocolError, TwilioStream
 
 SID = "MZ" + "a" * 32
 OTHER = "MZ" + "b" * 32
@@ -49,7 +50,7 @@ class TwilioSessionMachine(RuleBasedStateMachine):
         self.valid_frames = 0
         self.decoded_chunks: list[int] = []
         self.last_end: int | None = None
-        self.last_ts = -1
+        self.last_ts = -1.0
         self.expected_errors = 0
 
     # -- plumbing --------------------------------------------------------------------------------
@@ -62,12 +63,17 @@ class TwilioSessionMachine(RuleBasedStateMachine):
             assert self.proto.stats.errors == before + 1
             return
         for event in events:
-            if isinstance(event, Media):
+            if isinstance(event, AudioReceived):
+                offset = event.timestamp_ms * BYTES_PER_MS
+                assert offset == int(offset)
                 if self.last_end is not None:
-                    assert event.offset == self.last_end, "timeline not contiguous"
-                assert event.timestamp_ms >= self.last_ts, "timestamp went back"
-                self.last_end = event.offset + len(event.payload)
-                self.last_ts = event.timestamp_ms
+                    assert offset == self.last_end, "timeline not contiguous"
+                first = self.proto.first_timestamp_ms
+                assert first is not None
+                twilio_ts = first + event.timestamp_ms
+                assert twilio_ts >= self.last_ts, "timestamp went back"
+                self.last_end = int(offset) + len(event.payload)
+                self.last_ts = twilio_ts
                 if not event.filled:
                     assert len(event.payload) == 160
                     self.decoded_chunks.append(int.from_bytes(event.payload[:2], "big"))
@@ -75,7 +81,7 @@ class TwilioSessionMachine(RuleBasedStateMachine):
                     assert set(event.payload) == {0xFF}
             elif isinstance(event, Started):
                 self.state = "started"
-            elif isinstance(event, Stopped):
+            elif isinstance(event, StreamStopped):
                 self.state = "stopped"
 
     def _media(self, chunk: int, seq: int, ts: int, *, track: str = "inbound", sid: str = SID) -> str:

@@ -4,8 +4,9 @@
 (``connected`` → ``start`` → (``media`` | ``dtmf`` | ``mark``)* → ``stop``), the ``streamSid``, the
 sequence numbers, and rebuilds the call's audio timeline from ``chunk``/``timestamp``: lost audio
 becomes μ-law silence, duplicates and late (reordered) frames are dropped and counted, so the
-concatenated ``Media.payload`` of one stream is exactly the call's timeline. Malformed input raises
-one :class:`TwilioProtocolError` (with a ``kind`` for metrics); the caller decides what to do.
+concatenated ``AudioReceived.payload`` of one stream is exactly the call's timeline. After ``start`` it
+hands out the vendor-neutral events of :mod:`engine.media` itself (what a call is typed on). Malformed input
+raises one :class:`TwilioProtocolError` (with a ``kind`` for metrics); the caller decides what to do.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from typing import Any, Final, TypeVar
 import msgspec
 from msgspec import UNSET, Struct, UnsetType
 
+from engine.media import AudioReceived, DtmfReceived, MarkReached, StreamStopped
 from engine.twilio.state import TRANSITIONS, IllegalTransition, Inbound, SessionState, next_state
 
 BYTES_PER_MS: Final = 8  # 8 kHz μ-law, one byte per sample
@@ -227,28 +229,11 @@ class Started(Struct, frozen=True):
     media_format: MediaFormat
 
 
-class Media(Struct, frozen=True, gc=False):
-    """μ-law audio of the selected track, in timeline order; ``filled`` marks synthesized silence."""
-
-    payload: bytes
-    timestamp_ms: int  # call-timeline ms of the first byte
-    filled: bool = False
-    offset: int = 0  # sample (byte) index in the stream's timeline, 0 at the first media frame
-
-
-class Dtmf(Struct, frozen=True):
-    digit: str
-
-
-class Mark(Struct, frozen=True):
-    name: str
-
-
-class Stopped(Struct, frozen=True):
-    call_sid: str = ""
-
-
-TwilioEvent = Connected | Started | Media | Dtmf | Mark | Stopped
+# After ``start`` the stream hands out the vendor-neutral events of engine/media.py itself: a call needs
+# nothing else of a media, dtmf, mark or stop message, and one object per 20 ms frame is all the ingest
+# builds (issue 13). ``AudioReceived.timestamp_ms`` is the stream's timeline (0 = its first sample); the
+# Twilio timestamp of that first sample is :attr:`TwilioStream.first_timestamp_ms`.
+TwilioEvent = Connected | Started | AudioReceived | DtmfReceived | MarkReached | StreamStopped
 
 
 @dataclass(slots=True)
@@ -333,9 +318,8 @@ class _Timeline:
             return []
         return [self._media(payload, filled=False)]
 
-    def _media(self, payload: bytes, *, filled: bool) -> Media:
-        assert self.first_ts is not None
-        event = Media(payload, self.first_ts + self.pos // BYTES_PER_MS, filled, self.pos)
+    def _media(self, payload: bytes, *, filled: bool) -> AudioReceived:
+        event = AudioReceived(payload, self.pos / BYTES_PER_MS, filled)
         self.pos += len(payload)
         return event
 
@@ -373,18 +357,77 @@ class TwilioStream:
         self._seen = 0  # bit i set = sequence number (highest - i) seen
         self._checked_fields: set[str] = set()
         self._sid: str | None = None  # started.stream_sid, for the media fast path
+        self.stop: StopInfo | None = None  # the ``stop`` message's details, once it came
 
     @property
     def stream_sid(self) -> str | None:
         return self.started.stream_sid if self.started else None
 
+    @property
+    def first_timestamp_ms(self) -> int | None:
+        """Twilio's ``timestamp`` of the stream's first audio (None before it): ``AudioReceived.timestamp_ms``
+        counts from there."""
+        return self._timeline.first_ts
+
     def receive_text(self, text: str | bytes) -> list[TwilioEvent]:
-        """Feed one WebSocket message (``bytes`` = a binary frame, which Twilio never sends)."""
-        if type(text) is not str and isinstance(text, (bytes, bytearray, memoryview)):
-            self.stats.errors += 1
-            raise TwilioProtocolError("binary", "binary frame (Twilio sends text frames only)")
+        """Feed one WebSocket message (``bytes`` = a binary frame, which Twilio never sends).
+
+        The fast path: a media message as Twilio sends 50 a second (in the stream, its own streamSid and
+        track, the next sequence number and chunk, digit strings, a timestamp in step, some audio) is
+        placed here, decoded once, with no further call; anything else goes through
+        :meth:`_receive_checked`, the general path, which decides it from scratch (nothing here has
+        changed any state before it does). The two paths accept the same messages with the same events
+        and stats (fuzz/test_twilio_media_fast_path.py).
+        """
+        msg: InboundMessage | None = None
+        if type(text) is str and len(text) <= self.max_message_bytes:
+            try:
+                msg = _inbound_decoder.decode(text)
+            except msgspec.DecodeError:  # ValidationError too: the general path reports it
+                return self._receive_checked(text, None)
+            timeline = self._timeline
+            first_ts = timeline.first_ts
+            # first_ts is set by the stream's first media message, which went through _receive_checked:
+            # the media message's unknown fields are already noted.
+            if type(msg) is MediaMessage and first_ts is not None and self.state in _MEDIA_STATES:
+                media = msg.media
+                chunk_s = media.chunk
+                ts_s = media.timestamp
+                seq_s = msg.sequence_number
+                payload = media.payload
+                if (
+                    msg.stream_sid == self._sid
+                    and media.track == self.track
+                    and payload
+                    and type(seq_s) is str
+                    and len(seq_s) <= _MAX_INT_DIGITS and seq_s.isdigit() and seq_s.isascii()
+                    and len(chunk_s) <= _MAX_INT_DIGITS and chunk_s.isdigit() and chunk_s.isascii()
+                    and len(ts_s) <= _MAX_INT_DIGITS and ts_s.isdigit() and ts_s.isascii()
+                ):
+                    seq = int(seq_s)
+                    chunk = int(chunk_s)
+                    pos = timeline.pos
+                    if (
+                        seq == self._highest_seq + 1
+                        and chunk == timeline.next_chunk
+                        and (int(ts_s) - first_ts) * BYTES_PER_MS - pos <= timeline.in_step_bytes
+                    ):
+                        self._seen = ((self._seen << 1) | 1) & _SEQ_MASK
+                        self._highest_seq = seq
+                        timeline.next_chunk = chunk + 1
+                        n = len(payload)
+                        timeline.pos = pos + n
+                        stats = self.stats
+                        stats.messages += 1
+                        stats.frames += 1
+                        stats.bytes += n
+                        return [AudioReceived(payload, pos / BYTES_PER_MS)]
+        return self._receive_checked(text, msg)
+
+    def _receive_checked(self, text: str | bytes, msg: InboundMessage | None) -> list[TwilioEvent]:
+        """The general path: every check in order; ``msg`` is ``text`` decoded, or None (decode it here)."""
         try:
-            return self._receive(text)
+            return self._receive(text, msg)
         except TwilioProtocolError as exc:
             if exc.kind == "unknown_event":
                 self.stats.unknown_events += 1
@@ -393,13 +436,13 @@ class TwilioStream:
             self.stats.errors += 1
             raise
 
-    def _receive(self, text: str) -> list[TwilioEvent]:
+    def _receive(self, text: str | bytes, msg: InboundMessage | None) -> list[TwilioEvent]:
+        if not isinstance(text, str):
+            raise TwilioProtocolError("binary", "binary frame (Twilio sends text frames only)")
         if len(text) > self.max_message_bytes:
             raise TwilioProtocolError("oversized", f"message of {len(text)} chars > {self.max_message_bytes}")
-        try:
-            msg = _inbound_decoder.decode(text)
-        except msgspec.DecodeError:  # ValidationError too: decode again for the error's kind and message
-            msg = decode_inbound(text)
+        if msg is None:
+            msg = decode_inbound(text)  # raises the error's kind and message
         self.stats.messages += 1
         kind = type(msg)
         tag = _TAGS[kind]
@@ -407,7 +450,7 @@ class TwilioStream:
             self._checked_fields.add(tag)
             self._note_unknown_fields(text, kind)
         if isinstance(msg, MediaMessage):
-            return self._on_media(msg)
+            return self._on_media_checked(msg)
         if isinstance(msg, ConnectedMessage):
             self.state = self._next(Inbound.CONNECTED)
             return [Connected(msg.protocol, msg.version)]
@@ -418,12 +461,13 @@ class TwilioStream:
             return []
         if isinstance(msg, DtmfMessage):
             self.stats.dtmf += 1
-            return [Dtmf(msg.dtmf.digit)]
+            return [DtmfReceived(msg.dtmf.digit)]
         if isinstance(msg, MarkMessage):
             self.stats.marks += 1
-            return [Mark(msg.mark.name)]
+            return [MarkReached(msg.mark.name)]
         self.state = self._next(Inbound.STOP)
-        return [Stopped(msg.stop.call_sid)]
+        self.stop = msg.stop
+        return [StreamStopped("stop")]
 
     def _on_start(self, msg: StartMessage) -> list[TwilioEvent]:
         started = self._next(Inbound.START)
@@ -451,49 +495,9 @@ class TwilioStream:
         )
         return [self.started]
 
-    def _on_media(self, msg: MediaMessage) -> list[TwilioEvent]:
-        """The fast path: a media message as Twilio sends 50 a second (in the stream, its own streamSid and
-        track, the next sequence number and chunk, digit strings, a timestamp in step) is placed here with
-        no further call; anything else goes through :meth:`_on_media_checked`, the general path, which
-        decides it from scratch (nothing here has changed any state before it does). The two paths accept
-        the same messages with the same events and stats (fuzz/test_twilio_media_fast_path.py)."""
-        media = msg.media
-        chunk_s = media.chunk
-        ts_s = media.timestamp
-        seq_s = msg.sequence_number
-        timeline = self._timeline
-        first_ts = timeline.first_ts
-        if (
-            first_ts is not None
-            and self.state in _MEDIA_STATES
-            and msg.stream_sid == self._sid
-            and media.track == self.track
-            and type(seq_s) is str
-            and len(seq_s) <= _MAX_INT_DIGITS and seq_s.isdigit() and seq_s.isascii()
-            and len(chunk_s) <= _MAX_INT_DIGITS and chunk_s.isdigit() and chunk_s.isascii()
-            and len(ts_s) <= _MAX_INT_DIGITS and ts_s.isdigit() and ts_s.isascii()
-        ):
-            seq = int(seq_s)
-            chunk = int(chunk_s)
-            if seq == self._highest_seq + 1 and chunk == timeline.next_chunk:
-                pos = timeline.pos
-                if (int(ts_s) - first_ts) * BYTES_PER_MS - pos <= timeline.in_step_bytes:
-                    self._seen = ((self._seen << 1) | 1) & _SEQ_MASK
-                    self._highest_seq = seq
-                    timeline.next_chunk = chunk + 1
-                    payload = media.payload
-                    n = len(payload)
-                    stats = self.stats
-                    stats.frames += 1
-                    stats.bytes += n
-                    if not n:
-                        return []
-                    timeline.pos = pos + n
-                    return [Media(payload, first_ts + pos // BYTES_PER_MS, False, pos)]
-        return self._on_media_checked(msg)
-
     def _on_media_checked(self, msg: MediaMessage) -> list[TwilioEvent]:
-        """Every media message the fast path does not take: each check in order, gaps, duplicates, errors."""
+        """Every media message the fast path (:meth:`receive_text`) does not take: each check in order, gaps,
+        duplicates, errors."""
         self._check_stream(msg.stream_sid, _MEDIA)
         media = msg.media
         chunk = _parse_uint(media.chunk, "media.chunk")

@@ -39,17 +39,13 @@ from engine.config import Config
 from engine.endpointing.batch import FrameBatch
 from engine.listeners import accept_or_pause
 from engine.log import get_logger
-from engine.media import AudioReceived, DtmfReceived, MarkReached, MediaEvent, StreamStarted, StreamStopped
+from engine.media import AudioReceived, MediaEvent, StreamStarted, StreamStopped
 from engine.metrics import Counter, Histogram, Registry
 from engine.twilio.protocol import (
-    BYTES_PER_MS,
     FRAME_BYTES,
     SILENCE,
-    Dtmf,
-    Mark,
-    Media,
+    Connected,
     Started,
-    Stopped,
     StreamStats,
     TwilioEvent,
     TwilioProtocolError,
@@ -101,10 +97,9 @@ class CallHostLike(Protocol):
 class CallHandler(Protocol):
     """The per-call pipeline as the server drives it.
 
-    ``on_event`` is called synchronously from the reader with the vendor-neutral event
-    (:mod:`engine.media`, see :func:`media_event`) of every Twilio event after ``Started`` (``Stopped``
-    included) and must not block. ``run`` runs next to the reader and returns once it has seen
-    ``StreamStopped`` or ``on_close``. ``on_close(reason)`` is called exactly once.
+    ``on_event`` is called synchronously from the reader with every vendor-neutral event (:mod:`engine.media`)
+    the stream hands out after ``start`` (``StreamStopped`` included) and must not block. ``run`` runs next to
+    the reader and returns once it has seen ``StreamStopped`` or ``on_close``. ``on_close(reason)`` is called exactly once.
     """
 
     def on_event(self, event: MediaEvent) -> None: ...
@@ -585,7 +580,7 @@ class TwilioServer:
             neutral = media_event(event)
             if neutral is not None:
                 handler.on_event(neutral)
-            if isinstance(event, Stopped):
+            if type(event) is StreamStopped:
                 return "stop"
         reactor = self._reactor
         reader = _CallReader(ws, proto, handler, errors=errors, reporter=reporter, lag=self.metrics.frame_lag,
@@ -667,21 +662,23 @@ class _ErrorPolicy:
 class _CallReader:
     """One call's receive side as the reactor drives it (a :class:`~engine.twilio.reactor.Reader`).
 
-    :meth:`readable` runs in the reactor's task: it feeds the bytes to the call's WebSocket, and
-    :meth:`deliver` parses every complete message and runs the call's per-frame work
+    :meth:`readable` runs in the reactor's task: a read that is one whole frame (each Twilio message) goes
+    straight to :meth:`_message`, any other read is fed to the call's WebSocket and :meth:`deliver` takes
+    every complete message to :meth:`_message`, which parses it and runs the call's per-frame work
     (``handler.on_event``) synchronously. Whatever needs the call's own task — the end of the stream,
     a frame wsproto must handle (control, close, EOF), an exception — is left in ``reason`` /
     ``error`` and ``wake`` is set; the reactor pauses the socket until the task resumes it.
     """
 
-    __slots__ = ("count", "debug", "error", "errors", "handler", "idle_s", "lag", "origin", "proto", "pushed_at",
-                 "reason", "reporter", "scope", "slack_s", "wake", "ws")
+    __slots__ = ("clock", "count", "debug", "error", "errors", "handler", "idle_s", "lag", "on_event", "origin", "proto",
+                 "pushed_at", "reason", "reporter", "scope", "slack_s", "wake", "ws")
 
     def __init__(self, ws: WsServerConnection, proto: TwilioStream, handler: CallHandler, *, errors: _ErrorPolicy,
                  reporter: _StatsReporter, lag: Histogram, idle_s: float, debug: bool) -> None:
         self.ws = ws
         self.proto = proto
         self.handler = handler
+        self.on_event = handler.on_event
         self.errors = errors
         self.reporter = reporter
         self.lag = lag
@@ -699,7 +696,9 @@ class _CallReader:
         self.scope = trio.CancelScope()
         self.pushed_at = -math.inf
         # Frame lag: a frame of audio offset o (s) is due at origin + o, the origin being the earliest
-        # (now - o) seen on this stream; lag = handled time - due (one clock read per message).
+        # (now - o) seen on this stream; lag = handled time - due (one clock read per message: the run's
+        # clock itself, two calls fewer than trio.current_time()).
+        self.clock = trio.lowlevel.current_clock()
         self.origin = math.inf
         self.count = 0
 
@@ -710,10 +709,17 @@ class _CallReader:
     def readable(self, data: bytes, now: float) -> bool:
         if now - self.pushed_at >= self.slack_s:
             self.push_deadline(now)
-        if self.ws.feed_nowait(data):
+        ws = self.ws
+        # The per-message path (issue 13): a read that is one whole text frame, as Twilio sends each message,
+        # goes straight to _message; any other read through the connection's general decoder and its queue.
+        message = ws.message_nowait(data)
+        if message is not None:
+            reason = self._message(message)
+        elif ws.feed_nowait(data):
             self.wake.set()
             return PAUSE
-        reason = self.deliver()
+        else:
+            reason = self.deliver()
         if reason is not None:
             self.reason = reason
             self.wake.set()
@@ -727,36 +733,39 @@ class _CallReader:
     def deliver(self) -> str | None:
         """Process every complete message received; the reason the stream ended (stop, protocol errors) or None."""
         messages = self.ws.received
-        if not messages:
-            return None
-        on_event = self.handler.on_event
-        proto = self.proto
-        errors = self.errors
-        debug = self.debug
         while messages:
-            message = messages.popleft()
-            if debug:
-                log.debug("twilio_message", stream_sid=proto.stream_sid, size=len(message))
+            reason = self._message(messages.popleft())
+            if reason is not None:
+                return reason
+        return None
+
+    def _message(self, message: str | bytes) -> str | None:
+        """One message through the stream and to the call; the reason the stream ended, or None."""
+        proto = self.proto
+        if self.debug:
+            log.debug("twilio_message", stream_sid=proto.stream_sid, size=len(message))
+        try:
+            events = proto.receive_text(message)
+        except TwilioProtocolError as exc:
             try:
-                events = errors.feed(proto, message)
+                self.errors.failed(proto, exc)
             except _EndCall as end:
                 return end.reason
-            for event in events:
-                neutral = media_event(event)
-                if neutral is not None:
-                    on_event(neutral)
-                kind = type(event)
-                if kind is Media:
-                    assert isinstance(event, Media)
-                    if not event.filled:  # the frame's lag against the stream's own clock
-                        base = trio.current_time() - event.offset / (BYTES_PER_MS * 1000)
-                        self.origin = min(self.origin, base)
-                        self.lag.observe((base - self.origin) * 1000)
-                elif kind is Stopped:
+            events = []
+        for event in events:
+            if type(event) is AudioReceived:
+                self.on_event(event)
+                if not event.filled:  # the frame's lag against the stream's own clock
+                    base = self.clock.current_time() - event.timestamp_ms / 1000
+                    self.origin = min(self.origin, base)
+                    self.lag.observe((base - self.origin) * 1000)
+            elif not isinstance(event, (Connected, Started)):  # neither comes after start (an order error)
+                self.on_event(event)
+                if type(event) is StreamStopped:
                     return "stop"
-            self.count += 1
-            if self.count % _STATS_FLUSH_EVERY == 0:
-                self.reporter.flush(proto.stream_sid)
+        self.count += 1
+        if self.count % _STATS_FLUSH_EVERY == 0:
+            self.reporter.flush(proto.stream_sid)
         return None
 
 
@@ -773,20 +782,11 @@ def stream_started(started: Started) -> StreamStarted:
 
 
 def media_event(event: TwilioEvent) -> MediaEvent | None:
-    """One Twilio event after ``start`` → its neutral event (``None`` for what a call has no use for)."""
-    kind = type(event)
-    if kind is Media:
-        assert isinstance(event, Media)
-        return AudioReceived(event.payload, event.offset / BYTES_PER_MS, event.filled)
-    if kind is Dtmf:
-        assert isinstance(event, Dtmf)
-        return DtmfReceived(event.digit)
-    if kind is Mark:
-        assert isinstance(event, Mark)
-        return MarkReached(event.name)
-    if kind is Stopped:
-        return StreamStopped("stop")
-    if kind is Started:
-        assert isinstance(event, Started)
+    """One event of a started Twilio stream as the call sees it: the neutral events pass as they are
+    (:class:`TwilioStream` hands them out itself), ``start`` becomes :class:`StreamStarted`, ``None`` for
+    ``connected`` (before start, nothing to tell the call)."""
+    if isinstance(event, Connected):
+        return None
+    if isinstance(event, Started):
         return stream_started(event)
-    return None  # Connected: before start, nothing to tell the call
+    return event

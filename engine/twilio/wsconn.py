@@ -58,7 +58,8 @@ class WsServerConnection(WsConnection):
         super().__init__(stream, send_budget=send_budget, max_message_size=max_message_size)
         # h11's state, needed only until the upgrade: dropped by accept() (issue 13, memory per call)
         self._handshake: UpgradeHandshake | None = UpgradeHandshake()
-        self._fast: TextFrameDecoder | None = TextFrameDecoder(max_message_size)  # None: wsproto parses
+        # Set at the upgrade (accept); None before it and once wsproto parses (everything from then on).
+        self._fast: TextFrameDecoder | None = None
         self.request: UpgradeRequest | None = None
         self._pending = b""  # the part of a send_text_nowait frame the kernel did not take (written first)
         self._socket = stream.socket if isinstance(stream, trio.SocketStream) else None  # plain TCP: nowait sends
@@ -98,6 +99,7 @@ class WsServerConnection(WsConnection):
         self._handshake = None
         self.request = None  # the caller has it; the connection no longer needs the head
         self._ws = Connection(ConnectionType.SERVER)  # no extensions negotiated
+        self._fast = TextFrameDecoder(self._assembler.max_size)
         await self._write(response)
         # Bytes the client sent right behind the request head belong to the WebSocket.
         if trailing and self._feed(trailing):
@@ -203,6 +205,19 @@ class WsServerConnection(WsConnection):
     def received(self) -> deque[str | bytes]:
         """Complete messages not yet taken (``popleft`` to take one), as :meth:`receive_message` would return them."""
         return self._messages
+
+    def message_nowait(self, data: bytes) -> str | None:
+        """The text message ``data`` carries when it is exactly one whole, masked text frame (a Twilio
+        media message as it is read, one per read), taken at once; else None, with nothing consumed: the
+        caller then hands ``data`` to :meth:`feed_nowait`.
+
+        Only while the fast decoder is in charge (upgraded; wsproto has received nothing, so it cannot be
+        CLOSED), the connection is not closed and no message is queued before it (their order is kept).
+        """
+        fast = self._fast
+        if fast is None or self._closed is not None or self._messages:
+            return None
+        return fast.one(data)
 
     def feed_nowait(self, data: bytes) -> bool:
         """Take bytes the caller read from this connection's socket (b"": EOF, or a read error), without awaiting.

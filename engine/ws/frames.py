@@ -119,26 +119,33 @@ class TextFrameDecoder:
     mask + RSV 0 frames in a few µs (the unmasking is one big-int XOR, no per-byte loop). On the first
     frame of any other shape (control, fragment, binary, unmasked, extension bits, 64-bit or
     over-limit length, bad UTF-8) :meth:`feed` returns the bytes from that frame on, and the caller
-    hands them, and everything after, to wsproto, which starts there at a frame boundary.
+    hands them, and everything after, to wsproto, which starts there at a frame boundary. :meth:`one` is
+    the per-message fast path in front of :meth:`feed`: a read that is exactly one whole frame.
     """
 
     def __init__(self, max_message_size: int) -> None:
         self.max_message_size = max_message_size
         self._buffer = b""  # an incomplete fast frame
 
+    def one(self, data: bytes) -> str | None:
+        """The text of ``data`` when it is exactly one whole fast frame with a 16-bit length (126..65535 bytes:
+        every Twilio media message, one per read) and no partial frame is buffered; else None.
+
+        Changes no state either way: on None the caller hands ``data`` to :meth:`feed`, which decides it
+        from scratch (fuzz/test_twilio_media_fast_path.py holds the two to the same answer).
+        """
+        n = len(data)
+        if n > 8 and data[0] == _FAST_TEXT_HEAD and data[1] == _MASKED_LEN16 and not self._buffer:
+            length = (data[2] << 8) | data[3]
+            if n == 8 + length and 126 <= length <= self.max_message_size:
+                try:
+                    return apply_mask(data[8:], data[4:8]).decode()
+                except UnicodeDecodeError:
+                    return None  # feed() hands it to wsproto, which reports it (1007)
+        return None
+
     def feed(self, data: bytes) -> tuple[list[str], bytes | None]:
         """Decode ``data``: (complete messages, None), or (messages before it, bytes for wsproto)."""
-        if not self._buffer:
-            # The common read: exactly one whole frame of a Twilio message (126..65535 bytes: 16-bit length).
-            # The loop below decides every other case, from scratch (nothing here changed any state).
-            n = len(data)
-            if n > 8 and data[0] == _FAST_TEXT_HEAD and data[1] == _MASKED_LEN16:
-                length = (data[2] << 8) | data[3]
-                if n == 8 + length and 126 <= length <= self.max_message_size:
-                    try:
-                        return [apply_mask(data[8:], data[4:8]).decode()], None
-                    except UnicodeDecodeError:
-                        pass  # the loop hands it to wsproto, which reports it
         buf = self._buffer + data if self._buffer else data
         self._buffer = b""
         out: list[str] = []

@@ -76,15 +76,14 @@ def unframe(data: bytes) -> list[bytes]:
 
 
 def test_pre_encoded_frames_are_a_gapless_twilio_stream() -> None:
+    from engine.media import AudioReceived, StreamStopped
     from engine.twilio.protocol import (
         ConnectedMessage,
-        Media,
         MediaFormat,
         StartInfo,
         StartMessage,
         StopInfo,
         StopMessage,
-        Stopped,
         TwilioStream,
         encode,
     )
@@ -100,7 +99,7 @@ def test_pre_encoded_frames_are_a_gapless_twilio_stream() -> None:
                                                          stop=StopInfo(account_sid="AC1", call_sid="CA1"))).encode())
     proto = TwilioStream()
     events = [e for text in unframe(wire) for e in proto.receive_text(text.decode())]
-    assert b"".join(e.payload for e in events if isinstance(e, Media)) == b"".join(payloads)
-    assert isinstance(events[-1], Stopped)
+    assert b"".join(e.payload for e in events if isinstance(e, AudioReceived)) == b"".join(payloads)
+    assert isinstance(events[-1], StreamStopped)
     s = proto.stats
     assert (s.frames, s.sequence_gaps, s.timestamp_jumps, s.duplicates, s.reordered, s.errors) == (130, 0, 0, 0, 0, 0)

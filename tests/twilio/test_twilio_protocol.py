@@ -7,13 +7,10 @@ import json
 
 import pytest
 
+from engine.media import AudioReceived, DtmfReceived, MarkReached, StreamStopped
 from engine.twilio.protocol import (
     Connected,
-    Dtmf,
-    Mark,
-    Media,
     Started,
-    Stopped,
     TwilioProtocolError,
     TwilioStream,
     decode_outbound,
@@ -67,7 +64,13 @@ def started_stream(**kw: object) -> TwilioStream:
 
 
 def payloads(events: list) -> bytes:
-    return b"".join(e.payload for e in events if isinstance(e, Media))
+    return b"".join(e.payload for e in events if isinstance(e, AudioReceived))
+
+
+def twilio_ms(s: TwilioStream, event: AudioReceived) -> float:
+    """The Twilio timestamp (call timeline) of ``event``'s first sample, as the stream places it now."""
+    assert s.first_timestamp_ms is not None
+    return s.first_timestamp_ms + event.timestamp_ms
 
 
 def test_every_inbound_message() -> None:
@@ -79,10 +82,11 @@ def test_every_inbound_message() -> None:
     assert st.tracks == ("inbound",) and st.custom_parameters == {"lang": "ko"}
     assert st.media_format.sample_rate == 8000
     [m] = s.receive_text(media(2, 1, 52, b"\x00\x01\x02"))
-    assert m == Media(b"\x00\x01\x02", 52, False, 0)
-    assert s.receive_text(dtmf(3, "#")) == [Dtmf("#")]
-    assert s.receive_text(mark(4, "greeting")) == [Mark("greeting")]
-    assert s.receive_text(stop(5)) == [Stopped("CA" + "2" * 32)]
+    assert m == AudioReceived(b"\x00\x01\x02", 0.0, False) and twilio_ms(s, m) == 52
+    assert s.receive_text(dtmf(3, "#")) == [DtmfReceived("#")]
+    assert s.receive_text(mark(4, "greeting")) == [MarkReached("greeting")]
+    assert s.receive_text(stop(5)) == [StreamStopped("stop")]
+    assert s.stop is not None and s.stop.call_sid == "CA" + "2" * 32
     assert s.state == "stopped"
     assert s.stats.frames == 1 and s.stats.dtmf == 1 and s.stats.marks == 1 and s.stats.errors == 0
 
@@ -197,9 +201,9 @@ def test_gap_is_filled_with_silence_at_the_right_place() -> None:
     out = s.receive_text(media(2, 1, 52, a)) + s.receive_text(media(3, 2, 72, b))
     out += s.receive_text(media(6, 5, 132, c))  # chunks 3, 4 (40 ms) lost
     assert payloads(out) == a + b + b"\xff" * 320 + c
-    filled = [e for e in out if isinstance(e, Media) and e.filled]
-    assert filled == [Media(b"\xff" * 320, 92, True, 320)]
-    assert out[-1] == Media(c, 132, False, 640)
+    filled = [e for e in out if isinstance(e, AudioReceived) and e.filled]
+    assert filled == [AudioReceived(b"\xff" * 320, 320 / 8, True)] and twilio_ms(s, filled[0]) == 92
+    assert out[-1] == AudioReceived(c, 640 / 8, False) and twilio_ms(s, out[-1]) == 132
     assert s.stats.filled_frames == 1 and s.stats.filled_bytes == 320 and s.stats.sequence_gaps == 2
 
 
@@ -216,7 +220,7 @@ def test_duplicate_sequence_number_is_dropped() -> None:
     first = s.receive_text(media(2, 1, 20))
     assert first
     assert s.receive_text(media(2, 1, 20)) == []
-    assert s.receive_text(dtmf(3)) == [Dtmf("5")]
+    assert s.receive_text(dtmf(3)) == [DtmfReceived("5")]
     assert s.receive_text(dtmf(3)) == []
     assert s.stats.duplicates == 2
 
@@ -231,7 +235,7 @@ def test_duplicate_chunk_with_new_sequence_is_dropped() -> None:
 def test_late_non_media_message_is_delivered_and_counted() -> None:
     s = started_stream()
     s.receive_text(media(3, 1, 20))  # seq 2 not yet seen
-    assert s.receive_text(mark(2, "late")) == [Mark("late")]
+    assert s.receive_text(mark(2, "late")) == [MarkReached("late")]
     assert s.stats.reordered == 1
 
 
@@ -239,7 +243,8 @@ def test_messages_without_sequence_numbers_are_accepted() -> None:
     s = started_stream()
     text = json.dumps({"event": "media", "streamSid": SID,
                        "media": {"chunk": "1", "timestamp": "20", "payload": "AAAA"}})
-    assert s.receive_text(text) == [Media(b"\x00\x00\x00", 20, False, 0)]
+    assert s.receive_text(text) == [AudioReceived(b"\x00\x00\x00", 0.0, False)]
+    assert s.first_timestamp_ms == 20
 
 
 def test_outbound_track_is_not_mixed_into_inbound() -> None:
@@ -257,7 +262,7 @@ def test_outbound_track_is_not_mixed_into_inbound() -> None:
 def test_small_timestamp_jitter_is_not_a_gap_but_a_big_jump_is() -> None:
     s = started_stream()
     out = s.receive_text(media(2, 1, 20)) + s.receive_text(media(3, 2, 41)) + s.receive_text(media(4, 3, 59))
-    assert not any(e.filled for e in out if isinstance(e, Media))
+    assert not any(e.filled for e in out if isinstance(e, AudioReceived))
     out = s.receive_text(media(5, 4, 1080))  # contiguous chunk, 1 s later: silence was skipped
     assert out[0].filled and len(out[0].payload) == (1080 - 20) * 8 - 480
     assert s.stats.timestamp_jumps == 1
@@ -268,9 +273,9 @@ def test_huge_gap_resyncs_instead_of_filling() -> None:
     s.receive_text(media(2, 1, 20))
     out = s.receive_text(media(3, 2, 10_000_000))
     assert [e.filled for e in out] == [False]
-    assert out[0].offset == 160 and out[0].timestamp_ms == 10_000_000
+    assert out[0].timestamp_ms == 160 / 8 and twilio_ms(s, out[0]) == 10_000_000
     assert s.stats.resyncs == 1
-    assert s.receive_text(media(4, 3, 10_000_020))[0].offset == 320
+    assert s.receive_text(media(4, 3, 10_000_020))[0].timestamp_ms == 320 / 8
 
 
 def test_chunk_gap_without_timestamp_gap_fills_nothing() -> None:

@@ -366,6 +366,49 @@ def test_fast_decoder_hands_over_oversized_frames() -> None:
     assert [e.data for e in server.events() if isinstance(e, TextMessage)] == ["b" * 200, "c"]
 
 
+async def test_message_nowait_takes_a_whole_frame_and_only_when_the_order_allows() -> None:
+    """The per-message path: a read that is one whole masked text frame comes back as its text at once; with a
+    message queued before it, wsproto in charge, the connection closed or not upgraded, it is None and nothing is
+    consumed (feed_nowait then takes the same bytes, in order)."""
+    client = Connection(ConnectionType.CLIENT)
+    big = [client.send(TextMessage(f"{k}" * 200)) for k in range(3)]  # 16-bit lengths, as Twilio's media
+    small = client.send(TextMessage("s"))
+    ping = client.send(Ping(b"p"))
+    done = trio.Event()
+
+    async def serve(conn: WsServerConnection) -> None:
+        stream = conn._stream
+        assert isinstance(stream, trio.SocketStream)
+        fresh = WsServerConnection(stream, send_budget=Budget("send", 2000), max_message_size=1 << 20)
+        assert fresh.message_nowait(big[0]) is None  # not upgraded
+        assert conn.message_nowait(big[0]) == "0" * 200 and not conn.received
+        assert conn.message_nowait(big[0][:-1]) is None and not conn.received  # incomplete: nothing consumed
+        assert conn.message_nowait(big[1] + small) is None and not conn.received  # more than one frame
+        assert conn.feed_nowait(small) is False and list(conn.received) == ["s"]
+        assert conn.message_nowait(big[1]) is None  # a message is queued before it: order first
+        assert conn.feed_nowait(big[1]) is False and list(conn.received) == ["s", "1" * 200]
+        conn.received.clear()
+        assert conn.feed_nowait(ping) is True  # a control frame: wsproto parses from here on
+        assert conn.message_nowait(big[2]) is None
+        assert conn.feed_nowait(big[2]) is True
+        await conn.process_events()
+        assert list(conn.received) == ["2" * 200]
+        done.set()
+
+    async def serve_closed(conn: WsServerConnection) -> None:
+        conn._set_closed(1011, "closed by a failed write")  # the fast decoder is still in charge
+        assert conn.message_nowait(big[0]) is None
+        assert conn.feed_nowait(big[0]) is True and not conn.received  # the connection's task sees the close
+        done.set()
+
+    for run in (serve, serve_closed):
+        done = trio.Event()
+        with trio.fail_after(10):
+            async with pair(run) as (_client, errors):
+                await done.wait()
+        assert not errors
+
+
 async def test_a_send_cancelled_while_waiting_for_the_lock_leaves_the_connection_usable() -> None:
     """Nothing of a send that never got the lock was written: unlike a half-written frame, it must not break
     the connection (the shared layer's rule; the server used to mark it broken and fail every later send)."""

@@ -1,0 +1,171 @@
+"""µs of CPU per Twilio media message on the ingest path alone: socket bytes in, the call's event out.
+
+What it runs is the server's own per-message code, :class:`engine.twilio.server._CallReader` ``.readable``
+(what the reactor calls with the bytes of one read) on a real :class:`WsServerConnection` and
+:class:`TwilioStream` after ``start``; the handler only counts the events (no endpointing, no STT), so
+the figure is the WebSocket frame decode, the Twilio parse and timeline, the error policy, the neutral
+event and the frame-lag metric, per message. Each read holds one masked frame, as Twilio sends them.
+
+Runs against whichever tree's ``engine`` is importable from the working directory. ``--ab OLD_TREE`` runs
+this same file in this tree and in ``OLD_TREE`` (each with its own ``.venv``) alternately, ``--rounds``
+times each, and prints both medians and the ratio, so old and new are measured in the same run::
+
+    .venv/bin/python bench/message_path.py --ab /work/wt-base --rounds 5
+    .venv/bin/python bench/message_path.py --calls-per-message   # cProfile: function calls per message
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import cProfile
+import json
+import os
+import pstats
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import trio
+
+sys.path.insert(0, os.getcwd())  # the tree this runs from
+
+from engine.budgets import Budgets
+from engine.metrics import Registry
+from engine.twilio.protocol import TwilioStream
+from engine.twilio.server import _CallReader, _ErrorPolicy, _Metrics, _StatsReporter
+from engine.twilio.wsconn import WsServerConnection
+
+SID = "MZ" + "a" * 32
+
+
+def _frame(text: str, mask: bytes) -> bytes:
+    """A masked client text frame (as Twilio sends it)."""
+    data = text.encode()
+    n = len(data)
+    head = bytes([0x81]) + (bytes([0x80 | n]) if n < 126 else bytes([0x80 | 126]) + n.to_bytes(2, "big"))
+    key = (mask * (n // 4 + 1))[:n]
+    return head + mask + bytes(a ^ b for a, b in zip(data, key, strict=True))
+
+
+def _media(seq: int, chunk: int) -> str:
+    payload = bytes((chunk * 7 + i) % 256 for i in range(160))
+    return json.dumps({"event": "media", "sequenceNumber": str(seq), "streamSid": SID,
+                       "media": {"track": "inbound", "chunk": str(chunk), "timestamp": str((chunk - 1) * 20),
+                                 "payload": base64.b64encode(payload).decode()}}, separators=(",", ":"))
+
+
+class _Counting:
+    """A handler that only counts what it is handed."""
+
+    def __init__(self) -> None:
+        self.events = 0
+
+    def on_event(self, event: Any) -> None:
+        self.events += 1
+
+    async def run(self) -> None:
+        return None
+
+    def on_close(self, reason: str) -> None:
+        return None
+
+
+async def _measure(messages: int, profile: bool) -> dict[str, float]:
+    import socket
+
+    lsock = socket.create_server(("127.0.0.1", 0))
+    b = socket.create_connection(lsock.getsockname())
+    a = trio.socket.from_stdlib_socket(lsock.accept()[0])
+    lsock.close()
+    ws = WsServerConnection(trio.SocketStream(a), send_budget=Budgets().send, max_message_size=64 * 1024)
+    key = base64.b64encode(os.urandom(16)).decode()
+    b.sendall((f"GET /twilio/media HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+               f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n").encode())
+    await ws.read_request()
+    await ws.accept()  # upgraded as the server leaves it (the 101 response stays unread in b)
+    proto = TwilioStream()
+    start = json.dumps({"event": "start", "sequenceNumber": "1", "streamSid": SID,
+                        "start": {"streamSid": SID, "callSid": "CA1", "tracks": ["inbound"]}})
+    proto.receive_text(start)
+    metrics = _Metrics(Registry())
+    handler = _Counting()
+    reader = _CallReader(ws, proto, handler, errors=_ErrorPolicy(10, metrics, "c"),  # type: ignore[arg-type]
+                         reporter=_StatsReporter(proto.stats, metrics), lag=metrics.frame_lag, idle_s=15.0,
+                         debug=False)
+    frames = [_frame(_media(k + 2, k + 1), os.urandom(4)) for k in range(messages)]
+    readable = reader.readable
+    now = trio.current_time()
+    prof = cProfile.Profile() if profile else None
+    if prof is not None:
+        prof.enable()
+    cpu0 = time.process_time()
+    for data in frames:
+        if readable(data, now):
+            raise RuntimeError(f"the reader paused: {reader.reason} {reader.error}")
+    cpu1 = time.process_time()
+    if prof is not None:
+        prof.disable()
+    if handler.events != messages:
+        raise RuntimeError(f"{handler.events} events for {messages} messages")
+    a.close()
+    b.close()
+    out = {"us_per_message": (cpu1 - cpu0) / messages * 1e6}
+    if prof is not None:
+        stats = pstats.Stats(prof)
+        calls = sum(v[1] for v in stats.stats.values())  # type: ignore[attr-defined]
+        out["calls_per_message"] = calls / messages
+        rows = sorted(stats.stats.items(), key=lambda kv: -kv[1][1])  # type: ignore[attr-defined]
+        out["by_function"] = [f"{v[1] / messages:.2f} {Path(k[0]).name}:{k[1]}({k[2]})" for k, v in rows]  # type: ignore[assignment]
+    return out
+
+
+def _one(messages: int, repeat: int, profile: bool) -> dict[str, Any]:
+    import engine
+
+    runs = [trio.run(_measure, messages, False) for _ in range(repeat)]
+    out: dict[str, Any] = {"tree": str(Path(engine.__file__).resolve().parent.parent),
+                           "us_per_message": round(min(r["us_per_message"] for r in runs), 2),
+                           "runs": [round(r["us_per_message"], 2) for r in runs]}
+    if profile:
+        prof = trio.run(_measure, 2000, True)
+        out["calls_per_message"] = round(prof["calls_per_message"], 2)
+        out["by_function"] = prof["by_function"]
+    return out
+
+
+def _ab(old: Path, rounds: int, messages: int, repeat: int) -> dict[str, Any]:
+    new = Path(os.getcwd())
+    script = str(Path(__file__).resolve())
+    got: dict[str, list[float]] = {"new": [], "old": []}
+    for _ in range(rounds):
+        for name, tree in (("new", new), ("old", old)):
+            cmd = [str(tree / ".venv" / "bin" / "python"), script, "--messages", str(messages), "--repeat", str(repeat)]
+            res = subprocess.run(cmd, cwd=tree, check=True, capture_output=True, text=True)
+            got[name].append(json.loads(res.stdout)["us_per_message"])
+    new_m, old_m = statistics.median(got["new"]), statistics.median(got["old"])
+    return {"new_tree": str(new), "old_tree": str(old), "messages": messages, "rounds": rounds,
+            "new_us_per_message": round(new_m, 2), "old_us_per_message": round(old_m, 2),
+            "new_over_old": round(new_m / old_m, 3), "new_runs": got["new"], "old_runs": got["old"]}
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--messages", type=int, default=20_000)
+    p.add_argument("--repeat", type=int, default=5, help="runs per process (the fastest is kept)")
+    p.add_argument("--calls-per-message", action="store_true", help="also count function calls (cProfile)")
+    p.add_argument("--ab", type=Path, help="another tree (with its own .venv) to compare with, alternately")
+    p.add_argument("--rounds", type=int, default=3)
+    args = p.parse_args()
+    if args.ab is not None:
+        print(json.dumps(_ab(args.ab.resolve(), args.rounds, args.messages, args.repeat)))
+    else:
+        print(json.dumps(_one(args.messages, args.repeat, args.calls_per_message), indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
