@@ -403,13 +403,19 @@ async def simulate_call(
                                   connect_timeout=connect_timeout, disconnect_timeout=send_timeout) as ws:
             sender = _Sender(ws, report.stream_sid, send_timeout)
             player = _Player(sender, report, realtime=speed == "realtime", keep=keep_received, record=record)
+            server_closed = trio.Event()
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(player.run)
-                nursery.start_soon(_receive, ws, player, report)
+                nursery.start_soon(_receive, ws, player, report, server_closed)
                 try:
                     await _stream(sender, frames, report, rng, player, account_sid=account_sid, speed=speed,
                                   jitter_ms=jitter_ms, drop_rate=drop_rate, tracks=tracks,
                                   custom_parameters=dict(custom_parameters or {}), dtmf=dtmf or {})
+                    # Twilio's stream is over once stop is sent; the server answers it by closing. Wait for that
+                    # close (bounded) so the report's close code/reason are the server's, not our own exit's:
+                    # leaving at once raced the server's close and reported ours whenever the server was slower.
+                    with trio.move_on_after(send_timeout):
+                        await server_closed.wait()
                 except ConnectionClosed:
                     report.error = "closed by server before stop"
                 except trio.TooSlowError:
@@ -464,11 +470,12 @@ async def _stream(sender: _Sender, frames: list[bytes], report: CallReport, rng:
     await sender.send(StopMessage(stream_sid=sid, stop=StopInfo(account_sid=account_sid, call_sid=report.call_sid)))
 
 
-async def _receive(ws: WebSocketConnection, player: _Player, report: CallReport) -> None:
+async def _receive(ws: WebSocketConnection, player: _Player, report: CallReport, server_closed: trio.Event) -> None:
     while True:
         try:
             text = await ws.get_message()
         except ConnectionClosed:
+            server_closed.set()
             return
         try:
             message = decode_outbound(text)

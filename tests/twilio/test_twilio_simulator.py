@@ -132,6 +132,8 @@ async def test_wire_is_twilio_shaped_and_paced() -> None:
                     await ws.send_message(encode_media(sid, b"\xff" * 160))
                     await ws.send_message(encode_mark(sid, "m"))
                     await ws.send_message('{"event":"bogus"}')
+                if seen[-1][1]["event"] == "stop":
+                    await ws.aclose()  # as the engine does: the simulator waits for this close
         except Exception:
             pass
 
@@ -165,6 +167,29 @@ async def test_wire_is_twilio_shaped_and_paced() -> None:
     assert report.marks_echoed == 1 and report.unexpected_messages == 1
     echoes = [m for m in messages if m["event"] == "mark"]
     assert echoes and echoes[0]["mark"] == {"name": "m"}
+
+
+async def test_the_report_has_the_servers_close_even_when_the_server_closes_after_a_while() -> None:
+    """After ``stop`` the simulator waits (bounded) for the server's close: a server that takes its time (an
+    engine finishing the call) is reported with its own code and reason, not the simulator's exit."""
+    stopped = trio.Event()
+
+    async def handler(request) -> None:
+        ws = await request.accept()
+        while json.loads(await ws.get_message())["event"] != "stop":
+            pass
+        stopped.set()
+        await trio.sleep(0.3)  # the slow server under test (not synchronisation: the client must wait for it)
+        await ws.aclose(4000, "finished later")
+
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            server = await nursery.start(serve_websocket, handler, "127.0.0.1", 0, None)
+            url = f"ws://127.0.0.1:{server.port}/twilio/media"
+            report = await simulate_call(url, b"\x10" * 320, speed="fast")
+            nursery.cancel_scope.cancel()
+    assert stopped.is_set() and report.error is None
+    assert (report.close_code, report.close_reason) == (4000, "finished later"), report.summary()
 
 
 async def test_unreachable_server_is_reported_not_raised() -> None:
