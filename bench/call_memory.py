@@ -69,8 +69,9 @@ def _census():
             ring = getattr(o, "_ring", None)
             buffers["endpointer_history"] += getattr(ring, "nbytes", 0)
         elif kind in ("BandClassifier", "PitchBandClassifier"):
-            for name in ("_vec", "_spec", "_pow"):
-                buffers["classifier_scratch"] += getattr(getattr(o, name, None), "nbytes", 0)
+            # made when first needed (_buf) since issue 13's second pass; reading _vec there would make them
+            arrays = (o._buf or ()) if hasattr(type(o), "_buffers") else [getattr(o, k, None) for k in ("_vec", "_spec", "_pow")]
+            buffers["classifier_scratch"] += sum(getattr(a, "nbytes", 0) for a in arrays)
     return {"objects": {k: counts.get(k, 0) for k in _KINDS}, "tasks": dict(tasks), "gc_count": list(gc.get_count()),
             "buffers": dict(buffers)}
 def _rss():
@@ -196,7 +197,7 @@ def main() -> int:
         for s in args.settings:
             cmd_engine += ["--set", s]
         engine = c.spawn(cmd_engine, cpu=None, log=work / "engine.log", env=env)
-        c.wait_port(port, engine)
+        c.wait_port(port, engine, timeout=120.0)  # tracemalloc (deep tracebacks) slows the start
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             try:

@@ -221,6 +221,7 @@ class BandClassifier:
 
     __slots__ = (
         "_basis",
+        "_buf",
         "_fall",
         "_floors",
         "_frame",
@@ -233,7 +234,6 @@ class BandClassifier:
         "_nb",
         "_off_ratio",
         "_on_ratio",
-        "_pow",
         "_rescued",
         "_resume",
         "_resume_cap",
@@ -244,8 +244,6 @@ class BandClassifier:
         "_rise_speech",
         "_run",
         "_silence_ratio",
-        "_spec",
-        "_vec",
         "_voiced_hold",
         "_voiced_ratio",
         "_voiced_start",
@@ -279,9 +277,7 @@ class BandClassifier:
         self._basis, self._group = _band_matrices(sample_rate, frame)
         nb = len(self.EDGES_HZ) - 1
         self._nb = nb
-        self._vec = np.ones(frame + 1, dtype=np.float32)
-        self._spec = np.zeros(self._basis.shape[1], dtype=np.float32)
-        self._pow = np.zeros(nb, dtype=np.float32)
+        self._buf: _Buffers | None = None  # the one-frame path's buffers (_buffers), made when first needed
         frames_per_s = 1000.0 / frame_ms
         # As power ratios: a floor rises at most ×rise per frame; speech when the product of
         # the bands' ratios above their floors exceeds on_db (off_db) per band on average.
@@ -315,6 +311,28 @@ class BandClassifier:
     def frame_samples(self) -> int:
         return self._frame
 
+    # The one-frame path's buffers (the frame + a constant 1.0, its spectrum, its bands), made on the first
+    # frame classified alone: a stream whose frames are all classified in batches (the Twilio reactor's
+    # FrameBatch, classify_batch) never needs them (issue 13: 1.3 KiB per call).
+    def _buffers(self) -> _Buffers:
+        buf = self._buf
+        if buf is None:
+            buf = self._buf = (np.ones(self._frame + 1, dtype=np.float32),
+                               np.zeros(self._basis.shape[1], dtype=np.float32), np.zeros(self._nb, dtype=np.float32))
+        return buf
+
+    @property
+    def _vec(self) -> npt.NDArray[np.float32]:
+        return self._buffers()[0]
+
+    @property
+    def _spec(self) -> npt.NDArray[np.float32]:
+        return self._buffers()[1]
+
+    @property
+    def _pow(self) -> npt.NDArray[np.float32]:
+        return self._buffers()[2]
+
     @property
     def noise_floors_db(self) -> list[float] | None:
         """The per-band noise floors (dB), lowest band first; None before the first frame."""
@@ -323,12 +341,11 @@ class BandClassifier:
     def band_ratios(self, frames: Frames) -> list[list[float]]:
         """Per frame, 1 + the mean power per bin of each band (≈ 1 + the variance of white noise)."""
         if frames.shape[0] == 1:
-            vec = self._vec
+            vec, spec, pw = self._buf or self._buffers()
             vec[: self._frame] = frames[0]
-            spec = self._spec
             np.dot(vec, self._basis, out=spec)
             np.multiply(spec, spec, out=spec)
-            return [np.dot(spec, self._group, out=self._pow).tolist()]
+            return [np.dot(spec, self._group, out=pw).tolist()]
         return _band_ratios(self._basis, self._group, frames)
 
     def band_powers(self, frames: Frames) -> list[list[float]]:
@@ -337,12 +354,11 @@ class BandClassifier:
 
     def classify(self, frames: Frames) -> list[bool]:
         if frames.shape[0] == 1:  # the hot path, inlined: one 20 ms frame per Twilio packet
-            vec = self._vec
+            vec, spec, pw = self._buf or self._buffers()
             vec[: self._frame] = frames[0]
-            spec = self._spec
             np.dot(vec, self._basis, out=spec)
             np.multiply(spec, spec, out=spec)
-            ratios = np.dot(spec, self._group, out=self._pow).tolist()
+            ratios = np.dot(spec, self._group, out=pw).tolist()
             return [self.decide(ratios, frames[0] if self._impulse else 0.0)]
         decide = self.decide
         all_ratios = _band_ratios(self._basis, self._group, frames)
@@ -480,6 +496,7 @@ class BandClassifier:
 
 
 _PARAMS: dict[tuple[float, ...], tuple[float, ...]] = {}
+_Buffers = tuple[npt.NDArray[np.float32], npt.NDArray[np.float32], npt.NDArray[np.float32]]
 
 #: Fewer settled rows than this are decided row by row: the vectorised decision costs ~60 µs per call
 #: whatever the rows (about 25 numpy operations), ``decide`` ~3 µs per row; they break even at 24-32 rows

@@ -42,6 +42,8 @@ utterances a noisy line can produce. 0 (default) disables it. It cannot retract 
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import numpy.typing as npt
 
@@ -92,8 +94,8 @@ class Endpointer:
         "_prev_last_speech",
         "_ring",
         "_ring_end",
-        "_ring_in",
         "_ring_filled",
+        "_ring_in",
         "_ring_pos",
         "_run",
         "_silence",
@@ -140,11 +142,11 @@ class Endpointer:
         # as they are and, unlike a bytearray, refuses a slice of another length instead of resizing.
         size = max(max(self._preroll, self._merge) + self._start_frames * frame, 1)
         self._ring: Pcm | npt.NDArray[np.uint8]
-        self._ring_in: Pcm | memoryview
+        self._ring_in: Any  # an int16 array or a memoryview: either takes what the history keeps, sliced
         self._mulaw = mulaw_history
         if mulaw_history:
             self._ring = np.zeros(size, dtype=np.uint8)
-            self._ring_in = memoryview(self._ring)
+            self._ring_in = self._ring.data
         else:
             self._ring = self._ring_in = np.zeros(size, dtype=np.int16)
         self._codes: Codes | None = None  # the μ-law codes of _flat, when they came with it
@@ -426,8 +428,9 @@ class Endpointer:
         if b <= a:
             return _EMPTY.copy()
         idx = np.arange(a - self._ring_end, b - self._ring_end) + self._ring_pos
-        kept = self._ring.take(idx, mode="wrap")
-        return mulaw.DECODE_TABLE.take(kept) if self._mulaw else kept
+        if self._mulaw:
+            return mulaw.DECODE_TABLE.take(self._ring.take(idx, mode="wrap"))
+        return self._ring.take(idx, mode="wrap")  # type: ignore[return-value]
 
     def _forget(self, position: int) -> None:
         """Drop the history: nothing before ``position`` may be used as pre-roll any more."""

@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+import trio
 
 from engine.audio import mulaw
 from engine.config import EndpointingConfig
@@ -122,3 +123,47 @@ def test_codes_of_another_length_are_refused_and_ignored_without_mulaw_history()
     for at in range(0, len(sig), 160):
         events += plain.push(sig[at : at + 160], wrong[at : at + 160])
     assert flatten(events) == flatten(drive(EndpointingConfig(), sig, [160], history="pcm")[: len(events)])
+
+
+def _call_utterances(audio: bytes, *, plain_history: bool, batched: bool) -> list[bytes]:
+    """The utterance audio a Call keeps for STT (pre-roll first) from Twilio-style μ-law frames."""
+    from engine.budgets import Budgets
+    from engine.call import Call
+    from engine.config import BudgetsConfig, Config, RtzrConfig
+    from engine.endpointing import make_classifier
+    from engine.endpointing.batch import FrameBatch
+    from engine.media import AudioReceived, StreamStarted
+    from engine.metrics import Registry
+
+    started = StreamStarted(stream_id="MZ1", call_id="CA1", account_id="AC1", encoding="mulaw", sample_rate=8000,
+                            provider="test")
+    config = Config(rtzr=RtzrConfig(encoding="LINEAR16", sample_rate=8000))
+    call = Call(started, config=config, pool=None, emit=lambda e: None,  # type: ignore[arg-type]
+                metrics=Registry(), budgets=Budgets(BudgetsConfig()))
+    assert call.endpointer.mulaw_history  # Twilio's mono μ-law, not resampled
+    if plain_history:
+        ep = config.endpointing
+        call.endpointer = Endpointer(ep, classifier=make_classifier(ep.classifier, 8000, frame_ms=ep.frame_ms))
+    batch = FrameBatch()
+    if batched:
+        call.attach_batch(batch)
+    for i in range(0, len(audio) - 159, 160):
+        batch.begin()
+        call.on_event(AudioReceived(audio[i : i + 160], i / 8))
+        batch.end()
+    assert not batched or batch.decoded > 0
+    call.on_close("stop")
+    return [u.audio.read(0, u.audio.size) for u in call._open]
+
+
+@pytest.mark.parametrize("batched", [False, True])
+async def test_a_twilio_calls_utterance_audio_is_unchanged(batched: bool) -> None:
+    """engine/call.py gives the endpointer Twilio's payloads as the codes: the utterances it keeps for STT,
+    pre-roll included, are byte for byte those of an int16 history (Call needs Trio's clock, hence async)."""
+    from tests.pipeline.test_pipeline_e2e import phrase_call
+
+    audio, _texts = phrase_call(["diary", "tonight"], gap_ms=1200)
+    with trio.fail_after(20):
+        want = _call_utterances(audio, plain_history=True, batched=batched)
+        assert len(want) >= 2 and sum(len(b) for b in want) > 16000
+        assert _call_utterances(audio, plain_history=False, batched=batched) == want
