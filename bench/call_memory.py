@@ -69,8 +69,8 @@ def _census():
             ring = getattr(o, "_ring", None)
             buffers["endpointer_history"] += getattr(ring, "nbytes", 0)
         elif kind in ("BandClassifier", "PitchBandClassifier"):
-            # made when first needed (_buf) since issue 13's second pass; reading _vec there would make them
-            arrays = (o._buf or ()) if hasattr(type(o), "_buffers") else [getattr(o, k, None) for k in ("_vec", "_spec", "_pow")]
+            # one set per thread since issue 13's second pass (_buffers): nothing per call
+            arrays = () if hasattr(type(o), "_buffers") else [getattr(o, k, None) for k in ("_vec", "_spec", "_pow")]
             buffers["classifier_scratch"] += sum(getattr(a, "nbytes", 0) for a in arrays)
     return {"objects": {k: counts.get(k, 0) for k in _KINDS}, "tasks": dict(tasks), "gc_count": list(gc.get_count()),
             "buffers": dict(buffers)}

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import math
+import threading
 from collections.abc import Sequence
 from typing import Any, ClassVar, Protocol, runtime_checkable
 
@@ -221,7 +222,6 @@ class BandClassifier:
 
     __slots__ = (
         "_basis",
-        "_buf",
         "_fall",
         "_floors",
         "_frame",
@@ -243,6 +243,7 @@ class BandClassifier:
         "_rise_noise",
         "_rise_speech",
         "_run",
+        "_scratch",
         "_silence_ratio",
         "_voiced_hold",
         "_voiced_ratio",
@@ -277,7 +278,7 @@ class BandClassifier:
         self._basis, self._group = _band_matrices(sample_rate, frame)
         nb = len(self.EDGES_HZ) - 1
         self._nb = nb
-        self._buf: _Buffers | None = None  # the one-frame path's buffers (_buffers), made when first needed
+        self._scratch = (frame + 1) << 16 | self._basis.shape[1]  # its one-frame buffers' key (_buffers)
         frames_per_s = 1000.0 / frame_ms
         # As power ratios: a floor rises at most ×rise per frame; speech when the product of
         # the bands' ratios above their floors exceeds on_db (off_db) per band on average.
@@ -311,15 +312,20 @@ class BandClassifier:
     def frame_samples(self) -> int:
         return self._frame
 
-    # The one-frame path's buffers (the frame + a constant 1.0, its spectrum, its bands), made on the first
-    # frame classified alone: a stream whose frames are all classified in batches (the Twilio reactor's
-    # FrameBatch, classify_batch) never needs them (issue 13: 1.3 KiB per call).
+    # The one-frame path's buffers (the frame + a constant 1.0, its spectrum, its bands) are scratch, written
+    # before every read: one set per thread and shape for every bands classifier (_LOCAL), not 1.3 KiB per call
+    # (issue 13; every call's first frames are classified alone, before it joins the reactor's batch).
     def _buffers(self) -> _Buffers:
-        buf = self._buf
-        if buf is None:
-            buf = self._buf = (np.ones(self._frame + 1, dtype=np.float32),
-                               np.zeros(self._basis.shape[1], dtype=np.float32), np.zeros(self._nb, dtype=np.float32))
-        return buf
+        try:
+            return _LOCAL.buffers[self._scratch]  # type: ignore[no-any-return]
+        except AttributeError:
+            _LOCAL.buffers = {}
+        except KeyError:
+            pass
+        made: _Buffers = (np.ones(self._frame + 1, dtype=np.float32), np.zeros(self._basis.shape[1], dtype=np.float32),
+                          np.zeros(self._nb, dtype=np.float32))
+        _LOCAL.buffers[self._scratch] = made
+        return made
 
     @property
     def _vec(self) -> npt.NDArray[np.float32]:
@@ -341,7 +347,7 @@ class BandClassifier:
     def band_ratios(self, frames: Frames) -> list[list[float]]:
         """Per frame, 1 + the mean power per bin of each band (≈ 1 + the variance of white noise)."""
         if frames.shape[0] == 1:
-            vec, spec, pw = self._buf or self._buffers()
+            vec, spec, pw = self._buffers()
             vec[: self._frame] = frames[0]
             np.dot(vec, self._basis, out=spec)
             np.multiply(spec, spec, out=spec)
@@ -354,7 +360,10 @@ class BandClassifier:
 
     def classify(self, frames: Frames) -> list[bool]:
         if frames.shape[0] == 1:  # the hot path, inlined: one 20 ms frame per Twilio packet
-            vec, spec, pw = self._buf or self._buffers()
+            try:
+                vec, spec, pw = _LOCAL.buffers[self._scratch]
+            except (AttributeError, KeyError):
+                vec, spec, pw = self._buffers()
             vec[: self._frame] = frames[0]
             np.dot(vec, self._basis, out=spec)
             np.multiply(spec, spec, out=spec)
@@ -497,6 +506,7 @@ class BandClassifier:
 
 _PARAMS: dict[tuple[float, ...], tuple[float, ...]] = {}
 _Buffers = tuple[npt.NDArray[np.float32], npt.NDArray[np.float32], npt.NDArray[np.float32]]
+_LOCAL = threading.local()  # .buffers: the one-frame scratch by shape; per thread, as np.dot releases the GIL
 
 #: Fewer settled rows than this are decided row by row: the vectorised decision costs ~60 µs per call
 #: whatever the rows (about 25 numpy operations), ``decide`` ~3 µs per row; they break even at 24-32 rows
