@@ -9,6 +9,10 @@ only what is still reachable after a full collection.
 tracemalloc slows the engine ~2-3x, so keep N small enough for it to keep up (30 by default).
 
     .venv/bin/python bench/call_memory.py [--calls 30] [--settle-s 8] [--top 25]
+    .venv/bin/python bench/call_memory.py --rss-only --calls 100 --settle-s 15 --idle-line --tree /work/wt-base
+
+``--idle-line`` plays line noise only (no utterances: the per-call floor, steady run to run); ``--tree`` runs
+the engine of another checkout (its own .venv) under the same probe, for an A/B.
 """
 
 from __future__ import annotations
@@ -172,11 +176,18 @@ def main() -> int:
     p.add_argument("--frames", type=int, default=1,
                    help="traceback depth traced; > 1 also groups by the innermost engine/ line (who allocated "
                         "Trio's tasks, scopes, events...), slower")
+    p.add_argument("--idle-line", action="store_true",
+                   help="play bench/corpus's noise-only calls but babble (hum, pink, white line noise: no speech): the per-call floor without "
+                        "utterance audio or leases, which otherwise move the figure by tens of KiB run to run")
+    p.add_argument("--tree", type=Path, default=None,
+                   help="run the engine from this checkout with its own .venv (an A/B from one script; the "
+                        "load generator and corpus stay this tree's)")
     p.add_argument("--set", dest="settings", action="append", default=[], metavar="KEY=VALUE")
     args = p.parse_args()
     n = args.calls
     work = Path(tempfile.mkdtemp(prefix="sori-memprobe-"))
-    corpus = c.load_corpus()
+    audio = ([str(w) for w in sorted(c.CORPUS_DIR.glob("noiseonly_*.wav")) if "babble" not in w.name] if args.idle_line
+             else [str(k.wav) for k in c.load_corpus()])
     emu_port, port, admin = c.free_port(), c.free_port(), c.free_port()
     emulator = c.start_emulator(emu_port, max_sessions=n + 50, log=work / "emu.log", cpu=None, cheap=True)
     engine = gen = None
@@ -187,7 +198,9 @@ def main() -> int:
         probe.write_text(_PROBE)
         orig = c.PY
         # start_engine runs `python -m engine`; run the same command through the probe instead.
-        cmd_engine = [orig, str(probe), "serve", "--stt", "rtzr", "--allow-unsigned", "--port", str(port),
+        tree = args.tree.resolve() if args.tree else c.ROOT
+        engine_py = str(tree / ".venv" / "bin" / "python") if args.tree else orig
+        cmd_engine = [engine_py, str(probe), "serve", "--stt", "rtzr", "--allow-unsigned", "--port", str(port),
                       "--admin-port", str(admin), "--log-level", "warning",
                       "--set", f"rtzr.api_base=http://127.0.0.1:{emu_port}",
                       "--set", f"rtzr.ws_url=ws://127.0.0.1:{emu_port}/v1/transcribe:streaming",
@@ -196,7 +209,7 @@ def main() -> int:
                       "--set", f"rtzr.pool.max_sessions={n + 20}", "--set", "rtzr.pool.spare=20"]
         for s in args.settings:
             cmd_engine += ["--set", s]
-        engine = c.spawn(cmd_engine, cpu=None, log=work / "engine.log", env=env)
+        engine = c.spawn(cmd_engine, cpu=None, log=work / "engine.log", env=env, root=tree)
         c.wait_port(port, engine, timeout=120.0)  # tracemalloc (deep tracebacks) slows the start
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
@@ -211,7 +224,7 @@ def main() -> int:
         progress = work / "progress.jsonl"
         gen = c.spawn([orig, str(c.ROOT / "bench" / "loadgen.py"), f"ws://127.0.0.1:{port}/twilio/media",
                        "--calls", str(n), "--stagger-ms", "20", "--repeat", "3", "--progress", str(progress),
-                       "--out", str(work / "load.json"), "--audio", *[str(k.wav) for k in corpus]],
+                       "--out", str(work / "load.json"), "--audio", *audio],
                       cpu=None, log=work / "load.log")
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline and not (progress.exists() and "all_live" in progress.read_text()):
@@ -222,6 +235,8 @@ def main() -> int:
               f"({rss_idle / 2**20:.1f} → {rss_live / 2**20:.1f} MiB)")
         live_info, live, live_collected = snapshot(engine.pid, work, 2)
         print_census(idle_info, live_info, n)
+        # Steadier than RSS for an A/B: the heap malloc keeps free at the reading moment moves RSS by ±5 KiB a call.
+        print(f"RSS per call after malloc_trim(0): +{(live_info['rss_after_trim'] - rss_idle) / n / 1024:.1f} KiB")
         if live is None or idle is None or live_collected is None or idle_collected is None:
             return 0
         diff = live.compare_to(idle, "filename")
