@@ -297,8 +297,10 @@ class BandClassifier:
         self._resume_frames = max(0, -(-resume_ms // frame_ms))
         self._resume = 0  # frames of the resume window still to come (0: not resuming)
         self._resume_cap: float = 10.0 ** (resume_max_db / 10.0)  # the most a floor is lifted on unmute
-        self._resume_min: list[float] = []  # per band, the quietest level since the line came back
-        self._resume_top: list[float] = []  # per band, the highest the floor may be lifted to
+        # Per band, the quietest level since the line came back, and the highest the floor may be lifted to:
+        # lists during the resume window only, () outside it (issue 13: not two lists per call for its life).
+        self._resume_min: Sequence[float] = ()
+        self._resume_top: Sequence[float] = ()
         # Clicks: (peak-to-peak)² above impulse_ratio² × the in-band power per sample (0: off).
         self._impulse: float = impulse_ratio * impulse_ratio if impulse_ratio > 0 else 0.0
         # Periodic frames (``bands-pitch``, engine/endpointing/pitch.py): speech above this product (∞: off).
@@ -439,7 +441,7 @@ class BandClassifier:
             # the noise set stay; the frames that bring the line back re-learn them (below).
             self._run = 0
             self._resume = self._resume_frames + 1 if self._resume_frames else 0
-            self._resume_min = []
+            self._resume_min = ()
             return False
         elif self._resume:
             # Unmute: the noise that comes back after hold/mute may be louder than the floors
@@ -466,6 +468,8 @@ class BandClassifier:
                 fl if fl > lo else (lo if lo < top else top)
                 for fl, lo, top in zip(floors, low, self._resume_top, strict=True)
             ]
+            if resume == 1:  # the window's last frame: nothing reads them until the next digital silence
+                self._resume_min = self._resume_top = ()
         assert floors is not None
         product = 1.0
         for p, fl in zip(ratios, floors, strict=True):

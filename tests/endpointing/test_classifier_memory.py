@@ -50,3 +50,19 @@ def test_each_thread_has_its_own_scratch() -> None:
     t.start()
     t.join(10)
     assert theirs and theirs[0] is not mine and c._buffers() is mine
+
+
+def test_the_unmute_window_keeps_no_lists_after_it() -> None:
+    """bands-unmute/-click: the per-band lists of the resume window exist only during it."""
+    c = make_classifier("bands-click", 8000)
+    assert isinstance(c, BandClassifier)
+    line = noise(8000, 60.0, seed=4)
+    sig = concat(line, np.zeros(4000, np.int16), noise(8000, 60.0, seed=5))
+    frames = sig.reshape(-1, 160)
+    seen_window = False
+    for row in frames:
+        c.classify(row[None])
+        if c._resume_min:
+            seen_window = True
+    assert seen_window  # the window did run (its lists were filled) ...
+    assert c._resume_min == () and c._resume_top == ()  # ... and left nothing behind
