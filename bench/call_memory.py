@@ -9,6 +9,10 @@ only what is still reachable after a full collection.
 tracemalloc slows the engine ~2-3x, so keep N small enough for it to keep up (30 by default).
 
     .venv/bin/python bench/call_memory.py [--calls 30] [--settle-s 8] [--top 25]
+    .venv/bin/python bench/call_memory.py --rss-only --calls 100 --settle-s 15 --idle-line --tree /work/wt-base
+
+``--idle-line`` plays line noise only (no utterances: the per-call floor, steady run to run); ``--tree`` runs
+the engine of another checkout (its own .venv) under the same probe, for an A/B.
 """
 
 from __future__ import annotations
@@ -58,7 +62,22 @@ def _census():
         walk(trio.lowlevel.current_root_task())
     except Exception as exc:
         tasks[f"error: {exc!r}"] += 1
-    return {"objects": {k: counts.get(k, 0) for k in _KINDS}, "tasks": dict(tasks), "gc_count": list(gc.get_count())}
+    # Buffers by owner (bytes of data, not headers): utterance audio held for replay, the endpointers' idle
+    # history (pre-roll ring), the classifiers' scratch.
+    buffers = collections.Counter()
+    for o in gc.get_objects():
+        kind = type(o).__name__
+        if kind == "UtteranceAudio":
+            buffers["utterance_audio"] += getattr(o, "held_bytes", 0)
+        elif kind == "Endpointer":
+            ring = getattr(o, "_ring", None)
+            buffers["endpointer_history"] += getattr(ring, "nbytes", 0)
+        elif kind in ("BandClassifier", "PitchBandClassifier"):
+            # one set per thread since issue 13's second pass (_buffers): nothing per call
+            arrays = () if hasattr(type(o), "_buffers") else [getattr(o, k, None) for k in ("_vec", "_spec", "_pow")]
+            buffers["classifier_scratch"] += sum(getattr(a, "nbytes", 0) for a in arrays)
+    return {"objects": {k: counts.get(k, 0) for k in _KINDS}, "tasks": dict(tasks), "gc_count": list(gc.get_count()),
+            "buffers": dict(buffers)}
 def _rss():
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
@@ -71,6 +90,13 @@ def _dump(signum, frame):
             pickle.dump(tracemalloc.take_snapshot(), f)
     info["garbage_objects"] = gc.collect()  # cyclic garbage the GC policy had not collected yet
     info["rss_after_collect"] = _rss()
+    info["rss_after_trim"] = info["rss_after_collect"]
+    # Heap that malloc keeps free but resident (a measurement: the engine never trims). Live snapshot only:
+    # pages returned at idle would be touched again and counted against the calls.
+    if _n[0] > 1:
+        import ctypes
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+        info["rss_after_trim"] = _rss()
     if tracemalloc.is_tracing():
         with open(base + ".collected.pickle", "wb") as f:
             pickle.dump(tracemalloc.take_snapshot(), f)
@@ -117,6 +143,28 @@ def print_census(idle: dict[str, Any], live: dict[str, Any], n: int) -> None:
     print(f"  uncollected cyclic garbage: {live['garbage_objects'] / n:.0f} objects per call "
           f"(gc counts {live['gc_count']}); RSS {live['rss'] / 2**20:.1f} → {live['rss_after_collect'] / 2**20:.1f} "
           "MiB after a full collection")
+    trim = live.get("rss_after_trim", live["rss_after_collect"]) - live["rss_after_collect"]
+    print(f"  malloc_trim(0) then returns {-trim / n / 1024:.1f} KiB per call to the system (heap kept free by malloc)")
+    buffers = {k: live.get("buffers", {}).get(k, 0) - idle.get("buffers", {}).get(k, 0)
+               for k in {*live.get("buffers", {}), *idle.get("buffers", {})}}
+    print("  buffers per call (data bytes): " + ", ".join(f"{k} {v / n / 1024:.1f} KiB" for k, v in sorted(buffers.items())))
+    waiting = sum(v for k, v in live["tasks"].items() if k.startswith("Call._transcribe > _AsyncGeneratorContextManager"))
+    if waiting > n / 10:
+        print(f"  WARNING: {waiting / n:.2f} utterances per call wait for an RTZR socket (pool or emulator not keeping"
+              " up on this machine): their audio inflates the figures")
+
+
+def by_engine_line(diffs: list[tracemalloc.StatisticDiff]) -> list[tuple[str, int, int]]:
+    """Differences grouped by the innermost frame in the engine's own code (else the innermost frame), largest first."""
+    sizes: dict[str, list[int]] = {}
+    for d in diffs:
+        frames = list(reversed(d.traceback))  # a Traceback runs oldest first
+        frame = next((f for f in frames if "/engine/" in f.filename), frames[0])
+        key = f"{frame.filename.split('/engine/')[-1]}:{frame.lineno}"
+        entry = sizes.setdefault(key, [0, 0])
+        entry[0] += d.size_diff
+        entry[1] += d.count_diff
+    return sorted(((k, v[0], v[1]) for k, v in sizes.items()), key=lambda t: -t[1])
 
 
 def main() -> int:
@@ -125,21 +173,34 @@ def main() -> int:
     p.add_argument("--settle-s", type=float, default=8.0)
     p.add_argument("--top", type=int, default=25)
     p.add_argument("--rss-only", action="store_true", help="no tracemalloc: RSS per call only (an A/B across trees)")
+    p.add_argument("--frames", type=int, default=1,
+                   help="traceback depth traced; > 1 also groups by the innermost engine/ line (who allocated "
+                        "Trio's tasks, scopes, events...), slower")
+    p.add_argument("--idle-line", action="store_true",
+                   help="play bench/corpus's noise-only calls but babble (hum, pink, white line noise: no speech): the per-call floor without "
+                        "utterance audio or leases, which otherwise move the figure by tens of KiB run to run")
+    p.add_argument("--tree", type=Path, default=None,
+                   help="run the engine from this checkout with its own .venv (an A/B from one script; the "
+                        "load generator and corpus stay this tree's)")
     p.add_argument("--set", dest="settings", action="append", default=[], metavar="KEY=VALUE")
     args = p.parse_args()
     n = args.calls
     work = Path(tempfile.mkdtemp(prefix="sori-memprobe-"))
-    corpus = c.load_corpus()
+    audio = ([str(w) for w in sorted(c.CORPUS_DIR.glob("noiseonly_*.wav")) if "babble" not in w.name] if args.idle_line
+             else [str(k.wav) for k in c.load_corpus()])
     emu_port, port, admin = c.free_port(), c.free_port(), c.free_port()
     emulator = c.start_emulator(emu_port, max_sessions=n + 50, log=work / "emu.log", cpu=None, cheap=True)
     engine = gen = None
     try:
-        env = {"SORI_MEMPROBE_DIR": str(work), **({"SORI_MEMPROBE_RSS_ONLY": "1"} if args.rss_only else {})}
+        env = {"SORI_MEMPROBE_DIR": str(work), "SORI_MEMPROBE_FRAMES": str(max(1, args.frames)),
+               **({"SORI_MEMPROBE_RSS_ONLY": "1"} if args.rss_only else {})}
         probe = work / "probe.py"
         probe.write_text(_PROBE)
         orig = c.PY
         # start_engine runs `python -m engine`; run the same command through the probe instead.
-        cmd_engine = [orig, str(probe), "serve", "--stt", "rtzr", "--allow-unsigned", "--port", str(port),
+        tree = args.tree.resolve() if args.tree else c.ROOT
+        engine_py = str(tree / ".venv" / "bin" / "python") if args.tree else orig
+        cmd_engine = [engine_py, str(probe), "serve", "--stt", "rtzr", "--allow-unsigned", "--port", str(port),
                       "--admin-port", str(admin), "--log-level", "warning",
                       "--set", f"rtzr.api_base=http://127.0.0.1:{emu_port}",
                       "--set", f"rtzr.ws_url=ws://127.0.0.1:{emu_port}/v1/transcribe:streaming",
@@ -148,8 +209,8 @@ def main() -> int:
                       "--set", f"rtzr.pool.max_sessions={n + 20}", "--set", "rtzr.pool.spare=20"]
         for s in args.settings:
             cmd_engine += ["--set", s]
-        engine = c.spawn(cmd_engine, cpu=None, log=work / "engine.log", env=env)
-        c.wait_port(port, engine)
+        engine = c.spawn(cmd_engine, cpu=None, log=work / "engine.log", env=env, root=tree)
+        c.wait_port(port, engine, timeout=120.0)  # tracemalloc (deep tracebacks) slows the start
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             try:
@@ -163,7 +224,7 @@ def main() -> int:
         progress = work / "progress.jsonl"
         gen = c.spawn([orig, str(c.ROOT / "bench" / "loadgen.py"), f"ws://127.0.0.1:{port}/twilio/media",
                        "--calls", str(n), "--stagger-ms", "20", "--repeat", "3", "--progress", str(progress),
-                       "--out", str(work / "load.json"), "--audio", *[str(k.wav) for k in corpus]],
+                       "--out", str(work / "load.json"), "--audio", *audio],
                       cpu=None, log=work / "load.log")
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline and not (progress.exists() and "all_live" in progress.read_text()):
@@ -174,6 +235,8 @@ def main() -> int:
               f"({rss_idle / 2**20:.1f} → {rss_live / 2**20:.1f} MiB)")
         live_info, live, live_collected = snapshot(engine.pid, work, 2)
         print_census(idle_info, live_info, n)
+        # Steadier than RSS for an A/B: the heap malloc keeps free at the reading moment moves RSS by ±5 KiB a call.
+        print(f"RSS per call after malloc_trim(0): +{(live_info['rss_after_trim'] - rss_idle) / n / 1024:.1f} KiB")
         if live is None or idle is None or live_collected is None or idle_collected is None:
             return 0
         diff = live.compare_to(idle, "filename")
@@ -189,6 +252,11 @@ def main() -> int:
         for d in live_collected.compare_to(idle_collected, "lineno")[:args.top]:
             frame = d.traceback[0]
             print(f"{d.size_diff / n / 1024:9.1f} {d.count_diff / n:11.1f}  {frame.filename}:{frame.lineno}")
+        if args.frames > 1:
+            print()
+            print(f"{'KiB/call':>9} {'blocks/call':>11}  innermost engine/ line of the traceback (reachable only)")
+            for (where, size, count) in by_engine_line(live_collected.compare_to(idle_collected, "traceback"))[:args.top]:
+                print(f"{size / n / 1024:9.1f} {count / n:11.1f}  {where}")
     finally:
         for proc in (gen, engine, emulator):
             if proc is not None and proc.poll() is None:

@@ -138,7 +138,8 @@ class Call:
         self._carry = b""  # an L16 sample (or a multi-channel frame) split across chunks
         self._bytes_per_frame = max(1, int(started.bytes_per_ms * FRAME_MS))
         clf = make_classifier(ep_cfg.classifier, self.ep_rate, frame_ms=ep_cfg.frame_ms)
-        self.endpointer = Endpointer(ep_cfg, classifier=clf)
+        # Every sample the endpointer gets is a decoded μ-law code: its pre-roll history keeps the codes (issue 13).
+        self.endpointer = Endpointer(ep_cfg, classifier=clf, mulaw_history=mono_mulaw and self.to_endpointer.identity)
         # Batched classification (attach_batch): frames_ready's frames, waiting for the batch's decisions.
         self.batch_payload: bytes | None = None  # μ-law for the batch to decode (mono μ-law, no resampling)
         self.batch_frames: np.ndarray[Any, np.dtype[np.int16]] | None = None
@@ -231,7 +232,7 @@ class Call:
                 return
             self._after_endpoint([])
             return
-        self._after_endpoint(self.endpointer.push(pcm))
+        self._after_endpoint(self.endpointer.push(pcm, media.payload if self._batch_decode else None))
 
     def _after_endpoint(self, events: list[Any]) -> None:
         self._handle(events)
@@ -255,8 +256,8 @@ class Call:
         return self.endpointer.classifier
 
     def batch_audio(self, pcm: np.ndarray[Any, np.dtype[np.int16]]) -> None:
-        self.batch_payload = None
-        ready = self.endpointer.frames_ready(pcm)  # a copy: pcm is a slice of the whole wake-up's audio
+        payload, self.batch_payload = self.batch_payload, None  # pcm's μ-law codes, for the endpointer's history
+        ready = self.endpointer.frames_ready(pcm, payload)  # a copy: pcm is a slice of the whole wake-up's audio
         if ready is None:
             self._after_endpoint([])
         else:

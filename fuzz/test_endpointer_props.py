@@ -224,3 +224,29 @@ def test_bursts_shorter_than_start_ms_never_start(
     r = run(cfg, sig, [frame])
     assert r.events == [], f"a {length}-sample burst (< start_ms) started speech"
     assert limits(cfg, rate, frame)[0] * frame >= start_ms * rate // 1000
+
+
+@given(data=st.data(), give_codes=st.sampled_from(["all", "none", "some"]))
+def test_mulaw_history_is_the_int16_history(data: st.DataObject, give_codes: str) -> None:
+    """Issue 13: on μ-law-representable input, the μ-law history (codes given, withheld, or for some chunks
+    only) gives every event of the int16 history, pre-roll samples byte for byte, in any chunking."""
+    from engine.audio import mulaw
+    from engine.endpointing import Endpointer
+
+    cfg, rate = data.draw(configs())
+    codes = mulaw.encode(data.draw(signals(rate, max_ms=3000)))
+    sig = mulaw.decode(codes)
+    chunks = data.draw(chunkings)
+    outs = []
+    for history in (False, True):
+        ep = Endpointer(cfg, sample_rate=rate, mulaw_history=history)
+        events, pos, i = [], 0, 0
+        while pos < len(sig):
+            n = max(1, chunks[i % len(chunks)])
+            given_codes = give_codes == "all" or (give_codes == "some" and i % 2 == 0)
+            events += ep.push(sig[pos : pos + n], codes[pos : pos + n] if given_codes else None)
+            pos += n
+            i += 1
+        events += ep.end()
+        outs.append([key(e) for e in events])  # pre-roll and audio as bytes
+    assert outs[0] == outs[1]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import math
+import threading
 from collections.abc import Sequence
 from typing import Any, ClassVar, Protocol, runtime_checkable
 
@@ -233,7 +234,6 @@ class BandClassifier:
         "_nb",
         "_off_ratio",
         "_on_ratio",
-        "_pow",
         "_rescued",
         "_resume",
         "_resume_cap",
@@ -243,9 +243,8 @@ class BandClassifier:
         "_rise_noise",
         "_rise_speech",
         "_run",
+        "_scratch",
         "_silence_ratio",
-        "_spec",
-        "_vec",
         "_voiced_hold",
         "_voiced_ratio",
         "_voiced_start",
@@ -279,9 +278,7 @@ class BandClassifier:
         self._basis, self._group = _band_matrices(sample_rate, frame)
         nb = len(self.EDGES_HZ) - 1
         self._nb = nb
-        self._vec = np.ones(frame + 1, dtype=np.float32)
-        self._spec = np.zeros(self._basis.shape[1], dtype=np.float32)
-        self._pow = np.zeros(nb, dtype=np.float32)
+        self._scratch = (frame + 1) << 16 | self._basis.shape[1]  # its one-frame buffers' key (_buffers)
         frames_per_s = 1000.0 / frame_ms
         # As power ratios: a floor rises at most ×rise per frame; speech when the product of
         # the bands' ratios above their floors exceeds on_db (off_db) per band on average.
@@ -300,8 +297,10 @@ class BandClassifier:
         self._resume_frames = max(0, -(-resume_ms // frame_ms))
         self._resume = 0  # frames of the resume window still to come (0: not resuming)
         self._resume_cap: float = 10.0 ** (resume_max_db / 10.0)  # the most a floor is lifted on unmute
-        self._resume_min: list[float] = []  # per band, the quietest level since the line came back
-        self._resume_top: list[float] = []  # per band, the highest the floor may be lifted to
+        # Per band, the quietest level since the line came back, and the highest the floor may be lifted to:
+        # lists during the resume window only, () outside it (issue 13: not two lists per call for its life).
+        self._resume_min: Sequence[float] = ()
+        self._resume_top: Sequence[float] = ()
         # Clicks: (peak-to-peak)² above impulse_ratio² × the in-band power per sample (0: off).
         self._impulse: float = impulse_ratio * impulse_ratio if impulse_ratio > 0 else 0.0
         # Periodic frames (``bands-pitch``, engine/endpointing/pitch.py): speech above this product (∞: off).
@@ -315,6 +314,33 @@ class BandClassifier:
     def frame_samples(self) -> int:
         return self._frame
 
+    # The one-frame path's buffers (the frame + a constant 1.0, its spectrum, its bands) are scratch, written
+    # before every read: one set per thread and shape for every bands classifier (_LOCAL), not 1.3 KiB per call
+    # (issue 13; every call's first frames are classified alone, before it joins the reactor's batch).
+    def _buffers(self) -> _Buffers:
+        try:
+            return _LOCAL.buffers[self._scratch]  # type: ignore[no-any-return]
+        except AttributeError:
+            _LOCAL.buffers = {}
+        except KeyError:
+            pass
+        made: _Buffers = (np.ones(self._frame + 1, dtype=np.float32), np.zeros(self._basis.shape[1], dtype=np.float32),
+                          np.zeros(self._nb, dtype=np.float32))
+        _LOCAL.buffers[self._scratch] = made
+        return made
+
+    @property
+    def _vec(self) -> npt.NDArray[np.float32]:
+        return self._buffers()[0]
+
+    @property
+    def _spec(self) -> npt.NDArray[np.float32]:
+        return self._buffers()[1]
+
+    @property
+    def _pow(self) -> npt.NDArray[np.float32]:
+        return self._buffers()[2]
+
     @property
     def noise_floors_db(self) -> list[float] | None:
         """The per-band noise floors (dB), lowest band first; None before the first frame."""
@@ -323,12 +349,11 @@ class BandClassifier:
     def band_ratios(self, frames: Frames) -> list[list[float]]:
         """Per frame, 1 + the mean power per bin of each band (≈ 1 + the variance of white noise)."""
         if frames.shape[0] == 1:
-            vec = self._vec
+            vec, spec, pw = self._buffers()
             vec[: self._frame] = frames[0]
-            spec = self._spec
             np.dot(vec, self._basis, out=spec)
             np.multiply(spec, spec, out=spec)
-            return [np.dot(spec, self._group, out=self._pow).tolist()]
+            return [np.dot(spec, self._group, out=pw).tolist()]
         return _band_ratios(self._basis, self._group, frames)
 
     def band_powers(self, frames: Frames) -> list[list[float]]:
@@ -337,12 +362,14 @@ class BandClassifier:
 
     def classify(self, frames: Frames) -> list[bool]:
         if frames.shape[0] == 1:  # the hot path, inlined: one 20 ms frame per Twilio packet
-            vec = self._vec
+            try:
+                vec, spec, pw = _LOCAL.buffers[self._scratch]
+            except (AttributeError, KeyError):
+                vec, spec, pw = self._buffers()
             vec[: self._frame] = frames[0]
-            spec = self._spec
             np.dot(vec, self._basis, out=spec)
             np.multiply(spec, spec, out=spec)
-            ratios = np.dot(spec, self._group, out=self._pow).tolist()
+            ratios = np.dot(spec, self._group, out=pw).tolist()
             return [self.decide(ratios, frames[0] if self._impulse else 0.0)]
         decide = self.decide
         all_ratios = _band_ratios(self._basis, self._group, frames)
@@ -414,7 +441,7 @@ class BandClassifier:
             # the noise set stay; the frames that bring the line back re-learn them (below).
             self._run = 0
             self._resume = self._resume_frames + 1 if self._resume_frames else 0
-            self._resume_min = []
+            self._resume_min = ()
             return False
         elif self._resume:
             # Unmute: the noise that comes back after hold/mute may be louder than the floors
@@ -441,6 +468,8 @@ class BandClassifier:
                 fl if fl > lo else (lo if lo < top else top)
                 for fl, lo, top in zip(floors, low, self._resume_top, strict=True)
             ]
+            if resume == 1:  # the window's last frame: nothing reads them until the next digital silence
+                self._resume_min = self._resume_top = ()
         assert floors is not None
         product = 1.0
         for p, fl in zip(ratios, floors, strict=True):
@@ -480,6 +509,8 @@ class BandClassifier:
 
 
 _PARAMS: dict[tuple[float, ...], tuple[float, ...]] = {}
+_Buffers = tuple[npt.NDArray[np.float32], npt.NDArray[np.float32], npt.NDArray[np.float32]]
+_LOCAL = threading.local()  # .buffers: the one-frame scratch by shape; per thread, as np.dot releases the GIL
 
 #: Fewer settled rows than this are decided row by row: the vectorised decision costs ~60 µs per call
 #: whatever the rows (about 25 numpy operations), ``decide`` ~3 µs per row; they break even at 24-32 rows

@@ -25,6 +25,14 @@ final is already on the way); the turn layer joins the two. ``merge_ms = 0`` dis
 :attr:`Endpointer.continuation_possible` says whether a continuation of the last utterance can
 still be confirmed, so the turn layer knows when a pause can no longer be one.
 
+History as μ-law (``mulaw_history``, issue 13): when every sample pushed is a decoded μ-law code
+(Twilio's audio, not resampled), the idle history behind the pre-roll keeps the codes, 1 byte per
+sample instead of 2 (5.3 KiB less per call at the defaults), and decodes them when an utterance starts.
+The caller hands the codes with the PCM (``codes``): one 160-byte copy into the ring per idle frame,
+no more work than copying the int16 frame. It is lossless: the pre-roll is the very samples pushed,
+since they are the codes' decodes; where no codes come along (a chunk cut across frames), the PCM is
+re-encoded, also lossless, as ``decode(encode(decode(c))) == decode(c)`` for all 256 codes.
+
 ``min_utterance_ms``: an utterance is never ended by silence before it is this long
 (``end - start``); a shorter one keeps its hangover running until then. It keeps short
 replies ("네") from being finalised before a continuation, and caps how many tiny
@@ -34,15 +42,19 @@ utterances a noisy line can produce. 0 (default) disables it. It cannot retract 
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import numpy.typing as npt
 
+from engine.audio import mulaw
 from engine.config import EndpointingConfig
 
 from .classifiers import FrameClassifier, Frames, make_classifier
 from .events import EndpointEvent, EndReason, SpeechAudio, SpeechEnded, SpeechStarted
 
 Pcm = npt.NDArray[np.int16]
+Codes = bytes | bytearray | memoryview | npt.NDArray[np.uint8]
 _EMPTY = np.zeros(0, dtype=np.int16)
 
 
@@ -54,12 +66,18 @@ def _ceil_div(a: int, b: int) -> int:
     return -(-a // b)
 
 
+def _encode(pcm: Pcm) -> npt.NDArray[np.uint8]:
+    """μ-law codes of int16 PCM, as an array (the history's fallback when no codes came with a chunk)."""
+    return mulaw.ENCODE_TABLE.take(pcm.view(np.uint16))
+
+
 class Endpointer:
     """Per-call speech start/end detector; see the module docstring for the rules."""
 
     __slots__ = (
         "_classifier",
         "_closed",
+        "_codes",
         "_end_frames",
         "_flat",
         "_frame",
@@ -70,12 +88,14 @@ class Endpointer:
         "_max_frames",
         "_merge",
         "_min_samples",
+        "_mulaw",
         "_pending",
         "_preroll",
         "_prev_last_speech",
         "_ring",
         "_ring_end",
         "_ring_filled",
+        "_ring_in",
         "_ring_pos",
         "_run",
         "_silence",
@@ -91,6 +111,7 @@ class Endpointer:
         *,
         sample_rate: int | None = None,
         classifier: FrameClassifier | None = None,
+        mulaw_history: bool = False,
     ) -> None:
         rate = config.sample_rate if sample_rate is None else sample_rate
         if rate <= 0:
@@ -116,9 +137,19 @@ class Endpointer:
         self._min_samples = samples(config.min_utterance_ms)
         self._merge = samples(config.merge_ms)
         # History of idle audio (pre-roll, or a continuation's whole gap, + a confirming run), ending at
-        # the current frame base.
-        history = max(self._preroll, self._merge) + self._start_frames * frame
-        self._ring: Pcm = np.zeros(max(history, 1), dtype=np.int16)
+        # the current frame base: int16 samples, or their μ-law codes (``mulaw_history``). Written through
+        # _ring_in: the array itself, or a memoryview of the codes' array, which takes the caller's bytes
+        # as they are and, unlike a bytearray, refuses a slice of another length instead of resizing.
+        size = max(max(self._preroll, self._merge) + self._start_frames * frame, 1)
+        self._ring: Pcm | npt.NDArray[np.uint8]
+        self._ring_in: Any  # an int16 array or a memoryview: either takes what the history keeps, sliced
+        self._mulaw = mulaw_history
+        if mulaw_history:
+            self._ring = np.zeros(size, dtype=np.uint8)
+            self._ring_in = self._ring.data
+        else:
+            self._ring = self._ring_in = np.zeros(size, dtype=np.int16)
+        self._codes: Codes | None = None  # the μ-law codes of _flat, when they came with it
         self._ring_pos = 0
         self._ring_filled = 0
         self._ring_end = 0
@@ -162,13 +193,24 @@ class Endpointer:
         return self._classifier
 
     @property
+    def mulaw_history(self) -> bool:
+        """The idle history keeps μ-law codes (every sample pushed must be a decoded μ-law code)."""
+        return self._mulaw
+
+    @property
+    def history_bytes(self) -> int:
+        """Bytes the idle history (pre-roll ring) holds for its whole life (tests, bench/call_memory.py)."""
+        return int(self._ring.nbytes)
+
+    @property
     def awaiting_decisions(self) -> bool:
         """True between :meth:`frames_ready` returning frames and :meth:`push_decided`."""
         return self._flat is not None
 
-    def push(self, pcm: Pcm) -> list[EndpointEvent]:
-        """Consume the next chunk of audio (any length); return the events it completes."""
-        frames = self.frames_ready(pcm)
+    def push(self, pcm: Pcm, codes: Codes | None = None) -> list[EndpointEvent]:
+        """Consume the next chunk of audio (any length); return the events it completes. ``codes``: the
+        μ-law codes ``pcm`` was decoded from, with ``mulaw_history`` (optional: see :meth:`frames_ready`)."""
+        frames = self.frames_ready(pcm, codes)
         if frames is None:
             return []
         return self.push_decided(self._classifier.classify(frames))
@@ -179,9 +221,13 @@ class Endpointer:
     # (``classifier``, alone or batched with other streams'), then ``push_decided`` runs the state machine.
     # ``push`` is exactly the two with ``classifier.classify`` between them.
 
-    def frames_ready(self, pcm: Pcm) -> Frames | None:
+    def frames_ready(self, pcm: Pcm, codes: Codes | None = None) -> Frames | None:
         """Consume the next chunk (any length); the whole frames it completes, shape ``(n, frame_samples)``,
-        to be classified and given to :meth:`push_decided`, or None (no whole frame yet: nothing to decide)."""
+        to be classified and given to :meth:`push_decided`, or None (no whole frame yet: nothing to decide).
+
+        ``codes`` (with ``mulaw_history``; ignored without): the μ-law codes ``pcm`` was decoded from, one per
+        sample, kept in the history as they are; without them the history encodes ``pcm`` (lossless for
+        decoded μ-law, a little dearer)."""
         if self._closed:
             raise EndpointerError("push() after end()")
         if self._flat is not None:
@@ -191,12 +237,16 @@ class Endpointer:
         n = pcm.shape[0]
         if n == 0:
             return None
+        if codes is not None and len(codes) != n:
+            raise EndpointerError(f"push() got {len(codes)} μ-law codes for {n} samples")
         self.position += n
         frame = self._frame
         pending = self._pending
         if n == frame and not pending.shape[0]:  # the hot path: one whole packet, nothing pending
+            self._codes = codes if self._mulaw else None
             flat = self._flat = pcm.copy()
             return flat[None]
+        self._codes = None  # not aligned with the frames any more: the history encodes them if it needs to
         # A copy either way: events and the pending tail must not alias the caller's buffer.
         data = np.concatenate((pending, pcm)) if pending.shape[0] else pcm.copy()
         nf = data.shape[0] // frame
@@ -221,6 +271,9 @@ class Endpointer:
         if len(decisions) != nf:  # the frames still wait for their decisions
             raise EndpointerError(f"push_decided() expects {nf} decisions, got {len(decisions)}")
         self._flat = None
+        codes = self._codes
+        if codes is not None:
+            self._codes = None
         if not self._in_speech:
             if not any(decisions):
                 # The common case, every idle frame on a quiet line: nothing can happen.
@@ -230,13 +283,18 @@ class Endpointer:
                 pos = self._ring_pos
                 stop = pos + nf * self._frame
                 if stop < ring.shape[0]:  # inlined _remember, the case with no wrap
-                    ring[pos:stop] = flat
+                    if codes is not None:
+                        self._ring_in[pos:stop] = codes
+                    elif not self._mulaw:
+                        ring[pos:stop] = flat
+                    else:
+                        ring[pos:stop] = _encode(flat)
                     self._ring_pos = stop
                     self._ring_end += stop - pos
                     filled = self._ring_filled + stop - pos
                     self._ring_filled = filled if filled < ring.shape[0] else ring.shape[0]
                 else:
-                    self._remember(flat)
+                    self._remember(self._history(flat, codes))
                 return []
         elif nf == 1:
             # The other common case, one frame of an utterance under way: _step's loop for that one frame.
@@ -255,7 +313,13 @@ class Endpointer:
             if end >= self._max_end:
                 return self._end(audio, end, "max_length")
             return [audio]
-        return self._step(flat, decisions)
+        return self._step(flat, decisions, codes)
+
+    def _history(self, flat: Pcm, codes: Codes | None) -> Pcm | Codes:
+        """What the history keeps of ``flat``: the samples, or their μ-law codes (given, else encoded)."""
+        if not self._mulaw:
+            return flat
+        return _encode(flat) if codes is None else codes
 
     def _end(self, audio: SpeechAudio, end: int, reason: EndReason) -> list[EndpointEvent]:
         """_step's end of an utterance on its last frame (``audio``), for push_decided's one-frame path."""
@@ -265,9 +329,10 @@ class Endpointer:
         self._forget(end)
         return [audio, SpeechEnded(end, reason, self._last_speech_end)]
 
-    def _step(self, flat: Pcm, decisions: list[bool]) -> list[EndpointEvent]:
-        """Run the state machine over whole frames ``flat`` (decisions, one per frame)."""
+    def _step(self, flat: Pcm, decisions: list[bool], codes: Codes | None = None) -> list[EndpointEvent]:
+        """Run the state machine over whole frames ``flat`` (decisions, one per frame; ``codes``: their μ-law)."""
         events: list[EndpointEvent] = []
+        history = self._history(flat, codes)
         frame = self._frame
         base = self._frames_done * frame
         self._frames_done += len(decisions)
@@ -283,7 +348,7 @@ class Endpointer:
                 self._run += 1
                 if self._run < self._start_frames:
                     continue
-                self._remember(flat[idle_from : off + frame])
+                self._remember(history[idle_from : off + frame])
                 events.extend(self._start(end))
                 in_speech = True
                 continue
@@ -307,7 +372,7 @@ class Endpointer:
                 idle_from = off + frame
         self._in_speech = in_speech
         if not in_speech:
-            self._remember(flat[idle_from:])
+            self._remember(history[idle_from:])
         return events
 
     def _start(self, end: int) -> list[EndpointEvent]:
@@ -332,12 +397,13 @@ class Endpointer:
     # History of idle audio: a ring holding the last pre-roll + confirming run, so the
     # hot idle path is one slice assignment, never an allocation.
 
-    def _remember(self, audio: Pcm) -> None:
-        n = audio.shape[0]
+    def _remember(self, audio: Pcm | Codes) -> None:
+        """Append ``audio`` (as the history keeps it: samples or μ-law codes) to the history."""
+        n = len(audio)
         if n == 0:
             return
-        ring = self._ring
-        cap = ring.shape[0]
+        ring = self._ring_in
+        cap = self._ring.shape[0]
         self._ring_end += n
         if n >= cap:
             ring[:] = audio[n - cap :]
@@ -362,7 +428,9 @@ class Endpointer:
         if b <= a:
             return _EMPTY.copy()
         idx = np.arange(a - self._ring_end, b - self._ring_end) + self._ring_pos
-        return self._ring.take(idx, mode="wrap")
+        if self._mulaw:
+            return mulaw.DECODE_TABLE.take(self._ring.take(idx, mode="wrap"))
+        return self._ring.take(idx, mode="wrap")  # type: ignore[return-value]
 
     def _forget(self, position: int) -> None:
         """Drop the history: nothing before ``position`` may be used as pre-roll any more."""
