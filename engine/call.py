@@ -151,6 +151,13 @@ class Call:
         # Every sample the STT gets is a decoded μ-law code (nothing resampled on the way): the utterance
         # buffers keep the codes, half the memory of LINEAR16 (engine/utterance.py).
         self._compact = mono_mulaw and not self.stt_mulaw and self.ep_rate == self.in_rate == self.stt_rate
+        # Mono μ-law and no resampling anywhere: a speech frame's samples are its received μ-law bytes, one
+        # per sample, so the utterance stores those bytes (UtteranceAudio.append_mulaw) instead of encoding
+        # the decoded frame again. _raw is the latest chunk handed to the endpointer, _raw_end the endpointer
+        # position just after it (cleared once its events are handled: no payload outlives its frame).
+        self._raw_ok = mono_mulaw and self.ep_rate == self.in_rate == self.stt_rate
+        self._raw = b""
+        self._raw_end = 0
         self.batch_bytes = int(config.call.send_batch_ms * self.stt_bytes_per_ms)
         self.buffer_limit_bytes = int(config.call.audio_buffer_ms * self.stt_bytes_per_ms)
         self._release_margin_ms = float(config.rtzr.pool.timestamp_tolerance_ms)
@@ -223,6 +230,9 @@ class Call:
             batch.add(self)
             return
         pcm = self.to_endpointer.process(self._decode(media.payload))
+        if self._raw_ok:
+            self._raw = media.payload
+            self._raw_end = self.endpointer.position + len(pcm)
         if batch is not None and batch.collecting:
             ready = self.endpointer.frames_ready(pcm)
             if ready is not None:  # classified with every other call of this wake-up (FrameBatch.end)
@@ -235,6 +245,7 @@ class Call:
 
     def _after_endpoint(self, events: list[Any]) -> None:
         self._handle(events)
+        self._raw = b""
         turn = self.turns.advance(self.endpointer.position * 1000 / self.ep_rate,
                                   continuation_possible=self.endpointer.continuation_possible)
         if turn is not None:
@@ -255,6 +266,9 @@ class Call:
         return self.endpointer.classifier
 
     def batch_audio(self, pcm: np.ndarray[Any, np.dtype[np.int16]]) -> None:
+        if self._raw_ok and self.batch_payload is not None:  # pcm is this payload, decoded
+            self._raw = self.batch_payload
+            self._raw_end = self.endpointer.position + len(pcm)
         self.batch_payload = None
         ready = self.endpointer.frames_ready(pcm)  # a copy: pcm is a slice of the whole wake-up's audio
         if ready is None:
@@ -300,7 +314,7 @@ class Call:
         for event in events:
             kind = type(event)
             if kind is SpeechAudio:  # every frame of speech: first
-                self._append(event.pcm)
+                self._append(event.pcm, event.start)
             elif kind is SpeechStarted:
                 self._start_utterance(event)
             elif kind is SpeechEnded:
@@ -323,10 +337,11 @@ class Call:
         self.emit(ev.SpeechStarted(call_sid=self.call_sid, stream_sid=self.stream_sid, utterance_id=utt.uid,
                                    start_ms=utt.speech_start_ms, continues=utt.continues))
         self._open.append(utt)
-        self._append(event.preroll)
+        self._append(event.preroll, event.preroll_start)
         self._spawn(utt)
 
-    def _append(self, pcm: np.ndarray[Any, np.dtype[np.int16]]) -> None:
+    def _append(self, pcm: np.ndarray[Any, np.dtype[np.int16]], start: int) -> None:
+        """Utterance audio at endpointer position ``start`` into the current utterance's buffer."""
         utt = self._current
         if utt is None or not len(pcm):
             return
@@ -347,7 +362,12 @@ class Call:
                         f"RTZR is slower than real time: more than {self.config.call.audio_buffer_ms} ms of audio "
                         "waiting to be sent (no socket free, or RTZR too slow); utterance not transcribed", utt)
             return
-        utt.audio.append_pcm(pcm, mulaw_out=self.stt_mulaw)
+        raw = self._raw
+        at = start - self._raw_end + len(raw)  # where pcm starts in the latest chunk (raw_ok: 1 byte a sample)
+        if at >= 0 and at + len(pcm) <= len(raw):  # the per-frame case: the frame's received bytes
+            utt.audio.append_mulaw(raw[at : at + len(pcm)])
+        else:  # pre-roll, a frame across chunks, resampled or L16 audio (raw is then empty)
+            utt.audio.append_pcm(pcm, mulaw_out=self.stt_mulaw)
 
     def _unsent_bytes(self) -> int:
         unsent = 0
@@ -478,6 +498,7 @@ class Call:
         except Exception as exc:
             attempt.failure = attempt.failure or exc
             attempt.closing_final.set()
+            utt.audio.wake()  # the sender may be waiting for audio: it stops now, not at the next batch
 
     async def _send_and_finalize(self, utt: Utterance, attempt: _Attempt) -> None:
         """Stream the utterance's audio in batches as it arrives, then Finalize and await the final."""
@@ -492,7 +513,8 @@ class Call:
                 continue
             if utt.audio.closed:
                 break
-            await utt.audio.wait_changed()
+            # Woken once the next batch is there (or at the close, or by a failure): not per 20 ms frame.
+            await utt.audio.wait_for(utt.sent + self.batch_bytes)
         if attempt.failure is not None:
             return
         attempt.finalize_at = trio.current_time()
