@@ -160,6 +160,10 @@ class Call:
         self._raw_end = 0
         self.batch_bytes = int(config.call.send_batch_ms * self.stt_bytes_per_ms)
         self.buffer_limit_bytes = int(config.call.audio_buffer_ms * self.stt_bytes_per_ms)
+        # A lower bound of buffer_limit_bytes minus the bytes waiting to be sent (_append): appends lower it,
+        # sends and outcomes only raise the true value, and what raises the unsent bytes otherwise (a replay
+        # going back to audio.start, the resampler's tail) lowers it too; below zero, the exact sum decides.
+        self._headroom = 0
         self._release_margin_ms = float(config.rtzr.pool.timestamp_tolerance_ms)
         self._current: Utterance | None = None
         self._last_uid: str | None = None  # the latest utterance started: what a continuation continues
@@ -246,8 +250,11 @@ class Call:
     def _after_endpoint(self, events: list[Any]) -> None:
         self._handle(events)
         self._raw = b""
-        turn = self.turns.advance(self.endpointer.position * 1000 / self.ep_rate,
-                                  continuation_possible=self.endpointer.continuation_possible)
+        turns = self.turns
+        if not turns.may_end:  # every frame of speech, and of silence before a final: nothing to compute
+            return
+        turn = turns.advance(self.endpointer.position * 1000 / self.ep_rate,
+                             continuation_possible=self.endpointer.continuation_possible)
         if turn is not None:
             self._emit_turn(turn)
 
@@ -349,7 +356,10 @@ class Call:
             return
         if self._to_stt is not None:
             pcm = self._to_stt.process(pcm)
-        if self._unsent_bytes() + len(pcm) * self.stt_sample_bytes > self.buffer_limit_bytes:
+        headroom = self._headroom - len(pcm) * self.stt_sample_bytes
+        if headroom < 0:  # once per ~audio_buffer_ms of audio while RTZR keeps up: the exact sum
+            headroom = self.buffer_limit_bytes - self._unsent_bytes() - len(pcm) * self.stt_sample_bytes
+        if headroom < 0:
             # One outcome per utterance: this error replaces its transcript; its STT task stops, and a
             # socket it leased is closed (it holds audio whose final would belong to no one).
             self._m_overflow.inc()
@@ -362,6 +372,7 @@ class Call:
                         f"RTZR is slower than real time: more than {self.config.call.audio_buffer_ms} ms of audio "
                         "waiting to be sent (no socket free, or RTZR too slow); utterance not transcribed", utt)
             return
+        self._headroom = headroom
         raw = self._raw
         at = start - self._raw_end + len(raw)  # where pcm starts in the latest chunk (raw_ok: 1 byte a sample)
         if at >= 0 and at + len(pcm) <= len(raw):  # the per-frame case: the frame's received bytes
@@ -371,7 +382,7 @@ class Call:
 
     def _unsent_bytes(self) -> int:
         unsent = 0
-        for utt in self._open:  # per frame of speech: a plain loop, no generator
+        for utt in self._open:  # only when _headroom runs out (_append): a plain loop, no generator
             if not utt.overflowed:
                 unsent += utt.audio.size - utt.sent
         return unsent
@@ -381,7 +392,9 @@ class Call:
         if utt is None:
             return
         if self._to_stt is not None:
-            utt.audio.append_pcm(self._to_stt.flush(), mulaw_out=self.stt_mulaw)
+            tail = self._to_stt.flush()
+            self._headroom -= len(tail) * self.stt_sample_bytes
+            utt.audio.append_pcm(tail, mulaw_out=self.stt_mulaw)
         utt.reason = event.reason
         utt.endpoint_ms = self._ms(event.end - event.last_speech_end)
         utt.end_ms = self._ms(event.end)
@@ -477,6 +490,7 @@ class Call:
         """Lease a socket, send the utterance (on a replay, from the first byte RTZR has not answered yet),
         Finalize, wait for the final."""
         utt.sent = utt.audio.start
+        self._headroom = 0  # a replay sends again what was sent: the unsent bytes rose (_append)
         async with self.pool.lease() as lease:  # bounded by budgets.lease inside the pool
             attempt = _Attempt(lease, replay, offset=utt.sent)
             async with trio.open_nursery() as nursery:

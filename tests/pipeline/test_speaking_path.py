@@ -18,10 +18,11 @@ from engine import events as ev
 from engine.audio import mulaw
 from engine.budgets import Budgets
 from engine.call import Call
-from engine.config import BudgetsConfig, Config, EndpointingConfig, RtzrConfig
+from engine.config import BudgetsConfig, CallConfig, Config, EndpointingConfig, RtzrConfig
 from engine.endpointing.batch import FrameBatch
 from engine.media import AudioReceived, StreamStarted
 from engine.metrics import Registry
+from engine.turns import TurnTracker
 from engine.utterance import UtteranceAudio
 
 from .test_pipeline_e2e import phrase_call
@@ -241,3 +242,92 @@ async def test_speech_frames_are_not_encoded_again(monkeypatch: pytest.MonkeyPat
     assert len(sent) == 2
     # Only each utterance's pre-roll and confirming run (from the endpointer's history) are encoded.
     assert len(encoded) == 2 * len(sent), encoded
+
+
+# -- the buffer bound, checked without summing every open utterance per frame --------------------------
+
+class _ExactCall(Call):
+    """Records, at every append, the old rule's verdict (the exact sum of unsent bytes) next to the call's."""
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+        self.checks: list[tuple[bool, bool]] = []
+
+    def _append(self, pcm: np.ndarray, start: int) -> None:  # type: ignore[type-arg]
+        utt = self._current
+        if utt is None or not len(pcm) or utt.overflowed:
+            super()._append(pcm, start)
+            return
+        exact = self._unsent_bytes() + len(pcm) * self.stt_sample_bytes > self.buffer_limit_bytes
+        super()._append(pcm, start)
+        self.checks.append((exact, utt.overflowed))
+
+
+class _SlowLease(_RecordingLease):
+    def __init__(self, delay: float, lose_after: int | None) -> None:
+        super().__init__(cut_at_ms=None, cut_after=None, lose_after=lose_after)
+        self.delay = delay
+
+    async def send_audio(self, pcm: bytes) -> None:
+        await trio.sleep(self.delay)
+        await super().send_audio(pcm)
+
+
+class _SlowPool:
+    """Every other lease is lost after ``lose_after`` bytes (a replay, which sends the utterance again)."""
+
+    def __init__(self, delay: float, lose_after: int) -> None:
+        self.delay, self.lose_after, self.leases = delay, lose_after, 0
+
+    @asynccontextmanager
+    async def lease(self) -> AsyncIterator[_SlowLease]:
+        self.leases += 1
+        yield _SlowLease(self.delay, self.lose_after if self.leases % 2 else None)
+
+
+@pytest.mark.parametrize(("delay", "lose_after"), [(0.05, 8000), (0.11, 16000), (0.16, 4000), (0.3, 2000)])
+async def test_the_buffer_bound_decides_as_the_exact_sum_at_every_append(
+        delay: float, lose_after: int, autojump_clock: trio.testing.MockClock) -> None:
+    """Slow sends (RTZR slower than real time from 0.11 s per 100 ms batch) and replays (the unsent bytes
+    jump back): the overflow comes at the very append where the sum over open utterances says so."""
+    audio, _ = phrase_call(["diary", "tonight", "ate", "dunno"] * 2, gap_ms=300)
+    events: list[ev.Event] = []
+    config = Config(endpointing=EndpointingConfig(end_ms=200), call=CallConfig(audio_buffer_ms=1500))
+    pool = _SlowPool(delay, lose_after)
+    call = _ExactCall(STARTED, config=config, pool=pool, emit=events.append, metrics=Registry(),
+                      budgets=Budgets(BudgetsConfig()))
+    with trio.fail_after(300):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(call.run)
+            for i in range(0, len(audio) - 159, 160):
+                call.on_event(AudioReceived(audio[i:i + 160], i / 8))
+                await trio.sleep(0.02)  # the mock clock: frames arrive in real time
+            call.on_close("stop")
+    assert len(call.checks) > 300
+    assert [exact for exact, _ in call.checks] == [got for _, got in call.checks]
+    assert pool.leases >= 2 and call.stats.replays >= 1
+    overflows = sum(got for _, got in call.checks)
+    assert (overflows > 0) == (delay > 0.1), "the scenario overflows when RTZR is slower than real time"
+
+
+@settings(max_examples=200, deadline=None)
+@given(ops=st.lists(st.tuples(st.sampled_from(["start", "done", "final", "empty", "advance", "flush"]),
+                              st.floats(0, 5000), st.booleans()), max_size=40))
+def test_turns_may_end_is_false_only_when_advance_cannot_end_a_turn(ops: list[tuple[str, float, bool]]) -> None:
+    """Call skips advance (and computing its arguments) on every frame while may_end is False."""
+    turns = TurnTracker(600.0)
+    for i, (op, ms, flag) in enumerate(ops):
+        if op == "start":
+            turns.speech_started(continues=flag)
+        elif op == "done":
+            turns.utterance_done()
+        elif op in ("final", "empty"):
+            turns.add_final(f"u{i}", "말" if op == "final" else "", ms, ms + 100)
+        elif op == "flush":
+            turns.flush()
+        else:
+            may_end = turns.may_end
+            ended = turns.advance(ms + 10_000, continuation_possible=flag)
+            assert may_end or ended is None
+            if not flag:
+                assert (ended is not None) == may_end
