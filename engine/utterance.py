@@ -14,17 +14,17 @@ a live call's memory (BENCHMARKS.md, Capacity, issue 13). Three things keep it s
   reallocated again and again (12.5 % spare capacity, and every move leaves a hole of a different size in
   the C heap, which many calls growing at once fragment). Blocks of :data:`BLOCK_BYTES` are allocated once
   each, all the same size, so a freed block is reused as is by the next utterance of any call.
-- **Stored as received.** In that same case a speech frame's μ-law bytes as Twilio sent them are stored
-  (:meth:`UtteranceAudio.append_mulaw`, from engine/call.py), not decoded and encoded again (~3 µs a
-  frame): the STT bytes read back are the same for each of the 256 codes.
 - **Released once answered.** When RTZR cuts a long utterance itself (a final before our Finalize), the
   audio before that final is answered: a replay would only re-send it to produce finals already emitted.
   :meth:`UtteranceAudio.release_before` drops the whole blocks before such a point, and a replay starts at
   :attr:`UtteranceAudio.start` instead of 0 (engine/call.py shifts the replay's result times by it). A
   babble call's 20 s utterance then holds the audio since RTZR's last cut, not the whole 20 s.
 
-The sender waits with :meth:`UtteranceAudio.wait_for` until the size it asked for is there (a batch,
-100 ms) or the utterance is closed: a speaking call wakes its STT task once per batch, not per 20 ms frame.
+Per frame of speech (issue 13, CPU): in that same μ-law case a frame is stored as the bytes received
+(:meth:`UtteranceAudio.append_mulaw`, from engine/call.py), not decoded and encoded again (~3 µs a frame;
+the STT bytes read back are the same for each of the 256 codes); and the sender waits with
+:meth:`UtteranceAudio.wait_for` until the size it asked for is there (a batch, 100 ms) or the utterance is
+closed, so a speaking call wakes its STT task once per batch, not per 20 ms frame.
 """
 
 from __future__ import annotations
