@@ -14,6 +14,15 @@ importable, so an A/B is this script run by two trees' venvs:
 
     .venv/bin/python bench/ingest_ab.py --calls 200 --frames 250
     /tmp/cap-base/.venv/bin/python bench/ingest_ab.py --calls 200 --frames 250   # same file, the old tree
+
+``--stt`` adds the STT side of a speaking call (issue 13): a pool that leases at once, to a fake socket that
+accepts every send and Finalize instantly (one checkpoint, as a socket's ``send_all``) and answers the
+Finalize with a final, so the utterances' sender tasks, their buffers and the batches they send are measured
+too (not RTZR's socket and WebSocket framing: engine/rtzr's own). ``--frames 522`` is the whole demo call
+(about half of its frames in an utterance); ``speaking_share`` reports that share. ``--direct`` leaves out
+the server and the sockets: the calls get their frames straight from this loop, in one
+:class:`~engine.endpointing.batch.FrameBatch` per phase group (as the reactor's wake-ups), so only the call
+path (decode, endpointing, utterance audio, with ``--stt`` the senders) is measured.
 """
 
 from __future__ import annotations
@@ -39,9 +48,11 @@ sys.path.insert(0, os.getcwd())  # the tree this runs from (its own venv's edita
 from engine.budgets import Budgets
 from engine.call import Call
 from engine.config import Config
-from engine.media import AudioReceived
+from engine.endpointing.batch import FrameBatch
+from engine.media import AudioReceived, StreamStarted
 from engine.metrics import Registry
 from engine.nursery import CallHost
+from engine.rtzr.tracker import LeaseResult
 from engine.twilio.server import TwilioServer, stream_started
 from engine.twilio.simulator import frames_of, load_audio
 
@@ -55,6 +66,55 @@ class _NoPool:
     async def lease(self) -> Any:
         await trio.sleep_forever()
         yield None
+
+
+class _InstantLease:
+    """A socket that takes every send at once; answers Finalize with a closing final."""
+
+    lease_ms = 0.0
+    pool_hit = True
+
+    def __init__(self) -> None:
+        self.sent = 0
+        self._finalized = trio.Event()
+
+    @property
+    def has_pending(self) -> bool:
+        return self.sent > 0
+
+    async def send_audio(self, pcm: bytes) -> None:
+        self.sent += len(pcm)
+        await trio.lowlevel.checkpoint()
+
+    async def finalize(self, speech_end_ms: float | None = None) -> bool:
+        await trio.lowlevel.checkpoint()
+        if not self.sent:
+            return False
+        self._finalized.set()
+        return True
+
+    async def receive(self) -> Any:
+        await self._finalized.wait()
+        self._finalized = trio.Event()
+        return LeaseResult(final=True, text="", confidence=None, start_ms=0.0, duration_ms=self.sent / 16, seq=0,
+                           closes=True)
+
+
+class _InstantPool:
+    """Leases at once (``--stt``); counts the audio its leases were sent."""
+
+    def __init__(self) -> None:
+        self.leases = 0
+        self.sent = 0
+
+    @asynccontextmanager
+    async def lease(self) -> Any:
+        lease = _InstantLease()
+        self.leases += 1
+        try:
+            yield lease
+        finally:
+            self.sent += lease.sent
 
 
 def _client_frame(text: str) -> bytes:
@@ -71,7 +131,8 @@ def _media(sid: str, seq: int, chunk: int, payload: bytes) -> str:
                                  "payload": base64.b64encode(payload).decode()}}, separators=(",", ":"))
 
 
-async def run(calls: int, frames_n: int, groups: int, clients_process: bool = False) -> dict[str, float]:
+async def run(calls: int, frames_n: int, groups: int, clients_process: bool = False,
+              stt: bool = False) -> dict[str, float]:
     config = Config()
     config.server.host = "127.0.0.1"
     config.server.port = 0
@@ -85,12 +146,15 @@ async def run(calls: int, frames_n: int, groups: int, clients_process: bool = Fa
     target = [0]
     reached = trio.Event()
     box = [reached]
+    speaking = [0]
+    pool: Any = _InstantPool() if stt else _NoPool()
 
     class Counting(Call):
         def on_event(self, event: Any) -> None:
             super().on_event(event)
             if type(event) is AudioReceived:
                 handled[0] += 1
+                speaking[0] += self._current is not None
                 if handled[0] >= target[0]:
                     box[0].set()
 
@@ -98,7 +162,7 @@ async def run(calls: int, frames_n: int, groups: int, clients_process: bool = Fa
 
     def factory(session: Any) -> Call:
         started[0] += 1
-        return Counting(stream_started(session.started), config=config, pool=_NoPool(), emit=lambda e: None, metrics=metrics,
+        return Counting(stream_started(session.started), config=config, pool=pool, emit=lambda e: None, metrics=metrics,
                         budgets=budgets)
 
     async with trio.open_nursery() as calls_nursery:
@@ -176,7 +240,54 @@ async def run(calls: int, frames_n: int, groups: int, clients_process: bool = Fa
         calls_nursery.cancel_scope.cancel()
     total = calls * frames_n
     return {"cpu_us_per_frame": (cpu1 - cpu0) / total * 1e6, "wall_us_per_frame": (wall1 - wall0) / total * 1e6,
-            "frames": total}
+            "frames": total, "speaking_share": speaking[0] / total,
+            "stt_ms_sent_per_call": pool.sent / 16 / calls if stt else 0.0}
+
+
+async def run_direct(calls: int, frames_n: int, groups: int, stt: bool = False) -> dict[str, float]:
+    """``--direct``: no server, no sockets; one FrameBatch wake-up per phase group, then one checkpoint (the
+    woken utterance tasks run, as when the reactor goes back to epoll)."""
+    config = Config()
+    config = msgspec.structs.replace(config, call=msgspec.structs.replace(config.call, audio_buffer_ms=3_600_000))
+    audio_frames = frames_of(load_audio(str(DEMO_WAV)))
+    metrics = Registry()
+    budgets = Budgets(config.budgets)
+    pool: Any = _InstantPool() if stt else _NoPool()
+    batch = FrameBatch()
+    speaking = 0
+    async with trio.open_nursery() as nursery:
+        handlers = []
+        for i in range(calls):
+            started = StreamStarted(stream_id=f"MZ{i:032x}", call_id=f"CA{i:032x}", account_id="AC" + "1" * 32,
+                                    encoding="mulaw", sample_rate=8000, provider="twilio")
+            call = Call(started, config=config, pool=pool, emit=lambda e: None, metrics=metrics, budgets=budgets)
+            call.attach_batch(batch)
+            nursery.start_soon(call.run)
+            handlers.append(call)
+        media = [AudioReceived(audio_frames[k % len(audio_frames)], k * 20.0) for k in range(frames_n)]
+        group_of = [[handlers[i] for i in range(g, calls, groups)] for g in range(groups)]
+        await trio.sleep(0)
+        cpu0, wall0 = time.process_time(), time.perf_counter()
+        for k in range(frames_n):
+            event = media[k]
+            for members in group_of:
+                batch.begin()
+                for call in members:
+                    call.on_event(event)
+                batch.end()
+                await trio.sleep(0)
+            speaking += sum(c._current is not None for c in handlers)
+        cpu1, wall1 = time.process_time(), time.perf_counter()
+        for call in handlers:
+            call.on_close("stop")
+        with trio.move_on_after(10):
+            while nursery.child_tasks:
+                await trio.sleep(0.01)
+        nursery.cancel_scope.cancel()
+    total = calls * frames_n
+    return {"cpu_us_per_frame": (cpu1 - cpu0) / total * 1e6, "wall_us_per_frame": (wall1 - wall0) / total * 1e6,
+            "frames": total, "speaking_share": speaking / total,
+            "stt_ms_sent_per_call": pool.sent / 16 / calls if stt else 0.0}
 
 
 def main() -> int:
@@ -187,15 +298,26 @@ def main() -> int:
     p.add_argument("--repeat", type=int, default=3)
     p.add_argument("--clients-process", action="store_true",
                    help="send from a forked child process: the CPU measured is the engine's alone")
+    p.add_argument("--stt", action="store_true",
+                   help="lease an instant fake socket per utterance: the speaking call's STT side is measured too")
+    p.add_argument("--direct", action="store_true",
+                   help="no server or sockets: frames handed to the calls in FrameBatch wake-ups (the call path alone)")
     args = p.parse_args()
     logging.disable(logging.ERROR)  # the per-call info/warning lines (closing calls) are not measured
-    runs = [trio.run(run, args.calls, args.frames, args.groups, args.clients_process) for _ in range(args.repeat)]
+    if args.direct:
+        runs = [trio.run(run_direct, args.calls, args.frames, args.groups, args.stt) for _ in range(args.repeat)]
+    else:
+        runs = [trio.run(run, args.calls, args.frames, args.groups, args.clients_process, args.stt)
+                for _ in range(args.repeat)]
     cpu = statistics.median(r["cpu_us_per_frame"] for r in runs)
     wall = statistics.median(r["wall_us_per_frame"] for r in runs)
     import engine
     print(json.dumps({"tree": str(Path(engine.__file__).resolve().parent.parent), "calls": args.calls,
-                      "clients": "child process" if args.clients_process else "same process",
-                      "frames_per_call": args.frames, "groups": args.groups,
+                      "clients": "none (direct)" if args.direct else
+                      "child process" if args.clients_process else "same process",
+                      "frames_per_call": args.frames, "groups": args.groups, "stt": args.stt,
+                      "speaking_share": round(runs[0]["speaking_share"], 3),
+                      "stt_ms_sent_per_call": round(runs[0]["stt_ms_sent_per_call"]),
                       "cpu_us_per_frame": round(cpu, 1), "wall_us_per_frame": round(wall, 1),
                       "cpu_runs": [round(r["cpu_us_per_frame"], 1) for r in runs],
                       "calls_per_core_at_90pct": round(0.9 * 20000 / cpu)}))

@@ -152,8 +152,19 @@ class Call:
         # Every sample the STT gets is a decoded μ-law code (nothing resampled on the way): the utterance
         # buffers keep the codes, half the memory of LINEAR16 (engine/utterance.py).
         self._compact = mono_mulaw and not self.stt_mulaw and self.ep_rate == self.in_rate == self.stt_rate
+        # Mono μ-law and no resampling anywhere: a speech frame's samples are its received μ-law bytes, one
+        # per sample, so the utterance stores those bytes (UtteranceAudio.append_mulaw) instead of encoding
+        # the decoded frame again. _raw is the latest chunk handed to the endpointer, _raw_end the endpointer
+        # position just after it (cleared once its events are handled: no payload outlives its frame).
+        self._raw_ok = mono_mulaw and self.ep_rate == self.in_rate == self.stt_rate
+        self._raw = b""
+        self._raw_end = 0
         self.batch_bytes = int(config.call.send_batch_ms * self.stt_bytes_per_ms)
         self.buffer_limit_bytes = int(config.call.audio_buffer_ms * self.stt_bytes_per_ms)
+        # A lower bound of buffer_limit_bytes minus the bytes waiting to be sent (_append): appends lower it,
+        # sends and outcomes only raise the true value, and what raises the unsent bytes otherwise (a replay
+        # going back to audio.start, the resampler's tail) lowers it too; below zero, the exact sum decides.
+        self._headroom = 0
         self._release_margin_ms = float(config.rtzr.pool.timestamp_tolerance_ms)
         self._current: Utterance | None = None
         self._last_uid: str | None = None  # the latest utterance started: what a continuation continues
@@ -224,6 +235,9 @@ class Call:
             batch.add(self)
             return
         pcm = self.to_endpointer.process(self._decode(media.payload))
+        if self._raw_ok:
+            self._raw = media.payload
+            self._raw_end = self.endpointer.position + len(pcm)
         if batch is not None and batch.collecting:
             ready = self.endpointer.frames_ready(pcm)
             if ready is not None:  # classified with every other call of this wake-up (FrameBatch.end)
@@ -236,8 +250,12 @@ class Call:
 
     def _after_endpoint(self, events: list[Any]) -> None:
         self._handle(events)
-        turn = self.turns.advance(self.endpointer.position * 1000 / self.ep_rate,
-                                  continuation_possible=self.endpointer.continuation_possible)
+        self._raw = b""
+        turns = self.turns
+        if not turns.may_end:  # every frame of speech, and of silence before a final: nothing to compute
+            return
+        turn = turns.advance(self.endpointer.position * 1000 / self.ep_rate,
+                             continuation_possible=self.endpointer.continuation_possible)
         if turn is not None:
             self._emit_turn(turn)
 
@@ -256,7 +274,10 @@ class Call:
         return self.endpointer.classifier
 
     def batch_audio(self, pcm: np.ndarray[Any, np.dtype[np.int16]]) -> None:
-        payload, self.batch_payload = self.batch_payload, None  # pcm's μ-law codes, for the endpointer's history
+        payload, self.batch_payload = self.batch_payload, None  # pcm's μ-law codes: the history, stored speech
+        if self._raw_ok and payload is not None:  # pcm is this payload, decoded
+            self._raw = payload
+            self._raw_end = self.endpointer.position + len(pcm)
         ready = self.endpointer.frames_ready(pcm, payload)  # a copy: pcm is a slice of the whole wake-up's audio
         if ready is None:
             self._after_endpoint([])
@@ -301,7 +322,7 @@ class Call:
         for event in events:
             kind = type(event)
             if kind is SpeechAudio:  # every frame of speech: first
-                self._append(event.pcm)
+                self._append(event.pcm, event.start)
             elif kind is SpeechStarted:
                 self._start_utterance(event)
             elif kind is SpeechEnded:
@@ -324,10 +345,11 @@ class Call:
         self.emit(ev.SpeechStarted(call_sid=self.call_sid, stream_sid=self.stream_sid, utterance_id=utt.uid,
                                    start_ms=utt.speech_start_ms, continues=utt.continues))
         self._open.append(utt)
-        self._append(event.preroll)
+        self._append(event.preroll, event.preroll_start)
         self._spawn(utt)
 
-    def _append(self, pcm: np.ndarray[Any, np.dtype[np.int16]]) -> None:
+    def _append(self, pcm: np.ndarray[Any, np.dtype[np.int16]], start: int) -> None:
+        """Utterance audio at endpointer position ``start`` into the current utterance's buffer."""
         utt = self._current
         if utt is None or not len(pcm):
             return
@@ -335,7 +357,10 @@ class Call:
             return
         if self._to_stt is not None:
             pcm = self._to_stt.process(pcm)
-        if self._unsent_bytes() + len(pcm) * self.stt_sample_bytes > self.buffer_limit_bytes:
+        headroom = self._headroom - len(pcm) * self.stt_sample_bytes
+        if headroom < 0:  # once per ~audio_buffer_ms of audio while RTZR keeps up: the exact sum
+            headroom = self.buffer_limit_bytes - self._unsent_bytes() - len(pcm) * self.stt_sample_bytes
+        if headroom < 0:
             # One outcome per utterance: this error replaces its transcript; its STT task stops, and a
             # socket it leased is closed (it holds audio whose final would belong to no one).
             self._m_overflow.inc()
@@ -348,11 +373,17 @@ class Call:
                         f"RTZR is slower than real time: more than {self.config.call.audio_buffer_ms} ms of audio "
                         "waiting to be sent (no socket free, or RTZR too slow); utterance not transcribed", utt)
             return
-        utt.audio.append_pcm(pcm, mulaw_out=self.stt_mulaw)
+        self._headroom = headroom
+        raw = self._raw
+        at = start - self._raw_end + len(raw)  # where pcm starts in the latest chunk (raw_ok: 1 byte a sample)
+        if at >= 0 and at + len(pcm) <= len(raw):  # the per-frame case: the frame's received bytes
+            utt.audio.append_mulaw(raw[at : at + len(pcm)])
+        else:  # pre-roll, a frame across chunks, resampled or L16 audio (raw is then empty)
+            utt.audio.append_pcm(pcm, mulaw_out=self.stt_mulaw)
 
     def _unsent_bytes(self) -> int:
         unsent = 0
-        for utt in self._open:  # per frame of speech: a plain loop, no generator
+        for utt in self._open:  # only when _headroom runs out (_append): a plain loop, no generator
             if not utt.overflowed:
                 unsent += utt.audio.size - utt.sent
         return unsent
@@ -362,7 +393,9 @@ class Call:
         if utt is None:
             return
         if self._to_stt is not None:
-            utt.audio.append_pcm(self._to_stt.flush(), mulaw_out=self.stt_mulaw)
+            tail = self._to_stt.flush()
+            self._headroom -= len(tail) * self.stt_sample_bytes
+            utt.audio.append_pcm(tail, mulaw_out=self.stt_mulaw)
         utt.reason = event.reason
         utt.endpoint_ms = self._ms(event.end - event.last_speech_end)
         utt.end_ms = self._ms(event.end)
@@ -458,6 +491,7 @@ class Call:
         """Lease a socket, send the utterance (on a replay, from the first byte RTZR has not answered yet),
         Finalize, wait for the final."""
         utt.sent = utt.audio.start
+        self._headroom = 0  # a replay sends again what was sent: the unsent bytes rose (_append)
         async with self.pool.lease() as lease:  # bounded by budgets.lease inside the pool
             attempt = _Attempt(lease, replay, offset=utt.sent)
             async with trio.open_nursery() as nursery:
@@ -479,6 +513,7 @@ class Call:
         except Exception as exc:
             attempt.failure = attempt.failure or exc
             attempt.closing_final.set()
+            utt.audio.wake()  # the sender may be waiting for audio: it stops now, not at the next batch
 
     async def _send_and_finalize(self, utt: Utterance, attempt: _Attempt) -> None:
         """Stream the utterance's audio in batches as it arrives, then Finalize and await the final."""
@@ -493,7 +528,8 @@ class Call:
                 continue
             if utt.audio.closed:
                 break
-            await utt.audio.wait_changed()
+            # Woken once the next batch is there (or at the close, or by a failure): not per 20 ms frame.
+            await utt.audio.wait_for(utt.sent + self.batch_bytes)
         if attempt.failure is not None:
             return
         attempt.finalize_at = trio.current_time()

@@ -57,6 +57,12 @@ class TurnTracker:
             self._ids.append(utterance_id)
         self._last_end_ms = max(self._last_end_ms, end_ms)
 
+    @property
+    def may_end(self) -> bool:
+        """False when :meth:`advance` cannot end a turn whatever the time (no text yet, or an utterance open):
+        the per-frame caller asks this first and skips computing advance's arguments (issue 13)."""
+        return bool(self._texts) and not self._open_utterances
+
     def advance(self, now_ms: float, *, continuation_possible: bool = False) -> Turn | None:
         """Call as audio arrives; returns the turn once ``turn_ms`` of silence followed its last final and
         no continuation of its last utterance can still be confirmed (``continuation_possible``)."""

@@ -19,6 +19,12 @@ a live call's memory (BENCHMARKS.md, Capacity, issue 13). Three things keep it s
   :meth:`UtteranceAudio.release_before` drops the whole blocks before such a point, and a replay starts at
   :attr:`UtteranceAudio.start` instead of 0 (engine/call.py shifts the replay's result times by it). A
   babble call's 20 s utterance then holds the audio since RTZR's last cut, not the whole 20 s.
+
+Per frame of speech (issue 13, CPU): in that same μ-law case a frame is stored as the bytes received
+(:meth:`UtteranceAudio.append_mulaw`, from engine/call.py), not decoded and encoded again (~3 µs a frame;
+the STT bytes read back are the same for each of the 256 codes); and the sender waits with
+:meth:`UtteranceAudio.wait_for` until the size it asked for is there (a batch, 100 ms) or the utterance is
+closed, so a speaking call wakes its STT task once per batch, not per 20 ms frame.
 """
 
 from __future__ import annotations
@@ -32,29 +38,36 @@ import trio
 from engine.audio import mulaw
 
 BLOCK_BYTES: Final = 2048  # stored bytes per block: 256 ms of μ-law at 8 kHz, 128 ms of LINEAR16
+# encode(decode(code)) for every μ-law code: the code itself but for 0x7F ("negative zero"), which decodes to
+# 0 as 0xFF does and is encoded as 0xFF. Translating received codes through it stores what re-encoding stored.
+CANONICAL: Final = mulaw.encode(mulaw.decode(bytes(range(256))))
+_NO_WAITER: Final = 1 << 62  # _want when no task waits: no append reaches it
 
 
 class UtteranceAudio:
-    """Append-only STT-ready audio with a 'something changed' signal for the sender.
+    """Append-only STT-ready audio; its sender waits for a size (:meth:`wait_for`), not for every append.
 
     ``size``, ``start`` and :meth:`read` are in STT bytes whatever the storage: with ``mulaw_as_pcm16`` the
     buffer holds μ-law codes and reads return little-endian int16 PCM (2 bytes per stored byte).
     """
 
-    __slots__ = ("_base", "_blocks", "_changed", "_fill", "_scale", "closed")
+    __slots__ = ("_base", "_blocks", "_fill", "_scale", "_total", "_waiter", "_want", "closed")
 
     def __init__(self, *, mulaw_as_pcm16: bool = False) -> None:
         self._blocks: list[bytearray] = []  # every block full but the last, which holds _fill bytes
         self._fill = BLOCK_BYTES  # no block yet: the next append allocates one
         self._base = 0  # stored bytes released from the front (a multiple of BLOCK_BYTES)
+        self._total = 0  # stored bytes appended so far, released ones included
         self._scale = 2 if mulaw_as_pcm16 else 1
         self.closed = False
-        self._changed = trio.Event()
+        # The waiting sender (wait_for): woken when _total reaches _want, on close, or by wake().
+        self._waiter: trio.Event | None = None
+        self._want = _NO_WAITER
 
     @property
     def size(self) -> int:
         """STT bytes appended so far (released ones included: offsets never move)."""
-        return (self._base + self._stored()) * self._scale
+        return self._total * self._scale
 
     @property
     def start(self) -> int:
@@ -67,8 +80,7 @@ class UtteranceAudio:
         return len(self._blocks) * BLOCK_BYTES
 
     def _stored(self) -> int:
-        blocks = len(self._blocks)
-        return 0 if not blocks else (blocks - 1) * BLOCK_BYTES + self._fill
+        return self._total - self._base
 
     def append(self, data: bytes) -> None:
         """Stored bytes: STT bytes, or μ-law codes with ``mulaw_as_pcm16``."""
@@ -79,7 +91,9 @@ class UtteranceAudio:
         if fill + n <= BLOCK_BYTES:  # the per-frame case: one copy into the current block
             self._blocks[-1][fill : fill + n] = data
             self._fill = fill + n
-            self._changed.set()
+            total = self._total = self._total + n
+            if total >= self._want:
+                self.wake()
             return
         view = memoryview(data)
         pos = 0
@@ -92,7 +106,16 @@ class UtteranceAudio:
             self._blocks[-1][fill : fill + take] = view[pos : pos + take]
             self._fill = fill + take
             pos += take
-        self._changed.set()
+        total = self._total = self._total + n
+        if total >= self._want:
+            self.wake()
+
+    def append_mulaw(self, codes: bytes) -> None:
+        """μ-law codes as received (nothing resampled), for compact storage or an STT that wants μ-law: the
+        STT bytes are exactly those of ``append_pcm(mulaw.decode(codes), mulaw_out=...)``. Compact storage
+        keeps the codes as they are (0x7F and 0xFF both read back as 0); μ-law for the STT goes through
+        :data:`CANONICAL`, so RTZR gets the very bytes the re-encoding gave it."""
+        self.append(codes if self._scale == 2 else codes.translate(CANONICAL))
 
     def append_pcm(self, pcm: npt.NDArray[np.int16], *, mulaw_out: bool) -> None:
         """int16 PCM at the STT rate: stored as μ-law when the STT wants μ-law or in compact storage."""
@@ -106,7 +129,7 @@ class UtteranceAudio:
     def close(self) -> None:
         """No more audio will come (the endpointer ended the utterance)."""
         self.closed = True
-        self._changed.set()
+        self.wake()
 
     def release_before(self, offset: int) -> int:
         """RTZR has answered the audio before STT byte ``offset``: drop the whole blocks before it.
@@ -142,7 +165,27 @@ class UtteranceAudio:
             return bytes(stored)
         return mulaw.decode(stored).astype("<i2", copy=False).tobytes()
 
-    async def wait_changed(self) -> None:
-        """Wait until audio is appended or the utterance is closed."""
-        await self._changed.wait()
-        self._changed = trio.Event()
+    def wake(self) -> None:
+        """Wake the waiting sender now (its size reached, the utterance closed, or its lease failed)."""
+        waiter = self._waiter
+        if waiter is not None:
+            self._waiter = None
+            self._want = _NO_WAITER
+            waiter.set()
+
+    async def wait_for(self, size: int) -> None:
+        """Wait until :attr:`size` reaches ``size`` STT bytes, the utterance is closed, or :meth:`wake`.
+
+        One waiter at a time (the utterance's sender); returns at once if already there.
+        """
+        if self.closed or self._total * self._scale >= size:
+            await trio.lowlevel.checkpoint()
+            return
+        waiter = self._waiter = trio.Event()
+        self._want = -(-size // self._scale)  # stored bytes, rounded up
+        try:
+            await waiter.wait()
+        finally:
+            if self._waiter is waiter:  # cancelled while waiting
+                self._waiter = None
+                self._want = _NO_WAITER

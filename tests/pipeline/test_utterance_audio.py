@@ -49,6 +49,7 @@ def _utterance_bytes(compact: bool, audio: bytes) -> list[bytes]:
                 metrics=Registry(), budgets=Budgets(BudgetsConfig()))
     assert call._compact  # LINEAR16 at 8 kHz, endpointer at 8 kHz: the compact case
     call._compact = compact
+    call._raw_ok = compact  # LINEAR16 storage holds PCM, never the received μ-law bytes
     for i in range(0, len(audio) - 159, 160):
         call.on_event(AudioReceived(audio[i:i + 160], i / 8))
     call.on_close("stop")
