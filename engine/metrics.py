@@ -11,6 +11,8 @@ import bisect
 import math
 from collections.abc import Iterable, Sequence
 
+import numpy as np
+
 LATENCY_BUCKETS_MS: tuple[float, ...] = (1, 2, 5, 10, 20, 50, 100, 150, 200, 300, 500, 750, 1000, 2000, 5000)
 
 
@@ -95,12 +97,13 @@ class Histogram:
         pending = self.pending
         if not pending:
             return
-        counts, buckets = self._counts, self.buckets
-        total = self._sum
-        for value in pending:
-            counts[bisect.bisect_left(buckets, value)] += 1
-            total += value
-        self._sum = total
+        values = np.fromiter(pending, dtype=np.float64, count=len(pending))
+        where = np.searchsorted(np.asarray(self.buckets, dtype=np.float64), values, side="left")  # = bisect_left
+        where[np.isnan(values)] = 0  # where bisect_left puts a NaN (searchsorted: past the end)
+        for i, n in enumerate(np.bincount(where, minlength=len(self._counts)).tolist()):
+            self._counts[i] += n
+        # The sum one value after another, as observe adds them (accumulate is sequential, not pairwise).
+        self._sum = float(np.add.accumulate(np.concatenate(([self._sum], values)))[-1])
         self._count += len(pending)
         pending.clear()
 

@@ -3,6 +3,7 @@ each had been observed."""
 
 from __future__ import annotations
 
+import math
 import random
 
 import pytest
@@ -44,8 +45,14 @@ def test_pending_values_render_as_observed(seed: int) -> None:
 
 def test_observe_after_pending_keeps_the_order() -> None:
     a, b = Histogram((1, 10)), Histogram((1, 10))
-    for v in (0.1, 1e16, 5.0, -1e16):  # float sums depend on the order
+    values = (0.1, 1e16, 5.0, math.nan, math.inf, -math.inf, -1e16)  # float sums depend on the order
+    for v in values:
         a.observe(v)
-    b.pending.extend((0.1, 1e16, 5.0))
+    b.pending.extend(values[:-1])
     b.observe(-1e16)
-    assert (b.sum, b.counts, b.count) == (a.sum, a.counts, a.count)
+    assert (b.counts, b.count) == (a.counts, a.count) and math.isnan(a.sum) and math.isnan(b.sum)
+    c, d = Histogram((1, 10)), Histogram((1, 10))
+    for v in values[:3]:
+        c.observe(v)
+    d.pending.extend(values[:3])
+    assert (d.sum, d.counts, d.count) == (c.sum, c.counts, c.count)
