@@ -146,6 +146,10 @@ class Call:
         self._batch_decode = mono_mulaw and self.to_endpointer.identity
         self._batch: FrameBatch | None = None
         self._batch_failed: Callable[[Exception], None] | None = None
+        # Listeners of the media events, after the call handled them (on_event): ControlledCall's playback.
+        self.media_listener: Callable[[MediaEvent], None] | None = None
+        self.audio_listener: Callable[[MediaEvent], None] | None = None
+        self.last_audio: AudioReceived | None = None
         self.turns = TurnTracker(ep_cfg.turn_ms)
         self.stt_sample_bytes = 1 if self.stt_mulaw else 2
         self.stt_bytes_per_ms = self.stt_rate * self.stt_sample_bytes / 1000
@@ -202,14 +206,54 @@ class Call:
 
     # -- reader side (synchronous, never blocks) -----------------------------------------------
     def on_event(self, event: MediaEvent) -> None:
-        """Audio and the stream's end; DTMF and marks are the application channel's, not the pipeline's."""
-        if type(event) is AudioReceived:
-            self._on_media(event)
+        """Audio and the stream's end; DTMF and marks are the application channel's (``media_listener``).
+
+        The reader calls this once per audio chunk: the chunk's work is inlined here (no forwarding layer,
+        issue 13). After the call handled an event, every event but audio goes to ``media_listener``, and
+        audio to ``audio_listener`` only while one is set (playback's barge-in check: engine/playback_driver.py);
+        ``last_audio`` is the latest chunk handled (the inbound position, read only when needed).
+        """
+        if type(event) is not AudioReceived:
+            self._on_other(event)
             return
+        payload = event.payload
+        frames = max(1, len(payload) // self._bytes_per_frame)
+        if event.filled:
+            self.stats.frames_filled += frames
+        else:
+            self.stats.frames_received += frames
+        if self.batch_payload is not None or self.batch_frames is not None:
+            self._decide_alone()  # a second chunk in one wake-up: the first one's frames first, alone
+        batch = self._batch
+        if batch is not None and batch.collecting and self._batch_decode:
+            self.batch_payload = payload  # decoded with every call of this wake-up (FrameBatch.end)
+            batch.add(self)
+        else:
+            pcm = self.to_endpointer.process(self._decode(payload))
+            if self._raw_ok:
+                self._raw = payload
+                self._raw_end = self.endpointer.position + len(pcm)
+            if batch is not None and batch.collecting:
+                ready = self.endpointer.frames_ready(pcm)
+                if ready is not None:  # classified with every other call of this wake-up (FrameBatch.end)
+                    self.batch_frames = ready
+                    batch.add(self)
+                else:
+                    self._after_endpoint([])
+            else:
+                self._after_endpoint(self.endpointer.push(pcm, payload if self._batch_decode else None))
+        self.last_audio = event
+        if self.audio_listener is not None:
+            self.audio_listener(event)
+
+    def _on_other(self, event: MediaEvent) -> None:
         if self.batch_payload is not None or self.batch_frames is not None:
             self._decide_alone()  # what came before this event is endpointed (and emitted) before it
         if type(event) is StreamStopped:
+            assert isinstance(event, StreamStopped)
             self.on_close(event.reason)
+        if self.media_listener is not None:
+            self.media_listener(event)
 
     def on_close(self, reason: str) -> None:
         """The stream ended (stop, close, errors): close the open utterance; run() then finishes."""
@@ -220,33 +264,6 @@ class Call:
         self._closed_reason = reason
         self._handle(self.endpointer.end())
         self._stream_closed.set()
-
-    def _on_media(self, media: AudioReceived) -> None:
-        frames = max(1, len(media.payload) // self._bytes_per_frame)
-        if media.filled:
-            self.stats.frames_filled += frames
-        else:
-            self.stats.frames_received += frames
-        if self.batch_payload is not None or self.batch_frames is not None:
-            self._decide_alone()  # a second chunk in one wake-up: the first one's frames first, alone
-        batch = self._batch
-        if batch is not None and batch.collecting and self._batch_decode:
-            self.batch_payload = media.payload  # decoded with every call of this wake-up (FrameBatch.end)
-            batch.add(self)
-            return
-        pcm = self.to_endpointer.process(self._decode(media.payload))
-        if self._raw_ok:
-            self._raw = media.payload
-            self._raw_end = self.endpointer.position + len(pcm)
-        if batch is not None and batch.collecting:
-            ready = self.endpointer.frames_ready(pcm)
-            if ready is not None:  # classified with every other call of this wake-up (FrameBatch.end)
-                self.batch_frames = ready
-                batch.add(self)
-                return
-            self._after_endpoint([])
-            return
-        self._after_endpoint(self.endpointer.push(pcm, media.payload if self._batch_decode else None))
 
     def _after_endpoint(self, events: list[Any]) -> None:
         self._handle(events)

@@ -11,6 +11,8 @@ import bisect
 import math
 from collections.abc import Iterable, Sequence
 
+import numpy as np
+
 LATENCY_BUCKETS_MS: tuple[float, ...] = (1, 2, 5, 10, 20, 50, 100, 150, 200, 300, 500, 750, 1000, 2000, 5000)
 
 
@@ -64,20 +66,61 @@ class Gauge:
 
 
 class Histogram:
-    """Cumulative-bucket histogram; also keeps count and sum."""
+    """Cumulative-bucket histogram; also keeps count and sum.
 
-    __slots__ = ("buckets", "count", "counts", "sum")
+    ``observe`` folds a value in at once. A per-frame caller may instead append values to ``pending`` (a
+    C list append, ~15x cheaper than the Python call) and call :meth:`fold` when it holds ``FOLD_AT`` or
+    more; every read (``counts``, ``sum``, ``count``, :meth:`quantile`, rendering) folds what is pending
+    first, in order, so the histogram reads exactly as if each value had been observed (issue 13).
+    """
+
+    __slots__ = ("_count", "_counts", "_sum", "buckets", "pending")
+
+    FOLD_AT = 1024
 
     def __init__(self, buckets: Sequence[float]) -> None:
         self.buckets = tuple(buckets)
-        self.counts = [0] * (len(self.buckets) + 1)
-        self.count = 0
-        self.sum = 0.0
+        self._counts = [0] * (len(self.buckets) + 1)
+        self._count = 0
+        self._sum = 0.0
+        self.pending: list[float] = []
 
     def observe(self, value: float) -> None:
-        self.counts[bisect.bisect_left(self.buckets, value)] += 1
-        self.count += 1
-        self.sum += value
+        if self.pending:
+            self.fold()
+        self._counts[bisect.bisect_left(self.buckets, value)] += 1
+        self._count += 1
+        self._sum += value
+
+    def fold(self) -> None:
+        """Observe every pending value, in order (the same counts and the same float sum as ``observe``)."""
+        pending = self.pending
+        if not pending:
+            return
+        values = np.fromiter(pending, dtype=np.float64, count=len(pending))
+        where = np.searchsorted(np.asarray(self.buckets, dtype=np.float64), values, side="left")  # = bisect_left
+        where[np.isnan(values)] = 0  # where bisect_left puts a NaN (searchsorted: past the end)
+        for i, n in enumerate(np.bincount(where, minlength=len(self._counts)).tolist()):
+            self._counts[i] += n
+        # The sum one value after another, as observe adds them (accumulate is sequential, not pairwise).
+        self._sum = float(np.add.accumulate(np.concatenate(([self._sum], values)))[-1])
+        self._count += len(pending)
+        pending.clear()
+
+    @property
+    def counts(self) -> list[int]:
+        self.fold()
+        return self._counts
+
+    @property
+    def count(self) -> int:
+        self.fold()
+        return self._count
+
+    @property
+    def sum(self) -> float:
+        self.fold()
+        return self._sum
 
     def quantile(self, q: float) -> float:
         """Upper bound of the bucket holding quantile q (coarse; for summaries, not science)."""

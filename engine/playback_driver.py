@@ -128,7 +128,14 @@ class CallControl:
         self._closed = False
         self._stopping = False  # stop() was called: commands are refused from now on
         self._end_requested = False
-        self._position_ms = 0.0  # end of the inbound audio seen so far, on the call timeline
+        # The inbound audio's position (its end on the call timeline) is read from the latest chunk only when
+        # barge-in is checked: ``audio_source`` (the Call, which keeps its latest chunk) when one is wired
+        # (ControlledCall), else the chunks given to on_media_event. While no speech may barge in, nothing
+        # of this runs per frame: ``wants_audio`` is told whenever that changes, and ControlledCall only
+        # hands the call's audio to on_media_event while it is True (issue 13).
+        self._last_audio: AudioReceived | None = None
+        self.audio_source: AudioSource | None = None
+        self.wants_audio: Callable[[bool], None] | None = None
         self._speech: tuple[str, float] | None = None  # (utterance_id, start_ms) that may barge in
         self._m_frames = metrics.counter("playback_frames_total", "20 ms frames of application audio sent to Twilio")
         self._m_barge = metrics.counter("playback_barge_in_total", "playbacks cleared because the caller spoke")
@@ -237,7 +244,7 @@ class CallControl:
         kind = type(event)
         if kind is AudioReceived:
             assert isinstance(event, AudioReceived)
-            self._position_ms = event.timestamp_ms + len(event.payload) / self._bytes_per_ms
+            self._last_audio = event
             if self._speech is not None:
                 self._check_barge_in()
         elif kind is media.MarkReached:  # the provider echoed a mark (engine.playback.MarkReached is the notice)
@@ -251,17 +258,28 @@ class CallControl:
         """Every event the call emitted (after it went out): speech starts and ends, for barge-in."""
         if isinstance(event, ev.SpeechStarted):
             # Only speech that starts over playing audio barges in (not an answer queued while the caller talks).
-            self._speech = (event.utterance_id, event.start_ms) if self.config.barge_in and self.core.active else None
+            self._set_speech((event.utterance_id, event.start_ms) if self.config.barge_in and self.core.active else None)
             if self._speech is not None:
                 self._check_barge_in()
         elif isinstance(event, ev.SpeechEnded) and self._speech is not None and self._speech[0] == event.utterance_id:
-            self._speech = None
+            self._set_speech(None)
+
+    def _set_speech(self, speech: tuple[str, float] | None) -> None:
+        was = self._speech is not None
+        self._speech = speech
+        if was is not (speech is not None) and self.wants_audio is not None:
+            self.wants_audio(speech is not None)
+
+    def position_ms(self) -> float:
+        """End of the inbound audio seen so far, on the call timeline (0 before any)."""
+        audio = self._last_audio if self.audio_source is None else self.audio_source.last_audio
+        return 0.0 if audio is None else audio.timestamp_ms + len(audio.payload) / self._bytes_per_ms
 
     def _check_barge_in(self) -> None:
         assert self._speech is not None
-        if self._position_ms - self._speech[1] < self.config.barge_in_min_speech_ms:
+        if self.position_ms() - self._speech[1] < self.config.barge_in_min_speech_ms:
             return
-        self._speech = None
+        self._set_speech(None)
         if self.core.active and not self._closed:
             self._m_barge.inc()
             self.clear_nowait("barge_in")
@@ -349,14 +367,33 @@ class CallControl:
 
 class ControlledCall:
     """A call handler with its :class:`CallControl`: the call's events go to both, the control's task runs
-    beside the call's, and the control closes when the stream does (before the call emits ``call.ended``)."""
+    beside the call's, and the control closes when the stream does (before the call emits ``call.ended``).
+
+    A call that has listeners (:class:`ListenedCall`, as :class:`engine.call.Call`) is given the control's
+    ``on_media_event`` as its listener and ``on_event`` *is* the call's own: per audio frame no layer runs
+    here, and the call hands a frame to the control only while the control wants audio (speech that may
+    barge in: issue 13); marks and keys always reach it. Any other call gets every event through here.
+    """
 
     def __init__(self, call: CallHandlerLike, control: CallControl, on_ended: Callable[[], None] | None = None) -> None:
         self.call = call
         self.control = control
         self.on_ended = on_ended
+        self.on_event: Callable[[MediaEvent], None]
+        if all(hasattr(call, name) for name in ("media_listener", "audio_listener", "last_audio")):
+            listened: ListenedCall = call  # type: ignore[assignment]
+            listened.media_listener = control.on_media_event
+            control.audio_source = listened
+            control.wants_audio = self._wants_audio
+            self.on_event = call.on_event
+        else:
+            self.on_event = self._both
 
-    def on_event(self, event: MediaEvent) -> None:
+    def _wants_audio(self, wanted: bool) -> None:
+        listened: ListenedCall = self.call  # type: ignore[assignment]
+        listened.audio_listener = self.control.on_media_event if wanted else None
+
+    def _both(self, event: MediaEvent) -> None:
         self.call.on_event(event)
         self.control.on_media_event(event)
 
@@ -393,6 +430,21 @@ class ControlledCall:
         attach = getattr(self.call, "attach_batch", None)
         if attach is not None:
             attach(batch, failed)
+
+
+class AudioSource(Protocol):
+    @property
+    def last_audio(self) -> AudioReceived | None: ...
+
+
+class ListenedCall(Protocol):
+    """A call that reports its media events after handling them (:class:`engine.call.Call`): every event but
+    audio to ``media_listener``, audio to ``audio_listener`` while it is set; ``last_audio`` is the latest
+    audio chunk it handled."""
+
+    media_listener: Callable[[MediaEvent], None] | None
+    audio_listener: Callable[[MediaEvent], None] | None
+    last_audio: AudioReceived | None
 
 
 class CallHandlerLike(Protocol):

@@ -758,7 +758,10 @@ class _CallReader:
                 if not event.filled:  # the frame's lag against the stream's own clock
                     base = self.clock.current_time() - event.timestamp_ms / 1000
                     self.origin = min(self.origin, base)
-                    self.lag.observe((base - self.origin) * 1000)
+                    pending = self.lag.pending  # folded into the histogram per FOLD_AT values (engine/metrics.py)
+                    pending.append((base - self.origin) * 1000)
+                    if len(pending) >= Histogram.FOLD_AT:
+                        self.lag.fold()
             elif not isinstance(event, (Connected, Started)):  # neither comes after start (an order error)
                 self.on_event(event)
                 if type(event) is StreamStopped:
