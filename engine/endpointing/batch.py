@@ -115,8 +115,8 @@ class FrameBatch:
                 group[0].append(stream)
                 group[1].append(frames)
                 group[2].append(clf)
-                if rows > group[3][0]:
-                    group[3][0] = rows
+                if rows != 1:  # a stream with several frames (rare): the rounds
+                    group[3][0] = max(group[3][0], rows)
         for group in groups.values():
             self._decide(*group)
 
@@ -151,9 +151,7 @@ class FrameBatch:
                 out = classify_batch(clfs, np.concatenate(frames))
                 self.batches += 1
                 self.frames += n
-                if len(out) != n:  # as the rounds' strict zip: a classifier bug, contained below
-                    raise ValueError(f"classify_batch gave {len(out)} decisions for {n} frames")
-                decided = [[d] for d in out]
+                decided = [[d] for _s, d in zip(streams, out, strict=True)]  # a wrong count: contained below
             else:
                 decided = [[] for _ in streams]
                 # Round r: row r of every stream that has one (a classifier sees its frames in order, one per round).

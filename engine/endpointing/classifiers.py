@@ -575,7 +575,7 @@ def _decide_rows(
     k = len(sel)
     p = bands.astype(np.float64) if every else bands[fast].astype(np.float64)
     # Gathered straight into arrays (no nested list for np.array to inspect): ~2x cheaper per row (issue 13).
-    fl = np.fromiter(_chain(map(_FLOORS, sel)), np.float64, k * nb).reshape(k, nb)
+    fl = np.fromiter(_chain(map(_FLOORS, sel)), np.float64, p.size).reshape(p.shape)
     run = np.fromiter(map(_RUN, sel), np.int64, k)
     d = p / fl
     # The product of the ratios above the floors: decide multiplies band by band, skipping p <= fl, and
