@@ -266,7 +266,8 @@ class Call:
         self._stream_closed.set()
 
     def _after_endpoint(self, events: list[Any]) -> None:
-        self._handle(events)
+        if events:  # most frames (idle, a quiet line) have none: no call for them
+            self._handle(events)
         self._raw = b""
         turns = self.turns
         if not turns.may_end:  # every frame of speech, and of silence before a final: nothing to compute
@@ -295,7 +296,8 @@ class Call:
         if self._raw_ok and payload is not None:  # pcm is this payload, decoded
             self._raw = payload
             self._raw_end = self.endpointer.position + len(pcm)
-        ready = self.endpointer.frames_ready(pcm, payload)  # a copy: pcm is a slice of the whole wake-up's audio
+        # pcm is a slice of the wake-up's fresh decode, which nothing else reads or writes: no copy of it.
+        ready = self.endpointer.frames_ready(pcm, payload, owned=True)
         if ready is None:
             self._after_endpoint([])
         else:

@@ -42,6 +42,9 @@ log = get_logger(__name__)
 # may not.
 MAX_ROWS = 32
 
+# A group of streams to classify together: the streams, their frames, their classifiers, [most rows of one stream].
+_Group = tuple[list["Deferred"], list[Frames], list[FrameClassifier], list[int]]
+
 
 class Deferred(Protocol):
     """A stream waiting in a :class:`FrameBatch`."""
@@ -50,7 +53,8 @@ class Deferred(Protocol):
     batch_frames: Frames | None  # the frames to classify, shape (n, frame); None: nothing (any more)
 
     def batch_audio(self, pcm: Pcm) -> None:
-        """``batch_payload`` decoded (the stream clears it): set ``batch_frames``, or finish if no frame is whole."""
+        """``batch_payload`` decoded (the stream clears it): set ``batch_frames``, or finish if no frame is whole.
+        ``pcm`` is the stream's to keep without a copy (a slice of the wake-up's fresh decode, nothing else's)."""
         ...
 
     @property
@@ -95,19 +99,26 @@ class FrameBatch:
         # A stream that decided alone and deferred again within the wake-up was added twice: once each.
         waiting = list(dict.fromkeys(waiting))
         self._decode(waiting)
-        groups: dict[tuple[type, int], list[tuple[Deferred, Frames]]] = {}
+        # Per group: its streams, their frames and classifiers (each read once), and its most rows per stream.
+        groups: dict[tuple[type, int], _Group] = {}
         for stream in waiting:
             frames = stream.batch_frames
             if frames is None:  # decided alone meanwhile, or nothing whole to classify
                 continue
-            key = (type(stream.batch_classifier), frames.shape[1])
+            clf = stream.batch_classifier
+            rows, width = frames.shape
+            key = (type(clf), width)
             group = groups.get(key)
             if group is None:
-                groups[key] = [(stream, frames)]
+                groups[key] = ([stream], [frames], [clf], [rows])
             else:
-                group.append((stream, frames))
+                group[0].append(stream)
+                group[1].append(frames)
+                group[2].append(clf)
+                if rows != 1:  # a stream with several frames (rare): the rounds
+                    group[3][0] = max(group[3][0], rows)
         for group in groups.values():
-            self._decide(group)
+            self._decide(*group)
 
     def _decode(self, waiting: list[Deferred]) -> None:
         """Every waiting μ-law payload decoded by one table lookup; each stream gets its slice."""
@@ -129,37 +140,48 @@ class FrameBatch:
                 self._fail(stream, exc)
             at += n
 
-    def _decide(self, group: list[tuple[Deferred, Frames]]) -> None:
-        decided: list[list[bool]] = [[] for _ in group]
-        rows = max(f.shape[0] for _s, f in group)
-        step = getattr(type(group[0][0].batch_classifier), "batch_rows", MAX_ROWS)
+    def _decide(self, streams: list[Deferred], frames: list[Frames], clfs: list[FrameClassifier], most: list[int]) -> None:
+        """One group (one classifier kind and frame size): its streams' frames classified, each stream decided."""
+        n = len(streams)
+        rows = most[0]
+        step = getattr(type(clfs[0]), "batch_rows", MAX_ROWS)
+        decided: list[list[bool]] = []
         try:
-            # Round r: row r of every stream that has one (a classifier sees its frames in order, one per round).
-            for r in range(rows):
-                every: Sequence[int]
-                every = range(len(group)) if r == 0 else [i for i, (_s, f) in enumerate(group) if f.shape[0] > r]
-                for at in range(0, len(every), step):
-                    members = every[at : at + step]
-                    if rows == 1:
-                        stack = np.concatenate([group[i][1] for i in members])
-                    else:
-                        stack = np.stack([group[i][1][r] for i in members])
-                    out = classify_batch([group[i][0].batch_classifier for i in members], stack)
-                    self.batches += 1
-                    self.frames += len(members)
-                    for i, d in zip(members, out, strict=True):
-                        decided[i].append(d)
+            if rows == 1 and n <= step:  # the common case: one frame per stream, one classify_batch
+                out = classify_batch(clfs, np.concatenate(frames))
+                self.batches += 1
+                self.frames += n
+                decided = [[d] for _s, d in zip(streams, out, strict=True)]  # a wrong count: contained below
+            else:
+                decided = [[] for _ in streams]
+                # Round r: row r of every stream that has one (a classifier sees its frames in order, one per round).
+                for r in range(rows):
+                    every: Sequence[int]
+                    every = range(n) if r == 0 else [i for i, f in enumerate(frames) if f.shape[0] > r]
+                    for at in range(0, len(every), step):
+                        members = every[at : at + step]
+                        if rows == 1:
+                            stack = np.concatenate([frames[i] for i in members])
+                        else:
+                            stack = np.stack([frames[i][r] for i in members])
+                        out = classify_batch([clfs[i] for i in members], stack)
+                        self.batches += 1
+                        self.frames += len(members)
+                        for i, d in zip(members, out, strict=True):
+                            decided[i].append(d)
         except Exception as exc:  # a classifier bug: each stream alone, so only a broken one fails
-            log.error("frame_batch_failed", streams=len(group), exc=exc)
-            for (stream, f), got in zip(group, decided, strict=True):
+            log.error("frame_batch_failed", streams=n, exc=exc)
+            if len(decided) != n:  # the one-call case raised: nothing decided yet
+                decided = [[] for _ in streams]
+            for stream, f, clf, got in zip(streams, frames, clfs, decided, strict=True):
                 if len(got) < f.shape[0]:
                     try:
-                        got.extend(stream.batch_classifier.classify(f[len(got) :]))
+                        got.extend(clf.classify(f[len(got) :]))
                     except Exception as own:
                         stream.batch_frames = None
                         self._fail(stream, own)
-        for (stream, frames), decisions in zip(group, decided, strict=True):
-            if stream.batch_frames is not frames:  # failed above
+        for stream, f, decisions in zip(streams, frames, decided, strict=True):
+            if stream.batch_frames is not f:  # failed above
                 continue
             try:
                 stream.batch_decided(decisions)

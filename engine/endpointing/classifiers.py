@@ -9,7 +9,9 @@ microseconds per frame; :class:`WebRtcClassifier` needs the ``webrtc`` extra.
 from __future__ import annotations
 
 import functools
+import itertools
 import math
+import operator
 import threading
 from collections.abc import Sequence
 from typing import Any, ClassVar, Protocol, runtime_checkable
@@ -572,8 +574,9 @@ def _decide_rows(
     sel = classifiers if every else [classifiers[i] for i in fast]
     k = len(sel)
     p = bands.astype(np.float64) if every else bands[fast].astype(np.float64)
-    fl = np.array([c._floors for c in sel], dtype=np.float64)
-    run = np.array([c._run for c in sel])
+    # Gathered straight into arrays (no nested list for np.array to inspect): ~2x cheaper per row (issue 13).
+    fl = np.fromiter(_chain(map(_FLOORS, sel)), np.float64, p.size).reshape(p.shape)
+    run = np.fromiter(map(_RUN, sel), np.int64, k)
     d = p / fl
     # The product of the ratios above the floors: decide multiplies band by band, skipping p <= fl, and
     # p / fl <= 1 exactly when p <= fl (division is monotonic), so x max(p / fl, 1) is the same product.
@@ -597,20 +600,30 @@ def _decide_rows(
     # The fall's power is taken by Python's ``**`` (C's pow), as decide does, not by ``np.power``: numpy may
     # dispatch that to a vector library (SVML on AVX-512 machines) whose result can differ by an ulp, and
     # then the floors would drift from decide's on such a machine. One pow per falling band value.
+    # (f * x**fall: the product of two float64 is the same IEEE operation in numpy as in Python.)
     where = np.flatnonzero(down)
     if where.size:
-        falling = zip(fl.take(where).tolist(), d.take(where).tolist(), strict=True)
-        np.put(new, where, [f * x**fall for f, x in falling])
-    for c, f, r, x in zip(sel, new.tolist(), new_run.tolist(), resc.tolist(), strict=True):
-        c._floors = f
-        c._run = r
-        c._rescued = x
+        np.put(new, where, fl.take(where) * np.array([x**fall for x in d.take(where).tolist()]))
+    if v_ratio == math.inf:  # no periodicity rule: _rescued is never set, it stays False (decide's too)
+        for c, f, r in zip(sel, new.tolist(), new_run.tolist(), strict=True):
+            c._floors = f
+            c._run = r
+    else:
+        for c, f, r, x in zip(sel, new.tolist(), new_run.tolist(), resc.tolist(), strict=True):
+            c._floors = f
+            c._run = r
+            c._rescued = x
     if every:
         return speech.tolist(), resc.tolist()
     for j, i in enumerate(fast):
         out[i] = bool(speech[j])
         rescued[i] = bool(resc[j])
     return out, rescued
+
+
+_chain = itertools.chain.from_iterable
+_FLOORS = operator.attrgetter("_floors")
+_RUN = operator.attrgetter("_run")
 
 
 def _row_sums(p: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:

@@ -153,3 +153,60 @@ def test_a_stream_that_decided_alone_is_skipped_and_one_added_twice_runs_once() 
     batch.add(b)
     batch.end()
     assert a.decided == 2 and b.decided == 1 and batch.frames == 2
+
+
+class _Miscounting(BandClassifier):
+    """A classifier kind whose batch gives one decision too few (a bug); alone it is right."""
+
+    @classmethod
+    def classify_batch(cls, classifiers: object, frames: Frames) -> list[bool]:  # type: ignore[override]
+        return [False] * (frames.shape[0] - 1)
+
+
+def test_a_batch_with_the_wrong_count_is_classified_alone() -> None:
+    """The one-classify_batch case (a frame per stream) checks the count as the rounds do: each stream then
+    decides alone, with the decisions its own classifier gives, and none fails."""
+    streams = [Stream() for _ in range(4)]
+    alone = [BandClassifier(8000) for _ in streams]
+    batch = FrameBatch()
+    batch.begin()
+    for i, s in enumerate(streams):
+        s.ep = Endpointer(EndpointingConfig(), classifier=_Miscounting(8000))
+        s.batch_frames = s.ep.frames_ready(_audio(i)[:160])
+        batch.add(s)
+    batch.end()
+    assert all(s.decided == 1 and not s.failures and s.batch_frames is None for s in streams)
+    for i, c in enumerate(alone):
+        c.classify(_audio(i)[:160][None])
+    assert [s.ep.classifier._floors for s in streams] == [c._floors for c in alone]  # each saw its frame once
+
+
+def test_frames_ready_keeps_an_owned_packet_and_copies_any_other() -> None:
+    """``owned``: a whole packet's frame is the caller's array itself (a batch's fresh decode, issue 13);
+    without it the frame is a copy, so a caller reusing its buffer cannot change what waits."""
+    pcm = _audio(3)[:160].copy()
+    ep = Endpointer(EndpointingConfig())
+    frames = ep.frames_ready(pcm, owned=True)
+    assert frames is not None and np.shares_memory(frames, pcm)
+    ep.push_decided([False])
+    other = pcm.copy()
+    frames = ep.frames_ready(other)
+    assert frames is not None and not np.shares_memory(frames, other)
+    before = frames.copy()
+    other[:] = 0
+    assert np.array_equal(frames, before)
+
+
+def test_frames_ready_checks_the_dtype_by_value() -> None:
+    """The identity check is a shortcut: an int16 array subclass passes, a big-endian or 2-D array does not."""
+
+    class Sub(np.ndarray):  # type: ignore[type-arg]
+        pass
+
+    ep = Endpointer(EndpointingConfig())
+    frames = ep.frames_ready(np.zeros(160, dtype=np.int16).view(Sub))
+    assert frames is not None and frames.shape == (1, 160)
+    ep.push_decided([False])
+    for bad in (np.zeros(160, dtype=">i2"), np.zeros((1, 160), dtype=np.int16), np.zeros(160, dtype=np.int32)):
+        with pytest.raises(EndpointerError):
+            ep.frames_ready(bad)  # type: ignore[arg-type]
