@@ -160,7 +160,7 @@ class TextFrameDecoder:
                         if words > _REPUNIT_MAX_WORDS:  # not a media message: no repunit kept for it
                             return apply_mask(data[8:], data[4:8]).decode()
                         rep = _framed_repunit(words)
-                    key = _u32(data, 4)[0] * rep
+                    key: int = _u32(data, 4)[0] * rep
                     return (int.from_bytes(data, "little") ^ key).to_bytes(words << 2, "little")[8:n].decode()
                 except UnicodeDecodeError:
                     return None  # feed() hands it to wsproto, which reports it (1007)
