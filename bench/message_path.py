@@ -12,6 +12,10 @@ times each, and prints both medians and the ratio, so old and new are measured i
 
     .venv/bin/python bench/message_path.py --ab /work/wt-base --rounds 5
     .venv/bin/python bench/message_path.py --calls-per-message   # cProfile: function calls per message
+    .venv/bin/python bench/message_path.py --ab /work/wt-base --instructions  # callgrind, load-independent
+
+``--instructions`` counts CPU instructions per message under valgrind's callgrind (the same run with and
+without the messages, subtracted), which does not depend on the machine's load.
 """
 
 from __future__ import annotations
@@ -22,9 +26,11 @@ import cProfile
 import json
 import os
 import pstats
+import re
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -48,7 +54,7 @@ def _frame(text: str, mask: bytes) -> bytes:
     n = len(data)
     head = bytes([0x81]) + (bytes([0x80 | n]) if n < 126 else bytes([0x80 | 126]) + n.to_bytes(2, "big"))
     key = (mask * (n // 4 + 1))[:n]
-    return head + mask + bytes(a ^ b for a, b in zip(data, key, strict=True))
+    return head + mask + (int.from_bytes(data, "big") ^ int.from_bytes(key, "big")).to_bytes(n, "big")
 
 
 def _media(seq: int, chunk: int) -> str:
@@ -74,7 +80,7 @@ class _Counting:
         return None
 
 
-async def _measure(messages: int, profile: bool) -> dict[str, float]:
+async def _measure(messages: int, profile: bool, run: bool = True) -> dict[str, float]:
     import socket
 
     lsock = socket.create_server(("127.0.0.1", 0))
@@ -103,13 +109,13 @@ async def _measure(messages: int, profile: bool) -> dict[str, float]:
     if prof is not None:
         prof.enable()
     cpu0 = time.process_time()
-    for data in frames:
+    for data in frames if run else ():
         if readable(data, now):
             raise RuntimeError(f"the reader paused: {reader.reason} {reader.error}")
     cpu1 = time.process_time()
     if prof is not None:
         prof.disable()
-    if handler.events != messages:
+    if run and handler.events != messages:
         raise RuntimeError(f"{handler.events} events for {messages} messages")
     a.close()
     b.close()
@@ -123,10 +129,10 @@ async def _measure(messages: int, profile: bool) -> dict[str, float]:
     return out
 
 
-def _one(messages: int, repeat: int, profile: bool) -> dict[str, Any]:
+def _one(messages: int, repeat: int, profile: bool, run: bool = True) -> dict[str, Any]:
     import engine
 
-    runs = [trio.run(_measure, messages, False) for _ in range(repeat)]
+    runs = [trio.run(_measure, messages, False, run) for _ in range(repeat)]
     out: dict[str, Any] = {"tree": str(Path(engine.__file__).resolve().parent.parent),
                            "us_per_message": round(min(r["us_per_message"] for r in runs), 2),
                            "runs": [round(r["us_per_message"], 2) for r in runs]}
@@ -137,9 +143,28 @@ def _one(messages: int, repeat: int, profile: bool) -> dict[str, Any]:
     return out
 
 
-def _ab(old: Path, rounds: int, messages: int, repeat: int) -> dict[str, Any]:
+def _instructions(python: str, tree: Path, messages: int) -> float:
+    """Instructions per message under callgrind: a run with ``messages`` minus the same run without them."""
+    counts = []
+    for run in ("1", "0"):
+        with tempfile.TemporaryDirectory() as tmp:
+            cmd = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={tmp}/cg.out", python, str(Path(__file__).resolve()),
+                   "--messages", str(messages), "--repeat", "1", "--run", run]
+            env = os.environ | {"PYTHONHASHSEED": "0", "OPENBLAS_NUM_THREADS": "1"}
+            res = subprocess.run(cmd, cwd=tree, check=True, capture_output=True, text=True, env=env)
+            counts.append(int(re.findall(r"Collected : (\d+)", res.stderr)[-1]))
+    return (counts[0] - counts[1]) / messages
+
+
+def _ab(old: Path, rounds: int, messages: int, repeat: int, instructions: bool = False) -> dict[str, Any]:
     new = Path(os.getcwd())
     script = str(Path(__file__).resolve())
+    if instructions:
+        ins = {name: _instructions(str(tree / ".venv" / "bin" / "python"), tree, messages)
+               for name, tree in (("new", new), ("old", old))}
+        return {"new_tree": str(new), "old_tree": str(old), "messages": messages,
+                "new_instructions_per_message": round(ins["new"]), "old_instructions_per_message": round(ins["old"]),
+                "new_over_old": round(ins["new"] / ins["old"], 3)}
     got: dict[str, list[float]] = {"new": [], "old": []}
     for _ in range(rounds):
         for name, tree in (("new", new), ("old", old)):
@@ -159,11 +184,16 @@ def main() -> int:
     p.add_argument("--calls-per-message", action="store_true", help="also count function calls (cProfile)")
     p.add_argument("--ab", type=Path, help="another tree (with its own .venv) to compare with, alternately")
     p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--instructions", action="store_true", help="with --ab: callgrind instructions per message")
+    p.add_argument("--run", type=int, default=1, help=argparse.SUPPRESS)  # 0: everything but the messages
     args = p.parse_args()
     if args.ab is not None:
-        print(json.dumps(_ab(args.ab.resolve(), args.rounds, args.messages, args.repeat)))
+        messages = 2000 if args.instructions and args.messages == 20_000 else args.messages
+        print(json.dumps(_ab(args.ab.resolve(), args.rounds, messages, args.repeat, args.instructions)))
+    elif args.instructions:
+        print(json.dumps({"instructions_per_message": round(_instructions(sys.executable, Path(os.getcwd()), args.messages))}))
     else:
-        print(json.dumps(_one(args.messages, args.repeat, args.calls_per_message), indent=1))
+        print(json.dumps(_one(args.messages, args.repeat, args.calls_per_message, bool(args.run)), indent=1))
     return 0
 
 

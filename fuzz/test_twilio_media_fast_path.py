@@ -190,6 +190,8 @@ _ASCII = st.text(st.characters(min_codepoint=32, max_codepoint=126), min_size=12
 @example(b"a" * 300, b"\0\0\0\0", 0, 300, b"", 0)  # exactly at the limit
 @example(b"a" * 301, b"\0\0\0\0", 0, 300, b"", 0)  # one past it: wsproto's (1009)
 @example(b"a" * 200, b"\0\0\0\0", 6, 0, b"", 0)  # unmasked, 16-bit length
+@example(bytes(range(33, 126)) * 50, b"\x01\x82\x03\xf4", 0, 0, b"", 0)  # > 4 KiB: apply_mask's way in one()
+@example(bytes(range(33, 126)) * 2 + b"ab", b"\x01\x82\x03\xf4", 0, 0, b"", 0)  # not a multiple of 4 bytes
 @example(b"a" * 200, b"\0\0\0\0", 0, 0, b"", 3)  # a partial frame buffered before a whole one
 # A masked 7-bit frame whose key and a 3-byte tail read as a 16-bit length (126) that matches the read's size.
 @example(b"a" * 125, b"\x00\x7e\x00\x00", 0, 300, b"\x01\x01\x01", 0)
