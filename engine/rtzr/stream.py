@@ -350,7 +350,8 @@ class RtzrSocket:
             self._sink = None
         self.last_used = trio.current_time()
 
-    async def _send(self, message: bytes | str) -> None:
+    async def _send(self, message: bytes | str, *, touch: bool = True) -> None:
+        """One message under the connection's lock and budgets.send; ``touch`` marks the socket used."""
         ws = self._ws
         if ws is None or self._closed.is_set():
             raise RtzrSocketLost(self.close_reason or "socket not open")
@@ -366,30 +367,21 @@ class RtzrSocket:
         except BudgetExpired:
             self._lose("send timeout")
             raise
-        self.last_used = trio.current_time()
+        if touch:
+            self.last_used = trio.current_time()
 
     async def send_audio(self, pcm: bytes) -> None:
         """Send audio in the configured encoding (LINEAR16 little-endian, or MULAW passthrough).
 
-        The hot path (one call per 100 ms per utterance): :meth:`_send` inlined, and ``last_used`` left
-        alone (attach and detach set it; the pool reads it only for idle sockets).
+        The hot path (one call per 100 ms per utterance): ``last_used`` is left alone (attach and detach
+        set it; the pool reads it only for idle sockets).
         """
         if not pcm:
             return
         if self.eos_sent:
             raise RtzrSocketLost("EOS already sent")
         self.tracker.audio_sent(len(pcm))
-        ws = self._ws
-        if ws is None or self._closed.is_set():
-            raise RtzrSocketLost(self.close_reason or "socket not open")
-        try:
-            await ws.send_bytes(pcm)
-        except ConnectionClosed:
-            self._lose("closed while sending")
-            raise RtzrSocketLost(self.close_reason) from None
-        except BudgetExpired:
-            self._lose("send timeout")
-            raise
+        await self._send(pcm, touch=False)
 
     async def finalize(self, speech_end_ms: float | None = None) -> bool:
         """Send Finalize if audio is pending; returns whether a final is now expected.
