@@ -181,8 +181,11 @@ async def _calls_every(r: object, audio: bytes, interval: float, stop: trio.Even
 
 async def test_auth_down_at_startup_then_recovers_without_busy_loop() -> None:
     with trio.fail_after(40):
+        # open_retry_max_ms as in the outage tests: an open that fails once the token is back (its 500 ms
+        # connect budget on a loaded machine) backs off 1 s at most, not the default 30 s the wait below
+        # could never cover (seen in a CI run with both cores busy).
         async with rig("rtzr.auth_retry_base_ms=100", "rtzr.auth_retry_max_ms=1000", "budgets.lease=300",
-                       "budgets.connect=500", gate=True, gate_up=False) as r:
+                       "budgets.connect=500", "rtzr.pool.open_retry_max_ms=1000", gate=True, gate_up=False) as r:
             assert r.gate is not None
             audio, texts = script("ate")
             rep = await r.call(audio)  # no token yet: reported, not lost, not hung
@@ -192,7 +195,7 @@ async def test_auth_down_at_startup_then_recovers_without_busy_loop() -> None:
             attempts = r.engine.tokens.fetch_count
             assert 3 <= attempts <= 12, attempts  # ≈2.3 s of refused auth: backoff, not a loop
             await r.gate.up()
-            await wait_until(lambda: r.engine.pool.idle_count >= 2, 5)
+            await wait_until(lambda: r.engine.pool.idle_count >= 2, 15)
             rep2 = await r.call(audio)
             assert r.ledger.texts(rep2.stream_sid) == texts
             tally_account("auth down at start-up", r.ledger, auth_attempts_while_down=attempts)
