@@ -223,7 +223,13 @@ class Call:
         else:
             self.stats.frames_received += frames
         if self.batch_payload is not None or self.batch_frames is not None:
-            self._decide_alone()  # a second chunk in one wake-up: the first one's frames first, alone
+            # A second chunk in one wake-up (a late pass, or two frames in one read): it joins the first in
+            # the batch when that is exact (_may_join), else the first one's frames are decided first, alone.
+            if self.batch_payload is not None and self._may_join():
+                self.batch_payload += payload  # one decode, its frames in the batch's rounds (FrameBatch._decide)
+                self.last_audio = event
+                return
+            self._decide_alone()
         batch = self._batch
         if batch is not None and batch.collecting and self._batch_decode:
             self.batch_payload = payload  # decoded with every call of this wake-up (FrameBatch.end)
@@ -245,6 +251,21 @@ class Call:
         self.last_audio = event
         if self.audio_listener is not None:
             self.audio_listener(event)
+
+    def _may_join(self) -> bool:
+        """Whether the next μ-law chunk may join ``batch_payload`` (both decided at the batch's end, in one
+        push_decided) with the same events, in the same order, as deciding the waiting one first.
+
+        Exact because, within one reactor pass, nothing but the call's own frames changes its state: the
+        endpointer's events do not depend on chunking, ``_raw`` covers both chunks, the stats and ``last_audio``
+        are per chunk as before. What would see the state between the two chunks is ruled out: the turn
+        tracker (``may_end`` False: no turn can end after either chunk, and nothing in a pass makes it True,
+        finals settle in their own tasks), and the playback hook (``audio_listener`` None: the old path would
+        have called it only if the first chunk's SpeechStarted set it, and that SpeechStarted's own barge-in
+        check then reads ``last_audio``, the second chunk, as the hook would have)."""
+        batch = self._batch
+        return (batch is not None and batch.collecting and self.audio_listener is None
+                and not self.turns.may_end)
 
     def _on_other(self, event: MediaEvent) -> None:
         if self.batch_payload is not None or self.batch_frames is not None:

@@ -2,8 +2,9 @@
 events its own ``Endpointer.push`` gives, for random streams, chunkings and interleavings (issue 13).
 
 Each stream is driven as :class:`engine.call.Call` drives it: during a wake-up a chunk is deferred to the
-batch (its μ-law payload, or the frames ``frames_ready`` cut), a second chunk of the same stream in one
-wake-up first decides the earlier one alone; the wake-up's end classifies every waiting stream together.
+batch (its μ-law payload, or the frames ``frames_ready`` cut); a second chunk of the same stream in one
+wake-up joins the waiting μ-law payload (``join``, as Call does when it may) or first decides the earlier one
+alone; the wake-up's end classifies every waiting stream together (a stream with several frames in the rounds).
 """
 
 from __future__ import annotations
@@ -25,10 +26,11 @@ from tests.endpointing.helpers import key
 class Stream:
     """A stream in the batch the way Call is (payload or frames deferred; alone when it cannot wait)."""
 
-    def __init__(self, cfg: EndpointingConfig, rate: int, *, as_mulaw: bool) -> None:
+    def __init__(self, cfg: EndpointingConfig, rate: int, *, as_mulaw: bool, join: bool = False) -> None:
         self.ep = Endpointer(cfg, sample_rate=rate, classifier=make_classifier(cfg.classifier, rate,
                                                                                 frame_ms=cfg.frame_ms))
         self.as_mulaw = as_mulaw
+        self.join = join
         self.batch_payload: bytes | None = None
         self.batch_frames: Frames | None = None
         self.events: list[EndpointEvent] = []
@@ -38,6 +40,9 @@ class Stream:
         return self.ep.classifier
 
     def feed(self, chunk: bytes | Pcm, batch: FrameBatch) -> None:
+        if self.join and self.batch_payload is not None and batch.collecting and isinstance(chunk, bytes):
+            self.batch_payload += chunk  # decoded and classified with the waiting chunk at the wake-up's end
+            return
         if self.batch_payload is not None or self.batch_frames is not None:
             self.alone()
         if batch.collecting and isinstance(chunk, bytes):
@@ -101,7 +106,7 @@ def test_batched_events_equal_per_stream_push(data: st.DataObject) -> None:
         sig = data.draw(signals(rate, max_ms=2500))
         if as_mulaw:  # the reference must see the same samples the μ-law codes give
             sig = mulaw.decode(mulaw.encode(sig))
-        streams.append(Stream(cfg, rate, as_mulaw=as_mulaw))
+        streams.append(Stream(cfg, rate, as_mulaw=as_mulaw, join=data.draw(st.booleans())))
         refs.append(Endpointer(cfg, sample_rate=rate,
                                classifier=make_classifier(cfg.classifier, rate, frame_ms=cfg.frame_ms)))
         inputs.append(_chunks(sig, data.draw(chunkings), as_mulaw))
@@ -193,7 +198,8 @@ def test_many_streams_of_one_bands_kind_batched_equal_per_stream_push(data: st.D
     kind = data.draw(st.sampled_from(BANDS_KINDS))
     n_streams = data.draw(st.integers(2, 12))
     cfg = EndpointingConfig(classifier=kind)  # type: ignore[arg-type]
-    streams = [Stream(cfg, 8000, as_mulaw=True) for _ in range(n_streams)]
+    join = data.draw(st.booleans())  # a stream's chunks of one wake-up joined in the batch (Call), or alone first
+    streams = [Stream(cfg, 8000, as_mulaw=True, join=join) for _ in range(n_streams)]
     refs = [Endpointer(cfg, sample_rate=8000, classifier=make_classifier(kind, 8000)) for _ in range(n_streams)]
     inputs = []
     expected = []
