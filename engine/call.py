@@ -45,6 +45,10 @@ log = get_logger(__name__)
 FRAME_MS = 20  # the unit of CallStats.frames_* (Twilio's frame; a longer chunk counts its whole frames)
 
 
+_JOINED_HELP = "audio chunks that joined an earlier chunk of their call in one reactor pass (one batch)"
+_ALONE_HELP = "audio chunks whose call's earlier chunk of the same reactor pass was decided alone first"
+
+
 class Emit(Protocol):
     def __call__(self, event: ev.Event) -> None: ...
 
@@ -228,7 +232,9 @@ class Call:
             if self.batch_payload is not None and self._may_join():
                 self.batch_payload += payload  # one decode, its frames in the batch's rounds (FrameBatch._decide)
                 self.last_audio = event
+                self.metrics.counter("call_chunks_joined_total", _JOINED_HELP).inc()
                 return
+            self.metrics.counter("call_chunks_alone_total", _ALONE_HELP).inc()
             self._decide_alone()
         batch = self._batch
         if batch is not None and batch.collecting and self._batch_decode:

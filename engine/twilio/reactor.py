@@ -27,6 +27,12 @@ the batched work's fixed cost (a ``classify_batch`` of 4 rows costs ~4× per row
 arrive meanwhile wait in the kernel and are read together by the next pass. A frame waits at most the
 interval, and only when passes come that close; a lone call (a pass every 20 ms) never waits.
 
+**Why a frame is late** (issue 13, the frame-lag tail): the reactor times each pass from the ``now`` it
+already has to one clock read at its end (``pass_ms``: a frame read late in a long pass waited that long,
+and frames that arrived meanwhile wait for the next), the time between one pass's end and the next one's
+start (``gap_ms``: other tasks, Trio's scheduler, or idle), and, while it runs, every garbage collection
+(``gc_ms``, by generation, from ``gc.callbacks``): a pause in any task delays every frame waiting.
+
 The task runs in the nursery given to :meth:`Reactor.register` (the calls nursery) while any socket is
 registered, and exits (closing its epoll) when the last one leaves; the next registration starts it
 again. A registration must be removed before its socket is closed (fd numbers are reused).
@@ -35,15 +41,18 @@ again. A registration must be removed before its socket is closed (fd numbers ar
 from __future__ import annotations
 
 import contextlib
+import gc
 import math
 import os
 import select
-from typing import Final, Protocol
+import time
+from collections.abc import Callable
+from typing import Any, Final, Protocol
 
 import trio
 
 from engine.log import get_logger
-from engine.metrics import Counter
+from engine.metrics import Counter, Histogram
 
 log = get_logger(__name__)
 
@@ -81,13 +90,18 @@ class Reactor:
     """Many sockets, one reader task (see the module docstring). Not thread-safe; one Trio run."""
 
     def __init__(self, hook: PassHook | None = None, *, min_pass_interval: float = 0.0,
-                 passes: Counter | None = None, reads: Counter | None = None) -> None:
+                 passes: Counter | None = None, reads: Counter | None = None, pass_ms: Histogram | None = None,
+                 gap_ms: Histogram | None = None, gc_ms: Callable[[int], Histogram] | None = None) -> None:
         if min_pass_interval < 0:
             raise ValueError(f"min_pass_interval must be >= 0, got {min_pass_interval}")
         self.hook = hook
         self.min_pass_interval = min_pass_interval  # seconds; see the module docstring
         self._passes = passes or Counter()  # the server's sori_twilio_ingest_passes_total
         self._reads = reads or Counter()  # ... and sori_twilio_ingest_reads_total (reads / passes = calls per pass)
+        # Why frames are late (module docstring): pass durations, gaps between passes, GC pauses by generation.
+        self._pass_ms = pass_ms
+        self._gap_ms = gap_ms
+        self._gc_ms = gc_ms
         self._readers: dict[int, Reader] = {}
         self._epoll: select.epoll | None = None  # the running task's; None: no task
         self._scope: trio.CancelScope | None = None
@@ -172,6 +186,11 @@ class Reactor:
         except Exception as bug:  # the hook's own bug: logged, never the end of the reactor
             log.error("reactor_pass_hook_failed", exc=bug)
 
+    def _fold(self) -> None:
+        for h in (self._pass_ms, self._gap_ms):
+            if h is not None:
+                h.fold()
+
     def _detach(self) -> None:
         """Let the running task go (it closes its epoll); the next register() starts a new one."""
         if self._scope is not None:
@@ -185,6 +204,15 @@ class Reactor:
         passes, reads = self._passes, self._reads
         interval = self.min_pass_interval
         next_pass = -math.inf  # the earliest start of the next pass
+        clock = trio.lowlevel.current_clock()
+        # Per pass, one clock read at its end and a list append (folded per FOLD_AT, engine/metrics.py).
+        timed = self._pass_ms is not None and self._gap_ms is not None  # the server gives both
+        pass_ms = self._pass_ms.pending if self._pass_ms is not None else []
+        gap_ms = self._gap_ms.pending if self._gap_ms is not None else []
+        ended = math.inf  # the previous pass's end (none yet)
+        gc_probe = None if self._gc_ms is None else _GcProbe(self._gc_ms)
+        if gc_probe is not None:
+            gc.callbacks.append(gc_probe)
         try:
             with scope:
                 while True:
@@ -220,9 +248,20 @@ class Reactor:
                     finally:
                         if hook is not None:
                             self._end_pass(hook)
+                    if timed:
+                        end = clock.current_time()
+                        pass_ms.append((end - now) * 1000)
+                        if ended <= now:
+                            gap_ms.append((now - ended) * 1000)
+                        ended = end
+                        if len(pass_ms) >= Histogram.FOLD_AT:
+                            self._fold()
         except Exception as exc:  # a reactor bug: each registered call fails on its own (finally), never the nursery
             log.error("reactor_failed", exc=exc)
         finally:
+            if gc_probe is not None:
+                with contextlib.suppress(ValueError):
+                    gc.callbacks.remove(gc_probe)
             current = self._epoll is epoll
             trio.lowlevel.notify_closing(epfd)
             epoll.close()
@@ -232,3 +271,23 @@ class Reactor:
                 readers.clear()
                 for reader in stranded:  # their tasks must not wait for bytes that no one reads
                     self._fail(reader, RuntimeError("the socket reactor stopped"))
+
+
+class _GcProbe:
+    """A ``gc.callbacks`` entry timing every collection (ms, by generation) while the reactor runs: ~1 µs
+    per collection, and the GC pauses every task, the reactor's frames included (the frame-lag tail)."""
+
+    __slots__ = ("by_gen", "started")
+
+    def __init__(self, histogram: Callable[[int], Histogram]) -> None:
+        self.by_gen = [histogram(g) for g in range(3)]
+        self.started = 0.0
+
+    def __call__(self, phase: str, info: dict[str, Any]) -> None:
+        if phase == "start":
+            self.started = time.perf_counter()
+            return
+        h = self.by_gen[info["generation"]]
+        h.pending.append((time.perf_counter() - self.started) * 1000)
+        if len(h.pending) >= Histogram.FOLD_AT:
+            h.fold()

@@ -66,6 +66,7 @@ MAX_OUTBOUND_PAYLOAD = 50 * FRAME_BYTES  # one outbound media message carries at
 _STATS_FLUSH_EVERY = 50  # messages (≈1 s of audio) between metric updates
 HANDOFF_MSG_BYTES = 64  # one byte per handed connection (and per ended one, reported back)
 HANDOFF_MAX_FDS = 16
+PASS_BUCKETS_MS = (0.1, 0.2, 0.5, 1, 2, 3, 5, 7.5, 10, 15, 20, 25, 30, 40, 50, 75, 100, 200, 500)
 FRAME_LAG_BUCKETS_MS = (1, 2, 5, 10, 15, 20, 25, 30, 40, 50, 75, 100, 150, 200, 300, 500, 1000, 2000, 5000)
 
 
@@ -240,6 +241,13 @@ class _Metrics:
         self.ingest_passes = registry.counter(
             "twilio_ingest_passes_total", "ingest reactor passes (each reads every ready Twilio socket)")
         self.ingest_reads = registry.counter("twilio_ingest_reads_total", "Twilio socket reads by the ingest reactor")
+        # Why frames are late (engine/twilio/reactor.py): pass durations, gaps between passes, GC pauses.
+        self.ingest_pass_ms = registry.histogram("twilio_ingest_pass_ms", "ingest reactor pass duration",
+                                                 buckets=PASS_BUCKETS_MS)
+        self.ingest_gap_ms = registry.histogram("twilio_ingest_gap_ms", "ingest reactor: a pass's end to the next "
+                                                "pass's start (other tasks, or idle)", buckets=PASS_BUCKETS_MS)
+        self.gc_ms = lambda gen: registry.histogram("gc_pause_ms", "garbage collections while the ingest reactor "
+                                                    "runs", f"generation={gen}", buckets=PASS_BUCKETS_MS)
         self.frame_lag = registry.histogram(
             "twilio_frame_lag_ms", "media frame handled (after the endpointer) minus its due time; due = the "
             "stream's least-delayed frame + its audio offset", buckets=FRAME_LAG_BUCKETS_MS)
@@ -309,7 +317,8 @@ class TwilioServer:
     def _new_reactor(self) -> Reactor:
         """The ingest reactor, its pass hook classifying the frames of every call read in one pass together."""
         return Reactor(FrameBatch(), min_pass_interval=self.config.twilio.pass_interval_ms / 1000.0,
-                       passes=self.metrics.ingest_passes, reads=self.metrics.ingest_reads)
+                       passes=self.metrics.ingest_passes, reads=self.metrics.ingest_reads,
+                       pass_ms=self.metrics.ingest_pass_ms, gap_ms=self.metrics.ingest_gap_ms, gc_ms=self.metrics.gc_ms)
 
     async def run(self, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
         """Bind, report the bound port, accept until cancelled (live calls keep running).
