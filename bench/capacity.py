@@ -43,6 +43,13 @@ FINAL_MS = 150
 LAG_METRIC = "sori_twilio_frame_lag_ms_bucket"
 PASSES_METRIC = "sori_twilio_ingest_passes_total"
 READS_METRIC = "sori_twilio_ingest_reads_total"
+# Why frames are late (engine/twilio/reactor.py): pass durations, gaps between passes, GC pauses; and how
+# often a call's socket held two chunks in one pass (engine/call.py: joined in the batch, or decided alone).
+PASS_METRIC = "sori_twilio_ingest_pass_ms_bucket"
+GAP_METRIC = "sori_twilio_ingest_gap_ms_bucket"
+GC_METRIC = "sori_gc_pause_ms_bucket"
+JOINED_METRIC = "sori_call_chunks_joined_total"
+ALONE_METRIC = "sori_call_chunks_alone_total"
 RULE_LAG_MS = 20.0
 RULE_CPU = 90.0
 
@@ -80,6 +87,13 @@ class Step:
     emu_lag_max: float = math.nan
     stalls: int = 0
     reads_per_pass: float = math.nan  # the engine's ingest reactor: Twilio socket reads per pass in the window
+    pass_ms: tuple[float, float, float] = (math.nan, math.nan, math.nan)  # pass duration p50 / p99 / max (bucket bounds)
+    gap_ms: tuple[float, float] = (math.nan, math.nan)  # a pass's end to the next start: p99 / max
+    passes_over_10ms: int = 0  # passes longer than 10 ms in the window
+    gc_pauses: tuple[int, int, int] = (0, 0, 0)  # collections per generation in the window
+    gc_max_ms: tuple[float, float, float] = (math.nan, math.nan, math.nan)  # longest per generation (bucket bound)
+    doubled_pct: float = math.nan  # chunks that came second in their call's pass, % of frames (joined + alone)
+    joined_pct: float = math.nan  # of which joined the batch
     others_cpu: float = math.nan  # every other process on the machine during the window, % of one core
     others_core0: float = math.nan  # of which on the engine's core (pinned runs)
     calib_ms: tuple[float, float] = (math.nan, math.nan)  # core 0's time for a fixed job, before / after the step
@@ -138,6 +152,20 @@ def counter_value(metrics_text: str, name: str) -> float:
 def histogram_quantiles(metrics_text: str, name: str, qs: tuple[float, ...]) -> list[float]:
     """Upper bucket bounds holding each quantile of a Prometheus histogram (since the process started)."""
     return quantiles(histogram_buckets(metrics_text, name), qs)
+
+
+def labelled_buckets(metrics_text: str, name: str, label: str) -> dict[float, float]:
+    """Cumulative bucket counts of the histogram's children whose labels contain ``label`` (e.g. generation="2")."""
+    return histogram_buckets("\n".join(x for x in metrics_text.splitlines() if label in x), name)
+
+
+def highest(buckets: dict[float, float]) -> float:
+    """Upper bound of the highest non-empty bucket (a coarse max), NaN when empty."""
+    ordered = sorted(buckets.items())
+    for (bound, cumulative), (_, below) in zip(reversed(ordered), [*reversed(ordered[:-1]), (0.0, 0.0)], strict=True):
+        if cumulative > below:
+            return bound
+    return math.nan
 
 
 def delta(after: dict[float, float], before: dict[float, float]) -> dict[float, float]:
@@ -257,6 +285,20 @@ def run_step(n: int, gc: str, corpus: list[c.CorpusCall], work: Path, *, args: a
         hist_b = histogram_buckets(text_b, LAG_METRIC)
         t_b = time.time()
         passes = counter_value(text_b, PASSES_METRIC) - counter_value(text_a, PASSES_METRIC)
+        pass_w = delta(histogram_buckets(text_b, PASS_METRIC), histogram_buckets(text_a, PASS_METRIC))
+        if pass_w.get(math.inf):
+            p50, p99 = quantiles(pass_w, (0.5, 0.99))
+            step.pass_ms = (p50, p99, highest(pass_w))
+            step.passes_over_10ms = int(pass_w[math.inf] - pass_w.get(10.0, 0.0))
+        gap_w = delta(histogram_buckets(text_b, GAP_METRIC), histogram_buckets(text_a, GAP_METRIC))
+        if gap_w.get(math.inf):
+            step.gap_ms = (quantiles(gap_w, (0.99,))[0], highest(gap_w))
+        gcs = [delta(labelled_buckets(text_b, GC_METRIC, f'generation="{g}"'),
+                     labelled_buckets(text_a, GC_METRIC, f'generation="{g}"')) for g in range(3)]
+        step.gc_pauses = (int(gcs[0].get(math.inf, 0)), int(gcs[1].get(math.inf, 0)), int(gcs[2].get(math.inf, 0)))
+        step.gc_max_ms = (highest(gcs[0]), highest(gcs[1]), highest(gcs[2]))
+        joined = counter_value(text_b, JOINED_METRIC) - counter_value(text_a, JOINED_METRIC)
+        alone = counter_value(text_b, ALONE_METRIC) - counter_value(text_a, ALONE_METRIC)
         if passes > 0:
             step.reads_per_pass = (counter_value(text_b, READS_METRIC) - counter_value(text_a, READS_METRIC)) / passes
         if "first_done" in progress_events(progress):
@@ -272,6 +314,9 @@ def run_step(n: int, gc: str, corpus: list[c.CorpusCall], work: Path, *, args: a
         step.frames = int(window.get(math.inf, 0))
         step.lag_p50, step.lag_p99, step.lag_p999 = quantiles(window, (0.5, 0.99, 0.999))
         step.lag_le20_pct = 100 * window.get(RULE_LAG_MS, 0) / step.frames if step.frames else math.nan
+        if step.frames:
+            step.doubled_pct = 100 * (joined + alone) / step.frames
+            step.joined_pct = 100 * joined / (joined + alone) if joined + alone else math.nan
         watch(time.monotonic() + 3600)
         gen.wait()
         step.rss_idle_mib = idle_rss / 2**20
@@ -345,6 +390,16 @@ def report(steps: list[Step]) -> str:
             f"{s.loadgen_cpu:.0f} %, {s.emulator_cpu:.0f} % | {s.rig_lag_p99:.1f} / {s.rig_lag_max:.1f} ms | "
             f"{fmt_ms(s.emu_lag_p99)} / {fmt_ms(s.emu_lag_max)} ms | {s.reads_per_pass:.1f} | "
             f"{s.others_cpu:.0f} % ({s.others_core0:.0f} % on core 0) | {s.calib_ms[0]:.0f} / {s.calib_ms[1]:.0f} ms |")
+    lines += ["", "Why frames are late (the engine's reactor, same window): pass duration, a pass's end to the next "
+              "start, GC pauses, calls whose socket held 2+ chunks in one pass (bucket bounds, ms)", "",
+              "| calls | GC | pass p50 / p99 / max | passes > 10 ms | gap p99 / max | GC collections gen 0 / 1 / 2 "
+              "| longest GC gen 0 / 1 / 2 | 2nd chunks in a pass, % of frames (joined %) |",
+              "|---|---|---|---|---|---|---|---|"]
+    for s in steps:
+        lines.append(
+            f"| {s.calls} | {s.gc} | {' / '.join(fmt_ms(v) for v in s.pass_ms)} | {s.passes_over_10ms} | "
+            f"{' / '.join(fmt_ms(v) for v in s.gap_ms)} | {' / '.join(str(v) for v in s.gc_pauses)} | "
+            f"{' / '.join(fmt_ms(v) for v in s.gc_max_ms)} | {s.doubled_pct:.2f} % ({s.joined_pct:.0f} %) |")
     for s in steps:
         if s.invalid:
             lines.append(f"INVALID {s.calls} ({s.gc}): {'; '.join(s.invalid)}")
@@ -545,6 +600,9 @@ def main() -> int:
             results.append(run_step(n, gc, corpus, work, args=args))
             s = results[-1]
             print(f"  {n} calls, GC {gc}: {s.verdict}, engine {s.engine_cpu:.0f} %, lag p99 {fmt_ms(s.lag_p99)} ms, "
+                  f"pass p50/p99/max {'/'.join(fmt_ms(v) for v in s.pass_ms)} ms, gap p99/max "
+                  f"{'/'.join(fmt_ms(v) for v in s.gap_ms)} ms, GC gen2 {s.gc_pauses[2]} (max {fmt_ms(s.gc_max_ms[2])} ms), "
+                  f"2nd chunks {s.doubled_pct:.2f} % of frames, "
                   f"rig {s.loadgen_cpu:.0f} % + {s.emulator_cpu:.0f} %, rig lag p99 {s.rig_lag_p99:.1f} ms, "
                   f"other processes {s.others_cpu:.0f} % ({s.others_core0:.0f} % on core 0), calibration {s.calib_ms[0]:.0f} / {s.calib_ms[1]:.0f} ms",
                   flush=True)
