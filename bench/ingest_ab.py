@@ -23,6 +23,10 @@ too (not RTZR's socket and WebSocket framing: engine/rtzr's own). ``--frames 522
 the server and the sockets: the calls get their frames straight from this loop, in one
 :class:`~engine.endpointing.batch.FrameBatch` per phase group (as the reactor's wake-ups), so only the call
 path (decode, endpointing, utterance audio, with ``--stt`` the senders) is measured.
+
+``--doubled S``: a share S of the calls (every round(1/S)-th) gets its frames two at a time, frames k-1 and
+k in one send (one wake-up) at every odd k, as a call whose socket holds two frames when a pass is late
+(issue 13: the second chunk joins the first in the batch, or the first was decided alone).
 """
 
 from __future__ import annotations
@@ -131,8 +135,25 @@ def _media(sid: str, seq: int, chunk: int, payload: bytes) -> str:
                                  "payload": base64.b64encode(payload).decode()}}, separators=(",", ":"))
 
 
+def _due(k: int, frames_n: int, doubled: bool) -> list[int]:
+    """The frames a call gets at step ``k``: frame k; a doubled call frames k-1 and k at odd k (the last one
+    alone when frames_n is odd), nothing at even k."""
+    if not doubled:
+        return [k]
+    if k % 2:
+        return [k - 1, k]
+    return [k] if k == frames_n - 1 else []
+
+
+def _doubled_calls(calls: int, share: float) -> set[int]:
+    if share <= 0:
+        return set()
+    every = max(1, round(1 / share))
+    return set(range(0, calls, every))
+
+
 async def run(calls: int, frames_n: int, groups: int, clients_process: bool = False,
-              stt: bool = False) -> dict[str, float]:
+              stt: bool = False, doubled_share: float = 0.0) -> dict[str, float]:
     config = Config()
     config.server.host = "127.0.0.1"
     config.server.port = 0
@@ -198,6 +219,8 @@ async def run(calls: int, frames_n: int, groups: int, clients_process: bool = Fa
             encoded = [[_client_frame(_media(sid, k + 2, k + 1, audio_frames[k % len(audio_frames)]))
                         for k in range(frames_n)] for _s, sid in socks]
             group_of = [list(range(g, calls, groups)) for g in range(groups)]
+            doubled = _doubled_calls(calls, doubled_share)
+            due = [[_due(k, frames_n, i in doubled) for k in range(frames_n)] for i in range(calls)]
             go_w = child = -1
             if clients_process:
                 # The clients in a child process: this process's CPU is then the engine's alone (plus one
@@ -213,19 +236,21 @@ async def run(calls: int, frames_n: int, groups: int, clients_process: bool = Fa
                             if os.read(go_r, 1) != b"g":
                                 os._exit(1)
                             for i in members:
-                                socks[i][0].sendall(encoded[i][k])
+                                if due[i][k]:
+                                    socks[i][0].sendall(b"".join(encoded[i][j] for j in due[i][k]))
                     os._exit(0)
                 os.close(go_r)
             cpu0, wall0 = time.process_time(), time.perf_counter()
             for k in range(frames_n):
                 for members in group_of:
-                    target[0] += len(members)
+                    target[0] += sum(len(due[i][k]) for i in members)
                     box[0] = trio.Event()
                     if clients_process:
                         os.write(go_w, b"g")
                     else:
                         for i in members:
-                            socks[i][0].send(encoded[i][k])
+                            if due[i][k]:
+                                socks[i][0].send(b"".join(encoded[i][j] for j in due[i][k]))
                     if handled[0] < target[0]:
                         await box[0].wait()
             cpu1, wall1 = time.process_time(), time.perf_counter()
@@ -244,7 +269,8 @@ async def run(calls: int, frames_n: int, groups: int, clients_process: bool = Fa
             "stt_ms_sent_per_call": pool.sent / 16 / calls if stt else 0.0}
 
 
-async def run_direct(calls: int, frames_n: int, groups: int, stt: bool = False) -> dict[str, float]:
+async def run_direct(calls: int, frames_n: int, groups: int, stt: bool = False,
+                     doubled_share: float = 0.0) -> dict[str, float]:
     """``--direct``: no server, no sockets; one FrameBatch wake-up per phase group, then one checkpoint (the
     woken utterance tasks run, as when the reactor goes back to epoll)."""
     config = Config()
@@ -265,15 +291,20 @@ async def run_direct(calls: int, frames_n: int, groups: int, stt: bool = False) 
             nursery.start_soon(call.run)
             handlers.append(call)
         media = [AudioReceived(audio_frames[k % len(audio_frames)], k * 20.0) for k in range(frames_n)]
-        group_of = [[handlers[i] for i in range(g, calls, groups)] for g in range(groups)]
+        doubled = _doubled_calls(calls, doubled_share)
+        group_of = [[(handlers[i], i in doubled) for i in range(g, calls, groups)] for g in range(groups)]
         await trio.sleep(0)
         cpu0, wall0 = time.process_time(), time.perf_counter()
         for k in range(frames_n):
             event = media[k]
             for members in group_of:
                 batch.begin()
-                for call in members:
-                    call.on_event(event)
+                for call, twice in members:
+                    if not twice:
+                        call.on_event(event)
+                    else:
+                        for j in _due(k, frames_n, True):
+                            call.on_event(media[j])
                 batch.end()
                 await trio.sleep(0)
             speaking += sum(c._current is not None for c in handlers)
@@ -302,12 +333,15 @@ def main() -> int:
                    help="lease an instant fake socket per utterance: the speaking call's STT side is measured too")
     p.add_argument("--direct", action="store_true",
                    help="no server or sockets: frames handed to the calls in FrameBatch wake-ups (the call path alone)")
+    p.add_argument("--doubled", type=float, default=0.0, metavar="SHARE",
+                   help="this share of the calls gets two frames per send (one wake-up) at every other step")
     args = p.parse_args()
     logging.disable(logging.ERROR)  # the per-call info/warning lines (closing calls) are not measured
     if args.direct:
-        runs = [trio.run(run_direct, args.calls, args.frames, args.groups, args.stt) for _ in range(args.repeat)]
+        runs = [trio.run(run_direct, args.calls, args.frames, args.groups, args.stt, args.doubled)
+                for _ in range(args.repeat)]
     else:
-        runs = [trio.run(run, args.calls, args.frames, args.groups, args.clients_process, args.stt)
+        runs = [trio.run(run, args.calls, args.frames, args.groups, args.clients_process, args.stt, args.doubled)
                 for _ in range(args.repeat)]
     cpu = statistics.median(r["cpu_us_per_frame"] for r in runs)
     wall = statistics.median(r["wall_us_per_frame"] for r in runs)
@@ -316,6 +350,7 @@ def main() -> int:
                       "clients": "none (direct)" if args.direct else
                       "child process" if args.clients_process else "same process",
                       "frames_per_call": args.frames, "groups": args.groups, "stt": args.stt,
+                      "doubled": args.doubled,
                       "speaking_share": round(runs[0]["speaking_share"], 3),
                       "stt_ms_sent_per_call": round(runs[0]["stt_ms_sent_per_call"]),
                       "cpu_us_per_frame": round(cpu, 1), "wall_us_per_frame": round(wall, 1),
