@@ -264,14 +264,14 @@ class Call:
 
         Exact because, within one reactor pass, nothing but the call's own frames changes its state: the
         endpointer's events do not depend on chunking, ``_raw`` covers both chunks, the stats and ``last_audio``
-        are per chunk as before. What would see the state between the two chunks is ruled out: the turn
-        tracker (``may_end`` False: no turn can end after either chunk, and nothing in a pass makes it True,
-        finals settle in their own tasks), and the playback hook (``audio_listener`` None: the old path would
-        have called it only if the first chunk's SpeechStarted set it, and that SpeechStarted's own barge-in
-        check then reads ``last_audio``, the second chunk, as the hook would have)."""
+        are per chunk as before. What would see the state between the chunks is ruled out: the turn tracker
+        (``may_end`` False: no turn can end after either chunk, and nothing in a pass makes it True, finals
+        settle in their own tasks), and the playback hook: ``audio_listener`` is None, and no SpeechStarted
+        can come from the waiting audio (only one could set the hook, which would then get this chunk)."""
         batch = self._batch
-        return (batch is not None and batch.collecting and self.audio_listener is None
-                and not self.turns.may_end)
+        payload = self.batch_payload
+        return (batch is not None and batch.collecting and self.audio_listener is None and payload is not None
+                and not self.turns.may_end and not self.endpointer.may_start_within(len(payload)))
 
     def _on_other(self, event: MediaEvent) -> None:
         if self.batch_payload is not None or self.batch_frames is not None:

@@ -461,3 +461,13 @@ class Endpointer:
         self._in_speech = False
         events.append(SpeechEnded(self.position, "end_of_stream", self._last_speech_end))
         return events
+
+    def may_start_within(self, samples: int) -> bool:
+        """Whether the next ``samples`` samples could confirm speech (a :class:`SpeechStarted`), whatever their
+        decisions: a caller that holds back another chunk's work until then (engine/call.py, a second chunk
+        in one reactor pass) knows nothing may start meanwhile. In speech, an end must come first (a frame
+        at least), then a whole confirming run."""
+        frames = (int(self._pending.shape[0]) + samples) // self._frame
+        if self._in_speech:
+            return frames > self._start_frames
+        return self._run + frames >= self._start_frames

@@ -94,10 +94,13 @@ async def test_chunks_of_one_pass_are_classified_in_the_batch_with_the_same_even
     assert _stored(call) == _stored(one_by_one) == _stored(pushed)
     assert call.stats == one_by_one.stats
     assert call.last_audio == one_by_one.last_audio
-    # Every frame went through the batch (before: the earlier chunks of a pass were classified alone), and
-    # each pass decoded the call's chunks once.
-    assert batch.frames == ref_batch.frames == len(chunks)
-    assert batch.decoded == len(_passes(len(chunks), sizes))
+    # The frames went through the batch (before: the earlier chunks of a pass were classified alone, half
+    # of them here), but for a pass where speech may be confirmed in a waiting chunk (Call._may_join: it
+    # decides alone first, as before), a few frames around each speech start.
+    assert ref_batch.frames == len(chunks)
+    starts = sum(e["type"] == "speech.started" for e in ref_events)
+    assert len(chunks) - 3 * starts <= batch.frames <= len(chunks)
+    assert call.metrics.value("call_chunks_joined_total") >= len(chunks) // 3
 
 
 async def test_uneven_chunks_in_one_pass_store_the_same_audio() -> None:
