@@ -24,6 +24,11 @@ the server and the sockets: the calls get their frames straight from this loop, 
 :class:`~engine.endpointing.batch.FrameBatch` per phase group (as the reactor's wake-ups), so only the call
 path (decode, endpointing, utterance audio, with ``--stt`` the senders) is measured.
 
+``--gc throughput`` applies the daemon's policy (engine/app.py: thresholds, and the heap frozen once the
+calls are set up) instead of CPython's defaults; either way every collection in the measured loop is timed
+in CPU ms by generation (``gc``: count, total, longest, per second of audio): what the collector costs the
+calls, and how long it stops every frame at once (the frame-lag tail, issue 13).
+
 ``--doubled S``: a share S of the calls (every round(1/S)-th) gets its frames two at a time, frames k-1 and
 k in one send (one wake-up) at every odd k, as a call whose socket holds two frames when a pass is late
 (issue 13: the second chunk joins the first in the batch, or the first was decided alone).
@@ -33,6 +38,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import gc
 import json
 import logging
 import os
@@ -135,6 +141,42 @@ def _media(sid: str, seq: int, chunk: int, payload: bytes) -> str:
                                  "payload": base64.b64encode(payload).decode()}}, separators=(",", ":"))
 
 
+class _GcTimer:
+    """A ``gc.callbacks`` entry: CPU ms of every collection, by generation, while ``on``."""
+
+    def __init__(self) -> None:
+        self.on = False
+        self.started = 0.0
+        self.ms: list[list[float]] = [[], [], []]
+
+    def __call__(self, phase: str, info: dict[str, Any]) -> None:
+        if not self.on:
+            return
+        if phase == "start":
+            self.started = time.process_time()
+        else:
+            self.ms[info["generation"]].append((time.process_time() - self.started) * 1000)
+
+    def summary(self, audio_s: float) -> dict[str, Any]:
+        return {f"gen{g}": {"count": len(v), "per_s": round(len(v) / audio_s, 2), "total_ms": round(sum(v), 1),
+                            "max_ms": round(max(v, default=0.0), 2)} for g, v in enumerate(self.ms)}
+
+
+GC_TIMER = _GcTimer()
+
+
+def _start_gc_timer(policy: str) -> None:
+    """The measured loop starts: the daemon's GC policy if asked (its thresholds, then the set-up heap frozen)."""
+    if policy == "throughput":
+        from engine.app import GC_THROUGHPUT_THRESHOLDS
+
+        gc.set_threshold(*GC_THROUGHPUT_THRESHOLDS)
+        gc.collect()
+        gc.freeze()
+    GC_TIMER.ms = [[], [], []]
+    GC_TIMER.on = True
+
+
 def _due(k: int, frames_n: int, doubled: bool) -> list[int]:
     """The frames a call gets at step ``k``: frame k; a doubled call frames k-1 and k at odd k (the last one
     alone when frames_n is odd), nothing at even k."""
@@ -153,7 +195,7 @@ def _doubled_calls(calls: int, share: float) -> set[int]:
 
 
 async def run(calls: int, frames_n: int, groups: int, clients_process: bool = False,
-              stt: bool = False, doubled_share: float = 0.0) -> dict[str, float]:
+              stt: bool = False, doubled_share: float = 0.0, gc_policy: str = "default") -> dict[str, Any]:
     config = Config()
     config.server.host = "127.0.0.1"
     config.server.port = 0
@@ -240,6 +282,7 @@ async def run(calls: int, frames_n: int, groups: int, clients_process: bool = Fa
                                     socks[i][0].sendall(b"".join(encoded[i][j] for j in due[i][k]))
                     os._exit(0)
                 os.close(go_r)
+            _start_gc_timer(gc_policy)
             cpu0, wall0 = time.process_time(), time.perf_counter()
             for k in range(frames_n):
                 for members in group_of:
@@ -254,6 +297,7 @@ async def run(calls: int, frames_n: int, groups: int, clients_process: bool = Fa
                     if handled[0] < target[0]:
                         await box[0].wait()
             cpu1, wall1 = time.process_time(), time.perf_counter()
+            GC_TIMER.on = False
             if clients_process:
                 os.close(go_w)
                 os.waitpid(child, 0)
@@ -266,11 +310,11 @@ async def run(calls: int, frames_n: int, groups: int, clients_process: bool = Fa
     total = calls * frames_n
     return {"cpu_us_per_frame": (cpu1 - cpu0) / total * 1e6, "wall_us_per_frame": (wall1 - wall0) / total * 1e6,
             "frames": total, "speaking_share": speaking[0] / total,
-            "stt_ms_sent_per_call": pool.sent / 16 / calls if stt else 0.0}
+            "stt_ms_sent_per_call": pool.sent / 16 / calls if stt else 0.0, "gc": GC_TIMER.summary(frames_n * 0.02)}
 
 
 async def run_direct(calls: int, frames_n: int, groups: int, stt: bool = False,
-                     doubled_share: float = 0.0) -> dict[str, float]:
+                     doubled_share: float = 0.0, gc_policy: str = "default") -> dict[str, Any]:
     """``--direct``: no server, no sockets; one FrameBatch wake-up per phase group, then one checkpoint (the
     woken utterance tasks run, as when the reactor goes back to epoll)."""
     config = Config()
@@ -294,6 +338,7 @@ async def run_direct(calls: int, frames_n: int, groups: int, stt: bool = False,
         doubled = _doubled_calls(calls, doubled_share)
         group_of = [[(handlers[i], i in doubled) for i in range(g, calls, groups)] for g in range(groups)]
         await trio.sleep(0)
+        _start_gc_timer(gc_policy)
         cpu0, wall0 = time.process_time(), time.perf_counter()
         for k in range(frames_n):
             event = media[k]
@@ -309,6 +354,7 @@ async def run_direct(calls: int, frames_n: int, groups: int, stt: bool = False,
                 await trio.sleep(0)
             speaking += sum(c._current is not None for c in handlers)
         cpu1, wall1 = time.process_time(), time.perf_counter()
+        GC_TIMER.on = False
         for call in handlers:
             call.on_close("stop")
         with trio.move_on_after(10):
@@ -318,7 +364,7 @@ async def run_direct(calls: int, frames_n: int, groups: int, stt: bool = False,
     total = calls * frames_n
     return {"cpu_us_per_frame": (cpu1 - cpu0) / total * 1e6, "wall_us_per_frame": (wall1 - wall0) / total * 1e6,
             "frames": total, "speaking_share": speaking / total,
-            "stt_ms_sent_per_call": pool.sent / 16 / calls if stt else 0.0}
+            "stt_ms_sent_per_call": pool.sent / 16 / calls if stt else 0.0, "gc": GC_TIMER.summary(frames_n * 0.02)}
 
 
 def main() -> int:
@@ -333,16 +379,19 @@ def main() -> int:
                    help="lease an instant fake socket per utterance: the speaking call's STT side is measured too")
     p.add_argument("--direct", action="store_true",
                    help="no server or sockets: frames handed to the calls in FrameBatch wake-ups (the call path alone)")
+    p.add_argument("--gc", choices=["default", "throughput"], default="default",
+                   help="CPython's collector as it is, or the daemon's policy (engine/app.py)")
     p.add_argument("--doubled", type=float, default=0.0, metavar="SHARE",
                    help="this share of the calls gets two frames per send (one wake-up) at every other step")
     args = p.parse_args()
     logging.disable(logging.ERROR)  # the per-call info/warning lines (closing calls) are not measured
+    gc.callbacks.append(GC_TIMER)
     if args.direct:
-        runs = [trio.run(run_direct, args.calls, args.frames, args.groups, args.stt, args.doubled)
+        runs = [trio.run(run_direct, args.calls, args.frames, args.groups, args.stt, args.doubled, args.gc)
                 for _ in range(args.repeat)]
     else:
-        runs = [trio.run(run, args.calls, args.frames, args.groups, args.clients_process, args.stt, args.doubled)
-                for _ in range(args.repeat)]
+        runs = [trio.run(run, args.calls, args.frames, args.groups, args.clients_process, args.stt, args.doubled,
+                         args.gc) for _ in range(args.repeat)]
     cpu = statistics.median(r["cpu_us_per_frame"] for r in runs)
     wall = statistics.median(r["wall_us_per_frame"] for r in runs)
     import engine
@@ -350,7 +399,7 @@ def main() -> int:
                       "clients": "none (direct)" if args.direct else
                       "child process" if args.clients_process else "same process",
                       "frames_per_call": args.frames, "groups": args.groups, "stt": args.stt,
-                      "doubled": args.doubled,
+                      "doubled": args.doubled, "gc_policy": args.gc, "gc": runs[0]["gc"],
                       "speaking_share": round(runs[0]["speaking_share"], 3),
                       "stt_ms_sent_per_call": round(runs[0]["stt_ms_sent_per_call"]),
                       "cpu_us_per_frame": round(cpu, 1), "wall_us_per_frame": round(wall, 1),
