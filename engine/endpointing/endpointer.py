@@ -364,7 +364,8 @@ class Endpointer:
             flat = self._flat
             assert flat is not None
             self._flat = None
-            return self._step(flat, decisions, codes)
+            events = self._step(flat, decisions, codes)
+            return events if events else NO_EVENTS
         # Idle and not speech: the frame's codes into the history (absolute ring: no wrap unless it straddles).
         self._flat = None
         self._run = 0
