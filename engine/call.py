@@ -292,13 +292,16 @@ class Call:
         self._handle(self.endpointer.end())
         self._stream_closed.set()
 
-    def _after_endpoint(self, events: list[Any]) -> None:
+    def _after_endpoint(self, events: list[Any] | tuple[Any, ...]) -> None:
         if events:  # most frames (idle, a quiet line) have none: no call for them
             self._handle(events)
         self._raw = b""
         turns = self.turns
-        if not turns.may_end:  # every frame of speech, and of silence before a final: nothing to compute
-            return
+        if turns.may_end:  # False on every frame of speech, and of silence before a final: nothing to compute
+            self._advance_turns(turns)
+
+    def _advance_turns(self, turns: TurnTracker) -> None:
+        """The turn may end (``may_end``): advance it to the endpointer's position."""
         turn = turns.advance(self.endpointer.position * 1000 / self.ep_rate,
                              continuation_possible=self.endpointer.continuation_possible)
         if turn is not None:
@@ -319,20 +322,52 @@ class Call:
         return self.endpointer.classifier
 
     def batch_audio(self, pcm: np.ndarray[Any, np.dtype[np.int16]]) -> None:
-        payload, self.batch_payload = self.batch_payload, None  # pcm's μ-law codes: the history, stored speech
-        if self._raw_ok and payload is not None:  # pcm is this payload, decoded
+        payload = self.batch_payload  # pcm's μ-law codes: the history, stored speech
+        self.batch_payload = None
+        if payload is not None and self._raw_ok:  # pcm is this payload, decoded (_raw_end: set by batch_decided)
             self._raw = payload
-            self._raw_end = self.endpointer.position + len(pcm)
         # pcm is a slice of the wake-up's fresh decode, which nothing else reads or writes: no copy of it.
         ready = self.endpointer.frames_ready(pcm, payload, owned=True)
         if ready is None:
-            self._after_endpoint([])
+            self._after_endpoint(())
         else:
             self.batch_frames = ready
 
     def batch_decided(self, decisions: list[bool]) -> None:
         self.batch_frames = None
-        self._after_endpoint(self.endpointer.push_decided(decisions))
+        ep = self.endpointer
+        if not self._raw_ok:  # resampled or L16 audio: every event built and handled
+            self._after_endpoint(ep.push_decided(decisions))
+            return
+        # Per frame of every call (issue 13): an idle frame has no event (NO_EVENTS), and a frame of an utterance
+        # under way comes back as None, its SpeechAudio unbuilt: its samples are the payload's codes, _raw.
+        events = ep.push_decided_lean(decisions)
+        if events is None:
+            self._append_raw()
+        elif events:
+            self._raw_end = ep.position  # _raw (if any) is the chunk frames_ready took last
+            self._handle(events)
+        self._raw = b""
+        turns = self.turns
+        if turns.may_end:
+            self._advance_turns(turns)
+
+    def _append_raw(self) -> None:
+        """_append of a whole frame that is exactly the latest payload (``_raw``): its codes, stored as received.
+
+        What _append does for ``SpeechAudio(position - frame, decode(_raw))``, without building either: the
+        call is mono μ-law with no resampling (``_raw_ok``: no STT resampler), so the frame's bytes are _raw."""
+        utt = self._current
+        if utt is None or utt.overflowed:
+            return
+        raw = self._raw
+        size = len(raw) * self.stt_sample_bytes
+        headroom = self._headroom - size
+        if headroom >= 0:
+            self._headroom = headroom
+        elif not self._room(utt, size):
+            return
+        utt.audio.append_mulaw(raw)
 
     def batch_failed(self, exc: Exception) -> None:
         if self._batch_failed is None:
@@ -364,7 +399,7 @@ class Call:
             pcm = (pcm.reshape(-1, channels).sum(axis=1, dtype=np.int32) // channels).astype(np.int16)
         return pcm
 
-    def _handle(self, events: list[Any]) -> None:
+    def _handle(self, events: list[Any] | tuple[Any, ...]) -> None:
         for event in events:
             kind = type(event)
             if kind is SpeechAudio:  # every frame of speech: first
@@ -403,29 +438,38 @@ class Call:
             return
         if self._to_stt is not None:
             pcm = self._to_stt.process(pcm)
-        headroom = self._headroom - len(pcm) * self.stt_sample_bytes
-        if headroom < 0:  # once per ~audio_buffer_ms of audio while RTZR keeps up: the exact sum
-            headroom = self.buffer_limit_bytes - self._unsent_bytes() - len(pcm) * self.stt_sample_bytes
-        if headroom < 0:
-            # One outcome per utterance: this error replaces its transcript; its STT task stops, and a
-            # socket it leased is closed (it holds audio whose final would belong to no one).
-            self._m_overflow.inc()
-            utt.overflowed = True
-            if utt.finals:  # RTZR already cut and answered part of it: those finals stay its outcome
-                log.warning("call_audio_overflow", call_sid=self.call_sid, utterance_id=utt.uid, finals=utt.finals)
-                return
-            utt.scope.cancel()
-            self._error("audio_buffer_overflow",
-                        f"RTZR is slower than real time: more than {self.config.call.audio_buffer_ms} ms of audio "
-                        "waiting to be sent (no socket free, or RTZR too slow); utterance not transcribed", utt)
+        size = len(pcm) * self.stt_sample_bytes
+        headroom = self._headroom - size
+        if headroom >= 0:
+            self._headroom = headroom
+        elif not self._room(utt, size):
             return
-        self._headroom = headroom
         raw = self._raw
         at = start - self._raw_end + len(raw)  # where pcm starts in the latest chunk (raw_ok: 1 byte a sample)
         if at >= 0 and at + len(pcm) <= len(raw):  # the per-frame case: the frame's received bytes
             utt.audio.append_mulaw(raw[at : at + len(pcm)])
         else:  # pre-roll, a frame across chunks, resampled or L16 audio (raw is then empty)
             utt.audio.append_pcm(pcm, mulaw_out=self.stt_mulaw)
+
+    def _room(self, utt: Utterance, size: int) -> bool:
+        """The bound by the exact sum, when ``_headroom`` ran out (once per ~audio_buffer_ms of audio while RTZR
+        keeps up): True if ``size`` more STT bytes fit (``_headroom`` updated), else the utterance overflows."""
+        headroom = self.buffer_limit_bytes - self._unsent_bytes() - size
+        if headroom >= 0:
+            self._headroom = headroom
+            return True
+        # One outcome per utterance: this error replaces its transcript; its STT task stops, and a
+        # socket it leased is closed (it holds audio whose final would belong to no one).
+        self._m_overflow.inc()
+        utt.overflowed = True
+        if utt.finals:  # RTZR already cut and answered part of it: those finals stay its outcome
+            log.warning("call_audio_overflow", call_sid=self.call_sid, utterance_id=utt.uid, finals=utt.finals)
+            return False
+        utt.scope.cancel()
+        self._error("audio_buffer_overflow",
+                    f"RTZR is slower than real time: more than {self.config.call.audio_buffer_ms} ms of audio "
+                    "waiting to be sent (no socket free, or RTZR too slow); utterance not transcribed", utt)
+        return False
 
     def _unsent_bytes(self) -> int:
         unsent = 0

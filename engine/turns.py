@@ -36,16 +36,22 @@ class TurnTracker:
     _last_end_ms: float = 0.0
     _open_utterances: int = 0
     continuations: int = 0  # utterances joined to their turn as continuations (for stats and tests)
+    # False when advance() cannot end a turn whatever the time (no text yet, or an utterance open): the
+    # per-frame caller reads this first and skips computing advance's arguments (issue 13). A plain field,
+    # kept true by every method that changes _texts or _open_utterances: one attribute read per frame.
+    may_end: bool = field(default=False, init=False)
 
     def speech_started(self, *, continues: bool = False) -> None:
         """Speech holds the turn open, however long the silence before it was. A continuation
         (``continues``) joins the current turn: :meth:`advance` cannot have ended it, see the module doc."""
         self._open_utterances += 1
         self.continuations += continues
+        self.may_end = False
 
     def utterance_done(self) -> None:
         """The utterance's final (or its error) has arrived; silence may now end the turn."""
         self._open_utterances = max(0, self._open_utterances - 1)
+        self.may_end = bool(self._texts) and not self._open_utterances
 
     def add_final(self, utterance_id: str, text: str, start_ms: float, end_ms: float) -> None:
         if not text:
@@ -56,12 +62,7 @@ class TurnTracker:
         if utterance_id not in self._ids:
             self._ids.append(utterance_id)
         self._last_end_ms = max(self._last_end_ms, end_ms)
-
-    @property
-    def may_end(self) -> bool:
-        """False when :meth:`advance` cannot end a turn whatever the time (no text yet, or an utterance open):
-        the per-frame caller asks this first and skips computing advance's arguments (issue 13)."""
-        return bool(self._texts) and not self._open_utterances
+        self.may_end = not self._open_utterances
 
     def advance(self, now_ms: float, *, continuation_possible: bool = False) -> Turn | None:
         """Call as audio arrives; returns the turn once ``turn_ms`` of silence followed its last final and
@@ -78,4 +79,5 @@ class TurnTracker:
         turn = Turn(" ".join(self._texts), list(self._ids), self._start_ms, self._last_end_ms)
         self._texts.clear()
         self._ids.clear()
+        self.may_end = False
         return turn

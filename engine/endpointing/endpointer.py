@@ -42,7 +42,7 @@ utterances a noisy line can produce. 0 (default) disables it. It cannot retract 
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Final
 
 import numpy as np
 import numpy.typing as npt
@@ -57,6 +57,7 @@ Pcm = npt.NDArray[np.int16]
 Codes = bytes | bytearray | memoryview | npt.NDArray[np.uint8]
 _EMPTY = np.zeros(0, dtype=np.int16)
 _INT16 = np.dtype(np.int16)
+NO_EVENTS: Final[tuple[()]] = ()  # push_decided_lean's nothing: shared, no list built per quiet frame
 
 
 class EndpointerError(ValueError):
@@ -76,6 +77,7 @@ class Endpointer:
     """Per-call speech start/end detector; see the module docstring for the rules."""
 
     __slots__ = (
+        "_cap",
         "_classifier",
         "_closed",
         "_codes",
@@ -95,9 +97,8 @@ class Endpointer:
         "_prev_last_speech",
         "_ring",
         "_ring_end",
-        "_ring_filled",
+        "_ring_floor",
         "_ring_in",
-        "_ring_pos",
         "_run",
         "_silence",
         "_start_frames",
@@ -150,10 +151,13 @@ class Endpointer:
             self._ring_in = self._ring.data
         else:
             self._ring = self._ring_in = np.zeros(size, dtype=np.int16)
-        self._codes: Codes | None = None  # the μ-law codes of _flat, when they came with it
-        self._ring_pos = 0
-        self._ring_filled = 0
+        self._cap = size
+        self._codes: Codes | None = None  # the μ-law codes of _flat, when they came with it (then one whole frame)
+        # The ring is indexed by absolute position: sample p of the call lives at p % _cap, so a write needs no
+        # position of its own, only _ring_end. It holds [max(_ring_end - _cap, _ring_floor), _ring_end): the
+        # last _cap samples remembered, none before the last _forget (_ring_floor).
         self._ring_end = 0
+        self._ring_floor = 0
         self._pending: Pcm = _EMPTY
         self._flat: Pcm | None = None  # frames_ready's frames (flat), waiting for push_decided
         self.position = 0
@@ -285,20 +289,17 @@ class Endpointer:
                 # The common case, every idle frame on a quiet line: nothing can happen.
                 self._run = 0
                 self._frames_done += nf
-                ring = self._ring
-                pos = self._ring_pos
-                stop = pos + nf * self._frame
-                if stop < ring.shape[0]:  # inlined _remember, the case with no wrap
+                end = self._ring_end
+                n = flat.shape[0]
+                pos = end % self._cap
+                if pos + n <= self._cap:  # inlined _remember, the case with no wrap
                     if codes is not None:
-                        self._ring_in[pos:stop] = codes
+                        self._ring_in[pos : pos + n] = codes
                     elif not self._mulaw:
-                        ring[pos:stop] = flat
+                        self._ring[pos : pos + n] = flat
                     else:
-                        ring[pos:stop] = _encode(flat)
-                    self._ring_pos = stop
-                    self._ring_end += stop - pos
-                    filled = self._ring_filled + stop - pos
-                    self._ring_filled = filled if filled < ring.shape[0] else ring.shape[0]
+                        self._ring[pos : pos + n] = _encode(flat)
+                    self._ring_end = end + n
                 else:
                     self._remember(self._history(flat, codes))
                 return []
@@ -320,6 +321,70 @@ class Endpointer:
                 return self._end(audio, end, "max_length")
             return [audio]
         return self._step(flat, decisions, codes)
+
+    # The lean path (issue 13): per frame of every call, the two commonest cases cost no Python beyond the
+    # state machine's own arithmetic: an idle frame judged not speech (nothing happens: the frame goes to the
+    # history) and a frame of an utterance under way that ends nothing (its one SpeechAudio is not built).
+
+    def push_decided_lean(self, decisions: list[bool]) -> list[EndpointEvent] | tuple[()] | None:
+        """:meth:`push_decided` for a caller that stores utterance audio as the μ-law it received.
+
+        The same state and events, except that two outcomes are not built: :data:`NO_EVENTS` (a shared empty
+        tuple) when there are none, and None when the frames were one whole frame given to :meth:`frames_ready`
+        with its ``codes`` (``mulaw_history``) and are audio of the utterance under way ending nothing. The one
+        event push_decided returns then, ``SpeechAudio(position - frame_samples, frame)``, is those codes
+        decoded: the caller stores the codes it passed. Anything else is push_decided's list."""
+        codes = self._codes
+        if codes is None or len(decisions) != 1:  # not one whole frame with its codes
+            events = self.push_decided(decisions)
+            return events if events else NO_EVENTS
+        # _codes is set only with _flat (frames_ready's one-packet path): no check of _flat needed.
+        self._codes = None
+        frame = self._frame
+        if self._in_speech:
+            done = self._frames_done + 1
+            self._frames_done = done
+            end = done * frame
+            if decisions[0]:
+                self._silence = 0
+                self._last_speech_end = end
+                if end < self._max_end:
+                    self._flat = None
+                    return None
+            else:
+                silence = self._silence + 1
+                self._silence = silence
+                if silence >= self._end_frames and end - self._utt_start >= self._min_samples:
+                    return self._end_lean(end, "silence")
+                if end < self._max_end:
+                    self._flat = None
+                    return None
+            return self._end_lean(end, "max_length")
+        if decisions[0]:  # a run grows, perhaps to a start: the general loop
+            flat = self._flat
+            assert flat is not None
+            self._flat = None
+            events = self._step(flat, decisions, codes)
+            return events if events else NO_EVENTS
+        # Idle and not speech: the frame's codes into the history (absolute ring: no wrap unless it straddles).
+        self._flat = None
+        self._run = 0
+        self._frames_done += 1
+        end = self._ring_end
+        pos = end % self._cap
+        if pos + frame <= self._cap:
+            self._ring_in[pos : pos + frame] = codes
+            self._ring_end = end + frame
+        else:
+            self._remember(codes)
+        return NO_EVENTS
+
+    def _end_lean(self, end: int, reason: EndReason) -> list[EndpointEvent]:
+        """push_decided_lean's end of an utterance on its last frame: that frame's SpeechAudio, then the end."""
+        flat = self._flat
+        assert flat is not None
+        self._flat = None
+        return self._end(SpeechAudio(end - self._frame, flat), end, reason)
 
     def _history(self, flat: Pcm, codes: Codes | None) -> Pcm | Codes:
         """What the history keeps of ``flat``: the samples, or their μ-law codes (given, else encoded)."""
@@ -386,7 +451,7 @@ class Endpointer:
         start = end - self._run * self._frame
         prev = self._prev_last_speech
         continues = prev is not None and self._merge > 0 and start - prev <= self._merge
-        earliest = self._ring_end - self._ring_filled  # the previous utterance's end, or the ring's capacity
+        earliest = max(self._ring_end - self._cap, self._ring_floor)  # the previous utterance's end, or the ring's capacity
         # A continuation's pre-roll is its whole gap (the ring holds merge_ms + a run, so ``earliest`` is
         # the previous end); otherwise preroll_ms, never into the previous utterance.
         pre_start = earliest if continues else max(start - self._preroll, earliest)
@@ -408,32 +473,27 @@ class Endpointer:
         n = len(audio)
         if n == 0:
             return
+        cap = self._cap
+        end = self._ring_end + n
+        self._ring_end = end
+        if n > cap:  # only the last cap samples stay
+            audio = audio[n - cap :]
+            n = cap
         ring = self._ring_in
-        cap = self._ring.shape[0]
-        self._ring_end += n
-        if n >= cap:
-            ring[:] = audio[n - cap :]
-            self._ring_pos = 0
-            self._ring_filled = cap
-            return
-        pos = self._ring_pos
+        pos = (end - n) % cap
         stop = pos + n
         if stop <= cap:
             ring[pos:stop] = audio
-            self._ring_pos = stop if stop < cap else 0
         else:
             k = cap - pos
             ring[pos:] = audio[:k]
             ring[: n - k] = audio[k:]
-            self._ring_pos = n - k
-        filled = self._ring_filled + n
-        self._ring_filled = filled if filled < cap else cap
 
     def _recall(self, a: int, b: int) -> Pcm:
-        """A copy of the remembered samples ``[a, b)`` (absolute positions)."""
+        """A copy of the remembered samples ``[a, b)`` (absolute positions, at most ``_cap`` before ``_ring_end``)."""
         if b <= a:
             return _EMPTY.copy()
-        idx = np.arange(a - self._ring_end, b - self._ring_end) + self._ring_pos
+        idx = np.arange(a, b)
         if self._mulaw:
             return mulaw.DECODE_TABLE.take(self._ring.take(idx, mode="wrap"))
         return self._ring.take(idx, mode="wrap")  # type: ignore[return-value]
@@ -441,8 +501,7 @@ class Endpointer:
     def _forget(self, position: int) -> None:
         """Drop the history: nothing before ``position`` may be used as pre-roll any more."""
         self._ring_end = position
-        self._ring_filled = 0
-        self._ring_pos = 0
+        self._ring_floor = position
 
     def end(self) -> list[EndpointEvent]:
         """End of stream: flush a partial frame into an open utterance and close it."""
