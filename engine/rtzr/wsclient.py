@@ -22,7 +22,6 @@ client's handshake, its hot data path and ping/pong.
 from __future__ import annotations
 
 import functools
-import os
 import ssl
 from urllib.parse import urlsplit
 
@@ -59,6 +58,7 @@ YIELD_EVERY = 8
 # Bound once: an Enum attribute lookup costs ~0.2 µs on CPython 3.11, per audio frame sent.
 _BINARY = Opcode.BINARY
 _TEXT = Opcode.TEXT
+_OPEN = ConnectionState.OPEN
 
 
 class WsHandshakeError(Exception):
@@ -90,8 +90,6 @@ class WsClientConnection(WsConnection):
         self._client: WSConnection | None = WSConnection(ConnectionType.CLIENT)
         self._ws = self._client
         self.accepted: AcceptConnection | None = None
-        # Plain TCP: the fd for the non-blocking fast path of _send_data (TLS always goes through send_all).
-        self._fd = stream.socket.fileno() if isinstance(stream, trio.SocketStream) else -1
         self._unyielded = 0  # whole writes in a row without a schedule point (_send_data)
 
     @classmethod
@@ -181,47 +179,34 @@ class WsClientConnection(WsConnection):
     async def _send_data(self, opcode: int, payload: bytes) -> None:
         """The hot path: frame it ourselves (wsproto only checks state and masks, slowly).
 
-        On plain TCP, when no task is writing (the lock is free), the frame is written at once with one
-        non-blocking ``write``, without taking the lock: nothing awaits between the check and the write, so
-        no other frame can come between. Only the part the kernel did not take is awaited, under the lock
-        and ``budgets.send`` (a Trio cancel scope costs more than the write itself, and a write that does
-        not block cannot overrun a deadline). A whole write returns without a schedule point, as the
+        On plain TCP, when no task is writing (the lock is free), the frame goes out at once by
+        :meth:`~engine.ws.connection.WsConnection._write_nowait` (one non-blocking ``write``, no lock);
+        only the part the kernel did not take is awaited, under the lock and ``budgets.send`` (a Trio cancel
+        scope costs more than the write itself). A whole write returns without a schedule point, as the
         Twilio side's ``send_text_nowait`` does (issue 13: a task switch per 100 ms audio message), except
         every ``YIELD_EVERY``-th in a row, so that a sender with a backlog (a replay) still lets the other
         tasks run.
         """
         await trio.lowlevel.checkpoint_if_cancelled()
-        lock = self._send_lock
-        if self._fd < 0 or lock.locked():
-            await self._send_locked(opcode, payload)
-            return
         ws = self._ws
-        if self._broken or ws is None or ws.state is not ConnectionState.OPEN:
+        if self._broken or ws is None or ws.state is not _OPEN:
             raise self._closed or ConnectionClosed(CloseReason.ABNORMAL_CLOSURE, "connection closed")
         frame = encode_frame(opcode, payload, mask_key())
-        try:
-            written = os.write(self._fd, frame)
-        except BlockingIOError:
-            written = 0
-        except OSError:
-            self._break()
-            raise ConnectionClosed(CloseReason.ABNORMAL_CLOSURE, "connection lost") from None
-        if written == len(frame):
+        if self._write_nowait(frame):
+            if self._pending:  # rare: the socket buffer was full
+                self._unyielded = 0
+                await self._flush_pending()
+                return
             self._unyielded += 1
             if self._unyielded >= YIELD_EVERY:
                 self._unyielded = 0
                 await trio.lowlevel.cancel_shielded_checkpoint()
             return
         self._unyielded = 0
-        lock.acquire_nowait()  # free: nothing was awaited since locked() said so
-        try:
-            with self._send_budget():
-                await self._write_held(frame[written:])  # rare: the socket buffer was full
-        finally:
-            lock.release()
+        await self._send_locked(frame)
 
-    async def _send_locked(self, opcode: int, payload: bytes) -> None:
-        """Another task is writing (or TLS): wait for the lock, within ``budgets.send``."""
+    async def _send_locked(self, frame: bytes) -> None:
+        """Another task is writing (or TLS, or the socket failed): wait for the lock, within ``budgets.send``."""
         lock = self._send_lock
         try:
             lock.acquire_nowait()  # TLS, uncontended: no extra scheduling round
@@ -231,9 +216,8 @@ class WsClientConnection(WsConnection):
         try:
             # Checked under the lock: a close frame written meanwhile ends the data stream.
             ws = self._ws
-            if self._broken or ws is None or ws.state is not ConnectionState.OPEN:
+            if self._broken or ws is None or ws.state is not _OPEN:
                 raise self._closed or ConnectionClosed(CloseReason.ABNORMAL_CLOSURE, "connection closed")
-            frame = encode_frame(opcode, payload, mask_key())
             with self._send_budget():
                 await self._write_held(frame)
         finally:

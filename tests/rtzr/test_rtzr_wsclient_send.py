@@ -10,7 +10,7 @@ import pytest
 import trio
 from wsproto.events import BytesMessage
 
-from engine.rtzr import wsclient
+from engine.ws import connection
 from engine.rtzr.wsclient import YIELD_EVERY
 
 from .test_rtzr_wsclient import Peer, connect, server
@@ -97,13 +97,13 @@ async def test_a_partial_write_finishes_under_the_lock_before_any_other_frame(mo
             locked = conn._send_locked
             waited = 0
 
-            async def counting(opcode: int, payload: bytes) -> None:
+            async def counting(frame: bytes) -> None:
                 nonlocal waited
                 waited += 1
-                await locked(opcode, payload)
+                await locked(frame)
 
             monkeypatch.setattr(conn, "_send_locked", counting)
-            monkeypatch.setattr(wsclient.os, "write", short_write)
+            monkeypatch.setattr(connection.os, "write", short_write)
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(conn.send_bytes, first)
                 nursery.start_soon(conn.send_bytes, second)
