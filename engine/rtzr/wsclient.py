@@ -205,6 +205,25 @@ class WsClientConnection(WsConnection):
         self._unyielded = 0
         await self._send_locked(frame)
 
+    def send_bytes_nowait(self, payload: bytes) -> bool:
+        """Send one binary message from synchronous code (audio pushed as it arrives, engine/call.py): True when
+        it is written, or started with its tail :attr:`pending` (the caller must then ``await`` :meth:`flush`);
+        False, nothing written, when the awaited :meth:`send_bytes` must do it (another task writing, a tail
+        pending, TLS, the connection not open or its socket failed: that send then raises)."""
+        ws = self._ws
+        if self._broken or ws is None or ws.state is not _OPEN or self._socket is None:
+            return False
+        return self._write_nowait(encode_frame(_BINARY, payload, mask_key()))
+
+    @property
+    def pending(self) -> bool:
+        """A :meth:`send_bytes_nowait` frame is partly written: :meth:`flush` must complete it."""
+        return bool(self._pending)
+
+    async def flush(self) -> None:
+        """Write what :meth:`send_bytes_nowait` left (under the lock and ``budgets.send``); raises as :meth:`send_bytes`."""
+        await self._flush_pending()
+
     async def _send_locked(self, frame: bytes) -> None:
         """Another task is writing (or TLS, or the socket failed): wait for the lock, within ``budgets.send``."""
         lock = self._send_lock
