@@ -23,11 +23,12 @@ from __future__ import annotations
 
 import functools
 import ssl
+from typing import Any
 from urllib.parse import urlsplit
 
 import trio
 from wsproto import ConnectionType, WSConnection
-from wsproto.connection import ConnectionState
+from wsproto.connection import Connection, ConnectionState
 from wsproto.events import (
     AcceptConnection,
     RejectConnection,
@@ -38,6 +39,7 @@ from wsproto.frame_protocol import CloseReason, Opcode
 from wsproto.utilities import RemoteProtocolError
 
 from engine.budgets import Budget
+from engine.ws.client_frames import UnmaskedFrameDecoder
 from engine.ws.connection import RECEIVE_SIZE, ConnectionClosed, WsConnection
 from engine.ws.frames import encode_frame, mask_key
 
@@ -74,6 +76,17 @@ class WsRejected(WsHandshakeError):
         self.body = body
 
 
+def _at_frame_boundary(connection: Connection) -> bool:
+    """wsproto holds no part of a frame or message (nothing came behind the 101, or only whole messages): the
+    fast decoder may start. Reads wsproto's private state; if that ever moves, wsproto parses everything, as before."""
+    proto: Any = getattr(connection, "_proto", None)
+    try:
+        decoder, message = proto._frame_decoder, proto._message_decoder
+        return bool(decoder.header is None and len(decoder.buffer) == 0 and message.opcode is None)
+    except (AttributeError, TypeError):
+        return False
+
+
 @functools.cache
 def default_ssl_context() -> ssl.SSLContext:
     """One verifying client context per process (building one loads the CA store: milliseconds)."""
@@ -91,6 +104,8 @@ class WsClientConnection(WsConnection):
         self._ws = self._client
         self.accepted: AcceptConnection | None = None
         self._unyielded = 0  # whole writes in a row without a schedule point (_send_data)
+        # After the upgrade: the decoder in front of wsproto for results and pongs; None once wsproto parses.
+        self._fast: UnmaskedFrameDecoder | None = None
 
     @classmethod
     async def connect(
@@ -149,6 +164,8 @@ class WsClientConnection(WsConnection):
                         assert client.connection is not None  # wsproto sets it with the accept
                         self._ws = client.connection
                         self._client = None
+                        if _at_frame_boundary(client.connection):
+                            self._fast = UnmaskedFrameDecoder(self._assembler.max_size)
                         # Frames the server sent right behind the 101 are parsed by wsproto already.
                         await self._process_events()
                         return
@@ -165,6 +182,23 @@ class WsClientConnection(WsConnection):
                 raise WsHandshakeError(f"bad upgrade response: {exc}") from None
             if not data and rejected is not None:  # a body delimited by EOF
                 raise WsRejected(rejected.status_code, body)
+
+    # -- receiving: the fast decoder in front of wsproto --------------------------------------
+
+    def _feed(self, data: bytes) -> bool:
+        """Parse received bytes (b"": EOF); True when wsproto has events to look at."""
+        fast = self._fast
+        if fast is not None:
+            if data:
+                messages, pongs, rest = fast.feed(data)
+                self._messages.extend(messages)
+                for payload in pongs:
+                    self._on_pong(payload)
+                if rest is None:
+                    return False
+                data = rest
+            self._fast = None  # from here on (or at EOF) wsproto parses everything
+        return super()._feed(data)
 
     # -- sending ----------------------------------------------------------------------------
 
