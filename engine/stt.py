@@ -16,7 +16,7 @@ Errors say what the caller can do about them, not which vendor raised them:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import AbstractAsyncContextManager
 from typing import Protocol
 
@@ -118,10 +118,10 @@ class PushLease(LeaseLike, Protocol):
     whenever :meth:`send_audio_nowait` says False.
     """
 
-    def send_audio_nowait(self, pcm: bytes) -> bool:
-        """Send now without awaiting: True when written (or its tail :attr:`write_pending`); False, nothing
-        sent, when only the awaited ``send_audio`` can send it. Never raises."""
-        ...
+    # Send now without awaiting: True when written (or its tail :attr:`write_pending`); False, nothing sent,
+    # when only the awaited ``send_audio`` can send it; never raises. None when this lease can never send so
+    # (e.g. RTZR over TLS): the lessee then does not try.
+    send_audio_nowait: Callable[[bytes], bool] | None
 
     @property
     def write_pending(self) -> bool:

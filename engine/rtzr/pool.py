@@ -61,8 +61,9 @@ class Lease:
         self._age_s = trio.current_time() - sock.opened_at
         # The socket's own method, not a wrapper: one coroutine less per 100 ms audio message (issue 13).
         self.send_audio: Callable[[bytes], Coroutine[Any, Any, None]] = sock.send_audio
-        # The synchronous path (engine.stt.PushLease): each batch written as the reader appends it.
-        self.send_audio_nowait: Callable[[bytes], bool] = sock.send_audio_nowait
+        # The synchronous path (engine.stt.PushLease): each batch written as the reader appends it; None on TLS,
+        # where it could never write (the lessee then does not try, batch after batch).
+        self.send_audio_nowait: Callable[[bytes], bool] | None = sock.send_audio_nowait if sock.pushable else None
         self.flush: Callable[[], Coroutine[Any, Any, None]] = sock.flush
 
     def socket_info(self) -> ev.SocketInfo:

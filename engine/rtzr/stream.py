@@ -395,6 +395,12 @@ class RtzrSocket:
         return True
 
     @property
+    def pushable(self) -> bool:
+        """:meth:`send_audio_nowait` can ever send (plain TCP: the emulator, a local proxy; not TLS)."""
+        ws = self._ws
+        return ws is not None and ws.nowait_capable
+
+    @property
     def write_pending(self) -> bool:
         """Part of a :meth:`send_audio_nowait` message is still to be written (by :meth:`flush`)."""
         ws = self._ws

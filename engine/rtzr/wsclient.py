@@ -250,6 +250,11 @@ class WsClientConnection(WsConnection):
         return self._write_nowait(encode_frame(_BINARY, payload, mask_key()))
 
     @property
+    def nowait_capable(self) -> bool:
+        """:meth:`send_bytes_nowait` can ever write (plain TCP; on TLS it always says False)."""
+        return self._socket is not None
+
+    @property
     def pending(self) -> bool:
         """A :meth:`send_bytes_nowait` frame is partly written: :meth:`flush` must complete it."""
         return bool(self._pending)

@@ -123,6 +123,7 @@ async def test_send_bytes_nowait_writes_from_synchronous_code_and_in_order(monke
     with trio.fail_after(10):
         async with server(lambda peer: collect(peer, len(payloads), got)) as url:
             conn = await connect(url)
+            assert conn.nowait_capable
             assert conn.send_bytes_nowait(payloads[0]) and not conn.pending
             monkeypatch.setattr(connection.os, "write", lambda fd, data: real_write(fd, data[:10]))
             assert conn.send_bytes_nowait(payloads[1]) and conn.pending

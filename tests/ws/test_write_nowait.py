@@ -140,6 +140,7 @@ async def test_tls_never_takes_the_nowait_path(monkeypatch: pytest.MonkeyPatch) 
 
     monkeypatch.setattr(connection.os, "write", never)
     assert not conn._write_nowait(b"x")
+    assert not conn.nowait_capable  # an RTZR lease on TLS offers no push (Lease.send_audio_nowait is None)
 
 
 def upgraded_server() -> tuple[WsServerConnection, trio.SocketStream]:
