@@ -44,6 +44,16 @@ def free_port() -> int:
 # ----------------------------------------------------------------------------------------- client side
 
 
+class _NullSocket:
+    """Stands in for a connection's socket where only ``fileno()`` is asked (its fd: /dev/null)."""
+
+    def __init__(self, fd: int) -> None:
+        self._fd = fd
+
+    def fileno(self) -> int:
+        return self._fd
+
+
 async def _client(port: int, lessees: int, messages: int, idle: int, cycles: int, bursts: int) -> dict[str, float]:
     import trio
 
@@ -125,7 +135,10 @@ async def _client(port: int, lessees: int, messages: int, idle: int, cycles: int
         async with pool.lease() as lease:
             ws = lease.socket._ws
             assert ws is not None
-            real_fd, ws._fd = ws._fd, null
+            # Older trees keep the fd in ``_fd``; newer ones read ``_socket.fileno()`` per write.
+            swap = "_fd" if hasattr(ws, "_fd") else "_socket"
+            real = getattr(ws, swap)
+            setattr(ws, swap, null if swap == "_fd" else _NullSocket(null))
             try:
                 for _ in range(500):
                     await lease.send_audio(pcm)
@@ -134,7 +147,7 @@ async def _client(port: int, lessees: int, messages: int, idle: int, cycles: int
                     await lease.send_audio(pcm)
                 out["code_us"] = (time.process_time() - c0) / bursts * 1e6
             finally:
-                ws._fd = real_fd
+                setattr(ws, swap, real)
         os.close(null)
         n.cancel_scope.cancel()
     return out

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 import numpy as np
 import trio
@@ -36,7 +36,7 @@ from engine.endpointing.batch import FrameBatch
 from engine.log import get_logger
 from engine.media import AudioReceived, DropCounts, MediaEvent, StreamStarted, StreamStopped
 from engine.metrics import Registry
-from engine.stt import LeaseLike, PoolLike, SttResult, SttUnavailable
+from engine.stt import LeaseLike, PoolLike, PushLease, SttResult, SttUnavailable
 from engine.turns import TurnTracker
 from engine.utterance import UtteranceAudio
 
@@ -606,20 +606,55 @@ class Call:
             utt.audio.wake()  # the sender may be waiting for audio: it stops now, not at the next batch
 
     async def _send_and_finalize(self, utt: Utterance, attempt: _Attempt) -> None:
-        """Stream the utterance's audio in batches as it arrives, then Finalize and await the final."""
-        max_batch = max(self.batch_bytes, int(100 * self.stt_bytes_per_ms))
-        while attempt.failure is None:
-            available = utt.audio.size - utt.sent
-            if available >= self.batch_bytes or (utt.audio.closed and available > 0):
-                chunk = utt.audio.read(utt.sent, max_batch)
-                await attempt.lease.send_audio(chunk)
+        """Stream the utterance's audio in batches as it arrives, then Finalize and await the final.
+
+        With a lease that can send from synchronous code (:class:`engine.stt.PushLease`, RTZR's), each batch
+        that completes while this task waits is written by the appender itself (``push``, called from
+        ``UtteranceAudio.append`` in the Twilio reader's pass): no wake-up of this task per 100 ms message.
+        The task wakes only when a push cannot be done at once (another write in progress, a partly written
+        message, a failure, the utterance closed or cancelled), and then sends as before.
+        """
+        audio = utt.audio
+        lease = attempt.lease
+        batch = self.batch_bytes
+        max_batch = max(batch, int(100 * self.stt_bytes_per_ms))
+        stats = self.stats
+        send_nowait: Callable[[bytes], bool] | None = getattr(lease, "send_audio_nowait", None)
+        push: Callable[[], int | None] | None = None
+        pushed: PushLease | None = None
+        if send_nowait is not None:
+            pushed = cast("PushLease", lease)
+            scope = utt.scope
+
+            def push() -> int | None:
+                # Runs inside the reader's append: never raises, never awaits; None hands over to this task.
+                if attempt.failure is not None or scope.cancel_called:
+                    return None
+                try:
+                    chunk = audio.read(utt.sent, max_batch)
+                    if not send_nowait(chunk):
+                        return None
+                except Exception:  # the awaited path meets it again and reports it
+                    return None
                 utt.sent += len(chunk)
-                self.stats.bytes_sent += len(chunk)
+                stats.bytes_sent += len(chunk)
+                return None if pushed is None or pushed.write_pending else utt.sent + batch
+
+        while attempt.failure is None:
+            if pushed is not None and pushed.write_pending:
+                await pushed.flush()  # a pushed message the kernel took only part of
+            available = audio.size - utt.sent
+            if available >= batch or (audio.closed and available > 0):
+                chunk = audio.read(utt.sent, max_batch)
+                await lease.send_audio(chunk)
+                utt.sent += len(chunk)
+                stats.bytes_sent += len(chunk)
                 continue
-            if utt.audio.closed:
+            if audio.closed:
                 break
-            # Woken once the next batch is there (or at the close, or by a failure): not per 20 ms frame.
-            await utt.audio.wait_for(utt.sent + self.batch_bytes)
+            # Woken once the next batch is there (or at the close, or by a failure): not per 20 ms frame;
+            # with a push, only when the push could not send it.
+            await audio.wait_for(utt.sent + batch, push)
         if attempt.failure is not None:
             return
         attempt.finalize_at = trio.current_time()

@@ -16,7 +16,7 @@ Errors say what the caller can do about them, not which vendor raised them:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import AbstractAsyncContextManager
 from typing import Protocol
 
@@ -110,6 +110,29 @@ class LeaseLike(Protocol):
         ...
 
 
+class PushLease(LeaseLike, Protocol):
+    """A lease that can also send from synchronous code (``engine.rtzr.pool.Lease``; optional for a vendor).
+
+    :class:`engine.call.Call` then writes each audio batch from the Twilio reader's own pass as it completes
+    (no wake-up of the utterance's task per 100 ms message), and falls back to :meth:`LeaseLike.send_audio`
+    whenever :meth:`send_audio_nowait` says False.
+    """
+
+    # Send now without awaiting: True when written (or its tail :attr:`write_pending`); False, nothing sent,
+    # when only the awaited ``send_audio`` can send it; never raises. None when this lease can never send so
+    # (e.g. RTZR over TLS): the lessee then does not try.
+    send_audio_nowait: Callable[[bytes], bool] | None
+
+    @property
+    def write_pending(self) -> bool:
+        """Part of a message sent by :meth:`send_audio_nowait` waits for :meth:`flush`."""
+        ...
+
+    async def flush(self) -> None:
+        """Write what :meth:`send_audio_nowait` left; raises as ``send_audio``."""
+        ...
+
+
 class PoolLike(Protocol):
     """Hands out leases: ``async with pool.lease() as lease:`` (waits within ``budgets.lease``)."""
 
@@ -119,6 +142,7 @@ class PoolLike(Protocol):
 __all__ = [
     "LeaseLike",
     "PoolLike",
+    "PushLease",
     "SttAuthError",
     "SttError",
     "SttProtocolError",

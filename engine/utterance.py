@@ -29,6 +29,7 @@ closed, so a speaking call wakes its STT task once per batch, not per 20 ms fram
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Final
 
 import numpy as np
@@ -51,7 +52,7 @@ class UtteranceAudio:
     buffer holds μ-law codes and reads return little-endian int16 PCM (2 bytes per stored byte).
     """
 
-    __slots__ = ("_base", "_blocks", "_fill", "_scale", "_total", "_waiter", "_want", "closed")
+    __slots__ = ("_base", "_blocks", "_fill", "_push", "_scale", "_total", "_waiter", "_want", "closed")
 
     def __init__(self, *, mulaw_as_pcm16: bool = False) -> None:
         self._blocks: list[bytearray] = []  # every block full but the last, which holds _fill bytes
@@ -63,6 +64,7 @@ class UtteranceAudio:
         # The waiting sender (wait_for): woken when _total reaches _want, on close, or by wake().
         self._waiter: trio.Event | None = None
         self._want = _NO_WAITER
+        self._push: Callable[[], int | None] | None = None  # wait_for's push: the waiter's work done by wake()
 
     @property
     def size(self) -> int:
@@ -166,26 +168,41 @@ class UtteranceAudio:
         return mulaw.decode(stored).astype("<i2", copy=False).tobytes()
 
     def wake(self) -> None:
-        """Wake the waiting sender now (its size reached, the utterance closed, or its lease failed)."""
+        """Wake the waiting sender now (its size reached, the utterance closed, or its lease failed); or, when
+        it waits with a ``push`` and the size was reached, do its work here instead (see :meth:`wait_for`)."""
         waiter = self._waiter
         if waiter is not None:
+            push = self._push
+            if push is not None and not self.closed and self._total >= self._want:
+                want = push()
+                if want is not None:
+                    self._want = -(-want // self._scale)
+                    if self._total < self._want:
+                        return  # still waiting, for the next size
             self._waiter = None
             self._want = _NO_WAITER
+            self._push = None
             waiter.set()
 
-    async def wait_for(self, size: int) -> None:
+    async def wait_for(self, size: int, push: Callable[[], int | None] | None = None) -> None:
         """Wait until :attr:`size` reaches ``size`` STT bytes, the utterance is closed, or :meth:`wake`.
 
-        One waiter at a time (the utterance's sender); returns at once if already there.
+        One waiter at a time (the utterance's sender); returns at once if already there. With ``push``, the
+        appender calls ``push()`` (synchronously, from :meth:`append`) each time the size is reached, instead
+        of waking the waiter: it returns the next size to wait for, or None to wake the waiter. That is how a
+        sender sends its 100 ms batches from the Twilio reader's pass, with no task switch per batch
+        (engine/call.py). ``push`` must not raise.
         """
         if self.closed or self._total * self._scale >= size:
             await trio.lowlevel.checkpoint()
             return
         waiter = self._waiter = trio.Event()
         self._want = -(-size // self._scale)  # stored bytes, rounded up
+        self._push = push
         try:
             await waiter.wait()
         finally:
             if self._waiter is waiter:  # cancelled while waiting
                 self._waiter = None
                 self._want = _NO_WAITER
+                self._push = None

@@ -61,6 +61,10 @@ class Lease:
         self._age_s = trio.current_time() - sock.opened_at
         # The socket's own method, not a wrapper: one coroutine less per 100 ms audio message (issue 13).
         self.send_audio: Callable[[bytes], Coroutine[Any, Any, None]] = sock.send_audio
+        # The synchronous path (engine.stt.PushLease): each batch written as the reader appends it; None on TLS,
+        # where it could never write (the lessee then does not try, batch after batch).
+        self.send_audio_nowait: Callable[[bytes], bool] | None = sock.send_audio_nowait if sock.pushable else None
+        self.flush: Callable[[], Coroutine[Any, Any, None]] = sock.flush
 
     def socket_info(self) -> ev.SocketInfo:
         """The socket behind this lease, for the events (issue 15); token times as of now."""
@@ -79,6 +83,11 @@ class Lease:
     def has_pending(self) -> bool:
         """Audio sent on this lease that no final has covered yet."""
         return self._sock.tracker.pending
+
+    @property
+    def write_pending(self) -> bool:
+        """Part of a :meth:`send_audio_nowait` message is still to be written (``await flush()``)."""
+        return self._sock.write_pending
 
     @property
     def sent_ms(self) -> float:

@@ -383,6 +383,43 @@ class RtzrSocket:
         self.tracker.audio_sent(len(pcm))
         await self._send(pcm, touch=False)
 
+    def send_audio_nowait(self, pcm: bytes) -> bool:
+        """:meth:`send_audio` from synchronous code, with no task switch (the lessee pushes each batch as the
+        Twilio reader appends it): True when it is written, or started with its tail :attr:`write_pending`
+        (the lessee must then ``await`` :meth:`flush`); False, nothing sent, when only the awaited
+        :meth:`send_audio` can send it (it also reports why: a lost socket, EOS sent). Never raises."""
+        ws = self._ws
+        if not pcm or ws is None or self.eos_sent or self._closed.is_set() or not ws.send_bytes_nowait(pcm):
+            return False
+        self.tracker.audio_sent(len(pcm))
+        return True
+
+    @property
+    def pushable(self) -> bool:
+        """:meth:`send_audio_nowait` can ever send (plain TCP: the emulator, a local proxy; not TLS)."""
+        ws = self._ws
+        return ws is not None and ws.nowait_capable
+
+    @property
+    def write_pending(self) -> bool:
+        """Part of a :meth:`send_audio_nowait` message is still to be written (by :meth:`flush`)."""
+        ws = self._ws
+        return ws is not None and ws.pending
+
+    async def flush(self) -> None:
+        """Complete a :meth:`send_audio_nowait` message the kernel took only part of (no-op if none)."""
+        ws = self._ws
+        if ws is None or not ws.pending:
+            return
+        try:
+            await ws.flush()
+        except ConnectionClosed:
+            self._lose("closed while sending")
+            raise RtzrSocketLost(self.close_reason) from None
+        except BudgetExpired:
+            self._lose("send timeout")
+            raise
+
     async def finalize(self, speech_end_ms: float | None = None) -> bool:
         """Send Finalize if audio is pending; returns whether a final is now expected.
 

@@ -22,13 +22,13 @@ client's handshake, its hot data path and ping/pong.
 from __future__ import annotations
 
 import functools
-import os
 import ssl
+from typing import Any
 from urllib.parse import urlsplit
 
 import trio
 from wsproto import ConnectionType, WSConnection
-from wsproto.connection import ConnectionState
+from wsproto.connection import Connection, ConnectionState
 from wsproto.events import (
     AcceptConnection,
     RejectConnection,
@@ -39,6 +39,7 @@ from wsproto.frame_protocol import CloseReason, Opcode
 from wsproto.utilities import RemoteProtocolError
 
 from engine.budgets import Budget
+from engine.ws.client_frames import UnmaskedFrameDecoder
 from engine.ws.connection import RECEIVE_SIZE, ConnectionClosed, WsConnection
 from engine.ws.frames import encode_frame, mask_key
 
@@ -59,6 +60,7 @@ YIELD_EVERY = 8
 # Bound once: an Enum attribute lookup costs ~0.2 µs on CPython 3.11, per audio frame sent.
 _BINARY = Opcode.BINARY
 _TEXT = Opcode.TEXT
+_OPEN = ConnectionState.OPEN
 
 
 class WsHandshakeError(Exception):
@@ -72,6 +74,17 @@ class WsRejected(WsHandshakeError):
         super().__init__(f"HTTP {status}")
         self.status = status
         self.body = body
+
+
+def _at_frame_boundary(connection: Connection) -> bool:
+    """wsproto holds no part of a frame or message (nothing came behind the 101, or only whole messages): the
+    fast decoder may start. Reads wsproto's private state; if that ever moves, wsproto parses everything, as before."""
+    proto: Any = getattr(connection, "_proto", None)
+    try:
+        decoder, message = proto._frame_decoder, proto._message_decoder
+        return bool(decoder.header is None and len(decoder.buffer) == 0 and message.opcode is None)
+    except (AttributeError, TypeError):
+        return False
 
 
 @functools.cache
@@ -90,9 +103,9 @@ class WsClientConnection(WsConnection):
         self._client: WSConnection | None = WSConnection(ConnectionType.CLIENT)
         self._ws = self._client
         self.accepted: AcceptConnection | None = None
-        # Plain TCP: the fd for the non-blocking fast path of _send_data (TLS always goes through send_all).
-        self._fd = stream.socket.fileno() if isinstance(stream, trio.SocketStream) else -1
         self._unyielded = 0  # whole writes in a row without a schedule point (_send_data)
+        # After the upgrade: the decoder in front of wsproto for results and pongs; None once wsproto parses.
+        self._fast: UnmaskedFrameDecoder | None = None
 
     @classmethod
     async def connect(
@@ -151,6 +164,8 @@ class WsClientConnection(WsConnection):
                         assert client.connection is not None  # wsproto sets it with the accept
                         self._ws = client.connection
                         self._client = None
+                        if _at_frame_boundary(client.connection):
+                            self._fast = UnmaskedFrameDecoder(self._assembler.max_size)
                         # Frames the server sent right behind the 101 are parsed by wsproto already.
                         await self._process_events()
                         return
@@ -168,6 +183,23 @@ class WsClientConnection(WsConnection):
             if not data and rejected is not None:  # a body delimited by EOF
                 raise WsRejected(rejected.status_code, body)
 
+    # -- receiving: the fast decoder in front of wsproto --------------------------------------
+
+    def _feed(self, data: bytes) -> bool:
+        """Parse received bytes (b"": EOF); True when wsproto has events to look at."""
+        fast = self._fast
+        if fast is not None:
+            if data:
+                messages, pongs, rest = fast.feed(data)
+                self._messages.extend(messages)
+                for payload in pongs:
+                    self._on_pong(payload)
+                if rest is None:
+                    return False
+                data = rest
+            self._fast = None  # from here on (or at EOF) wsproto parses everything
+        return super()._feed(data)
+
     # -- sending ----------------------------------------------------------------------------
 
     async def send_bytes(self, data: bytes) -> None:
@@ -181,47 +213,58 @@ class WsClientConnection(WsConnection):
     async def _send_data(self, opcode: int, payload: bytes) -> None:
         """The hot path: frame it ourselves (wsproto only checks state and masks, slowly).
 
-        On plain TCP, when no task is writing (the lock is free), the frame is written at once with one
-        non-blocking ``write``, without taking the lock: nothing awaits between the check and the write, so
-        no other frame can come between. Only the part the kernel did not take is awaited, under the lock
-        and ``budgets.send`` (a Trio cancel scope costs more than the write itself, and a write that does
-        not block cannot overrun a deadline). A whole write returns without a schedule point, as the
+        On plain TCP, when no task is writing (the lock is free), the frame goes out at once by
+        :meth:`~engine.ws.connection.WsConnection._write_nowait` (one non-blocking ``write``, no lock);
+        only the part the kernel did not take is awaited, under the lock and ``budgets.send`` (a Trio cancel
+        scope costs more than the write itself). A whole write returns without a schedule point, as the
         Twilio side's ``send_text_nowait`` does (issue 13: a task switch per 100 ms audio message), except
         every ``YIELD_EVERY``-th in a row, so that a sender with a backlog (a replay) still lets the other
         tasks run.
         """
         await trio.lowlevel.checkpoint_if_cancelled()
-        lock = self._send_lock
-        if self._fd < 0 or lock.locked():
-            await self._send_locked(opcode, payload)
-            return
         ws = self._ws
-        if self._broken or ws is None or ws.state is not ConnectionState.OPEN:
+        if self._broken or ws is None or ws.state is not _OPEN:
             raise self._closed or ConnectionClosed(CloseReason.ABNORMAL_CLOSURE, "connection closed")
         frame = encode_frame(opcode, payload, mask_key())
-        try:
-            written = os.write(self._fd, frame)
-        except BlockingIOError:
-            written = 0
-        except OSError:
-            self._break()
-            raise ConnectionClosed(CloseReason.ABNORMAL_CLOSURE, "connection lost") from None
-        if written == len(frame):
+        if self._write_nowait(frame):
+            if self._pending:  # rare: the socket buffer was full
+                self._unyielded = 0
+                await self._flush_pending()
+                return
             self._unyielded += 1
             if self._unyielded >= YIELD_EVERY:
                 self._unyielded = 0
                 await trio.lowlevel.cancel_shielded_checkpoint()
             return
         self._unyielded = 0
-        lock.acquire_nowait()  # free: nothing was awaited since locked() said so
-        try:
-            with self._send_budget():
-                await self._write_held(frame[written:])  # rare: the socket buffer was full
-        finally:
-            lock.release()
+        await self._send_locked(frame)
 
-    async def _send_locked(self, opcode: int, payload: bytes) -> None:
-        """Another task is writing (or TLS): wait for the lock, within ``budgets.send``."""
+    def send_bytes_nowait(self, payload: bytes) -> bool:
+        """Send one binary message from synchronous code (audio pushed as it arrives, engine/call.py): True when
+        it is written, or started with its tail :attr:`pending` (the caller must then ``await`` :meth:`flush`);
+        False, nothing written, when the awaited :meth:`send_bytes` must do it (another task writing, a tail
+        pending, TLS, the connection not open or its socket failed: that send then raises)."""
+        ws = self._ws
+        if self._broken or ws is None or ws.state is not _OPEN or self._socket is None:
+            return False
+        return self._write_nowait(encode_frame(_BINARY, payload, mask_key()))
+
+    @property
+    def nowait_capable(self) -> bool:
+        """:meth:`send_bytes_nowait` can ever write (plain TCP; on TLS it always says False)."""
+        return self._socket is not None
+
+    @property
+    def pending(self) -> bool:
+        """A :meth:`send_bytes_nowait` frame is partly written: :meth:`flush` must complete it."""
+        return bool(self._pending)
+
+    async def flush(self) -> None:
+        """Write what :meth:`send_bytes_nowait` left (under the lock and ``budgets.send``); raises as :meth:`send_bytes`."""
+        await self._flush_pending()
+
+    async def _send_locked(self, frame: bytes) -> None:
+        """Another task is writing (or TLS, or the socket failed): wait for the lock, within ``budgets.send``."""
         lock = self._send_lock
         try:
             lock.acquire_nowait()  # TLS, uncontended: no extra scheduling round
@@ -231,9 +274,8 @@ class WsClientConnection(WsConnection):
         try:
             # Checked under the lock: a close frame written meanwhile ends the data stream.
             ws = self._ws
-            if self._broken or ws is None or ws.state is not ConnectionState.OPEN:
+            if self._broken or ws is None or ws.state is not _OPEN:
                 raise self._closed or ConnectionClosed(CloseReason.ABNORMAL_CLOSURE, "connection closed")
-            frame = encode_frame(opcode, payload, mask_key())
             with self._send_budget():
                 await self._write_held(frame)
         finally:

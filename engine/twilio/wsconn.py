@@ -18,7 +18,6 @@ Only one task may receive at a time (the reader); any task may send.
 
 from __future__ import annotations
 
-import os
 from collections import deque
 from collections.abc import Sequence
 
@@ -61,8 +60,6 @@ class WsServerConnection(WsConnection):
         # Set at the upgrade (accept); None before it and once wsproto parses (everything from then on).
         self._fast: TextFrameDecoder | None = None
         self.request: UpgradeRequest | None = None
-        self._pending = b""  # the part of a send_text_nowait frame the kernel did not take (written first)
-        self._socket = stream.socket if isinstance(stream, trio.SocketStream) else None  # plain TCP: nowait sends
         try:
             host, port = stream.socket.getpeername()[:2]
             self.remote = f"{host}:{port}"
@@ -161,20 +158,9 @@ class WsServerConnection(WsConnection):
         and on a plain socket; else False and nothing is written (the caller awaits :meth:`send_text`). What
         the kernel does not take at once waits in :attr:`pending`: the caller must then ``await``
         :meth:`flush`; any later write sends it first, so the order on the wire is the order of the calls.
+        (The write itself is :meth:`WsConnection._write_nowait`, shared with the RTZR client's audio path.)
         """
-        # The fd is read each time: once the stream is closed it is -1 (its number may belong to another socket).
-        fd = -1 if self._socket is None else self._socket.fileno()
-        if fd < 0 or self._pending or self._send_lock.locked() or not self._sendable:
-            return False
-        frame = server_text_frame(payload)
-        try:
-            written = os.write(fd, frame)
-        except BlockingIOError:
-            written = 0
-        except OSError:
-            return False  # the awaited path meets the same error and closes the connection
-        self._pending = frame[written:]
-        return True
+        return self._sendable and self._write_nowait(server_text_frame(payload))
 
     @property
     def pending(self) -> bool:
@@ -183,13 +169,7 @@ class WsServerConnection(WsConnection):
 
     async def flush(self) -> None:
         """Write what :meth:`send_text_nowait` left (under the lock and the send budget); raises as :meth:`send_text`."""
-        if self._pending:
-            await self._write(b"")
-
-    async def _write_held(self, data: bytes) -> None:
-        if self._pending:  # a frame started by send_text_nowait goes out whole, before anything else
-            data, self._pending = self._pending + data, b""
-        await super()._write_held(data)
+        await self._flush_pending()
 
     async def aclose(self, code: int = CloseReason.NORMAL_CLOSURE, reason: str = "") -> None:
         """Send a close frame, wait (within the caller's deadline) for the peer's, close the stream."""

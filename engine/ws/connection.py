@@ -10,7 +10,9 @@ Invariants every subclass keeps:
 - Only one task receives (the caller's own reader: no reader task, no channel); any task may send.
 - Every write goes through ``_send_lock`` under the ``send`` budget; a write that did not finish
   (error, budget, cancel) sets ``_broken``: a half-written frame cannot be recovered, so nothing more
-  is written and :attr:`closed` says 1006.
+  is written and :attr:`closed` says 1006. The one exception is :meth:`_write_nowait` (plain TCP, lock
+  free, nothing pending): one non-blocking write, no await; what the kernel did not take waits in
+  ``_pending``, and every later write (``_write_held``) sends it first, so frames stay whole and in order.
 - :attr:`closed` is set once, by the first reason (our close, the peer's, a protocol error, a lost
   TCP connection); messages that completed before it are still delivered.
 """
@@ -18,6 +20,7 @@ Invariants every subclass keeps:
 from __future__ import annotations
 
 import math
+import os
 from collections import deque
 from collections.abc import Generator
 from typing import Protocol, cast
@@ -70,6 +73,9 @@ class WsConnection:
         self._closed: ConnectionClosed | None = None
         self._broken = False  # a write failed: nothing more may be written
         self._pings: dict[bytes, trio.Event] = {}  # in flight, oldest first
+        # Plain TCP only: the socket for _write_nowait (TLS always goes through send_all).
+        self._socket = stream.socket if isinstance(stream, trio.SocketStream) else None
+        self._pending = b""  # the tail of a _write_nowait frame the kernel did not take (written first)
 
     @property
     def closed(self) -> ConnectionClosed | None:
@@ -275,8 +281,41 @@ class WsConnection:
             async with self._send_lock:
                 await self._write_held(data)
 
+    def _write_nowait(self, frame: bytes) -> bool:
+        """Write one whole ``frame`` now, from synchronous code, with one non-blocking ``write``: True when it is
+        written, or started with its tail kept in ``_pending`` (the caller then awaits :meth:`_flush_pending`).
+
+        False, and nothing written, unless on plain TCP with no task writing (the send lock free) and nothing
+        pending: the caller then takes the awaited path (lock, ``budgets.send``), which writes ``_pending``
+        first. Nothing is awaited between the check and the write, so no other frame can come between; a
+        write that does not block cannot overrun a deadline. The caller checks the connection's state.
+        """
+        # The fd is read each time: once the stream is closed it is -1 (its number may belong to another socket).
+        sock = self._socket
+        fd = -1 if sock is None else sock.fileno()
+        if fd < 0 or self._pending or self._send_lock.locked():
+            return False
+        try:
+            written = os.write(fd, frame)
+        except BlockingIOError:
+            written = 0
+        except OSError:  # reset, broken pipe: nothing was written, and nothing more can be
+            self._break()
+            return False
+        if written != len(frame):
+            self._pending = frame[written:]
+        return True
+
+    async def _flush_pending(self) -> None:
+        """Write what :meth:`_write_nowait` left, under the lock and ``budgets.send`` (rare: the socket
+        buffer was full); raises :class:`ConnectionClosed` or ``BudgetExpired('send')``."""
+        if self._pending:
+            await self._write(b"")
+
     async def _write_held(self, data: bytes) -> None:
         """Write under the held lock; a write that did not finish (error, budget, cancel) breaks it."""
+        if self._pending:  # a frame started by _write_nowait goes out whole, before anything else
+            data, self._pending = self._pending + data, b""
         ok = False
         try:
             await self._stream.send_all(data)
@@ -289,4 +328,5 @@ class WsConnection:
 
     def _break(self) -> None:
         self._broken = True
+        self._pending = b""  # nothing more is written
         self._set_closed(CloseReason.ABNORMAL_CLOSURE, "send failed")

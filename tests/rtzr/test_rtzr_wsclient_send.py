@@ -10,8 +10,8 @@ import pytest
 import trio
 from wsproto.events import BytesMessage
 
-from engine.rtzr import wsclient
 from engine.rtzr.wsclient import YIELD_EVERY
+from engine.ws import connection
 
 from .test_rtzr_wsclient import Peer, connect, server
 
@@ -97,13 +97,13 @@ async def test_a_partial_write_finishes_under_the_lock_before_any_other_frame(mo
             locked = conn._send_locked
             waited = 0
 
-            async def counting(opcode: int, payload: bytes) -> None:
+            async def counting(frame: bytes) -> None:
                 nonlocal waited
                 waited += 1
-                await locked(opcode, payload)
+                await locked(frame)
 
             monkeypatch.setattr(conn, "_send_locked", counting)
-            monkeypatch.setattr(wsclient.os, "write", short_write)
+            monkeypatch.setattr(connection.os, "write", short_write)
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(conn.send_bytes, first)
                 nursery.start_soon(conn.send_bytes, second)
@@ -112,3 +112,31 @@ async def test_a_partial_write_finishes_under_the_lock_before_any_other_frame(mo
             await conn.aclose(grace=0.1)
     assert sorted(got) == sorted([first, second])  # both whole: nothing came between the two parts
     assert waited == 1  # the other sender found the lock held and waited for it
+
+
+async def test_send_bytes_nowait_writes_from_synchronous_code_and_in_order(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The push path (engine/call.py): written before any schedule point; a short write leaves the tail
+    pending, refused pushes meanwhile, flush() completes it; nothing is written once the connection closed."""
+    got: list[bytes] = []
+    payloads = [os.urandom(1600) for _ in range(4)]
+    real_write = os.write
+    with trio.fail_after(10):
+        async with server(lambda peer: collect(peer, len(payloads), got)) as url:
+            conn = await connect(url)
+            assert conn.nowait_capable
+            assert conn.send_bytes_nowait(payloads[0]) and not conn.pending
+            monkeypatch.setattr(connection.os, "write", lambda fd, data: real_write(fd, data[:10]))
+            assert conn.send_bytes_nowait(payloads[1]) and conn.pending
+            monkeypatch.undo()
+            assert not conn.send_bytes_nowait(payloads[2])  # nothing overtakes the partly written frame
+            await conn.flush()
+            assert not conn.pending
+            async with conn._send_lock:
+                assert not conn.send_bytes_nowait(payloads[2])  # another task is writing
+            assert conn.send_bytes_nowait(payloads[2])
+            await conn.send_bytes(payloads[3])
+            while len(got) < len(payloads):
+                await trio.sleep(0.01)
+            await conn.aclose(grace=0.1)
+            assert not conn.send_bytes_nowait(b"late")
+    assert got == payloads
