@@ -35,7 +35,7 @@ sys.path.insert(1, str(Path(__file__).resolve().parent))
 import msgspec
 import trio
 
-from call_memory import sizes_by_kind
+import engine
 from engine.budgets import Budgets
 from engine.call import Call
 from engine.config import Config
@@ -45,7 +45,12 @@ from engine.nursery import CallHost
 from engine.playback_driver import CallControl, ControlledCall
 from engine.twilio.server import TwilioServer, stream_started
 from engine.twilio.simulator import frames_of, load_audio
-from ingest_ab import _client_frame, _InstantPool, _media
+
+# The engine is imported (from the working directory's tree) before these: bench/_common.py puts this script's
+# own tree first on sys.path, which must not decide which engine runs.
+ENGINE_TREE = Path(engine.__file__).resolve().parent.parent
+from call_memory import sizes_by_kind  # noqa: E402
+from ingest_ab import _client_frame, _InstantPool, _media  # noqa: E402
 
 DEMO_WAV = Path(os.getcwd()) / "engine" / "demo" / "call.wav"
 
@@ -190,7 +195,7 @@ def main() -> int:
     args = p.parse_args()
     logging.disable(logging.WARNING)  # the unsigned-upgrade warning of every call
     out = trio.run(run, args.calls, args.frames)
-    print(f"{sys.prefix}: {args.calls} calls x {args.frames} frames")
+    print(f"{sys.prefix}, engine from {ENGINE_TREE}: {args.calls} calls x {args.frames} frames")
     print(f"  tasks per call {out['tasks_per_call']:.2f}; utterances {out['utterances_per_call']:.2f} per call, open "
           f"{out['open_utterances_per_call']:.2f}, their audio {out['utterance_audio_kib_per_call']:.1f} KiB per call")
     print(f"  traced (tracemalloc, after a full collection): {out['traced_kib_per_call']:.1f} KiB per call")
