@@ -194,18 +194,17 @@ def sizes_by_kind() -> dict[str, list[int]]:
         if isinstance(o, skip) or t in (dict, list, tuple, set, types.FrameType, types.CellType):
             continue
         name = t.__name__
-        if t.__dictoffset__:
-            d = getattr(o, "__dict__", None)
-            if type(d) is dict:
-                owner.setdefault(id(d), f"{name}.__dict__")
-                values: list[object] = list(d.values())
-            else:
-                values = []
-        else:
-            values = []
-        for r in values or gc.get_referents(o):
-            if type(r) in containers:
-                owner.setdefault(id(r), f"{name}>{type(r).__name__}")
+        # Referents, never ``o.__dict__``: reading it would make a dict for an instance whose attributes are
+        # stored inline (Python 3.11+), which then costs memory that was not there before the census.
+        for r in gc.get_referents(o):
+            kind = type(r)
+            if kind is dict and t.__dictoffset__:
+                owner.setdefault(id(r), f"{name}.__dict__")
+                for v in r.values():
+                    if type(v) in containers:
+                        owner.setdefault(id(v), f"{name}>{type(v).__name__}")
+            elif kind in containers:
+                owner.setdefault(id(r), f"{name}>{kind.__name__}")
     for o in tracked:
         if id(o) in mine:
             continue
