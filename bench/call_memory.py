@@ -18,6 +18,7 @@ the engine of another checkout (its own .venv) under the same probe, for an A/B.
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import os
 import pickle
@@ -34,6 +35,8 @@ import _common as c
 # Runs inside the engine process: start tracing, dump a snapshot to $SORI_MEMPROBE_DIR/<n>.pickle on SIGUSR1.
 _PROBE = """
 import collections, gc, json, os, pickle, runpy, signal, sys, tracemalloc
+@SIZES_BY_KIND@
+@ALLOCATORS@
 if not os.environ.get("SORI_MEMPROBE_RSS_ONLY"):
     tracemalloc.start(int(os.environ.get("SORI_MEMPROBE_FRAMES", "1")))
 _n = [0]
@@ -76,15 +79,29 @@ def _census():
             # one set per thread since issue 13's second pass (_buffers): nothing per call
             arrays = () if hasattr(type(o), "_buffers") else [getattr(o, k, None) for k in ("_vec", "_spec", "_pow")]
             buffers["classifier_scratch"] += sum(getattr(a, "nbytes", 0) for a in arrays)
+    # Who keeps exceptions (and, through their tracebacks, frames) alive: the nearest holder that is neither
+    # an exception, a traceback, a frame nor a container.
+    held = collections.Counter()
+    for o in gc.get_objects():
+        if not isinstance(o, BaseException):
+            continue
+        names = []
+        for r in gc.get_referrers(o):
+            if isinstance(r, dict):
+                names.extend(f"{type(h).__name__}.{k}" for h in gc.get_referrers(r) if getattr(h, "__dict__", None) is r
+                             for k, v in r.items() if v is o)
+            elif not isinstance(r, (BaseException, list, tuple, set)) and type(r).__name__ not in ("frame", "traceback"):
+                names.append(type(r).__name__)
+        held[f"{type(o).__name__} held by {'/'.join(sorted(set(names))[:3]) or '?'}"] += 1
     return {"objects": {k: counts.get(k, 0) for k in _KINDS}, "tasks": dict(tasks), "gc_count": list(gc.get_count()),
-            "buffers": dict(buffers)}
+            "buffers": dict(buffers), "exceptions": dict(held)}
 def _rss():
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 def _dump(signum, frame):
     _n[0] += 1
     base = os.path.join(os.environ["SORI_MEMPROBE_DIR"], str(_n[0]))
-    info = {"rss": _rss(), **_census()}
+    info = {"rss": _rss(), "allocators": allocators(), **_census()}
     if tracemalloc.is_tracing():
         with open(base + ".pickle", "wb") as f:
             pickle.dump(tracemalloc.take_snapshot(), f)
@@ -100,12 +117,111 @@ def _dump(signum, frame):
     if tracemalloc.is_tracing():
         with open(base + ".collected.pickle", "wb") as f:
             pickle.dump(tracemalloc.take_snapshot(), f)
+    info["sizes"] = sizes_by_kind()  # last: its own allocations must not move the readings above
     with open(base + ".json", "w") as f:
         json.dump(info, f)
 signal.signal(signal.SIGUSR1, _dump)
 sys.argv = ["engine", *sys.argv[1:]]
 runpy.run_module("engine", run_name="__main__")
 """
+
+def allocators() -> dict[str, int]:
+    """Where the process's heap memory is, by allocator: pymalloc (objects ≤ 512 bytes: bytes in live blocks,
+    free blocks inside used pools, unused pools, arenas) from ``sys._debugmallocstats`` and glibc malloc
+    (larger objects, numpy data: ``mallinfo2``). RSS minus live blocks is slack: free blocks and pools
+    pymalloc keeps resident (fragmentation), free heap malloc keeps."""
+    import ctypes
+    import os
+    import re
+    import sys
+    import tempfile
+
+    out: dict[str, int] = {}
+    with tempfile.TemporaryFile() as f:  # the stats go to the C stderr: borrow fd 2 for the call
+        sys.stderr.flush()
+        saved = os.dup(2)
+        try:
+            os.dup2(f.fileno(), 2)
+            sys._debugmallocstats()
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+        f.seek(0)
+        text = f.read().decode(errors="replace")
+    patterns = {"pymalloc_live": r"# bytes in allocated blocks\s*=\s*([\d,]+)",
+                "pymalloc_free_blocks": r"# bytes in available blocks\s*=\s*([\d,]+)",
+                "pymalloc_unused_pools": r"unused pools \* \d+ bytes\s*=\s*([\d,]+)",
+                "pymalloc_arenas": r"arenas \* \d+ bytes/arena\s*=\s*([\d,]+)"}
+    for key, pattern in patterns.items():
+        match = re.search(pattern, text)
+        if match:
+            out[key] = int(match.group(1).replace(",", ""))
+
+    class _MallInfo2(ctypes.Structure):
+        _fields_ = [(name, ctypes.c_size_t) for name in ("arena", "ordblks", "smblks", "hblks", "hblkhd",
+                                                          "usmblks", "fsmblks", "uordblks", "fordblks", "keepcost")]
+
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallinfo2.restype = _MallInfo2
+        info = libc.mallinfo2()
+        out.update(malloc_heap=info.arena, malloc_live=info.uordblks, malloc_free=info.fordblks,
+                   malloc_mmap=info.hblkhd)
+    except (OSError, AttributeError):  # not glibc, or older than 2.33
+        pass
+    return out
+
+
+def sizes_by_kind() -> dict[str, list[int]]:
+    """Bytes (``sys.getsizeof``) and count of every object the collector tracks and of what they refer to
+    directly (bytes, str, numbers: untracked), by type; an instance ``__dict__`` counts as ``X.__dict__``
+    for its owner's type X, a ``set`` / ``list`` / ``deque`` held by an instance of X as ``X>set`` etc.
+    No tracemalloc: what the objects themselves weigh (not the allocator's slack), for a census."""
+    import collections
+    import gc
+    import sys
+    import types
+
+    out: dict[str, list[int]] = collections.defaultdict(lambda: [0, 0])
+    seen: set[int] = set()
+    owner: dict[int, str] = {}
+    tracked = gc.get_objects()
+    mine = {id(seen), id(owner), id(out), id(tracked)}  # this census's own containers (they grow meanwhile)
+    skip = (type, types.ModuleType, types.FunctionType, types.CodeType)
+    containers = (set, list, collections.deque, bytearray)
+    for o in tracked:  # owners first: an instance's __dict__ and containers are named after it
+        t = type(o)
+        if isinstance(o, skip) or t in (dict, list, tuple, set, types.FrameType, types.CellType):
+            continue
+        name = t.__name__
+        # Referents, never ``o.__dict__``: reading it would make a dict for an instance whose attributes are
+        # stored inline (Python 3.11+), which then costs memory that was not there before the census.
+        for r in gc.get_referents(o):
+            kind = type(r)
+            if kind is dict and t.__dictoffset__:
+                owner.setdefault(id(r), f"{name}.__dict__")
+                for v in r.values():
+                    if type(v) in containers:
+                        owner.setdefault(id(v), f"{name}>{type(v).__name__}")
+            elif kind in containers:
+                owner.setdefault(id(r), f"{name}>{kind.__name__}")
+    for o in tracked:
+        if id(o) in mine:
+            continue
+        for obj in (o, *gc.get_referents(o)):
+            if id(obj) in seen or isinstance(obj, skip):
+                continue
+            seen.add(id(obj))
+            try:
+                size = sys.getsizeof(obj)
+            except Exception:
+                continue
+            row = out[owner.get(id(obj), type(obj).__name__)]
+            row[0] += size
+            row[1] += 1
+    del tracked
+    return dict(out)
+
 
 def snapshot(pid: int, folder: Path, n: int) -> tuple[dict[str, Any], tracemalloc.Snapshot | None,
                                                     tracemalloc.Snapshot | None]:
@@ -130,7 +246,7 @@ def snapshot(pid: int, folder: Path, n: int) -> tuple[dict[str, Any], tracemallo
     return info, snaps[0], snaps[1]
 
 
-def print_census(idle: dict[str, Any], live: dict[str, Any], n: int) -> None:
+def print_census(idle: dict[str, Any], live: dict[str, Any], n: int, top: int = 30) -> None:
     """Per live call: objects by kind, Trio tasks by coroutine (outermost > innermost), uncollected garbage."""
     print(f"census per call (live - idle) / {n}:")
     print("  objects: " + ", ".join(f"{k} {(live['objects'][k] - idle['objects'][k]) / n:.2f}"
@@ -148,6 +264,22 @@ def print_census(idle: dict[str, Any], live: dict[str, Any], n: int) -> None:
     buffers = {k: live.get("buffers", {}).get(k, 0) - idle.get("buffers", {}).get(k, 0)
                for k in {*live.get("buffers", {}), *idle.get("buffers", {})}}
     print("  buffers per call (data bytes): " + ", ".join(f"{k} {v / n / 1024:.1f} KiB" for k, v in sorted(buffers.items())))
+    held = {k: live.get("exceptions", {}).get(k, 0) - idle.get("exceptions", {}).get(k, 0)
+            for k in {*live.get("exceptions", {}), *idle.get("exceptions", {})}}
+    if any(held.values()):
+        print("  exceptions alive per call: " + ", ".join(f"{k} {v / n:.2f}" for k, v in
+                                                          sorted(held.items(), key=lambda kv: -kv[1]) if v))
+    alloc_live, alloc_idle = live.get("allocators", {}), idle.get("allocators", {})
+    if alloc_live:
+        print("  heap by allocator (live - idle), KiB per call: " + ", ".join(
+            f"{k} {(v - alloc_idle.get(k, 0)) / n / 1024:.1f}" for k, v in alloc_live.items()))
+    sizes = {k: (v[0] - idle.get("sizes", {}).get(k, [0, 0])[0], v[1] - idle.get("sizes", {}).get(k, [0, 0])[1])
+             for k, v in live.get("sizes", {}).items()}
+    if sizes:
+        print(f"  objects by type (sys.getsizeof, live - idle): {sum(v[0] for v in sizes.values()) / n / 1024:.1f} KiB "
+              "per call; largest, KiB and count per call:")
+        for k, (size, count) in sorted(sizes.items(), key=lambda kv: -kv[1][0])[:top]:
+            print(f"    {size / n / 1024:6.2f} {count / n:7.2f}  {k}")
     waiting = sum(v for k, v in live["tasks"].items() if k.startswith("Call._transcribe > _AsyncGeneratorContextManager"))
     if waiting > n / 10:
         print(f"  WARNING: {waiting / n:.2f} utterances per call wait for an RTZR socket (pool or emulator not keeping"
@@ -195,7 +327,8 @@ def main() -> int:
         env = {"SORI_MEMPROBE_DIR": str(work), "SORI_MEMPROBE_FRAMES": str(max(1, args.frames)),
                **({"SORI_MEMPROBE_RSS_ONLY": "1"} if args.rss_only else {})}
         probe = work / "probe.py"
-        probe.write_text(_PROBE)
+        probe.write_text(_PROBE.replace("@SIZES_BY_KIND@", inspect.getsource(sizes_by_kind))
+                         .replace("@ALLOCATORS@", inspect.getsource(allocators)))
         orig = c.PY
         # start_engine runs `python -m engine`; run the same command through the probe instead.
         tree = args.tree.resolve() if args.tree else c.ROOT
@@ -234,7 +367,7 @@ def main() -> int:
         print(f"{n} live calls vs idle: RSS +{(rss_live - rss_idle) / n / 1024:.1f} KiB per call "
               f"({rss_idle / 2**20:.1f} → {rss_live / 2**20:.1f} MiB)")
         live_info, live, live_collected = snapshot(engine.pid, work, 2)
-        print_census(idle_info, live_info, n)
+        print_census(idle_info, live_info, n, args.top)
         # Steadier than RSS for an A/B: the heap malloc keeps free at the reading moment moves RSS by ±5 KiB a call.
         print(f"RSS per call after malloc_trim(0): +{(live_info['rss_after_trim'] - rss_idle) / n / 1024:.1f} KiB")
         if live is None or idle is None or live_collected is None or idle_collected is None:

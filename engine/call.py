@@ -102,6 +102,19 @@ class CallStats:
 class Call:
     """One media stream's pipeline (a provider server's CallHandler)."""
 
+    # Slots, not a __dict__ (issue 13, memory per call): with more than 30 attributes an instance dict no
+    # longer shares its keys with the class's other instances, so each call paid a whole dict (1.5 KiB).
+    __slots__ = (
+        "_batch", "_batch_decode", "_batch_failed", "_bytes_per_frame", "_carry", "_closed_reason", "_compact",
+        "_current", "_decode", "_frame_bytes", "_h_endpoint", "_h_stt", "_h_total", "_head", "_headroom", "_held",
+        "_last_uid", "_m_errors", "_m_finals", "_m_incomplete", "_m_overflow", "_m_replays", "_nursery", "_open",
+        "_raw", "_raw_end", "_raw_ok", "_release_margin_ms", "_settled", "_started_at", "_stream_closed", "_to_stt",
+        "_unspawned", "audio_listener", "batch_bytes", "batch_frames", "batch_payload", "budgets",
+        "buffer_limit_bytes", "call_sid", "config", "emit", "endpointer", "ep_rate", "in_rate", "last_audio",
+        "media_listener", "metrics", "on_ended", "pool", "started", "stats", "stream_sid", "stream_stats",
+        "stt_bytes_per_ms", "stt_mulaw", "stt_rate", "stt_sample_bytes", "to_endpointer", "turns", "utterance_prefix",
+    )
+
     def __init__(
         self,
         started: StreamStarted,

@@ -12,8 +12,9 @@ Every playback notice becomes an event on the engine's one emit path (sinks and 
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import math
-from collections import deque
 from collections.abc import Callable
 from typing import Any, Literal, Protocol
 
@@ -123,7 +124,7 @@ class CallControl:
         self.call_sid = session.call_sid
         self._emit = emit
         self.core = PlaybackCore(lead_ms=config.lead_ms, max_queued_ms=config.max_queued_ms)
-        self._outbox: deque[Output] = deque()
+        self._outbox: list[Output] = []  # not a deque: 0.7 KiB per idle call (issue 13); a few frames at a time
         self._wake = trio.Event()
         self._closed = False
         self._stopping = False  # stop() was called: commands are refused from now on
@@ -147,6 +148,10 @@ class CallControl:
             hasattr(session, name) for name in ("send_media_nowait", "send_mark_nowait", "send_pending", "flush")
         ) else None  # type: ignore[assignment]
         self._deferred: list[Notice] = []  # notices of a play written from the command, emitted by the task
+        # The task runs only once a command needs it (run_on_demand): until the application plays, marks, clears
+        # or stops, a call's control has no task (issue 13: a task waiting for nothing weighed ≈ 2 KiB per call).
+        self._starter: Callable[[], None] | None = None
+        self._poked = False
 
     @property
     def closed(self) -> bool:
@@ -164,7 +169,7 @@ class CallControl:
         if idle:
             self._queued_at[pid] = trio.current_time()
             self._send_due_now()
-        self._wake.set()
+        self._poke()
         return pid
 
     def _send_due_now(self) -> None:
@@ -200,7 +205,7 @@ class CallControl:
         if self._closed or self._stopping:
             raise PlaybackError("call_ended", "mark: the call has ended")
         self.core.mark(name)
-        self._wake.set()
+        self._poke()
 
     def clear_nowait(self, reason: InterruptReason = "clear") -> None:
         if self._closed:
@@ -210,7 +215,7 @@ class CallControl:
         self._outbox.clear()  # frames not yet written are dropped with the rest
         self._outbox.extend(outputs)
         self._notify(notices)
-        self._wake.set()
+        self._poke()
 
     def stop_nowait(self) -> None:
         """Clear playback and end the media stream (the Twilio WebSocket is closed with 1000)."""
@@ -218,7 +223,7 @@ class CallControl:
             return
         self.clear_nowait("stop")
         self._stopping = True
-        self._wake.set()
+        self._poke()
 
     async def play(self, audio: bytes | npt.NDArray[np.int16], *, encoding: Encoding = "mulaw",
                    sample_rate: int = 8000, playback_id: str | None = None) -> str:
@@ -284,8 +289,27 @@ class CallControl:
             self._m_barge.inc()
             self.clear_nowait("barge_in")
 
+    def _poke(self) -> None:
+        """A command left work for the task: wake it, starting it first if it runs on demand and has not yet."""
+        self._poked = True
+        start, self._starter = self._starter, None
+        if start is not None:
+            with contextlib.suppress(RuntimeError):  # its nursery closed: the call is ending, close() follows
+                start()
+        self._wake.set()
+
+    def run_on_demand(self, start: Callable[[], None]) -> None:
+        """Have ``start`` start the task (:meth:`run`) at the first command, or now if one came already."""
+        if self._closed:
+            return
+        if self._poked:
+            start()
+        else:
+            self._starter = start
+
     def close(self) -> None:
         """The stream ended: whatever was queued or playing is interrupted (``call_ended``); nothing more is sent."""
+        self._starter = None
         if self._closed:
             return
         _, notices = self.core.clear(trio.current_time(), "call_ended", send=False)
@@ -328,7 +352,7 @@ class CallControl:
         if self._nowait is not None and self._nowait.send_pending and not await self._nowait.flush():
             return False
         while outbox and not self._closed:
-            out = outbox.popleft()
+            out = outbox.pop(0)
             if type(out) is SendMedia:
                 assert isinstance(out, SendMedia)
                 ok = await session.send_media(out.payload)
@@ -367,7 +391,9 @@ class CallControl:
 
 class ControlledCall:
     """A call handler with its :class:`CallControl`: the call's events go to both, the control's task runs
-    beside the call's, and the control closes when the stream does (before the call emits ``call.ended``).
+    beside the call's from the application's first command on (none while the application never played:
+    :meth:`CallControl.run_on_demand`), and the control closes when the stream does (before the call emits
+    ``call.ended``).
 
     A call that has listeners (:class:`ListenedCall`, as :class:`engine.call.Call`) is given the control's
     ``on_media_event`` as its listener and ``on_event`` *is* the call's own: per audio frame no layer runs
@@ -400,7 +426,7 @@ class ControlledCall:
     async def run(self) -> None:
         try:
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(self._run_control)
+                self.control.run_on_demand(functools.partial(nursery.start_soon, self._run_control))
                 await self.call.run()
                 self.control.close()
         finally:

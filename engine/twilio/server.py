@@ -743,7 +743,7 @@ class _CallReader:
         """Process every complete message received; the reason the stream ended (stop, protocol errors) or None."""
         messages = self.ws.received
         while messages:
-            reason = self._message(messages.popleft())
+            reason = self._message(messages.pop(0))
             if reason is not None:
                 return reason
         return None

@@ -18,7 +18,6 @@ Only one task may receive at a time (the reader); any task may send.
 
 from __future__ import annotations
 
-from collections import deque
 from collections.abc import Sequence
 
 import trio
@@ -182,8 +181,8 @@ class WsServerConnection(WsConnection):
     # -- for a caller that reads the socket itself (engine.twilio.reactor) ----------------------
 
     @property
-    def received(self) -> deque[str | bytes]:
-        """Complete messages not yet taken (``popleft`` to take one), as :meth:`receive_message` would return them."""
+    def received(self) -> list[str | bytes]:
+        """Complete messages not yet taken (``pop(0)`` to take one), as :meth:`receive_message` would return them."""
         return self._messages
 
     def message_nowait(self, data: bytes) -> str | None:

@@ -33,3 +33,25 @@ def test_differences_are_grouped_by_the_innermost_engine_frame() -> None:
     here = [size for where, size in rows.items() if "test_call_memory.py" in where]
     assert here and max(here) >= 50 * 1000
     assert kept and silence
+
+
+class _Owner:
+    def __init__(self) -> None:
+        self.tags: set[str] = set()
+        self.more = 1
+
+
+def test_the_census_names_instance_dicts_and_containers_after_their_owner() -> None:
+    before = call_memory.sizes_by_kind()
+    owners = [_Owner() for _ in range(100)]
+    after = call_memory.sizes_by_kind()
+    grown = {k: after[k][1] - before.get(k, [0, 0])[1] for k in after}
+    assert grown["_Owner"] == 100
+    assert grown["_Owner>set"] == 100  # each empty set counted once, under its owner, not as a plain set
+    assert grown.get("set", 0) < 100
+    assert owners
+
+
+def test_the_heap_is_split_by_allocator() -> None:
+    heap = call_memory.allocators()
+    assert heap["pymalloc_live"] > 0 and heap["pymalloc_arenas"] >= heap["pymalloc_live"]

@@ -1,8 +1,8 @@
 """Issue 13 (memory per call): what a live call costs in Trio tasks, end to end through the real engine.
 
-Between utterances a call is three tasks (the Twilio connection's, the handler's, playback's) and each open
-RTZR socket one; no task exists only to sleep or to wait for one event (the RTZR pinger and the pool's
-per-socket watcher were such tasks)."""
+Between utterances a call is two tasks (the Twilio connection's, the handler's; playback's only once the
+application gave a command) and each open RTZR socket one; no task exists only to sleep or to wait for one
+event (the RTZR pinger, the pool's per-socket watcher and an idle call's playback task were such tasks)."""
 
 from __future__ import annotations
 
@@ -31,7 +31,7 @@ def engine_tasks() -> Counter[str]:
     return names
 
 
-async def test_an_idle_live_call_is_three_tasks_and_a_socket_is_one() -> None:
+async def test_an_idle_live_call_is_two_tasks_and_a_socket_is_one() -> None:
     audio, _ = phrase_call(["diary"], gap_ms=0)
     with trio.fail_after(60):
         async with running_engine(make_config()) as (engine, got):
@@ -50,7 +50,6 @@ async def test_an_idle_live_call_is_three_tasks_and_a_socket_is_one() -> None:
     per_call = {name: n for name, n in added.items()
                 if name.startswith(("engine.twilio.server.", "engine.call.", "engine.playback_driver."))}
     assert per_call == {"engine.twilio.server.TwilioServer._on_connection": 1,
-                        "engine.twilio.server.TwilioServer._run_handler": 1,
-                        "engine.playback_driver.ControlledCall._run_control": 1}, added
+                        "engine.twilio.server.TwilioServer._run_handler": 1}, added
     assert not [n for n in during if "_pinger" in n or "_nursery_watch" in n or "watch" in n.rsplit(".", 1)[-1]]
     assert during["engine.rtzr.stream.RtzrSocket._run"] >= 1  # one task per open socket, nothing beside it
