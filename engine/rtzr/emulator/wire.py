@@ -20,6 +20,7 @@ import os
 from collections import deque
 from typing import Protocol
 
+import numpy as np
 import trio
 from wsproto.connection import Connection
 from wsproto.events import BytesMessage, Event, TextMessage
@@ -112,7 +113,8 @@ class SessionWire:
         """Handle an audio or text message at once (no I/O); False for anything else."""
         if isinstance(event, BytesMessage):
             before = self.session.counters.bytes_received
-            self.session.receive_audio(bytes(event.data), now)
+            data = event.data  # bytes, or the fast path's read-only uint8 array
+            self.session.receive_audio(data if isinstance(data, bytes | np.ndarray) else bytes(data), now)
             self._stats.bytes_received += self.session.counters.bytes_received - before
             return True
         if isinstance(event, TextMessage):
