@@ -95,6 +95,7 @@ class StreamSession:
         self.ended = False  # EOS received or the session is ending: ignore further input
         self._outbox: deque[tuple[float, Action]] = deque()
         self._last_due = now
+        self.queued = 0  # actions queued so far (a shell re-reads next_deadline only when this moved)
         self._seq = 0
         self._frame = max(1, params.sample_rate // 100)
         self._threshold = self._frame * (32768.0 * 10 ** (params.speech_dbfs / 20)) ** 2
@@ -220,6 +221,7 @@ class StreamSession:
         due = max(due, self._last_due)
         self._last_due = due
         self._outbox.append((due, action))
+        self.queued += 1
 
     def _apply_faults(self, now: float) -> None:
         while self._timed and self._timed[0][0] <= now:
@@ -374,6 +376,22 @@ class StreamSession:
         buf = self._chunks[0]
         return buf[max(0, lo - self._buf_start) : max(0, hi - self._buf_start)]
 
+    def _drop_before(self, cut: int) -> None:
+        """Forget the audio before timeline sample ``cut``: the chunks after it stay as they are (no coalescing of a
+        long utterance's chunk list just to keep its last message)."""
+        chunks = self._chunks
+        start = self._total
+        k = len(chunks)
+        while k and start - chunks[k - 1].size >= cut:
+            k -= 1
+            start -= chunks[k].size
+        if k and start > cut:  # chunk k-1 holds the cut: keep its part after it
+            k -= 1
+            start -= chunks[k].size
+            chunks[k] = chunks[k][cut - start:].copy()
+        del chunks[:k]
+        self._buf_start = cut
+
     def _tokens(self, lo: int, hi: int) -> list[Token]:
         """Recognise timeline samples [lo, hi); token times become timeline ms."""
         offset = lo * 1000.0 / self.p.sample_rate
@@ -436,9 +454,7 @@ class StreamSession:
         self._seq += 1
         # Everything up to the cut is answered; audio after it is the start of what is pending next.
         self._pending_since = cut if cut < self._total else None
-        keep = self._samples(cut, self._total).copy()
-        self._chunks = [keep] if keep.size else []
-        self._buf_start = cut
+        self._drop_before(cut)
         self._forget_loud(cut)
         self._speech_start = None
         self._speech_frames = 0
@@ -459,8 +475,7 @@ class StreamSession:
         limit = int(MAX_SILENT_BUFFER_S * self.p.sample_rate)
         if self._total - self._buf_start > limit:
             keep_from = self._total - self.p.sample_rate
-            self._chunks = [self._samples(keep_from, self._total).copy()]
-            self._buf_start = keep_from
+            self._drop_before(keep_from)
             self._forget_loud(keep_from)
             self._committed_to = max(self._committed_to, keep_from)
 
