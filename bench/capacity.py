@@ -407,8 +407,11 @@ def run_rig_only(n: int, corpus: list[c.CorpusCall], work: Path, args: argparse.
     tag = f"{n}-{'ab' if emulator_root else 'this'}"
     run = RigRun(n, str(emulator_root) if emulator_root else "this tree")
     emu_port, port = c.free_port(), c.free_port()
+    # An --ab-emulator checkout's own loop lag too, when it has the probe (main has had it since issue 13's rig work).
+    root = emulator_root or c.ROOT
+    probe = 10 if "--lag-probe-ms" in (root / "engine" / "rtzr" / "emulator" / "cli.py").read_text() else 0
     emulator = c.start_emulator(emu_port, max_sessions=n + 50, log=work / f"emu-rig-{tag}.log", cpu=1 if pin else None,
-                                final_ms=FINAL_MS, cheap=True, lag_probe_ms=0 if emulator_root else 10,
+                                final_ms=FINAL_MS, cheap=True, lag_probe_ms=probe,
                                 root=emulator_root or c.ROOT, rt=not args.no_rt,
                                 read_batch_ms=0.0 if emulator_root else args.emu_read_batch_ms)
     stats_path = work / f"standin-{tag}.json"

@@ -24,6 +24,15 @@ FAST_MAX = 1 << 20  # larger frames go to wsproto (which reports its own limits)
 Audio = npt.NDArray[np.uint8]  # a whole binary message's payload, unmasked, read-only
 
 
+def _unmask_words(buf: bytes | bytearray, head: int, words: int) -> Audio:
+    """The payload of ``words`` uint32 after the masking key at ``head``, unmasked, as a read-only uint8 array.
+    (A function, so the view of ``buf`` is gone when it returns: a bytearray with an export cannot be resized.)"""
+    view = np.frombuffer(buf, np.uint32, words + 1, head)  # the key, then the payload
+    audio: Audio = (view[1:] ^ view[0]).view(np.uint8)
+    audio.flags.writeable = False
+    return audio
+
+
 class FrameSplitter:
     """Feeds bytes in, gives events out; ``rest()`` hands wsproto what is buffered (to finish a close)."""
 
@@ -72,10 +81,7 @@ class FrameSplitter:
                 break
             event: Event | None = None
             if b0 == 0x82 and masked and length and not length & 3 and not self._in_fragment:
-                key = int.from_bytes(buf[head:head + 4], "little")
-                audio = (np.frombuffer(buf, np.uint32, length >> 2, head + 4) ^ key).view(np.uint8)
-                audio.flags.writeable = False
-                out.append(audio)
+                out.append(_unmask_words(buf, head, length >> 2))
                 pos = end
                 continue
             if b0 in (0x81, 0x82) and masked and not self._in_fragment:
