@@ -26,6 +26,7 @@ the window did not fit inside the calls. The load generator runs SCHED_FIFO (``c
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import math
 import subprocess
@@ -397,6 +398,9 @@ class RigRun:
         return "BEHIND" if self.behind else "KEEPS UP"
 
 
+_rig_runs = itertools.count(1)
+
+
 def run_rig_only(n: int, corpus: list[c.CorpusCall], work: Path, args: argparse.Namespace,
                  emulator_root: Path | None = None) -> RigRun:
     """The rig on core 1 (load generator SCHED_FIFO + ``--cheap`` emulator) driving ``n`` calls through the
@@ -406,7 +410,8 @@ def run_rig_only(n: int, corpus: list[c.CorpusCall], work: Path, args: argparse.
     --emu-lag-ms, every call and session up; INVALID when the stand-in (> 90 %) or other processes on core 1
     (> --max-others) were the limit, or a call ended inside the window."""
     pin = not args.no_pin
-    tag = f"{n}-{'ab' if emulator_root else 'this'}"
+    # A fresh tag per run: a repeated step (--rig-only 300 300) must not read the previous run's progress file.
+    tag = f"{n}-{'ab' if emulator_root else 'this'}-{next(_rig_runs)}"
     run = RigRun(n, str(emulator_root) if emulator_root else "this tree")
     emu_port, port = c.free_port(), c.free_port()
     # An --ab-emulator checkout's own loop lag too, when it has the probe (main has had it since issue 13's rig work).
