@@ -26,6 +26,7 @@ the window did not fit inside the calls. The load generator runs SCHED_FIFO (``c
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import math
 import subprocess
@@ -424,6 +425,8 @@ class RigRun:
     emulator_cpu: float = math.nan
     standin_cpu: float = math.nan
     core1_others: float = math.nan  # other processes on the rig's core during the window
+    loadgen_sys: float = math.nan  # of which in the kernel (% of a core)
+    emulator_sys: float = math.nan
     rig_lag_p99: float = math.nan
     rig_lag_max: float = math.nan
     emu_lag_p99: float = math.nan
@@ -450,6 +453,9 @@ class RigRun:
         return "BEHIND" if self.behind else "KEEPS UP"
 
 
+_rig_runs = itertools.count(1)
+
+
 def run_rig_only(n: int, corpus: list[c.CorpusCall], work: Path, args: argparse.Namespace,
                  emulator_root: Path | None = None) -> RigRun:
     """The rig on core 1 (load generator SCHED_FIFO + ``--cheap`` emulator) driving ``n`` calls through the
@@ -459,11 +465,15 @@ def run_rig_only(n: int, corpus: list[c.CorpusCall], work: Path, args: argparse.
     --emu-lag-ms, every call and session up; INVALID when the stand-in (> 90 %) or other processes on core 1
     (> --max-others) were the limit, or a call ended inside the window."""
     pin = not args.no_pin
-    tag = f"{n}-{'ab' if emulator_root else 'this'}"
+    # A fresh tag per run: a repeated step (--rig-only 300 300) must not read the previous run's progress file.
+    tag = f"{n}-{'ab' if emulator_root else 'this'}-{next(_rig_runs)}"
     run = RigRun(n, str(emulator_root) if emulator_root else "this tree")
     emu_port, port = c.free_port(), c.free_port()
+    # An --ab-emulator checkout's own loop lag too, when it has the probe (main has had it since issue 13's rig work).
+    root = emulator_root or c.ROOT
+    probe = 10 if "--lag-probe-ms" in (root / "engine" / "rtzr" / "emulator" / "cli.py").read_text() else 0
     emulator = c.start_emulator(emu_port, max_sessions=n + 50, log=work / f"emu-rig-{tag}.log", cpu=1 if pin else None,
-                                final_ms=FINAL_MS, cheap=True, lag_probe_ms=0 if emulator_root else 10,
+                                final_ms=FINAL_MS, cheap=True, lag_probe_ms=probe,
                                 root=emulator_root or c.ROOT, rt=not args.no_rt,
                                 read_batch_ms=0.0 if emulator_root else args.emu_read_batch_ms)
     stats_path = work / f"standin-{tag}.json"
@@ -487,8 +497,12 @@ def run_rig_only(n: int, corpus: list[c.CorpusCall], work: Path, args: argparse.
         procs = (gen, emulator, standin)
         emu_a = c.emulator_stats(emu_port)
         t_a, cpu_a, core1_a = time.time(), [c.CpuSample.take(p.pid) for p in procs], machine_busy_s(1)
+        sys_a = [proc_sys_s(p.pid) for p in procs[:2]]
         time.sleep(args.window_s)
         t_b, cpu_b, core1_b = time.time(), [c.CpuSample.take(p.pid) for p in procs], machine_busy_s(1)
+        sys_b = [proc_sys_s(p.pid) for p in procs[:2]]
+        run.loadgen_sys, run.emulator_sys = (100 * (b - a) / (cpu_b[0].wall - cpu_a[0].wall)
+                                             for a, b in zip(sys_a, sys_b, strict=True))
         emu_b = c.emulator_stats(emu_port)
         if "first_done" in progress_events(progress):
             run.invalid.append("a call ended inside the window (raise --repeat)")
@@ -530,15 +544,21 @@ def run_rig_only(n: int, corpus: list[c.CorpusCall], work: Path, args: argparse.
     return run
 
 
+def proc_sys_s(pid: int) -> float:
+    """CPU seconds ``pid`` spent in the kernel (stime; the rig's sends and reads are mostly loopback TCP)."""
+    with open(f"/proc/{pid}/stat") as f:
+        return int(f.read().rsplit(")", 1)[1].split()[12]) / c.CLK_TCK
+
+
 def rig_report(runs: list[RigRun]) -> str:
-    lines = ["| calls | emulator | verdict | core 1: loadgen + emulator | stand-in (core 0) | loadgen lag p99 / max "
+    lines = ["| calls | emulator | verdict | core 1: loadgen + emulator | of which kernel | stand-in (core 0) | loadgen lag p99 / max "
              "| emulator loop lag p99 / max | reads per wake-up | sessions, audio msgs, finals | EOS → close p50 / p99 "
              "| other processes on core 1 |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in runs:
         lines.append(
             f"| {r.calls} | {r.emulator} | **{r.verdict}** | {r.core1:.0f} % = {r.loadgen_cpu:.0f} % + {r.emulator_cpu:.0f} % "
-            f"| {r.standin_cpu:.0f} % | {r.rig_lag_p99:.1f} / {r.rig_lag_max:.1f} ms | {fmt_ms(r.emu_lag_p99)} / "
+            f"| {r.loadgen_sys:.0f} % + {r.emulator_sys:.0f} % | {r.standin_cpu:.0f} % | {r.rig_lag_p99:.1f} / {r.rig_lag_max:.1f} ms | {fmt_ms(r.emu_lag_p99)} / "
             f"{fmt_ms(r.emu_lag_max)} ms | {r.reads_per_wakeup:.1f} | {r.sessions}, {r.audio_messages}, {r.finals} "
             f"| {r.eos_close_p50:.0f} / {r.eos_close_p99:.0f} ms | {r.core1_others:.0f} % |")
     for r in runs:

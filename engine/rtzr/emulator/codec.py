@@ -31,17 +31,20 @@ class Decoder:
         self.bytes_per_sample = 2 if encoding == "LINEAR16" else 1
         self._carry = b""
 
-    def decode(self, data: bytes) -> npt.NDArray[np.int16]:
+    def decode(self, data: bytes | npt.NDArray[np.uint8]) -> npt.NDArray[np.int16]:
+        """``data``: bytes, or a uint8 array (the WebSocket fast path's unmasked payload, viewed without a copy)."""
         if self.encoding == "MULAW":
             return mulaw.decode(data)
         if self.encoding == "ALAW":
             return ALAW_TABLE[np.frombuffer(data, dtype=np.uint8)]
+        if not self._carry and isinstance(data, np.ndarray) and not data.size & 1:
+            return data.view("<i2")  # the fast path's read-only array, as int16 (one view, no copy)
         if self._carry:
-            data = self._carry + data
+            data = self._carry + bytes(data)
         usable = len(data) & ~1
         if usable == len(data):
             self._carry = b""
         else:
-            self._carry, data = data[usable:], data[:usable]
+            self._carry, data = bytes(data[usable:]), data[:usable]
         # A read-only view of the bytes (no copy on little-endian hosts): nothing writes into received audio.
         return np.frombuffer(data, dtype="<i2").astype(np.int16, copy=False)

@@ -73,14 +73,18 @@ class SkipRecognizer:
         loud = np.flatnonzero(np.einsum("ij,ij->i", frames, frames) >= threshold)
         if loud.size == 0:
             return []
-        ms_per_frame = frame * 1000.0 / rate
-        start, total_ms = float(loud[0]) * ms_per_frame, float(loud[-1] + 1) * ms_per_frame
-        out: list[Token] = []
-        while start < total_ms:
-            end = min(total_ms, start + CHEAP_WORD_MS)
-            out.append(Token(text=CHEAP_WORD, start_ms=start, end_ms=end, confidence=0.0))
-            start = end
-        return out
+        return cheap_tokens(int(loud[0]), int(loud[-1]) + 1, frame * 1000.0 / rate)
+
+
+def cheap_tokens(first_loud: int, last_end: int, ms_per_frame: float) -> list[Token]:
+    """``SkipRecognizer``'s words for loud frames from ``first_loud`` up to ``last_end`` (frame numbers)."""
+    start, total_ms = float(first_loud) * ms_per_frame, float(last_end) * ms_per_frame
+    out: list[Token] = []
+    while start < total_ms:
+        end = min(total_ms, start + CHEAP_WORD_MS)
+        out.append(Token(text=CHEAP_WORD, start_ms=start, end_ms=end, confidence=0.0))
+        start = end
+    return out
 
 
 CHEAP_WORD = "[에뮬레이터:인식생략]"

@@ -18,6 +18,7 @@ Semantics (see shared/protocols/rtzr.md, "The emulator must reproduce"):
 from __future__ import annotations
 
 import math
+from bisect import bisect_left, bisect_right
 from collections import deque
 from collections.abc import Sequence
 
@@ -28,7 +29,7 @@ from msgspec import Struct
 
 from engine.rtzr.emulator.codec import Decoder
 from engine.rtzr.emulator.config import Fault
-from engine.rtzr.emulator.recognizer import Recognizer, Token
+from engine.rtzr.emulator.recognizer import Recognizer, SkipRecognizer, Token, cheap_tokens
 from engine.rtzr.protocol import EOS, Alternative, RtzrResult, Word, encode_result
 
 HOLD_MS = 400.0  # a word is stable once this much audio follows it
@@ -94,6 +95,7 @@ class StreamSession:
         self.ended = False  # EOS received or the session is ending: ignore further input
         self._outbox: deque[tuple[float, Action]] = deque()
         self._last_due = now
+        self.queued = 0  # actions queued so far (a shell re-reads next_deadline only when this moved)
         self._seq = 0
         self._frame = max(1, params.sample_rate // 100)
         self._threshold = self._frame * (32768.0 * 10 ** (params.speech_dbfs / 20)) ** 2
@@ -112,6 +114,11 @@ class StreamSession:
         self._committed: list[Token] = []  # stable words of the open utterance (timeline ms)
         self._committed_to = 0  # timeline sample up to which words are committed
         self._recomputed_at = 0  # timeline sample when interim tokens were last recognised
+        # --cheap: the EPD's loud 10 ms frames as runs [start, end) of timeline frame numbers, so placeholder words
+        # come from them instead of a second energy pass over the utterance (None: recognise the samples).
+        cheap = isinstance(recognizer, SkipRecognizer) and recognizer.speech_dbfs == params.speech_dbfs
+        self._loud_starts: list[int] | None = [] if cheap else None
+        self._loud_ends: list[int] = []
         self.empty_text = any(f.kind == "empty_text" for f in faults)
         self._timed: list[tuple[float, Fault]] = sorted(
             ((now + f.value / 1000.0, f) for f in faults if f.kind in ("close_after", "error_after", "stall")),
@@ -120,10 +127,12 @@ class StreamSession:
         self.stalled = False
 
     # ------------------------------------------------------------------ input
-    def receive_audio(self, data: bytes, now: float) -> None:
+    def receive_audio(self, data: bytes | npt.NDArray[np.uint8], now: float) -> None:
+        """``data``: the message's bytes, or the WebSocket fast path's uint8 array of them."""
         self.last_activity = now
-        self.counters.bytes_received += len(data)
-        if self.ended or not data:
+        n = len(data)
+        self.counters.bytes_received += n
+        if self.ended or not n:
             return
         samples = self.decoder.decode(data)
         if samples.size == 0:
@@ -212,6 +221,7 @@ class StreamSession:
         due = max(due, self._last_due)
         self._last_due = due
         self._outbox.append((due, action))
+        self.queued += 1
 
     def _apply_faults(self, now: float) -> None:
         while self._timed and self._timed[0][0] <= now:
@@ -231,49 +241,131 @@ class StreamSession:
         return self._pending_since is not None
 
     def _run_epd(self, samples: npt.NDArray[np.int16], now: float) -> None:
+        frame = self._frame
         data = np.concatenate([self._carry, samples]) if self._carry.size else samples
-        n_frames = data.size // self._frame
-        first = self._total - data.size  # timeline index of data[0]
-        self._carry = data[n_frames * self._frame :]
+        n_frames = data.size // frame
+        first = self._total - data.size  # timeline index of data[0] (a multiple of frame: _carry is what follows one)
+        self._carry = data[n_frames * frame :]
         if n_frames == 0:
             return
-        frames = data[: n_frames * self._frame].astype(np.float64).reshape(n_frames, self._frame)
-        # Exact in float64 (80 squares of int16 < 2**53); a list, since the loop below reads it element by element.
+        frames = data[: n_frames * frame].astype(np.float64).reshape(n_frames, frame)
+        # Exact in float64 (80 squares of int16 < 2**53); a list, since the runs below are found in it.
         loud: list[bool] = (np.einsum("ij,ij->i", frames, frames, optimize=False) >= self._threshold).tolist()
         max_utter, epd = self._max_utter, self._epd
-        # Fast paths, with the loop's exact outcome: a quiet batch outside speech changes nothing; a quiet batch
-        # inside speech that does not reach epd_time only adds silence; an all-loud batch inside speech that does
-        # not reach max_utter only extends it. (``_silence`` is only read while in speech, and reset when speech starts.)
-        n_loud = sum(loud)
-        if n_loud == 0 and (self._speech_start is None or self._silence + n_frames * self._frame < epd):
+        n_loud = loud.count(True)
+        if self._loud_starts is not None and n_loud:
+            self._note_loud(loud, first // frame, n_frames, n_loud)
+        # Fast paths, with the per-frame loop's exact outcome: a quiet batch outside speech changes nothing; a quiet
+        # batch inside speech that does not reach epd_time only adds silence; an all-loud batch inside speech that
+        # does not reach max_utter only extends it. (``_silence`` is only read while in speech, and reset when
+        # speech starts.)
+        if n_loud == 0 and (self._speech_start is None or self._silence + n_frames * frame < epd):
             if self._speech_start is not None:
-                self._silence += n_frames * self._frame
+                self._silence += n_frames * frame
             return
-        last_end = first + n_frames * self._frame
+        last_end = first + n_frames * frame
         if n_loud == n_frames and self._speech_start is not None and last_end - self._speech_start < max_utter:
             self._speech_end = last_end
             self._speech_frames += n_frames
             self._silence = 0
             return
-        for i in range(n_frames):
-            start = first + i * self._frame
-            end = start + self._frame
-            if loud[i]:
+        # Run by run (a run = frames of one kind), each with the outcome the per-frame loop has over it: the state
+        # only changes where a run starts speech, reaches max_utter or reaches epd_time.
+        due = now + self.p.final_ms / 1000.0
+        i = 0
+        while i < n_frames:
+            kind = loud[i]
+            try:
+                j = loud.index(not kind, i + 1)
+            except ValueError:
+                j = n_frames
+            if kind:
+                start = first + i * frame
                 if self._speech_start is None:
                     self._speech_start = start
-                self._speech_end = end
-                self._speech_frames += 1
-                self._silence = 0
-                if end - self._speech_start >= max_utter:
-                    self._final(end, now + self.p.final_ms / 1000.0)
+                if first + j * frame - self._speech_start >= max_utter:
+                    self._loud_frames(first, i, j, due)  # a final inside the run: frame by frame
+                else:
+                    self._speech_end = first + j * frame
+                    self._speech_frames += j - i
+                    self._silence = 0
             elif self._speech_start is not None:
-                self._silence += self._frame
-                if self._silence >= epd:
+                quiet = (j - i) * frame
+                if self._silence + quiet < epd:
+                    self._silence += quiet
+                else:  # epd_time reached inside the run; the frames after that are outside speech
+                    self._silence += max(1, -(-(epd - self._silence) // frame)) * frame
                     if self._speech_frames >= MIN_SPEECH_FRAMES:
-                        self._final(self._speech_end, now + self.p.final_ms / 1000.0)
+                        self._final(self._speech_end, due)
                     else:  # a blip, not speech: forget it (its audio stays pending)
                         self._speech_start = None
                         self._speech_frames = 0
+            i = j
+
+    def _loud_frames(self, first: int, i: int, j: int, due: float) -> None:
+        """Loud frames i..j-1 one by one (a run in which an utterance reaches max_utter)."""
+        frame = self._frame
+        for k in range(i, j):
+            start = first + k * frame
+            end = start + frame
+            if self._speech_start is None:
+                self._speech_start = start
+            self._speech_end = end
+            self._speech_frames += 1
+            self._silence = 0
+            if end - self._speech_start >= self._max_utter:
+                self._final(end, due)
+
+    def _note_loud(self, loud: list[bool], f0: int, n_frames: int, n_loud: int) -> None:
+        """Keep the loud frames (timeline frame numbers, as runs) for the cheap recogniser."""
+        starts, ends = self._loud_starts, self._loud_ends
+        assert starts is not None
+        if n_loud == n_frames:
+            runs = [(f0, f0 + n_frames)]
+        else:
+            runs = []
+            i = loud.index(True)
+            while True:
+                try:
+                    j = loud.index(False, i + 1)
+                except ValueError:
+                    runs.append((f0 + i, f0 + n_frames))
+                    break
+                runs.append((f0 + i, f0 + j))
+                try:
+                    i = loud.index(True, j + 1)
+                except ValueError:
+                    break
+        for a, b in runs:
+            if ends and ends[-1] == a:
+                ends[-1] = b
+            else:
+                starts.append(a)
+                ends.append(b)
+
+    def _cheap_tokens(self, lo: int, hi: int) -> list[Token] | None:
+        """``SkipRecognizer.recognize`` over timeline samples [lo, hi) from the EPD's loud frames, when its 10 ms
+        frames are the EPD's (``lo`` on the frame grid, the same threshold); None: recognise the samples."""
+        starts, ends = self._loud_starts, self._loud_ends
+        frame = self._frame
+        if starts is None or lo % frame:
+            return None
+        a = lo // frame
+        b = a + (hi - lo) // frame
+        k = bisect_right(ends, a)  # the first run that ends after frame a
+        if k == len(starts) or starts[k] >= b:
+            return []
+        first_loud = max(starts[k], a)
+        m = bisect_left(starts, b) - 1  # the last run that starts before frame b
+        last_end = min(ends[m], b)
+        return cheap_tokens(first_loud - a, last_end - a, frame * 1000.0 / self.p.sample_rate)
+
+    def _forget_loud(self, before: int) -> None:
+        """Drop loud runs that end at or before timeline sample ``before`` (no query reaches back there)."""
+        if self._loud_starts is not None:
+            k = bisect_right(self._loud_ends, before // self._frame)
+            if k:
+                del self._loud_starts[:k], self._loud_ends[:k]
 
     def _samples(self, lo: int, hi: int) -> npt.NDArray[np.int16]:
         """Timeline samples [lo, hi) from the buffer (coalescing the chunk list once)."""
@@ -284,12 +376,31 @@ class StreamSession:
         buf = self._chunks[0]
         return buf[max(0, lo - self._buf_start) : max(0, hi - self._buf_start)]
 
+    def _drop_before(self, cut: int) -> None:
+        """Forget the audio before timeline sample ``cut``: the chunks after it stay as they are (no coalescing of a
+        long utterance's chunk list just to keep its last message)."""
+        chunks = self._chunks
+        start = self._total
+        k = len(chunks)
+        while k and start - chunks[k - 1].size >= cut:
+            k -= 1
+            start -= chunks[k].size
+        if k and start > cut:  # chunk k-1 holds the cut: keep its part after it
+            k -= 1
+            start -= chunks[k].size
+            chunks[k] = chunks[k][cut - start:].copy()
+        del chunks[:k]
+        self._buf_start = cut
+
     def _tokens(self, lo: int, hi: int) -> list[Token]:
         """Recognise timeline samples [lo, hi); token times become timeline ms."""
         offset = lo * 1000.0 / self.p.sample_rate
+        tokens = self._cheap_tokens(lo, hi)
+        if tokens is None:
+            tokens = self.recognizer.recognize(self._samples(lo, hi), self.p.sample_rate)
         return [
             Token(text=t.text, start_ms=t.start_ms + offset, end_ms=t.end_ms + offset, confidence=t.confidence)
-            for t in self.recognizer.recognize(self._samples(lo, hi), self.p.sample_rate)
+            for t in tokens
         ]
 
     def _utterance_start(self) -> int:
@@ -343,9 +454,8 @@ class StreamSession:
         self._seq += 1
         # Everything up to the cut is answered; audio after it is the start of what is pending next.
         self._pending_since = cut if cut < self._total else None
-        keep = self._samples(cut, self._total).copy()
-        self._chunks = [keep] if keep.size else []
-        self._buf_start = cut
+        self._drop_before(cut)
+        self._forget_loud(cut)
         self._speech_start = None
         self._speech_frames = 0
         self._silence = 0
@@ -365,8 +475,8 @@ class StreamSession:
         limit = int(MAX_SILENT_BUFFER_S * self.p.sample_rate)
         if self._total - self._buf_start > limit:
             keep_from = self._total - self.p.sample_rate
-            self._chunks = [self._samples(keep_from, self._total).copy()]
-            self._buf_start = keep_from
+            self._drop_before(keep_from)
+            self._forget_loud(keep_from)
             self._committed_to = max(self._committed_to, keep_from)
 
     def _ms(self, sample: int) -> int:

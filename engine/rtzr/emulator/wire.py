@@ -20,13 +20,14 @@ import os
 from collections import deque
 from typing import Protocol
 
+import numpy as np
 import trio
 from wsproto.connection import Connection
 from wsproto.events import BytesMessage, Event, TextMessage
 
 from engine.rtzr.emulator.reader import ReadHub
 from engine.rtzr.emulator.session import Abort, Action, Close, StreamSession
-from engine.rtzr.emulator.wsfast import FrameSplitter
+from engine.rtzr.emulator.wsfast import Audio, FrameSplitter
 
 READ_SIZE = 65536
 
@@ -50,7 +51,7 @@ class SessionWire:
         self.ws = ws
         self.session = session
         self.frames = FrameSplitter(ws)
-        self.pending: deque[Event] = deque()  # events the task must handle itself, in wire order
+        self.pending: deque[Event | Audio] = deque()  # events the task must handle itself, in wire order
         self.actions: deque[Action] = deque()  # due results/closes, in order
         self.eof = False  # the peer closed (or reset) its side; handle what is queued, then end
         self.fatal: BaseException | None = None  # end at once (message too large, or a bug)
@@ -85,6 +86,7 @@ class SessionWire:
         """Split ``data`` into messages and hand them on (also used for bytes that came with the upgrade)."""
         now = trio.current_time()
         pending = self.pending
+        queued = self.session.queued
         try:
             for event in self.frames.feed(data):
                 if pending or not self.data_event(event, now):
@@ -103,13 +105,17 @@ class SessionWire:
             if pending:
                 self._hub.pause(self)
             self.wake.set()
-        elif self.scope is not None:
+        elif self.scope is not None and self.session.queued != queued:  # else the deadline can only have moved later
             deadline = self.session.next_deadline()
             if deadline is not None and deadline < self.scope.deadline:
                 self.scope.deadline = deadline
 
-    def data_event(self, event: Event, now: float) -> bool:
+    def data_event(self, event: Event | Audio, now: float) -> bool:
         """Handle an audio or text message at once (no I/O); False for anything else."""
+        if isinstance(event, np.ndarray):  # the fast path's audio
+            self.session.receive_audio(event, now)
+            self._stats.bytes_received += event.size
+            return True
         if isinstance(event, BytesMessage):
             before = self.session.counters.bytes_received
             self.session.receive_audio(bytes(event.data), now)
