@@ -612,10 +612,12 @@ def _decide_rows(
     # The fall's power is taken by Python's ``**`` (C's pow), as decide does, not by ``np.power``: numpy may
     # dispatch that to a vector library (SVML on AVX-512 machines) whose result can differ by an ulp, and
     # then the floors would drift from decide's on such a machine. One pow per falling band value.
-    # (f * x**fall: the product of two float64 is the same IEEE operation in numpy as in Python.)
+    # (f * x**fall: the product of two float64 is the same IEEE operation in numpy as in Python.) pow(x, fall)
+    # is ``x ** fall`` (float.__pow__), mapped in C straight into an array: no list for np.array to inspect.
     where = np.flatnonzero(down)
-    if where.size:
-        np.put(new, where, fl.take(where) * np.array([x**fall for x in d.take(where).tolist()]))
+    if m := where.size:
+        fallen = np.fromiter(map(pow, d.take(where).tolist(), _repeat(fall)), np.float64, m)
+        np.put(new, where, fl.take(where) * fallen)
     if v_ratio == math.inf:  # no periodicity rule: _rescued is never set, it stays False (decide's too)
         for c, f, r in zip(sel, new.tolist(), new_run.tolist(), strict=True):
             c._floors = f
@@ -639,6 +641,7 @@ _NO_ROWS = np.zeros(0, dtype=bool)  # _decide_rows: no row rescued by its period
 
 
 _chain = itertools.chain.from_iterable
+_repeat = itertools.repeat
 _FLOORS = operator.attrgetter("_floors")
 _RUN = operator.attrgetter("_run")
 _BASIS = operator.attrgetter("_basis")
