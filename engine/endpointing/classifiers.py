@@ -599,10 +599,16 @@ def _decide_rows(
         if onset:
             grow = speech.copy()
             onset_ratios: list[list[float]] = p[onset].tolist()
-            for j, band_row in zip(onset, onset_ratios, strict=True):
-                w = swings[j if every else fast[j]]
-                if isinstance(w, np.ndarray):
-                    w = float(int(w.max()) - int(w.min()))
+            at = onset if every else [fast[j] for j in onset]  # the onsets' rows in ``swings``
+            onset_swings: Sequence[float | Frames]
+            if isinstance(swings, np.ndarray) and len(at) > 1:  # several: their swings in one go (~5 numpy calls)
+                of = swings[at]
+                onset_swings = (of.max(axis=1).astype(np.int32) - of.min(axis=1)).tolist()
+            else:
+                onset_swings = [swings[i] for i in at]
+            for j, band_row, given in zip(onset, onset_ratios, onset_swings, strict=True):
+                # one onset's frame: its swing, as decide takes it
+                w = float(int(given.max()) - int(given.min())) if isinstance(given, np.ndarray) else given
                 if w * w * nb > impulse * (sum(band_row) - nb):  # a click engages nothing
                     grow[j] = False
     new_run = np.where(grow, run + 1, 0)
