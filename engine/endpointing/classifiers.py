@@ -218,7 +218,8 @@ class BandClassifier:
     a preallocated output, an in-place square, a second ``np.dot`` summing bins into bands
     (a constant row adds the ``1 +`` of the ratios for free), then plain Python on six
     floats. :func:`classify_batch` shares the two matrix products across calls and, from 32 settled
-    streams, decides them with numpy in one go (:func:`_decide_rows`, bit-identical to :meth:`decide`).
+    streams, decides them with numpy in one go (:func:`_decide_rows`, bit-identical to :meth:`decide`; a
+    frame's swing is taken only when the click rule can matter, on an onset).
     """
 
     EDGES_HZ = (300.0, 500.0, 800.0, 1200.0, 1800.0, 2600.0, 3400.0)
