@@ -36,7 +36,7 @@ from .endpointer import Pcm
 log = get_logger(__name__)
 
 # Rows per classify_batch call for a classifier kind that does not name its own ``batch_rows`` (the bands
-# kinds take a whole round: they cut their matrix products themselves, classifiers.MATMUL_ROWS). Above ~50
+# kinds take a whole round: they cut their matrix products themselves, classifiers._MATMUL_CUT). Above ~50
 # rows a multi-threaded OpenBLAS runs a product on several threads, 3-10x dearer per row on a shared 2-core
 # machine (BENCHMARKS.md § Capacity); ``sori`` runs BLAS single-threaded (engine/_threads.py), an embedder
 # may not.

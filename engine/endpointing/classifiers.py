@@ -12,6 +12,7 @@ import functools
 import itertools
 import math
 import operator
+import os
 import threading
 from collections.abc import Sequence
 from typing import Any, ClassVar, Protocol, runtime_checkable
@@ -217,7 +218,8 @@ class BandClassifier:
     a preallocated output, an in-place square, a second ``np.dot`` summing bins into bands
     (a constant row adds the ``1 +`` of the ratios for free), then plain Python on six
     floats. :func:`classify_batch` shares the two matrix products across calls and, from 32 settled
-    streams, decides them with numpy in one go (:func:`_decide_rows`, bit-identical to :meth:`decide`).
+    streams, decides them with numpy in one go (:func:`_decide_rows`, bit-identical to :meth:`decide`; a
+    frame's swing is taken only when the click rule can matter, on an onset).
     """
 
     EDGES_HZ = (300.0, 500.0, 800.0, 1200.0, 1800.0, 2600.0, 3400.0)
@@ -391,11 +393,11 @@ class BandClassifier:
         """One frame for each of many streams (row i → classifiers[i]): the matrix products once, and the
         decisions of every settled stream in one go (:func:`_decide_rows`)."""
         first = classifiers[0]
-        if any(c._basis is not first._basis for c in classifiers):
+        if not all(map(operator.is_, map(_BASIS, classifiers), itertools.repeat(first._basis))):  # C loops, no genexpr
             return [c.classify(frames[i : i + 1])[0] for i, c in enumerate(classifiers)]
         bands = _band_array(first._basis, first._group, frames)
-        swings = _swings(frames) if any(c._impulse for c in classifiers) else None
-        return _decide_rows(classifiers, bands, swings, None)[0]
+        # The frames stand for their swings: only an onset's is taken (the click rule; nothing without it).
+        return _decide_rows(classifiers, bands, frames, None)[0]
 
     #: Rows per classify_batch call that FrameBatch may give (engine/endpointing/batch.py): every row of a
     #: round, since the matrix products are cut into MATMUL_ROWS here and the decision's numpy cost is per
@@ -523,13 +525,14 @@ VECTOR_MIN_ROWS = 32
 def _decide_rows(
     classifiers: Sequence[BandClassifier],
     bands: npt.NDArray[np.float32],
-    swings: Sequence[float] | None,
+    swings: Sequence[float] | Frames | None,
     voicing: Sequence[float] | None,
     *,
     min_rows: int = 0,
 ) -> tuple[list[bool], list[bool]]:
     """:meth:`BandClassifier.decide` for one frame of each of many streams (row i → classifiers[i]; ``bands``:
-    the rows' ``1 + band powers``; ``swings`` / ``voicing`` as ``decide``'s, None: 0), and whether each was
+    the rows' ``1 + band powers``; ``swings`` / ``voicing`` as ``decide``'s, None: 0; ``swings`` may be the
+    rows' frames, of which a swing is taken only where the click rule asks for it), and whether each was
     rescued by its periodicity (``_rescued``); ``min_rows``: VECTOR_MIN_ROWS unless given (tests).
 
     Issue 13: the decision of a *settled* stream (floors learnt, no unmute window) on a frame that is not
@@ -583,16 +586,32 @@ def _decide_rows(
     product = np.maximum(d, 1.0).prod(axis=1)
     latched = run >= latch
     speech = product > np.where(latched, off, on)
-    resc = np.zeros(k, dtype=bool)
+    resc = _NO_ROWS
     if voicing is not None and v_ratio != math.inf:
         v = np.array(voicing if every else [voicing[i] for i in fast], dtype=np.float64)
         resc = ~speech & (product > v_ratio) & (v >= np.where(latched, v_hold, v_start))
         speech |= resc
     grow = speech
     if impulse and swings is not None:
-        w = np.array(swings if every else [swings[i] for i in fast], dtype=np.float64)
-        total = _row_sums(p)
-        grow = speech & ~(~latched & (w * w * nb > impulse * (total - nb)))  # a click engages nothing
+        # The click rule can only matter on an onset (speech, hysteresis not engaged): a few rows a tick. Each
+        # is tested in Python as decide tests it (its swing, taken from its frame only now if ``swings`` holds
+        # the frames; sum() of its ratios left to right), not by ~15 numpy calls over every row (issue 13).
+        onset = np.flatnonzero(speech > latched).tolist()  # speech & ~latched, one call
+        if onset:
+            grow = speech.copy()
+            onset_ratios: list[list[float]] = p[onset].tolist()
+            at = onset if every else [fast[j] for j in onset]  # the onsets' rows in ``swings``
+            onset_swings: Sequence[float | Frames]
+            if isinstance(swings, np.ndarray) and len(at) > 1:  # several: their swings in one go (~5 numpy calls)
+                of = swings[at]
+                onset_swings = (of.max(axis=1).astype(np.int32) - of.min(axis=1)).tolist()
+            else:
+                onset_swings = [swings[i] for i in at]
+            for j, band_row, given in zip(onset, onset_ratios, onset_swings, strict=True):
+                # one onset's frame: its swing, as decide takes it
+                w = float(int(given.max()) - int(given.min())) if isinstance(given, np.ndarray) else given
+                if w * w * nb > impulse * (sum(band_row) - nb):  # a click engages nothing
+                    grow[j] = False
     new_run = np.where(grow, run + 1, 0)
     # up: to p, at most fl * rise (min(p, up) is decide's ``p if p < up else up``); down: fl * (p / fl) ** fall
     new = np.minimum(p, fl * np.where(speech, rise_speech, rise_noise)[:, None])
@@ -600,10 +619,12 @@ def _decide_rows(
     # The fall's power is taken by Python's ``**`` (C's pow), as decide does, not by ``np.power``: numpy may
     # dispatch that to a vector library (SVML on AVX-512 machines) whose result can differ by an ulp, and
     # then the floors would drift from decide's on such a machine. One pow per falling band value.
-    # (f * x**fall: the product of two float64 is the same IEEE operation in numpy as in Python.)
+    # (f * x**fall: the product of two float64 is the same IEEE operation in numpy as in Python.) pow(x, fall)
+    # is ``x ** fall`` (float.__pow__), mapped in C straight into an array: no list for np.array to inspect.
     where = np.flatnonzero(down)
-    if where.size:
-        np.put(new, where, fl.take(where) * np.array([x**fall for x in d.take(where).tolist()]))
+    if m := where.size:
+        fallen = np.fromiter(map(pow, d.take(where).tolist(), _repeat(fall)), np.float64, m)
+        np.put(new, where, fl.take(where) * fallen)
     if v_ratio == math.inf:  # no periodicity rule: _rescued is never set, it stays False (decide's too)
         for c, f, r in zip(sel, new.tolist(), new_run.tolist(), strict=True):
             c._floors = f
@@ -613,17 +634,24 @@ def _decide_rows(
             c._floors = f
             c._run = r
             c._rescued = x
+    got = speech.tolist()
+    was = resc.tolist() if resc is not _NO_ROWS else [False] * k
     if every:
-        return speech.tolist(), resc.tolist()
+        return got, was
     for j, i in enumerate(fast):
-        out[i] = bool(speech[j])
-        rescued[i] = bool(resc[j])
+        out[i] = got[j]
+        rescued[i] = was[j]
     return out, rescued
 
 
+_NO_ROWS = np.zeros(0, dtype=bool)  # _decide_rows: no row rescued by its periodicity (no periodicity rule)
+
+
 _chain = itertools.chain.from_iterable
+_repeat = itertools.repeat
 _FLOORS = operator.attrgetter("_floors")
 _RUN = operator.attrgetter("_run")
+_BASIS = operator.attrgetter("_basis")
 
 
 def _row_sums(p: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
@@ -671,26 +699,44 @@ def _band_matrices(sample_rate: int, frame: int) -> tuple[npt.NDArray[np.float32
     return b32, g32
 
 
-#: Rows per matrix product: above ~50 rows OpenBLAS runs it on several threads, which on a shared 2-core
-#: machine costs 3-10x more per row (BENCHMARKS.md § Capacity, issue 13); 32 keeps one thread.
+#: Rows per matrix product when BLAS may run several threads: above ~50 rows OpenBLAS runs it on several
+#: threads, which on a shared 2-core machine costs 3-10x more per row (BENCHMARKS.md § Capacity, issue 13);
+#: 32 keeps one thread.
 MATMUL_ROWS = 32
 
 
+def _blas_single_threaded() -> bool:
+    """Whether OpenBLAS was told to run one thread: the variables it reads (in its order) when numpy loads,
+    which ``sori`` sets to 1 before that (engine/_threads.py). A variable set after numpy loaded is read as
+    if it had been in time: the price is speed (threaded products above ~50 rows), never a wrong result."""
+    for name in ("OPENBLAS_NUM_THREADS", "GOTO_NUM_THREADS", "OMP_NUM_THREADS"):
+        value = os.environ.get(name, "").strip()
+        if value:
+            return value == "1"
+    return False
+
+
+#: Rows per product in _band_array: every row at once when BLAS is single-threaded (a whole round's 60 rows
+#: in one product cost half what two products of 32 + 28 do: 25 vs 47 µs, issue 13), else MATMUL_ROWS.
+_MATMUL_CUT = 1 << 30 if _blas_single_threaded() else MATMUL_ROWS
+
+
 def _band_array(basis: npt.NDArray[np.float32], group: npt.NDArray[np.float32], frames: Frames) -> npt.NDArray[np.float32]:
-    """1 + band powers for every row of ``frames`` (any number of rows, MATMUL_ROWS per product), as an array."""
+    """1 + band powers for every row of ``frames`` (any number of rows, _MATMUL_CUT per product), as an array."""
     rows, n = frames.shape
     x = np.empty((rows, n + 1), dtype=np.float32)
     x[:, :n] = frames
     x[:, n] = 1.0
-    if rows <= MATMUL_ROWS:
+    cut = _MATMUL_CUT
+    if rows <= cut:
         y = x @ basis
         np.multiply(y, y, out=y)
         return y @ group  # type: ignore[no-any-return]
     out = np.empty((rows, group.shape[1]), dtype=np.float32)
-    for at in range(0, rows, MATMUL_ROWS):
-        y = x[at : at + MATMUL_ROWS] @ basis
+    for at in range(0, rows, cut):
+        y = x[at : at + cut] @ basis
         np.multiply(y, y, out=y)
-        np.matmul(y, group, out=out[at : at + MATMUL_ROWS])
+        np.matmul(y, group, out=out[at : at + cut])
     return out
 
 
@@ -791,7 +837,7 @@ def classify_batch(classifiers: Sequence[FrameClassifier], frames: Frames) -> li
     batches = _BATCHING.get(kind)
     if batches is None:  # a runtime-checkable Protocol's isinstance costs ~8 µs: once per class, not per tick
         batches = _BATCHING[kind] = isinstance(classifiers[0], BatchClassifier)
-    if batches and all(type(c) is kind for c in classifiers):
+    if batches and all(map(operator.is_, map(type, classifiers), itertools.repeat(kind))):  # type(c) is kind, in C
         return kind.classify_batch(classifiers, frames)  # type: ignore[attr-defined,no-any-return]
     return [c.classify(frames[i : i + 1])[0] for i, c in enumerate(classifiers)]
 

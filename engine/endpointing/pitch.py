@@ -34,7 +34,7 @@ from collections.abc import Sequence
 import numpy as np
 import numpy.typing as npt
 
-from .classifiers import BandClassifier, ClassifierError, Frames, _band_array, _decide_rows, _row_sums, _swings
+from .classifiers import BandClassifier, ClassifierError, Frames, _band_array, _decide_rows, _row_sums
 
 F32 = npt.NDArray[np.float32]
 
@@ -293,7 +293,6 @@ class PitchBandClassifier(BandClassifier):
             got = ((r[:, 1:] - line).max(axis=1) / np.maximum(r[:, 0], 1e-3)).tolist()
             for j, i in enumerate(wanted):
                 v[i] = got[j]
-        swings = _swings(frames) if any(c._impulse for c in pitchy) else None
         # _judge for every row at once: the drop rule on the voicing, the decisions (vectorised for settled
         # streams, _decide_rows), then each stream's quiet count and whether its line learns.
         last = np.array([c._last_power if c._drop else math.nan for c in pitchy])
@@ -301,7 +300,7 @@ class PitchBandClassifier(BandClassifier):
         nb = first._nb
         dropped = ((power - nb) < drop * (last - nb)).tolist()  # NaN (no drop rule): False
         voiced = [0.0 if x else y for x, y in zip(dropped, v, strict=True)]
-        out, rescued = _decide_rows(pitchy, bands, swings, voiced)
+        out, rescued = _decide_rows(pitchy, bands, frames, voiced)  # frames: the swings where asked
         learners: list[int] = []
         for i, (c, p, speech) in enumerate(zip(pitchy, power.tolist(), out, strict=True)):
             c._win = win[i]

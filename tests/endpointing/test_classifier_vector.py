@@ -42,7 +42,10 @@ def state(c: BandClassifier) -> tuple[object, ...]:
 
 @pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("seed", [0, 1, 2])
-def test_decide_rows_is_decide_row_by_row(kind: str, seed: int) -> None:
+@pytest.mark.parametrize("swings_as", ["list", "frames"])
+def test_decide_rows_is_decide_row_by_row(kind: str, seed: int, swings_as: str) -> None:
+    """``swings_as``: the swings as numbers, or the frames themselves (classify_batch's way: a swing is taken
+    only for an onset, where the click rule can change the run)."""
     n_calls, n_frames = 12, 300
     calls = [stream(seed * 100 + i, n_frames) for i in range(n_calls)]
     alone = [make_classifier(kind, 8000) for _ in range(n_calls)]
@@ -66,7 +69,8 @@ def test_decide_rows_is_decide_row_by_row(kind: str, seed: int) -> None:
             c = alone[i]
             assert isinstance(c, BandClassifier)
             expected.append(c.decide(ratios[j], swings[j], voicing[j]))
-        got, rescued = _decide_rows([rows[i] for i in members], bands, swings, voicing, min_rows=1)  # type: ignore[misc]
+        given = swings if swings_as == "list" else frames
+        got, rescued = _decide_rows([rows[i] for i in members], bands, given, voicing, min_rows=1)  # type: ignore[misc]
         assert got == expected
         for j, i in enumerate(members):
             a, r = alone[i], rows[i]
@@ -94,10 +98,15 @@ def test_classify_batch_mixed_parameters_same_type() -> None:
 
 
 @pytest.mark.parametrize("kind", KINDS)
-def test_classify_batch_of_many_rows_equals_one_call_at_a_time(kind: str) -> None:
+@pytest.mark.parametrize("cut", [True, False])
+def test_classify_batch_of_many_rows_equals_one_call_at_a_time(kind: str, cut: bool, monkeypatch: pytest.MonkeyPatch) -> None:
     """More rows than MATMUL_ROWS in one classify_batch (FrameBatch gives the bands kinds a whole round):
-    the products cut in pieces, the decisions in one go, each stream as if alone."""
+    the products cut in pieces (BLAS possibly threaded) or in one (single-threaded BLAS), the decisions in one
+    go, each stream as if alone."""
+    from engine.endpointing import classifiers
     from engine.endpointing.classifiers import MATMUL_ROWS, classify_batch
+
+    monkeypatch.setattr(classifiers, "_MATMUL_CUT", MATMUL_ROWS if cut else 1 << 30)
 
     n_calls, n_frames = MATMUL_ROWS * 2 + 7, 120
     calls = [stream(700 + i, n_frames) for i in range(n_calls)]
@@ -136,3 +145,25 @@ def test_the_floors_fall_by_the_same_pow_as_decide(monkeypatch: pytest.MonkeyPat
         for a, r in zip(alone, rows, strict=True):
             assert isinstance(a, BandClassifier) and isinstance(r, BandClassifier)
             assert r._floors == a._floors
+
+
+@pytest.mark.parametrize(
+    ("env", "single"),
+    [
+        ({"OPENBLAS_NUM_THREADS": "1"}, True),
+        ({"OPENBLAS_NUM_THREADS": "4", "OMP_NUM_THREADS": "1"}, False),  # OpenBLAS's own variable wins
+        ({"OMP_NUM_THREADS": "1"}, True),
+        ({"GOTO_NUM_THREADS": " 1 "}, True),
+        ({}, False),  # OpenBLAS's default: as many threads as cores
+    ],
+)
+def test_one_product_for_all_rows_only_with_single_threaded_blas(
+    env: dict[str, str], single: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from engine.endpointing.classifiers import _blas_single_threaded
+
+    for name in ("OPENBLAS_NUM_THREADS", "GOTO_NUM_THREADS", "OMP_NUM_THREADS"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    assert _blas_single_threaded() is single
