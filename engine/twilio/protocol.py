@@ -100,7 +100,10 @@ class StartMessage(_Wire, tag="start", kw_only=True):
     start: StartInfo
 
 
-class MediaMessage(_Wire, tag="media", kw_only=True):
+class MediaMessage(_Wire, tag="media", kw_only=True, gc=False):
+    """50 a second a call: not tracked by the garbage collector (its fields, strings and an InboundMedia of
+    strings and bytes, can hold no reference cycle), so decoding one adds nothing towards a collection."""
+
     sequence_number: str | UnsetType = UNSET
     stream_sid: str
     media: InboundMedia
