@@ -714,11 +714,12 @@ class _CallReader:
     """
 
     __slots__ = ("count", "debug", "dues", "error", "errors", "handler", "idle_s", "ingest", "on_event", "origin",
-                 "proto", "pushed_at", "reason", "receive", "reporter", "scope", "slack_s", "wake", "ws")
+                 "proto", "pushed_at", "queue", "reason", "receive", "reporter", "scope", "slack_s", "wake", "ws")
 
     def __init__(self, ws: WsServerConnection, proto: TwilioStream, handler: CallHandler, *, errors: _ErrorPolicy,
                  reporter: _StatsReporter, ingest: IngestPass, idle_s: float, debug: bool) -> None:
         self.ws = ws
+        self.queue = ws.received  # the connection's one deque of complete messages, for its whole life
         self.proto = proto
         self.receive = proto.receive_one
         self.handler = handler
@@ -785,7 +786,7 @@ class _CallReader:
                 self.ingest.observe(dues, trio.current_time())
 
     def _deliver(self, now: float, dues: list[float]) -> str | None:
-        messages = self.ws.received
+        messages = self.queue
         while messages:
             reason = self._message(messages.popleft(), now, dues)
             if reason is not None:

@@ -195,7 +195,7 @@ class TextFrameDecoder:
             if length == 126:
                 if end_of_data - head < 2:
                     break
-                length = int.from_bytes(buf[head:head + 2], "big")
+                length = (buf[head] << 8) | buf[head + 1]
                 head += 2
                 if length < 126:  # not the minimal encoding: a protocol error, wsproto reports it
                     return out, buf[pos:]
