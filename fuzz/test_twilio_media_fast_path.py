@@ -22,8 +22,10 @@ import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
 
+from engine.media import AudioReceived
 from engine.twilio.protocol import InboundMessage, TwilioEvent, TwilioProtocolError, TwilioStream
 from engine.ws.frames import _REPUNIT_MAX_WORDS, TextFrameDecoder, apply_mask, encode_frame
+from fuzz.test_twilio_wsconn_fuzz import cut
 
 SID = "MZ" + "0" * 32
 OTHER_SID = "MZ" + "1" * 32
@@ -41,6 +43,18 @@ def _outcome(stream: TwilioStream, text: str | bytes) -> tuple[str, object]:
         return "events", stream.receive_text(text)
     except TwilioProtocolError as exc:
         return "error", (exc.kind, str(exc), exc.fatal)
+
+
+def _outcome_one(stream: TwilioStream, text: str | bytes) -> tuple[str, object]:
+    """``receive_one`` (the server's per-message call) as a list: a lone event is the fast path's real frame."""
+    try:
+        got = stream.receive_one(text)
+    except TwilioProtocolError as exc:
+        return "error", (exc.kind, str(exc), exc.fatal)
+    if isinstance(got, AudioReceived):
+        assert not got.filled
+        return "events", [got]
+    return "events", got
 
 
 def _snapshot(stream: TwilioStream) -> tuple[object, ...]:
@@ -127,18 +141,20 @@ def test_media_fast_path_equals_the_general_path(data: st.DataObject, max_gap_ms
     # max_bytes 450: a media message of 320 bytes of audio is oversized, one of 160 is not.
     fast = TwilioStream(max_bytes, track="inbound", max_gap_ms=max_gap_ms)
     general = _GeneralOnly(max_bytes, track="inbound", max_gap_ms=max_gap_ms)
+    one = TwilioStream(max_bytes, track="inbound", max_gap_ms=max_gap_ms)  # the same through receive_one
     prelude = data.draw(st.sampled_from([[], ["connected"], ["connected", "start"], ["connected", "start"], ["start"]]))
     for kind in prelude:
         text = (json.dumps({"event": "connected", "protocol": "Call", "version": "1.0.0"}) if kind == "connected" else
                 json.dumps({"event": "start", "sequenceNumber": "1", "streamSid": SID,
                             "start": {"streamSid": SID, "callSid": "CA1", "tracks": ["inbound"]}}))
-        assert _outcome(fast, text) == _outcome(general, text)
+        assert _outcome(fast, text) == _outcome(general, text) == _outcome_one(one, text)
     seq, chunk, ts = 2, 1, data.draw(st.integers(0, 10**6))
     for _ in range(data.draw(st.integers(1, 40))):
         text = data.draw(_message(seq, chunk, ts))
         got, want = _outcome(fast, text), _outcome(general, text)
         assert got == want, text
-        assert _snapshot(fast) == _snapshot(general), text
+        assert _outcome_one(one, text) == want, text
+        assert _snapshot(fast) == _snapshot(general) == _snapshot(one), text
         if got[0] == "events":  # one object per event: the neutral ones themselves
             assert all(type(a) is type(b) for a, b in zip(got[1], want[1], strict=True))  # type: ignore[call-overload]
         # The model's next numbers follow the stream (what an in-step next message would carry).
@@ -175,6 +191,37 @@ def test_in_step_media_takes_the_fast_path(max_gap_ms: int) -> None:
     assert stream.stats.frames == 600 and stream._timeline.pos == 600 * 160
     assert stream.stats.timestamp_jumps == stream.stats.filled_frames == stream.stats.resyncs == 0
     assert _snapshot(stream) == _snapshot(general)
+
+
+@pytest.mark.parametrize("field", ["seq", "chunk"])
+def test_the_fast_path_keeps_the_digit_limit(field: str) -> None:
+    """The fast path compares the next sequence number and chunk as strings (str(n)); at the limit of 15 digits the
+    next one has 16, which the general path refuses: so does the fast path, whatever the expected number is."""
+    top = 10**15 - 1
+
+    class _Counted(TwilioStream):
+        general = 0
+
+        def _receive_checked(self, text: str | bytes, msg: InboundMessage | None) -> list[TwilioEvent]:
+            self.general += 1
+            return super()._receive_checked(text, msg)
+
+    streams = [_Counted(), _GeneralOnly()]
+    seq0 = top - 2 if field == "seq" else 1
+    chunk0 = top if field == "chunk" else 1
+    start = json.dumps({"event": "start", "sequenceNumber": str(seq0), "streamSid": SID, "start": {"streamSid": SID}})
+
+    def media(seq: int, chunk: int, ts: int) -> str:
+        return json.dumps({"event": "media", "sequenceNumber": str(seq), "streamSid": SID,
+                           "media": {"track": "inbound", "chunk": str(chunk), "timestamp": str(ts),
+                                     "payload": _b64(bytes(160))}})
+
+    texts = [start, media(seq0 + 1, chunk0 - 1, 0), media(seq0 + 2, chunk0, 20), media(seq0 + 3, chunk0 + 1, 40)]
+    outcomes = [[_outcome_one(stream, text) for text in texts] for stream in streams]
+    assert outcomes[0] == outcomes[1]
+    assert streams[0].general == 3  # start, the first frame, the 16-digit one: the 15-digit one took the fast path
+    assert outcomes[0][3][0] == "error" and outcomes[0][2][0] == "events"  # 16 digits: refused; 15: taken
+    assert _snapshot(streams[0]) == _snapshot(streams[1])
 
 
 _ASCII = st.text(st.characters(min_codepoint=32, max_codepoint=126), min_size=126, max_size=400).map(str.encode)
@@ -229,6 +276,25 @@ def test_one_frame_read_equals_the_general_loop(payload: bytes, mask: bytes, dam
     # partial frame before it, decoded by the general loop, is taken by one().
     if whole and not pending and data[1] == 0x80 | 126 and len(data) == 8 + int.from_bytes(data[2:4], "big"):
         assert got == want[0][0]
+
+
+@given(st.lists(st.tuples(st.one_of(st.text(max_size=130), st.text(min_size=120, max_size=600),
+                                     st.text(min_size=4000, max_size=4200)),
+                           st.binary(min_size=4, max_size=4)), min_size=1, max_size=6),
+       st.lists(st.integers(0, 30_000), max_size=6))
+def test_feed_decodes_every_fast_frame_itself_however_the_reads_cut_them(frames: list[tuple[str, bytes]],
+                                                                       cuts: list[int]) -> None:
+    """Not vacuous: ``feed`` (the general loop, a late pass's reads of several frames) decodes each frame of the
+    shape it is for itself, whole or split across reads: it never hands one to wsproto. (The differential test
+    against wsproto, fuzz/test_twilio_wsconn_fuzz.py, cannot see a wrong decode that fails as bad UTF-8: the
+    hand-over then decodes it right.)"""
+    data = b"".join(encode_frame(0x1, text.encode(), mask) for text, mask in frames)
+    decoder, got = TextFrameDecoder(64 * 1024), []
+    for chunk in cut(data, cuts):
+        messages, rest = decoder.feed(chunk)
+        assert rest is None
+        got += messages
+    assert got == [text for text, _ in frames] and not decoder._buffer
 
 
 @given(st.binary(max_size=(_REPUNIT_MAX_WORDS + 8) * 4), st.binary(min_size=4, max_size=4))

@@ -29,6 +29,7 @@ TIMESTAMP_TOLERANCE_MS: Final = 40
 # Remembered sequence numbers below the highest one (duplicate vs late detection).
 _SEQ_WINDOW: Final = 256
 _MAX_INT_DIGITS: Final = 15
+_MAX_UINT: Final = 10**_MAX_INT_DIGITS - 1  # the largest number _parse_uint accepts
 _T = TypeVar("_T")
 
 
@@ -99,7 +100,10 @@ class StartMessage(_Wire, tag="start", kw_only=True):
     start: StartInfo
 
 
-class MediaMessage(_Wire, tag="media", kw_only=True):
+class MediaMessage(_Wire, tag="media", kw_only=True, gc=False):
+    """50 a second a call: not tracked by the garbage collector (its fields, strings and an InboundMedia of
+    strings and bytes, can hold no reference cycle), so decoding one adds nothing towards a collection."""
+
     sequence_number: str | UnsetType = UNSET
     stream_sid: str
     media: InboundMedia
@@ -356,7 +360,7 @@ class TwilioStream:
         self._highest_seq = 0
         self._seen = 0  # bit i set = sequence number (highest - i) seen
         self._checked_fields: set[str] = set()
-        self._sid: str | None = None  # started.stream_sid, for the media fast path
+        self._armed: str | None = None  # started.stream_sid while the media fast path may take a message
         self.stop: StopInfo | None = None  # the ``stop`` message's details, once it came
 
     @property
@@ -370,11 +374,17 @@ class TwilioStream:
         return self._timeline.first_ts
 
     def receive_text(self, text: str | bytes) -> list[TwilioEvent]:
-        """Feed one WebSocket message (``bytes`` = a binary frame, which Twilio never sends).
+        """Feed one WebSocket message (``bytes`` = a binary frame, which Twilio never sends); its events."""
+        got = self.receive_one(text)
+        return [got] if isinstance(got, AudioReceived) else got
+
+    def receive_one(self, text: str | bytes) -> AudioReceived | list[TwilioEvent]:
+        """:meth:`receive_text` for the per-message caller: an in-step media message's one event alone (no
+        list), any other message's events (a list, possibly empty or of one ``AudioReceived``).
 
         The fast path: a media message as Twilio sends 50 a second (in the stream, its own streamSid and
-        track, the next sequence number and chunk, digit strings, a timestamp in step, some audio) is
-        placed here, decoded once, with no further call; anything else goes through
+        track, the next sequence number and chunk spelled as Twilio spells them, a digit-string timestamp in
+        step, some audio) is placed here, decoded once, with no further call; anything else goes through
         :meth:`_receive_checked`, the general path, which decides it from scratch (nothing here has
         changed any state before it does). The two paths accept the same messages with the same events
         and stats (fuzz/test_twilio_media_fast_path.py).
@@ -385,35 +395,33 @@ class TwilioStream:
                 msg = _inbound_decoder.decode(text)
             except msgspec.DecodeError:  # ValidationError too: the general path reports it
                 return self._receive_checked(text, None)
-            timeline = self._timeline
-            first_ts = timeline.first_ts
-            # first_ts is set by the stream's first media message, which went through _receive_checked:
-            # the media message's unknown fields are already noted.
-            if type(msg) is MediaMessage and first_ts is not None and self.state in _MEDIA_STATES:
+            # _armed is the streamSid only while media may come (started, not stopped) and the timeline has its
+            # origin (set by the stream's first media message, which went through _receive_checked: the media
+            # message's unknown fields are already noted); None (equal to no streamSid) otherwise.
+            if type(msg) is MediaMessage and msg.stream_sid == self._armed:
                 media = msg.media
-                chunk_s = media.chunk
+                timeline = self._timeline
+                high = self._highest_seq
+                chunk = timeline.next_chunk
                 ts_s = media.timestamp
-                seq_s = msg.sequence_number
                 payload = media.payload
+                first_ts = timeline.first_ts
+                # The next sequence number and chunk as their canonical digit strings (as Twilio writes them; a
+                # string equal to str(n) is one _parse_uint accepts as n, if of at most _MAX_INT_DIGITS digits:
+                # the bounds): one str() each instead of the digit checks and int() of the general path.
                 if (
-                    msg.stream_sid == self._sid
+                    msg.sequence_number == str(high + 1)
+                    and media.chunk == str(chunk)
+                    and high < _MAX_UINT and chunk <= _MAX_UINT
                     and media.track == self.track
                     and payload
-                    and type(seq_s) is str
-                    and len(seq_s) <= _MAX_INT_DIGITS and seq_s.isdigit() and seq_s.isascii()
-                    and len(chunk_s) <= _MAX_INT_DIGITS and chunk_s.isdigit() and chunk_s.isascii()
+                    and first_ts is not None
                     and len(ts_s) <= _MAX_INT_DIGITS and ts_s.isdigit() and ts_s.isascii()
                 ):
-                    seq = int(seq_s)
-                    chunk = int(chunk_s)
                     pos = timeline.pos
-                    if (
-                        seq == self._highest_seq + 1
-                        and chunk == timeline.next_chunk
-                        and (int(ts_s) - first_ts) * BYTES_PER_MS - pos <= timeline.in_step_bytes
-                    ):
+                    if (int(ts_s) - first_ts) * BYTES_PER_MS - pos <= timeline.in_step_bytes:
                         self._seen = ((self._seen << 1) | 1) & _SEQ_MASK
-                        self._highest_seq = seq
+                        self._highest_seq = high + 1
                         timeline.next_chunk = chunk + 1
                         n = len(payload)
                         timeline.pos = pos + n
@@ -421,7 +429,7 @@ class TwilioStream:
                         stats.messages += 1
                         stats.frames += 1
                         stats.bytes += n
-                        return [AudioReceived(payload, pos / BYTES_PER_MS)]
+                        return AudioReceived(payload, pos / BYTES_PER_MS)
         return self._receive_checked(text, msg)
 
     def _receive_checked(self, text: str | bytes, msg: InboundMessage | None) -> list[TwilioEvent]:
@@ -435,6 +443,10 @@ class TwilioStream:
                 return []
             self.stats.errors += 1
             raise
+        finally:  # only this path moves the state or the timeline's origin: the fast path's gate follows them
+            started = self.started
+            self._armed = (started.stream_sid if started is not None and self.state in _MEDIA_STATES
+                           and self._timeline.first_ts is not None else None)
 
     def _receive(self, text: str | bytes, msg: InboundMessage | None) -> list[TwilioEvent]:
         if not isinstance(text, str):
@@ -484,7 +496,7 @@ class TwilioStream:
             self._seen = 1
         self.stats.missing_connected = self.state is SessionState.IDLE
         self.state = started
-        self._sid = sid = msg.stream_sid or info.stream_sid
+        sid = msg.stream_sid or info.stream_sid
         self.started = Started(
             stream_sid=sid,
             call_sid=info.call_sid,

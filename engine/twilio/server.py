@@ -27,7 +27,7 @@ import socket
 import sys
 from collections.abc import Callable
 from contextlib import AbstractContextManager
-from typing import Protocol
+from typing import Protocol, cast
 
 import numpy as np
 import numpy.typing as npt
@@ -315,8 +315,9 @@ class TwilioServer:
                         "TWILIO_AUTH_TOKEN or server.allow_unsigned for development")
 
     def _new_reactor(self) -> Reactor:
-        """The ingest reactor, its pass hook classifying the frames of every call read in one pass together."""
-        return Reactor(FrameBatch(), min_pass_interval=self.config.twilio.pass_interval_ms / 1000.0,
+        """The ingest reactor, its pass hook classifying the frames of every call read in one pass together
+        and then observing their frame lag (:class:`IngestPass`)."""
+        return Reactor(IngestPass(self.metrics.frame_lag), min_pass_interval=self.config.twilio.pass_interval_ms / 1000.0,
                        passes=self.metrics.ingest_passes, reads=self.metrics.ingest_reads,
                        pass_ms=self.metrics.ingest_pass_ms, gap_ms=self.metrics.ingest_gap_ms, gc_ms=self.metrics.gc_ms)
 
@@ -592,7 +593,8 @@ class TwilioServer:
             if type(event) is StreamStopped:
                 return "stop"
         reactor = self._reactor
-        reader = _CallReader(ws, proto, handler, errors=errors, reporter=reporter, lag=self.metrics.frame_lag,
+        ingest = cast("IngestPass", reactor.hook)  # _new_reactor's
+        reader = _CallReader(ws, proto, handler, errors=errors, reporter=reporter, ingest=ingest,
                              idle_s=self.config.twilio.read_idle_ms / 1000, debug=debug)
         reason = reader.deliver()  # messages that came with `start`
         if reason is not None:
@@ -668,6 +670,39 @@ class _ErrorPolicy:
             raise _EndCall("protocol_errors") from None
 
 
+class IngestPass(FrameBatch):
+    """The reactor's pass hook: the frames of every call read in one pass classified together (FrameBatch),
+    then their frame lag observed, all at the pass's end.
+
+    Frame lag is "handled minus due": a frame is handled once the endpointer has taken it, which for a frame
+    read by the reactor is the end of the pass (the batch decides it there). So the readers only note each
+    frame's due time (:attr:`dues`, Trio time) and :meth:`end` reads the clock once for the whole pass: no
+    clock read per message (issue 13), and the lag includes the batched classification.
+    """
+
+    __slots__ = ("dues", "lag")
+
+    def __init__(self, lag: Histogram) -> None:
+        super().__init__()
+        self.lag = lag
+        self.dues: list[float] = []  # the due times of the frames read in this pass
+
+    def end(self) -> None:
+        try:
+            super().end()
+        finally:
+            if self.dues:
+                self.observe(self.dues, trio.current_time())
+
+    def observe(self, dues: list[float], handled: float) -> None:
+        """Each frame due at ``dues[i]`` was handled at ``handled`` (the list is cleared)."""
+        pending = self.lag.pending  # folded into the histogram per FOLD_AT values (engine/metrics.py)
+        pending.extend([(handled - due) * 1000 for due in dues])
+        dues.clear()
+        if len(pending) >= Histogram.FOLD_AT:
+            self.lag.fold()
+
+
 class _CallReader:
     """One call's receive side as the reactor drives it (a :class:`~engine.twilio.reactor.Reader`).
 
@@ -677,20 +712,31 @@ class _CallReader:
     (``handler.on_event``) synchronously. Whatever needs the call's own task — the end of the stream,
     a frame wsproto must handle (control, close, EOF), an exception — is left in ``reason`` /
     ``error`` and ``wake`` is set; the reactor pauses the socket until the task resumes it.
+
+    Time: the reactor hands each read the pass's ``now`` (taken when the pass started), and nothing here reads
+    the clock per message. ``now`` is at most one pass old (a few ms; the pass interval plus the pass's work),
+    which is safe for both of its uses: the idle deadline (pushed from ``now``, so it may fire up to one pass
+    early, within its documented slack of ``slack_s``) and the frame lag's origin (the least-delayed frame's
+    ``now`` minus its audio offset, an estimate of the stream's start that a pass-start time only makes earlier,
+    i.e. lags larger, never smaller). The lag's "handled" time is not ``now`` (that would hide the pass's work):
+    it is the pass's end (:class:`IngestPass`).
     """
 
-    __slots__ = ("clock", "count", "debug", "error", "errors", "handler", "idle_s", "lag", "on_event", "origin", "proto",
-                 "pushed_at", "reason", "reporter", "scope", "slack_s", "wake", "ws")
+    __slots__ = ("count", "debug", "dues", "error", "errors", "handler", "idle_s", "ingest", "on_event", "origin",
+                 "proto", "pushed_at", "queue", "reason", "receive", "reporter", "scope", "slack_s", "wake", "ws")
 
     def __init__(self, ws: WsServerConnection, proto: TwilioStream, handler: CallHandler, *, errors: _ErrorPolicy,
-                 reporter: _StatsReporter, lag: Histogram, idle_s: float, debug: bool) -> None:
+                 reporter: _StatsReporter, ingest: IngestPass, idle_s: float, debug: bool) -> None:
         self.ws = ws
+        self.queue = ws.received  # the connection's one list of complete messages, for its whole life
         self.proto = proto
+        self.receive = proto.receive_one
         self.handler = handler
         self.on_event = handler.on_event
         self.errors = errors
         self.reporter = reporter
-        self.lag = lag
+        self.ingest = ingest
+        self.dues = ingest.dues  # the pass's list: readable() runs only within a pass
         self.idle_s = idle_s
         self.debug = debug
         self.wake = trio.Event()
@@ -705,9 +751,7 @@ class _CallReader:
         self.scope = trio.CancelScope()
         self.pushed_at = -math.inf
         # Frame lag: a frame of audio offset o (s) is due at origin + o, the origin being the earliest
-        # (now - o) seen on this stream; lag = handled time - due (one clock read per message: the run's
-        # clock itself, two calls fewer than trio.current_time()).
-        self.clock = trio.lowlevel.current_clock()
+        # (now - o) seen on this stream; lag = handled time - due.
         self.origin = math.inf
         self.count = 0
 
@@ -723,12 +767,12 @@ class _CallReader:
         # goes straight to _message; any other read through the connection's general decoder and its queue.
         message = ws.message_nowait(data)
         if message is not None:
-            reason = self._message(message)
+            reason = self._message(message, now, self.dues)
         elif ws.feed_nowait(data):
             self.wake.set()
             return PAUSE
         else:
-            reason = self.deliver()
+            reason = self._deliver(now, self.dues)
         if reason is not None:
             self.reason = reason
             self.wake.set()
@@ -740,44 +784,60 @@ class _CallReader:
         self.wake.set()
 
     def deliver(self) -> str | None:
-        """Process every complete message received; the reason the stream ended (stop, protocol errors) or None."""
-        messages = self.ws.received
+        """Process every complete message received, from the call's own task (outside a reactor pass); the
+        reason the stream ended (stop, protocol errors) or None."""
+        now = trio.current_time()
+        dues: list[float] = []
+        try:
+            return self._deliver(now, dues)
+        finally:
+            if dues:
+                self.ingest.observe(dues, trio.current_time())
+
+    def _deliver(self, now: float, dues: list[float]) -> str | None:
+        messages = self.queue
         while messages:
-            reason = self._message(messages.pop(0))
+            reason = self._message(messages.pop(0), now, dues)
             if reason is not None:
                 return reason
         return None
 
-    def _message(self, message: str | bytes) -> str | None:
-        """One message through the stream and to the call; the reason the stream ended, or None."""
-        proto = self.proto
+    def _message(self, message: str | bytes, now: float, dues: list[float]) -> str | None:
+        """One message through the stream and to the call, read at ``now``; each real frame's due time goes to
+        ``dues``. The reason the stream ended, or None."""
         if self.debug:
-            log.debug("twilio_message", stream_sid=proto.stream_sid, size=len(message))
+            log.debug("twilio_message", stream_sid=self.proto.stream_sid, size=len(message))
         try:
-            events = proto.receive_text(message)
+            got = self.receive(message)
         except TwilioProtocolError as exc:
             try:
-                self.errors.failed(proto, exc)
+                self.errors.failed(self.proto, exc)
             except _EndCall as end:
                 return end.reason
-            events = []
-        for event in events:
-            if type(event) is AudioReceived:
-                self.on_event(event)
-                if not event.filled:  # the frame's lag against the stream's own clock
-                    base = self.clock.current_time() - event.timestamp_ms / 1000
-                    self.origin = min(self.origin, base)
-                    pending = self.lag.pending  # folded into the histogram per FOLD_AT values (engine/metrics.py)
-                    pending.append((base - self.origin) * 1000)
-                    if len(pending) >= Histogram.FOLD_AT:
-                        self.lag.fold()
-            elif not isinstance(event, (Connected, Started)):  # neither comes after start (an order error)
-                self.on_event(event)
-                if type(event) is StreamStopped:
-                    return "stop"
+            got = []
+        if isinstance(got, AudioReceived):  # the media fast path's frame: real audio, in step
+            self.on_event(got)
+            offset = got.timestamp_ms / 1000
+            base = now - offset
+            if base < self.origin:  # noqa: PLR1730 (per frame: a compare, not a call to min())
+                self.origin = base
+            dues.append(self.origin + offset)
+        else:
+            for event in got:
+                if type(event) is AudioReceived:
+                    self.on_event(event)
+                    if not event.filled:
+                        offset = event.timestamp_ms / 1000
+                        base = now - offset
+                        self.origin = min(self.origin, base)
+                        dues.append(self.origin + offset)
+                elif not isinstance(event, (Connected, Started)):  # neither comes after start (an order error)
+                    self.on_event(event)
+                    if type(event) is StreamStopped:
+                        return "stop"
         self.count += 1
         if self.count % _STATS_FLUSH_EVERY == 0:
-            self.reporter.flush(proto.stream_sid)
+            self.reporter.flush(self.proto.stream_sid)
         return None
 
 

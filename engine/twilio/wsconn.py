@@ -206,7 +206,9 @@ class WsServerConnection(WsConnection):
         connection is closed (:attr:`closed`); the caller then stops feeding until that is done.
         """
         ws = self._ws
-        if self._closed is not None or ws is None or ws.state is ConnectionState.CLOSED:
+        # While the fast decoder is in charge wsproto has received nothing, so it cannot be CLOSED (its state is
+        # a property call: skipped per read).
+        if self._closed is not None or ws is None or (self._fast is None and ws.state is ConnectionState.CLOSED):
             self._closed = self._closed or ConnectionClosed(CloseReason.ABNORMAL_CLOSURE, "connection closed")
             return True
         return self._feed(data)

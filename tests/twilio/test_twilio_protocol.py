@@ -13,6 +13,7 @@ from engine.twilio.protocol import (
     Started,
     TwilioProtocolError,
     TwilioStream,
+    decode_inbound,
     decode_outbound,
     encode_clear,
     encode_mark,
@@ -293,3 +294,15 @@ def test_outbound_encoders_round_trip() -> None:
     assert json.loads(encode_clear(SID)) == {"event": "clear", "streamSid": SID}
     with pytest.raises(TwilioProtocolError):
         decode_outbound('{"event":"start"}')
+
+
+def test_the_media_fast_path_leaves_nothing_for_the_garbage_collector() -> None:
+    """Issue 13: 50 messages a second a call; the decoded media message (gc=False) and the fast path's lone event
+    (no list) are not tracked by the collector, so the frames add nothing towards a collection."""
+    import gc
+
+    s = started_stream()
+    s.receive_text(media(2, 1, 0))  # the timeline's first frame: the general path
+    got = s.receive_one(media(3, 2, 20))
+    assert isinstance(got, AudioReceived) and not gc.is_tracked(got)
+    assert not gc.is_tracked(decode_inbound(media(4, 3, 40)))
