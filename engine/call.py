@@ -194,7 +194,7 @@ class Call:
         # Outcomes (finals, terminal errors) are emitted in utterance order: a later utterance's final waits
         # for every earlier utterance to settle (its lease may have been slower).
         self._head = 0  # index of the earliest utterance not yet settled
-        self._settled: set[int] = set()
+        self._settled: set[int] | None = None  # settled after the head: only while finals come out of order
         self._held: dict[int, list[tuple[ev.Event, float]]] = {}
         # Utterance tasks are started in run()'s nursery straight from the reader (no channel, no task
         # looping over one: such a loop's variable also kept the last utterance and its audio alive until
@@ -785,12 +785,17 @@ class Call:
     def _settle(self, utt: Utterance) -> None:
         """The utterance has its final or error: release held outcomes of the utterances after it."""
         self.turns.utterance_done()
-        self._settled.add(utt.index)
-        while self._head in self._settled:
-            self._settled.discard(self._head)
+        # The set lives only while an utterance settled before an earlier one (issue 13: 216 B a call).
+        settled = self._settled or set()
+        settled.add(utt.index)
+        self._settled = settled
+        while self._head in settled:
+            settled.discard(self._head)
             self._head += 1
             for event, held_since in self._held.pop(self._head, ()):
                 self._deliver(event, held_since)
+        if not settled and self._settled is settled:
+            self._settled = None
         if not self._open:  # end of call, or cancelled: nothing earlier can still arrive
             for index in sorted(self._held):
                 for event, held_since in self._held.pop(index):

@@ -40,7 +40,7 @@ from wsproto.utilities import RemoteProtocolError
 
 from engine.budgets import Budget
 from engine.ws.client_frames import UnmaskedFrameDecoder
-from engine.ws.connection import RECEIVE_SIZE, ConnectionClosed, WsConnection
+from engine.ws.connection import RECEIVE_SIZE, ConnectionClosed, WsConnection, lean_events
 from engine.ws.frames import encode_frame, mask_key
 
 __all__ = [
@@ -163,6 +163,7 @@ class WsClientConnection(WsConnection):
                         self.accepted = event
                         assert client.connection is not None  # wsproto sets it with the accept
                         self._ws = client.connection
+                        lean_events(client.connection)
                         self._client = None
                         if _at_frame_boundary(client.connection):
                             self._fast = UnmaskedFrameDecoder(self._assembler.max_size)

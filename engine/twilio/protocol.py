@@ -12,7 +12,7 @@ raises one :class:`TwilioProtocolError` (with a ``kind`` for metrics); the calle
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Final, TypeVar
 
 import msgspec
@@ -240,6 +240,9 @@ class Started(Struct, frozen=True):
 TwilioEvent = Connected | Started | AudioReceived | DtmfReceived | MarkReached | StreamStopped
 
 
+_NO_NAMES: Final[frozenset[str]] = frozenset()
+
+
 @dataclass(slots=True)
 class StreamStats:
     """Counters of one stream; the server turns them into metrics."""
@@ -260,8 +263,9 @@ class StreamStats:
     marks: int = 0
     errors: int = 0
     missing_connected: bool = False
-    unknown_event_names: set[str] = field(default_factory=set)
-    unknown_fields: set[str] = field(default_factory=set)
+    # Shared empty frozensets until the first unknown name (almost never): an empty set is 216 B a call (issue 13).
+    unknown_event_names: set[str] | frozenset[str] = _NO_NAMES
+    unknown_fields: set[str] | frozenset[str] = _NO_NAMES
 
 
 class _Timeline:
@@ -277,7 +281,9 @@ class _Timeline:
         # The next chunk with a timestamp at most this far ahead is placed right after the last one, no
         # gap filled, no resync: what :meth:`place` does for it, and the media fast path's bound.
         self.in_step_bytes = min(TIMESTAMP_TOLERANCE_MS * BYTES_PER_MS, self.max_gap_bytes)
-        self.missing: set[int] = set()  # chunk numbers filled with silence (to tell late from duplicate)
+        # Chunk numbers filled with silence (to tell late from duplicate); None until a gap (rare: issue 13, an
+        # empty set is 216 B a call), and again once every filled chunk came late.
+        self.missing: set[int] | None = None
 
     def place(self, chunk: int, ts: int, payload: bytes, stats: StreamStats) -> list[TwilioEvent]:
         if self.first_ts is None:
@@ -285,8 +291,11 @@ class _Timeline:
             self.next_chunk = chunk + 1
             return self._emit(payload, stats)
         if chunk < self.next_chunk:
-            if chunk in self.missing:
-                self.missing.discard(chunk)
+            missing = self.missing
+            if missing is not None and chunk in missing:
+                missing.discard(chunk)
+                if not missing:
+                    self.missing = None
                 stats.reordered += 1
             else:
                 stats.duplicates += 1
@@ -304,8 +313,8 @@ class _Timeline:
         elif skipped == 0:
             gap = 0
         if skipped:
-            if len(self.missing) > _SEQ_WINDOW:
-                self.missing.clear()
+            if self.missing is None or len(self.missing) > _SEQ_WINDOW:
+                self.missing = set()
             self.missing.update(range(self.next_chunk, chunk) if skipped <= _SEQ_WINDOW else ())
         if gap > 0:
             out.append(self._media(bytes([SILENCE]) * gap, filled=True))
@@ -338,6 +347,8 @@ _TAGS: dict[type, str] = {
     cls: str(cls.__struct_config__.tag)
     for cls in (ConnectedMessage, StartMessage, MediaMessage, DtmfMessage, MarkMessage, StopMessage)
 }
+# One bit per message kind: TwilioStream's checked kinds are an int, not a set (216 B a call; issue 13).
+_KIND_BITS: dict[type, int] = {cls: 1 << i for i, cls in enumerate(_TAGS)}
 
 
 # Bound once: an Enum attribute lookup costs ~0.2 µs on CPython 3.11, and media is 50 messages a second a call.
@@ -359,7 +370,7 @@ class TwilioStream:
         self._timeline = _Timeline(max_gap_ms)
         self._highest_seq = 0
         self._seen = 0  # bit i set = sequence number (highest - i) seen
-        self._checked_fields: set[str] = set()
+        self._checked_kinds = 0  # bit _KIND_BITS[type] set = that kind's unknown fields were looked for
         self._armed: str | None = None  # started.stream_sid while the media fast path may take a message
         self.stop: StopInfo | None = None  # the ``stop`` message's details, once it came
 
@@ -439,7 +450,10 @@ class TwilioStream:
         except TwilioProtocolError as exc:
             if exc.kind == "unknown_event":
                 self.stats.unknown_events += 1
-                self.stats.unknown_event_names.add(str(exc).partition(": ")[2])
+                names = self.stats.unknown_event_names
+                if not isinstance(names, set):
+                    names = self.stats.unknown_event_names = set()
+                names.add(str(exc).partition(": ")[2])
                 return []
             self.stats.errors += 1
             raise
@@ -458,8 +472,9 @@ class TwilioStream:
         self.stats.messages += 1
         kind = type(msg)
         tag = _TAGS[kind]
-        if tag not in self._checked_fields:
-            self._checked_fields.add(tag)
+        bit = _KIND_BITS[kind]
+        if not self._checked_kinds & bit:
+            self._checked_kinds |= bit
             self._note_unknown_fields(text, kind)
         if isinstance(msg, MediaMessage):
             return self._on_media_checked(msg)
@@ -564,7 +579,12 @@ class TwilioStream:
         except msgspec.DecodeError:
             return
         if isinstance(raw, dict):
-            _collect_unknown(raw, struct_type, "", self.stats.unknown_fields)
+            found = self.stats.unknown_fields
+            if not isinstance(found, set):
+                found = set()
+            _collect_unknown(raw, struct_type, "", found)
+            if found:
+                self.stats.unknown_fields = found
 
 
 @functools.cache

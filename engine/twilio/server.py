@@ -133,7 +133,7 @@ class TwilioSession:
         self._send_timeouts = send_timeouts
         self._usable = True
         self.ended_by: str | None = None  # set by end(): why the application ended the stream
-        self._end_scope: trio.CancelScope | None = None  # the reader's, while it reads
+        self._end_scope: trio.CancelScope | None = None  # the reader's idle scope, while it reads (_read)
 
     @property
     def stream_sid(self) -> str:
@@ -532,23 +532,20 @@ class TwilioServer:
             except Exception as exc:
                 log.error("twilio_handler_on_close_failed", stream_sid=started.stream_sid, exc=exc)
 
+        # Scopes per call (issue 13: a cancel scope is ≈ 0.6 KiB): the drain deadline is the call nursery's own
+        # scope (it covered exactly that nursery), and session.end() cancels the reader's idle scope (_read).
         try:
-            with trio.CancelScope() as grace:
-                async with trio.open_nursery() as nursery:
-                    nursery.start_soon(self._run_handler, handler, started.stream_sid)
-                    with trio.CancelScope() as session._end_scope:  # session.end() cancels the read
-                        if session.ended_by is not None:
-                            session._end_scope.cancel()
-                        reason = await self._read(ws, proto, handler, fd=fd, pending=pending, errors=errors,
-                                                  reporter=reporter, debug=debug)
-                    session._end_scope = None
-                    if reason == "cancelled" and session.ended_by is not None:
-                        reason = session.ended_by
-                    close_once(reason)
-                    await self._close(ws, 1000 if reason in ("stop", "closed", "app_stop") else 1008, reason)
-                    # The handler finishes its work (last finals) on its own, within the drain budget.
-                    grace.deadline = trio.current_time() + self.budgets.drain.seconds
-            if grace.cancelled_caught:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._run_handler, handler, started.stream_sid)
+                reason = await self._read(ws, proto, handler, session, fd=fd, pending=pending, errors=errors,
+                                          reporter=reporter, debug=debug)
+                if reason == "cancelled" and session.ended_by is not None:
+                    reason = session.ended_by
+                close_once(reason)
+                await self._close(ws, 1000 if reason in ("stop", "closed", "app_stop") else 1008, reason)
+                # The handler finishes its work (last finals) on its own, within the drain budget.
+                nursery.cancel_scope.deadline = trio.current_time() + self.budgets.drain.seconds
+            if nursery.cancel_scope.cancelled_caught:
                 log.warning("twilio_handler_slow", stream_sid=started.stream_sid, budget="drain")
         except Exception:
             reason = "handler_error"
@@ -577,9 +574,11 @@ class TwilioServer:
                 if isinstance(event, Started):
                     return event, events[i + 1:]
 
-    async def _read(self, ws: WsServerConnection, proto: TwilioStream, handler: CallHandler, *, fd: int,
-                    pending: list[TwilioEvent], errors: _ErrorPolicy, reporter: _StatsReporter, debug: bool) -> str:
-        """Deliver events until stop, close, the idle deadline, or too many protocol errors.
+    async def _read(self, ws: WsServerConnection, proto: TwilioStream, handler: CallHandler, session: TwilioSession,
+                    *, fd: int, pending: list[TwilioEvent], errors: _ErrorPolicy, reporter: _StatsReporter,
+                    debug: bool) -> str:
+        """Deliver events until stop, close, the idle deadline, ``session.end()`` ("cancelled"), or too many
+        protocol errors.
 
         The frames are read and processed by the server's :class:`~engine.twilio.reactor.Reactor` (many
         calls per wake-up); this task sleeps until the reactor hands the call back: the stream ended, a
@@ -603,6 +602,10 @@ class TwilioServer:
             return "closed"
         attach = getattr(handler, "attach_batch", None)  # a handler that can classify in the wake-up's batch
         with reader.scope:
+            # One scope, two causes: the idle deadline, and session.end() (which sets ended_by before it cancels).
+            session._end_scope = reader.scope
+            if session.ended_by is not None:  # ended from the handler before the read began
+                reader.scope.cancel()
             reader.push_deadline(trio.current_time())
             reactor.register(fd, reader, self.host.calls_nursery)
             if attach is not None and isinstance(reactor.hook, FrameBatch):
@@ -624,9 +627,12 @@ class TwilioServer:
                         return "closed"
                     reactor.resume(fd)
             finally:
+                session._end_scope = None
                 if attach is not None:
                     attach(None)  # from now on (on_close, the end of the call) at once, in this task
                 reactor.unregister(fd)  # before the socket is closed
+        if session.ended_by is not None:  # session.end() cancelled the scope (first, or with the idle deadline)
+            return "cancelled"
         log.warning("twilio_read_idle", stream_sid=proto.stream_sid, ms=self.config.twilio.read_idle_ms)
         return "idle_timeout"
 
@@ -647,7 +653,7 @@ class _ErrorPolicy:
         self.metrics = metrics
         self.conn = conn
         self.count = 0
-        self.logged: set[str] = set()
+        self.logged: set[str] | None = None  # kinds logged; a set from the first error (issue 13: 216 B a call)
 
     def feed(self, proto: TwilioStream, message: str | bytes) -> list[TwilioEvent]:
         try:
@@ -660,6 +666,8 @@ class _ErrorPolicy:
         """``proto`` rejected a message: count and log it; raises :class:`_EndCall` when the call must end."""
         self.count += 1
         self.metrics.protocol_error(exc.kind)
+        if self.logged is None:
+            self.logged = set()
         if exc.kind not in self.logged:
             self.logged.add(exc.kind)
             log.warning("twilio_protocol_error", conn=self.conn, stream_sid=proto.stream_sid, kind=exc.kind,

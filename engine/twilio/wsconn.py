@@ -26,7 +26,7 @@ from wsproto.events import TextMessage
 from wsproto.frame_protocol import CloseReason, Opcode
 
 from engine.budgets import Budget
-from engine.ws.connection import RECEIVE_SIZE, ConnectionClosed, WsConnection
+from engine.ws.connection import RECEIVE_SIZE, ConnectionClosed, WsConnection, lean_events
 from engine.ws.frames import TextFrameDecoder, encode_frame
 from engine.ws.handshake import (
     MAX_REQUEST_HEAD,
@@ -95,6 +95,7 @@ class WsServerConnection(WsConnection):
         self._handshake = None
         self.request = None  # the caller has it; the connection no longer needs the head
         self._ws = Connection(ConnectionType.SERVER)  # no extensions negotiated
+        lean_events(self._ws)
         self._fast = TextFrameDecoder(self._assembler.max_size)
         await self._write(response)
         # Bytes the client sent right behind the request head belong to the WebSocket.
