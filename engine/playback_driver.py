@@ -432,11 +432,8 @@ class ControlledCall:
         nursery = task.parent_nursery
         if nursery is None or task is trio.lowlevel.current_root_task():
             async with trio.open_nursery() as own:
-                await self._run(own)
-        else:
-            await self._run(nursery)
-
-    async def _run(self, nursery: trio.Nursery) -> None:
+                own.start_soon(self.run)  # there, the nursery that started it is ``own``
+            return
         try:
             self.control.run_on_demand(functools.partial(nursery.start_soon, self._run_control))
             await self.call.run()

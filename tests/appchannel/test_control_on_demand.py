@@ -100,3 +100,40 @@ async def test_a_call_that_never_played_closes_without_a_task() -> None:
             assert _control_tasks(nursery) == 0
             controlled.on_close("stop")
     assert control.closed and not session.sent and not events
+
+
+async def test_the_playback_task_runs_in_the_nursery_that_runs_the_call() -> None:
+    """Issue 13 round 3 (mem2): ControlledCall.run opens no nursery of its own (≈ 1.5 KiB a call): the playback
+    task is a sibling of the call's task in the nursery that started it (the server's per-call nursery)."""
+    controlled, control, session, _events, _call = _make()
+    with trio.fail_after(5):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(controlled.run)
+            await trio.testing.wait_all_tasks_blocked()
+            control.mark_nowait("m")
+            await trio.testing.wait_all_tasks_blocked()
+            siblings = [t for t in nursery.child_tasks if t.name.endswith("ControlledCall._run_control")]
+            assert len(siblings) == 1  # old code: 0 (it ran in ControlledCall.run's own nursery)
+            assert len([x for _t, kind, x in session.sent if kind == "mark"]) == 1
+            controlled.on_close("stop")
+    assert control.closed
+
+
+def test_run_as_the_root_task_gets_a_nursery_of_its_own() -> None:
+    """Without a nursery to share (run as trio.run's own task) the playback task still runs, under run()."""
+    controlled, control, session, _events, call = _make()
+    control.mark_nowait("early")
+
+    async def until_marked() -> None:
+        while not session.sent:
+            await trio.sleep(0.01)
+        call.on_close("stop")
+
+    async def main() -> None:
+        with trio.fail_after(5):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(until_marked)
+                await controlled.run()  # as the root task's own code: this task has no nursery to share
+
+    trio.run(main)
+    assert len([x for _t, kind, x in session.sent if kind == "mark"]) == 1 and control.closed
