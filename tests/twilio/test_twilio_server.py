@@ -387,3 +387,37 @@ async def test_start_info_reaches_the_session() -> None:
     assert session.stream_sid.startswith("MZ") and session.call_sid.startswith("CA")
     assert json.dumps(session.custom_parameters) == '{"lang": "ko"}'
     assert srv.handlers[0].events[0] == AudioReceived(b"\x01\x02", 0.0)  # ms from the stream's first sample
+
+
+class StuckHandler(RecordingHandler):
+    """A handler whose run() outlives the stream: only the drain deadline ends it."""
+
+    cancelled = False
+
+    async def run(self) -> None:
+        try:
+            await trio.sleep_forever()
+        except trio.Cancelled:
+            self.cancelled = True
+            raise
+
+
+async def test_a_handler_still_running_after_the_stream_is_cancelled_at_the_drain_deadline(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """The drain deadline is the call nursery's own scope (issue 13, mem2: no separate grace scope): it cancels
+    the handler, and only it; the call ends with the stream's reason and the slow handler is logged."""
+    handlers: list[RecordingHandler] = []
+
+    def factory(session: TwilioSession) -> CallHandler:
+        handlers.append(StuckHandler(session))
+        return handlers[-1]
+
+    cfg = make_config(budgets__drain=300)
+    with trio.fail_after(20), caplog.at_level(logging.WARNING, logger="sori"):
+        async with running_server(cfg, factory=factory) as srv:
+            report = await simulate_call(srv.url, AUDIO, auth_token=TOKEN, speed="fast")
+            await wait_for(lambda: srv.metrics.value("twilio_calls_ended_total", "reason=stop") == 1, timeout=10)
+    stuck = handlers[0]
+    assert report.ok and isinstance(stuck, StuckHandler) and stuck.cancelled
+    assert stuck.close_reasons == ["stop"]
+    assert any("twilio_handler_slow" in r.getMessage() for r in caplog.records)
