@@ -421,3 +421,29 @@ async def test_a_handler_still_running_after_the_stream_is_cancelled_at_the_drai
     assert report.ok and isinstance(stuck, StuckHandler) and stuck.cancelled
     assert stuck.close_reasons == ["stop"]
     assert any("twilio_handler_slow" in r.getMessage() for r in caplog.records)
+
+
+class EndingHandler(RecordingHandler):
+    """Ends the stream from our side at its first audio frame (the application's ``stop``)."""
+
+    def on_event(self, event: object) -> None:
+        super().on_event(event)  # type: ignore[arg-type]
+        if isinstance(event, AudioReceived):
+            self.session.end()
+
+
+async def test_session_end_from_a_frame_cancels_the_read_as_app_stop() -> None:
+    """session.end() cancels the reader's idle scope (issue 13, mem2: no separate end scope); the call ends as
+    ``app_stop``, not as an idle timeout, and the handler hears it once."""
+    handlers: list[RecordingHandler] = []
+
+    def factory(session: TwilioSession) -> CallHandler:
+        handlers.append(EndingHandler(session))
+        return handlers[-1]
+
+    with trio.fail_after(20):
+        async with running_server(factory=factory) as srv:
+            await simulate_call(srv.url, AUDIO * 20, auth_token=TOKEN, speed="realtime")
+            await wait_for(lambda: srv.metrics.value("twilio_calls_ended_total", "reason=app_stop") == 1, timeout=10)
+    assert handlers[0].close_reasons == ["app_stop"]
+    assert srv.metrics.value("twilio_calls_ended_total", "reason=idle_timeout") == 0
