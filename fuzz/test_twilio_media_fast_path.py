@@ -60,7 +60,7 @@ def _outcome_one(stream: TwilioStream, text: str | bytes) -> tuple[str, object]:
 def _snapshot(stream: TwilioStream) -> tuple[object, ...]:
     tl = stream._timeline
     return (stream.stats, stream.state, stream.started, stream.stop, stream._highest_seq, stream._seen, tl.first_ts,
-            tl.next_chunk, tl.pos, sorted(tl.missing), sorted(stream._checked_fields))
+            tl.next_chunk, tl.pos, sorted(tl.missing or ()), stream._checked_kinds)
 
 
 # Digit strings as Twilio sends them, and what a broken or hostile peer might send instead: each of these
