@@ -166,17 +166,8 @@ class TextFrameDecoder:
         if n > 8 and data[0] == _FAST_TEXT_HEAD and data[1] == _MASKED_LEN16 and not self._buffer:
             length = (data[2] << 8) | data[3]
             if n == 8 + length and 126 <= length <= self.max_message_size:
-                # The whole read as one int, XORed with the key shifted past the 8-byte head: no slice of the
-                # payload or the key, no call (apply_mask's big-int XOR, ≈ 25 % cheaper on a media message).
-                words = (n + 3) >> 2
-                rep = _framed_repunits.get(words)
                 try:
-                    if rep is None:
-                        if words > _REPUNIT_MAX_WORDS:  # not a media message: no repunit kept for it
-                            return apply_mask(data[8:], data[4:8]).decode()
-                        rep = _framed_repunit(words)
-                    key: int = _u32(data, 4)[0] * rep
-                    return (int.from_bytes(data, "little") ^ key).to_bytes(words << 2, "little")[8:n].decode()
+                    return _framed_text(data)  # the same unmask as feed() uses for such frames
                 except UnicodeDecodeError:
                     return None  # feed() hands it to wsproto, which reports it (1007)
         return None
