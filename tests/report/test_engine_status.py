@@ -58,13 +58,16 @@ async def test_status_page_on_the_admin_port_only() -> None:
                 assert (await client.post(f"{admin}/status")).status_code == 405  # read-only
                 assert (await client.get(f"{public}/status")).status_code != 200  # not on the Twilio port
                 async with trio.open_nursery() as nursery:
+                    # The call stays live until the page has been read, however loaded the machine: its
+                    # trailing silence outlasts the test's deadline, and the caller hangs up after the read.
                     nursery.start_soon(lambda: simulate_call(engine.twilio_url, audio, speed="realtime",
-                                                             trailing_silence_ms=300))
-                    while not got.of(ev.CallStarted):
+                                                             trailing_silence_ms=60_000))
+                    while not got.of(ev.CallStarted) or not got.of(ev.TranscriptFinal):
                         await trio.sleep(0.01)
                     sid = got.of(ev.CallStarted)[0].call_sid
                     during = (await client.get(f"{admin}/status")).text
                     assert "Calls in progress (1)" in during and sid in during
+                    nursery.cancel_scope.cancel()
                 await got.wait_ended(1)
                 after = (await client.get(f"{admin}/status")).text
     assert "Calls in progress (0)" in after and sid not in after
