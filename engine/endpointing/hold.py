@@ -33,11 +33,22 @@ operations per stream per frame on top of ``bands-click``.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import numpy as np
 
-from .classifiers import BandClassifier, ClassifierError, Frames, _band_array, _band_ratios, _decide_rows, _swings
+from .classifiers import (
+    _FLOORS,
+    BandClassifier,
+    ClassifierError,
+    Frames,
+    _band_array,
+    _band_ratios,
+    _chain,
+    _decide_rows,
+    _swings,
+)
 
 #: The rescue hook's bar: any cue ≥ 0.5 passes (the cue is 1.0 inside the window, 0.0 outside).
 _CUE_BAR = 0.5
@@ -150,8 +161,11 @@ class HoldBandClassifier(BandClassifier):
         if len(streams) != len(classifiers):
             return [c.classify(frames[i : i + 1])[0] for i, c in enumerate(classifiers)]
         bands = _band_array(first._basis, first._group, frames)
-        ones = [1.0] * first._nb
-        floors = np.array([ones if c._floors is None else c._floors for c in streams], dtype=np.float64)
+        n, nb = bands.shape
+        try:  # every stream has floors (all but a call's first frame): gathered in C, no nested list
+            floors = np.fromiter(_chain(map(_FLOORS, streams)), np.float64, n * nb).reshape(n, nb)
+        except TypeError:  # a stream before its first frame (floors None): as _product, no floors = ratio 1
+            floors = np.array([[math.inf] * nb if c._floors is None else c._floors for c in streams], dtype=np.float64)
         d = np.maximum(bands.astype(np.float64) / floors, 1.0)
         prod = d[:, 0].copy()
         for b in range(1, d.shape[1]):
