@@ -112,9 +112,10 @@ class EndpointingConfig(_Section):
     # bands-unmute: the same, with 60 ms after Twilio hold/mute (digital silence) in which the floors catch up
     # with the resumed noise instead of hearing it as speech; bands-click (the default): bands-unmute whose
     # hysteresis a line click cannot engage, so it holds weak endings lower (BENCHMARKS.md, issue 12);
-    # bands-pitch: bands-click + a periodicity cue (engine/endpointing/pitch.py). silero needs its extra.
+    # bands-pitch: bands-click + a periodicity cue (engine/endpointing/pitch.py); bands-hold: bands-click + a short
+    # syllable hold after the talker's words (engine/endpointing/hold.py). silero needs its extra.
     classifier: Literal[
-        "bands-click", "bands-pitch", "bands-unmute", "bands", "energy", "webrtc", "silero"
+        "bands-click", "bands-pitch", "bands-hold", "bands-unmute", "bands", "energy", "webrtc", "silero"
     ] = "bands-click"
     sample_rate: Literal[8000, 16000] = 8000
     # 40 ms → 4 frames of 20 ms confirm speech: at 5 dB SNR quiet utterances have only ~80 ms of

@@ -783,7 +783,7 @@ class WebRtcClassifier:
         return [not q and bool(vad.is_speech(row.tobytes(), rate)) for row, q in zip(data, quiet, strict=True)]
 
 
-CLASSIFIERS = ("bands", "energy", "webrtc", "silero", "bands-unmute", "bands-click", "bands-pitch")
+CLASSIFIERS = ("bands", "energy", "webrtc", "silero", "bands-unmute", "bands-click", "bands-pitch", "bands-hold")
 
 #: The unmute window of the ``bands-unmute`` classifier (see :class:`BandClassifier`, ``resume_ms``).
 UNMUTE_RESUME_MS = 60
@@ -878,6 +878,11 @@ def make_classifier(name: str, sample_rate: int, *, frame_ms: int = 20) -> Frame
             voiced_db=PITCH_DB,
             voiced_drop=PITCH_DROP,
         )
+    if name == "bands-hold":  # bands-click + a short syllable hold after the talker's words (engine/endpointing/hold.py)
+        from .hold import HoldBandClassifier
+
+        return HoldBandClassifier(sample_rate, frame_ms, resume_ms=UNMUTE_RESUME_MS, on_db=CLICK_ON_DB, off_db=CLICK_OFF_DB,
+                                  impulse_ratio=CLICK_RATIO)
     if name == "energy":
         return EnergyClassifier(sample_rate, frame_ms)
     if name == "webrtc":

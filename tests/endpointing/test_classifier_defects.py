@@ -11,7 +11,7 @@ from engine.endpointing import BandClassifier, FrameClassifier, make_classifier
 from .helpers import check, run
 from .signals import concat, noise, silence, speechlike
 
-CLASSIFIERS = ["bands", "bands-unmute", "bands-click", "bands-pitch", "energy", "webrtc"]
+CLASSIFIERS = ["bands", "bands-unmute", "bands-click", "bands-pitch", "bands-hold", "energy", "webrtc"]
 
 
 def available(name: str) -> None:
