@@ -81,6 +81,7 @@ SPLITS = {"dev": ("en", "es"), "test": ("fr", "it"), "extra": ("ru", "it-menardi
 # babble from the split's prompts ("split": the caller's own voice included, as dev/test were built) or
 # only from the split's OTHER voices ("other"); default per split, so dev/test stay byte-identical
 BABBLE_VOICES = {"dev": "split", "test": "split", "extra": "other"}
+BABBLE_CHOICES = ("split", "other", "own")
 NOISES = ("babble", "pink", "hum", "line")
 SNRS = (20, 10, 5)
 CALL_SECONDS = 15.0
@@ -221,10 +222,12 @@ def babble_from_start(n: int, pool: list[Prompt], rng: np.random.Generator) -> n
 
 def babble_pool(split: str, lang: str, used: set[str], voices: str) -> list[Prompt]:
     """The prompts babble is drawn from: the split's prompts not spoken in the call, from every voice of the
-    split ("split") or only from voices other than the caller's ("other")."""
-    if voices not in ("split", "other"):
-        raise ValueError(f"babble voices: {voices!r} (split or other)")
-    return [pr for lg in SPLITS[split] if voices == "split" or lg != lang for pr in prompts(lg) if pr.name not in used]
+    split ("split"), only from voices other than the caller's ("other"), or only from the caller's own voice
+    ("own": the contrast case, the caller talking over themself)."""
+    if voices not in BABBLE_CHOICES:
+        raise ValueError(f"babble voices: {voices!r} ({', '.join(BABBLE_CHOICES)})")
+    keep = {"split": lambda lg: True, "other": lambda lg: lg != lang, "own": lambda lg: lg == lang}[voices]
+    return [pr for lg in SPLITS[split] if keep(lg) for pr in prompts(lg) if pr.name not in used]
 
 
 def hum(n: int, rng: np.random.Generator) -> np.ndarray:
@@ -260,8 +263,8 @@ def build_call(name: str, split: str, lang: str, kind: str, snr_db: float, secon
                noise_only: bool = False, hold: bool = False, babble_at_start: bool = False,
                babble_voices: str | None = None) -> tuple[np.ndarray, dict]:
     """One call: int16 PCM after the μ-law round trip, and its labels. ``babble_voices``: "split" (every
-    voice of the split, the caller's included) or "other" (the split's voices other than the caller's);
-    None = the split's default (:data:`BABBLE_VOICES`)."""
+    voice of the split, the caller's included), "other" (the split's voices other than the caller's) or
+    "own" (the caller's voice only); None = the split's default (:data:`BABBLE_VOICES`)."""
     rng = np.random.default_rng(seed_of(name))
     n = int(seconds * RATE)
     pool = list(prompts(lang))
@@ -377,9 +380,9 @@ def main() -> int:
     ap.add_argument("--kinds", default=",".join(NOISES), help="comma-separated noise kinds to build")
     ap.add_argument("--babble-from-start", action="store_true",
                     help="babble already at full density at the call's first sample (a variant; use with --out)")
-    ap.add_argument("--babble-voices", choices=("split", "other"), default=None,
-                    help="babble from every voice of the split or only from voices other than the caller's "
-                         "(default: other in the extra split, split in dev/test)")
+    ap.add_argument("--babble-voices", choices=BABBLE_CHOICES, default=None,
+                    help="babble from every voice of the split, only from voices other than the caller's, or only "
+                         "from the caller's own voice (default: other in the extra split, split in dev/test)")
     args = ap.parse_args()
     kinds = tuple(k for k in args.kinds.split(",") if k)
     here = Path(__file__).resolve().parent

@@ -106,6 +106,7 @@ def test_babble_other_excludes_the_callers_voice() -> None:
     other_pool = cr.babble_pool("dev", "en", used, "other")
     assert {p.name.split("/")[0] for p in split_pool} == {"en", "es"}
     assert {p.name.split("/")[0] for p in other_pool} == {"es"}
+    assert {p.name.split("/")[0] for p in cr.babble_pool("dev", "en", used, "own")} == {"en"}
     assert all(p.name not in used for p in split_pool)
     with pytest.raises(ValueError):
         cr.babble_pool("dev", "en", used, "mine")
