@@ -53,9 +53,12 @@ lint: $(STAMP)
 	$(VENV)/bin/mypy
 
 ASTERISK_SOUNDS := asterisk-core-sounds-en-wav asterisk-core-sounds-es-wav asterisk-core-sounds-fr-wav asterisk-core-sounds-it-wav
+# the `extra` split's voices (ru, Italian Menardi: wav; Colombian Spanish, French Armelle: GSM 06.10, decoded by
+# libgsm-tools' untoast)
+ASTERISK_SOUNDS += asterisk-core-sounds-ru-wav asterisk-prompt-it-menardi-wav asterisk-prompt-es-co asterisk-prompt-fr-armelle libgsm-tools
 
 # Full corpora (gitignored): bench/corpus_full (espeak-ng, synthetic) and bench/corpus_real_full
-# (real recorded prompts, dev + test splits). The committed subsets are bench/corpus and bench/corpus_real.
+# (real recorded prompts, dev + test + extra splits). The committed subsets are bench/corpus and bench/corpus_real.
 corpus: $(BENCH_STAMP)
 	@command -v espeak-ng >/dev/null || (apt-get update -qq && apt-get install -y -qq espeak-ng)
 	@dpkg -s $(ASTERISK_SOUNDS) >/dev/null 2>&1 || (apt-get update -qq && apt-get install -y -qq $(ASTERISK_SOUNDS))

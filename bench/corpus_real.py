@@ -1,12 +1,19 @@
 """Build a labelled corpus of phone calls from REAL recorded speech (issue 12).
 
 Sources: Debian's ``asterisk-core-sounds-{en,es,fr,it}-wav`` (8 kHz 16-bit WAV prompts under
-/usr/share/asterisk/sounds/). Three professional voices: Allison (``en_US_f_Allison`` and
+/usr/share/asterisk/sounds/). For dev/test, three professional voices: Allison (``en_US_f_Allison`` and
 ``es_MX_f_Allison``, the same speaker in two languages), June (``fr_CA_f_June``) and Carlo
 (``it_IT_m_Carlo``, male). Splits are voice-disjoint:
 
 * ``dev``  = Allison (en + es): tune on this; the committed subset is taken from it;
-* ``test`` = June (fr) + Carlo (it): held out, never in the committed subset.
+* ``test`` = June (fr) + Carlo (it): held out, never in the committed subset;
+* ``extra`` = four more voices nothing was tuned on (issue 12 round 4): ``ru_RU_f_IvrvoiceRU`` (Russian,
+  ``asterisk-core-sounds-ru-wav``), ``it_IT_f_Menardi`` (Italian, ``asterisk-prompt-it-menardi-wav``), July E.
+  Jiménez (Colombian Spanish, ``asterisk-prompt-es-co``) and Armelle Desjardins (French,
+  ``asterisk-prompt-fr-armelle``); the last two ship 8 kHz GSM 06.10 (``*.gsm``), decoded with libgsm's
+  ``untoast`` (so they have been through a GSM codec before our μ-law channel). Its babble is made of the
+  split's OTHER voices only (``--babble-voices other``, its default; dev/test default to ``split``, i.e. the
+  caller's own voice included, as they were built first, and stay byte-identical).
 
 One call = one voice (one language). Each utterance is 1–3 prompts; prompts inside an
 utterance are separated by 80–300 ms within-sentence pauses and labelled as ONE utterance;
@@ -21,7 +28,7 @@ Prompts that are tones or contain pauses over 300 ms are not used, so every labe
 utterance has internal pauses ≤ 300 ms.
 
 Channel: speech (per-call level −28…−18 dBFS, ±3 dB per utterance) and acoustic noise
-(babble from 6 streams of OTHER prompts of the same split, or pink) pass a 300–3400 Hz
+(babble from 6 streams of OTHER prompts of the same split — of other voices only in ``extra`` — or pink) pass a 300–3400 Hz
 band-pass; line noise (50/60 Hz hum with harmonics, or band-limited hiss + clicks) is added
 after it; then the μ-law round trip. SNR (20 / 10 / 5 dB) = active speech level on the line
 ÷ noise RMS on the line.
@@ -32,9 +39,10 @@ Files are the synthetic corpus's format (``<name>.wav`` μ-law + ``<name>.json``
 (samples). Deterministic: the seed is derived from the file name.
 
 ``python bench/corpus_real.py`` writes the committed subset (dev split, calls 00–01 of every
-noise × SNR, plus the noise-only recordings) to bench/corpus_real/; ``--full`` writes both
-splits, 8 calls per noise × SNR × split, to bench/corpus_real_full/. The subset files are
-byte-identical to the same names in the full set.
+noise × SNR, plus the noise-only recordings) to bench/corpus_real/; ``--full`` writes every
+split (``--splits`` to choose), 8 calls per noise × SNR × split, to bench/corpus_real_full/ (``extra``: call i
+is voice i mod 4, so 2 calls per voice per condition). The subset files are byte-identical to the same names
+in the full set.
 """
 
 from __future__ import annotations
@@ -42,6 +50,7 @@ from __future__ import annotations
 import argparse
 import functools
 import json
+import subprocess
 import sys
 import time
 import wave
@@ -58,8 +67,21 @@ from engine.audio import mulaw
 
 RATE = 8000
 SOUNDS = Path("/usr/share/asterisk/sounds")
-VOICES = {"en": "en_US_f_Allison", "es": "es_MX_f_Allison", "fr": "fr_CA_f_June", "it": "it_IT_m_Carlo"}
-SPLITS = {"dev": ("en", "es"), "test": ("fr", "it")}
+VOICES = {"en": "en_US_f_Allison", "es": "es_MX_f_Allison", "fr": "fr_CA_f_June", "it": "it_IT_m_Carlo",
+          "ru": "ru_RU_f_IvrvoiceRU", "it-menardi": "it_IT_f_Menardi",
+          "es-co": "es_CO_f_July", "fr-armelle": "fr_f_Armelle"}
+# The `extra` split's voices: no labels key of the dev/test files changes (their prompt names stay
+# "<lang>/<path>", their "language" the lang key). GSM voices ship raw GSM 06.10 frames (*.gsm), decoded
+# by libgsm's `untoast` (apt libgsm-tools); they are listed from their Debian package, because
+# sounds/es and sounds/fr may also hold other packages' files.
+LANGUAGE = {"ru": "ru", "it-menardi": "it", "es-co": "es", "fr-armelle": "fr"}
+GSM_PACKAGES = {"es-co": "asterisk-prompt-es-co", "fr-armelle": "asterisk-prompt-fr-armelle"}
+GSM_ROOTS = {"es-co": "es", "fr-armelle": "fr"}
+SPLITS = {"dev": ("en", "es"), "test": ("fr", "it"), "extra": ("ru", "it-menardi", "es-co", "fr-armelle")}
+# babble from the split's prompts ("split": the caller's own voice included, as dev/test were built) or
+# only from the split's OTHER voices ("other"); default per split, so dev/test stay byte-identical
+BABBLE_VOICES = {"dev": "split", "test": "split", "extra": "other"}
+BABBLE_CHOICES = ("split", "other", "own")
 NOISES = ("babble", "pink", "hum", "line")
 SNRS = (20, 10, 5)
 CALL_SECONDS = 15.0
@@ -109,25 +131,51 @@ def trim(x: np.ndarray) -> tuple[int, int, list[list[int]]] | None:
     return start, end, [[s - start, t - start] for s, t in segs]
 
 
-@functools.cache
-def prompts(lang: str) -> tuple[Prompt, ...]:
-    """Every usable prompt of one language, sorted by name, normalised to unit active RMS."""
+def _wav_clips(lang: str) -> list[tuple[str, np.ndarray]]:
+    """(path relative to the voice's dir, float32 samples) for every 8 kHz 16-bit mono WAV prompt."""
     root = SOUNDS / VOICES[lang]
-    if not root.is_dir():
+    if not root.is_dir() and lang not in LANGUAGE:
         root = SOUNDS / lang
     if not root.is_dir():
-        raise SystemExit(
-            f"{root}: missing; apt-get install -y asterisk-core-sounds-{lang}-wav (make corpus does it)"
-        )
+        pkg = f"asterisk-core-sounds-{lang}-wav" if lang not in LANGUAGE else (
+            "asterisk-core-sounds-ru-wav" if lang == "ru" else "asterisk-prompt-it-menardi-wav")
+        raise SystemExit(f"{root}: missing; apt-get install -y {pkg} (make corpus does it)")
     out = []
     for f in sorted(root.rglob("*.wav")):
-        rel = f.relative_to(root).as_posix()
-        if any(x in rel for x in EXCLUDE):
-            continue
         with wave.open(str(f)) as w:
             if w.getframerate() != RATE or w.getsampwidth() != 2 or w.getnchannels() != 1:
                 continue
             x = np.frombuffer(w.readframes(w.getnframes()), "<i2").astype(np.float32) / 32768
+        out.append((f.relative_to(root).as_posix(), x))
+    return out
+
+
+def _gsm_clips(lang: str) -> list[tuple[str, np.ndarray]]:
+    """(path relative to sounds/<lang dir>, float32 samples) for every GSM 06.10 prompt of the package."""
+    pkg = GSM_PACKAGES[lang]
+    try:
+        listed = subprocess.run(["dpkg", "-L", pkg], capture_output=True, text=True, check=True).stdout
+    except (OSError, subprocess.CalledProcessError):
+        raise SystemExit(f"{pkg}: not installed; apt-get install -y {pkg} libgsm-tools (make corpus does it)") from None
+    root = SOUNDS / GSM_ROOTS[lang]
+    out = []
+    for f in sorted(Path(p) for p in listed.splitlines() if p.endswith(".gsm")):
+        try:
+            raw = subprocess.run(["untoast", "-l", "-c", str(f)], capture_output=True, check=True).stdout
+        except OSError:
+            raise SystemExit("untoast: missing; apt-get install -y libgsm-tools (make corpus does it)") from None
+        x = np.frombuffer(raw, "<i2").astype(np.float32) / 32768  # untoast -l: host order, little-endian here
+        out.append((f.relative_to(root).as_posix(), x))
+    return out
+
+
+@functools.cache
+def prompts(lang: str) -> tuple[Prompt, ...]:
+    """Every usable prompt of one voice, sorted by name, normalised to unit active RMS."""
+    out = []
+    for rel, x in (_gsm_clips(lang) if lang in GSM_PACKAGES else _wav_clips(lang)):
+        if any(e in rel for e in EXCLUDE):
+            continue
         t = trim(x)
         if t is None:
             continue
@@ -172,6 +220,16 @@ def babble_from_start(n: int, pool: list[Prompt], rng: np.random.Generator) -> n
     return out
 
 
+def babble_pool(split: str, lang: str, used: set[str], voices: str) -> list[Prompt]:
+    """The prompts babble is drawn from: the split's prompts not spoken in the call, from every voice of the
+    split ("split"), only from voices other than the caller's ("other"), or only from the caller's own voice
+    ("own": the contrast case, the caller talking over themself)."""
+    if voices not in BABBLE_CHOICES:
+        raise ValueError(f"babble voices: {voices!r} ({', '.join(BABBLE_CHOICES)})")
+    keep = {"split": lambda lg: True, "other": lambda lg: lg != lang, "own": lambda lg: lg == lang}[voices]
+    return [pr for lg in SPLITS[split] if keep(lg) for pr in prompts(lg) if pr.name not in used]
+
+
 def hum(n: int, rng: np.random.Generator) -> np.ndarray:
     """Mains hum: 50 or 60 Hz with harmonics (odd ones stronger), slight frequency drift."""
     t = np.arange(n) / RATE
@@ -202,8 +260,11 @@ def seed_of(name: str) -> int:
 
 
 def build_call(name: str, split: str, lang: str, kind: str, snr_db: float, seconds: float,
-               noise_only: bool = False, hold: bool = False, babble_at_start: bool = False) -> tuple[np.ndarray, dict]:
-    """One call: int16 PCM after the μ-law round trip, and its labels."""
+               noise_only: bool = False, hold: bool = False, babble_at_start: bool = False,
+               babble_voices: str | None = None) -> tuple[np.ndarray, dict]:
+    """One call: int16 PCM after the μ-law round trip, and its labels. ``babble_voices``: "split" (every
+    voice of the split, the caller's included), "other" (the split's voices other than the caller's) or
+    "own" (the caller's voice only); None = the split's default (:data:`BABBLE_VOICES`)."""
     rng = np.random.default_rng(seed_of(name))
     n = int(seconds * RATE)
     pool = list(prompts(lang))
@@ -245,8 +306,9 @@ def build_call(name: str, split: str, lang: str, kind: str, snr_db: float, secon
     active = float(np.sqrt(np.mean(on_line[mask].astype(np.float64) ** 2))) if mask.any() else 1.0
     on_line *= level / active
     # noise, scaled so that its RMS on the line is `snr_db` under the active speech level
-    others = [pr for lg in SPLITS[split] for pr in prompts(lg) if pr.name not in used]
+    bv = babble_voices or BABBLE_VOICES[split]
     if kind == "babble":
+        others = babble_pool(split, lang, used, bv)
         noise = bandpass((babble_from_start if babble_at_start else babble)(n, others, rng))
     elif kind == "pink":
         noise = bandpass(pink(n, rng))
@@ -271,8 +333,10 @@ def build_call(name: str, split: str, lang: str, kind: str, snr_db: float, secon
         pcm[s:e] = 0  # encodes to 0xFF, μ-law digital silence
     pcm = mulaw.decode(mulaw.encode(pcm))
     labels = {"sample_rate": RATE, "noise": kind, "snr_db": snr_db, "noise_only": noise_only,
-              "seed": seed_of(name), "split": split, "language": lang, "voice": VOICES[lang],
+              "seed": seed_of(name), "split": split, "language": LANGUAGE.get(lang, lang), "voice": VOICES[lang],
               "digital_silence": silent, "utterances": utts}
+    if bv != "split":  # only then: dev/test labels stay byte-identical
+        labels["babble_voices"] = bv
     return pcm, labels
 
 
@@ -293,14 +357,14 @@ def names(split: str, calls_per_condition: int) -> list[tuple[str, dict]]:
 
 
 def build(directory: Path, splits: tuple[str, ...], calls_per_condition: int, *,
-          kinds: tuple[str, ...] = NOISES, babble_at_start: bool = False) -> int:
+          kinds: tuple[str, ...] = NOISES, babble_at_start: bool = False, babble_voices: str | None = None) -> int:
     directory.mkdir(parents=True, exist_ok=True)
     count = 0
     for split in splits:
         for name, kw in names(split, calls_per_condition):
             if kw["kind"] not in kinds:
                 continue
-            pcm, labels = build_call(name, split, **kw, babble_at_start=babble_at_start)
+            pcm, labels = build_call(name, split, **kw, babble_at_start=babble_at_start, babble_voices=babble_voices)
             write_mulaw_wav(directory / f"{name}.wav", pcm)
             (directory / f"{name}.json").write_text(json.dumps(labels, separators=(",", ":")) + "\n")
             count += 1
@@ -309,23 +373,27 @@ def build(directory: Path, splits: tuple[str, ...], calls_per_condition: int, *,
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--full", action="store_true", help="both splits, 8 calls per condition, into bench/corpus_real_full/")
+    ap.add_argument("--full", action="store_true",
+                    help="every split (dev, test, extra), 8 calls per condition, into bench/corpus_real_full/")
+    ap.add_argument("--splits", default=None, help="comma-separated splits to build (default: all with --full, else dev)")
     ap.add_argument("--out", type=Path, default=None)
     ap.add_argument("--kinds", default=",".join(NOISES), help="comma-separated noise kinds to build")
     ap.add_argument("--babble-from-start", action="store_true",
                     help="babble already at full density at the call's first sample (a variant; use with --out)")
+    ap.add_argument("--babble-voices", choices=BABBLE_CHOICES, default=None,
+                    help="babble from every voice of the split, only from voices other than the caller's, or only "
+                         "from the caller's own voice (default: other in the extra split, split in dev/test)")
     args = ap.parse_args()
     kinds = tuple(k for k in args.kinds.split(",") if k)
     here = Path(__file__).resolve().parent
+    splits = tuple(args.splits.split(",")) if args.splits else (tuple(SPLITS) if args.full else ("dev",))
+    if unknown := [s for s in splits if s not in SPLITS]:
+        ap.error(f"unknown split(s) {unknown}; known: {', '.join(SPLITS)}")
     t0 = time.perf_counter()
-    if args.full:
-        out = args.out or here / "corpus_real_full"
-        count = build(out, ("dev", "test"), calls_per_condition=8, kinds=kinds,
-                      babble_at_start=args.babble_from_start)
-    else:
-        out = args.out or here / "corpus_real"
-        count = build(out, ("dev",), calls_per_condition=2, kinds=kinds, babble_at_start=args.babble_from_start)
-    for lg in ("en", "es", "fr", "it"):
+    out = args.out or here / ("corpus_real_full" if args.full else "corpus_real")
+    count = build(out, splits, calls_per_condition=8 if args.full else 2, kinds=kinds,
+                  babble_at_start=args.babble_from_start, babble_voices=args.babble_voices)
+    for lg in dict.fromkeys(lg for s in splits for lg in SPLITS[s]):
         print(f"{lg} ({VOICES[lg]}): {len(prompts(lg))} usable prompts")
     print(f"wrote {count} files to {out} in {time.perf_counter() - t0:.1f} s")
     return 0
