@@ -148,6 +148,7 @@ class Ticker:
     def __init__(self, calls: int, progress: str | None) -> None:
         self.groups: list[list[Conn]] = [[] for _ in range(GROUPS)]
         self.lag: list[float] = []
+        self.cpu: list[float] = []  # per tick, this thread's CPU time writing the frames (the one-process rig's split)
         self.start = 0.0
         self.calls = calls
         self.live = 0
@@ -173,9 +174,11 @@ class Ticker:
         step = FRAME_S / GROUPS
         tick = 0
         clock = trio.current_time
+        cpu = time.thread_time
         while True:
             due = start + tick * step
             await trio.sleep_until(due)
+            cpu_a = cpu()
             group = self.groups[tick % GROUPS]
             for conn in list(group):
                 k = conn.sent
@@ -197,6 +200,7 @@ class Ticker:
                 if conn.error is not None and conn in group:
                     group.remove(conn)
             self.lag.append(clock() - due)
+            self.cpu.append(cpu() - cpu_a)
             tick += 1
 
 
@@ -328,13 +332,14 @@ async def main_async(args: argparse.Namespace) -> dict[str, object]:
         "tick_start_wall": ticker.start + wall_offset,
         "tick_step_s": FRAME_S / GROUPS,
         "tick_lag_ms": [round(1000 * x, 3) for x in ticker.lag],
+        "tick_cpu_ms": [round(1000 * x, 3) for x in ticker.cpu],
         "duration_s": round(time.monotonic() - began, 2),
     }
 
 
-def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("url")
+def configure_parser(p: argparse.ArgumentParser) -> None:
+    """The load generator's options (bench/rig.py adds the emulator's to the same parser)."""
+    p.add_argument("url", help="the engine's Twilio media WebSocket, e.g. ws://127.0.0.1:8080/twilio/media")
     p.add_argument("--calls", type=int, default=1)
     p.add_argument("--audio", nargs="+", required=True)
     p.add_argument("--repeat", type=int, default=1, help="play each call's audio this many times")
@@ -343,14 +348,22 @@ def main() -> int:
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--progress", metavar="FILE", help="append all_live / first_done lines here as they happen")
     p.add_argument("--out", default="-")
-    args = p.parse_args()
-    doc = trio.run(main_async, args)
+
+
+def write_doc(doc: dict[str, object], out: str) -> None:
     text = json.dumps(doc)
-    if args.out == "-":
+    if out == "-":
         sys.stdout.write(text + "\n")
     else:
-        with open(args.out, "w") as f:
+        with open(out, "w") as f:
             f.write(text)
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    configure_parser(p)
+    args = p.parse_args()
+    write_doc(trio.run(main_async, args), args.out)
     return 0
 
 

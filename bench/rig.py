@@ -1,0 +1,103 @@
+"""The load rig in one process: the RTZR emulator's server and the load generator's ticker in one Trio run.
+
+Two interpreters on one core (bench/loadgen.py and ``sori emulate-rtzr --cheap``) preempt each other every
+2 ms, the load generator's tick: a message costs the emulator ≈ 150 µs in that rig against ≈ 40–50 µs of
+the same Python alone (BENCHMARKS.md, "The load rig"). Here both run in one Trio loop, so one ``epoll_wait``
+serves the ticker's deadline and every emulator socket, with no context switch between them. The code is
+theirs, called as is: :class:`engine.rtzr.emulator.Emulator` (its HTTP auth endpoint, WebSocket sessions,
+read hub, ``--lag-probe-ms`` and ``GET /stats``) and :func:`loadgen.main_async` (the ticker, its tick lag,
+the ``--progress`` events). The options are the union of both tools' (``--port`` is the emulator's; the
+positional URL is the engine's).
+
+Order, for bench/capacity.py: the emulator listens first (the engine needs it to start); with
+``--wait-signal`` the load starts at SIGUSR1 (once the engine is ready); when the load is over the rig writes
+``--out`` (loadgen's document plus ``emulator_stats``), appends ``{"event": "load_done"}`` to ``--progress`` and
+keeps the emulator answering (the engine's last EOS) for ``--linger-s`` (``inf``: until SIGTERM).
+
+    python bench/rig.py ws://127.0.0.1:8080/twilio/media --calls 300 --audio a.wav --repeat 2 \\
+        --port 8765 --cheap --max-sessions 400 --lag-probe-ms 10 --out load.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import signal
+import time
+
+import _common  # noqa: F401  (puts the repo on sys.path)
+import loadgen
+import msgspec
+import trio
+
+from engine.log import setup_logging
+from engine.rtzr.emulator.cli import config_from_args
+from engine.rtzr.emulator.cli import configure_parser as configure_emulator
+from engine.rtzr.emulator.server import Emulator
+
+
+def configure_parser(p: argparse.ArgumentParser) -> None:
+    loadgen.configure_parser(p)
+    configure_emulator(p)
+    p.add_argument("--wait-signal", action="store_true", help="start the load at SIGUSR1, not at once")
+    p.add_argument("--linger-s", type=float, default=2.0,
+                   help="after the load, keep the emulator serving this long (inf: until SIGTERM)")
+
+
+def note(progress: str | None, event: str) -> None:
+    if progress:
+        with open(progress, "a") as f:
+            f.write(json.dumps({"event": event, "t_wall": time.time()}) + "\n")
+
+
+async def run_load(emulator: Emulator, args: argparse.Namespace) -> dict[str, object]:
+    """The load generator against ``args.url`` while ``emulator`` serves in the same run; its document, with
+    the emulator's counters at the end of the load."""
+    doc = await loadgen.main_async(args)
+    doc["emulator_stats"] = msgspec.json.decode(emulator.stats_json())
+    doc["rig"] = "one-process"
+    return doc
+
+
+async def main_async(args: argparse.Namespace) -> None:
+    emulator = Emulator(config_from_args(args))
+    go, stop = trio.Event(), trio.Event()
+    with trio.open_signal_receiver(signal.SIGUSR1, signal.SIGTERM, signal.SIGINT) as signals:
+        async with trio.open_nursery() as nursery:
+
+            async def on_signals() -> None:
+                async for signum in signals:
+                    if signum == signal.SIGUSR1:
+                        go.set()
+                    else:
+                        stop.set()
+                        nursery.cancel_scope.cancel()
+
+            nursery.start_soon(on_signals)
+            await nursery.start(emulator.run)
+            print(f"rig: emulator on {emulator.api_base}; load {'at SIGUSR1' if args.wait_signal else 'now'}", flush=True)
+            if not args.wait_signal:
+                go.set()
+            await go.wait()
+            doc = await run_load(emulator, args)
+            loadgen.write_doc(doc, args.out)
+            note(args.progress, "load_done")
+            if math.isinf(args.linger_s):
+                await stop.wait()
+            else:
+                await trio.sleep(args.linger_s)
+            nursery.cancel_scope.cancel()
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    configure_parser(p)
+    args = p.parse_args()
+    setup_logging(args.log_level)
+    trio.run(main_async, args)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
