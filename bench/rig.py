@@ -60,9 +60,14 @@ async def run_load(emulator: Emulator, args: argparse.Namespace) -> dict[str, ob
     return doc
 
 
-async def main_async(args: argparse.Namespace) -> None:
+async def main_async(args: argparse.Namespace, go: trio.Event | None = None, *,
+                     task_status: trio.TaskStatus[Emulator] = trio.TASK_STATUS_IGNORED) -> None:
+    """The emulator serving (``task_status.started(emulator)`` once it listens), then the load: when ``go`` is
+    set if given, else at SIGUSR1 with ``--wait-signal``, else at once; then ``--linger-s``. SIGTERM/SIGINT end it."""
     emulator = Emulator(config_from_args(args))
-    go, stop = trio.Event(), trio.Event()
+    at_once = go is None and not args.wait_signal
+    go = trio.Event() if go is None else go
+    stop = trio.Event()
     with trio.open_signal_receiver(signal.SIGUSR1, signal.SIGTERM, signal.SIGINT) as signals:
         async with trio.open_nursery() as nursery:
 
@@ -77,7 +82,8 @@ async def main_async(args: argparse.Namespace) -> None:
             nursery.start_soon(on_signals)
             await nursery.start(emulator.run)
             print(f"rig: emulator on {emulator.api_base}; load {'at SIGUSR1' if args.wait_signal else 'now'}", flush=True)
-            if not args.wait_signal:
+            task_status.started(emulator)
+            if at_once:
                 go.set()
             await go.wait()
             doc = await run_load(emulator, args)
