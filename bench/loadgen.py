@@ -29,6 +29,7 @@ import random
 import socket
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
@@ -145,7 +146,7 @@ class Conn:
 class Ticker:
     """Every 2 ms, writes the next frame to every active call of the current phase group."""
 
-    def __init__(self, calls: int, progress: str | None) -> None:
+    def __init__(self, calls: int, progress: str | None, after_tick: Callable[[], None] | None = None) -> None:
         self.groups: list[list[Conn]] = [[] for _ in range(GROUPS)]
         self.lag: list[float] = []
         self.cpu: list[float] = []  # per tick, this thread's CPU time writing the frames (the one-process rig's split)
@@ -155,6 +156,7 @@ class Ticker:
         self.failed = 0
         self.finished = 0
         self.progress = progress
+        self.after_tick = after_tick  # bench/rig.py: the emulator reads its input here, after the tick's writes
 
     def live_or_failed(self, live: int = 0, failed: int = 0) -> None:
         """Count a call that started streaming or failed to connect; ``all_live`` once every call is one or the other."""
@@ -201,6 +203,8 @@ class Ticker:
                     group.remove(conn)
             self.lag.append(clock() - due)
             self.cpu.append(cpu() - cpu_a)
+            if self.after_tick is not None:
+                self.after_tick()
             tick += 1
 
 
@@ -304,11 +308,11 @@ def build_calls(args: argparse.Namespace) -> list[Conn]:
     return [Conn(i, args.audio[i % len(args.audio)], encoded[args.audio[i % len(args.audio)]]) for i in range(args.calls)]
 
 
-async def main_async(args: argparse.Namespace) -> dict[str, object]:
+async def main_async(args: argparse.Namespace, after_tick: Callable[[], None] | None = None) -> dict[str, object]:
     parts = urlsplit(args.url)
     host, port, path = parts.hostname or "127.0.0.1", parts.port or 80, parts.path or "/"
     conns = build_calls(args)
-    ticker = Ticker(len(conns), args.progress)
+    ticker = Ticker(len(conns), args.progress, after_tick)
     rng = random.Random(args.seed)
     wall_offset = time.time() - trio.current_time()
     began = time.monotonic()

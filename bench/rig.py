@@ -34,13 +34,19 @@ import trio
 from engine.log import setup_logging
 from engine.rtzr.emulator.cli import config_from_args
 from engine.rtzr.emulator.cli import configure_parser as configure_emulator
+from engine.rtzr.emulator.reader import ReadHub
 from engine.rtzr.emulator.server import Emulator
+
+TICK_S = loadgen.FRAME_S / loadgen.GROUPS
 
 
 def configure_parser(p: argparse.ArgumentParser) -> None:
     loadgen.configure_parser(p)
     configure_emulator(p)
     p.add_argument("--wait-signal", action="store_true", help="start the load at SIGUSR1, not at once")
+    p.add_argument("--read-on-tick", action=argparse.BooleanOptionalAction, default=True,
+                   help="the emulator reads its input after each tick's writes, not on its own wake-ups "
+                        "(each message read up to one tick, 2 ms, later)")
     p.add_argument("--linger-s", type=float, default=2.0,
                    help="after the load, keep the emulator serving this long (inf: until SIGTERM)")
 
@@ -51,10 +57,18 @@ def note(progress: str | None, event: str) -> None:
             f.write(json.dumps({"event": event, "t_wall": time.time()}) + "\n")
 
 
+async def drain_every(hub: ReadHub, period_s: float = TICK_S) -> None:
+    """A driven hub's reads while the ticker does not run (before and after the load): every ``period_s``."""
+    while True:
+        await trio.sleep(period_s)
+        hub.drain()
+
+
 async def run_load(emulator: Emulator, args: argparse.Namespace) -> dict[str, object]:
     """The load generator against ``args.url`` while ``emulator`` serves in the same run; its document, with
-    the emulator's counters at the end of the load."""
-    doc = await loadgen.main_async(args)
+    the emulator's counters at the end of the load. A ``read_driven`` emulator reads after every tick."""
+    hub = emulator.hub if emulator.config.read_driven else None
+    doc = await loadgen.main_async(args, None if hub is None else hub.drain)
     doc["emulator_stats"] = msgspec.json.decode(emulator.stats_json())
     doc["rig"] = "one-process"
     return doc
@@ -64,7 +78,10 @@ async def main_async(args: argparse.Namespace, go: trio.Event | None = None, *,
                      task_status: trio.TaskStatus[Emulator] = trio.TASK_STATUS_IGNORED) -> None:
     """The emulator serving (``task_status.started(emulator)`` once it listens), then the load: when ``go`` is
     set if given, else at SIGUSR1 with ``--wait-signal``, else at once; then ``--linger-s``. SIGTERM/SIGINT end it."""
-    emulator = Emulator(config_from_args(args))
+    config = config_from_args(args)
+    if args.read_on_tick:
+        config = msgspec.structs.replace(config, read_driven=True)
+    emulator = Emulator(config)
     at_once = go is None and not args.wait_signal
     go = trio.Event() if go is None else go
     stop = trio.Event()
@@ -81,12 +98,24 @@ async def main_async(args: argparse.Namespace, go: trio.Event | None = None, *,
 
             nursery.start_soon(on_signals)
             await nursery.start(emulator.run)
+            hub = emulator.hub if config.read_driven else None
+            idle = trio.CancelScope()
+
+            async def drain_while_idle() -> None:
+                with idle:
+                    if hub is not None:
+                        await drain_every(hub)
+
+            nursery.start_soon(drain_while_idle)
             print(f"rig: emulator on {emulator.api_base}; load {'at SIGUSR1' if args.wait_signal else 'now'}", flush=True)
             task_status.started(emulator)
             if at_once:
                 go.set()
             await go.wait()
+            idle.cancel()  # the ticker drains the hub from now on
             doc = await run_load(emulator, args)
+            if hub is not None:
+                nursery.start_soon(drain_every, hub)
             loadgen.write_doc(doc, args.out)
             note(args.progress, "load_done")
             if math.isinf(args.linger_s):
