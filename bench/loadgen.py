@@ -94,11 +94,13 @@ class Encoded:
         return Encoded(before, after)
 
 
-@dataclass
+@dataclass(slots=True)
 class Conn:
     index: int
     name: str
     frames: Encoded
+    before: list[bytes] = field(init=False)  # frames.before / frames.after, one attribute lookup less per frame
+    after: list[bytes] = field(init=False)
     raw: socket.socket | None = None  # the non-blocking socket the ticker writes to directly
     stream: trio.SocketStream | None = None  # the same socket, for the handshake and the reader
     ws: wsproto.WSConnection = field(default_factory=lambda: wsproto.WSConnection(wsproto.ConnectionType.CLIENT))
@@ -115,6 +117,9 @@ class Conn:
     wake: trio.Event = field(default_factory=trio.Event)
     done: trio.Event = field(default_factory=trio.Event)
     closed: trio.Event = field(default_factory=trio.Event)
+
+    def __post_init__(self) -> None:
+        self.before, self.after = self.frames.before, self.frames.after
 
     def write(self, data: bytes) -> None:
         """Queue-free write from the ticker or the reader: whole frames stay in order via the backlog."""
@@ -177,6 +182,7 @@ class Ticker:
         tick = 0
         clock = trio.current_time
         cpu = time.thread_time
+        join = b"".join
         while True:
             due = start + tick * step
             await trio.sleep_until(due)
@@ -184,6 +190,24 @@ class Ticker:
             group = self.groups[tick % GROUPS]
             for conn in list(group):
                 k = conn.sent
+                before = conn.before
+                if 0 < k < len(before) and not conn.backlog and conn.error is None:
+                    # The hot path, Conn.write inlined (≈ 30 % of the ticker's Python per frame): one join, one send.
+                    data = join((before[k], conn.sid, conn.after[k]))
+                    try:
+                        n = conn.raw.send(data)  # type: ignore[union-attr]
+                    except BlockingIOError:
+                        n = 0
+                    except OSError as exc:
+                        conn.fail(f"send: {type(exc).__name__}")
+                        group.remove(conn)
+                        continue
+                    if n < len(data):
+                        conn.backlog += data[n:]
+                        conn.stalls += 1
+                        conn.wake.set()
+                    conn.sent = k + 1
+                    continue
                 if k == 0:
                     conn.t0 = due - FRAME_S
                     self.live_or_failed(live=1)

@@ -47,6 +47,7 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--read-on-tick", action=argparse.BooleanOptionalAction, default=True,
                    help="the emulator reads its input after each tick's writes, not on its own wake-ups "
                         "(each message read up to one tick, 2 ms, later)")
+    p.add_argument("--profile", metavar="FILE", help="cProfile the whole run into FILE (pstats; slows the rig)")
     p.add_argument("--linger-s", type=float, default=2.0,
                    help="after the load, keep the emulator serving this long (inf: until SIGTERM)")
 
@@ -130,6 +131,15 @@ def main() -> int:
     configure_parser(p)
     args = p.parse_args()
     setup_logging(args.log_level)
+    if args.profile:
+        import cProfile
+
+        with cProfile.Profile() as prof:
+            try:
+                trio.run(main_async, args)
+            finally:
+                prof.dump_stats(args.profile)
+        return 0
     trio.run(main_async, args)
     return 0
 
