@@ -1,4 +1,8 @@
-"""A Twilio Media Streams load generator for the benchmarks (its own process), built to drive ≥ 600 calls per core.
+"""A Twilio Media Streams load generator for the benchmarks, built to drive many calls from one core.
+
+Run alone (this script, beside ``sori emulate-rtzr``: the two-process rig) or inside bench/rig.py (the
+one-process rig, bench/capacity.py's default), which calls :func:`main_async` with the emulator's read hub as
+``after_tick``.
 
 The same wire as ``sori simulate-call``: a WebSocket upgrade, ``connected``, ``start`` (sequence 1),
 160-byte μ-law ``media`` frames every 20 ms (sequence numbers, chunks and timestamps in order), ``stop``,
@@ -11,11 +15,14 @@ then the engine closes. What makes it cheap:
 - **One ticker for all calls.** One task wakes every 2 ms and writes the next frame to every call of the
   current phase group (10 groups, so calls are spread over the 20 ms as independent Twilio calls are);
   no task wake-up per call per frame. Only a socket the engine stops draining gets its own flusher task.
+  Its hot path (a call mid-stream, nothing backlogged) is ``Conn.write`` inlined. What it cannot make cheap
+  is the kernel: a loopback TCP ``send`` costs ≈ 7–13 µs of system time on the 2-vCPU VM (BENCHMARKS.md).
 
 Prints (or writes to ``--out``) one JSON document: per call ``t0_wall`` (Unix time at which audio position 0
 started, so frame k is due at ``t0_wall + (k + 1) * 20 ms``), and the rig's own lag: for every 2 ms tick,
 the time its last write returned minus the tick's due time (``tick_lag_ms``, tick i due at
-``tick_start_wall + i * tick_step_s``; ``sender_lag_ms_p50/p99/max`` summarise it). ``--progress FILE`` appends
+``tick_start_wall + i * tick_step_s``; ``sender_lag_ms_p50/p99/max`` summarise it) and its thread CPU writing
+(``tick_cpu_ms``: the one-process rig's load-generator share). ``--progress FILE`` appends
 ``{"event": "all_live"}`` (every call is streaming) and ``{"event": "first_done"}`` lines as they happen.
 
     python bench/loadgen.py ws://127.0.0.1:8080/twilio/media --calls 50 --audio a.wav b.wav --repeat 1
@@ -151,7 +158,7 @@ class Conn:
 class Ticker:
     """Every 2 ms, writes the next frame to every active call of the current phase group."""
 
-    def __init__(self, calls: int, progress: str | None, after_tick: Callable[[], None] | None = None) -> None:
+    def __init__(self, calls: int, progress: str | None, after_tick: Callable[[float], bool] | None = None) -> None:
         self.groups: list[list[Conn]] = [[] for _ in range(GROUPS)]
         self.lag: list[float] = []
         self.cpu: list[float] = []  # per tick, this thread's CPU time writing the frames (the one-process rig's split)
@@ -161,7 +168,10 @@ class Ticker:
         self.failed = 0
         self.finished = 0
         self.progress = progress
-        self.after_tick = after_tick  # bench/rig.py: the emulator reads its input here, after the tick's writes
+        # bench/rig.py: the emulator reads its input here, after the tick's writes, until the next tick is due
+        # (its argument); False: it stopped there with input left for the next tick (recorded per tick).
+        self.after_tick = after_tick
+        self.deferred: list[int] = []
 
     def live_or_failed(self, live: int = 0, failed: int = 0) -> None:
         """Count a call that started streaming or failed to connect; ``all_live`` once every call is one or the other."""
@@ -227,9 +237,9 @@ class Ticker:
                     group.remove(conn)
             self.lag.append(clock() - due)
             self.cpu.append(cpu() - cpu_a)
-            if self.after_tick is not None:
-                self.after_tick()
             tick += 1
+            if self.after_tick is not None:
+                self.deferred.append(0 if self.after_tick(start + tick * step) else 1)
 
 
 async def run_call(conn: Conn, host: str, port: int, path: str, ticker: Ticker, rng: random.Random) -> None:
@@ -332,7 +342,7 @@ def build_calls(args: argparse.Namespace) -> list[Conn]:
     return [Conn(i, args.audio[i % len(args.audio)], encoded[args.audio[i % len(args.audio)]]) for i in range(args.calls)]
 
 
-async def main_async(args: argparse.Namespace, after_tick: Callable[[], None] | None = None) -> dict[str, object]:
+async def main_async(args: argparse.Namespace, after_tick: Callable[[float], bool] | None = None) -> dict[str, object]:
     parts = urlsplit(args.url)
     host, port, path = parts.hostname or "127.0.0.1", parts.port or 80, parts.path or "/"
     conns = build_calls(args)
@@ -361,6 +371,7 @@ async def main_async(args: argparse.Namespace, after_tick: Callable[[], None] | 
         "tick_step_s": FRAME_S / GROUPS,
         "tick_lag_ms": [round(1000 * x, 3) for x in ticker.lag],
         "tick_cpu_ms": [round(1000 * x, 3) for x in ticker.cpu],
+        "tick_deferred": ticker.deferred,  # after_tick stopped at the next tick with work left (one-process rig)
         "duration_s": round(time.monotonic() - began, 2),
     }
 

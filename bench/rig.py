@@ -47,6 +47,8 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--read-on-tick", action=argparse.BooleanOptionalAction, default=True,
                    help="the emulator reads its input after each tick's writes, not on its own wake-ups "
                         "(each message read up to one tick, 2 ms, later)")
+    p.add_argument("--read-margin-ms", type=float, default=0.2,
+                   help="with --read-on-tick: stop reading this long before the next tick is due")
     p.add_argument("--profile", metavar="FILE", help="cProfile the whole run into FILE (pstats; slows the rig)")
     p.add_argument("--linger-s", type=float, default=2.0,
                    help="after the load, keep the emulator serving this long (inf: until SIGTERM)")
@@ -69,7 +71,15 @@ async def run_load(emulator: Emulator, args: argparse.Namespace) -> dict[str, ob
     """The load generator against ``args.url`` while ``emulator`` serves in the same run; its document, with
     the emulator's counters at the end of the load. A ``read_driven`` emulator reads after every tick."""
     hub = emulator.hub if emulator.config.read_driven else None
-    doc = await loadgen.main_async(args, None if hub is None else hub.drain)
+    margin = args.read_margin_ms / 1000
+
+    def read_until(next_due: float) -> bool:
+        # The ticker comes first: reads stop this long before the next tick is due (the rest stay ready for
+        # the next tick), as the two-process rig's load generator preempts the emulator (SCHED_FIFO 2 over 1).
+        assert hub is not None
+        return hub.drain(next_due - margin)
+
+    doc = await loadgen.main_async(args, None if hub is None else read_until)
     doc["emulator_stats"] = msgspec.json.decode(emulator.stats_json())
     doc["rig"] = "one-process"
     return doc

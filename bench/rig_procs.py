@@ -45,6 +45,15 @@ def window_sum(load: dict[str, Any], key: str, t_from: float, t_to: float) -> fl
     return float(sum(values[lo:hi])) if hi > lo else math.nan
 
 
+def deferred_pct(load: dict[str, Any], t_from: float, t_to: float) -> float:
+    """One-process rig: % of the window's ticks whose emulator reads stopped at the next tick with input left
+    (NaN for the two-process rig, whose emulator reads on its own)."""
+    if not load.get("tick_deferred"):
+        return math.nan
+    ticks = (t_to - t_from) / float(load["tick_step_s"])
+    return 100 * window_sum(load, "tick_deferred", t_from, t_to) / ticks if ticks > 0 else math.nan
+
+
 class Rig:
     """One rig for one step; ``kind`` is one of :data:`KINDS`."""
 

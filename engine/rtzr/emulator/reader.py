@@ -16,6 +16,7 @@ next wake-up. A paused reader is unregistered (not masked: epoll reports hang-up
 
 from __future__ import annotations
 
+import math
 import selectors
 from typing import Protocol
 
@@ -74,14 +75,19 @@ class ReadHub:
             trio.lowlevel.notify_closing(self._fileno)
             selector.close()
 
-    def drain(self) -> None:
-        """Read every ready socket once (without waiting); a no-op when the hub is not running."""
+    def drain(self, until: float = math.inf) -> bool:
+        """Read every ready socket once (without waiting); False when it stopped at Trio time ``until`` (checked
+        after each read, so at least one is read) with sockets still ready: they stay ready for the next call.
+        A no-op when the hub is not running."""
         if self._selector is None:
-            return
+            return True
         ready = self._selector.select(0)
         if ready:
             self.wakeups += 1
-        for key, _mask in ready:
+        bounded = until != math.inf
+        for i, (key, _mask) in enumerate(ready):
+            if bounded and i and trio.current_time() >= until:
+                return False
             if key.fd in self._active:  # an earlier reader of this batch may have removed it
                 self.reads += 1
                 reader: Reader = key.data
@@ -91,6 +97,7 @@ class ReadHub:
                     log.error("rtzr_emulator_reader_failed", exc=exc)
                     self.remove(reader)
                     reader.fail(exc)
+        return True
 
     def add(self, reader: Reader) -> None:
         self._readers[reader.fd] = reader
