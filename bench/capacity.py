@@ -44,7 +44,7 @@ from pathlib import Path
 from typing import Any
 
 import _common as c
-from rig_procs import KINDS, Rig, RigOptions, deferred_pct
+from rig_procs import KINDS, Rig, RigOptions, deferred_pct, spill_ms
 
 FINAL_MS = 150
 LAG_METRIC = "sori_twilio_frame_lag_ms_bucket"
@@ -94,6 +94,7 @@ class Step:
     emu_lag_p99: float = math.nan  # the emulator's own event-loop lag in the window (bucket bound, ms)
     emu_lag_max: float = math.nan
     deferred_pct: float = math.nan  # one-process rig: % of the window's ticks whose emulator reads spilled over
+    spill_ms: float = math.nan  # and the longest run of such ticks (ms): how late a message waited to be read
     stalls: int = 0
     reads_per_pass: float = math.nan  # the engine's ingest reactor: Twilio socket reads per pass in the window
     pass_ms: tuple[float, float, float] = (math.nan, math.nan, math.nan)  # pass duration p50 / p99 / max (bucket bounds)
@@ -342,7 +343,7 @@ def run_step(n: int, gc: str, corpus: list[c.CorpusCall], work: Path, *, args: a
         step.stalls = int(load["stalls"])
         step.rig_lag_p99, step.rig_lag_max = window_lag(load, t_a, t_b)
         step.loadgen_cpu, step.emulator_cpu = rig.split(load, t_a, t_b, rig_pcts)
-        step.deferred_pct = deferred_pct(load, t_a, t_b)
+        step.deferred_pct, step.spill_ms = deferred_pct(load, t_a, t_b), spill_ms(load, t_a, t_b)
         deadline = time.monotonic() + 15
         while time.monotonic() < deadline:
             if sum(e.get("type") == "call.ended" for e in c.read_events(events)) >= step.calls_ok:
@@ -384,8 +385,8 @@ def run_step(n: int, gc: str, corpus: list[c.CorpusCall], work: Path, *, args: a
         step.invalid.append(f"other processes took {step.others_core0:.0f} % of the engine's core")
     if step.emu_lag_p99 > args.emu_lag_ms:
         step.invalid.append(f"emulator loop lag p99 {fmt_ms(step.emu_lag_p99)} ms > {args.emu_lag_ms:g}")
-    if step.deferred_pct > args.max_deferred_pct:
-        step.invalid.append(f"the emulator's reads spilled into the next tick in {step.deferred_pct:.0f} % of ticks")
+    if step.spill_ms > args.emu_lag_ms:
+        step.invalid.append(f"the emulator's reads spilled over {step.spill_ms:g} ms of ticks in a row > {args.emu_lag_ms:g}")
     if pin and step.loadgen_cpu + step.emulator_cpu > RULE_CPU:
         step.invalid.append(f"core 1 (load generator + emulator) at {step.loadgen_cpu + step.emulator_cpu:.0f} %")
     return step
@@ -411,7 +412,7 @@ def report(steps: list[Step]) -> str:
             f"({s.rss_idle_mib:.0f}) | {s.rss_per_call_kib:.0f} KiB | {fmt_ms(s.lag_p50)} / {fmt_ms(s.lag_p99)} / "
             f"{fmt_ms(s.lag_p999)} | {s.lag_le20_pct:.2f} % | {s.finals} / {s.utterances}, {s.incomplete}, {s.lost} | {errs} | "
             f"{s.loadgen_cpu:.0f} %, {s.emulator_cpu:.0f} % | {s.rig_lag_p99:.1f} / {s.rig_lag_max:.1f} ms | "
-            f"{fmt_ms(s.emu_lag_p99)} / {fmt_ms(s.emu_lag_max)} ms{'' if math.isnan(s.deferred_pct) else f', reads spilled {s.deferred_pct:.1f} %'} | {s.reads_per_pass:.1f} | "
+            f"{fmt_ms(s.emu_lag_p99)} / {fmt_ms(s.emu_lag_max)} ms{'' if math.isnan(s.deferred_pct) else f', reads spilled {s.deferred_pct:.1f} % (run {s.spill_ms:g} ms)'} | {s.reads_per_pass:.1f} | "
             f"{s.others_cpu:.0f} % ({s.others_core0:.0f} % on core 0) | {s.calib_ms[0]:.0f} / {s.calib_ms[1]:.0f} ms |")
     lines += ["", "Why frames are late (the engine's reactor, same window): pass duration, a pass's end to the next "
               "start, GC pauses, calls whose socket held 2+ chunks in one pass (bucket bounds, ms)", "",
@@ -454,6 +455,7 @@ class RigRun:
     emu_lag_p99: float = math.nan
     emu_lag_max: float = math.nan
     deferred_pct: float = math.nan
+    spill_ms: float = math.nan
     reads_per_wakeup: float = math.nan
     calls_ok: int = 0
     sessions: int = 0
@@ -537,7 +539,7 @@ def run_rig_only(n: int, corpus: list[c.CorpusCall], work: Path, args: argparse.
         run.calls_ok = int(load["ok"])
         run.rig_lag_p99, run.rig_lag_max = window_lag(load, t_a, t_b)
         run.loadgen_cpu, run.emulator_cpu = rig.split(load, t_a, t_b, rig_pcts)
-        run.deferred_pct = deferred_pct(load, t_a, t_b)
+        run.deferred_pct, run.spill_ms = deferred_pct(load, t_a, t_b), spill_ms(load, t_a, t_b)
         time.sleep(1.0 + FINAL_MS / 1000)  # the last EOS answers
     except (RuntimeError, OSError, ValueError) as exc:
         run.invalid.append(f"run failed: {exc}")
@@ -560,8 +562,8 @@ def run_rig_only(n: int, corpus: list[c.CorpusCall], work: Path, args: argparse.
         run.behind.append(f"load generator lag p99 {run.rig_lag_p99:.1f} ms")
     if run.emu_lag_p99 > args.emu_lag_ms:
         run.behind.append(f"emulator loop lag p99 {fmt_ms(run.emu_lag_p99)} ms")
-    if run.deferred_pct > args.max_deferred_pct:
-        run.behind.append(f"emulator reads spilled into the next tick in {run.deferred_pct:.0f} % of ticks")
+    if run.spill_ms > args.emu_lag_ms:
+        run.behind.append(f"emulator reads spilled over {run.spill_ms:g} ms of ticks in a row")
     if run.calls_ok != n or run.sessions != n:
         run.behind.append(f"{run.calls_ok} calls, {run.sessions} emulator sessions of {n}")
     return run
@@ -575,14 +577,14 @@ def proc_sys_s(pid: int) -> float:
 
 def rig_report(runs: list[RigRun]) -> str:
     lines = ["| calls | rig | emulator | verdict | core 1: loadgen + emulator | per call | of which kernel | stand-in (core 0) "
-             "| loadgen lag p99 / max | emulator loop lag p99 / max | reads spilled | reads per wake-up | sessions, audio msgs, finals "
+             "| loadgen lag p99 / max | emulator loop lag p99 / max | ticks with reads spilled (longest run) | reads per wake-up | sessions, audio msgs, finals "
              "| EOS → close p50 / p99 | other processes on core 1 |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in runs:
         lines.append(
             f"| {r.calls} | {r.rig} | {r.emulator} | **{r.verdict}** | {r.core1:.0f} % = {r.loadgen_cpu:.0f} % + {r.emulator_cpu:.0f} % "
             f"| {r.core1 / r.calls:.3f} % | {r.rig_sys:.0f} % | {r.standin_cpu:.0f} % | {r.rig_lag_p99:.1f} / {r.rig_lag_max:.1f} ms "
-            f"| {fmt_ms(r.emu_lag_p99)} / {fmt_ms(r.emu_lag_max)} ms | {fmt_pct(r.deferred_pct)} | {r.reads_per_wakeup:.1f} | {r.sessions}, {r.audio_messages}, "
+            f"| {fmt_ms(r.emu_lag_p99)} / {fmt_ms(r.emu_lag_max)} ms | {fmt_pct(r.deferred_pct)} ({fmt_ms(r.spill_ms)} ms) | {r.reads_per_wakeup:.1f} | {r.sessions}, {r.audio_messages}, "
             f"{r.finals} | {r.eos_close_p50:.0f} / {r.eos_close_p99:.0f} ms | {r.core1_others:.0f} % |")
     for r in runs:
         for why, what in (("INVALID", r.invalid), ("BEHIND", r.behind)):
@@ -612,10 +614,8 @@ def main() -> int:
     p.add_argument("--no-pin", action="store_true")
     p.add_argument("--no-rt", action="store_true", help="do not run the load generator SCHED_FIFO (chrt -f 1)")
     p.add_argument("--emu-lag-ms", type=float, default=10.0,
-                   help="emulator event-loop lag p99 above this: the rig fell behind (INVALID step)")
-    p.add_argument("--max-deferred-pct", type=float, default=10.0,
-                   help="one-process rig: the emulator's reads spilled into the next tick in more than this %% of "
-                        "the window's ticks: the rig fell behind (INVALID step)")
+                   help="emulator event-loop lag p99 (one-process rig: or its reads spilling over this many ms of "
+                        "ticks in a row) above this: the rig fell behind (INVALID step)")
     p.add_argument("--emu-read-batch-ms", type=float, default=0.0,
                    help="emulator --read-batch-ms (more sessions per wake-up; its results up to this much later)")
     p.add_argument("--rig-only", type=int, nargs="+", metavar="CALLS",

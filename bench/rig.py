@@ -1,13 +1,19 @@
 """The load rig in one process: the RTZR emulator's server and the load generator's ticker in one Trio run.
 
 Two interpreters on one core (bench/loadgen.py and ``sori emulate-rtzr --cheap``) preempt each other every
-2 ms, the load generator's tick: a message costs the emulator ≈ 150 µs in that rig against ≈ 40–50 µs of
-the same Python alone (BENCHMARKS.md, "The load rig"). Here both run in one Trio loop, so one ``epoll_wait``
-serves the ticker's deadline and every emulator socket, with no context switch between them. The code is
-theirs, called as is: :class:`engine.rtzr.emulator.Emulator` (its HTTP auth endpoint, WebSocket sessions,
-read hub, ``--lag-probe-ms`` and ``GET /stats``) and :func:`loadgen.main_async` (the ticker, its tick lag,
-the ``--progress`` events). The options are the union of both tools' (``--port`` is the emulator's; the
-positional URL is the engine's).
+2 ms, the load generator's tick. Here both run in one Trio loop: one ``epoll_wait`` serves the ticker's
+deadline and every emulator socket, no context switch between them, and (``--read-on-tick``, the default) the
+emulator's read hub never wakes on its own: after each tick's writes the ticker reads every ready emulator
+socket (``ReadHub.drain``), stopping ``--read-overrun-ms`` (1 ms) after the next tick is due so the ticker
+keeps its pace, as the two-process rig's load generator preempts the emulator (SCHED_FIFO 2 over 1); sockets
+left unread stay ready for the next tick, and the ticks where that happened are recorded (``tick_deferred``;
+bench/capacity.py checks the longest run of them).
+Each message is thus read up to one tick (2 ms) later than by a self-woken hub (as ``--read-batch-ms 2``).
+
+The code is theirs, called as is: :class:`engine.rtzr.emulator.Emulator` (its HTTP auth endpoint, WebSocket
+sessions, read hub, ``--lag-probe-ms`` and ``GET /stats``) and :func:`loadgen.main_async` (the ticker, its
+tick lag and thread CPU, the ``--progress`` events). The options are the union of both tools' (``--port``
+is the emulator's; the positional URL is the engine's).
 
 Order, for bench/capacity.py: the emulator listens first (the engine needs it to start); with
 ``--wait-signal`` the load starts at SIGUSR1 (once the engine is ready); when the load is over the rig writes
@@ -47,8 +53,9 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--read-on-tick", action=argparse.BooleanOptionalAction, default=True,
                    help="the emulator reads its input after each tick's writes, not on its own wake-ups "
                         "(each message read up to one tick, 2 ms, later)")
-    p.add_argument("--read-margin-ms", type=float, default=0.2,
-                   help="with --read-on-tick: stop reading this long before the next tick is due")
+    p.add_argument("--read-overrun-ms", type=float, default=1.0,
+                   help="with --read-on-tick: stop reading this long after the next tick is due (the rest "
+                        "stays for the next tick)")
     p.add_argument("--profile", metavar="FILE", help="cProfile the whole run into FILE (pstats; slows the rig)")
     p.add_argument("--linger-s", type=float, default=2.0,
                    help="after the load, keep the emulator serving this long (inf: until SIGTERM)")
@@ -71,13 +78,14 @@ async def run_load(emulator: Emulator, args: argparse.Namespace) -> dict[str, ob
     """The load generator against ``args.url`` while ``emulator`` serves in the same run; its document, with
     the emulator's counters at the end of the load. A ``read_driven`` emulator reads after every tick."""
     hub = emulator.hub if emulator.config.read_driven else None
-    margin = args.read_margin_ms / 1000
+    overrun = args.read_overrun_ms / 1000
 
     def read_until(next_due: float) -> bool:
-        # The ticker comes first: reads stop this long before the next tick is due (the rest stay ready for
-        # the next tick), as the two-process rig's load generator preempts the emulator (SCHED_FIFO 2 over 1).
+        # The ticker comes first: reads stop this long after the next tick is due (the rest stay ready for the
+        # next tick), so a burst of emulator input delays a tick by about that much at most. Not before it is
+        # due: a tick wakes up to 1 ms late anyway (epoll's timeout is in whole ms), time reads would lose.
         assert hub is not None
-        return hub.drain(next_due - margin)
+        return hub.drain(next_due + overrun)
 
     doc = await loadgen.main_async(args, None if hub is None else read_until)
     doc["emulator_stats"] = msgspec.json.decode(emulator.stats_json())
