@@ -107,3 +107,16 @@ def test_split_charges_the_ticker_to_the_load_generator(tmp_path: Path) -> None:
     assert abs(loadgen_pct - 25.0) < 1e-9 and abs(emulator_pct - 35.0) < 1e-9
     two = rig_procs.Rig("two-process", 1, 10, tmp_path, "t", one.opts)
     assert two.split(load, 100.2, 101.2, [30.0, 40.0]) == (30.0, 40.0)
+
+
+def test_spill_reports_how_long_reads_kept_spilling_over() -> None:
+    flags = [0] * 1000
+    flags[100:105] = [1] * 5  # one run of 5 ticks (10 ms) inside the window
+    flags[900:950] = [1] * 50  # a long run outside it
+    load = {"tick_start_wall": 0.0, "tick_step_s": 0.002, "tick_deferred": flags}
+    p99, worst = rig_procs.spill_ms(load, 0.0, 1.0)  # ticks 0..499
+    assert worst == 10.0 and p99 <= 10.0
+    assert rig_procs.deferred_pct(load, 0.0, 1.0) == 1.0
+    assert rig_procs.spill_ms(load, 0.0, 2.0)[1] == 100.0
+    two = {"tick_start_wall": 0.0, "tick_step_s": 0.002, "tick_deferred": []}
+    assert all(v != v for v in rig_procs.spill_ms(two, 0.0, 1.0))  # NaN: the two-process rig has none
