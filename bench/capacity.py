@@ -16,7 +16,8 @@ Verdict by the rule: PASS when frame lag p99 ≤ 20 ms over the window, no final
 connected, engine ≤ 90 % of one core. INVALID (the rig or the machine, not the engine, was measured) when
 the load generator's sender lag p99 in the window is above ``--rig-lag-ms``, core 1 (load generator +
 emulator) was above 90 %, the emulator's own event-loop lag p99 (its ``--lag-probe-ms`` histogram, window
-delta) was above ``--emu-lag-ms``, other processes took more than ``--max-others`` % of the engine's core, or
+delta) or, one-process rig, the p99 of how long its reads kept spilling over into later ticks was above
+``--emu-lag-ms``, other processes took more than ``--max-others`` % of the engine's core, or
 the window did not fit inside the calls. The load generator runs SCHED_FIFO (``chrt -f 1``) unless ``--no-rt``;
 in the one-process rig that is the whole rig, emulator included.
 
