@@ -4,8 +4,9 @@ Two interpreters on one core (bench/loadgen.py and ``sori emulate-rtzr --cheap``
 2 ms, the load generator's tick. Here both run in one Trio loop: one ``epoll_wait`` serves the ticker's
 deadline and every emulator socket, no context switch between them, and (``--read-on-tick``, the default) the
 emulator's read hub never wakes on its own: after each tick's writes the ticker reads every ready emulator
-socket (``ReadHub.drain``), stopping ``--read-overrun-ms`` (1 ms) after the next tick is due so the ticker
-keeps its pace, as the two-process rig's load generator preempts the emulator (SCHED_FIFO 2 over 1); sockets
+socket (``ReadHub.drain``), stopping ``--read-overrun-ms`` (1 ms) after the next tick is due (but reading
+at least ``--read-least-ms``, 0.5 ms, per tick, so a late ticker catching up does not starve the emulator) so
+the ticker keeps its pace, as the two-process rig's load generator preempts the emulator (SCHED_FIFO 2 over 1); sockets
 left unread stay ready for the next tick, and the ticks where that happened are recorded (``tick_deferred``;
 bench/capacity.py checks the longest run of them).
 Each message is thus read up to one tick (2 ms) later than by a self-woken hub (as ``--read-batch-ms 2``).
@@ -57,6 +58,8 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--read-overrun-ms", type=float, default=1.0,
                    help="with --read-on-tick: stop reading this long after the next tick is due (the rest "
                         "stays for the next tick)")
+    p.add_argument("--read-least-ms", type=float, default=0.5,
+                   help="with --read-on-tick: read for at least this long after each tick (a late ticker too)")
     p.add_argument("--gc-freeze", action=argparse.BooleanOptionalAction, default=True,
                    help="freeze start-up objects and raise the GC thresholds for the load (fewer pauses of the ticker)")
     p.add_argument("--profile", metavar="FILE", help="cProfile the whole run into FILE (pstats; slows the rig)")
@@ -81,14 +84,15 @@ async def run_load(emulator: Emulator, args: argparse.Namespace) -> dict[str, ob
     """The load generator against ``args.url`` while ``emulator`` serves in the same run; its document, with
     the emulator's counters at the end of the load. A ``read_driven`` emulator reads after every tick."""
     hub = emulator.hub if emulator.config.read_driven else None
-    overrun = args.read_overrun_ms / 1000
+    overrun, least = args.read_overrun_ms / 1000, args.read_least_ms / 1000
 
     def read_until(next_due: float) -> bool:
         # The ticker comes first: reads stop this long after the next tick is due (the rest stay ready for the
         # next tick), so a burst of emulator input delays a tick by about that much at most. Not before it is
         # due: a tick wakes up to 1 ms late anyway (epoll's timeout is in whole ms), time reads would lose.
+        # But never less than `least` per tick: a late ticker catching up must not starve the emulator.
         assert hub is not None
-        return hub.drain(next_due + overrun)
+        return hub.drain(max(next_due + overrun, trio.current_time() + least))
 
     if args.gc_freeze:
         # One process: the emulator's garbage collections pause the ticker too (full ones every ~0.3 s at 300
