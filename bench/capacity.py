@@ -1,26 +1,32 @@
 """Capacity: concurrent real-time calls one engine process carries, by the rule, with a rig that is checked too.
 
-Per step a fresh engine (``sori serve``, pinned to core 0), a fresh RTZR emulator (``sori emulate-rtzr``,
-``--cheap`` by default: EPD/Finalize/EOS and timestamps without recognition; handshake 100 ms, final 150 ms)
-and ``bench/loadgen.py`` (both pinned to core 1). Every call plays a corpus call ``--repeat`` times. Once every
+Per step a fresh engine (``sori serve``, pinned to core 0) and a fresh load rig on core 1: the RTZR emulator
+(``--cheap`` by default: EPD/Finalize/EOS and timestamps without recognition; handshake 100 ms, final 150 ms)
+and the load generator, in one process by default (``--rig one-process``: bench/rig.py, one Trio run, the
+emulator's input read after each tick's writes) or in two (``--rig two-process``: ``sori emulate-rtzr`` +
+bench/loadgen.py; ``--rig one-process two-process`` runs each step with both, an A/B; bench/rig_procs.py
+starts either). Every call plays a corpus call ``--repeat`` times. Once every
 call is streaming (the load generator's ``all_live``) and ``--settle-s`` later, a ``--window-s`` window is
 measured in which every call is live: engine CPU (% of one core, /proc), the engine's frame-lag histogram
-(``sori_twilio_frame_lag_ms``, window delta), the rig's CPU (load generator, emulator) and the load generator's
-sender lag. Over the whole step: peak RSS (and per call above the ready, idle engine), finals vs utterances,
+(``sori_twilio_frame_lag_ms``, window delta), the rig's CPU (load generator, emulator; one process: its ticker's
+thread CPU vs the rest) and the load generator's sender lag. Over the whole step: peak RSS (and per call above the ready, idle engine), finals vs utterances,
 errors.
 
 Verdict by the rule: PASS when frame lag p99 ≤ 20 ms over the window, no final lost, no error, every call
 connected, engine ≤ 90 % of one core. INVALID (the rig or the machine, not the engine, was measured) when
 the load generator's sender lag p99 in the window is above ``--rig-lag-ms``, core 1 (load generator +
 emulator) was above 90 %, the emulator's own event-loop lag p99 (its ``--lag-probe-ms`` histogram, window
-delta) was above ``--emu-lag-ms``, other processes took more than ``--max-others`` % of the engine's core, or
-the window did not fit inside the calls. The load generator runs SCHED_FIFO (``chrt -f 1``) unless ``--no-rt``.
+delta) or, one-process rig, the p99 of how long its reads kept spilling over into later ticks was above
+``--emu-lag-ms``, other processes took more than ``--max-others`` % of the engine's core, or
+the window did not fit inside the calls. The load generator runs SCHED_FIFO (``chrt -f 1``) unless ``--no-rt``;
+in the one-process rig that is the whole rig, emulator included.
 
     .venv/bin/python bench/capacity.py --steps 100 200 300 --gc throughput default [--repeat 3]
-    .venv/bin/python bench/capacity.py --rig-only 300 600 [--ab-emulator /tmp/old-tree]   # the rig alone
+    .venv/bin/python bench/capacity.py --rig-only 300 600 [--rig one-process two-process] [--ab-emulator DIR]
 
 ``--rig-only``: the load generator and the emulator on core 1 drive N calls through bench/standin.py on core 0
 (a trivial engine stand-in that forwards every call's audio to its own emulator session in 100 ms messages).
+``--ab-emulator DIR`` adds a run of that checkout's emulator (two-process rig).
 """
 
 from __future__ import annotations
@@ -39,6 +45,7 @@ from pathlib import Path
 from typing import Any
 
 import _common as c
+from rig_procs import KINDS, Rig, RigOptions, deferred_pct, spill_ms
 
 FINAL_MS = 150
 LAG_METRIC = "sori_twilio_frame_lag_ms_bucket"
@@ -63,6 +70,7 @@ class StepFailed(Exception):
 class Step:
     calls: int
     gc: str
+    rig: str = "one-process"
     engine_cpu: float = math.nan
     rss_idle_mib: float = 0.0
     rss_peak_mib: float = 0.0
@@ -86,6 +94,8 @@ class Step:
     rig_lag_max: float = math.nan
     emu_lag_p99: float = math.nan  # the emulator's own event-loop lag in the window (bucket bound, ms)
     emu_lag_max: float = math.nan
+    deferred_pct: float = math.nan  # one-process rig: % of the window's ticks whose emulator reads spilled over
+    spill_ms: tuple[float, float] = (math.nan, math.nan)  # p99 / max of how long reads had been spilling (ms)
     stalls: int = 0
     reads_per_pass: float = math.nan  # the engine's ingest reactor: Twilio socket reads per pass in the window
     pass_ms: tuple[float, float, float] = (math.nan, math.nan, math.nan)  # pass duration p50 / p99 / max (bucket bounds)
@@ -230,18 +240,29 @@ def rig_cmd(cmd: list[str], args: argparse.Namespace, prio: int = 1) -> list[str
     return cmd if args.no_rt else c.realtime(cmd, prio)
 
 
-def run_step(n: int, gc: str, corpus: list[c.CorpusCall], work: Path, *, args: argparse.Namespace) -> Step:
-    step = Step(n, gc)
-    tag = f"{n}-{gc}"
+def load_args(url: str, n: int, corpus: list[c.CorpusCall], progress: Path, out: Path, args: argparse.Namespace) -> list[str]:
+    """The load generator's options (bench/loadgen.py, or the one-process bench/rig.py)."""
+    stagger = min(20.0, args.ramp_s * 1000 / n)
+    return [url, "--calls", str(n), "--stagger-ms", f"{stagger:.3f}", "--repeat", str(args.repeat),
+            "--progress", str(progress), "--out", str(out), "--audio", *[str(k.wav) for k in corpus]]
+
+
+def run_step(n: int, gc: str, corpus: list[c.CorpusCall], work: Path, *, args: argparse.Namespace, kind: str) -> Step:
+    step = Step(n, gc, kind)
+    tag = f"{n}-{gc}-{kind}-{next(_rig_runs)}"
     pin = not args.no_pin
     before_ms = calibrate(pin)
     emu_port, port, admin = c.free_port(), c.free_port(), c.free_port()
     events = work / f"events-{tag}.jsonl"
     progress = work / f"progress-{tag}.jsonl"
-    emulator = c.start_emulator(emu_port, max_sessions=n + 50, log=work / f"emu-{tag}.log", cpu=1 if pin else None,
-                                final_ms=FINAL_MS, cheap=not args.full_emulator, read_batch_ms=args.emu_read_batch_ms)
-    engine = gen = None
+    out = work / f"load-{tag}.json"
+    # The load generator (one process: the whole rig) SCHED_FIFO 1 unless --no-rt; two processes: the emulator not.
+    rig = Rig(kind, emu_port, n + 50, work, tag, RigOptions(
+        pin=pin, rt=not args.no_rt, load_prio=1, emulator_rt=False, cheap=not args.full_emulator, final_ms=FINAL_MS,
+        read_batch_ms=args.emu_read_batch_ms))
+    engine = None
     try:
+        rig.start_emulator(load_args(f"ws://127.0.0.1:{port}/twilio/media", n, corpus, progress, out, args))
         engine = c.start_engine(port, admin, emu_port, events=events, log=work / f"engine-{tag}.log",
                                 cpu=0 if pin else None,
                                 settings=[f"rtzr.pool.max_sessions={n + 20}", f"rtzr.pool.spare={args.spare}",
@@ -249,16 +270,11 @@ def run_step(n: int, gc: str, corpus: list[c.CorpusCall], work: Path, *, args: a
         wait_ready(admin, engine)
         time.sleep(1.0)
         idle_rss = peak = c.proc_rss(engine.pid)
-        stagger = min(20.0, args.ramp_s * 1000 / n)
-        out = work / f"load-{tag}.json"
-        gen = c.spawn(rig_cmd([c.PY, str(c.ROOT / "bench" / "loadgen.py"), f"ws://127.0.0.1:{port}/twilio/media",
-                       "--calls", str(n), "--stagger-ms", f"{stagger:.3f}", "--repeat", str(args.repeat),
-                       "--progress", str(progress), "--out", str(out), "--audio", *[str(k.wav) for k in corpus]], args),
-                      cpu=1 if pin else None, log=work / f"load-{tag}.log")
+        rig.start_load()
 
         def watch(until: float, event: str | None = None) -> bool:
             nonlocal peak
-            while time.monotonic() < until and gen is not None and gen.poll() is None:
+            while time.monotonic() < until and rig.load_running():
                 peak = max(peak, c.proc_rss(engine.pid))
                 if event is not None and event in progress_events(progress):
                     return True
@@ -268,19 +284,19 @@ def run_step(n: int, gc: str, corpus: list[c.CorpusCall], work: Path, *, args: a
         if not watch(time.monotonic() + args.ramp_s + 60, "all_live"):
             step.invalid.append("calls never all live")
         watch(time.monotonic() + args.settle_s)
-        if gen.poll() is not None:
+        if not rig.load_running():
             raise StepFailed("the load generator ended before the window")
         t_a = time.time()
         busy_a, core0_a = machine_busy_s(), machine_busy_s(0)
-        cpu_a = [c.CpuSample.take(p.pid) for p in (engine, gen, emulator)]
+        cpu_a = [c.CpuSample.take(pid) for pid in (engine.pid, *rig.pids())]
         text_a = fetch(f"http://127.0.0.1:{admin}/metrics")
         hist_a = histogram_buckets(text_a, LAG_METRIC)
         emu_a = c.emulator_stats(emu_port)
         watch(time.monotonic() + args.window_s)
         emu_b = c.emulator_stats(emu_port)
-        if gen.poll() is not None:
+        if not rig.load_running():
             raise StepFailed("the load generator ended inside the window")
-        cpu_b = [c.CpuSample.take(p.pid) for p in (engine, gen, emulator)]
+        cpu_b = [c.CpuSample.take(pid) for pid in (engine.pid, *rig.pids())]
         busy_b, core0_b = machine_busy_s(), machine_busy_s(0)
         text_b = fetch(f"http://127.0.0.1:{admin}/metrics")
         hist_b = histogram_buckets(text_b, LAG_METRIC)
@@ -306,7 +322,7 @@ def run_step(n: int, gc: str, corpus: list[c.CorpusCall], work: Path, *, args: a
             step.invalid.append("a call ended inside the window (raise --repeat)")
         step.window_s = t_b - t_a
         step.emu_lag_p99, step.emu_lag_max = c.lag_window(emu_b, emu_a)
-        step.engine_cpu, step.loadgen_cpu, step.emulator_cpu = (b.percent_since(a) for a, b in zip(cpu_a, cpu_b, strict=True))
+        step.engine_cpu, *rig_pcts = (b.percent_since(a) for a, b in zip(cpu_a, cpu_b, strict=True))
         ours = sum(b.cpu_s - a.cpu_s for a, b in zip(cpu_a, cpu_b, strict=True))
         step.others_cpu = max(0.0, 100 * (busy_b - busy_a - ours) / (cpu_b[0].wall - cpu_a[0].wall))
         step.others_core0 = max(0.0, 100 * (core0_b - core0_a - (cpu_b[0].cpu_s - cpu_a[0].cpu_s))
@@ -319,7 +335,7 @@ def run_step(n: int, gc: str, corpus: list[c.CorpusCall], work: Path, *, args: a
             step.doubled_pct = 100 * (joined + alone) / step.frames
             step.joined_pct = 100 * joined / (joined + alone) if joined + alone else math.nan
         watch(time.monotonic() + 3600)
-        gen.wait()
+        rig.wait_load()
         step.rss_idle_mib = idle_rss / 2**20
         step.rss_peak_mib = peak / 2**20
         step.rss_per_call_kib = (peak - idle_rss) / n / 1024
@@ -327,6 +343,8 @@ def run_step(n: int, gc: str, corpus: list[c.CorpusCall], work: Path, *, args: a
         step.calls_ok = int(load["ok"])
         step.stalls = int(load["stalls"])
         step.rig_lag_p99, step.rig_lag_max = window_lag(load, t_a, t_b)
+        step.loadgen_cpu, step.emulator_cpu = rig.split(load, t_a, t_b, rig_pcts)
+        step.deferred_pct, step.spill_ms = deferred_pct(load, t_a, t_b), spill_ms(load, t_a, t_b)
         deadline = time.monotonic() + 15
         while time.monotonic() < deadline:
             if sum(e.get("type") == "call.ended" for e in c.read_events(events)) >= step.calls_ok:
@@ -335,9 +353,9 @@ def run_step(n: int, gc: str, corpus: list[c.CorpusCall], work: Path, *, args: a
     except (StepFailed, RuntimeError, OSError, ValueError) as exc:
         step.invalid.append(f"step failed: {exc}")
     finally:
-        for proc in (gen, engine, emulator):
-            if proc is not None:
-                c.stop(proc)
+        if engine is not None:
+            c.stop(engine)
+        rig.stop()
     step.calib_ms = (before_ms, calibrate(pin))
     started: set[str] = set()
     closed: set[str] = set()
@@ -368,9 +386,15 @@ def run_step(n: int, gc: str, corpus: list[c.CorpusCall], work: Path, *, args: a
         step.invalid.append(f"other processes took {step.others_core0:.0f} % of the engine's core")
     if step.emu_lag_p99 > args.emu_lag_ms:
         step.invalid.append(f"emulator loop lag p99 {fmt_ms(step.emu_lag_p99)} ms > {args.emu_lag_ms:g}")
+    if step.spill_ms[0] > args.emu_lag_ms:
+        step.invalid.append(f"the emulator's reads spilled over ticks in a row: p99 {step.spill_ms[0]:g} ms > {args.emu_lag_ms:g}")
     if pin and step.loadgen_cpu + step.emulator_cpu > RULE_CPU:
         step.invalid.append(f"core 1 (load generator + emulator) at {step.loadgen_cpu + step.emulator_cpu:.0f} %")
     return step
+
+
+def fmt_pct(v: float) -> str:
+    return "–" if math.isnan(v) else f"{v:.1f} %"
 
 
 def fmt_ms(v: float) -> str:
@@ -378,18 +402,18 @@ def fmt_ms(v: float) -> str:
 
 
 def report(steps: list[Step]) -> str:
-    lines = ["| calls | GC | verdict | engine CPU | RSS peak (idle) | RSS/call | frame lag p50 / p99 / p99.9 ms "
+    lines = ["| calls | GC | rig | verdict | engine CPU | RSS peak (idle) | RSS/call | frame lag p50 / p99 / p99.9 ms "
              "| frames ≤ 20 ms | closing finals / utterances, incomplete, lost | errors | rig CPU: loadgen, emulator | rig lag p99 / max "
              "| emulator lag p99 / max | reads per pass | other processes | core 0 calibration before / after |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for s in steps:
         errs = f"{s.errors}" + (f" ({', '.join(f'{k} {v}' for k, v in s.error_kinds.items())})" if s.errors else "")
         lines.append(
-            f"| {s.calls} | {s.gc} | **{s.verdict}** | {s.engine_cpu:.0f} % | {s.rss_peak_mib:.0f} MiB "
+            f"| {s.calls} | {s.gc} | {s.rig} | **{s.verdict}** | {s.engine_cpu:.0f} % | {s.rss_peak_mib:.0f} MiB "
             f"({s.rss_idle_mib:.0f}) | {s.rss_per_call_kib:.0f} KiB | {fmt_ms(s.lag_p50)} / {fmt_ms(s.lag_p99)} / "
             f"{fmt_ms(s.lag_p999)} | {s.lag_le20_pct:.2f} % | {s.finals} / {s.utterances}, {s.incomplete}, {s.lost} | {errs} | "
             f"{s.loadgen_cpu:.0f} %, {s.emulator_cpu:.0f} % | {s.rig_lag_p99:.1f} / {s.rig_lag_max:.1f} ms | "
-            f"{fmt_ms(s.emu_lag_p99)} / {fmt_ms(s.emu_lag_max)} ms | {s.reads_per_pass:.1f} | "
+            f"{fmt_ms(s.emu_lag_p99)} / {fmt_ms(s.emu_lag_max)} ms{'' if math.isnan(s.deferred_pct) else f', reads spilled {s.deferred_pct:.1f} % (spilling p99 {s.spill_ms[0]:g} ms)'} | {s.reads_per_pass:.1f} | "
             f"{s.others_cpu:.0f} % ({s.others_core0:.0f} % on core 0) | {s.calib_ms[0]:.0f} / {s.calib_ms[1]:.0f} ms |")
     lines += ["", "Why frames are late (the engine's reactor, same window): pass duration, a pass's end to the next "
               "start, GC pauses, calls whose socket held 2+ chunks in one pass (bucket bounds, ms)", "",
@@ -403,12 +427,12 @@ def report(steps: list[Step]) -> str:
             f"{' / '.join(fmt_ms(v) for v in s.gc_max_ms)} | {s.doubled_pct:.2f} % ({s.joined_pct:.0f} %) |")
     for s in steps:
         if s.invalid:
-            lines.append(f"INVALID {s.calls} ({s.gc}): {'; '.join(s.invalid)}")
+            lines.append(f"INVALID {s.calls} ({s.gc}, {s.rig}): {'; '.join(s.invalid)}")
         if s.calls_ok != s.calls:
             lines.append(f"{s.calls} ({s.gc}): only {s.calls_ok} calls connected")
-    for gc in dict.fromkeys(s.gc for s in steps):
-        passed = [s.calls for s in steps if s.gc == gc and s.verdict == "PASS"]
-        lines.append(f"capacity with GC {gc}: {max(passed) if passed else 'below the smallest step'} calls by the rule "
+    for gc, rig in dict.fromkeys((s.gc, s.rig) for s in steps):
+        passed = [s.calls for s in steps if (s.gc, s.rig) == (gc, rig) and s.verdict == "PASS"]
+        lines.append(f"capacity with GC {gc} ({rig} rig): {max(passed) if passed else 'below the smallest step'} calls by the rule "
                      f"(frame lag p99 ≤ 20 ms in the all-live window, no final lost, no error, engine ≤ 90 %)")
     return "\n".join(lines)
 
@@ -421,16 +445,18 @@ def report(steps: list[Step]) -> str:
 class RigRun:
     calls: int
     emulator: str  # "this tree" or the --ab-emulator checkout
-    loadgen_cpu: float = math.nan
-    emulator_cpu: float = math.nan
+    rig: str = "one-process"
+    loadgen_cpu: float = math.nan  # one process: its ticker's thread CPU
+    emulator_cpu: float = math.nan  # one process: the rest of it
     standin_cpu: float = math.nan
     core1_others: float = math.nan  # other processes on the rig's core during the window
-    loadgen_sys: float = math.nan  # of which in the kernel (% of a core)
-    emulator_sys: float = math.nan
+    rig_sys: float = math.nan  # of the rig's CPU, in the kernel (% of a core)
     rig_lag_p99: float = math.nan
     rig_lag_max: float = math.nan
     emu_lag_p99: float = math.nan
     emu_lag_max: float = math.nan
+    deferred_pct: float = math.nan
+    spill_ms: tuple[float, float] = (math.nan, math.nan)
     reads_per_wakeup: float = math.nan
     calls_ok: int = 0
     sessions: int = 0
@@ -457,59 +483,55 @@ _rig_runs = itertools.count(1)
 
 
 def run_rig_only(n: int, corpus: list[c.CorpusCall], work: Path, args: argparse.Namespace,
-                 emulator_root: Path | None = None) -> RigRun:
-    """The rig on core 1 (load generator SCHED_FIFO + ``--cheap`` emulator) driving ``n`` calls through the
-    stand-in on core 0 (bench/standin.py: Twilio in, every call's audio to its own emulator session in 100 ms
-    messages). Unless --no-rt all three run SCHED_FIFO (load generator above the emulator, so its pacing comes
-    first), so other engineers' processes on this shared machine cannot starve the rig. KEEPS UP = core 1 ≤ 90 %, load generator lag p99 ≤ --rig-lag-ms, emulator loop lag p99 ≤
+                 kind: str = "one-process", emulator_root: Path | None = None) -> RigRun:
+    """The rig on core 1 (load generator SCHED_FIFO + ``--cheap`` emulator; ``kind``: in one process, or two)
+    driving ``n`` calls through the stand-in on core 0 (bench/standin.py: Twilio in, every call's audio to its
+    own emulator session in 100 ms messages). Unless --no-rt all run SCHED_FIFO (two processes: load generator
+    above the emulator, so its pacing comes first), so other engineers' processes on this shared machine cannot
+    starve the rig. KEEPS UP = core 1 ≤ 90 %, load generator lag p99 ≤ --rig-lag-ms, emulator loop lag p99 ≤
     --emu-lag-ms, every call and session up; INVALID when the stand-in (> 90 %) or other processes on core 1
     (> --max-others) were the limit, or a call ended inside the window."""
     pin = not args.no_pin
     # A fresh tag per run: a repeated step (--rig-only 300 300) must not read the previous run's progress file.
-    tag = f"{n}-{'ab' if emulator_root else 'this'}-{next(_rig_runs)}"
-    run = RigRun(n, str(emulator_root) if emulator_root else "this tree")
+    tag = f"{n}-{'ab' if emulator_root else 'this'}-{kind}-{next(_rig_runs)}"
+    run = RigRun(n, str(emulator_root) if emulator_root else "this tree", kind)
     emu_port, port = c.free_port(), c.free_port()
     # An --ab-emulator checkout's own loop lag too, when it has the probe (main has had it since issue 13's rig work).
     root = emulator_root or c.ROOT
     probe = 10 if "--lag-probe-ms" in (root / "engine" / "rtzr" / "emulator" / "cli.py").read_text() else 0
-    emulator = c.start_emulator(emu_port, max_sessions=n + 50, log=work / f"emu-rig-{tag}.log", cpu=1 if pin else None,
-                                final_ms=FINAL_MS, cheap=True, lag_probe_ms=probe,
-                                root=emulator_root or c.ROOT, rt=not args.no_rt,
-                                read_batch_ms=0.0 if emulator_root else args.emu_read_batch_ms)
+    rig = Rig(kind, emu_port, n + 50, work, f"rig-{tag}", RigOptions(
+        pin=pin, rt=not args.no_rt, load_prio=2, emulator_rt=not args.no_rt, cheap=True, final_ms=FINAL_MS,
+        read_batch_ms=0.0 if emulator_root else args.emu_read_batch_ms, lag_probe_ms=probe, root=emulator_root))
     stats_path = work / f"standin-{tag}.json"
-    standin = gen = None
+    progress = work / f"progress-rig-{tag}.jsonl"
+    out = work / f"load-rig-{tag}.json"
+    standin = None
     try:
+        rig.start_emulator(load_args(f"ws://127.0.0.1:{port}/twilio/media", n, corpus, progress, out, args))
         standin = c.spawn(rig_cmd([c.PY, str(c.ROOT / "bench" / "standin.py"), "--port", str(port), "--emulator",
                            f"127.0.0.1:{emu_port}", "--stats", str(stats_path)], args), cpu=0 if pin else None,
                           log=work / f"standin-{tag}.log")
         c.wait_port(port, standin)
-        progress = work / f"progress-rig-{tag}.jsonl"
-        out = work / f"load-rig-{tag}.json"
-        stagger = min(20.0, args.ramp_s * 1000 / n)
-        gen = c.spawn(rig_cmd([c.PY, str(c.ROOT / "bench" / "loadgen.py"), f"ws://127.0.0.1:{port}/twilio/media",
-                       "--calls", str(n), "--stagger-ms", f"{stagger:.3f}", "--repeat", str(args.repeat),
-                       "--progress", str(progress), "--out", str(out), "--audio", *[str(k.wav) for k in corpus]], args, 2),
-                      cpu=1 if pin else None, log=work / f"load-rig-{tag}.log")
+        rig.start_load()
         deadline = time.monotonic() + args.ramp_s + 60
-        while "all_live" not in progress_events(progress) and time.monotonic() < deadline and gen.poll() is None:
+        while "all_live" not in progress_events(progress) and time.monotonic() < deadline and rig.load_running():
             time.sleep(0.2)
         time.sleep(args.settle_s)
-        procs = (gen, emulator, standin)
+        pids = [*rig.pids(), standin.pid]
         emu_a = c.emulator_stats(emu_port)
-        t_a, cpu_a, core1_a = time.time(), [c.CpuSample.take(p.pid) for p in procs], machine_busy_s(1)
-        sys_a = [proc_sys_s(p.pid) for p in procs[:2]]
+        t_a, cpu_a, core1_a = time.time(), [c.CpuSample.take(pid) for pid in pids], machine_busy_s(1)
+        sys_a = sum(proc_sys_s(pid) for pid in pids[:-1])
         time.sleep(args.window_s)
-        t_b, cpu_b, core1_b = time.time(), [c.CpuSample.take(p.pid) for p in procs], machine_busy_s(1)
-        sys_b = [proc_sys_s(p.pid) for p in procs[:2]]
-        run.loadgen_sys, run.emulator_sys = (100 * (b - a) / (cpu_b[0].wall - cpu_a[0].wall)
-                                             for a, b in zip(sys_a, sys_b, strict=True))
+        t_b, cpu_b, core1_b = time.time(), [c.CpuSample.take(pid) for pid in pids], machine_busy_s(1)
+        sys_b = sum(proc_sys_s(pid) for pid in pids[:-1])
+        run.rig_sys = 100 * (sys_b - sys_a) / (cpu_b[0].wall - cpu_a[0].wall)
         emu_b = c.emulator_stats(emu_port)
         if "first_done" in progress_events(progress):
             run.invalid.append("a call ended inside the window (raise --repeat)")
-        gen.wait()
+        rig.wait_load()
         run.window_s = t_b - t_a
-        run.loadgen_cpu, run.emulator_cpu, run.standin_cpu = (b.percent_since(a) for a, b in zip(cpu_a, cpu_b, strict=True))
-        ours1 = sum(b.cpu_s - a.cpu_s for a, b in zip(cpu_a[:2], cpu_b[:2], strict=True))
+        *rig_pcts, run.standin_cpu = (b.percent_since(a) for a, b in zip(cpu_a, cpu_b, strict=True))
+        ours1 = sum(b.cpu_s - a.cpu_s for a, b in zip(cpu_a[:-1], cpu_b[:-1], strict=True))
         run.core1_others = max(0.0, 100 * (core1_b - core1_a - ours1) / (cpu_b[0].wall - cpu_a[0].wall))
         run.emu_lag_p99, run.emu_lag_max = c.lag_window(emu_b, emu_a)
         if emu_a and emu_b and emu_b["read_wakeups"] > emu_a["read_wakeups"]:
@@ -517,13 +539,15 @@ def run_rig_only(n: int, corpus: list[c.CorpusCall], work: Path, args: argparse.
         load = json.loads(out.read_text())
         run.calls_ok = int(load["ok"])
         run.rig_lag_p99, run.rig_lag_max = window_lag(load, t_a, t_b)
+        run.loadgen_cpu, run.emulator_cpu = rig.split(load, t_a, t_b, rig_pcts)
+        run.deferred_pct, run.spill_ms = deferred_pct(load, t_a, t_b), spill_ms(load, t_a, t_b)
         time.sleep(1.0 + FINAL_MS / 1000)  # the last EOS answers
     except (RuntimeError, OSError, ValueError) as exc:
         run.invalid.append(f"run failed: {exc}")
     finally:
-        for proc in (gen, standin, emulator):
-            if proc is not None:
-                c.stop(proc)
+        rig.stop()
+        if standin is not None:
+            c.stop(standin)
     if stats_path.exists():
         st = json.loads(stats_path.read_text())
         run.sessions, run.finals, run.audio_messages = st["sessions_opened"], st["finals"], st["audio_messages"]
@@ -539,6 +563,8 @@ def run_rig_only(n: int, corpus: list[c.CorpusCall], work: Path, args: argparse.
         run.behind.append(f"load generator lag p99 {run.rig_lag_p99:.1f} ms")
     if run.emu_lag_p99 > args.emu_lag_ms:
         run.behind.append(f"emulator loop lag p99 {fmt_ms(run.emu_lag_p99)} ms")
+    if run.spill_ms[0] > args.emu_lag_ms:
+        run.behind.append(f"emulator reads spilling over ticks in a row: p99 {run.spill_ms[0]:g} ms")
     if run.calls_ok != n or run.sessions != n:
         run.behind.append(f"{run.calls_ok} calls, {run.sessions} emulator sessions of {n}")
     return run
@@ -551,20 +577,20 @@ def proc_sys_s(pid: int) -> float:
 
 
 def rig_report(runs: list[RigRun]) -> str:
-    lines = ["| calls | emulator | verdict | core 1: loadgen + emulator | of which kernel | stand-in (core 0) | loadgen lag p99 / max "
-             "| emulator loop lag p99 / max | reads per wake-up | sessions, audio msgs, finals | EOS → close p50 / p99 "
-             "| other processes on core 1 |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| calls | rig | emulator | verdict | core 1: loadgen + emulator | per call | of which kernel | stand-in (core 0) "
+             "| loadgen lag p99 / max | emulator loop lag p99 / max | ticks with reads spilled (spilling for p99 / max) | reads per wake-up | sessions, audio msgs, finals "
+             "| EOS → close p50 / p99 | other processes on core 1 |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in runs:
         lines.append(
-            f"| {r.calls} | {r.emulator} | **{r.verdict}** | {r.core1:.0f} % = {r.loadgen_cpu:.0f} % + {r.emulator_cpu:.0f} % "
-            f"| {r.loadgen_sys:.0f} % + {r.emulator_sys:.0f} % | {r.standin_cpu:.0f} % | {r.rig_lag_p99:.1f} / {r.rig_lag_max:.1f} ms | {fmt_ms(r.emu_lag_p99)} / "
-            f"{fmt_ms(r.emu_lag_max)} ms | {r.reads_per_wakeup:.1f} | {r.sessions}, {r.audio_messages}, {r.finals} "
-            f"| {r.eos_close_p50:.0f} / {r.eos_close_p99:.0f} ms | {r.core1_others:.0f} % |")
+            f"| {r.calls} | {r.rig} | {r.emulator} | **{r.verdict}** | {r.core1:.0f} % = {r.loadgen_cpu:.0f} % + {r.emulator_cpu:.0f} % "
+            f"| {r.core1 / r.calls:.3f} % | {r.rig_sys:.0f} % | {r.standin_cpu:.0f} % | {r.rig_lag_p99:.1f} / {r.rig_lag_max:.1f} ms "
+            f"| {fmt_ms(r.emu_lag_p99)} / {fmt_ms(r.emu_lag_max)} ms | {fmt_pct(r.deferred_pct)} ({' / '.join(fmt_ms(v) for v in r.spill_ms)} ms) | {r.reads_per_wakeup:.1f} | {r.sessions}, {r.audio_messages}, "
+            f"{r.finals} | {r.eos_close_p50:.0f} / {r.eos_close_p99:.0f} ms | {r.core1_others:.0f} % |")
     for r in runs:
         for why, what in (("INVALID", r.invalid), ("BEHIND", r.behind)):
             if what:
-                lines.append(f"{why} {r.calls} ({r.emulator}): {'; '.join(what)}")
+                lines.append(f"{why} {r.calls} ({r.rig}, {r.emulator}): {'; '.join(what)}")
     return "\n".join(lines)
 
 
@@ -589,26 +615,35 @@ def main() -> int:
     p.add_argument("--no-pin", action="store_true")
     p.add_argument("--no-rt", action="store_true", help="do not run the load generator SCHED_FIFO (chrt -f 1)")
     p.add_argument("--emu-lag-ms", type=float, default=10.0,
-                   help="emulator event-loop lag p99 above this: the rig fell behind (INVALID step)")
+                   help="emulator event-loop lag p99 (one-process rig: or its reads spilling over this many ms of "
+                        "ticks in a row) above this: the rig fell behind (INVALID step)")
     p.add_argument("--emu-read-batch-ms", type=float, default=0.0,
                    help="emulator --read-batch-ms (more sessions per wake-up; its results up to this much later)")
     p.add_argument("--rig-only", type=int, nargs="+", metavar="CALLS",
                    help="measure the rig alone (load generator + emulator) through an engine stand-in")
     p.add_argument("--ab-emulator", metavar="DIR",
-                   help="with --rig-only: also run the emulator of the checkout DIR (an A/B in the same run)")
+                   help="with --rig-only: also run the emulator of the checkout DIR (an A/B in the same run; "
+                        "in the two-process rig)")
+    p.add_argument("--rig", nargs="+", choices=KINDS, default=["one-process"],
+                   help="the load rig: load generator and emulator in one process (bench/rig.py) or two "
+                        "(bench/loadgen.py + sori emulate-rtzr); several: each step once per rig, in this order (A/B)")
     args = p.parse_args()
     corpus = c.load_corpus()
     work = Path(tempfile.mkdtemp(prefix="sori-capacity-"))
     if args.rig_only:
         runs: list[RigRun] = []
+        plan: list[tuple[str, Path | None]] = [(kind, None) for kind in args.rig]
+        if args.ab_emulator:
+            plan.append(("two-process", Path(args.ab_emulator).resolve()))
         for n in args.rig_only:
-            for root in (None, *([Path(args.ab_emulator).resolve()] if args.ab_emulator else [])):
-                runs.append(run_rig_only(n, corpus, work, args, root))
+            for kind, root in plan:
+                runs.append(run_rig_only(n, corpus, work, args, kind, root))
                 r = runs[-1]
-                print(f"  rig {n} calls ({r.emulator}): {r.verdict}, core 1 {r.core1:.0f} % (loadgen {r.loadgen_cpu:.0f} "
+                print(f"  rig {n} calls ({r.rig}, {r.emulator}): {r.verdict}, core 1 {r.core1:.0f} % (loadgen {r.loadgen_cpu:.0f} "
                       f"+ emulator {r.emulator_cpu:.0f}), stand-in {r.standin_cpu:.0f} %, loadgen lag p99 "
-                      f"{r.rig_lag_p99:.1f} ms, emulator lag p99 {fmt_ms(r.emu_lag_p99)} ms", flush=True)
-        print(f"rig only: load generator + --cheap emulator on core 1, bench/standin.py on core 0"
+                      f"{r.rig_lag_p99:.1f} ms, emulator lag p99 {fmt_ms(r.emu_lag_p99)} ms, "
+                      f"other processes on core 1 {r.core1_others:.0f} %", flush=True)
+        print(f"rig only: load generator + --cheap emulator on core 1 ({' vs '.join(args.rig)}), bench/standin.py on core 0"
               f"{'' if args.no_rt else ' (all SCHED_FIFO, load generator first)'}; "
               f"{len(corpus)} corpus calls × {args.repeat} plays; window {args.window_s:g} s after all live + "
               f"{args.settle_s:g} s; {c.machine()}; logs in {work}")
@@ -616,10 +651,10 @@ def main() -> int:
         return 0
     results: list[Step] = []
     for n in args.steps:
-        for gc in args.gc:
-            results.append(run_step(n, gc, corpus, work, args=args))
+        for gc, kind in itertools.product(args.gc, args.rig):
+            results.append(run_step(n, gc, corpus, work, args=args, kind=kind))
             s = results[-1]
-            print(f"  {n} calls, GC {gc}: {s.verdict}, engine {s.engine_cpu:.0f} %, lag p99 {fmt_ms(s.lag_p99)} ms, "
+            print(f"  {n} calls, GC {gc}, rig {kind}: {s.verdict}, engine {s.engine_cpu:.0f} %, lag p99 {fmt_ms(s.lag_p99)} ms, "
                   f"pass p50/p99/max {'/'.join(fmt_ms(v) for v in s.pass_ms)} ms, gap p99/max "
                   f"{'/'.join(fmt_ms(v) for v in s.gap_ms)} ms, GC gen2 {s.gc_pauses[2]} (max {fmt_ms(s.gc_max_ms[2])} ms), "
                   f"2nd chunks {s.doubled_pct:.2f} % of frames, "
@@ -629,8 +664,8 @@ def main() -> int:
     print(f"capacity: {len(corpus)} corpus calls × {args.repeat} plays per call, emulator "
           f"{'full' if args.full_emulator else '--cheap'}, window {args.window_s:g} s after all live + {args.settle_s:g} s, "
           f"settings {args.settings or 'default'}, "
-          f"{'unpinned' if args.no_pin else 'pinned (engine core 0; emulator + load generator core 1)'}"
-          f"{'' if args.no_rt else ', load generator SCHED_FIFO'}; {c.machine()}; "
+          f"{'unpinned' if args.no_pin else 'pinned (engine core 0; emulator + load generator core 1)'}, rig {' vs '.join(args.rig)}"
+          f"{'' if args.no_rt else ', load generator SCHED_FIFO (one process: the whole rig)'}; {c.machine()}; "
           f"logs in {work}")
     print(report(results))
     return 0

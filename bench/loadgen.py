@@ -1,4 +1,8 @@
-"""A Twilio Media Streams load generator for the benchmarks (its own process), built to drive ≥ 600 calls per core.
+"""A Twilio Media Streams load generator for the benchmarks, built to drive many calls from one core.
+
+Run alone (this script, beside ``sori emulate-rtzr``: the two-process rig) or inside bench/rig.py (the
+one-process rig, bench/capacity.py's default), which calls :func:`main_async` with the emulator's read hub as
+``after_tick``.
 
 The same wire as ``sori simulate-call``: a WebSocket upgrade, ``connected``, ``start`` (sequence 1),
 160-byte μ-law ``media`` frames every 20 ms (sequence numbers, chunks and timestamps in order), ``stop``,
@@ -11,11 +15,14 @@ then the engine closes. What makes it cheap:
 - **One ticker for all calls.** One task wakes every 2 ms and writes the next frame to every call of the
   current phase group (10 groups, so calls are spread over the 20 ms as independent Twilio calls are);
   no task wake-up per call per frame. Only a socket the engine stops draining gets its own flusher task.
+  Its hot path (a call mid-stream, nothing backlogged) is ``Conn.write`` inlined. What it cannot make cheap
+  is the kernel: a loopback TCP ``send`` costs ≈ 7–13 µs of system time on the 2-vCPU VM (BENCHMARKS.md).
 
 Prints (or writes to ``--out``) one JSON document: per call ``t0_wall`` (Unix time at which audio position 0
 started, so frame k is due at ``t0_wall + (k + 1) * 20 ms``), and the rig's own lag: for every 2 ms tick,
 the time its last write returned minus the tick's due time (``tick_lag_ms``, tick i due at
-``tick_start_wall + i * tick_step_s``; ``sender_lag_ms_p50/p99/max`` summarise it). ``--progress FILE`` appends
+``tick_start_wall + i * tick_step_s``; ``sender_lag_ms_p50/p99/max`` summarise it) and its thread CPU writing
+(``tick_cpu_ms``: the one-process rig's load-generator share). ``--progress FILE`` appends
 ``{"event": "all_live"}`` (every call is streaming) and ``{"event": "first_done"}`` lines as they happen.
 
     python bench/loadgen.py ws://127.0.0.1:8080/twilio/media --calls 50 --audio a.wav b.wav --repeat 1
@@ -29,6 +36,7 @@ import random
 import socket
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
@@ -93,11 +101,13 @@ class Encoded:
         return Encoded(before, after)
 
 
-@dataclass
+@dataclass(slots=True)
 class Conn:
     index: int
     name: str
     frames: Encoded
+    before: list[bytes] = field(init=False)  # frames.before / frames.after, one attribute lookup less per frame
+    after: list[bytes] = field(init=False)
     raw: socket.socket | None = None  # the non-blocking socket the ticker writes to directly
     stream: trio.SocketStream | None = None  # the same socket, for the handshake and the reader
     ws: wsproto.WSConnection = field(default_factory=lambda: wsproto.WSConnection(wsproto.ConnectionType.CLIENT))
@@ -114,6 +124,9 @@ class Conn:
     wake: trio.Event = field(default_factory=trio.Event)
     done: trio.Event = field(default_factory=trio.Event)
     closed: trio.Event = field(default_factory=trio.Event)
+
+    def __post_init__(self) -> None:
+        self.before, self.after = self.frames.before, self.frames.after
 
     def write(self, data: bytes) -> None:
         """Queue-free write from the ticker or the reader: whole frames stay in order via the backlog."""
@@ -145,15 +158,20 @@ class Conn:
 class Ticker:
     """Every 2 ms, writes the next frame to every active call of the current phase group."""
 
-    def __init__(self, calls: int, progress: str | None) -> None:
+    def __init__(self, calls: int, progress: str | None, after_tick: Callable[[float], bool] | None = None) -> None:
         self.groups: list[list[Conn]] = [[] for _ in range(GROUPS)]
         self.lag: list[float] = []
+        self.cpu: list[float] = []  # per tick, this thread's CPU time writing the frames (the one-process rig's split)
         self.start = 0.0
         self.calls = calls
         self.live = 0
         self.failed = 0
         self.finished = 0
         self.progress = progress
+        # bench/rig.py: the emulator reads its input here, after the tick's writes, until the next tick is due
+        # (its argument); False: it stopped there with input left for the next tick (recorded per tick).
+        self.after_tick = after_tick
+        self.deferred: list[int] = []
 
     def live_or_failed(self, live: int = 0, failed: int = 0) -> None:
         """Count a call that started streaming or failed to connect; ``all_live`` once every call is one or the other."""
@@ -173,12 +191,33 @@ class Ticker:
         step = FRAME_S / GROUPS
         tick = 0
         clock = trio.current_time
+        cpu = time.thread_time
+        join = b"".join
         while True:
             due = start + tick * step
             await trio.sleep_until(due)
+            cpu_a = cpu()
             group = self.groups[tick % GROUPS]
             for conn in list(group):
                 k = conn.sent
+                before = conn.before
+                if 0 < k < len(before) and not conn.backlog and conn.error is None:
+                    # The hot path, Conn.write inlined (≈ 30 % of the ticker's Python per frame): one join, one send.
+                    data = join((before[k], conn.sid, conn.after[k]))
+                    try:
+                        n = conn.raw.send(data)  # type: ignore[union-attr]
+                    except BlockingIOError:
+                        n = 0
+                    except OSError as exc:
+                        conn.fail(f"send: {type(exc).__name__}")
+                        group.remove(conn)
+                        continue
+                    if n < len(data):
+                        conn.backlog += data[n:]
+                        conn.stalls += 1
+                        conn.wake.set()
+                    conn.sent = k + 1
+                    continue
                 if k == 0:
                     conn.t0 = due - FRAME_S
                     self.live_or_failed(live=1)
@@ -197,7 +236,10 @@ class Ticker:
                 if conn.error is not None and conn in group:
                     group.remove(conn)
             self.lag.append(clock() - due)
+            self.cpu.append(cpu() - cpu_a)
             tick += 1
+            if self.after_tick is not None:
+                self.deferred.append(0 if self.after_tick(start + tick * step) else 1)
 
 
 async def run_call(conn: Conn, host: str, port: int, path: str, ticker: Ticker, rng: random.Random) -> None:
@@ -300,11 +342,11 @@ def build_calls(args: argparse.Namespace) -> list[Conn]:
     return [Conn(i, args.audio[i % len(args.audio)], encoded[args.audio[i % len(args.audio)]]) for i in range(args.calls)]
 
 
-async def main_async(args: argparse.Namespace) -> dict[str, object]:
+async def main_async(args: argparse.Namespace, after_tick: Callable[[float], bool] | None = None) -> dict[str, object]:
     parts = urlsplit(args.url)
     host, port, path = parts.hostname or "127.0.0.1", parts.port or 80, parts.path or "/"
     conns = build_calls(args)
-    ticker = Ticker(len(conns), args.progress)
+    ticker = Ticker(len(conns), args.progress, after_tick)
     rng = random.Random(args.seed)
     wall_offset = time.time() - trio.current_time()
     began = time.monotonic()
@@ -328,13 +370,15 @@ async def main_async(args: argparse.Namespace) -> dict[str, object]:
         "tick_start_wall": ticker.start + wall_offset,
         "tick_step_s": FRAME_S / GROUPS,
         "tick_lag_ms": [round(1000 * x, 3) for x in ticker.lag],
+        "tick_cpu_ms": [round(1000 * x, 3) for x in ticker.cpu],
+        "tick_deferred": ticker.deferred,  # after_tick stopped at the next tick with work left (one-process rig)
         "duration_s": round(time.monotonic() - began, 2),
     }
 
 
-def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("url")
+def configure_parser(p: argparse.ArgumentParser) -> None:
+    """The load generator's options (bench/rig.py adds the emulator's to the same parser)."""
+    p.add_argument("url", help="the engine's Twilio media WebSocket, e.g. ws://127.0.0.1:8080/twilio/media")
     p.add_argument("--calls", type=int, default=1)
     p.add_argument("--audio", nargs="+", required=True)
     p.add_argument("--repeat", type=int, default=1, help="play each call's audio this many times")
@@ -343,14 +387,22 @@ def main() -> int:
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--progress", metavar="FILE", help="append all_live / first_done lines here as they happen")
     p.add_argument("--out", default="-")
-    args = p.parse_args()
-    doc = trio.run(main_async, args)
+
+
+def write_doc(doc: dict[str, object], out: str) -> None:
     text = json.dumps(doc)
-    if args.out == "-":
+    if out == "-":
         sys.stdout.write(text + "\n")
     else:
-        with open(args.out, "w") as f:
+        with open(out, "w") as f:
             f.write(text)
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    configure_parser(p)
+    args = p.parse_args()
+    write_doc(trio.run(main_async, args), args.out)
     return 0
 
 

@@ -107,6 +107,9 @@ class EmulatorConfig(Struct, kw_only=True):
     # > 0 (load tests): input is read at most once per read_batch_ms, so one wake-up serves more sessions;
     # every message (Finalize included) may then be read up to that much later.
     read_batch_ms: Annotated[float, Meta(ge=0, le=50)] = 0.0
+    # True (the one-process load rig only, bench/rig.py; no CLI flag): input is read only when the owner calls
+    # Emulator.hub.drain(), e.g. after each of its ticks; nothing is read otherwise.
+    read_driven: bool = False
 
     def __post_init__(self) -> None:
         if (self.client_id is None) != (self.client_secret is None):

@@ -9,10 +9,14 @@ many sessions are ready per wake-up, so the per-wake cost is shared. Writes stay
 
 Registration is level-triggered: a reader that leaves bytes in its socket is simply called again on the
 next wake-up. A paused reader is unregistered (not masked: epoll reports hang-ups even on an empty mask).
+
+``driven=True`` (the one-process load rig, bench/rig.py): the hub never wakes itself; its owner calls
+:meth:`drain` (the rig's ticker, after each 2 ms tick's writes), so reading costs no Trio wake-up of its own.
 """
 
 from __future__ import annotations
 
+import math
 import selectors
 from typing import Protocol
 
@@ -36,9 +40,10 @@ class Reader(Protocol):
 class ReadHub:
     """Many sockets, one waiting task. ``add``/``pause``/``resume``/``remove`` are synchronous and idempotent."""
 
-    def __init__(self, *, batch_s: float = 0.0) -> None:
+    def __init__(self, *, batch_s: float = 0.0, driven: bool = False) -> None:
         # > 0: at most one wake-up per batch_s (load tests: more sockets per wake-up, each read up to batch_s later)
         self._batch_s = batch_s
+        self._driven = driven  # only drain() reads (its owner calls it)
         self._selector: selectors.BaseSelector | None = None
         self._fileno = -1
         self._readers: dict[int, Reader] = {}  # registered or paused, by fd
@@ -56,29 +61,43 @@ class ReadHub:
         self._selector, self._fileno = selector, int(fileno())
         task_status.started(self)
         try:
+            if self._driven:
+                await trio.sleep_forever()
             while True:
                 await trio.lowlevel.wait_readable(self._fileno)
                 if self._batch_s:
                     await trio.sleep(self._batch_s)
-                ready = selector.select(0)
-                if ready:
-                    self.wakeups += 1
-                for key, _mask in ready:
-                    if key.fd in self._active:  # an earlier reader of this batch may have removed it
-                        self.reads += 1
-                        reader: Reader = key.data
-                        try:
-                            reader.readable()
-                        except Exception as exc:  # one session's bug must not stop every session's input
-                            log.error("rtzr_emulator_reader_failed", exc=exc)
-                            self.remove(reader)
-                            reader.fail(exc)
+                self.drain()
         finally:
             self._selector = None
             self._readers.clear()
             self._active.clear()
             trio.lowlevel.notify_closing(self._fileno)
             selector.close()
+
+    def drain(self, until: float = math.inf) -> bool:
+        """Read every ready socket once (without waiting); False when it stopped at Trio time ``until`` (checked
+        after each read, so at least one is read) with sockets still ready: they stay ready for the next call.
+        A no-op when the hub is not running."""
+        if self._selector is None:
+            return True
+        ready = self._selector.select(0)
+        if ready:
+            self.wakeups += 1
+        bounded = until != math.inf
+        for i, (key, _mask) in enumerate(ready):
+            if bounded and i and trio.current_time() >= until:
+                return False
+            if key.fd in self._active:  # an earlier reader of this batch may have removed it
+                self.reads += 1
+                reader: Reader = key.data
+                try:
+                    reader.readable()
+                except Exception as exc:  # one session's bug must not stop every session's input
+                    log.error("rtzr_emulator_reader_failed", exc=exc)
+                    self.remove(reader)
+                    reader.fail(exc)
+        return True
 
     def add(self, reader: Reader) -> None:
         self._readers[reader.fd] = reader

@@ -110,6 +110,11 @@ class Emulator:
     def ws_url(self) -> str:
         return f"ws://{self.config.host}:{self.port}{STREAM_PATH}"
 
+    @property
+    def hub(self) -> ReadHub | None:
+        """The read hub of the running emulator (``read_driven``: its owner calls ``hub.drain()``)."""
+        return self._hub
+
     def inject(self, fault: Fault) -> None:
         """Apply ``fault`` to the next ``fault.sessions`` upgrade attempts."""
         self._injected.append(fault)
@@ -139,7 +144,8 @@ class Emulator:
         self.port = listeners[0].socket.getsockname()[1]
         log.warning("rtzr_emulator_started", notice=EMULATED_NOTICE, api_base=self.api_base, ws_url=self.ws_url)
         async with trio.open_nursery() as nursery:
-            self._hub = await nursery.start(ReadHub(batch_s=self.config.read_batch_ms / 1000).run)
+            self._hub = await nursery.start(ReadHub(batch_s=self.config.read_batch_ms / 1000,
+                                                    driven=self.config.read_driven).run)
             if self.config.lag_probe_ms:
                 nursery.start_soon(self._probe_lag, self.config.lag_probe_ms / 1000)
             task_status.started(self)
