@@ -38,17 +38,18 @@ class _PushLease(_RecordingLease):
         self.write_pending = False
         self.fail_next_push = False
 
-    def send_audio_nowait(self, pcm: bytes) -> bool:
+    def send_audio_nowait(self, pcm: bytes) -> int:
         self.pushes += 1
         assert not self.write_pending, "a push while a tail is pending"
         if self.refuse_every and self.pushes % self.refuse_every == 0:
-            return False
+            return 0
         self.audio += pcm
         self.pushed += 1
         self._changed.set()
         if self.partial_every and self.pushes % self.partial_every == 0:
             self.write_pending = True
-        return True
+            return 2
+        return 1
 
     async def send_audio(self, pcm: bytes) -> None:
         assert not self.write_pending, "a message overtook a partly written one"
