@@ -187,7 +187,9 @@ class UtteranceAudio:
             stored = b"".join(parts)
         if scale == 1:
             return bytes(stored)
-        return _DECODE_LE.take(np.frombuffer(stored, np.uint8)).tobytes()
+        # mode="wrap": every uint8 index is in the 256-entry table, and numpy's wrap loop is ~10 % cheaper than
+        # the bounds-checked one (callgrind: 19.1k vs 21.2k instructions for a 100 ms batch).
+        return _DECODE_LE.take(np.frombuffer(stored, np.uint8), mode="wrap").tobytes()
 
     def wake(self) -> None:
         """Wake the waiting sender now (its size reached, the utterance closed, or its lease failed); or, when
