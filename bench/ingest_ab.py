@@ -152,9 +152,6 @@ class _WsLease(_InstantLease):
         self.send_audio = sock.send_audio  # type: ignore[method-assign]
         self.send_audio_nowait = sock.send_audio_nowait if sock.pushable else None  # type: ignore[method-assign,assignment]
         self.flush = sock.flush  # type: ignore[method-assign]
-        for name in ("send_mulaw_nowait",):  # a tree's optional fast paths, as its pool's Lease offers them
-            if hasattr(sock, name):
-                setattr(self, name, getattr(sock, name))
 
     @property  # type: ignore[override]
     def write_pending(self) -> bool:
