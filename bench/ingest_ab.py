@@ -153,8 +153,8 @@ class _WsLease(_InstantLease):
         self.send_audio_nowait = sock.send_audio_nowait if sock.pushable else None  # type: ignore[method-assign,assignment]
         self.flush = sock.flush  # type: ignore[method-assign]
 
-    @property  # type: ignore[override]
-    def write_pending(self) -> bool:
+    @property
+    def write_pending(self) -> bool:  # type: ignore[override]
         return self.sock.write_pending
 
     async def finalize(self, speech_end_ms: float | None = None) -> bool:
