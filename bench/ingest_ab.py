@@ -124,21 +124,83 @@ class _InstantLease:
                            closes=True)
 
 
-class _InstantPool:
-    """Leases at once (``--stt``); counts the audio its leases were sent."""
+class _WsLease(_InstantLease):
+    """``--stt-ws``: as :class:`_InstantLease`, but every send goes through a real
+    :class:`~engine.rtzr.stream.RtzrSocket` and its WebSocket connection (framing, masking, the write) onto a
+    local socket pair whose other end the loop drains; only the results are made up (no server answers)."""
 
-    def __init__(self) -> None:
+    def __init__(self, config: Config, budgets: Budgets, metrics: Registry) -> None:
+        super().__init__()
+        from wsproto import ConnectionType
+        from wsproto.connection import Connection
+
+        from engine.rtzr.stream import RtzrSocket
+        from engine.rtzr.wsclient import WsClientConnection
+
+        ours, self.peer = socket.socketpair()
+        for s in (ours, self.peer):
+            s.setblocking(False)
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1 << 20)
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+        conn = WsClientConnection(trio.SocketStream(trio.socket.from_stdlib_socket(ours)),
+                                  send_budget=budgets.send, max_message_size=1 << 20)
+        conn._ws = Connection(ConnectionType.CLIENT)  # upgraded (no handshake: nothing answers)
+        sock = RtzrSocket(config.rtzr, None, budgets, metrics)  # type: ignore[arg-type]  # no token needed
+        sock._ws = conn
+        sock.tracker.begin_lease()
+        self.sock = sock
+        self.send_audio = sock.send_audio  # type: ignore[method-assign]
+        self.send_audio_nowait = sock.send_audio_nowait if sock.pushable else None  # type: ignore[method-assign,assignment]
+        self.flush = sock.flush  # type: ignore[method-assign]
+
+    @property
+    def write_pending(self) -> bool:  # type: ignore[override]
+        return self.sock.write_pending
+
+    async def finalize(self, speech_end_ms: float | None = None) -> bool:
+        self.sent = self.sock.tracker.bytes_sent
+        if not await self.sock.finalize(speech_end_ms):
+            return False
+        self._finalized.set()
+        return True
+
+    def drain(self) -> None:
+        try:
+            while self.peer.recv(1 << 20):
+                pass
+        except BlockingIOError:
+            pass
+
+
+class _InstantPool:
+    """Leases at once (``--stt``); counts the audio its leases were sent. ``ws``: :class:`_WsLease` leases."""
+
+    def __init__(self, ws: tuple[Config, Budgets, Registry] | None = None) -> None:
         self.leases = 0
         self.sent = 0
+        self._ws = ws
+        self._live: list[_WsLease] = []
 
     @asynccontextmanager
     async def lease(self) -> Any:
-        lease = _InstantLease()
+        lease = _InstantLease() if self._ws is None else _WsLease(*self._ws)
         self.leases += 1
+        if isinstance(lease, _WsLease):
+            self._live.append(lease)
         try:
             yield lease
         finally:
+            if isinstance(lease, _WsLease):
+                self._live.remove(lease)
+                lease.sent = lease.sock.tracker.bytes_sent
+                lease.drain()
+                lease.peer.close()
             self.sent += lease.sent
+
+    def drain(self) -> None:
+        """Empty the peers' receive buffers (``--stt-ws``), as RTZR reads what we send."""
+        for lease in self._live:
+            lease.drain()
 
 
 def _client_frame(text: str) -> bytes:
@@ -328,7 +390,7 @@ async def run(calls: int, frames_n: int, groups: int, clients_process: bool = Fa
 
 
 async def run_direct(calls: int, frames_n: int, groups: int, stt: bool = False,
-                     doubled_share: float = 0.0, gc_policy: str = "default") -> dict[str, Any]:
+                     doubled_share: float = 0.0, gc_policy: str = "default", stt_ws: bool = False) -> dict[str, Any]:
     """``--direct``: no server, no sockets; one FrameBatch wake-up per phase group, then one checkpoint (the
     woken utterance tasks run, as when the reactor goes back to epoll)."""
     config = Config()
@@ -336,7 +398,7 @@ async def run_direct(calls: int, frames_n: int, groups: int, stt: bool = False,
     audio_frames = frames_of(load_audio(str(DEMO_WAV)))
     metrics = Registry()
     budgets = Budgets(config.budgets)
-    pool: Any = _InstantPool() if stt else _NoPool()
+    pool: Any = _InstantPool((config, budgets, metrics) if stt_ws else None) if stt or stt_ws else _NoPool()
     batch = FrameBatch()
     speaking = 0
     async with trio.open_nursery() as nursery:
@@ -367,6 +429,8 @@ async def run_direct(calls: int, frames_n: int, groups: int, stt: bool = False,
                 batch.end()
                 await trio.sleep(0)
             speaking += sum(c._current is not None for c in handlers)
+            if stt_ws:
+                pool.drain()
         cpu1, wall1 = time.process_time(), time.perf_counter()
         GC_TIMER.on = False
         for call in handlers:
@@ -378,7 +442,8 @@ async def run_direct(calls: int, frames_n: int, groups: int, stt: bool = False,
     total = calls * frames_n
     return {"cpu_us_per_frame": (cpu1 - cpu0) / total * 1e6, "wall_us_per_frame": (wall1 - wall0) / total * 1e6,
             "frames": total, "speaking_share": speaking / total,
-            "stt_ms_sent_per_call": pool.sent / 16 / calls if stt else 0.0, "gc": GC_TIMER.summary(frames_n * 0.02)}
+            "stt_ms_sent_per_call": pool.sent / 16 / calls if stt or stt_ws else 0.0,
+            "gc": GC_TIMER.summary(frames_n * 0.02)}
 
 
 def main() -> int:
@@ -391,6 +456,9 @@ def main() -> int:
                    help="send from a forked child process: the CPU measured is the engine's alone")
     p.add_argument("--stt", action="store_true",
                    help="lease an instant fake socket per utterance: the speaking call's STT side is measured too")
+    p.add_argument("--stt-ws", action="store_true",
+                   help="with --direct: as --stt, but the sends go through a real RtzrSocket and its WebSocket framing "
+                        "and write, onto a local socket pair (engine/rtzr's send side measured too)")
     p.add_argument("--direct", action="store_true",
                    help="no server or sockets: frames handed to the calls in FrameBatch wake-ups (the call path alone)")
     p.add_argument("--gc", choices=["default", "throughput"], default="default",
@@ -401,8 +469,8 @@ def main() -> int:
     logging.disable(logging.ERROR)  # the per-call info/warning lines (closing calls) are not measured
     gc.callbacks.append(GC_TIMER)
     if args.direct:
-        runs = [trio.run(run_direct, args.calls, args.frames, args.groups, args.stt, args.doubled, args.gc)
-                for _ in range(args.repeat)]
+        runs = [trio.run(run_direct, args.calls, args.frames, args.groups, args.stt, args.doubled, args.gc,
+                         args.stt_ws) for _ in range(args.repeat)]
     else:
         runs = [trio.run(run, args.calls, args.frames, args.groups, args.clients_process, args.stt, args.doubled,
                          args.gc) for _ in range(args.repeat)]
@@ -413,6 +481,7 @@ def main() -> int:
                       "clients": "none (direct)" if args.direct else
                       "child process" if args.clients_process else "same process",
                       "frames_per_call": args.frames, "groups": args.groups, "stt": args.stt,
+                      "stt_ws": args.stt_ws,
                       "doubled": args.doubled, "gc_policy": args.gc, "gc": runs[0]["gc"],
                       "speaking_share": round(runs[0]["speaking_share"], 3),
                       "stt_ms_sent_per_call": round(runs[0]["stt_ms_sent_per_call"]),

@@ -632,7 +632,7 @@ class Call:
         batch = self.batch_bytes
         max_batch = max(batch, int(100 * self.stt_bytes_per_ms))
         stats = self.stats
-        send_nowait: Callable[[bytes], bool] | None = getattr(lease, "send_audio_nowait", None)
+        send_nowait: Callable[[bytes], int] | None = getattr(lease, "send_audio_nowait", None)
         push: Callable[[], int | None] | None = None
         pushed: PushLease | None = None
         if send_nowait is not None:
@@ -640,18 +640,20 @@ class Call:
             scope = utt.scope
 
             def push() -> int | None:
-                # Runs inside the reader's append: never raises, never awaits; None hands over to this task.
+                # Runs inside the reader's append, once per batch: never raises, never awaits; None hands over to
+                # this task (which then also flushes a tail the push left: 2, or an older lessee's True with it).
                 if attempt.failure is not None or scope.cancel_called:
                     return None
                 try:
                     chunk = audio.read(utt.sent, max_batch)
-                    if not send_nowait(chunk):
-                        return None
+                    state = send_nowait(chunk)
                 except Exception:  # the awaited path meets it again and reports it
                     return None
-                utt.sent += len(chunk)
+                if not state:
+                    return None
+                sent = utt.sent = utt.sent + len(chunk)
                 stats.bytes_sent += len(chunk)
-                return None if pushed is None or pushed.write_pending else utt.sent + batch
+                return sent + batch if state == 1 else None
 
         while attempt.failure is None:
             if pushed is not None and pushed.write_pending:

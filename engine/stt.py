@@ -118,10 +118,12 @@ class PushLease(LeaseLike, Protocol):
     whenever :meth:`send_audio_nowait` says False.
     """
 
-    # Send now without awaiting: True when written (or its tail :attr:`write_pending`); False, nothing sent,
-    # when only the awaited ``send_audio`` can send it; never raises. None when this lease can never send so
-    # (e.g. RTZR over TLS): the lessee then does not try.
-    send_audio_nowait: Callable[[bytes], bool] | None
+    # Send now without awaiting: 1 (or True) when written whole, 2 when written but its tail waits for
+    # :meth:`flush` (:attr:`write_pending`); 0 (False), nothing sent, when only the awaited ``send_audio`` can
+    # send it; never raises. None when this lease can never send so (e.g. RTZR over TLS): the lessee then does
+    # not try. One int, not a bool and a property to read after it: this runs once per 100 ms batch of every
+    # speaking call (issue 13).
+    send_audio_nowait: Callable[[bytes], int] | None
 
     @property
     def write_pending(self) -> bool:

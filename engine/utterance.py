@@ -43,6 +43,8 @@ BLOCK_BYTES: Final = 2048  # stored bytes per block: 256 ms of μ-law at 8 kHz, 
 # 0 as 0xFF does and is encoded as 0xFF. Translating received codes through it stores what re-encoding stored.
 CANONICAL: Final = mulaw.encode(mulaw.decode(bytes(range(256))))
 _NO_WAITER: Final = 1 << 62  # _want when no task waits: no append reaches it
+# μ-law → little-endian LINEAR16 in one lookup (the table already in the byte order RTZR wants: no astype per read).
+_DECODE_LE: Final = mulaw.DECODE_TABLE.astype("<i2")
 
 
 class UtteranceAudio:
@@ -81,9 +83,6 @@ class UtteranceAudio:
         """Bytes of block storage held now (what the buffer costs; tests and benchmarks)."""
         return len(self._blocks) * BLOCK_BYTES
 
-    def _stored(self) -> int:
-        return self._total - self._base
-
     def append(self, data: bytes) -> None:
         """Stored bytes: STT bytes, or μ-law codes with ``mulaw_as_pcm16``."""
         n = len(data)
@@ -116,8 +115,22 @@ class UtteranceAudio:
         """μ-law codes as received (nothing resampled), for compact storage or an STT that wants μ-law: the
         STT bytes are exactly those of ``append_pcm(mulaw.decode(codes), mulaw_out=...)``. Compact storage
         keeps the codes as they are (0x7F and 0xFF both read back as 0); μ-law for the STT goes through
-        :data:`CANONICAL`, so RTZR gets the very bytes the re-encoding gave it."""
-        self.append(codes if self._scale == 2 else codes.translate(CANONICAL))
+        :data:`CANONICAL`, so RTZR gets the very bytes the re-encoding gave it.
+
+        Every speaking frame comes here (engine/call.py): :meth:`append`'s one-block case is inlined (a call
+        less per frame), and the sender is only called when its size is reached (one compare per frame)."""
+        if self._scale != 2:
+            codes = codes.translate(CANONICAL)
+        fill = self._fill
+        end = fill + len(codes)
+        if end <= BLOCK_BYTES:
+            self._blocks[-1][fill:end] = codes
+            self._fill = end
+            total = self._total = self._total + end - fill
+            if total >= self._want:
+                self.wake()
+            return
+        self.append(codes)
 
     def append_pcm(self, pcm: npt.NDArray[np.int16], *, mulaw_out: bool) -> None:
         """int16 PCM at the STT rate: stored as μ-law when the STT wants μ-law or in compact storage."""
@@ -147,25 +160,36 @@ class UtteranceAudio:
 
     def read(self, offset: int, max_bytes: int) -> bytes:
         """A copy of the STT bytes from ``offset`` (≥ :attr:`start`; at most ``max_bytes``; even offsets in
-        compact storage)."""
+        compact storage).
+
+        Once per 100 ms batch of every speaking call (issue 13): a batch within one block (most of them) is one
+        slice of it, and compact storage expands the whole batch with one table lookup."""
         scale = self._scale
         first = offset // scale - self._base
         if first < 0:
             raise ValueError(f"offset {offset} was released (the buffer starts at {self.start})")
-        last = min(first + max_bytes // scale, self._stored())
+        last = min(first + max_bytes // scale, self._total - self._base)
         if last <= first:
             return b""
-        parts = []
-        pos = first
-        while pos < last:
-            index, within = divmod(pos, BLOCK_BYTES)
-            take = min(BLOCK_BYTES - within, last - pos)
-            parts.append(memoryview(self._blocks[index])[within : within + take])
-            pos += take
-        stored = parts[0] if len(parts) == 1 else b"".join(parts)
+        index, within = divmod(first, BLOCK_BYTES)
+        end = within + last - first
+        stored: bytes | bytearray | memoryview
+        if end <= BLOCK_BYTES:
+            stored = memoryview(self._blocks[index])[within:end]
+        else:
+            parts = []
+            pos = first
+            while pos < last:
+                index, within = divmod(pos, BLOCK_BYTES)
+                take = min(BLOCK_BYTES - within, last - pos)
+                parts.append(memoryview(self._blocks[index])[within : within + take])
+                pos += take
+            stored = b"".join(parts)
         if scale == 1:
             return bytes(stored)
-        return mulaw.decode(stored).astype("<i2", copy=False).tobytes()
+        # mode="wrap": every uint8 index is in the 256-entry table, and numpy's wrap loop is ~10 % cheaper than
+        # the bounds-checked one (callgrind: 19.1k vs 21.2k instructions for a 100 ms batch).
+        return _DECODE_LE.take(np.frombuffer(stored, np.uint8), mode="wrap").tobytes()
 
     def wake(self) -> None:
         """Wake the waiting sender now (its size reached, the utterance closed, or its lease failed); or, when

@@ -63,7 +63,7 @@ class Lease:
         self.send_audio: Callable[[bytes], Coroutine[Any, Any, None]] = sock.send_audio
         # The synchronous path (engine.stt.PushLease): each batch written as the reader appends it; None on TLS,
         # where it could never write (the lessee then does not try, batch after batch).
-        self.send_audio_nowait: Callable[[bytes], bool] | None = sock.send_audio_nowait if sock.pushable else None
+        self.send_audio_nowait: Callable[[bytes], int] | None = sock.send_audio_nowait if sock.pushable else None
         self.flush: Callable[[], Coroutine[Any, Any, None]] = sock.flush
 
     def socket_info(self) -> ev.SocketInfo:

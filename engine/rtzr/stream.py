@@ -361,14 +361,18 @@ class RtzrSocket:
                 await ws.send_text(message)
             else:
                 await ws.send_bytes(message)
-        except ConnectionClosed:
-            self._lose("closed while sending")
-            raise RtzrSocketLost(self.close_reason) from None
-        except BudgetExpired:
-            self._lose("send timeout")
-            raise
+        except (ConnectionClosed, BudgetExpired) as exc:
+            raise self._write_failed(exc) from None
         if touch:
             self.last_used = trio.current_time()
+
+    def _write_failed(self, exc: ConnectionClosed | BudgetExpired) -> Exception:
+        """A write (a send, a flush) could not finish: the socket is lost; what its caller raises."""
+        if isinstance(exc, BudgetExpired):
+            self._lose("send timeout")
+            return exc
+        self._lose("closed while sending")
+        return RtzrSocketLost(self.close_reason)
 
     async def send_audio(self, pcm: bytes) -> None:
         """Send audio in the configured encoding (LINEAR16 little-endian, or MULAW passthrough).
@@ -383,16 +387,21 @@ class RtzrSocket:
         self.tracker.audio_sent(len(pcm))
         await self._send(pcm, touch=False)
 
-    def send_audio_nowait(self, pcm: bytes) -> bool:
+    def send_audio_nowait(self, pcm: bytes) -> int:
         """:meth:`send_audio` from synchronous code, with no task switch (the lessee pushes each batch as the
-        Twilio reader appends it): True when it is written, or started with its tail :attr:`write_pending`
-        (the lessee must then ``await`` :meth:`flush`); False, nothing sent, when only the awaited
-        :meth:`send_audio` can send it (it also reports why: a lost socket, EOS sent). Never raises."""
+        Twilio reader appends it): 1 when it is written, 2 when it is started with its tail :attr:`write_pending`
+        (the lessee must then ``await`` :meth:`flush`); 0, nothing sent, when only the awaited
+        :meth:`send_audio` can send it (it also reports why: a lost socket, EOS sent). Never raises.
+
+        Once per 100 ms batch of every speaking call: ``bad`` (set first by :meth:`_lose`, also by a finalize
+        timeout) stands for the closed check, an attribute instead of a call; refusing more is always safe."""
         ws = self._ws
-        if not pcm or ws is None or self.eos_sent or self._closed.is_set() or not ws.send_bytes_nowait(pcm):
-            return False
-        self.tracker.audio_sent(len(pcm))
-        return True
+        if not pcm or ws is None or self.bad or self.eos_sent:
+            return 0
+        state = ws.send_bytes_nowait(pcm)
+        if state:
+            self.tracker.audio_sent(len(pcm))
+        return state
 
     @property
     def pushable(self) -> bool:
@@ -413,12 +422,8 @@ class RtzrSocket:
             return
         try:
             await ws.flush()
-        except ConnectionClosed:
-            self._lose("closed while sending")
-            raise RtzrSocketLost(self.close_reason) from None
-        except BudgetExpired:
-            self._lose("send timeout")
-            raise
+        except (ConnectionClosed, BudgetExpired) as exc:
+            raise self._write_failed(exc) from None
 
     async def finalize(self, speech_end_ms: float | None = None) -> bool:
         """Send Finalize if audio is pending; returns whether a final is now expected.

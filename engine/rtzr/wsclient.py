@@ -240,15 +240,17 @@ class WsClientConnection(WsConnection):
         self._unyielded = 0
         await self._send_locked(frame)
 
-    def send_bytes_nowait(self, payload: bytes) -> bool:
-        """Send one binary message from synchronous code (audio pushed as it arrives, engine/call.py): True when
-        it is written, or started with its tail :attr:`pending` (the caller must then ``await`` :meth:`flush`);
-        False, nothing written, when the awaited :meth:`send_bytes` must do it (another task writing, a tail
-        pending, TLS, the connection not open or its socket failed: that send then raises)."""
+    def send_bytes_nowait(self, payload: bytes) -> int:
+        """Send one binary message from synchronous code (audio pushed as it arrives, engine/call.py): 1 when it
+        is written, 2 when it is started with its tail :attr:`pending` (the caller must then ``await``
+        :meth:`flush`); 0, nothing written, when the awaited :meth:`send_bytes` must do it (another task
+        writing, a tail pending, TLS, the connection not open or its socket failed: that send then raises)."""
         ws = self._ws
         if self._broken or ws is None or ws.state is not _OPEN or self._socket is None:
-            return False
-        return self._write_nowait(encode_frame(_BINARY, payload, mask_key()))
+            return 0
+        if not self._write_nowait(encode_frame(_BINARY, payload, mask_key())):
+            return 0
+        return 2 if self._pending else 1
 
     @property
     def nowait_capable(self) -> bool:

@@ -90,6 +90,7 @@ def apply_mask(data: bytes, mask: bytes) -> bytes:
 _NUMPY_MASK_MIN = 512
 _HEAD16 = struct.Struct("!BBH")  # first byte, second byte, 16-bit length
 _HEAD64 = struct.Struct("!BBQ")
+_key_u32 = int.from_bytes
 
 
 def encode_frame(opcode: int, payload: bytes, mask: bytes | None) -> bytes:
@@ -106,10 +107,11 @@ def encode_frame(opcode: int, payload: bytes, mask: bytes | None) -> bytes:
     if mask is None:
         return head + payload
     if n >= _NUMPY_MASK_MIN and not n & 3:
-        body = (np.frombuffer(payload, "<u4") ^ np.frombuffer(mask, "<u4")).tobytes()
-    else:
-        body = apply_mask(payload, mask)
-    return b"".join((head, mask, body))
+        # The key as a Python int (a weak scalar: the XOR stays uint32), not a second array; the result array
+        # joins the frame as it is (a buffer), with no tobytes copy: one numpy call less, one copy less.
+        body = np.frombuffer(payload, "<u4") ^ _key_u32(mask, "little")
+        return b"".join((head, mask, cast("bytes", body)))  # any buffer joins; numpy's stubs do not say it is one
+    return b"".join((head, mask, apply_mask(payload, mask)))
 
 
 class _MaskKeys:

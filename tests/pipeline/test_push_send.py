@@ -37,23 +37,31 @@ class _PushLease(_RecordingLease):
         self.flushes = 0
         self.write_pending = False
         self.fail_next_push = False
+        self.messages: list[tuple[str, int]] = []  # ("push" | "send", bytes) per message, then ("finalize", 0)
 
-    def send_audio_nowait(self, pcm: bytes) -> bool:
+    def send_audio_nowait(self, pcm: bytes) -> int:
         self.pushes += 1
         assert not self.write_pending, "a push while a tail is pending"
         if self.refuse_every and self.pushes % self.refuse_every == 0:
-            return False
+            return 0
         self.audio += pcm
         self.pushed += 1
+        self.messages.append(("push", len(pcm)))
         self._changed.set()
         if self.partial_every and self.pushes % self.partial_every == 0:
             self.write_pending = True
-        return True
+            return 2
+        return 1
 
     async def send_audio(self, pcm: bytes) -> None:
         assert not self.write_pending, "a message overtook a partly written one"
         self.awaited += 1
+        self.messages.append(("send", len(pcm)))
         await super().send_audio(pcm)
+
+    async def finalize(self, speech_end_ms: float | None = None) -> bool:
+        self.messages.append(("finalize", 0))
+        return await super().finalize(speech_end_ms)
 
     async def flush(self) -> None:
         self.flushes += 1
@@ -169,3 +177,25 @@ async def test_no_push_to_a_lost_lease_and_the_replay_pushes_on_a_fresh_one(
     # Lost at 8000 bytes: the push that crossed it was the last (the receiver's failure stops the pushes).
     assert 8000 <= len(first.audio) < 8000 + 2 * 1600
     assert len(pool.leases) == 2 and pool.leases[1].pushed > 0  # the replay pushed on its own lease
+
+
+async def test_one_message_per_100_ms_batch_and_the_last_partial_batch_before_finalize(
+        autojump_clock: trio.testing.MockClock) -> None:
+    """The batch boundary (issue 13, round 4): every push is exactly one 100 ms batch (1600 bytes of LINEAR16),
+    none is sent per 20 ms frame, and the tail shorter than a batch goes out at the close, before Finalize."""
+    pool = _PushPool()
+    call, _, synchronous = await _speak(pool)
+    lease = pool.leases[0]
+    assert isinstance(lease, _PushLease)
+    batch = call.batch_bytes
+    assert batch == 1600
+    kinds = [kind for kind, _ in lease.messages]
+    assert kinds[-1] == "finalize" and kinds.count("finalize") == 1
+    audio_messages = lease.messages[:-1]
+    pushes = [n for kind, n in audio_messages if kind == "push"]
+    assert len(pushes) >= 20 and all(n == batch for n in pushes)  # whole batches only, one message each
+    assert sum(synchronous) == len(pushes)  # one push per batch, in the append that completed it
+    assert len(synchronous) >= 4 * len(pushes)  # ... so not one per 20 ms frame
+    tail = audio_messages[-1][1]
+    assert sum(n for _, n in audio_messages) == len(lease.audio) == call.stats.bytes_sent
+    assert len(lease.audio) % batch == tail % batch  # the last (partial) batch, sent before the Finalize

@@ -124,11 +124,11 @@ async def test_send_bytes_nowait_writes_from_synchronous_code_and_in_order(monke
         async with server(lambda peer: collect(peer, len(payloads), got)) as url:
             conn = await connect(url)
             assert conn.nowait_capable
-            assert conn.send_bytes_nowait(payloads[0]) and not conn.pending
+            assert conn.send_bytes_nowait(payloads[0]) == 1 and not conn.pending  # written whole
             monkeypatch.setattr(connection.os, "write", lambda fd, data: real_write(fd, data[:10]))
-            assert conn.send_bytes_nowait(payloads[1]) and conn.pending
+            assert conn.send_bytes_nowait(payloads[1]) == 2 and conn.pending  # its tail waits for flush()
             monkeypatch.undo()
-            assert not conn.send_bytes_nowait(payloads[2])  # nothing overtakes the partly written frame
+            assert conn.send_bytes_nowait(payloads[2]) == 0  # nothing overtakes the partly written frame
             await conn.flush()
             assert not conn.pending
             async with conn._send_lock:
