@@ -190,19 +190,8 @@ class FrameBatch:
         frames = mulaw.decode(b"".join(payloads)).reshape(n, width)  # type: ignore[arg-type]
         self.decoded += n
         clfs = [s.batch_classifier for s in packets]
-        step = getattr(type(clfs[0]), "batch_rows", MAX_ROWS)
         try:
-            if n <= step:
-                decided = classify_batch(clfs, frames)
-                self.batches += 1
-            else:
-                decided = []
-                for at in range(0, n, step):
-                    decided += classify_batch(clfs[at : at + step], frames[at : at + step])
-                    self.batches += 1
-            self.frames += n
-            if len(decided) != n:
-                raise ValueError(f"classify_batch gave {len(decided)} decisions for {n} frames")
+            decided = self._classify_rows(clfs, frames)
         except Exception as exc:  # a classifier bug: each stream alone, so only a broken one fails
             log.error("frame_batch_failed", streams=n, exc=exc)
             decided = []
@@ -221,6 +210,19 @@ class FrameBatch:
             except Exception as exc:
                 stream.batch_payload = None
                 self._fail(stream, exc)
+
+    def _classify_rows(self, clfs: list[FrameClassifier], frames: Frames) -> list[bool]:
+        """Row i of ``frames`` classified by ``clfs[i]``: one classify_batch (``batch_rows`` rows at most each)."""
+        n = len(clfs)
+        step = getattr(type(clfs[0]), "batch_rows", MAX_ROWS)
+        decided: list[bool] = []
+        for at in range(0, n, step):
+            decided += classify_batch(clfs[at : at + step] if n > step else clfs, frames[at : at + step])
+            self.batches += 1
+        if len(decided) != n:
+            raise ValueError(f"classify_batch gave {len(decided)} decisions for {n} frames")
+        self.frames += n
+        return decided
 
     def _decode(self, waiting: list[Deferred]) -> None:
         """Every waiting μ-law payload decoded by one table lookup; each stream gets its slice."""
