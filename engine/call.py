@@ -252,7 +252,10 @@ class Call:
         batch = self._batch
         if batch is not None and batch.collecting and self._batch_decode:
             self.batch_payload = payload  # decoded with every call of this wake-up (FrameBatch.end)
-            batch.add(self)
+            if len(payload) == self.endpointer.packet:  # one whole frame (Twilio's 20 ms): batch_packet
+                batch.add_packet(self, payload)
+            else:
+                batch.add(self)
         else:
             pcm = self.to_endpointer.process(self._decode(payload))
             if self._raw_ok:
@@ -356,7 +359,7 @@ class Call:
         # under way comes back as None, its SpeechAudio unbuilt: its samples are the payload's codes, _raw.
         events = ep.push_decided_lean(decisions)
         if events is None:
-            self._append_raw()
+            self._append_raw(self._raw)
         elif events:
             self._raw_end = ep.position  # _raw (if any) is the chunk frames_ready took last
             self._handle(events)
@@ -365,15 +368,37 @@ class Call:
         if turns.may_end:
             self._advance_turns(turns)
 
-    def _append_raw(self) -> None:
-        """_append of a whole frame that is exactly the latest payload (``_raw``): its codes, stored as received.
+    def batch_packet(self, pcm: np.ndarray[Any, np.dtype[np.int16]], speech: bool) -> None:
+        """batch_audio and batch_decided in one call for the commonest wait (issue 13): ``batch_payload`` was one
+        whole frame (``endpointer.packet``), ``pcm`` its decode, ``speech`` its decision (FrameBatch.add_packet)."""
+        payload = self.batch_payload
+        self.batch_payload = None
+        assert payload is not None
+        ep = self.endpointer
+        events = ep.push_packet(pcm, payload, speech)
+        if events is None:  # a frame of the utterance under way, ending nothing: its codes, as received
+            if self._raw_ok:
+                self._append_raw(payload)
+            else:
+                self._handle([SpeechAudio(ep.position - len(pcm), pcm)])
+        elif events:
+            if self._raw_ok:
+                self._raw = payload
+                self._raw_end = ep.position
+            self._handle(events)
+            self._raw = b""
+        turns = self.turns
+        if turns.may_end:
+            self._advance_turns(turns)
 
-        What _append does for ``SpeechAudio(position - frame, decode(_raw))``, without building either: the
-        call is mono μ-law with no resampling (``_raw_ok``: no STT resampler), so the frame's bytes are _raw."""
+    def _append_raw(self, raw: bytes) -> None:
+        """_append of a whole frame that is exactly the latest payload (``raw``): its codes, stored as received.
+
+        What _append does for ``SpeechAudio(position - frame, decode(raw))``, without building either: the
+        call is mono μ-law with no resampling (``_raw_ok``: no STT resampler), so the frame's bytes are raw."""
         utt = self._current
         if utt is None or utt.overflowed:
             return
-        raw = self._raw
         size = len(raw) * self.stt_sample_bytes
         headroom = self._headroom - size
         if headroom >= 0:

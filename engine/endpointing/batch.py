@@ -15,6 +15,14 @@ the batch then skips it (its classifier must never see a frame twice). Decisions
 ``classify`` up to float rounding of the matrix product (the same difference as between one push of
 several frames and several pushes of one).
 
+The commonest case has a path of its own (issue 13, round 4): a stream whose wait is exactly one frame of
+μ-law that its endpointer takes whole (a :class:`Packet`, e.g. a Twilio call between utterance edges or in one)
+is added by :meth:`FrameBatch.add_packet`. At :meth:`FrameBatch.end` every such stream's payload is decoded
+in one lookup whose rows are the frames themselves (no per-stream cut, no stacking), classified by one
+``classify_batch`` and handed back with one call each (:meth:`Packet.batch_packet`: the frame, its
+decision). A packet stream whose wait changed meanwhile (a second chunk joined it, it decided alone) takes
+the general path, or none.
+
 Failures stay per stream: an exception from one stream's ``batch_decided`` goes to that stream's
 ``batch_failed``; if a batched ``classify_batch`` itself raises, every stream of that group is classified
 alone, and only a stream whose own classifier raises fails.
@@ -22,6 +30,7 @@ alone, and only a stream whose own classifier raises fails.
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Sequence
 from typing import Protocol
 
@@ -41,6 +50,8 @@ log = get_logger(__name__)
 # machine (BENCHMARKS.md § Capacity); ``sori`` runs BLAS single-threaded (engine/_threads.py), an embedder
 # may not.
 MAX_ROWS = 32
+
+_PAYLOAD = operator.attrgetter("batch_payload")
 
 # A group of streams to classify together: the streams, their frames, their classifiers, [most rows of one stream].
 _Group = tuple[list["Deferred"], list[Frames], list[FrameClassifier], list[int]]
@@ -69,14 +80,25 @@ class Deferred(Protocol):
         ...
 
 
+class Packet(Deferred, Protocol):
+    """A stream that can wait with one whole frame of μ-law (:meth:`FrameBatch.add_packet`)."""
+
+    def batch_packet(self, pcm: Pcm, speech: bool) -> None:
+        """``batch_payload`` (the stream clears it) was one frame: ``pcm``, its decode (the stream's to keep),
+        judged ``speech`` by ``batch_classifier``."""
+        ...
+
+
 class FrameBatch:
     """Collects streams during one wake-up (``begin`` … ``end``) and classifies them together at ``end``."""
 
-    __slots__ = ("_waiting", "batches", "collecting", "decoded", "frames")
+    __slots__ = ("_packets", "_payloads", "_waiting", "batches", "collecting", "decoded", "frames")
 
     def __init__(self) -> None:
         self.collecting = False
         self._waiting: list[Deferred] = []
+        self._packets: list[Packet] = []
+        self._payloads: list[bytes] = []  # each packet stream's batch_payload when it was added
         self.batches = 0  # classify_batch calls so far (tests, benchmarks)
         self.frames = 0  # frames classified in batches so far
         self.decoded = 0  # μ-law payloads decoded in batches so far
@@ -89,9 +111,40 @@ class FrameBatch:
         again in the same wake-up, after it decided alone, is harmless)."""
         self._waiting.append(stream)
 
+    def add_packet(self, stream: Packet, payload: bytes) -> None:
+        """``payload``, ``stream.batch_payload``, is one whole frame of μ-law for its endpointer (while
+        collecting): decided by :meth:`Packet.batch_packet` at :meth:`end`, or on the general path if the wait
+        changed meanwhile (the stream's ``batch_payload`` is no longer this very object)."""
+        self._packets.append(stream)
+        self._payloads.append(payload)
+
+    def _sort_packets(self, packets: list[Packet], payloads: list[bytes]) -> tuple[list[Packet], list[bytes]]:
+        """The rare case of :meth:`_end_packets`: per stream, its last add stands if its wait is still that
+        payload (of the first width met; another width, or a wait changed since, goes on the general path)."""
+        last: dict[Packet, bytes] = {}
+        for stream, payload in zip(packets, payloads, strict=True):
+            last.pop(stream, None)
+            last[stream] = payload  # in the order of the last adds
+        kept: list[Packet] = []
+        codes: list[bytes] = []
+        width = -1
+        for stream, payload in last.items():
+            now = stream.batch_payload
+            if now is None:  # decided alone since (a later add would be the last)
+                continue
+            if now is payload and (width < 0 or len(payload) == width):
+                width = len(payload)
+                kept.append(stream)
+                codes.append(payload)
+            else:  # joined by a later chunk, or another width: the general path (deduplicated there)
+                self._waiting.append(stream)
+        return kept, codes
+
     def end(self) -> None:
         """Stop collecting; classify every waiting stream and hand each its decisions."""
         self.collecting = False
+        if self._packets:
+            self._end_packets()
         waiting = self._waiting
         if not waiting:
             return
@@ -119,6 +172,57 @@ class FrameBatch:
                     group[3][0] = max(group[3][0], rows)
         for group in groups.values():
             self._decide(*group)
+
+    def _end_packets(self) -> None:
+        """The packet streams decided (see the module docstring); one whose wait changed since its add (a
+        chunk joined it) joins the general path's ``_waiting``."""
+        packets, payloads = self._packets, self._payloads
+        self._packets, self._payloads = [], []
+        n = len(packets)
+        # Common case, checked in C: every wait is still the payload added, no stream twice, one width.
+        if not (all(map(operator.is_, map(_PAYLOAD, packets), payloads)) and len(set(packets)) == n
+                and len(set(map(len, payloads))) == 1):
+            packets, payloads = self._sort_packets(packets, payloads)
+            if not packets:
+                return
+        width = len(payloads[0])
+        n = len(packets)
+        frames = mulaw.decode(b"".join(payloads)).reshape(n, width)  # type: ignore[arg-type]
+        self.decoded += n
+        clfs = [s.batch_classifier for s in packets]
+        try:
+            decided = self._classify_rows(clfs, frames)
+        except Exception as exc:  # a classifier bug: each stream alone, so only a broken one fails
+            log.error("frame_batch_failed", streams=n, exc=exc)
+            decided = []
+            for i, (stream, clf) in enumerate(zip(packets, clfs, strict=True)):
+                try:
+                    decided.append(clf.classify(frames[i : i + 1])[0])
+                except Exception as own:
+                    decided.append(False)
+                    stream.batch_payload = None
+                    self._fail(stream, own)
+        for stream, pcm, speech in zip(packets, frames, decided, strict=True):
+            if stream.batch_payload is None:  # failed above
+                continue
+            try:
+                stream.batch_packet(pcm, speech)
+            except Exception as exc:
+                stream.batch_payload = None
+                self._fail(stream, exc)
+
+    def _classify_rows(self, clfs: list[FrameClassifier], frames: Frames) -> list[bool]:
+        """Row i of ``frames`` classified by ``clfs[i]``: one classify_batch (``batch_rows`` rows at most each)."""
+        n = len(clfs)
+        step = getattr(type(clfs[0]), "batch_rows", MAX_ROWS)
+        decided: list[bool] = []
+        for at in range(0, n, step):
+            decided += classify_batch(clfs[at : at + step] if n > step else clfs, frames[at : at + step])
+            self.batches += 1
+        if len(decided) != n:
+            raise ValueError(f"classify_batch gave {len(decided)} decisions for {n} frames")
+        self.frames += n
+        return decided
 
     def _decode(self, waiting: list[Deferred]) -> None:
         """Every waiting μ-law payload decoded by one table lookup; each stream gets its slice."""

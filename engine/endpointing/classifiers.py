@@ -566,12 +566,18 @@ def _decide_rows(
     rescued: list[bool] = []
     if not every:  # learning, unmute, digital silence, or other parameters: each its own decide
         out, rescued = [False] * n, [False] * n
-        ratios: list[list[float]] = bands.tolist()
-        fast_set = set(fast)
-        for i, c in enumerate(classifiers):
-            if i not in fast_set:
-                out[i] = c.decide(ratios[i], 0.0 if swings is None else swings[i], 0.0 if voicing is None else voicing[i])
-                rescued[i] = c._rescued
+        slow: Sequence[int]
+        if fast:  # only the other rows' ratios as lists (issue 13: not every row's)
+            fast_set = set(fast)
+            slow = [i for i in range(n) if i not in fast_set]
+            ratios: list[list[float]] = bands[slow].tolist()
+        else:
+            slow = range(n)
+            ratios = bands.tolist()
+        for i, r in zip(slow, ratios, strict=True):
+            c = classifiers[i]
+            out[i] = c.decide(r, 0.0 if swings is None else swings[i], 0.0 if voicing is None else voicing[i])
+            rescued[i] = c._rescued
         if not fast:
             return out, rescued
     sel = classifiers if every else [classifiers[i] for i in fast]
@@ -635,7 +641,13 @@ def _decide_rows(
             c._run = r
             c._rescued = x
     got = speech.tolist()
-    was = resc.tolist() if resc is not _NO_ROWS else [False] * k
+    if resc is _NO_ROWS:  # no row rescued: ``rescued`` stays all False
+        if every:
+            return got, [False] * k
+        for i, g in zip(fast, got, strict=True):
+            out[i] = g
+        return out, rescued
+    was = resc.tolist()
     if every:
         return got, was
     for j, i in enumerate(fast):

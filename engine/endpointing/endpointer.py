@@ -103,6 +103,7 @@ class Endpointer:
         "_silence",
         "_start_frames",
         "_utt_start",
+        "packet",
         "position",
         "sample_rate",
     )
@@ -170,6 +171,9 @@ class Endpointer:
         self._last_speech_end = 0
         self._prev_last_speech: int | None = None  # last speech frame's end of the previous utterance
         self._closed = False
+        # The μ-law bytes of a chunk push_packet takes whole now: one frame, while the history keeps codes,
+        # nothing is pending and the stream is open (0: none). Kept by frames_ready and end.
+        self.packet = frame if mulaw_history else 0
 
     @property
     def frame_samples(self) -> int:
@@ -263,9 +267,11 @@ class Endpointer:
         used = nf * frame
         if used == data.shape[0]:
             self._pending = _EMPTY
+            self.packet = frame if self._mulaw else 0
             flat = data
         else:
             self._pending = data[used:]
+            self.packet = 0
             if nf == 0:
                 return None
             flat = data[:used]
@@ -368,6 +374,46 @@ class Endpointer:
             return events if events else NO_EVENTS
         # Idle and not speech: the frame's codes into the history (absolute ring: no wrap unless it straddles).
         self._flat = None
+        self._run = 0
+        self._frames_done += 1
+        end = self._ring_end
+        pos = end % self._cap
+        if pos + frame <= self._cap:
+            self._ring_in[pos : pos + frame] = codes
+            self._ring_end = end + frame
+        else:
+            self._remember(codes)
+        return NO_EVENTS
+
+    def push_packet(self, pcm: Pcm, codes: Codes, speech: bool) -> list[EndpointEvent] | tuple[()] | None:
+        """``frames_ready(pcm, codes, owned=True)`` then ``push_decided_lean([speech])``, in one call: the
+        batch's commonest case (issue 13), one whole frame per Twilio packet. ``codes`` is a chunk of
+        :attr:`packet` bytes (checked) and ``pcm`` its decode (not checked: the caller decoded it, and gives
+        it away), judged ``speech`` by this stream's classifier; the same state and answers as the two."""
+        frame = self._frame
+        if self.packet != frame or len(codes) != frame or self._flat is not None:
+            raise EndpointerError("push_packet() without a whole packet to take (see packet)")
+        self.position += frame
+        if self._in_speech:
+            done = self._frames_done + 1
+            self._frames_done = done
+            end = done * frame
+            if speech:
+                self._silence = 0
+                self._last_speech_end = end
+                if end < self._max_end:
+                    return None
+            else:
+                silence = self._silence + 1
+                self._silence = silence
+                if silence >= self._end_frames and end - self._utt_start >= self._min_samples:
+                    return self._end(SpeechAudio(end - frame, pcm), end, "silence")
+                if end < self._max_end:
+                    return None
+            return self._end(SpeechAudio(end - frame, pcm), end, "max_length")
+        if speech:  # a run grows, perhaps to a start: the general loop
+            return self._step(pcm, [True], codes) or NO_EVENTS
+        # Idle and not speech: the codes into the history (absolute ring: no wrap unless it straddles).
         self._run = 0
         self._frames_done += 1
         end = self._ring_end
@@ -510,6 +556,7 @@ class Endpointer:
         if self._flat is not None:
             raise EndpointerError("end() before push_decided()")
         self._closed = True
+        self.packet = 0
         if not self._in_speech:
             return []
         events: list[EndpointEvent] = []

@@ -54,15 +54,19 @@ class _GeneralCall(Call):
         self._raw_end = self.endpointer.position
         self._after_endpoint(self.endpointer.push_decided(decisions))
 
+    def batch_packet(self, pcm: Any, speech: bool) -> None:  # the packet path too: frames_ready, push_decided
+        self.batch_audio(pcm)
+        self.batch_decided([speech])
+
 
 class _CountingCall(Call):
     """The call under test; counts the frames its lean path stored (the test is not vacuous)."""
 
     lean_frames = 0
 
-    def _append_raw(self) -> None:
+    def _append_raw(self, raw: bytes) -> None:
         self.lean_frames += 1
-        super()._append_raw()
+        super()._append_raw(raw)
 
 
 class _StuckPool:

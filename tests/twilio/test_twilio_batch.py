@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 import trio
 
@@ -124,8 +125,15 @@ class _BrokenCall(Call):
 
     def batch_decided(self, decisions: list[bool]) -> None:
         if self.started.custom_parameters.get("lang") == "0" and self.stats.frames_received > 20:
+            self.batch_frames = None  # as Call.batch_decided: the wait is taken before anything can raise
             raise RuntimeError("per-frame bug after the batch")
         super().batch_decided(decisions)
+
+    def batch_packet(self, pcm: Any, speech: bool) -> None:  # the packet path (one frame per read): the same bug
+        if self.started.custom_parameters.get("lang") == "0" and self.stats.frames_received > 20:
+            self.batch_payload = None  # as Call.batch_packet
+            raise RuntimeError("per-frame bug after the batch")
+        super().batch_packet(pcm, speech)
 
 
 async def test_a_failure_in_one_calls_batched_work_ends_that_call_alone() -> None:
