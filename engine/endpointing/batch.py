@@ -226,22 +226,22 @@ class FrameBatch:
 
     def _decode(self, waiting: list[Deferred]) -> None:
         """Every waiting μ-law payload decoded by one table lookup; each stream gets its slice."""
-        payloads = [p for s in waiting if (p := s.batch_payload) is not None]
-        if not payloads:
+        # The slices are fixed here, before any stream runs: a stream's batch_audio may make another stream decide
+        # alone (its payload taken), and the batch then skips that one without moving the others' slices.
+        taken = [(s, p) for s in waiting if (p := s.batch_payload) is not None]
+        if not taken:
             return
-        pcm = mulaw.decode(b"".join(payloads))
-        self.decoded += len(payloads)
+        pcm = mulaw.decode(b"".join([p for _s, p in taken]))
+        self.decoded += len(taken)
         at = 0
-        for stream in waiting:
-            payload = stream.batch_payload
-            if payload is None:
-                continue
+        for stream, payload in taken:
             n = len(payload)
-            try:
-                stream.batch_audio(pcm[at : at + n])
-            except Exception as exc:
-                stream.batch_payload = stream.batch_frames = None
-                self._fail(stream, exc)
+            if stream.batch_payload is payload:  # else decided alone meanwhile: skipped, its slice unused
+                try:
+                    stream.batch_audio(pcm[at : at + n])
+                except Exception as exc:
+                    stream.batch_payload = stream.batch_frames = None
+                    self._fail(stream, exc)
             at += n
 
     def _decide(self, streams: list[Deferred], frames: list[Frames], clfs: list[FrameClassifier], most: list[int]) -> None:

@@ -635,8 +635,9 @@ def _decide_rows(
         for c, f, r in zip(sel, new.tolist(), new_run.tolist(), strict=True):
             c._floors = f
             c._run = r
-    else:
-        for c, f, r, x in zip(sel, new.tolist(), new_run.tolist(), resc.tolist(), strict=True):
+    else:  # a periodicity rule but no voicing given: no row rescued (decide with voicing 0 says so)
+        was_rescued = resc.tolist() if resc is not _NO_ROWS else [False] * k
+        for c, f, r, x in zip(sel, new.tolist(), new_run.tolist(), was_rescued, strict=True):
             c._floors = f
             c._run = r
             c._rescued = x
