@@ -95,17 +95,21 @@ class Histogram:
     def fold(self) -> None:
         """Observe every pending value, in order (the same counts and the same float sum as ``observe``)."""
         pending = self.pending
-        if not pending:
+        taken = len(pending)
+        if not taken:
             return
-        values = np.fromiter(pending, dtype=np.float64, count=len(pending))
+        # Only the first ``taken`` values: a garbage collection may start during this fold (any allocation of a
+        # tracked object can trigger one) and the reactor's GC probe appends its pause here (it never folds:
+        # engine/twilio/reactor.py); what is appended meanwhile stays pending for the next fold.
+        values = np.fromiter(pending, dtype=np.float64, count=taken)
         where = np.searchsorted(np.asarray(self.buckets, dtype=np.float64), values, side="left")  # = bisect_left
         where[np.isnan(values)] = 0  # where bisect_left puts a NaN (searchsorted: past the end)
         for i, n in enumerate(np.bincount(where, minlength=len(self._counts)).tolist()):
             self._counts[i] += n
         # The sum one value after another, as observe adds them (accumulate is sequential, not pairwise).
         self._sum = float(np.add.accumulate(np.concatenate(([self._sum], values)))[-1])
-        self._count += len(pending)
-        pending.clear()
+        self._count += taken
+        del pending[:taken]
 
     @property
     def counts(self) -> list[int]:

@@ -186,8 +186,8 @@ class Reactor:
         except Exception as bug:  # the hook's own bug: logged, never the end of the reactor
             log.error("reactor_pass_hook_failed", exc=bug)
 
-    def _fold(self) -> None:
-        for h in (self._pass_ms, self._gap_ms):
+    def _fold(self, gc_probe: _GcProbe | None) -> None:
+        for h in (self._pass_ms, self._gap_ms, *(gc_probe.by_gen if gc_probe is not None else ())):
             if h is not None:
                 h.fold()
 
@@ -255,7 +255,7 @@ class Reactor:
                             gap_ms.append((now - ended) * 1000)
                         ended = end
                         if len(pass_ms) >= Histogram.FOLD_AT:
-                            self._fold()
+                            self._fold(gc_probe)
         except Exception as exc:  # a reactor bug: each registered call fails on its own (finally), never the nursery
             log.error("reactor_failed", exc=exc)
         finally:
@@ -287,7 +287,7 @@ class _GcProbe:
         if phase == "start":
             self.started = time.perf_counter()
             return
-        h = self.by_gen[info["generation"]]
-        h.pending.append((time.perf_counter() - self.started) * 1000)
-        if len(h.pending) >= Histogram.FOLD_AT:
-            h.fold()
+        # Only an append: this runs inside a collection, which may have started in the middle of a fold of this
+        # very histogram (a /metrics render); folding here would fold the values that fold is reading. The reactor
+        # folds these with its pass histograms (_fold), and every read folds what is pending.
+        self.by_gen[info["generation"]].pending.append((time.perf_counter() - self.started) * 1000)
