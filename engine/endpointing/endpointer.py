@@ -345,45 +345,10 @@ class Endpointer:
             events = self.push_decided(decisions)
             return events if events else NO_EVENTS
         # _codes is set only with _flat (frames_ready's one-packet path): no check of _flat needed.
-        self._codes = None
-        frame = self._frame
-        if self._in_speech:
-            done = self._frames_done + 1
-            self._frames_done = done
-            end = done * frame
-            if decisions[0]:
-                self._silence = 0
-                self._last_speech_end = end
-                if end < self._max_end:
-                    self._flat = None
-                    return None
-            else:
-                silence = self._silence + 1
-                self._silence = silence
-                if silence >= self._end_frames and end - self._utt_start >= self._min_samples:
-                    return self._end_lean(end, "silence")
-                if end < self._max_end:
-                    self._flat = None
-                    return None
-            return self._end_lean(end, "max_length")
-        if decisions[0]:  # a run grows, perhaps to a start: the general loop
-            flat = self._flat
-            assert flat is not None
-            self._flat = None
-            events = self._step(flat, decisions, codes)
-            return events if events else NO_EVENTS
-        # Idle and not speech: the frame's codes into the history (absolute ring: no wrap unless it straddles).
-        self._flat = None
-        self._run = 0
-        self._frames_done += 1
-        end = self._ring_end
-        pos = end % self._cap
-        if pos + frame <= self._cap:
-            self._ring_in[pos : pos + frame] = codes
-            self._ring_end = end + frame
-        else:
-            self._remember(codes)
-        return NO_EVENTS
+        flat = self._flat
+        assert flat is not None
+        self._codes = self._flat = None
+        return self._take(flat, codes, decisions[0])
 
     def push_packet(self, pcm: Pcm, codes: Codes, speech: bool) -> list[EndpointEvent] | tuple[()] | None:
         """``frames_ready(pcm, codes, owned=True)`` then ``push_decided_lean([speech])``, in one call: the
@@ -394,6 +359,12 @@ class Endpointer:
         if self.packet != frame or len(codes) != frame or self._flat is not None:
             raise EndpointerError("push_packet() without a whole packet to take (see packet)")
         self.position += frame
+        return self._take(pcm, codes, speech)
+
+    def _take(self, pcm: Pcm, codes: Codes, speech: bool) -> list[EndpointEvent] | tuple[()] | None:
+        """The state machine on one whole frame already counted in ``position`` (``pcm``, its μ-law ``codes``),
+        judged ``speech``: the one body of push_packet and push_decided_lean's one-frame case."""
+        frame = self._frame
         if self._in_speech:
             done = self._frames_done + 1
             self._frames_done = done
@@ -424,13 +395,6 @@ class Endpointer:
         else:
             self._remember(codes)
         return NO_EVENTS
-
-    def _end_lean(self, end: int, reason: EndReason) -> list[EndpointEvent]:
-        """push_decided_lean's end of an utterance on its last frame: that frame's SpeechAudio, then the end."""
-        flat = self._flat
-        assert flat is not None
-        self._flat = None
-        return self._end(SpeechAudio(end - self._frame, flat), end, reason)
 
     def _history(self, flat: Pcm, codes: Codes | None) -> Pcm | Codes:
         """What the history keeps of ``flat``: the samples, or their μ-law codes (given, else encoded)."""
