@@ -53,9 +53,8 @@ def _decisions(draw: st.DrawFn, n: int) -> list[bool]:
     return out[:n]
 
 
-@settings(max_examples=300, deadline=None)
-@given(data=st.data())
-def test_lean_path_equals_push_decided(data: st.DataObject) -> None:
+def _config(data: st.DataObject) -> tuple[EndpointingConfig, int]:
+    """A random endpointing config (every setting the one-frame paths branch on) and its frame in samples."""
     frame_ms = data.draw(st.sampled_from([10, 20, 20, 20, 30]))
     cfg = EndpointingConfig(
         frame_ms=frame_ms,
@@ -66,7 +65,13 @@ def test_lean_path_equals_push_decided(data: st.DataObject) -> None:
         min_utterance_ms=data.draw(st.sampled_from([0, 0, 300, 1200])),
         merge_ms=data.draw(st.sampled_from([0, 100, 300, 600, 2000])),
     )
-    frame = 8 * frame_ms
+    return cfg, 8 * frame_ms
+
+
+@settings(max_examples=300, deadline=None)
+@given(data=st.data())
+def test_lean_path_equals_push_decided(data: st.DataObject) -> None:
+    cfg, frame = _config(data)
     ref = Endpointer(cfg, sample_rate=8000, classifier=_Fixed(frame), mulaw_history=True)
     lean = Endpointer(cfg, sample_rate=8000, classifier=_Fixed(frame), mulaw_history=True)
     total = data.draw(st.integers(0, 600)) * frame + data.draw(st.integers(0, frame - 1))

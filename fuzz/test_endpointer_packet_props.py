@@ -20,7 +20,7 @@ from engine.endpointing import Endpointer, EndpointerError, EndpointEvent, Speec
 from engine.endpointing.endpointer import NO_EVENTS
 from tests.endpointing.helpers import key
 
-from .test_endpointer_lean_props import _decisions, _Fixed, _state
+from .test_endpointer_lean_props import _config, _decisions, _Fixed, _state
 
 
 def _expand(out: object, ep: Endpointer, chunk: bytes) -> list[EndpointEvent]:
@@ -34,17 +34,7 @@ def _expand(out: object, ep: Endpointer, chunk: bytes) -> list[EndpointEvent]:
 @settings(max_examples=300, deadline=None)
 @given(data=st.data())
 def test_push_packet_equals_the_two_phases(data: st.DataObject) -> None:
-    frame_ms = data.draw(st.sampled_from([10, 20, 20, 20, 30]))
-    cfg = EndpointingConfig(
-        frame_ms=frame_ms,
-        start_ms=data.draw(st.sampled_from([10, 60, 100])),
-        end_ms=data.draw(st.sampled_from([20, 80, 200, 700])),
-        preroll_ms=data.draw(st.sampled_from([0, 10, 100, 300, 1000])),
-        max_utterance_ms=data.draw(st.sampled_from([1000, 1500, 30000])),
-        min_utterance_ms=data.draw(st.sampled_from([0, 0, 300, 1200])),
-        merge_ms=data.draw(st.sampled_from([0, 100, 300, 600, 2000])),
-    )
-    frame = 8 * frame_ms
+    cfg, frame = _config(data)
     ref = Endpointer(cfg, sample_rate=8000, classifier=_Fixed(frame), mulaw_history=True)
     pk = Endpointer(cfg, sample_rate=8000, classifier=_Fixed(frame), mulaw_history=True)
     total = data.draw(st.integers(0, 600)) * frame + data.draw(st.integers(0, frame - 1))
