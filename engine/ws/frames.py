@@ -40,12 +40,9 @@ def _repunit(words: int) -> int:
     return rep
 
 
-def apply_mask(data: bytes, mask: bytes) -> bytes:
-    """XOR ``data`` with the repeated 4-byte ``mask`` (RFC 6455 5.3): masks and unmasks alike.
-
-    One big-int XOR instead of a per-byte loop; the only masking in the project (Twilio server, RTZR client,
-    emulator all call it).
-    """
+def apply_mask_py(data: bytes, mask: bytes) -> bytes:
+    """XOR ``data`` with the repeated 4-byte ``mask`` (RFC 6455 5.3), in Python: :data:`apply_mask` where
+    websockets' compiled extension is missing. One big-int XOR instead of a per-byte loop."""
     n = len(data)
     if not n:
         return b""
@@ -64,10 +61,10 @@ except ImportError:  # pragma: no cover - every platform we run on has the compi
     c_unmask = None
 
 
-# The decoder's unmask: websockets' C XOR (issue 13 round 4: ~4.3k CPU instructions for a Twilio media
-# message against ~20k for the big-int XOR, whose int.from_bytes and to_bytes are per-byte loops in CPython: a
-# third of the whole per-message path), else apply_mask.
-_unmask = apply_mask if c_unmask is None else c_unmask
+# The project's one masking (Twilio server, RTZR client, emulator, benches all call it): websockets' C XOR
+# (issue 13 round 4: ~4.3k CPU instructions for a Twilio media message against ~20k for the big-int XOR, whose
+# int.from_bytes and to_bytes are per-byte loops in CPython), else apply_mask_py.
+apply_mask: Callable[[bytes, bytes], bytes] = apply_mask_py if c_unmask is None else c_unmask
 
 
 # A masked frame's payload of at least this many bytes, a multiple of 4, is masked by numpy (one uint32 XOR):
@@ -92,7 +89,7 @@ def encode_frame(opcode: int, payload: bytes, mask: bytes | None) -> bytes:
         head = _HEAD64.pack(FIN | opcode, masked | 127, n)
     if mask is None:
         return head + payload
-    if n >= _NUMPY_MASK_MIN and not n & 3:
+    if c_unmask is None and n >= _NUMPY_MASK_MIN and not n & 3:  # no C XOR: numpy's beats the big int's
         # The key as a Python int (a weak scalar: the XOR stays uint32), not a second array; the result array
         # joins the frame as it is (a buffer), with no tobytes copy: one numpy call less, one copy less.
         body = np.frombuffer(payload, "<u4") ^ _key_u32(mask, "little")
@@ -155,7 +152,7 @@ class TextFrameDecoder:
             length = (data[2] << 8) | data[3]
             if n == 8 + length and 126 <= length <= self.max_message_size:
                 try:
-                    return _unmask(data[8:], data[4:8]).decode()  # as feed() unmasks it
+                    return apply_mask(data[8:], data[4:8]).decode()  # as feed() unmasks it
                 except UnicodeDecodeError:
                     return None  # feed() hands it to wsproto, which reports it (1007)
         return None
@@ -186,7 +183,7 @@ class TextFrameDecoder:
             if end > end_of_data:
                 break
             try:
-                out.append(_unmask(buf[head + 4:end], buf[head:head + 4]).decode())
+                out.append(apply_mask(buf[head + 4:end], buf[head:head + 4]).decode())
             except UnicodeDecodeError:
                 return out, buf[pos:]
             pos = end
