@@ -16,14 +16,14 @@ import struct
 import pytest
 import trio
 from wsproto.connection import Connection, ConnectionType
-from wsproto.events import BytesMessage
 
 from engine.budgets import Budget
 from engine.rtzr.wsclient import WsClientConnection
 from engine.twilio.wsconn import WsServerConnection
 from engine.ws import connection
 from engine.ws.connection import ConnectionClosed, WsConnection
-from tests.rtzr.test_rtzr_wsclient import Peer, connect, server
+from tests.rtzr.test_rtzr_wsclient import connect, server
+from tests.rtzr.test_rtzr_wsclient_send import collect
 
 
 def tcp_pair() -> tuple[trio.socket.SocketType, trio.socket.SocketType]:
@@ -158,19 +158,6 @@ async def test_the_server_side_refuses_a_dead_socket_and_the_awaited_send_report
     assert conn.closed is not None and conn.closed.code == 1006
     with trio.fail_after(5), pytest.raises(ConnectionClosed):
         await conn.send_text("x")
-
-
-async def collect(peer: Peer, count: int, out: list[bytes]) -> None:
-    await peer.accept()
-    part = b""
-    while len(out) < count:
-        event = await peer.next_event()
-        assert isinstance(event, BytesMessage)
-        part += bytes(event.data)
-        if event.message_finished:
-            out.append(part)
-            part = b""
-    await trio.sleep_forever()
 
 
 async def test_concurrent_senders_keep_every_frame_whole_and_each_senders_order(
