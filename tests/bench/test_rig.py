@@ -8,10 +8,8 @@ import json
 import os
 import signal
 import sys
-import wave
 from pathlib import Path
 
-import numpy as np
 import trio
 
 from engine.app import Engine, serve
@@ -22,15 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
 import rig
 import rig_procs
 
-
-def short_wav(path: Path, ms: int) -> None:
-    t = np.arange(ms * 8) / 8000
-    samples = (np.sin(2 * np.pi * 220 * t) * 8000 * (t > 0.1)).astype("<i2")
-    with wave.open(str(path), "wb") as w:
-        w.setnchannels(1)
-        w.setsampwidth(2)
-        w.setframerate(8000)
-        w.writeframes(samples.tobytes())
+from .test_loadgen_smoke import short_wav
 
 
 def rig_args(url: str, wav: Path, tmp_path: Path, *, calls: int, extra: list[str]) -> argparse.Namespace:
