@@ -14,7 +14,7 @@ import pytest
 
 from engine.config import EndpointingConfig
 from engine.endpointing import ClassifierError, Endpointer, SpeechEnded, SpeechStarted, make_classifier
-from engine.endpointing.classifiers import classify_batch
+from engine.endpointing.classifiers import CLICK_OFF_DB, CLICK_ON_DB, CLICK_RATIO, UNMUTE_RESUME_MS, classify_batch
 from engine.endpointing.hold import HoldBandClassifier
 
 from .signals import concat, noise, silence, speechlike
@@ -55,11 +55,11 @@ def decisions(name: str, x: np.ndarray) -> list[bool]:
 
 
 def test_weak_frames_after_a_word_are_speech_for_hold_frames_only() -> None:
-    """3.5 dB per band (between the hold bar, 2.5, and the start bar, 4.5) after a word and a 2-frame dip:
-    ``bands-click`` calls them silence; ``bands-hold`` holds them from the second one (the first follows the
-    dip: one weak frame alone is not held) up to frame 7 after the word's last frame, and not one more (a run-on
-    is bounded)."""
-    x = frames(SETTLE, WORD, (0.0, 2), (3.5, 10))
+    """4.0 dB per band (between the hold bar, 2.5 rising to 3.5 dB through the window, and the start bar, 4.5)
+    after a word and a 2-frame dip: ``bands-click`` calls them silence; ``bands-hold`` holds them from the second
+    one (the first follows the dip: one weak frame alone is not held) up to frame 7 after the word's last frame,
+    and not one more (a run-on is bounded)."""
+    x = frames(SETTLE, WORD, (0.0, 2), (4.0, 10))
     click = decisions("bands-click", x)
     hold = decisions("bands-hold", x)
     after = 50 + 8
@@ -68,6 +68,22 @@ def test_weak_frames_after_a_word_are_speech_for_hold_frames_only() -> None:
     # frames 1–2 after the word: the dip; 3: weak, after the dip; 4–7: held (the window is frames 2…7); 8 on: not
     assert hold[after:] == [False, False, False] + [True] * 4 + [False] * 5
     assert hold[:50] == click[:50] == [False] * 50
+
+
+@pytest.mark.parametrize("late", [1, 2, 3, 4, 5, 6])
+def test_the_bar_rises_through_the_window(late: int) -> None:
+    """Round 5: a frame 2.85 dB per band up, ``late`` + 1 frames after the word (after ``late`` - 1 frames at
+    1.6 dB, which pass the gate before it but are silence), is held at the 2.5 dB bar of frame 2 and the 2.7 dB
+    of frame 3, not at 2.9 dB (frame 4) or later: a late hold, which would put the end decision later if no word
+    followed, needs a stronger frame. (A flat 2.5 dB bar, round 4, held it at every position.)"""
+    x = frames(SETTLE, WORD, (1.6, late - 1), (2.85, 1))
+    got = decisions("bands-hold", x)
+    assert got[58 : 58 + late - 1] == [False] * (late - 1)
+    assert got[-1] is (late <= 2)
+    flat = HoldBandClassifier(
+        RATE, 20, hold_rise_db=0.0, resume_ms=UNMUTE_RESUME_MS, on_db=CLICK_ON_DB, off_db=CLICK_OFF_DB, impulse_ratio=CLICK_RATIO
+    )
+    assert [flat.classify(x[i : i + 1])[0] for i in range(x.shape[0])][-1] is True
 
 
 def test_a_loud_talker_is_not_held() -> None:
@@ -134,6 +150,7 @@ def test_bounds_of_the_parameters() -> None:
         {"arm_frames": 0},
         {"hold_db": -1.0},
         {"hold_db": float("nan")},
+        {"hold_rise_db": -0.1},
         {"prev_db": 100.0},
         {"level_max_db": -0.5},
     ):
