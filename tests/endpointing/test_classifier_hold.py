@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from engine.config import EndpointingConfig
-from engine.endpointing import ClassifierError, Endpointer, SpeechEnded, SpeechStarted, make_classifier
+from engine.endpointing import BandClassifier, ClassifierError, Endpointer, SpeechEnded, SpeechStarted, make_classifier
 from engine.endpointing.classifiers import CLICK_OFF_DB, CLICK_ON_DB, CLICK_RATIO, UNMUTE_RESUME_MS, classify_batch
 from engine.endpointing.hold import HoldBandClassifier
 
@@ -84,6 +84,22 @@ def test_the_bar_rises_through_the_window(late: int) -> None:
         RATE, 20, hold_rise_db=0.0, resume_ms=UNMUTE_RESUME_MS, on_db=CLICK_ON_DB, off_db=CLICK_OFF_DB, impulse_ratio=CLICK_RATIO
     )
     assert [flat.classify(x[i : i + 1])[0] for i in range(x.shape[0])][-1] is True
+
+
+def test_held_frames_teach_the_floors_at_the_noise_rate() -> None:
+    """Round 5: a held frame is speech on credit, so the floors learn from it as from noise: after every frame
+    the floors are exactly ``bands-click``'s, which calls the held frames silence (round 4 let them rise at the
+    talker's slow rate, which kept them under line noise that stepped up: dev_line_snr05_01 ran on 9 s)."""
+    x = frames(SETTLE, WORD, (0.0, 2), (4.0, 5), (0.0, 10))
+    click = make_classifier("bands-click", RATE)
+    hold = make_classifier("bands-hold", RATE)
+    assert isinstance(click, BandClassifier) and isinstance(hold, HoldBandClassifier)
+    held = 0
+    for i in range(x.shape[0]):
+        a, b = click.classify(x[i : i + 1])[0], hold.classify(x[i : i + 1])[0]
+        held += b and not a
+        assert hold.noise_floors_db == click.noise_floors_db, i
+    assert held == 4
 
 
 def test_a_loud_talker_is_not_held() -> None:
