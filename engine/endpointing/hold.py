@@ -37,7 +37,9 @@ where a word followed, 3.1 where none did). Tuned on dev only (BENCHMARKS.md § 
 frame (and the gate before it at 1.0 dB, not 1.5), with held frames teaching the floors at the noise rate
 (:meth:`HoldBandClassifier._relearn`), keeps most of the gain (missed (anchor) 10 / 5 dB 7.0 / 9.8 %, flat bar
 6.5 / 8.8, ``bands-click`` 8.5 / 12.9) with every non-babble p95 ≤ 200 ms (the worst, 5 dB line, is an ending
-``bands-click`` itself decides 202 ms late) and ``bands-click``'s false starts. A hold that bridges gaps but
+``bands-click`` itself decides 202 ms late) and ``bands-click``'s false starts; checked on test and extra, three
+rows stay over 200 ms (5 dB line on both, 220 ms; synthetic 5 dB white 259), so it remains an option. A hold
+that bridges gaps but
 does not extend the end cannot be causal: a held frame bridges only by keeping the end decision from firing,
 which is exactly the delay when no word follows. Other bars tried on dev (on the round-4 hold): the noise's own
 80–95th percentile above the floors, tracked per stream (less gain, 7.0–7.7 / 10.0–11.2 %, for the same worst
