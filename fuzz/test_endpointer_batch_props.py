@@ -151,7 +151,7 @@ def test_batch_shares_one_classify_per_wakeup() -> None:
     assert batch.batches == 20 and batch.frames == 600 and batch.decoded == 600
 
 
-BANDS_KINDS = ["bands", "bands-unmute", "bands-click", "bands-pitch", "bands-hold"]
+BANDS_KINDS = ["bands", "bands-unmute", "bands-click", "bands-pitch", "bands-hold", "bands-level"]
 
 
 @given(data=st.data())

@@ -21,7 +21,7 @@ from tests.endpointing.helpers import check, key, limits, run
 
 
 def _classifiers() -> list[str]:
-    names = ["bands", "bands-unmute", "bands-click", "bands-pitch", "bands-hold", "energy"]
+    names = ["bands", "bands-unmute", "bands-click", "bands-pitch", "bands-hold", "bands-level", "energy"]
     try:
         import webrtcvad  # noqa: F401
 

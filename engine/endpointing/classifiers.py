@@ -796,7 +796,7 @@ class WebRtcClassifier:
         return [not q and bool(vad.is_speech(row.tobytes(), rate)) for row, q in zip(data, quiet, strict=True)]
 
 
-CLASSIFIERS = ("bands", "energy", "webrtc", "silero", "bands-unmute", "bands-click", "bands-pitch", "bands-hold")
+CLASSIFIERS = ("bands", "energy", "webrtc", "silero", "bands-unmute", "bands-click", "bands-pitch", "bands-hold", "bands-level")
 
 #: The unmute window of the ``bands-unmute`` classifier (see :class:`BandClassifier`, ``resume_ms``).
 UNMUTE_RESUME_MS = 60
@@ -896,6 +896,10 @@ def make_classifier(name: str, sample_rate: int, *, frame_ms: int = 20) -> Frame
 
         return HoldBandClassifier(sample_rate, frame_ms, resume_ms=UNMUTE_RESUME_MS, on_db=CLICK_ON_DB, off_db=CLICK_OFF_DB,
                                   impulse_ratio=CLICK_RATIO)
+    if name == "bands-level":  # bands-click + a talker-level gate on busy (babble) lines (engine/endpointing/level.py)
+        from .level import make_level
+
+        return make_level(sample_rate, frame_ms)
     if name == "energy":
         return EnergyClassifier(sample_rate, frame_ms)
     if name == "webrtc":

@@ -19,7 +19,7 @@ def _frames(seed: int) -> np.ndarray:
     return sig[: len(sig) // 160 * 160].reshape(-1, 160)
 
 
-@pytest.mark.parametrize("kind", ["bands", "bands-click", "bands-pitch", "bands-hold"])
+@pytest.mark.parametrize("kind", ["bands", "bands-click", "bands-pitch", "bands-hold", "bands-level"])
 def test_streams_sharing_the_scratch_decide_as_each_alone(kind: str) -> None:
     a, b = make_classifier(kind, 8000), make_classifier(kind, 8000)
     assert isinstance(a, BandClassifier) and isinstance(b, BandClassifier)

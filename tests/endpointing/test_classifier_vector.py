@@ -11,7 +11,7 @@ from engine.endpointing.classifiers import _band_array, _decide_rows, _swings
 
 from .signals import concat, noise, silence, speechlike
 
-KINDS = ["bands", "bands-unmute", "bands-click", "bands-pitch", "bands-hold"]
+KINDS = ["bands", "bands-unmute", "bands-click", "bands-pitch", "bands-hold", "bands-level"]
 
 
 def stream(i: int, n_frames: int, frame: int = 160) -> np.ndarray:
