@@ -79,6 +79,8 @@ def memory() -> dict[str, int]:
         for line in f:
             if line.startswith(("VmRSS:", "VmHWM:")):
                 out[line[:5]] = int(line.split()[1]) * 1024
+            elif line.startswith("Threads:"):
+                out["threads"] = int(line.split()[1])
     kind = "anon"
     with open("/proc/self/smaps") as f:
         for line in f:
@@ -122,6 +124,7 @@ async def run(calls: int, frames_n: int, rss: bool = False, gc_freeze: bool = Fa
     config = msgspec.structs.replace(config, call=msgspec.structs.replace(config.call, audio_buffer_ms=3_600_000))
     audio_frames = frames_of(load_audio(str(DEMO_WAV)))
     # --corpus: call i plays bench/corpus's calls (as the capacity rig: SNR >= 20, speech), the i-th in turn, looped.
+    names = [k.name for k in load_corpus()] if corpus else ["demo"]
     plays = [frames_of(load_audio(str(k.wav))) for k in load_corpus()] if corpus else [audio_frames]
     metrics = Registry()
     budgets = Budgets(config.budgets)
@@ -260,6 +263,11 @@ async def run(calls: int, frames_n: int, rss: bool = False, gc_freeze: bool = Fa
                 out["open_utterances_per_call"] = sum(len(c._open) for c in live) / calls
                 out["utterance_audio_kib_per_call"] = sum(u.audio.held_bytes for c in live for u in c._open) / calls / 1024
                 out["utterances_per_call"] = sum(c.stats.utterances for c in live) / calls
+                by_play: dict[str, list[int]] = {}
+                for c in live:
+                    by_play.setdefault(names[int(c.stream_sid[2:], 16) % len(plays)], []).append(
+                        sum(u.audio.held_bytes for u in c._open))
+                out["audio_by_play"] = {k: sum(v) / len(v) / 1024 for k, v in sorted(by_play.items())}
                 for s, _ in [warm, *rest]:
                     s.close()
                 with trio.move_on_after(10):
@@ -324,7 +332,8 @@ def print_rss(out: dict[str, Any], calls: int) -> None:
         return (b.get(key, 0) - a.get(key, 0)) / calls / 1024
 
     idle, live = mem["idle"], mem["live"]
-    print(f"  RSS idle {idle['VmRSS'] / 2**20:.1f} MiB; per call (live - idle) / {calls}, KiB:")
+    print(f"  RSS idle {idle['VmRSS'] / 2**20:.1f} MiB, threads {idle['threads']} idle / {live['threads']} live; "
+          f"per call (live - idle) / {calls}, KiB:")
     print(f"    RSS {per(idle, live, 'VmRSS'):.1f}  (peak {(live['VmHWM'] - idle['VmRSS']) / calls / 1024:.1f}; heap {per(idle, live, 'heap'):.1f}, "
           f"anon mmaps {per(idle, live, 'anon'):.1f}, file {per(idle, live, 'file'):.1f})")
     print(f"    after a full collection {per(idle, mem['collected'], 'VmRSS'):.1f} ({out['garbage_objects'] / calls:.0f} "
@@ -369,6 +378,8 @@ def main() -> int:
         print(f"  tasks per call {out['tasks_per_call']:.2f}; utterances {out['utterances_per_call']:.2f} per call, "
               f"open {out['open_utterances_per_call']:.2f}, their audio {out['utterance_audio_kib_per_call']:.1f} KiB")
         print_rss(out, args.calls)
+        print("  utterance audio held per call, KiB, by what it plays: " + ", ".join(
+            f"{k} {v:.0f}" for k, v in out["audio_by_play"].items()))
         print(f"  feeding: {out['cpu_s']:.2f} s CPU, {out['minor_faults']} minor page faults")
         if out["trims"]:
             t = sorted(x[0] for x in out["trims"])
