@@ -50,7 +50,7 @@ class ServerConfig(_Section):
     # collector as it is. Measured in BENCHMARKS.md (Capacity); see docs/architecture.md, "GC policy".
     gc_policy: Literal["throughput", "default"] = "throughput"
     # ``sori serve`` only, glibc only: ``malloc_trim(0)`` this often, so the C heap that ended utterances and
-    # calls freed goes back to the kernel (0.3-0.7 ms a trim at 300 calls); 0 = never. engine/memory.py says
+    # calls freed goes back to the kernel (0.3-1.0 ms a trim at 300 calls); 0 = never. engine/memory.py says
     # why; measured in BENCHMARKS.md (Capacity, "Issue 13 round 5: memory per call").
     malloc_trim_interval_ms: NonNegativeMs = 10_000
     # Scale-out (docs/deploy.md): worker processes sharing the Twilio port; "auto" = one per usable core.

@@ -5,8 +5,8 @@ in the middle of its heap resident until ``malloc_trim``; only the heap's top is
 calls free there (an ended utterance's 2 KiB audio blocks, numpy buffers, large messages) is reused by later
 allocations, so under steady load the free heap is a pool the calls churn through, not growth (a trim every
 5 s left RSS per call within 0.3 KiB at 300 calls, `bench/call_census.py --rss --corpus`); but when utterances
-or calls end, ~17 KiB per call stayed resident until a trim (300 calls). A ``malloc_trim(0)`` costs 0.3-0.7 ms
-at 300 calls (the first one, after start-up, ~13 ms), so the daemon runs one every
+or calls end, 12-17 KiB per call stayed resident until a trim (300 calls). A ``malloc_trim(0)`` costs 0.3-1.0 ms
+of CPU at 300 calls (the first one, after start-up, more), so the daemon runs one every
 ``server.malloc_trim_interval_ms``. ``mallopt`` thresholds were measured and rejected: a fixed
 ``M_MMAP_THRESHOLD`` or ``M_TRIM_THRESHOLD`` changed no reading and cost 33x the page faults and ~20 % CPU;
 ``M_ARENA_MAX`` changes nothing in a single-threaded engine.
@@ -54,7 +54,7 @@ def malloc_policy(interval_ms: int) -> tuple[Callable[[], int] | None, str]:
 
 
 async def trim_heap_every(interval_s: float, trim: Callable[[], int]) -> None:
-    """Until cancelled: ``trim()`` every ``interval_s``. It runs on the event loop (0.3-0.7 ms at 300 calls):
+    """Until cancelled: ``trim()`` every ``interval_s``. It runs on the event loop (0.3-1.0 ms at 300 calls):
     from a thread it would hold malloc's lock against the loop's own allocations all the same."""
     while True:
         await trio.sleep(interval_s)
