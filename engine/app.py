@@ -24,9 +24,10 @@ from engine.admin import AdminServer, Readiness
 from engine.appchannel import AppChannelServer, AppHub
 from engine.budgets import Budgets
 from engine.call import Call
-from engine.config import Config
+from engine.config import Config, ServerConfig
 from engine.events import Event
 from engine.log import get_logger
+from engine.memory import malloc_policy, trim_heap_every
 from engine.metrics import Registry
 from engine.nursery import Service, StartupError, Supervisor, root_cause
 from engine.playback_driver import CallControl, ControlledCall
@@ -123,7 +124,8 @@ async def serve(
     returns without reporting started.
 
     ``after_start(engine)``, if given, runs as a task beside the engine once it has started, and is
-    cancelled when the engine has drained (``run_engine`` uses it to freeze the heap once ready).
+    cancelled when the engine has drained (``run_engine`` uses it to freeze the heap once ready and to
+    trim the C heap periodically).
     """
     launcher = _launcher(stt)
     try:
@@ -265,8 +267,26 @@ async def freeze_when_ready(engine: Engine) -> None:
     log.info("gc_frozen", objects=gc.get_freeze_count(), threshold=list(gc.get_threshold()))
 
 
+def apply_memory_policy(server: ServerConfig) -> Callable[[], int] | None:
+    """The daemon's malloc policy (engine/memory.py): the trim to run every ``server.malloc_trim_interval_ms``,
+    or None (off, or not glibc); logged either way."""
+    trim, said = malloc_policy(server.malloc_trim_interval_ms)
+    log.info("malloc_policy", policy=said)
+    return trim
+
+
 async def run_engine(config: Config, stt: SttLauncher | None = None, *,
                      task_status: trio.TaskStatus[Engine] = trio.TASK_STATUS_IGNORED) -> None:
-    """``sori serve``: the engine with JSONL/webhook sinks until SIGTERM/SIGINT, under ``server.gc_policy``."""
+    """``sori serve``: the engine with JSONL/webhook sinks until SIGTERM/SIGINT, under ``server.gc_policy``
+    and ``server.malloc_trim_interval_ms``."""
     freeze = apply_gc_policy(config.server.gc_policy)
-    await serve(config, stt=stt, after_start=freeze_when_ready if freeze else None, task_status=task_status)
+    trim = apply_memory_policy(config.server)
+
+    async def after_start(engine: Engine) -> None:
+        if freeze:
+            await freeze_when_ready(engine)
+        if trim is not None:
+            await trim_heap_every(config.server.malloc_trim_interval_ms / 1000, trim)
+
+    await serve(config, stt=stt, after_start=after_start if freeze or trim is not None else None,
+                task_status=task_status)

@@ -49,6 +49,10 @@ class ServerConfig(_Section):
     # collections neither run every few calls' frames nor rescan the long-lived heap; "default": CPython's
     # collector as it is. Measured in BENCHMARKS.md (Capacity); see docs/architecture.md, "GC policy".
     gc_policy: Literal["throughput", "default"] = "throughput"
+    # ``sori serve`` only, glibc only: ``malloc_trim(0)`` this often, so the C heap that ended utterances and
+    # calls freed goes back to the kernel (0.3-1.0 ms a trim at 300 calls); 0 = never. engine/memory.py says
+    # why; measured in BENCHMARKS.md (Capacity, "Issue 13 round 5: memory per call").
+    malloc_trim_interval_ms: NonNegativeMs = 10_000
     # Scale-out (docs/deploy.md): worker processes sharing the Twilio port; "auto" = one per usable core.
     workers: Annotated[int, Meta(ge=1, le=256)] | Literal["auto"] = 1
     # Set by ``sori serve --workers`` for its workers: the Unix socket the parent hands accepted Twilio

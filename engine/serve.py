@@ -105,16 +105,20 @@ def _run_parent(config: Config, workers: int, child_args: list[str]) -> int:
 
 def _run_worker(config: Config, stt: str, index: int, status_fd: int) -> int:
     """One worker of ``--workers``: the engine on the connections the parent hands over, reporting to the parent."""
-    from engine.app import Engine, apply_gc_policy, freeze_when_ready, serve
+    from engine.app import Engine, apply_gc_policy, apply_memory_policy, freeze_when_ready, serve
+    from engine.memory import trim_heap_every
     from engine.workers import report_and_watch_parent, tag_worker_logs
 
     tag_worker_logs(index)
     freeze = apply_gc_policy(config.server.gc_policy)
+    trim = apply_memory_policy(config.server)  # as run_engine: each worker is a daemon process of its own
 
     async def after_start(engine: Engine) -> None:
         async with trio.open_nursery() as nursery:
             if freeze:
                 nursery.start_soon(freeze_when_ready, engine)
+            if trim is not None:
+                nursery.start_soon(trim_heap_every, config.server.malloc_trim_interval_ms / 1000, trim)
             assert engine.admin.bound_port is not None
             await report_and_watch_parent(status_fd, engine.admin.bound_port, engine.shutdown)
 
