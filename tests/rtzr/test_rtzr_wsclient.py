@@ -8,6 +8,7 @@ from contextlib import asynccontextmanager
 
 import pytest
 import trio
+import trio.testing
 from wsproto import ConnectionType, WSConnection
 from wsproto.connection import Connection
 from wsproto.events import (
@@ -375,7 +376,8 @@ async def test_concurrent_senders_do_not_interleave_frames() -> None:
     assert all(len(b) == 100_000 and b == bytes([b[0]]) * 100_000 for b in received)
 
 
-async def test_aclose_is_bounded_when_the_server_never_answers() -> None:
+async def test_aclose_is_bounded_when_the_server_never_answers(autojump_clock: trio.testing.MockClock) -> None:
+    """The grace is measured on the MockClock: on the wall clock a stalled machine could exceed any bound."""
     async def handler(peer: Peer) -> None:
         await peer.accept()
         await trio.sleep_forever()
