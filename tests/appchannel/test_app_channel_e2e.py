@@ -170,7 +170,9 @@ async def test_one_call_subscription() -> None:
 
 async def test_slow_application_gets_counted_drops_and_the_call_is_unaffected() -> None:
     with trio.fail_after(30):
-        config = make_config("app_channel.queue=3", "budgets.send=300")
+        # send budget 2 s: the queue must overflow (two bursts after the writer blocks) before the budget closes
+        # the stalled connection, or no drop is ever counted; 300 ms left that race to a loaded machine's speed
+        config = make_config("app_channel.queue=3", "budgets.send=2000")
         async with running_engine(config) as (engine, collector), trio.open_nursery() as nursery:
             assert engine.hub is not None
             hub = engine.hub

@@ -3,14 +3,20 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import trio
 
 from engine import events as ev
+from engine.twilio import simulator
 from engine.twilio.simulator import simulate_call
 from tests.appchannel.support import make_config, mulaw_of, phrase_pcm, running_engine, silence
 
 
-async def test_simulator_records_the_answer_and_echoes_marks_when_heard() -> None:
+async def test_simulator_records_the_answer_and_echoes_marks_when_heard(monkeypatch: pytest.MonkeyPatch) -> None:
+    # One playback: any gap in it is the loaded host running dry (counted in underrun_ms, which the bounds below
+    # allow), not a second playback. With the simulator's 100 ms segment gap, a loaded run split the answer
+    # into two segments (seen: len(report.heard) == 2 with the test on core 0 beside 3 CPU burners).
+    monkeypatch.setattr(simulator, "SEGMENT_GAP_S", 60.0)
     with trio.fail_after(30):
         async with running_engine(make_config("app_channel.enabled=false")) as (engine, collector):
             tone = (np.sin(np.arange(2400) / 4) * 8000).astype(np.int16)  # 300 ms
@@ -34,7 +40,8 @@ async def test_simulator_records_the_answer_and_echoes_marks_when_heard() -> Non
             # heard after the endpoint decision (its audio had to arrive first), well before the call ended
             assert seg["start_s"] >= answer_at[0] / 1000
             [end_mark] = report.marks_heard
-            assert abs(end_mark["at_s"] - seg["end_s"]) < 0.1  # echoed when the audio had played, not at once
+            # echoed when the audio had played (not at once, 0.3 s before); later only by a loaded loop's lag
+            assert -0.001 <= end_mark["at_s"] - seg["end_s"] < 1.0
             # the recording is silence, then the answer at its place on the timeline (gaps where it ran dry)
             recorded = report.played_audio
             start = round(seg["start_s"] * 8000)

@@ -107,7 +107,10 @@ async def test_a_continuation_joins_the_turn_even_with_turn_ms_below_merge_ms() 
 
 
 async def test_a_pause_beyond_merge_ms_is_a_new_utterance_and_a_new_turn() -> None:
-    audio, texts = paused_call("ate", "thanks", 900)
+    # 2000 ms (beyond merge_ms 600, as 900 was): the first turn ends only once its final is in, so the final
+    # must arrive before the second phrase starts (realtime audio): 900 ms of wall clock for endpoint, Finalize,
+    # recognition and final was a speed assumption on a loaded machine; 2000 leaves twice that.
+    audio, texts = paused_call("ate", "thanks", 2000)
     events = await run_call(default_endpointing_config("endpointing.turn_ms=300"), audio, speed="realtime")
     started = [e for e in events if isinstance(e, ev.SpeechStarted)]
     finals = [e for e in events if isinstance(e, ev.TranscriptFinal)]

@@ -76,7 +76,9 @@ async def test_slowloris_handshakes_are_cut_and_do_not_block_calls() -> None:
                 rep = await r.call(audio)
             assert r.ledger.texts(rep.stream_sid) == texts
             assert len(cut_after) == 31
-            assert all(0.9 <= t <= 2.5 for t in cut_after), cut_after
+            # cut at the 1 s budget: below 4 s still tells it from the 5 s default and from a deadline per read
+            # (~12 s for this head); 3 s of room for a loaded machine's lag, with 31 clients and a call on one loop
+            assert all(0.9 <= t < 4.0 for t in cut_after), cut_after
             assert r.metric("twilio_start_timeouts_total") == 1
             await wait_until(lambda: r.engine.supervisor.live_calls == 0, 2)
             tally("slowloris + silent upgrade", tried=31, cut=len(cut_after), max_s=round(max(cut_after), 2),

@@ -64,7 +64,9 @@ async def test_every_socket_dying_is_reported_per_utterance(kind: str) -> None:
 
 async def test_stall_past_finalize_budget_is_reported_and_socket_discarded() -> None:
     with trio.fail_after(30):
-        async with rig("rtzr.pool.spare=0", "budgets.finalize=400") as r:
+        # 2 s: the stall never answers, so any budget expires; the next call's final (40 ms emulator delay)
+        # must come within it on a loaded machine too
+        async with rig("rtzr.pool.spare=0", "budgets.finalize=2000") as r:
             r.emu.emulator.inject(Fault.stall(0))  # type: ignore[union-attr]
             audio, texts = script("ate")
             rep = await r.call(audio)
@@ -115,8 +117,9 @@ async def test_429_at_session_limit_waits_under_lease_budget_then_reports() -> N
             emu = r.emu.emulator
             assert emu is not None and emu.stats.rejected.get(429, 0) >= 1  # the real limit was hit
             assert r.metric("utterance_errors_total") == acc.reported
-            # the limit passed, the pool recovers: a later call is fully served
-            await trio.sleep(0.5)
+            # the limit passed, the pool recovers (a state, not a time: under load its reopening can take longer
+            # than the 300 ms lease budget the next call would get): a later call is fully served
+            await wait_until(lambda: r.engine.pool.idle_count >= 1, 15)
             audio, texts = script("thanks")
             rep = await r.call(audio)
             assert r.ledger.texts(rep.stream_sid) == texts
@@ -220,7 +223,12 @@ async def _auth_outage_mid_run(outage_s: float, token_s: float) -> None:
             await trio.sleep(outage_s)
             during = r.engine.tokens.fetch_count - before
             await r.gate.up()
-            await trio.sleep(1.5)  # backoff ≤ 1 s, then the pool refills
+            # backoff ≤ 1 s, then the pool refills: wait for that state, then for a call placed wholly after it
+            # (a fixed 1.5 s let the last call start before the refill on a loaded machine, its 300 ms lease
+            # budget then expiring)
+            await wait_until(lambda: r.engine.pool.idle_count >= 1, 15)
+            placed = len(sids)
+            await wait_until(lambda: len(sids) >= placed + 2, 30)
             stop.set()
         # no busy loop: at most one attempt per ~backoff step over the outage
         assert during <= 4 + outage_s * 2, (during, trio.current_time() - down_at)

@@ -8,6 +8,7 @@ from contextlib import asynccontextmanager
 
 import pytest
 import trio
+import trio.testing
 from wsproto import ConnectionType, WSConnection
 from wsproto.connection import Connection
 from wsproto.events import (
@@ -322,7 +323,8 @@ async def test_oversize_message_closes_with_1009(fragmented: bool) -> None:
     assert isinstance(got[0], CloseConnection) and got[0].code == 1009
 
 
-async def test_send_budget_expires_when_the_server_stops_reading() -> None:
+async def test_send_budget_expires_when_the_server_stops_reading(autojump_clock: trio.testing.MockClock) -> None:
+    """On the MockClock: time passes only while the send is blocked, so the bound checks the budget, not speed."""
     async def handler(peer: Peer) -> None:
         await peer.accept()
         await trio.sleep_forever()  # never reads: the socket buffers fill up
@@ -375,7 +377,8 @@ async def test_concurrent_senders_do_not_interleave_frames() -> None:
     assert all(len(b) == 100_000 and b == bytes([b[0]]) * 100_000 for b in received)
 
 
-async def test_aclose_is_bounded_when_the_server_never_answers() -> None:
+async def test_aclose_is_bounded_when_the_server_never_answers(autojump_clock: trio.testing.MockClock) -> None:
+    """The grace is measured on the MockClock: on the wall clock a stalled machine could exceed any bound."""
     async def handler(peer: Peer) -> None:
         await peer.accept()
         await trio.sleep_forever()

@@ -291,10 +291,12 @@ async def test_cancelled_server_stops_accepting_but_live_calls_continue() -> Non
             host = CallHost(calls)
             server = TwilioServer(cfg, host=host, handler_factory=factory, metrics=Registry())
             serving = trio.CancelScope()
+            stopped = trio.Event()
 
             async def serve(task_status=trio.TASK_STATUS_IGNORED) -> None:
                 with serving:
                     await server.run(task_status=task_status)
+                stopped.set()
 
             async with trio.open_nursery() as nursery:
                 port = await nursery.start(serve)
@@ -303,7 +305,7 @@ async def test_cancelled_server_stops_accepting_but_live_calls_continue() -> Non
                     await ws.send_message(start())
                     await wait_for(lambda: handlers)
                     serving.cancel()
-                    await trio.sleep(0.05)
+                    await stopped.wait()  # run() has returned (a sleep here raced its unwinding on a loaded machine)
                     with pytest.raises(OSError):
                         await trio.open_tcp_stream("127.0.0.1", port)
                     await ws.send_message(media(2, 1, 20))

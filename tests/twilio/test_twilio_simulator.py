@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import trio
+import trio.testing
 from trio_websocket import serve_websocket
 
 from engine.audio import mulaw
@@ -114,8 +115,9 @@ def test_sids_look_like_twilio() -> None:
     assert len(sid) == 34 and sid.startswith("MZ") and all(c in "0123456789abcdef" for c in sid[2:])
 
 
-async def test_wire_is_twilio_shaped_and_paced() -> None:
-    """A bare trio-websocket server records exactly what the simulator sends, and when."""
+async def test_wire_is_twilio_shaped_and_paced(autojump_clock: trio.testing.MockClock) -> None:
+    """A bare trio-websocket server records exactly what the simulator sends, and when (on the MockClock: the
+    pacing is checked, not the machine's speed)."""
     seen: list[tuple[float, dict]] = []
     headers: dict[str, str] = {}
     target: list[str] = []
