@@ -234,7 +234,8 @@ class Call:
             self._on_other(event)
             return
         payload = event.payload
-        frames = max(1, len(payload) // self._bytes_per_frame)
+        size = len(payload)
+        frames = size // self._bytes_per_frame or 1  # at least 1 (max(1, ...) without a builtin call per chunk)
         if event.filled:
             self.stats.frames_filled += frames
         else:
@@ -252,7 +253,7 @@ class Call:
         batch = self._batch
         if batch is not None and batch.collecting and self._batch_decode:
             self.batch_payload = payload  # decoded with every call of this wake-up (FrameBatch.end)
-            if len(payload) == self.endpointer.packet:  # one whole frame (Twilio's 20 ms): batch_packet
+            if size == self.endpointer.packet:  # one whole frame (Twilio's 20 ms): batch_packet
                 batch.add_packet(self, payload)
             else:
                 batch.add(self)

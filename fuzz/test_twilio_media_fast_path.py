@@ -6,6 +6,10 @@
   streamSid, missing or malformed digit strings, empty or oversized payloads, unknown fields, a binary
   frame, media before ``start`` or after ``stop`` — both accept and reject exactly the same messages, with
   the same events, errors (kind, message, fatal), stats and state.
+* The fixed-layout parse (``receive_one`` on Twilio's exact compact text) against the full msgspec decode
+  (``_GeneralOnly``): in-step messages in Twilio's layout with random character mutations (replaced, deleted,
+  inserted: quotes, backslashes and escapes, digits, braces, base64 padding, spaces, non-ASCII) give the same
+  events or the same error, stats and state; and in-step layout messages never reach msgspec's full decode.
 * ``TextFrameDecoder.one`` (a read holding exactly one frame) against the same bytes fed to the general
   loop (``feed``) in two reads; and ``one`` takes every frame of the shape it is for (not vacuous).
 * ``apply_mask`` against the RFC's byte-by-byte XOR, both sides of its small-frame limit.
@@ -59,7 +63,7 @@ def _outcome_one(stream: TwilioStream, text: str | bytes) -> tuple[str, object]:
 
 def _snapshot(stream: TwilioStream) -> tuple[object, ...]:
     tl = stream._timeline
-    return (stream.stats, stream.state, stream.started, stream.stop, stream._highest_seq, stream._seen, tl.first_ts,
+    return (stream.stats, stream.state, stream.started, stream.stop, stream._highest_seq, stream._gaps, tl.first_ts,
             tl.next_chunk, tl.pos, sorted(tl.missing or ()), stream._checked_kinds)
 
 
@@ -193,8 +197,9 @@ def test_in_step_media_takes_the_fast_path(max_gap_ms: int) -> None:
     assert _snapshot(stream) == _snapshot(general)
 
 
+@pytest.mark.parametrize("layout", [False, True])  # json.dumps's spacing (msgspec's fast path), or Twilio's text
 @pytest.mark.parametrize("field", ["seq", "chunk"])
-def test_the_fast_path_keeps_the_digit_limit(field: str) -> None:
+def test_the_fast_path_keeps_the_digit_limit(field: str, layout: bool) -> None:
     """The fast path compares the next sequence number and chunk as strings (str(n)); at the limit of 15 digits the
     next one has 16, which the general path refuses: so does the fast path, whatever the expected number is."""
     top = 10**15 - 1
@@ -212,6 +217,8 @@ def test_the_fast_path_keeps_the_digit_limit(field: str) -> None:
     start = json.dumps({"event": "start", "sequenceNumber": str(seq0), "streamSid": SID, "start": {"streamSid": SID}})
 
     def media(seq: int, chunk: int, ts: int) -> str:
+        if layout:
+            return _layout(seq, SID, "inbound", chunk, ts, bytes(160))
         return json.dumps({"event": "media", "sequenceNumber": str(seq), "streamSid": SID,
                            "media": {"track": "inbound", "chunk": str(chunk), "timestamp": str(ts),
                                      "payload": _b64(bytes(160))}})
@@ -222,6 +229,112 @@ def test_the_fast_path_keeps_the_digit_limit(field: str) -> None:
     assert streams[0].general == 3  # start, the first frame, the 16-digit one: the 15-digit one took the fast path
     assert outcomes[0][3][0] == "error" and outcomes[0][2][0] == "events"  # 16 digits: refused; 15: taken
     assert _snapshot(streams[0]) == _snapshot(streams[1])
+
+
+def _layout(seq: int, sid: str, track: str, chunk: int, ts: int | str, payload: bytes) -> str:
+    """A media message exactly as Twilio writes it: compact, keys in its documented order."""
+    return json.dumps({"event": "media", "sequenceNumber": str(seq), "streamSid": sid,
+                       "media": {"track": track, "chunk": str(chunk), "timestamp": str(ts), "payload": _b64(payload)}},
+                      separators=(",", ":"), ensure_ascii=False)
+
+
+# What a mutation writes: JSON's and base64's own characters, escapes, digits, and a few that are neither.
+_MUTANTS = st.sampled_from(['"', "\\", "\\u0041", "\\/", "\\n", "/", "+", "=", "==", "}", "{", ",", ":", " ", "0", "1",
+                            "9", "A", "z", "é", "٣", "\x00", "]", "media", '"}}', '","payload":"'])
+
+
+@st.composite
+def _mutated(draw: st.DrawFn, text: str) -> str:
+    """``text`` with one to three characters replaced, deleted or inserted, mostly where the fixed layout's
+    checks sit: the end (the payload's last characters, its closing quote, the braces), the timestamp and the
+    payload key, the payload's first characters; anywhere now and then."""
+    chars = list(text)
+    key = text.rfind('","payload":"')
+    regions = [(0, len(text) - 1), (len(text) - 6, len(text) - 1), (key - 8, key + 16)]
+    for _ in range(draw(st.sampled_from([1, 1, 1, 2, 3]))):
+        low, high = draw(st.sampled_from(regions))
+        where = min(draw(st.integers(max(0, low), max(0, high))), max(0, len(chars) - 1))
+        how = draw(st.sampled_from(["replace", "delete", "insert"]))
+        if how == "delete" and chars:
+            del chars[where]
+        elif how == "insert":
+            chars.insert(where, draw(_MUTANTS))
+        elif chars:
+            chars[where] = draw(_MUTANTS)
+    return "".join(chars)
+
+
+@given(st.data(), st.sampled_from([64 * 1024, 400]), st.sampled_from([SID, 'MZ"q\\é' + "0" * 28]),
+       st.sampled_from(["inbound", "in\"b"]))
+def test_fixed_layout_parse_equals_the_full_decode(data: st.DataObject, max_bytes: int, sid: str, track: str) -> None:
+    """Mutated media messages in Twilio's layout: the stream with its fast paths (``receive_one``,
+    ``receive_text``) and the general path alone agree on each, event for event or error for error, and in
+    state; an unmutated in-step message between them keeps the stream armed. A streamSid or track that JSON
+    must escape is matched as JSON spells it."""
+    one, text_path = TwilioStream(max_bytes, track=track), TwilioStream(max_bytes, track=track)
+    general = _GeneralOnly(max_bytes, track=track)
+    start = json.dumps({"event": "start", "sequenceNumber": "1", "streamSid": sid, "start": {"streamSid": sid}})
+    streams = (one, text_path, general)
+    for stream in streams:
+        stream.receive_text(start)
+    # near the 15-digit limit now and then: the timestamp grows a 16th digit within the run
+    ts0 = data.draw(st.one_of(st.integers(0, 10**6), st.just(10**15 - 300)))
+    for k in range(data.draw(st.integers(1, 30))):
+        seq, chunk = general._highest_seq + 1, max(general._timeline.next_chunk, 1)
+        first = general._timeline.first_ts
+        ts: int | str = ts0 if first is None else first + general._timeline.pos // 8 + data.draw(
+            st.sampled_from([0, 0, 1, 40, 41]))
+        if k and data.draw(st.integers(0, 9)) == 0:  # the right number misspelled (non-ASCII digits, empty, ...)
+            ts = data.draw(st.sampled_from(_MISSPELLED))(ts)
+        size = data.draw(st.sampled_from([160] * 6 + [0, 1, 3]))
+        text = _layout(seq, sid, track, chunk, ts, bytes((k + i) % 256 for i in range(size)))
+        if k and data.draw(st.booleans()):
+            text = data.draw(_mutated(text))
+        want = _outcome(general, text)
+        assert _outcome_one(one, text) == want, text
+        assert _outcome(text_path, text) == want, text
+        assert _snapshot(one) == _snapshot(general) == _snapshot(text_path), text
+
+
+def test_in_step_layout_messages_skip_the_full_decode(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Not vacuous: after the first frame (the general path's), every in-step message in Twilio's layout is
+    parsed by the fixed layout, never by msgspec's full decode; a mutated one is (and is refused the same)."""
+    import engine.twilio.protocol as protocol
+
+    decodes = []
+    full = protocol._inbound_decoder
+
+    class _Counting:  # the full decodes of `stream` alone (`general`'s go through the same decoder)
+        counting = False
+
+        def decode(self, text: str | bytes) -> InboundMessage:
+            if self.counting:
+                decodes.append(text)
+            return full.decode(text)
+
+    counting = _Counting()
+
+    def outcome_one(text: str) -> tuple[str, object]:
+        counting.counting = True
+        try:
+            return _outcome_one(stream, text)
+        finally:
+            counting.counting = False
+
+    monkeypatch.setattr(protocol, "_inbound_decoder", counting)
+    stream, general = TwilioStream(), _GeneralOnly()
+    start = json.dumps({"event": "start", "sequenceNumber": "1", "streamSid": SID, "start": {"streamSid": SID}})
+    stream.receive_text(start)
+    general.receive_text(start)
+    for k in range(1, 301):
+        text = _layout(k + 1, SID, "inbound", k, 7 + k * 20 + (40 if k % 3 == 0 else 0), bytes([k % 256]) * 160)
+        assert outcome_one(text) == _outcome(general, text)
+    assert len(decodes) == 1  # the first frame: it sets the timeline's origin
+    bad = _layout(302, SID, "inbound", 301, 7 + 301 * 20, bytes(160)).replace('"payload":"', '"payload":"=')
+    refused = _outcome(general, bad)
+    assert outcome_one(bad) == refused and refused[0] == "error"
+    # the refused one: decoded by the msgspec fast path, then again by the general path, which reports it
+    assert len(decodes) == 3 and _snapshot(stream) == _snapshot(general)
 
 
 _ASCII = st.text(st.characters(min_codepoint=32, max_codepoint=126), min_size=126, max_size=400).map(str.encode)

@@ -68,11 +68,14 @@ class StartInfo(Struct, rename="camel"):
     media_format: MediaFormat = msgspec.field(default_factory=MediaFormat)
 
 
-class InboundMedia(Struct, rename="camel"):
+class InboundMedia(Struct, rename="camel", kw_only=True):
+    """Fields in Twilio's order (../shared/protocols/twilio.md), so what sori's own simulator and load
+    generators encode has the layout :meth:`TwilioStream.receive_one`'s fixed-layout parse takes."""
+
+    track: str = "inbound"
     chunk: str
     timestamp: str
     payload: bytes  # base64 on the wire; msgspec validates and decodes it
-    track: str = "inbound"
 
 
 class DtmfInfo(Struct, rename="camel"):
@@ -163,6 +166,8 @@ class _EventName(Struct):
 
 
 _event_name_decoder = msgspec.json.Decoder(_EventName)
+# One JSON string token -> its base64-decoded bytes: exactly what _inbound_decoder does with media.payload.
+_payload_decoder: msgspec.json.Decoder[bytes] = msgspec.json.Decoder(bytes)
 
 
 def encode(message: InboundMessage | OutboundMessage) -> str:
@@ -356,6 +361,23 @@ _MEDIA: Final = Inbound.MEDIA
 _INBOUND: Final = {message.value: message for message in Inbound}
 _MEDIA_STATES: Final = frozenset(state for state, moves in TRANSITIONS.items() if _MEDIA in moves)
 _SEQ_MASK: Final = (1 << _SEQ_WINDOW) - 1
+# Twilio's media message, key by key in its documented order (../shared/protocols/twilio.md), compact:
+#   {"event":"media","sequenceNumber":"<seq>","streamSid":"<sid>","media":{"track":"<track>","chunk":"<chunk>",
+#    "timestamp":"<ts>","payload":"<base64>"}}
+# The fixed-layout parse (TwilioStream.receive_one) builds the exact text up to <ts> for the next in-step message
+# and takes a message that starts with it; anything else is decoded by msgspec as before.
+_LAYOUT_HEAD: Final = '{"event":"media","sequenceNumber":"'
+_LAYOUT_TS: Final = '","timestamp":"'
+_LAYOUT_PAYLOAD: Final = '","payload":"'
+_LAYOUT_PAYLOAD_QUOTE: Final = len(_LAYOUT_PAYLOAD) - 1  # from the key's start to the payload's opening quote
+_LAYOUT_END: Final = '"}}'
+
+
+def _layout_middle(stream_sid: str, track: str) -> str:
+    """The layout's text between ``<seq>`` and ``<chunk>``: the streamSid and the track as JSON spells them
+    (escaped if they must be, so a text that starts with it decodes to these very strings)."""
+    sid, trk = msgspec.json.encode(stream_sid).decode(), msgspec.json.encode(track).decode()
+    return f'","streamSid":{sid},"media":{{"track":{trk},"chunk":"'
 
 
 class TwilioStream:
@@ -369,9 +391,13 @@ class TwilioStream:
         self.started: Started | None = None
         self._timeline = _Timeline(max_gap_ms)
         self._highest_seq = 0
-        self._seen = 0  # bit i set = sequence number (highest - i) seen
+        # Bit i set = sequence number (highest - i) not seen (yet), within the window. Missing, not seen: in a
+        # stream without loss it becomes 0 after _SEQ_WINDOW messages, and the fast path's shift is skipped.
+        self._gaps = _SEQ_MASK
         self._checked_kinds = 0  # bit _KIND_BITS[type] set = that kind's unknown fields were looked for
         self._armed: str | None = None  # started.stream_sid while the media fast path may take a message
+        self._middle = ""  # the fixed layout's middle for this stream (_layout_middle), set at start
+        self._layout: str | None = None  # _middle while armed, else None
         self.stop: StopInfo | None = None  # the ``stop`` message's details, once it came
 
     @property
@@ -393,13 +419,60 @@ class TwilioStream:
         """:meth:`receive_text` for the per-message caller: an in-step media message's one event alone (no
         list), any other message's events (a list, possibly empty or of one ``AudioReceived``).
 
-        The fast path: a media message as Twilio sends 50 a second (in the stream, its own streamSid and
+        Two fast paths take a media message as Twilio sends 50 a second (in the stream, its own streamSid and
         track, the next sequence number and chunk spelled as Twilio spells them, a digit-string timestamp in
-        step, some audio) is placed here, decoded once, with no further call; anything else goes through
-        :meth:`_receive_checked`, the general path, which decides it from scratch (nothing here has
-        changed any state before it does). The two paths accept the same messages with the same events
-        and stats (fuzz/test_twilio_media_fast_path.py).
+        step, some audio) and place it here, with no further call:
+
+        * the fixed-layout parse: the message is Twilio's exact text (``_LAYOUT_HEAD``) for the next in-step
+          message up to its timestamp's digits, then the payload as one JSON string token and ``}}``; only the
+          payload is decoded (by msgspec, as the full decode would), the rest is one ``startswith``;
+        * else the message decoded once by msgspec and its fields compared.
+
+        Anything else goes through :meth:`_receive_checked`, the general path, which decides it from scratch
+        (nothing here has changed any state before it does). The paths accept the same messages with the same
+        events and stats (fuzz/test_twilio_media_fast_path.py).
         """
+        # _layout is the layout's middle only while the stream is armed (see _armed below); None otherwise.
+        middle = self._layout
+        if middle is not None and type(text) is str:
+            timeline = self._timeline
+            high = self._highest_seq
+            chunk = timeline.next_chunk
+            # The exact text of the next in-step message up to its timestamp: a text that starts with it carries
+            # the canonical digit strings of high + 1 and chunk (those _parse_uint accepts as them, if of at most
+            # _MAX_INT_DIGITS digits: the bounds), this streamSid and this track, in Twilio's key order.
+            head = f"{_LAYOUT_HEAD}{high + 1}{middle}{chunk}{_LAYOUT_TS}"
+            if (
+                text.startswith(head) and text.endswith(_LAYOUT_END) and len(text) <= self.max_message_bytes
+                and high < _MAX_UINT and chunk <= _MAX_UINT
+            ):
+                start = len(head)
+                at = text.find(_LAYOUT_PAYLOAD, start)  # the first: a digit string cannot hold it
+                ts_s = text[start:at]
+                if 0 < at - start <= _MAX_INT_DIGITS and ts_s.isdigit() and ts_s.isascii():
+                    # From the payload's opening quote to the quote before "}}": one JSON string token or a
+                    # DecodeError (then the full decode decides: the same token, the same error).
+                    try:
+                        payload = _payload_decoder.decode(text[at + _LAYOUT_PAYLOAD_QUOTE:-2])
+                    except msgspec.DecodeError:
+                        payload = b""
+                    pos = timeline.pos
+                    first_ts = timeline.first_ts
+                    if (payload and first_ts is not None
+                            and (int(ts_s) - first_ts) * BYTES_PER_MS - pos <= timeline.in_step_bytes):
+                        # _in_step inline (the message of every 20 ms: one Python call less)
+                        gaps = self._gaps
+                        if gaps:
+                            self._gaps = (gaps << 1) & _SEQ_MASK
+                        self._highest_seq = high + 1
+                        timeline.next_chunk = chunk + 1
+                        n = len(payload)
+                        timeline.pos = pos + n
+                        stats = self.stats
+                        stats.messages += 1
+                        stats.frames += 1
+                        stats.bytes += n
+                        return AudioReceived(payload, pos / BYTES_PER_MS)
         msg: InboundMessage | None = None
         if type(text) is str and len(text) <= self.max_message_bytes:
             try:
@@ -431,17 +504,25 @@ class TwilioStream:
                 ):
                     pos = timeline.pos
                     if (int(ts_s) - first_ts) * BYTES_PER_MS - pos <= timeline.in_step_bytes:
-                        self._seen = ((self._seen << 1) | 1) & _SEQ_MASK
-                        self._highest_seq = high + 1
-                        timeline.next_chunk = chunk + 1
-                        n = len(payload)
-                        timeline.pos = pos + n
-                        stats = self.stats
-                        stats.messages += 1
-                        stats.frames += 1
-                        stats.bytes += n
-                        return AudioReceived(payload, pos / BYTES_PER_MS)
+                        return self._in_step(timeline, high, chunk, pos, payload)
         return self._receive_checked(text, msg)
+
+    def _in_step(self, timeline: _Timeline, high: int, chunk: int, pos: int, payload: bytes) -> AudioReceived:
+        """Accept an in-step media message (sequence high + 1, chunk ``chunk``, audio at ``pos``): what the
+        general path's checks, :meth:`_check_sequence` and :meth:`_Timeline.place` come to for it. (The
+        fixed-layout parse has this body inline: keep the two the same.)"""
+        gaps = self._gaps
+        if gaps:  # zero once the window is full of seen numbers: the usual stream shifts nothing
+            self._gaps = (gaps << 1) & _SEQ_MASK
+        self._highest_seq = high + 1
+        timeline.next_chunk = chunk + 1
+        n = len(payload)
+        timeline.pos = pos + n
+        stats = self.stats
+        stats.messages += 1
+        stats.frames += 1
+        stats.bytes += n
+        return AudioReceived(payload, pos / BYTES_PER_MS)
 
     def _receive_checked(self, text: str | bytes, msg: InboundMessage | None) -> list[TwilioEvent]:
         """The general path: every check in order; ``msg`` is ``text`` decoded, or None (decode it here)."""
@@ -461,6 +542,7 @@ class TwilioStream:
             started = self.started
             self._armed = (started.stream_sid if started is not None and self.state in _MEDIA_STATES
                            and self._timeline.first_ts is not None else None)
+            self._layout = self._middle if self._armed is not None else None
 
     def _receive(self, text: str | bytes, msg: InboundMessage | None) -> list[TwilioEvent]:
         if not isinstance(text, str):
@@ -508,7 +590,7 @@ class TwilioStream:
             raise TwilioProtocolError("stream_sid", "start.streamSid differs from the message's streamSid")
         if msg.sequence_number is not UNSET:
             self._highest_seq = _parse_uint(msg.sequence_number, "sequenceNumber")
-            self._seen = 1
+            self._gaps = _SEQ_MASK ^ 1
         self.stats.missing_connected = self.state is SessionState.IDLE
         self.state = started
         sid = msg.stream_sid or info.stream_sid
@@ -520,6 +602,7 @@ class TwilioStream:
             custom_parameters=dict(info.custom_parameters),
             media_format=fmt,
         )
+        self._middle = _layout_middle(sid, self.track)
         return [self.started]
 
     def _on_media_checked(self, msg: MediaMessage) -> list[TwilioEvent]:
@@ -560,14 +643,15 @@ class TwilioStream:
             if seq > high + 1:
                 self.stats.sequence_gaps += seq - high - 1
             shift = seq - high
-            self._seen = ((self._seen << shift) | 1) & ((1 << _SEQ_WINDOW) - 1) if shift < _SEQ_WINDOW else 1
+            # Numbers high+1 .. seq-1 missing, seq seen (bit 0 clear).
+            self._gaps = ((self._gaps << shift) | ((1 << shift) - 2)) & _SEQ_MASK if shift < _SEQ_WINDOW else _SEQ_MASK ^ 1
             self._highest_seq = seq
             return True
         back = high - seq
-        if back >= _SEQ_WINDOW or self._seen >> back & 1:
+        if back >= _SEQ_WINDOW or not self._gaps >> back & 1:
             self.stats.duplicates += 1
             return False
-        self._seen |= 1 << back
+        self._gaps &= ~(1 << back)
         if late_counts:
             self.stats.reordered += 1
         return True
