@@ -217,9 +217,10 @@ class BandClassifier:
     copy into a preallocated buffer, ``np.dot`` against a fixed windowed cos/sin basis into
     a preallocated output, an in-place square, a second ``np.dot`` summing bins into bands
     (a constant row adds the ``1 +`` of the ratios for free), then plain Python on six
-    floats. :func:`classify_batch` shares the two matrix products across calls and, from 32 settled
-    streams, decides them with numpy in one go (:func:`_decide_rows`, bit-identical to :meth:`decide`; a
-    frame's swing is taken only when the click rule can matter, on an onset).
+    floats. :func:`classify_batch` shares the two matrix products across calls and decides the settled
+    streams with numpy in one go (:func:`_step`, bit-identical to :meth:`decide`; a frame's swing is taken
+    only when the click rule can matter, on an onset), their floors and runs kept in a struct of arrays
+    between ticks (:class:`_Pool`, from 8 rows; subclasses: :func:`_decide_rows`, from 32 settled streams).
     """
 
     EDGES_HZ = (300.0, 500.0, 800.0, 1200.0, 1800.0, 2600.0, 3400.0)
@@ -391,6 +392,11 @@ class BandClassifier:
         with _LOCK:
             if self._slot:
                 _POOL.detach(self)
+
+    def __getstate__(self) -> object:
+        # A copy (copy, deepcopy, pickle) must not share the pool row: the state comes back into the object first.
+        self._detach()
+        return object.__getstate__(self)
 
     def __del__(self) -> None:
         # A call ends (its classifier goes) at any time: its pool row is free again. Only a list append, no

@@ -7,6 +7,7 @@ same rows' band ratios by ``decide``, row by row: the batch's matrix product rou
 
 from __future__ import annotations
 
+import copy
 import gc
 
 import numpy as np
@@ -97,3 +98,20 @@ def test_reading_the_state_does_not_take_it_out_of_the_pool() -> None:
         slot = c._slot
         assert (c._floors, c._run, c.noise_floors_db) == (twin._floors, twin._run, twin.noise_floors_db)
         assert c._slot == slot
+
+
+def test_a_copy_of_a_pooled_stream_has_its_own_state() -> None:
+    calls = [stream(200 + i, 60) for i in range(POOL_MIN_ROWS)]
+    clfs = [make_classifier("bands-click", 8000) for _ in calls]
+    for t in range(30):
+        classify_batch(clfs, np.stack([c[t] for c in calls]))
+    first = clfs[0]
+    assert isinstance(first, BandClassifier) and first._slot
+    twin = copy.deepcopy(first)
+    assert twin._slot == 0 and twin._floors == first._floors and twin._run == first._run
+    for t in range(30, 60):
+        frames = np.stack([c[t] for c in calls])
+        got = classify_batch(clfs, frames)
+        ratios = _band_array(first._basis, first._group, frames).tolist()
+        assert got[0] == twin.decide(ratios[0], frames[0])
+        assert twin._floors == first._floors
