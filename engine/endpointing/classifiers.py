@@ -401,8 +401,10 @@ class BandClassifier:
     def __del__(self) -> None:
         # A call ends (its classifier goes) at any time: its pool row is free again. Only a list append, no
         # lock (a collection may run this inside the pool's own locked code); the row's data is just left.
-        if self._slot:
-            _FREE_ROWS.append(self._slot)
+        # (getattr: an __init__ that raised on its arguments never set it.)
+        slot = getattr(self, "_slot", 0)
+        if slot:
+            _FREE_ROWS.append(slot)
 
     def band_ratios(self, frames: Frames) -> list[list[float]]:
         """Per frame, 1 + the mean power per bin of each band (≈ 1 + the variance of white noise)."""

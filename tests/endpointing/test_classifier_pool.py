@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import copy
 import gc
+import sys
 
 import numpy as np
 import pytest
 
-from engine.endpointing import BandClassifier, make_classifier
+from engine.endpointing import BandClassifier, ClassifierError, make_classifier
 from engine.endpointing.classifiers import _POOL, POOL_MIN_ROWS, _band_array, classify_batch
 
 from .test_classifier_vector import stream
@@ -115,3 +116,13 @@ def test_a_copy_of_a_pooled_stream_has_its_own_state() -> None:
         ratios = _band_array(first._basis, first._group, frames).tolist()
         assert got[0] == twin.decide(ratios[0], frames[0])
         assert twin._floors == first._floors
+
+
+def test_a_classifier_whose_arguments_are_refused_goes_quietly(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Its __del__ runs on an object __init__ left half-built: no 'Exception ignored' (unraisable) from it."""
+    seen: list[object] = []
+    monkeypatch.setattr(sys, "unraisablehook", seen.append)
+    with pytest.raises(ClassifierError):
+        BandClassifier(44100)
+    gc.collect()
+    assert seen == []
