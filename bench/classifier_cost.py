@@ -13,11 +13,13 @@ Per 20 ms of audio: silero's 32 ms windows are scaled by 20/32. Each figure: the
 blocks, each block's minimum over ``--repeats`` runs, summed over ``--frames`` frames. Usage:
 python bench/classifier_cost.py [--classifiers bands-pitch,bands-click,bands-unmute,bands,energy,webrtc,silero] [--frames 10000] [--calls 300]
        python bench/classifier_cost.py --interleave bands-click,bands-pitch [--rounds 40]  (same-run A/B)
+       python bench/classifier_cost.py --ab /work/wt-base5 --interleave bands-click --rounds 10  (trees A/B)
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 import time
@@ -25,15 +27,17 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from corpus import load
+# --tree: the sori tree whose engine is measured (--ab runs this script with the old tree's engine and venv)
+_TREE = Path(sys.argv[sys.argv.index("--tree") + 1]).resolve() if "--tree" in sys.argv else Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(_TREE))
+sys.path.insert(0, str(_TREE / "bench"))
+from corpus import load  # noqa: E402
 
-from engine.config import EndpointingConfig
-from engine.endpointing import ClassifierError, Endpointer, make_classifier
-from engine.endpointing.classifiers import classify_batch
+from engine.config import EndpointingConfig  # noqa: E402
+from engine.endpointing import ClassifierError, Endpointer, make_classifier  # noqa: E402
+from engine.endpointing.classifiers import classify_batch  # noqa: E402
 
-HERE = Path(__file__).resolve().parent
+HERE = _TREE / "bench"
 
 
 def audio(n_samples: int) -> np.ndarray:
@@ -106,7 +110,8 @@ def measure(name: str, n_frames: int, calls: int, repeats: int, rows: int = 32) 
     return res
 
 
-def interleaved(names: list[str], calls: int, rounds: int, ticks: int = 40, frames_1: int = 2000) -> None:
+def interleaved(names: list[str], calls: int, rounds: int, ticks: int = 40, frames_1: int = 2000,
+                *, quiet: bool = False) -> dict[str, tuple[float, float]]:
     """Same-run A/B on a shared machine: alternating rounds (the order flipped every round) of ``ticks``
     batched ticks at ``calls`` calls and ``frames_1`` one-call frames per classifier, each figure the minimum
     over the rounds; prints the ratios to the first name."""
@@ -130,12 +135,38 @@ def interleaved(names: list[str], calls: int, rounds: int, ticks: int = 40, fram
                 single[n].classify(f[None])
             best_1[n] = min(best_1[n], (time.perf_counter() - t0) / len(seq) * 1e6)
             pos[n] = (pos[n] + frames_1) % (len(frames) - frames_1)
+    if quiet:
+        return {n: (best_b[n], best_1[n]) for n in names}
     print(f"\ninterleaved, {rounds} rounds, min; load average now {os.getloadavg()[0]:.2f}\n")
     print(f"| classifier | classify_batch µs/20 ms at {calls} calls | ratio | classify µs/20 ms, 1 call | ratio |")
     print("|---|---|---|---|---|")
     for n in names:
         print(f"| {n} | {best_b[n]:.2f} | {best_b[n] / best_b[names[0]]:.2f} | {best_1[n]:.2f} | "
               f"{best_1[n] / best_1[names[0]]:.2f} |")
+    return {n: (best_b[n], best_1[n]) for n in names}
+
+
+def trees_ab(old: Path, name: str, calls: int, rounds: int) -> None:
+    """Same-run A/B of two trees (this one and ``old``, each its own venv): ``rounds`` alternating pairs of
+    short interleaved runs of ``name`` (the order flipped every round), each figure the minimum over them."""
+    import json
+    import subprocess
+
+    trees = {"new": _TREE, "old": old.resolve()}
+    best: dict[str, list[float]] = {t: [math.inf, math.inf] for t in trees}
+    for rnd in range(rounds):
+        for t in list(trees) if rnd % 2 == 0 else list(trees)[::-1]:
+            cmd = [str(trees[t] / ".venv" / "bin" / "python"), str(Path(__file__).resolve()), "--tree", str(trees[t]),
+                   "--interleave", name, "--rounds", "4", "--calls", str(calls), "--json"]
+            env = os.environ | {"OPENBLAS_NUM_THREADS": "1"}
+            got = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True, env=env).stdout)[name]
+            best[t] = [min(best[t][0], got[0]), min(best[t][1], got[1])]
+    print(f"\n{name}, trees A/B, {rounds} rounds, min; load average now {os.getloadavg()[0]:.2f}\n")
+    print(f"| tree | classify_batch µs/20 ms at {calls} calls | new / old | classify µs/20 ms, 1 call | new / old |")
+    print("|---|---|---|---|---|")
+    for t, path in trees.items():
+        print(f"| {t} {path} | {best[t][0]:.2f} | {best[t][0] / best['old'][0]:.3f} | {best[t][1]:.2f} | "
+              f"{best[t][1] / best['old'][1]:.3f} |")
 
 
 def main() -> int:
@@ -147,9 +178,19 @@ def main() -> int:
     ap.add_argument("--rows", type=int, default=32, help="rows per classify_batch call (FrameBatch.MAX_ROWS)")
     ap.add_argument("--interleave", default="", help="A,B[,...]: a same-run A/B instead (alternating rounds)")
     ap.add_argument("--rounds", type=int, default=40)
+    ap.add_argument("--tree", type=Path, help="the sori tree to measure (default: this script's)")
+    ap.add_argument("--ab", type=Path, help="OLD tree: same-run A/B of the --interleave classifier, this tree vs OLD")
+    ap.add_argument("--json", action="store_true", help="with --interleave: the figures as JSON (for --ab)")
     args = ap.parse_args()
+    if args.ab:
+        trees_ab(args.ab, (args.interleave or "bands-click").split(",")[0].strip(), args.calls, args.rounds)
+        return 0
     if args.interleave:
-        interleaved([n.strip() for n in args.interleave.split(",")], args.calls, args.rounds)
+        got = interleaved([n.strip() for n in args.interleave.split(",")], args.calls, args.rounds, quiet=args.json)
+        if args.json:
+            import json
+
+            print(json.dumps(got))
         return 0
     print(f"load average {os.getloadavg()[0]:.2f} / {os.cpu_count()} cpus; {args.frames} frames, min of {args.repeats}")
     print(f"\n| classifier | classify µs/20 ms, 1 call | Endpointer.push µs/20 ms, 1 call | classify_batch µs/20 ms at {args.calls} calls |")

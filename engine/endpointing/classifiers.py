@@ -217,9 +217,10 @@ class BandClassifier:
     copy into a preallocated buffer, ``np.dot`` against a fixed windowed cos/sin basis into
     a preallocated output, an in-place square, a second ``np.dot`` summing bins into bands
     (a constant row adds the ``1 +`` of the ratios for free), then plain Python on six
-    floats. :func:`classify_batch` shares the two matrix products across calls and, from 32 settled
-    streams, decides them with numpy in one go (:func:`_decide_rows`, bit-identical to :meth:`decide`; a
-    frame's swing is taken only when the click rule can matter, on an onset).
+    floats. :func:`classify_batch` shares the two matrix products across calls and decides the settled
+    streams with numpy in one go (:func:`_step`, bit-identical to :meth:`decide`; a frame's swing is taken
+    only when the click rule can matter, on an onset), their floors and runs kept in a struct of arrays
+    between ticks (:class:`_Pool`, from 8 rows; subclasses: :func:`_decide_rows`, from 32 settled streams).
     """
 
     EDGES_HZ = (300.0, 500.0, 800.0, 1200.0, 1800.0, 2600.0, 3400.0)
@@ -227,7 +228,7 @@ class BandClassifier:
     __slots__ = (
         "_basis",
         "_fall",
-        "_floors",
+        "_fl",
         "_frame",
         "_group",
         "_impulse",
@@ -246,9 +247,10 @@ class BandClassifier:
         "_resume_top",
         "_rise_noise",
         "_rise_speech",
-        "_run",
+        "_rn",
         "_scratch",
         "_silence_ratio",
+        "_slot",
         "_voiced_hold",
         "_voiced_ratio",
         "_voiced_start",
@@ -294,9 +296,13 @@ class BandClassifier:
         self._latch = max(1, latch_frames)
         self._silence_ratio: float = 10.0 ** (min_level_db / 10.0)  # 1 + the min power
         self._initial_cap: float = 10.0 ** (max_initial_floor_db / 10.0)
-        self._floors: list[float] | None = None
+        # The floors and the run (consecutive speech frames; ≥ latch: hysteresis engaged) are here while the
+        # stream is decided alone; once classify_batch has settled it, they live in the pool's row ``_slot``
+        # (_Pool; 0: not in the pool) and ``_floors`` / ``_run`` read them there (decide takes them back first).
+        self._fl: list[float] | None = None
+        self._rn = 0
+        self._slot = 0
         self._informed = False  # floors learnt from the line (not just digital silence)
-        self._run = 0  # consecutive speech frames; ≥ latch: hysteresis engaged
         # Unmute: the first frames after digital silence lift the floors to what the line brings back.
         self._resume_frames = max(0, -(-resume_ms // frame_ms))
         self._resume = 0  # frames of the resume window still to come (0: not resuming)
@@ -348,7 +354,57 @@ class BandClassifier:
     @property
     def noise_floors_db(self) -> list[float] | None:
         """The per-band noise floors (dB), lowest band first; None before the first frame."""
-        return None if self._floors is None else [10.0 * math.log10(f) for f in self._floors]
+        floors = self._floors
+        return None if floors is None else [10.0 * math.log10(f) for f in floors]
+
+    @property
+    def _floors(self) -> list[float] | None:
+        """Per band, 1 + the noise floor's power (None before the first frame), wherever it lives now."""
+        if self._slot:
+            with _LOCK:
+                if self._slot:
+                    return _POOL.floors[self._slot].tolist()  # type: ignore[no-any-return]
+        return self._fl
+
+    @_floors.setter
+    def _floors(self, floors: list[float] | None) -> None:
+        if self._slot:
+            self._detach()
+        self._fl = floors
+
+    @property
+    def _run(self) -> int:
+        """Consecutive speech frames (≥ latch: the hysteresis is engaged), wherever it lives now."""
+        if self._slot:
+            with _LOCK:
+                if self._slot:
+                    return int(_POOL.run[self._slot])
+        return self._rn
+
+    @_run.setter
+    def _run(self, run: int) -> None:
+        if self._slot:
+            self._detach()
+        self._rn = run
+
+    def _detach(self) -> None:
+        """Take the floors and run back from classify_batch's pool (the stream is decided alone now)."""
+        with _LOCK:
+            if self._slot:
+                _POOL.detach(self)
+
+    def __getstate__(self) -> object:
+        # A copy (copy, deepcopy, pickle) must not share the pool row: the state comes back into the object first.
+        self._detach()
+        return object.__getstate__(self)
+
+    def __del__(self) -> None:
+        # A call ends (its classifier goes) at any time: its pool row is free again. Only a list append, no
+        # lock (a collection may run this inside the pool's own locked code); the row's data is just left.
+        # (getattr: an __init__ that raised on its arguments never set it.)
+        slot = getattr(self, "_slot", 0)
+        if slot:
+            _FREE_ROWS.append(slot)
 
     def band_ratios(self, frames: Frames) -> list[list[float]]:
         """Per frame, 1 + the mean power per bin of each band (≈ 1 + the variance of white noise)."""
@@ -397,6 +453,8 @@ class BandClassifier:
             return [c.classify(frames[i : i + 1])[0] for i, c in enumerate(classifiers)]
         bands = _band_array(first._basis, first._group, frames)
         # The frames stand for their swings: only an onset's is taken (the click rule; nothing without it).
+        if cls is BandClassifier:  # its state may live in the pool (a subclass's state has more: its own way)
+            return _decide_pooled(classifiers, bands, frames)
         return _decide_rows(classifiers, bands, frames, None)[0]
 
     #: Rows per classify_batch call that FrameBatch may give (engine/endpointing/batch.py): every row of a
@@ -414,6 +472,7 @@ class BandClassifier:
                 self._voiced_start,
             )  # fmt: skip
             key = self._key = _PARAMS.setdefault(key, key)
+            _KIDS.setdefault(key, len(_KIDS))
         return key
 
     def decide(self, ratios: list[float], swing: float | Frames = 0.0, voicing: float = 0.0) -> bool:
@@ -425,25 +484,27 @@ class BandClassifier:
         Works on power ratios: the sum of per-band positive SNRs in dB is the log of the
         product of the ratios above 1, and a dB step up on a floor is a factor, so there is
         no logarithm per band."""
-        floors = self._floors
+        if self._slot:  # settled in classify_batch's pool: its floors and run come back here first
+            self._detach()
+        floors = self._fl
         if not self._informed:
             if max(ratios) <= self._silence_ratio:
                 # Digital silence before any line noise: floors at the minimum until the line shows.
                 if floors is None:
-                    self._floors = [self._silence_ratio] * self._nb
-                self._run = 0
+                    self._fl = [self._silence_ratio] * self._nb
+                self._rn = 0
                 return False
             # The first frame that is not digital silence: the floors start at it. After
             # digital silence, no higher than the loudest plausible line noise, so a talker
             # who starts at once on a clean line is heard at once, while line noise coming
             # up after the silence is learnt as noise, not heard as speech.
             cap = self._initial_cap if floors is not None else math.inf
-            floors = self._floors = [r if r < cap else cap for r in ratios]
+            floors = self._fl = [r if r < cap else cap for r in ratios]
             self._informed = True
         elif max(ratios) <= self._silence_ratio:
             # Digital silence (hold, mute): no evidence about the line's noise, so the floors
             # the noise set stay; the frames that bring the line back re-learn them (below).
-            self._run = 0
+            self._rn = 0
             self._resume = self._resume_frames + 1 if self._resume_frames else 0
             self._resume_min = ()
             return False
@@ -459,7 +520,7 @@ class BandClassifier:
             resume = self._resume
             self._resume = resume - 1
             if resume > self._resume_frames:
-                self._run = 0
+                self._rn = 0
                 return False
             low = self._resume_min
             if not low:  # the window's first frame: the most each floor may reach is fixed now
@@ -468,7 +529,7 @@ class BandClassifier:
             else:
                 low = self._resume_min = [min(a, b) for a, b in zip(low, ratios, strict=True)]
             assert floors is not None
-            floors = self._floors = [
+            floors = self._fl = [
                 fl if fl > lo else (lo if lo < top else top)
                 for fl, lo, top in zip(floors, low, self._resume_top, strict=True)
             ]
@@ -479,7 +540,7 @@ class BandClassifier:
         for p, fl in zip(ratios, floors, strict=True):
             if p > fl:
                 product *= p / fl
-        run = self._run
+        run = self._rn
         speech = product > (self._off_ratio if run >= self._latch else self._on_ratio)
         self._rescued = False
         if (
@@ -495,17 +556,17 @@ class BandClassifier:
             # voice or noise. It is speech (a plosive looks the same) but does not engage the
             # hysteresis: the next frame must reach on_db by itself, so the line noise after a
             # click cannot pass the lower bar and confirm an utterance.
-            self._run = 0
+            self._rn = 0
             rise = self._rise_speech
         elif speech:
-            self._run = run + 1
+            self._rn = run + 1
             rise = self._rise_speech
         else:
-            self._run = 0
+            self._rn = 0
             rise = self._rise_noise
         fall = self._fall
         # Down: a fraction ``fall`` of the way to the frame's level in dB; up: to it, at most ×rise.
-        self._floors = [
+        self._fl = [
             fl * (p / fl) ** fall if p < fl else (p if p < fl * rise else fl * rise)
             for p, fl in zip(ratios, floors, strict=True)
         ]
@@ -516,10 +577,124 @@ _PARAMS: dict[tuple[float, ...], tuple[float, ...]] = {}
 _Buffers = tuple[npt.NDArray[np.float32], npt.NDArray[np.float32], npt.NDArray[np.float32]]
 _LOCAL = threading.local()  # .buffers: the one-frame scratch by shape; per thread, as np.dot releases the GIL
 
-#: Fewer settled rows than this are decided row by row: the vectorised decision costs ~60 µs per call
-#: whatever the rows (about 25 numpy operations), ``decide`` ~3 µs per row; they break even at 24-32 rows
-#: (BENCHMARKS.md § Capacity, issue 13).
+#: Fewer settled rows than this are decided row by row by _decide_rows (bands-hold, bands-pitch): the vectorised
+#: decision costs ~60 µs per call whatever the rows (about 25 numpy operations), ``decide`` ~3 µs per row; they
+#: break even at 24-32 rows (BENCHMARKS.md § Capacity, issue 13).
 VECTOR_MIN_ROWS = 32
+#: Fewer rows than this in a classify_batch of plain bands classifiers are decided row by row (their state taken
+#: back from the pool): with the state already in arrays the vectorised decision costs ~20 µs per call, about
+#: as much as ``decide`` for 6-8 rows (issue 13 round 5).
+POOL_MIN_ROWS = 8
+
+
+class _Pool:
+    """The floors and runs of the settled plain bands classifiers (issue 13 round 5), as a struct of arrays.
+
+    Why: gathering each stream's floors from its list into arrays and scattering them back, every tick, was
+    most of the batched decision's per-row Python (attribute reads and writes, a list of six floats built per
+    row). A stream that classify_batch finds settled (floors learnt from the line, no unmute window) moves its
+    floors and run here, into its own row ``_slot``; from then a tick gathers and scatters every row with two
+    numpy calls each. Row 0 is never given out (``_slot`` 0: not here; its ``key`` stays -1, so it matches no
+    parameters). Invariant: a stream with a row is settled (``decide`` takes its state back before it runs: a
+    stream decided alone, on digital silence, or by a small batch leaves; classify_batch brings it back once
+    settled); ``key`` is the row's parameters' id (:data:`_KIDS`), so a tick vectorises only the rows decided
+    by its own parameters. A stream that goes frees its row (``BandClassifier.__del__``). Every access to the
+    arrays holds :data:`_LOCK` (they are replaced when the pool grows)."""
+
+    __slots__ = ("floors", "free", "key", "run")
+
+    def __init__(self, nb: int) -> None:
+        self.floors = np.ones((1, nb), dtype=np.float64)
+        self.run = np.zeros(1, dtype=np.int64)
+        self.key = np.full(1, -1, dtype=np.int64)
+        self.free: list[int] = []  # rows to give out (only ever appended to or popped: __del__ holds a reference)
+
+    def attach(self, streams: Sequence[BandClassifier], kid: int) -> None:
+        """Move settled streams' floors and runs into rows of their own (``kid``: their parameters' id)."""
+        k = len(streams)
+        if len(self.free) < k:
+            have = self.floors.shape[0]
+            size = max(2 * have, have + k)
+            self.floors = np.concatenate([self.floors, np.ones((size - have, self.floors.shape[1]))])
+            self.run = np.concatenate([self.run, np.zeros(size - have, dtype=np.int64)])
+            self.key = np.concatenate([self.key, np.full(size - have, -1, dtype=np.int64)])
+            self.free.extend(range(size - 1, have - 1, -1))
+        rows = [self.free.pop() for _ in range(k)]
+        self.floors[rows] = [c._fl for c in streams]
+        self.run[rows] = [c._rn for c in streams]
+        self.key[rows] = kid
+        for c, row in zip(streams, rows, strict=True):
+            c._slot = row
+            c._fl = None  # the row holds them now (and a list of six floats per call is not kept)
+
+    def detach(self, c: BandClassifier) -> None:
+        """Give a stream its floors and run back, and free its row."""
+        row = c._slot
+        c._fl = self.floors[row].tolist()
+        c._rn = int(self.run[row])
+        c._slot = 0
+        self.key[row] = -1
+        self.free.append(row)
+
+
+_POOL = _Pool(len(BandClassifier.EDGES_HZ) - 1)
+_FREE_ROWS = _POOL.free
+_LOCK = threading.Lock()
+_KIDS: dict[tuple[float, ...], int] = {}  # parameters (BandClassifier._params) -> their id in _Pool.key
+_SLOT = operator.attrgetter("_slot")
+
+
+def _decide_pooled(classifiers: Sequence[BandClassifier], bands: npt.NDArray[np.float32], frames: Frames) -> list[bool]:
+    """:meth:`BandClassifier.decide` for one frame of each of many plain bands streams (row i → classifiers[i];
+    ``bands``: the rows' ``1 + band powers``; ``frames``: the rows, whose swing is taken only for an onset),
+    the settled ones' state in the pool (:class:`_Pool`).
+
+    The rows in the pool with the first stream's parameters, on a frame that is not digital silence (nearly
+    all, every tick), are decided by :func:`_step` on their pool rows; every other row asks its own ``decide``
+    (which takes its state out of the pool) and joins the pool afterwards if that left it settled."""
+    n = len(classifiers)
+    key = classifiers[0]._params()
+    # Alone, a row's own frame stands for its swing (taken only if its own click rule asks: parameters may differ).
+    if n < POOL_MIN_ROWS or key[9] != math.inf:  # few rows (or a periodicity rule, which needs its voicing): alone
+        return [c.decide(r, f) for c, r, f in zip(classifiers, bands.tolist(), frames, strict=True)]
+    kid = _KIDS[key]
+    with _LOCK:
+        pool = _POOL
+        slots = np.fromiter(map(_SLOT, classifiers), np.intp, n)
+        ok = pool.key.take(slots) == kid
+        ok &= bands.max(axis=1) > key[1]
+        if ok.all():  # the common case: every row settled in the pool, none digital silence
+            return _pooled_step(pool, key, bands, slots, frames, at=None)
+        out = [False] * n
+        fast = np.flatnonzero(ok)
+        if fast.size:
+            at: list[int] = fast.tolist()
+            for i, got in zip(at, _pooled_step(pool, key, bands[fast], slots[fast], frames, at=at), strict=True):
+                out[i] = got
+        slow: list[int] = np.flatnonzero(~ok).tolist()
+        join = []
+        for i, r in zip(slow, bands[slow].tolist(), strict=True):
+            c = classifiers[i]
+            if c._slot:  # digital silence, or another kind's parameters: decided alone, out of the pool
+                pool.detach(c)
+            out[i] = c.decide(r, frames[i])
+            if c._informed and not c._resume and c._params() is key:
+                join.append(c)
+        if join:
+            pool.attach(join, kid)
+        return out
+
+
+def _pooled_step(
+    pool: _Pool, key: tuple[float, ...], bands: npt.NDArray[np.float32], slots: npt.NDArray[np.intp], frames: Frames,
+    *, at: list[int] | None,
+) -> list[bool]:
+    """The rows of ``bands`` decided on their pool rows ``slots`` (``at``: their rows in ``frames``, None: the same)."""
+    speech, floors, run, _ = _step(key, bands.astype(np.float64), pool.floors.take(slots, axis=0), pool.run.take(slots),
+                                   swings=frames, at=at)
+    pool.floors[slots] = floors
+    pool.run[slots] = run
+    return speech.tolist()  # type: ignore[no-any-return]
 
 
 def _decide_rows(
@@ -533,15 +708,17 @@ def _decide_rows(
     """:meth:`BandClassifier.decide` for one frame of each of many streams (row i → classifiers[i]; ``bands``:
     the rows' ``1 + band powers``; ``swings`` / ``voicing`` as ``decide``'s, None: 0; ``swings`` may be the
     rows' frames, of which a swing is taken only where the click rule asks for it), and whether each was
-    rescued by its periodicity (``_rescued``); ``min_rows``: VECTOR_MIN_ROWS unless given (tests).
+    rescued by its periodicity (``_rescued``); ``min_rows``: VECTOR_MIN_ROWS unless given (tests). The batched
+    decision of ``bands-hold`` and ``bands-pitch``, whose state stays in their objects (plain ``bands``
+    kinds: :func:`_decide_pooled`).
 
     Issue 13: the decision of a *settled* stream (floors learnt, no unmute window) on a frame that is not
-    digital silence (the common case by far) is done for all such rows with numpy, on float64 arrays
-    gathered from the classifiers and scattered back; every other row asks its own ``decide``. The arrays
-    repeat ``decide``'s operations in its order (products band by band, the swing test, the floors' update:
-    the same IEEE float64 operations on the same values), so the floors and decisions are identical to
-    ``decide`` row by row (tests/endpointing/test_classifier_vector.py, fuzz/test_endpointer_batch_props.py)."""
+    digital silence (the common case by far) is done for all such rows with numpy (:func:`_step`), on float64
+    arrays gathered from the classifiers and scattered back; every other row asks its own ``decide``."""
     n = len(classifiers)
+    if any(map(_SLOT, classifiers)):  # a plain bands stream settled in the pool: its state back in it first
+        for c in classifiers:
+            c._detach()
     if n < (min_rows or VECTOR_MIN_ROWS):  # too few rows to vectorise: decide's own cost, nothing added
         each: list[list[float]] = bands.tolist()
         if swings is None and voicing is None:
@@ -552,7 +729,7 @@ def _decide_rows(
             alone = [c.decide(r, s, x) for c, r, s, x in zip(classifiers, each, ws, vs, strict=True)]
         return alone, [c._rescued for c in classifiers]
     key = classifiers[0]._params()
-    nb, silence, on, off, latch, fall, rise_speech, rise_noise, impulse, v_ratio, v_hold, v_start = key
+    silence, v_ratio = key[1], key[9]
     loud = (bands.max(axis=1) > silence).tolist()
     fast = [
         i
@@ -586,6 +763,52 @@ def _decide_rows(
     # Gathered straight into arrays (no nested list for np.array to inspect): ~2x cheaper per row (issue 13).
     fl = np.fromiter(_chain(map(_FLOORS, sel)), np.float64, p.size).reshape(p.shape)
     run = np.fromiter(map(_RUN, sel), np.int64, k)
+    v = None
+    if voicing is not None and v_ratio != math.inf:
+        v = np.array(voicing if every else [voicing[i] for i in fast], dtype=np.float64)
+    speech, new, new_run, resc = _step(key, p, fl, run, voicing=v, swings=swings, at=None if every else fast)
+    if v_ratio == math.inf:  # no periodicity rule: _rescued is never set, it stays False (decide's too)
+        for c, f, r in zip(sel, new.tolist(), new_run.tolist(), strict=True):
+            c._fl = f
+            c._rn = r
+    else:  # a periodicity rule but no voicing given: no row rescued (decide with voicing 0 says so)
+        was_rescued = resc.tolist() if resc is not _NO_ROWS else [False] * k
+        for c, f, r, x in zip(sel, new.tolist(), new_run.tolist(), was_rescued, strict=True):
+            c._fl = f
+            c._rn = r
+            c._rescued = x
+    got = speech.tolist()
+    if resc is _NO_ROWS:  # no row rescued: ``rescued`` stays all False
+        if every:
+            return got, [False] * k
+        for i, g in zip(fast, got, strict=True):
+            out[i] = g
+        return out, rescued
+    was = resc.tolist()
+    if every:
+        return got, was
+    for j, i in enumerate(fast):
+        out[i] = got[j]
+        rescued[i] = was[j]
+    return out, rescued
+
+
+_Rows = npt.NDArray[np.float64]
+
+
+def _step(
+    key: tuple[float, ...], p: _Rows, fl: _Rows, run: npt.NDArray[np.int64], *, voicing: _Rows | None = None,
+    swings: Sequence[float] | Frames | None, at: list[int] | None,
+) -> tuple[npt.NDArray[np.bool_], _Rows, npt.NDArray[np.int64], npt.NDArray[np.bool_]]:
+    """``decide`` for settled streams on frames that are not digital silence, every row at once: ``p`` their
+    ``1 + band powers``, ``fl`` their floors, ``run`` their runs, ``voicing`` their periodicity (None: no
+    rescue), ``swings`` their swings or frames (rows ``at`` of it; None: the same rows). Gives the decisions,
+    the new floors and runs, and the rows rescued by their periodicity (:data:`_NO_ROWS` without ``voicing``).
+
+    The arrays repeat ``decide``'s operations in its order (products band by band, the swing test, the floors'
+    update: the same IEEE float64 operations on the same values), so the floors and decisions are identical to
+    ``decide`` row by row (tests/endpointing/test_classifier_vector.py, fuzz/test_endpointer_batch_props.py)."""
+    nb, _, on, off, latch, fall, rise_speech, rise_noise, impulse, v_ratio, v_hold, v_start = key
     d = p / fl
     # The product of the ratios above the floors: decide multiplies band by band, skipping p <= fl, and
     # p / fl <= 1 exactly when p <= fl (division is monotonic), so x max(p / fl, 1) is the same product.
@@ -593,9 +816,8 @@ def _decide_rows(
     latched = run >= latch
     speech = product > np.where(latched, off, on)
     resc = _NO_ROWS
-    if voicing is not None and v_ratio != math.inf:
-        v = np.array(voicing if every else [voicing[i] for i in fast], dtype=np.float64)
-        resc = ~speech & (product > v_ratio) & (v >= np.where(latched, v_hold, v_start))
+    if voicing is not None:
+        resc = ~speech & (product > v_ratio) & (voicing >= np.where(latched, v_hold, v_start))
         speech |= resc
     grow = speech
     if impulse and swings is not None:
@@ -606,13 +828,13 @@ def _decide_rows(
         if onset:
             grow = speech.copy()
             onset_ratios: list[list[float]] = p[onset].tolist()
-            at = onset if every else [fast[j] for j in onset]  # the onsets' rows in ``swings``
+            rows = onset if at is None else [at[j] for j in onset]  # the onsets' rows in ``swings``
             onset_swings: Sequence[float | Frames]
-            if isinstance(swings, np.ndarray) and len(at) > 1:  # several: their swings in one go (~5 numpy calls)
-                of = swings[at]
+            if isinstance(swings, np.ndarray) and len(rows) > 1:  # several: their swings in one go (~5 numpy calls)
+                of = swings[rows]
                 onset_swings = (of.max(axis=1).astype(np.int32) - of.min(axis=1)).tolist()
             else:
-                onset_swings = [swings[i] for i in at]
+                onset_swings = [swings[i] for i in rows]
             for j, band_row, given in zip(onset, onset_ratios, onset_swings, strict=True):
                 # one onset's frame: its swing, as decide takes it
                 w = float(int(given.max()) - int(given.min())) if isinstance(given, np.ndarray) else given
@@ -631,30 +853,7 @@ def _decide_rows(
     if m := where.size:
         fallen = np.fromiter(map(pow, d.take(where).tolist(), _repeat(fall)), np.float64, m)
         np.put(new, where, fl.take(where) * fallen)
-    if v_ratio == math.inf:  # no periodicity rule: _rescued is never set, it stays False (decide's too)
-        for c, f, r in zip(sel, new.tolist(), new_run.tolist(), strict=True):
-            c._floors = f
-            c._run = r
-    else:  # a periodicity rule but no voicing given: no row rescued (decide with voicing 0 says so)
-        was_rescued = resc.tolist() if resc is not _NO_ROWS else [False] * k
-        for c, f, r, x in zip(sel, new.tolist(), new_run.tolist(), was_rescued, strict=True):
-            c._floors = f
-            c._run = r
-            c._rescued = x
-    got = speech.tolist()
-    if resc is _NO_ROWS:  # no row rescued: ``rescued`` stays all False
-        if every:
-            return got, [False] * k
-        for i, g in zip(fast, got, strict=True):
-            out[i] = g
-        return out, rescued
-    was = resc.tolist()
-    if every:
-        return got, was
-    for j, i in enumerate(fast):
-        out[i] = got[j]
-        rescued[i] = was[j]
-    return out, rescued
+    return speech, new, new_run, resc
 
 
 _NO_ROWS = np.zeros(0, dtype=bool)  # _decide_rows: no row rescued by its periodicity (no periodicity rule)
@@ -662,8 +861,8 @@ _NO_ROWS = np.zeros(0, dtype=bool)  # _decide_rows: no row rescued by its period
 
 _chain = itertools.chain.from_iterable
 _repeat = itertools.repeat
-_FLOORS = operator.attrgetter("_floors")
-_RUN = operator.attrgetter("_run")
+_FLOORS = operator.attrgetter("_fl")  # the floors of a stream decided in its object (not in the pool)
+_RUN = operator.attrgetter("_rn")
 _BASIS = operator.attrgetter("_basis")
 
 
