@@ -244,7 +244,10 @@ class Call:
             # A second chunk in one wake-up (a late pass, or two frames in one read): it joins the first in
             # the batch when that is exact (_may_join), else the first one's frames are decided first, alone.
             if self.batch_payload is not None and self._may_join():
-                self.batch_payload += payload  # one decode, its frames in the batch's rounds (FrameBatch._decide)
+                joined = self.batch_payload = self.batch_payload + payload  # one decode, its frames in rounds
+                packet = self.endpointer.packet
+                if packet and not len(joined) % packet:  # whole packets: the batch's packet path (add_packets)
+                    self._batch.add_packets(self, joined, len(joined) // packet)  # type: ignore[union-attr]
                 self.last_audio = event
                 self.metrics.counter("call_chunks_joined_total", _JOINED_HELP).inc()
                 return
@@ -391,6 +394,18 @@ class Call:
         turns = self.turns
         if turns.may_end:
             self._advance_turns(turns)
+
+    def batch_packets(self, pcms: list[np.ndarray[Any, np.dtype[np.int16]]], speech: list[bool]) -> None:
+        """``batch_payload`` was several whole frames (a late pass: a second packet joined the first, FrameBatch.
+        add_packets): ``batch_packet`` for each, in order, as if each had come in a wake-up of its own."""
+        payload = self.batch_payload
+        assert payload is not None
+        size = len(payload) // len(pcms)
+        at = 0
+        for pcm, decision in zip(pcms, speech, strict=True):
+            self.batch_payload = payload[at : at + size]
+            at += size
+            self.batch_packet(pcm, decision)
 
     def _append_raw(self, raw: bytes) -> None:
         """_append of a whole frame that is exactly the latest payload (``raw``): its codes, stored as received.

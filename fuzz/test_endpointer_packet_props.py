@@ -16,11 +16,14 @@ from hypothesis import strategies as st
 
 from engine.audio import mulaw
 from engine.config import EndpointingConfig
-from engine.endpointing import Endpointer, EndpointerError, EndpointEvent, SpeechAudio
-from engine.endpointing.endpointer import NO_EVENTS
+from engine.endpointing import Endpointer, EndpointerError, EndpointEvent, FrameClassifier, SpeechAudio, make_classifier
+from engine.endpointing.batch import FrameBatch
+from engine.endpointing.classifiers import Frames
+from engine.endpointing.endpointer import NO_EVENTS, Pcm
 from tests.endpointing.helpers import key
 
 from .test_endpointer_lean_props import _config, _decisions, _Fixed, _state
+from .test_endpointer_props import signals
 
 
 def _expand(out: object, ep: Endpointer, chunk: bytes) -> list[EndpointEvent]:
@@ -91,3 +94,147 @@ def test_push_packet_refuses_what_it_cannot_take() -> None:
     assert ep.push_packet(mulaw.decode(quiet), quiet, False) is NO_EVENTS
     plain = Endpointer(EndpointingConfig(), sample_rate=8000, classifier=_Fixed(160))  # history of samples
     assert plain.packet == 0
+
+
+# -- FrameBatch's packet path with several packets per stream in one pass (issue 13, round 5: the knee) --------
+
+
+class _Packets:
+    """A stream the way Call drives it in a late pass: a whole packet waits on the packet path; a second chunk
+    joins the wait and the stream re-adds itself with every whole packet so far (``add_packets``), unless it
+    may not (``alone``: the wait is decided first, alone, as Call does when ``_may_join`` says no)."""
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+        self.ep = Endpointer(EndpointingConfig(classifier=kind), sample_rate=8000,  # type: ignore[arg-type]
+                             classifier=make_classifier(kind, 8000), mulaw_history=True)
+        self.batch_payload: bytes | None = None
+        self.batch_frames: Frames | None = None
+        self.events: list[EndpointEvent] = []
+        self.decisions: list[bool] = []
+        self.paths = {"packet": 0, "packets": 0, "general": 0, "alone": 0}
+
+    @property
+    def batch_classifier(self) -> FrameClassifier:
+        return self.ep.classifier
+
+    def feed(self, chunk: bytes, batch: FrameBatch, *, may_join: bool) -> None:
+        if self.batch_payload is not None and may_join:
+            joined = self.batch_payload = self.batch_payload + chunk
+            if self.ep.packet and not len(joined) % self.ep.packet:
+                batch.add_packets(self, joined, len(joined) // self.ep.packet)
+            return
+        if self.batch_payload is not None or self.batch_frames is not None:
+            self.alone()
+        self.batch_payload = chunk
+        if len(chunk) == self.ep.packet:
+            batch.add_packet(self, chunk)
+        else:
+            batch.add(self)
+
+    def alone(self) -> None:
+        self.paths["alone"] += 1
+        payload = self.batch_payload
+        if payload is not None:
+            self.batch_payload = None
+            self.batch_frames = self.ep.frames_ready(mulaw.decode(payload), payload)
+        frames = self.batch_frames
+        if frames is not None:
+            self._decided(self.ep.classifier.classify(frames))
+
+    def _decided(self, decisions: list[bool]) -> None:
+        self.batch_frames = None
+        self.decisions += decisions
+        self.events += self.ep.push_decided(decisions)
+
+    def batch_audio(self, pcm: Pcm) -> None:
+        payload, self.batch_payload = self.batch_payload, None
+        self.batch_frames = self.ep.frames_ready(pcm, payload, owned=True)
+
+    def batch_decided(self, decisions: list[bool]) -> None:
+        self.paths["general"] += 1
+        self._decided(decisions)
+
+    def batch_packet(self, pcm: Pcm, speech: bool) -> None:
+        self.paths["packet"] += 1
+        payload, self.batch_payload = self.batch_payload, None
+        assert payload is not None
+        self.decisions.append(speech)
+        self.events += _expand(self.ep.push_packet(pcm, payload, speech), self.ep, payload)
+
+    def batch_packets(self, pcms: list[Pcm], speech: list[bool]) -> None:  # as Call.batch_packets
+        self.paths["packets"] += 1
+        payload = self.batch_payload
+        assert payload is not None and len(payload) == 160 * len(pcms)
+        for i, (pcm, decision) in enumerate(zip(pcms, speech, strict=True)):
+            self.batch_payload = payload[i * 160 : i * 160 + 160]
+            self.batch_packet(pcm, decision)
+        self.paths["packet"] -= len(pcms)
+
+    def batch_failed(self, exc: Exception) -> None:
+        raise AssertionError(f"no stream may fail here: {exc!r}")
+
+
+def _alone(kind: str, chunks: list[bytes]) -> tuple[list[bool], list[EndpointEvent]]:
+    """The reference: the stream on its own, chunk by chunk, its classifier one frame at a time."""
+    ep = Endpointer(EndpointingConfig(classifier=kind), sample_rate=8000,  # type: ignore[arg-type]
+                    classifier=make_classifier(kind, 8000), mulaw_history=True)
+    clf = make_classifier(kind, 8000)
+    decisions: list[bool] = []
+    events: list[EndpointEvent] = []
+    for chunk in chunks:
+        frames = ep.frames_ready(mulaw.decode(chunk), chunk)
+        if frames is not None:
+            got = [clf.classify(frames[i : i + 1])[0] for i in range(frames.shape[0])]
+            decisions += got
+            events += ep.push_decided(got)
+    return decisions, events
+
+
+@settings(max_examples=60, deadline=None)
+@given(data=st.data())
+def test_passes_with_several_packets_per_stream_equal_each_stream_alone(data: st.DataObject) -> None:
+    """Streams of the bands kinds fed whole packets (now and then an odd chunk), each pass giving each stream
+    0-3 of its chunks (joined as Call joins them, or the earlier ones decided alone first): every stream's
+    decisions are, bit for bit, those of its own classifier frame by frame, and its events its own."""
+    kinds = data.draw(st.sampled_from([["bands-click"], ["bands"], ["bands-hold"], ["bands-click", "bands"]]))
+    n = data.draw(st.integers(1, 10))
+    streams = [_Packets(kinds[i % len(kinds)]) for i in range(n)]
+    inputs: list[list[bytes]] = []
+    for _ in range(n):
+        sig = mulaw.encode(data.draw(signals(8000, max_ms=2000)))
+        odd = data.draw(st.sampled_from([0.0, 0.0, 0.1]))
+        rng = np.random.default_rng(data.draw(st.integers(0, 2**32 - 1)))
+        chunks, pos = [], 0
+        while pos < len(sig):
+            size = 160 if rng.random() >= odd else int(rng.integers(1, 400))
+            chunks.append(sig[pos : pos + size])
+            pos += size
+        inputs.append(chunks)
+    rng = np.random.default_rng(data.draw(st.integers(0, 2**32 - 1)))
+    join = data.draw(st.sampled_from([1.0, 0.8]))
+    batch = FrameBatch()
+    nxt = [0] * n
+    while any(k < len(c) for k, c in zip(nxt, inputs, strict=True)):
+        batch.begin()
+        for i in rng.permutation(n):
+            for _ in range(int(rng.choice([0, 1, 1, 2, 2, 3]))):
+                if nxt[i] < len(inputs[i]):
+                    streams[i].feed(inputs[i][nxt[i]], batch, may_join=rng.random() < join)
+                    nxt[i] += 1
+        batch.end()
+        assert all(s.batch_payload is None and s.batch_frames is None for s in streams)
+    for s, chunks in zip(streams, inputs, strict=True):
+        decisions, events = _alone(s.kind, chunks)
+        assert s.decisions == decisions
+        assert _marks(s.events) == _marks(events)
+        assert _audio(s.events) == _audio(events)
+
+
+def _marks(events: list[EndpointEvent]) -> list[tuple[object, ...]]:
+    return [key(e) for e in events if not isinstance(e, SpeechAudio)]
+
+
+def _audio(events: list[EndpointEvent]) -> bytes:
+    """Every SpeechAudio's samples in order (a chunk of several frames may come as one event or one per frame)."""
+    return b"".join(e.pcm.tobytes() for e in events if isinstance(e, SpeechAudio))

@@ -20,8 +20,12 @@ The commonest case has a path of its own (issue 13, round 4): a stream whose wai
 is added by :meth:`FrameBatch.add_packet`. At :meth:`FrameBatch.end` every such stream's payload is decoded
 in one lookup whose rows are the frames themselves (no per-stream cut, no stacking), classified by one
 ``classify_batch`` and handed back with one call each (:meth:`Packet.batch_packet`: the frame, its
-decision). A packet stream whose wait changed meanwhile (a second chunk joined it, it decided alone) takes
-the general path, or none.
+decision). A late pass (the knee, issue 13, round 5) leaves two packets of one call in its socket: the
+second joins the first and the stream re-adds itself with both (:meth:`FrameBatch.add_packets`); such a
+pass is decided in rounds, round r the r-th frame of every stream that has one, from one decode laid out
+round after round (each round a view, one ``classify_batch``), and each stream gets one call
+(:meth:`Packet.batch_packets` for several frames). A packet stream whose wait changed otherwise (a chunk
+joined it without a re-add) takes the general path; one that decided alone is skipped.
 
 Failures stay per stream: an exception from one stream's ``batch_decided`` goes to that stream's
 ``batch_failed``; if a batched ``classify_batch`` itself raises, every stream of that group is classified
@@ -88,17 +92,23 @@ class Packet(Deferred, Protocol):
         judged ``speech`` by ``batch_classifier``."""
         ...
 
+    def batch_packets(self, pcms: list[Pcm], speech: list[bool]) -> None:
+        """``batch_payload`` (the stream clears it) was ``len(pcms)`` whole frames (:meth:`FrameBatch.add_packets`):
+        ``pcms`` their decodes (the stream's to keep), judged ``speech``; as a ``batch_packet`` for each, in order."""
+        ...
+
 
 class FrameBatch:
     """Collects streams during one wake-up (``begin`` … ``end``) and classifies them together at ``end``."""
 
-    __slots__ = ("_packets", "_payloads", "_waiting", "batches", "collecting", "decoded", "frames")
+    __slots__ = ("_packets", "_payloads", "_several", "_waiting", "batches", "collecting", "decoded", "frames")
 
     def __init__(self) -> None:
         self.collecting = False
         self._waiting: list[Deferred] = []
         self._packets: list[Packet] = []
         self._payloads: list[bytes] = []  # each packet stream's batch_payload when it was added
+        self._several: dict[Packet, tuple[bytes, int]] = {}  # add_packets: the payload, its frames
         self.batches = 0  # classify_batch calls so far (tests, benchmarks)
         self.frames = 0  # frames classified in batches so far
         self.decoded = 0  # μ-law payloads decoded in batches so far
@@ -118,27 +128,13 @@ class FrameBatch:
         self._packets.append(stream)
         self._payloads.append(payload)
 
-    def _sort_packets(self, packets: list[Packet], payloads: list[bytes]) -> tuple[list[Packet], list[bytes]]:
-        """The rare case of :meth:`_end_packets`: per stream, its last add stands if its wait is still that
-        payload (of the first width met; another width, or a wait changed since, goes on the general path)."""
-        last: dict[Packet, bytes] = {}
-        for stream, payload in zip(packets, payloads, strict=True):
-            last.pop(stream, None)
-            last[stream] = payload  # in the order of the last adds
-        kept: list[Packet] = []
-        codes: list[bytes] = []
-        width = -1
-        for stream, payload in last.items():
-            now = stream.batch_payload
-            if now is None:  # decided alone since (a later add would be the last)
-                continue
-            if now is payload and (width < 0 or len(payload) == width):
-                width = len(payload)
-                kept.append(stream)
-                codes.append(payload)
-            else:  # joined by a later chunk, or another width: the general path (deduplicated there)
-                self._waiting.append(stream)
-        return kept, codes
+    def add_packets(self, stream: Packet, payload: bytes, count: int) -> None:
+        """``payload``, ``stream.batch_payload``, is ``count`` whole frames of μ-law for its endpointer (while
+        collecting; e.g. a late pass's second packet joined the first): decided in :meth:`end`'s rounds, one frame
+        per round, and handed back by one :meth:`Packet.batch_packets`. Replaces the stream's earlier add."""
+        self._packets.append(stream)
+        self._payloads.append(payload)
+        self._several[stream] = (payload, count)
 
     def end(self) -> None:
         """Stop collecting; classify every waiting stream and hand each its decisions."""
@@ -175,38 +171,116 @@ class FrameBatch:
 
     def _end_packets(self) -> None:
         """The packet streams decided (see the module docstring); one whose wait changed since its add (a
-        chunk joined it) joins the general path's ``_waiting``."""
+        chunk joined it without :meth:`add_packets`) joins the general path's ``_waiting``."""
         packets, payloads = self._packets, self._payloads
         self._packets, self._payloads = [], []
         n = len(packets)
         # Common case, checked in C: every wait is still the payload added, no stream twice, one width.
-        if not (all(map(operator.is_, map(_PAYLOAD, packets), payloads)) and len(set(packets)) == n
-                and len(set(map(len, payloads))) == 1):
-            packets, payloads = self._sort_packets(packets, payloads)
-            if not packets:
-                return
+        if self._several or not (all(map(operator.is_, map(_PAYLOAD, packets), payloads)) and len(set(packets)) == n
+                                 and len(set(map(len, payloads))) == 1):
+            self._end_rounds(packets, payloads)
+            return
         width = len(payloads[0])
-        n = len(packets)
         frames = mulaw.decode(b"".join(payloads)).reshape(n, width)  # type: ignore[arg-type]
         self.decoded += n
         clfs = [s.batch_classifier for s in packets]
+        decided = self._round(packets, clfs, frames)
+        for stream, pcm, speech in zip(packets, frames, decided, strict=True):
+            if stream.batch_payload is None:  # failed above
+                continue
+            try:
+                stream.batch_packet(pcm, speech)
+            except Exception as exc:
+                stream.batch_payload = None
+                self._fail(stream, exc)
+
+    def _round(self, streams: Sequence[Packet], clfs: list[FrameClassifier], frames: Frames) -> list[bool]:
+        """Row i of ``frames`` classified by ``clfs[i]`` (one classify_batch); if that raises, each row alone, and
+        a stream whose own classifier raises fails (its ``batch_payload`` cleared: the batch skips it from then on)."""
         try:
-            decided = self._classify_rows(clfs, frames)
+            return self._classify_rows(clfs, frames)
         except Exception as exc:  # a classifier bug: each stream alone, so only a broken one fails
-            log.error("frame_batch_failed", streams=n, exc=exc)
-            decided = []
-            for i, (stream, clf) in enumerate(zip(packets, clfs, strict=True)):
+            log.error("frame_batch_failed", streams=len(streams), exc=exc)
+            decided: list[bool] = []
+            for i, (stream, clf) in enumerate(zip(streams, clfs, strict=True)):
                 try:
                     decided.append(clf.classify(frames[i : i + 1])[0])
                 except Exception as own:
                     decided.append(False)
                     stream.batch_payload = None
                     self._fail(stream, own)
-        for stream, pcm, speech in zip(packets, frames, decided, strict=True):
-            if stream.batch_payload is None:  # failed above
+            return decided
+
+    def _end_rounds(self, packets: list[Packet], payloads: list[bytes]) -> None:
+        """The packet path's rarer passes (issue 13, the knee): a stream added twice (decided alone in between), or
+        waiting with several whole frames (:meth:`add_packets`: a late pass left two packets in its socket).
+
+        Per stream its last add stands if its wait is still that payload, of the pass's first width met (another
+        width, or a wait changed since, goes on the general path; a wait gone was decided alone). The frames are
+        then decided in rounds, round r the r-th frame of every stream that has one (a classifier sees its frames
+        in order, once each): one decode for all, laid out round after round so each round is one view, one
+        classify_batch per round, and one ``batch_packet`` (one frame) or ``batch_packets`` per stream."""
+        several, self._several = self._several, {}
+        streams: list[Packet] = []
+        counts: list[int] = []
+        rounds: list[list[bytes]] = [[]]  # round r: the r-th frame's codes of every stream that has one
+        width = -1
+        last = dict(zip(packets, payloads, strict=True))  # per stream its last add (in first-add order)
+        for stream, payload in last.items():
+            now = stream.batch_payload
+            if now is not payload:
+                if now is not None:  # joined by a chunk since: the general path (deduplicated there)
+                    self._waiting.append(stream)
+                continue  # else decided alone since (a later add would be the last)
+            got = several.get(stream)
+            count = got[1] if got is not None and got[0] is payload else 1
+            size = len(payload) // count
+            if width < 0:
+                width = size
+            elif size != width:
+                self._waiting.append(stream)
+                continue
+            streams.append(stream)
+            counts.append(count)
+            if count == 1:
+                rounds[0].append(payload)
+            else:
+                rounds.extend([] for _ in range(count - len(rounds)))
+                for r in range(count):
+                    rounds[r].append(payload[r * size : r * size + size])
+        if not streams:
+            return
+        pcm = mulaw.decode(b"".join([c for codes in rounds for c in codes])).reshape(-1, width)
+        self.decoded += len(streams)
+        clfs = [s.batch_classifier for s in streams]
+        # Per stream, its rows and decisions so far (those with one frame take round 0's directly).
+        rows: list[list[Pcm]] = [[] for _ in streams]
+        decisions: list[list[bool]] = [[] for _ in streams]
+        members: Sequence[int] = range(len(streams))
+        at = 0
+        for r, codes in enumerate(rounds):
+            if r:
+                members = [i for i in members if counts[i] > r]
+            frames = pcm[at : at + len(codes)]
+            at += len(codes)
+            live = [j for j, i in enumerate(members) if streams[i].batch_payload is not None]
+            if len(live) < len(members):  # failed in an earlier round: its later frames are not classified
+                frames = frames[live]
+                members = [members[j] for j in live]
+                if not members:
+                    break
+            decided = self._round([streams[i] for i in members], [clfs[i] for i in members], frames)
+            for i, row, speech in zip(members, frames, decided, strict=True):
+                rows[i].append(row)
+                decisions[i].append(speech)
+        for stream, count, own_rows, said in zip(streams, counts, rows, decisions, strict=True):
+            if stream.batch_payload is None:  # failed above, or decided alone meanwhile
                 continue
             try:
-                stream.batch_packet(pcm, speech)
+                if count == 1:
+                    stream.batch_packet(own_rows[0], said[0])
+                else:
+                    stream.batch_packets(own_rows, said)
             except Exception as exc:
                 stream.batch_payload = None
                 self._fail(stream, exc)
