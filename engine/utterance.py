@@ -52,7 +52,8 @@ def _build_pair_table() -> npt.NDArray[np.uint32]:
     little-endian uint32: first sample in the low half). 256 KiB, built once per process."""
     samples = _DECODE_LE.view("<u2").astype("<u4")
     pair = np.arange(1 << 16, dtype="<u4")
-    return (samples[pair & 0xFF] | samples[pair >> 8] << 16).astype("<u4")
+    table: npt.NDArray[np.uint32] = (samples[pair & 0xFF] | samples[pair >> 8] << 16).astype("<u4")
+    return table
 
 
 # The STT push (issue 13, round 5): a 100 ms batch decoded two codes per lookup, 400 lookups instead of 800 (the
