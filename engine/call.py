@@ -662,13 +662,12 @@ class Call:
         pushed: PushLease | None = None
         if send_nowait is not None:
             pushed = cast("PushLease", lease)
+            scope = utt.scope
 
             def push() -> int | None:
                 # Runs inside the reader's append, once per batch: never raises, never awaits; None hands over to
                 # this task (which then also flushes a tail the push left: 2, or an older lessee's True with it).
-                # ``overflowed`` stands for ``utt.scope.cancel_called``: the overflow, its only canceller, sets it
-                # first, and the scope has no deadline; the property asks Trio's clock each time (issue 13).
-                if attempt.failure is not None or utt.overflowed:
+                if attempt.failure is not None or scope.cancel_called:
                     return None
                 try:
                     chunk = audio.read(utt.sent, max_batch)
