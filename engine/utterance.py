@@ -56,8 +56,9 @@ def _build_pair_table() -> npt.NDArray[np.uint32]:
     return table
 
 
-# The STT push (issue 13, round 5): a 100 ms batch decoded two codes per lookup, 400 lookups instead of 800 (the
-# lookup, not the copy, is what numpy's take pays per element: callgrind 19.5k -> see BENCHMARKS.md).
+# The STT push (issue 13, round 5): a 100 ms batch decoded two codes per lookup, 400 lookups instead of 800 (numpy's
+# take pays per element for the index cast and the lookup, not the copy: callgrind 19.5k -> 14.0k instructions a
+# batch with its tobytes). Its cache cost and the wall-time trade-off: BENCHMARKS.md, Capacity, round 5.
 _DECODE_PAIRS_LE: Final = _build_pair_table()
 
 
@@ -185,7 +186,8 @@ class UtteranceAudio:
         compact storage).
 
         Once per 100 ms batch of every speaking call (issue 13): a batch within one block (most of them) is one
-        slice of it, and compact storage expands the whole batch with one table lookup."""
+        slice of it, and compact storage expands the whole batch with one table lookup (of code pairs, from the
+        block's pair view, when the batch is whole pairs: every push's batch)."""
         scale = self._scale
         first = offset // scale - self._base
         if first < 0:
