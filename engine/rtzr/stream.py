@@ -400,7 +400,7 @@ class RtzrSocket:
             return 0
         state = ws.send_bytes_nowait(pcm)
         if state:
-            self.tracker.audio_sent(len(pcm))
+            self.tracker.bytes_sent += len(pcm)  # tracker.audio_sent, inlined: a call less per batch
         return state
 
     @property

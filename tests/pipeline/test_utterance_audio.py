@@ -43,6 +43,25 @@ def test_every_mulaw_code_survives_compact_storage_in_any_chunking() -> None:
     assert plain.size == audio.size and plain.read(0, plain.size) == expected
 
 
+def test_every_code_pair_reads_back_through_the_batch_lookup() -> None:
+    """The push's read (whole code pairs within a block: one lookup per two samples, issue 13 round 5) gives
+    what decoding the codes one by one gives, for all 65,536 pairs, in 100 ms batches as the push reads, and
+    when a batch is cut at an odd code or across blocks (the per-code path)."""
+    pairs = np.arange(1 << 16, dtype="<u2")
+    codes = pairs.view(np.uint8).tobytes()  # every (first, second) pair, aligned
+    expected = mulaw.decode(codes).astype("<i2").tobytes()
+    audio = UtteranceAudio(mulaw_as_pcm16=True)
+    for i in range(0, len(codes), 160):
+        audio.append_mulaw(codes[i:i + 160])
+    got = b"".join(audio.read(offset, 1600) for offset in range(0, audio.size, 1600))
+    assert got == expected
+    rng = np.random.default_rng(5)
+    for _ in range(300):  # odd codes at either end, across blocks: the same bytes
+        offset = 2 * int(rng.integers(0, len(codes)))
+        n = 2 * int(rng.integers(1, 1200))
+        assert audio.read(offset, n) == expected[offset:offset + n]
+
+
 def _utterance_bytes(compact: bool, audio: bytes) -> list[bytes]:
     config = Config(rtzr=RtzrConfig(encoding="LINEAR16", sample_rate=8000))
     call = Call(STARTED, config=config, pool=None, emit=lambda e: None,  # type: ignore[arg-type]

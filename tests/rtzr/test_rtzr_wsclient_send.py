@@ -140,3 +140,21 @@ async def test_send_bytes_nowait_writes_from_synchronous_code_and_in_order(monke
             await conn.aclose(grace=0.1)
             assert not conn.send_bytes_nowait(b"late")
     assert got == payloads
+
+
+async def test_send_bytes_nowait_frames_every_length_class_exactly() -> None:
+    """The push packs a 16-bit-length head itself (issue 13 round 5); shorter and longer payloads go through
+    encode_frame: the server gets each payload exactly, at every length boundary (RFC 6455 5.2)."""
+    got: list[bytes] = []
+    payloads = [os.urandom(n) for n in (1, 125, 126, 1600, 65535, 65536, 70001)]
+    with trio.fail_after(10):
+        async with server(lambda peer: collect(peer, len(payloads), got)) as url:
+            conn = await connect(url)
+            for payload in payloads:
+                assert conn.send_bytes_nowait(payload)
+                if conn.pending:
+                    await conn.flush()
+            while len(got) < len(payloads):
+                await trio.sleep(0.01)
+            await conn.aclose(grace=0.1)
+    assert got == payloads
