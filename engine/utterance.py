@@ -47,21 +47,6 @@ _NO_WAITER: Final = 1 << 62  # _want when no task waits: no append reaches it
 _DECODE_LE: Final = mulaw.DECODE_TABLE.astype("<i2")
 
 
-def _build_pair_table() -> npt.NDArray[np.uint32]:
-    """Two μ-law codes (a little-endian uint16: first code in the low byte) → their two LINEAR16 samples (a
-    little-endian uint32: first sample in the low half). 256 KiB, built once per process."""
-    samples = _DECODE_LE.view("<u2").astype("<u4")
-    pair = np.arange(1 << 16, dtype="<u4")
-    table: npt.NDArray[np.uint32] = (samples[pair & 0xFF] | samples[pair >> 8] << 16).astype("<u4")
-    return table
-
-
-# The STT push (issue 13, round 5): a 100 ms batch decoded two codes per lookup, 400 lookups instead of 800 (numpy's
-# take pays per element for the index cast and the lookup, not the copy: callgrind 19.5k -> 14.0k instructions a
-# batch with its tobytes). Its cache cost and the wall-time trade-off: BENCHMARKS.md, Capacity, round 5.
-_DECODE_PAIRS_LE: Final = _build_pair_table()
-
-
 class UtteranceAudio:
     """Append-only STT-ready audio; its sender waits for a size (:meth:`wait_for`), not for every append.
 
@@ -69,13 +54,10 @@ class UtteranceAudio:
     buffer holds μ-law codes and reads return little-endian int16 PCM (2 bytes per stored byte).
     """
 
-    __slots__ = ("_base", "_blocks", "_fill", "_pairs", "_push", "_scale", "_total", "_waiter", "_want", "closed")
+    __slots__ = ("_base", "_blocks", "_fill", "_push", "_scale", "_total", "_waiter", "_want", "closed")
 
     def __init__(self, *, mulaw_as_pcm16: bool = False) -> None:
         self._blocks: list[bytearray] = []  # every block full but the last, which holds _fill bytes
-        # Compact storage: each block's codes seen as code pairs (a numpy view made once per block, not a
-        # frombuffer per read; the block itself is never resized, so the view stays valid). None otherwise.
-        self._pairs: list[npt.NDArray[np.uint16]] | None = [] if mulaw_as_pcm16 else None
         self._fill = BLOCK_BYTES  # no block yet: the next append allocates one
         self._base = 0  # stored bytes released from the front (a multiple of BLOCK_BYTES)
         self._total = 0  # stored bytes appended so far, released ones included
@@ -119,10 +101,7 @@ class UtteranceAudio:
         while pos < n:
             fill = self._fill
             if fill == BLOCK_BYTES:
-                block = bytearray(BLOCK_BYTES)
-                self._blocks.append(block)
-                if self._pairs is not None:
-                    self._pairs.append(np.frombuffer(block, "<u2"))
+                self._blocks.append(bytearray(BLOCK_BYTES))
                 fill = 0
             take = min(BLOCK_BYTES - fill, n - pos)
             self._blocks[-1][fill : fill + take] = view[pos : pos + take]
@@ -176,8 +155,6 @@ class UtteranceAudio:
         drop = min(drop, len(self._blocks) - 1)  # the last block is still being filled
         if drop > 0:
             del self._blocks[:drop]
-            if self._pairs is not None:
-                del self._pairs[:drop]
             self._base += drop * BLOCK_BYTES
         return self.start
 
@@ -186,8 +163,7 @@ class UtteranceAudio:
         compact storage).
 
         Once per 100 ms batch of every speaking call (issue 13): a batch within one block (most of them) is one
-        slice of it, and compact storage expands the whole batch with one table lookup (of code pairs, from the
-        block's pair view, when the batch is whole pairs: every push's batch)."""
+        slice of it, and compact storage expands the whole batch with one table lookup."""
         scale = self._scale
         first = offset // scale - self._base
         if first < 0:
@@ -197,11 +173,6 @@ class UtteranceAudio:
             return b""
         index, within = divmod(first, BLOCK_BYTES)
         end = within + last - first
-        pairs = self._pairs
-        if pairs is not None and end <= BLOCK_BYTES and not (within | end) & 1:
-            # The push's case (compact storage, a batch within one block, whole code pairs: every batch but
-            # at most a closing tail): a slice of the block's pair view, one lookup per two samples.
-            return _DECODE_PAIRS_LE.take(pairs[index][within >> 1 : end >> 1], mode="wrap").tobytes()
         stored: bytes | bytearray | memoryview
         if end <= BLOCK_BYTES:
             stored = memoryview(self._blocks[index])[within:end]
