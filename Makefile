@@ -49,7 +49,7 @@ soak: $(STAMP)
 	SORI_SOAK=1 $(PY) -m pytest tests/reliability -m "slow or not slow"
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check engine tests fuzz bench
+	$(VENV)/bin/ruff check engine tests fuzz bench conftest.py
 	$(VENV)/bin/mypy
 
 ASTERISK_SOUNDS := asterisk-core-sounds-en-wav asterisk-core-sounds-es-wav asterisk-core-sounds-fr-wav asterisk-core-sounds-it-wav
