@@ -124,6 +124,29 @@ class _InstantLease:
                            closes=True)
 
 
+def rtzr_socket_on_pair(config: Config, budgets: Budgets, metrics: Registry) -> tuple[Any, socket.socket]:
+    """A leased :class:`~engine.rtzr.stream.RtzrSocket` whose upgraded WebSocket writes onto a local socket pair
+    (no handshake, no token: nothing answers), and the pair's other end, for the caller to drain."""
+    from wsproto import ConnectionType
+    from wsproto.connection import Connection
+
+    from engine.rtzr.stream import RtzrSocket
+    from engine.rtzr.wsclient import WsClientConnection
+
+    ours, peer = socket.socketpair()
+    for s in (ours, peer):
+        s.setblocking(False)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1 << 20)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+    conn = WsClientConnection(trio.SocketStream(trio.socket.from_stdlib_socket(ours)),
+                              send_budget=budgets.send, max_message_size=1 << 20)
+    conn._ws = Connection(ConnectionType.CLIENT)  # upgraded (no handshake: nothing answers)
+    sock = RtzrSocket(config.rtzr, None, budgets, metrics)  # type: ignore[arg-type]  # no token needed
+    sock._ws = conn
+    sock.tracker.begin_lease()
+    return sock, peer
+
+
 class _WsLease(_InstantLease):
     """``--stt-ws``: as :class:`_InstantLease`, but every send goes through a real
     :class:`~engine.rtzr.stream.RtzrSocket` and its WebSocket connection (framing, masking, the write) onto a
@@ -131,23 +154,7 @@ class _WsLease(_InstantLease):
 
     def __init__(self, config: Config, budgets: Budgets, metrics: Registry) -> None:
         super().__init__()
-        from wsproto import ConnectionType
-        from wsproto.connection import Connection
-
-        from engine.rtzr.stream import RtzrSocket
-        from engine.rtzr.wsclient import WsClientConnection
-
-        ours, self.peer = socket.socketpair()
-        for s in (ours, self.peer):
-            s.setblocking(False)
-            s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1 << 20)
-            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
-        conn = WsClientConnection(trio.SocketStream(trio.socket.from_stdlib_socket(ours)),
-                                  send_budget=budgets.send, max_message_size=1 << 20)
-        conn._ws = Connection(ConnectionType.CLIENT)  # upgraded (no handshake: nothing answers)
-        sock = RtzrSocket(config.rtzr, None, budgets, metrics)  # type: ignore[arg-type]  # no token needed
-        sock._ws = conn
-        sock.tracker.begin_lease()
+        sock, self.peer = rtzr_socket_on_pair(config, budgets, metrics)
         self.sock = sock
         self.send_audio = sock.send_audio  # type: ignore[method-assign]
         self.send_audio_nowait = sock.send_audio_nowait if sock.pushable else None  # type: ignore[method-assign,assignment]

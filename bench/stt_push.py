@@ -21,6 +21,7 @@ import socket
 from pathlib import Path
 
 import trio
+from ingest_ab import rtzr_socket_on_pair
 
 from engine.budgets import Budgets
 from engine.config import Config
@@ -32,26 +33,8 @@ DEMO_WAV = Path(os.getcwd()) / "engine" / "demo" / "call.wav"  # the tree run fr
 
 
 def _socket() -> tuple[object, socket.socket]:
-    from wsproto import ConnectionType
-    from wsproto.connection import Connection
-
-    from engine.rtzr.stream import RtzrSocket
-    from engine.rtzr.wsclient import WsClientConnection
-
     config = Config()
-    budgets = Budgets(config.budgets)
-    ours, peer = socket.socketpair()
-    for s in (ours, peer):
-        s.setblocking(False)
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1 << 20)
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
-    conn = WsClientConnection(trio.SocketStream(trio.socket.from_stdlib_socket(ours)),
-                              send_budget=budgets.send, max_message_size=1 << 20)
-    conn._ws = Connection(ConnectionType.CLIENT)  # upgraded (no handshake: nothing answers)
-    sock = RtzrSocket(config.rtzr, None, budgets, Registry())  # type: ignore[arg-type]  # no token needed
-    sock._ws = conn
-    sock.tracker.begin_lease()
-    return sock, peer
+    return rtzr_socket_on_pair(config, Budgets(config.budgets), Registry())
 
 
 def _drain(peer: socket.socket) -> None:

@@ -65,10 +65,8 @@ from .classifiers import (
     ClassifierError,
     Frames,
     _band_array,
-    _band_ratios,
     _chain,
     _decide_rows,
-    _swings,
 )
 
 #: The rescue hook's bar: any cue ≥ 0.5 passes (the cue is 1.0 inside the window, 0.0 outside).
@@ -220,12 +218,7 @@ class HoldBandClassifier(BandClassifier):
     def classify(self, frames: Frames) -> list[bool]:
         out = []
         silence = self._silence_ratio
-        if frames.shape[0] == 1:  # the hot path: one 20 ms frame per Twilio packet
-            all_ratios = self.band_ratios(frames)
-            swings: Sequence[float | Frames] = [frames[0] if self._impulse else 0.0]
-        else:
-            all_ratios = _band_ratios(self._basis, self._group, frames)
-            swings = _swings(frames) if self._impulse else [0.0] * frames.shape[0]
+        all_ratios, swings = self.ratios_and_swings(frames)
         for ratios, swing in zip(all_ratios, swings, strict=True):
             product = self._product(ratios)
             speech = self.decide(ratios, swing, self._cue(product))

@@ -45,7 +45,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from .classifiers import BandClassifier, Frames, _band_array, _band_ratios, _decide_rows, _row_sums, _swings
+from .classifiers import BandClassifier, Frames, _band_array, _decide_rows, _row_sums
 
 #: Minimum statistics: blocks of BLOCK_FRAMES frames, the quietest of the last BLOCKS blocks (1.28 s at 20 ms).
 BLOCK_FRAMES = 16
@@ -150,12 +150,7 @@ class LevelBandClassifier(BandClassifier):
         return out
 
     def classify(self, frames: Frames) -> list[bool]:
-        if frames.shape[0] == 1:  # the hot path: one 20 ms frame per Twilio packet
-            all_ratios = self.band_ratios(frames)
-            swings: Sequence[float | Frames] = [frames[0] if self._impulse else 0.0]
-        else:
-            all_ratios = _band_ratios(self._basis, self._group, frames)
-            swings = _swings(frames) if self._impulse else [0.0] * frames.shape[0]
+        all_ratios, swings = self.ratios_and_swings(frames)
         level = self._level
         decide = self.decide
         return [level(decide(r, w), sum(r)) for r, w in zip(all_ratios, swings, strict=True)]

@@ -460,19 +460,7 @@ class TwilioStream:
                     first_ts = timeline.first_ts
                     if (payload and first_ts is not None
                             and (int(ts_s) - first_ts) * BYTES_PER_MS - pos <= timeline.in_step_bytes):
-                        # _in_step inline (the message of every 20 ms: one Python call less)
-                        gaps = self._gaps
-                        if gaps:
-                            self._gaps = (gaps << 1) & _SEQ_MASK
-                        self._highest_seq = high + 1
-                        timeline.next_chunk = chunk + 1
-                        n = len(payload)
-                        timeline.pos = pos + n
-                        stats = self.stats
-                        stats.messages += 1
-                        stats.frames += 1
-                        stats.bytes += n
-                        return AudioReceived(payload, pos / BYTES_PER_MS)
+                        return self._in_step(timeline, high, chunk, pos, payload)
         msg: InboundMessage | None = None
         if type(text) is str and len(text) <= self.max_message_bytes:
             try:
@@ -509,8 +497,8 @@ class TwilioStream:
 
     def _in_step(self, timeline: _Timeline, high: int, chunk: int, pos: int, payload: bytes) -> AudioReceived:
         """Accept an in-step media message (sequence high + 1, chunk ``chunk``, audio at ``pos``): what the
-        general path's checks, :meth:`_check_sequence` and :meth:`_Timeline.place` come to for it. (The
-        fixed-layout parse has this body inline: keep the two the same.)"""
+        general path's checks, :meth:`_check_sequence` and :meth:`_Timeline.place` come to for it (both fast
+        parses end here)."""
         gaps = self._gaps
         if gaps:  # zero once the window is full of seen numbers: the usual stream shifts nothing
             self._gaps = (gaps << 1) & _SEQ_MASK
