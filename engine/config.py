@@ -133,7 +133,7 @@ class EndpointingConfig(_Section):
     # The longest utterance: at 15 s speech that goes on is cut (speech.ended reason max_length; its final comes
     # at once) and goes on in a continuation starting at the cut (no audio lost; one turn). Measured (BENCHMARKS.md,
     # issue 13 round 6): no labelled utterance of either corpus is over 8.6 s, no detection outside babble over
-    # 4.1 s, so the cut only ends babble run-ons, and halves the audio an open utterance keeps for replay (30 s:
+    # 7 s, so the cut only ends babble run-ons, and halves the audio an open utterance keeps for replay (30 s:
     # 240 KB of mu-law). Cost: a talker's turn over 15 s is split there, perhaps mid-word, for STT.
     max_utterance_ms: Annotated[int, Meta(ge=1000, le=600_000)] = 15_000
     min_utterance_ms: Annotated[int, Meta(ge=0, le=10_000)] = 0
