@@ -24,6 +24,10 @@ object, ``--every`` reads along the way (RSS, live heap, utterance audio), ``--t
 
     cd /work/wt-base5 && .venv/bin/python /work/wt-r5-mem/bench/call_census.py --rss --calls 300 --frames 1000 \
         --corpus --stt-ws --every 250
+
+``--rss`` also splits RSS per call into the open utterances' audio and the rest. ``--max-utterance-ms`` sets
+``endpointing.max_utterance_ms`` (default: the tree's own; issue 13 round 6 took it from 30 to 15 s), and
+``--by-line`` (tracemalloc) lists the traced bytes by source line instead of by file.
 """
 
 from __future__ import annotations
