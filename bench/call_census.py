@@ -24,6 +24,10 @@ object, ``--every`` reads along the way (RSS, live heap, utterance audio), ``--t
 
     cd /work/wt-base5 && .venv/bin/python /work/wt-r5-mem/bench/call_census.py --rss --calls 300 --frames 1000 \
         --corpus --stt-ws --every 250
+
+``--rss`` also splits RSS per call into the open utterances' audio and the rest. ``--max-utterance-ms`` sets
+``endpointing.max_utterance_ms`` (default: the tree's own; issue 13 round 6 took it from 30 to 15 s), and
+``--by-line`` (tracemalloc) lists the traced bytes by source line instead of by file.
 """
 
 from __future__ import annotations
@@ -115,8 +119,12 @@ def _tasks() -> int:
 
 
 async def run(calls: int, frames_n: int, rss: bool = False, gc_freeze: bool = False,
-              stt_ws: bool = False, corpus: bool = False, every: int = 0, trim_every: int = 0) -> dict[str, Any]:
+              stt_ws: bool = False, corpus: bool = False, every: int = 0, trim_every: int = 0,
+              max_utterance_ms: int | None = None, by_line: bool = False) -> dict[str, Any]:
     config = Config()
+    if max_utterance_ms is not None:  # --max-utterance-ms: the one endpointing setting an A/B in one tree may vary
+        config = msgspec.structs.replace(config, endpointing=msgspec.structs.replace(
+            config.endpointing, max_utterance_ms=max_utterance_ms))
     config.server.host = "127.0.0.1"
     config.server.port = 0
     config.server.allow_unsigned = True
@@ -284,10 +292,11 @@ async def run(calls: int, frames_n: int, rss: bool = False, gc_freeze: bool = Fa
             snap1 = tracemalloc.take_snapshot()
             tracemalloc.stop()
             out["tasks_per_call"] = (_tasks() - tasks0) / calls
-            diff = snap1.compare_to(snap0, "filename")
+            diff = snap1.compare_to(snap0, "lineno" if by_line else "filename")
             out["traced_kib_per_call"] = sum(d.size_diff for d in diff) / calls / 1024
-            out["traced_by_file"] = [(d.traceback[0].filename.split("/site-packages/")[-1].split("/wt-")[-1],
-                                      d.size_diff / calls / 1024) for d in diff[:15]]
+            out["traced_by_file"] = [(d.traceback[0].filename.split("/site-packages/")[-1].split("/wt-")[-1]
+                                      + (f":{d.traceback[0].lineno}" if by_line else ""),
+                                      d.size_diff / calls / 1024) for d in diff[:25 if by_line else 15]]
             del snap0, snap1, diff  # not counted by the object census
             gc.collect()
             sizes1 = sizes_by_kind()
@@ -368,16 +377,25 @@ def main() -> int:
     p.add_argument("--stt-ws", action="store_true",
                    help="each lease a real RtzrSocket and WebSocket connection onto a local socket pair "
                         "(bench/ingest_ab.py's --stt-ws): an open utterance holds an RTZR socket, as in the capacity runs")
+    p.add_argument("--by-line", action="store_true",
+                   help="without --rss: tracemalloc's traced bytes by source line (the 25 largest), not by file")
+    p.add_argument("--max-utterance-ms", type=int, default=None, metavar="MS",
+                   help="endpointing.max_utterance_ms for the calls (default: the tree's own default)")
     args = p.parse_args()
     logging.disable(logging.WARNING)  # the unsigned-upgrade warning of every call
     freeze, trim_every, said = production_policy(args.gc, args.trim_every) if args.rss else (False, 0, "")
     out = trio.run(run, args.calls, args.frames, args.rss, freeze, args.stt_ws, args.corpus, args.every,
-                   trim_every)
+                   trim_every, args.max_utterance_ms, args.by_line)
+    max_ms = Config().endpointing.max_utterance_ms if args.max_utterance_ms is None else args.max_utterance_ms
     if args.rss:
-        print(f"{sys.prefix}, engine from {ENGINE_TREE}: {args.calls} calls x {args.frames} frames; {said}")
+        print(f"{sys.prefix}, engine from {ENGINE_TREE}: {args.calls} calls x {args.frames} frames; {said}; "
+              f"max_utterance_ms {max_ms}")
         print(f"  tasks per call {out['tasks_per_call']:.2f}; utterances {out['utterances_per_call']:.2f} per call, "
               f"open {out['open_utterances_per_call']:.2f}, their audio {out['utterance_audio_kib_per_call']:.1f} KiB")
         print_rss(out, args.calls)
+        rss_kib = (out["mem"]["live"]["VmRSS"] - out["mem"]["idle"]["VmRSS"]) / args.calls / 1024
+        print(f"    split: open utterance audio {out['utterance_audio_kib_per_call']:.1f} + the rest "
+              f"{rss_kib - out['utterance_audio_kib_per_call']:.1f} KiB per call")
         print("  utterance audio held per call, KiB, by what it plays: " + ", ".join(
             f"{k} {v:.0f}" for k, v in out["audio_by_play"].items()))
         print(f"  feeding: {out['cpu_s']:.2f} s CPU, {out['minor_faults']} minor page faults")

@@ -32,6 +32,8 @@ energy,webrtc,NEW`` evaluates a classifier added to ``make_classifier`` later.
 
 Usage: python bench/endpointing_eval.py [--classifiers energy,webrtc,silero] [--end-ms 80,200] [--merge-ms 300,0]
        [--synthetic DIR] [--real DIR] [--real-splits dev,test] [--by-noise]
+       python bench/endpointing_eval.py --durations [--cuts 10000,15000,20000] [--concat] [--classifiers bands-click]
+       (detected utterance lengths and what a ``max_utterance_ms`` cut splits; see durations_table)
 Defaults: bench/corpus_full and bench/corpus_real_full when built (``make corpus``), else the
 committed subsets bench/corpus and bench/corpus_real (dev split only).
 """
@@ -108,8 +110,10 @@ Detection = tuple[int, int, int, int, str, bool]
 
 
 def run_call(factory: Callable[[int], FrameClassifier], end_ms: int, pcm: np.ndarray, rate: int,
-             merge_ms: int = 0) -> tuple[list[Detection], float]:
+             merge_ms: int = 0, max_utterance_ms: int | None = None) -> tuple[list[Detection], float]:
     cfg = EndpointingConfig(end_ms=end_ms, merge_ms=merge_ms)
+    if max_utterance_ms is not None:
+        cfg = EndpointingConfig(end_ms=end_ms, merge_ms=merge_ms, max_utterance_ms=max_utterance_ms)
     ep = Endpointer(cfg, sample_rate=rate, classifier=factory(rate))
     step = rate // 50
     events: list[Any] = []
@@ -227,6 +231,90 @@ def table(title: str, files: list[tuple[str, np.ndarray, dict[str, Any]]], class
                       f"{pct(a['delays'], 50)} / {pct(a['delays'], 95)} ({pct(a['delays_single'], 95)}) | {pct(a['errors'], 50)} | {us:.1f} |")
 
 
+# --durations (issue 13 round 6: choosing endpointing.max_utterance_ms by measurement). The detections' own
+# length (end - start, hangover included: what an utterance buffers besides its pre-roll), uncut (max_utterance_ms
+# at its 600 s bound), and what a cut at each --cuts value does to the labelled utterances: a max_length end
+# strictly inside a labelled utterance's [start, end) splits it (inside one of its speech segments: mid-word);
+# a split is joined back when the piece after the cut is a continuation (``continues``), as the endpointer
+# makes it whenever speech goes on.
+UNCUT_MS = 600_000
+
+
+def concat_by_condition(files: list[tuple[str, np.ndarray, dict[str, Any]]]) -> list[tuple[str, np.ndarray, dict[str, Any]]]:
+    """The files of one (split, noise, SNR, noise_only) joined end to end into one long call, labels shifted: the
+    real corpus's calls are 10-15 s, which bounds every detection there; joined, a run-on can grow as it would
+    on a long call with the same noise (the noise restarts at each joint, as a new file's does)."""
+    groups: dict[tuple[Any, ...], list[tuple[str, np.ndarray, dict[str, Any]]]] = defaultdict(list)
+    for f in files:
+        lab = f[2]
+        groups[(lab.get("split"), lab["noise"], lab["snr_db"], bool(lab.get("noise_only")))].append(f)
+    out = []
+    for key, group in sorted(groups.items(), key=lambda kv: str(kv[0])):
+        utts: list[dict[str, Any]] = []
+        off = 0
+        for _, pcm, lab in group:
+            for u in lab["utterances"]:
+                utts.append({"start": u["start"] + off, "end": u["end"] + off,
+                             "segments": [[s + off, e + off] for s, e in u["segments"]]})
+            off += len(pcm)
+        lab = dict(group[0][2], utterances=utts)
+        out.append(("+".join(n for n, _, _ in group), np.concatenate([p for _, p, _ in group]), lab))
+    return out
+
+
+def cut_effects(det: list[Detection], lab: dict[str, Any]) -> dict[str, float]:
+    """What the max_length ends of ``det`` do to the labelled utterances (see --durations)."""
+    r: dict[str, float] = defaultdict(float)
+    cuts = [(i, d[3]) for i, d in enumerate(det) if d[4] == "max_length"]
+    r["cuts"] = len(cuts)
+    for u in lab["utterances"]:
+        inside = [(i, end) for i, end in cuts if u["start"] < end < u["end"]]
+        if not inside:
+            continue
+        r["split"] += 1
+        r["mid_speech"] += any(s < end < e for _, end in inside for s, e in u["segments"])
+        r["unjoined"] += any(i + 1 >= len(det) or not det[i + 1][5] or det[i + 1][0] != det[i][3] for i, _ in inside)
+    return r
+
+
+def durations_table(title: str, files: list[tuple[str, np.ndarray, dict[str, Any]]], factory: Callable[[int], FrameClassifier],
+                    end_ms: int, merge_ms: int, cuts_ms: list[int]) -> None:
+    """Detected utterance lengths (uncut) per noise group and SNR, and each cut's splits of labelled utterances."""
+    if not files:
+        return
+    minutes = sum(len(p) / lab["sample_rate"] for _, p, lab in files) / 60
+    longest_file = max(len(p) / lab["sample_rate"] for _, p, lab in files)
+    print(f"\n### {title}: {len(files)} files (longest {longest_file:.0f} s), {minutes:.1f} min\n")
+    rows: dict[tuple[str, float], dict[str, Any]] = {}
+    for _, pcm, lab in files:
+        rate = lab["sample_rate"]
+        key = ("babble" if lab["noise"] == "babble" else "non-babble", lab["snr_db"])
+        acc = rows.setdefault(key, defaultdict(float, lengths=[], labelled=[]))
+        det, _ = run_call(factory, end_ms, pcm, rate, merge_ms, UNCUT_MS)
+        acc["lengths"] += [(d[3] - d[1]) / rate for d in det]
+        acc["labelled"] += [(u["end"] - u["start"]) / rate for u in lab["utterances"]]
+        acc["minutes"] += len(pcm) / rate / 60
+        for cut in cuts_ms:
+            det_cut, _ = run_call(factory, end_ms, pcm, rate, merge_ms, cut)
+            for k, v in cut_effects(det_cut, lab).items():
+                acc[f"{cut}:{k}"] += v
+    over = [10, 15, 20, 30]
+    print("| noise | SNR dB | min of audio | detections | length p50 / p90 / p99 / max s | "
+          + " | ".join(f"> {s} s" for s in over) + " | labelled utts (longest s) | "
+          + " | ".join(f"cut {c / 1000:g} s: cuts / labelled split (mid-speech) / not joined" for c in cuts_ms) + " |")
+    print("|---" * (7 + len(over) + len(cuts_ms)) + "|")
+    for key in sorted(rows, key=lambda k: (k[0] != "non-babble", -k[1])):
+        a = rows[key]
+        ln = np.array(a["lengths"]) if a["lengths"] else np.zeros(1)
+        cells = [f"{int((ln > s).sum())}" for s in over]
+        cut_cells = [f"{a[f'{c}:cuts']:.0f} / {a[f'{c}:split']:.0f} ({a[f'{c}:mid_speech']:.0f}) / {a[f'{c}:unjoined']:.0f}"
+                     for c in cuts_ms]
+        print(f"| {key[0]} | {key[1]:g} | {a['minutes']:.1f} | {len(a['lengths'])} | "
+              f"{np.percentile(ln, 50):.1f} / {np.percentile(ln, 90):.1f} / {np.percentile(ln, 99):.1f} / {ln.max():.1f} | "
+              + " | ".join(cells) + f" | {len(a['labelled'])} ({max(a['labelled'], default=0):.1f}) | "
+              + " | ".join(cut_cells) + " |")
+
+
 def default_dir(full: str, subset: str) -> Path:
     f = HERE / full
     return f if any(f.glob("*.json")) else HERE / subset
@@ -253,6 +341,12 @@ def main() -> int:
     ap.add_argument("--real-splits", default="dev,test")
     ap.add_argument("--by-noise", action="store_true", help="one row per SNR and noise kind")
     ap.add_argument("--corpus", type=Path, default=None, help="alias of --synthetic (old flag)")
+    ap.add_argument("--durations", action="store_true",
+                    help="instead of the scores: detected utterance lengths (uncut) by noise group and SNR, and what a "
+                         "max_utterance_ms cut at each --cuts value splits (first classifier, end_ms and merge_ms only)")
+    ap.add_argument("--cuts", default="10000,15000,20000", help="--durations: comma-separated max_utterance_ms values")
+    ap.add_argument("--concat", action="store_true",
+                    help="--durations: also join each condition's files (split, noise, SNR) into one long call")
     args = ap.parse_args()
     t0 = time.perf_counter()
     classifiers = []
@@ -268,6 +362,25 @@ def main() -> int:
     print(f"machine: {cpu_name()}, {platform.system()} {platform.machine()}, python {platform.python_version()}")
     print(f"classifiers: {', '.join(lb for lb, _ in classifiers)}; end_ms {args.end_ms}; merge_ms {args.merge_ms}; frames 20 ms "
           f"(silero anchor: 32 ms windows)")
+    if args.durations:
+        label, factory = classifiers[0]
+        cuts = [int(v) for v in args.cuts.split(",")]
+        end_ms, merge_ms = end_ms_list[0], merge_ms_list[0]
+        print(f"durations: {label}, end_ms {end_ms}, merge_ms {merge_ms}; cuts {cuts} ms")
+        sets: list[tuple[str, list[tuple[str, np.ndarray, dict[str, Any]]]]] = []
+        if str(syn_dir) not in ("", "."):
+            sets.append((f"Synthetic {syn_dir.name}", load(syn_dir)))
+        if str(real_dir) not in ("", "."):
+            real = load(real_dir)
+            for split in args.real_splits.split(","):
+                sets.append((f"Real speech, {split} split", [f for f in real if f[2].get("split") == split]))
+        for title, files in sets:
+            durations_table(title, files, factory, end_ms, merge_ms, cuts)
+            if args.concat:
+                durations_table(f"{title}, each condition's files joined", concat_by_condition(files), factory,
+                                end_ms, merge_ms, cuts)
+        print(f"\n(eval wall time {time.perf_counter() - t0:.0f} s)")
+        return 0
     if str(syn_dir) not in ("", "."):
         table(f"Synthetic (espeak-ng ko) {syn_dir.relative_to(HERE.parent) if syn_dir.is_relative_to(HERE.parent) else syn_dir}",
               load(syn_dir), classifiers, end_ms_list, args.by_noise, merge_ms_list)
