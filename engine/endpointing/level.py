@@ -39,8 +39,8 @@ Per frame, on the in-band power ``x`` (dB, the sum of the bands' ``1 + power``):
   re-armed by babble would run on again).
 
 The gate only removes frames the bands call speech, never adds any, and leaves the bands' own state (floors,
-hysteresis) as ``bands-click`` has it: so digital silence never starts speech, and outside busy lines (line,
-pink, clean; hum but for one dev call at 20 dB that engages) every decision is ``bands-click``'s.
+hysteresis) as ``bands-click`` has it: so digital silence never starts speech, and outside busy lines (hum,
+line, pink, clean) every decision is ``bands-click``'s (checked on every non-babble row of dev, test and extra).
 ``classify_batch`` runs ``bands-click``'s vectorised decision (:func:`~engine.endpointing.classifiers._decide_rows`)
 and then the gate per stream, on the rows' sums taken left to right as ``sum`` does, so batched == alone to the
 bit.
