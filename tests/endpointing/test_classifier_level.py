@@ -1,4 +1,4 @@
-"""Issue 12 round 5: ``bands-level`` — a talker-level gate that ends babble run-ons on a busy line."""
+"""Issue 12 rounds 5 and 6: ``bands-level`` — a talker-level gate that ends babble run-ons on a busy line."""
 
 from __future__ import annotations
 
@@ -94,3 +94,32 @@ def test_batched_equals_alone_on_real_babble() -> None:
     batch = [make_classifier("bands-level", RATE) for _ in offsets]
     got = [classify_batch(batch, np.stack([s[k] for s in streams])) for k in range(n)]
     assert [list(col) for col in zip(*got, strict=True)] == alone
+
+
+def test_once_engaged_on_a_busy_line_the_gate_stays_engaged() -> None:
+    """Round 6: on the committed 20 dB babble calls the gate, once engaged, stays engaged to the end of the call:
+    through the corpus's hold/mute stretch (digital silence is no evidence about the line: round 5 dropped the
+    busy state there and ``bands-click``'s run-on came back for a second or more) and after the talker's last
+    words (round 5's release churn: babble after the end became false starts)."""
+    for _, x, _ in _babble(20):
+        c = make_classifier("bands-level", RATE)
+        engaged = []
+        for k in range(len(x) // 160):
+            c.classify(x[k * 160 : (k + 1) * 160].reshape(1, 160))
+            engaged.append(bool(c._engaged))  # type: ignore[attr-defined]
+        first = engaged.index(True)
+        assert all(engaged[first:])
+
+
+def test_digital_silence_on_an_engaged_line_never_starts_speech_and_keeps_its_state() -> None:
+    """Hold/mute on an engaged line: every silent frame is not speech, and the talker's level, the background and
+    the engaged state come back with the line as they were."""
+    _, x, _ = _babble(20)[0]
+    c = make_classifier("bands-level", RATE)
+    frames = x[: (len(x) // 160) * 160].reshape(-1, 160)
+    for f in frames[:300]:
+        c.classify(f.reshape(1, 160))
+    before = (c._engaged, c._busy, c._talker, c._ring)  # type: ignore[attr-defined]
+    assert before[0]
+    assert not any(c.classify(np.zeros((1, 160), np.int16))[0] for _ in range(150))
+    assert (c._engaged, c._busy, c._talker, c._ring) == before  # type: ignore[attr-defined]
