@@ -18,7 +18,7 @@ A result may only ever reach the lease whose audio produced it. RTZR gives no ac
    that ends earlier may be a cut: the rest of the lessee's audio may still be pending, the lease keeps
    waiting (under the finalize budget).
    Reaching ``cover_from`` is no proof on its own when the final may be a cut with audio after it:
-   - a ``max_utter_duration`` cut (its duration, ``SERVER_MAX_UTTER_MS`` unless the query sets it) ending
+   - a ``max_utter_duration`` cut (exactly that long, ``SERVER_MAX_UTTER_MS`` unless the query sets it) ending
      more than the tolerance before ``F``: the audio after it is the start of the server's next utterance,
      certainly pending; the lease keeps waiting for the Finalize's answer (it comes at once). Both ends cut
      at 30 s by default, and our pre-roll puts the server's cut a few tens of ms before our Finalize: this
@@ -277,5 +277,7 @@ class UtteranceTracker:
         return True
 
     def _max_utter_cut(self, result: RtzrResult) -> bool:
-        """Could this final be the server's max_utter_duration cut? (rule 1)"""
-        return self.max_utter_ms is not None and result.duration >= self.max_utter_ms - self.tolerance_ms
+        """Could this final be the server's max_utter_duration cut? (rule 1) A cut lasts exactly that long; a
+        final of another length is not one (this keeps a wrong guess of the server's default from making
+        a lease wait for an answer that already came: only finals of that very length would wait)."""
+        return self.max_utter_ms is not None and abs(result.duration - self.max_utter_ms) <= self.tolerance_ms

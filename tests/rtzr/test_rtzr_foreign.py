@@ -70,6 +70,15 @@ def test_a_max_utter_cut_at_our_finalize_closes() -> None:
     assert isinstance(cut, LeaseResult) and cut.closes and t.clean
 
 
+def test_an_answer_longer_than_the_assumed_max_utter_is_the_answer() -> None:
+    """Should RTZR's real default be longer than the assumed 30 s, a 30.04 s answer ending 30 ms before our
+    Finalize is not a cut (a cut lasts exactly max_utter): it closes, nothing waits for a second answer."""
+    t = _lease_of(30_100)
+    assert t.finalize_sent(speech_end_ms=30_100)
+    out = t.on_result(_final(0, 30, 30_070))
+    assert isinstance(out, LeaseResult) and out.closes and t.clean
+
+
 def test_an_end_point_cut_reaching_the_speech_end_ends_the_lease_but_not_the_socket() -> None:
     """Our endpointer's end 900 ms after the server's: the server may have cut on its own (epd 800 ms) and
     whether it counts the silence after as pending is undocumented (rule 3): the lessee has every word and
