@@ -32,7 +32,7 @@ from engine.rtzr.protocol import (
     bytes_per_ms,
     decode_server_message,
 )
-from engine.rtzr.tracker import SERVER_EPD_MS, ForeignResult, LeaseResult, UtteranceTracker
+from engine.rtzr.tracker import SERVER_EPD_MS, SERVER_MAX_UTTER_MS, ForeignResult, LeaseResult, UtteranceTracker
 from engine.rtzr.wsclient import ConnectionClosed, WsClientConnection, WsHandshakeError, WsRejected
 from engine.stt import SttSaturated, SttStreamLost, SttUnavailable
 
@@ -95,7 +95,7 @@ class RtzrSocket:
             bytes_per_ms(config), cover_slack_ms=config.pool.final_cover_slack_ms,
             tolerance_ms=config.pool.timestamp_tolerance_ms,
             server_epd_ms=SERVER_EPD_MS if config.epd_time is None else config.epd_time * 1000.0,
-            max_utter_ms=None if config.max_utter_duration is None else config.max_utter_duration * 1000.0,
+            max_utter_ms=SERVER_MAX_UTTER_MS if config.max_utter_duration is None else config.max_utter_duration * 1000.0,
         )
         self._ws: WsClientConnection | None = None
         self._scope = trio.CancelScope()
@@ -266,6 +266,8 @@ class RtzrSocket:
         A function of its own so that the message and its decoded result are not kept alive (as a loop's
         locals would be) while the reader waits for the next one.
         """
+        if self._closed.is_set():
+            return False  # lost (closed by us, a foreign result): what is still buffered is no one's
         try:
             decoded = decode_server_message(message)
         except RtzrProtocolError as exc:
@@ -280,10 +282,7 @@ class RtzrSocket:
         mapped = self.tracker.on_result(decoded)
         if isinstance(mapped, ForeignResult):
             # The clean-socket rule (tracker.py, rule 4): never delivered, counted, and the socket closed.
-            self._metrics.counter("rtzr_foreign_results_total",
-                                  "results dropped: not produced by the current lessee's audio").inc()
-            log.warning("rtzr_foreign_result", reason=mapped.reason, seq=mapped.seq)
-            self._lose(f"foreign result: {mapped.reason}")
+            self._drop(mapped, decoded.final, decoded.end_at)
             return False
         if mapped is not None and self._sink is not None:
             try:
@@ -293,6 +292,26 @@ class RtzrSocket:
         if was_trusted and self.tracker.untrusted and self.on_unclean is not None:
             self.on_unclean(self)
         return True
+
+    def _drop(self, foreign: ForeignResult, final: bool, end_at: int) -> None:
+        """Count and log a result that reaches no one, then close the socket (rule 4). An orphan (a late answer
+        after a lease that ended unclean, on a socket never handed out again) is expected; a foreign result
+        means rules 1-3 failed: a warning, with the socket's state to find out how (never text or audio)."""
+        t = self.tracker
+        if foreign.orphan:
+            self._metrics.counter("rtzr_orphan_results_total",
+                                  "results dropped: late answers after a lease ended unclean").inc()
+            log.info("rtzr_orphan_result", reason=foreign.reason, seq=foreign.seq, start_at=foreign.start_at,
+                     final=final, socket=self.id)
+        else:
+            self._metrics.counter("rtzr_foreign_results_total",
+                                  "results dropped: not produced by the current lessee's audio").inc()
+            log.warning("rtzr_foreign_result", reason=foreign.reason, seq=foreign.seq, start_at=foreign.start_at,
+                        end_at=end_at, final=final, socket=self.id, uses=self.uses, leased=t.leased,
+                        sent_ms=round(t.sent_ms), settled_ms=round(t.settled_bytes / t.bytes_per_ms),
+                        lease_offset_ms=round(t.lease_offset_ms), lease_first_seq=t.lease_first_seq,
+                        last_final_end_ms=t.last_final_end_ms)
+        self._lose(f"{'orphan' if foreign.orphan else 'foreign'} result: {foreign.reason}")
 
     def _lose(self, reason: str) -> None:
         """Mark the socket dead, tell the lessee, and stop the socket task."""
