@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 import selectors
+from collections.abc import Callable
 from typing import Protocol
 
 import trio
@@ -40,10 +41,11 @@ class Reader(Protocol):
 class ReadHub:
     """Many sockets, one waiting task. ``add``/``pause``/``resume``/``remove`` are synchronous and idempotent."""
 
-    def __init__(self, *, batch_s: float = 0.0, driven: bool = False) -> None:
+    def __init__(self, *, batch_s: float = 0.0, driven: bool = False, after_pass: Callable[[], None] | None = None) -> None:
         # > 0: at most one wake-up per batch_s (load tests: more sockets per wake-up, each read up to batch_s later)
         self._batch_s = batch_s
         self._driven = driven  # only drain() reads (its owner calls it)
+        self._after_pass = after_pass  # called at the end of every pass that read (the emulator's AudioBatch)
         self._selector: selectors.BaseSelector | None = None
         self._fileno = -1
         self._readers: dict[int, Reader] = {}  # registered or paused, by fd
@@ -82,22 +84,31 @@ class ReadHub:
         if self._selector is None:
             return True
         ready = self._selector.select(0)
-        if ready:
-            self.wakeups += 1
+        if not ready:
+            return True
+        self.wakeups += 1
         bounded = until != math.inf
-        for i, (key, _mask) in enumerate(ready):
-            if bounded and i and trio.current_time() >= until:
-                return False
-            if key.fd in self._active:  # an earlier reader of this batch may have removed it
-                self.reads += 1
-                reader: Reader = key.data
-                try:
-                    reader.readable()
-                except Exception as exc:  # one session's bug must not stop every session's input
-                    log.error("rtzr_emulator_reader_failed", exc=exc)
-                    self.remove(reader)
-                    reader.fail(exc)
+        try:
+            for i, (key, _mask) in enumerate(ready):
+                if bounded and i and trio.current_time() >= until:
+                    return False
+                if key.fd in self._active:  # an earlier reader of this batch may have removed it
+                    self.reads += 1
+                    reader: Reader = key.data
+                    try:
+                        reader.readable()
+                    except Exception as exc:  # one session's bug must not stop every session's input
+                        self.drop(reader, exc)
+        finally:
+            if self._after_pass is not None:
+                self._after_pass()
         return True
+
+    def drop(self, reader: Reader, exc: Exception) -> None:
+        """``reader`` raised (a bug): log it, stop reading it, tell it."""
+        log.error("rtzr_emulator_reader_failed", exc=exc)
+        self.remove(reader)
+        reader.fail(exc)
 
     def add(self, reader: Reader) -> None:
         self._readers[reader.fd] = reader

@@ -20,6 +20,7 @@ from wsproto.events import CloseConnection, Ping, TextMessage
 from wsproto.utilities import generate_accept_token
 
 from engine.log import get_logger
+from engine.rtzr.emulator.batch import AudioBatch
 from engine.rtzr.emulator.codec import DECODABLE
 from engine.rtzr.emulator.config import EmulatorConfig, Fault, FaultRule, parse_faults
 from engine.rtzr.emulator.phrasebook import load_phrasebook
@@ -101,6 +102,7 @@ class Emulator:
         self.tokens: TokenStore | None = None
         self._reserved = 0
         self._hub: ReadHub | None = None
+        self._batch: AudioBatch | None = None  # the hub's pass's audio messages, handled together
 
     @property
     def api_base(self) -> str:
@@ -144,8 +146,10 @@ class Emulator:
         self.port = listeners[0].socket.getsockname()[1]
         log.warning("rtzr_emulator_started", notice=EMULATED_NOTICE, api_base=self.api_base, ws_url=self.ws_url)
         async with trio.open_nursery() as nursery:
-            self._hub = await nursery.start(ReadHub(batch_s=self.config.read_batch_ms / 1000,
-                                                    driven=self.config.read_driven).run)
+            hub = ReadHub(batch_s=self.config.read_batch_ms / 1000, driven=self.config.read_driven,
+                          after_pass=lambda: batch.flush(trio.current_time()))
+            batch = self._batch = AudioBatch(hub.drop)
+            self._hub = await nursery.start(hub.run)
             if self.config.lag_probe_ms:
                 nursery.start_soon(self._probe_lag, self.config.lag_probe_ms / 1000)
             task_status.started(self)
@@ -317,7 +321,7 @@ class Emulator:
         assert self._hub is not None
         ws = Connection(ConnectionType.SERVER)
         wire = SessionWire(stream.socket.fileno(), ws, session, self._hub, self.stats,
-                           max_message_bytes=self.config.max_message_bytes)
+                           max_message_bytes=self.config.max_message_bytes, batch=self._batch)
         self._hub.add(wire)
         try:
             if trailing:
