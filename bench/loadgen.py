@@ -14,7 +14,9 @@ then the engine closes. What makes it cheap:
   spliced in: per frame the sender does one ``bytes.join`` and one non-blocking ``send`` syscall.
 - **One ticker for all calls.** One task wakes every 2 ms and writes the next frame to every call of the
   current phase group (10 groups, so calls are spread over the 20 ms as independent Twilio calls are);
-  no task wake-up per call per frame. Only a socket the engine stops draining gets its own flusher task.
+  no task wake-up per call per frame. It waits on a periodic timerfd (Linux; ``--no-timerfd``: ``trio.sleep_until``
+  as before), which costs no cancel scope or Cancelled exception per tick and fires on time (Trio's epoll
+  timeout is rounded up to whole ms). Only a socket the engine stops draining gets its own flusher task.
   Its hot path (a call mid-stream, nothing backlogged) is ``Conn.write`` inlined. What it cannot make cheap
   is the kernel: a loopback TCP ``send`` costs ≈ 7–13 µs of system time on the 2-vCPU VM (BENCHMARKS.md).
 

@@ -11,6 +11,10 @@ left unread stay ready for the next tick, and the ticks where that happened are 
 bench/capacity.py checks the longest run of them).
 Each message is thus read up to one tick (2 ms) later than by a self-woken hub (as ``--read-batch-ms 2``).
 
+The emulator's loop lag (``--lag-probe-ms``, ``GET /stats``) is, while the load runs, each tick's wake-up lag
+(``--lag-from-ticker``, the default: one loop, so the ticker's lag is the loop's; the probe task's 100 wake-ups
+a second are not run).
+
 The code is theirs, called as is: :class:`engine.rtzr.emulator.Emulator` (its HTTP auth endpoint, WebSocket
 sessions, read hub, ``--lag-probe-ms`` and ``GET /stats``) and :func:`loadgen.main_async` (the ticker, its
 tick lag and thread CPU, the ``--progress`` events). The options are the union of both tools' (``--port``

@@ -10,6 +10,9 @@ many sessions are ready per wake-up, so the per-wake cost is shared. Writes stay
 Registration is level-triggered: a reader that leaves bytes in its socket is simply called again on the
 next wake-up. A paused reader is unregistered (not masked: epoll reports hang-ups even on an empty mask).
 
+``after_pass`` runs at the end of every pass that read something (the emulator's
+:class:`~engine.rtzr.emulator.batch.AudioBatch`: the pass's audio handled together).
+
 ``driven=True`` (the one-process load rig, bench/rig.py): the hub never wakes itself; its owner calls
 :meth:`drain` (the rig's ticker, after each 2 ms tick's writes), so reading costs no Trio wake-up of its own.
 """

@@ -1,8 +1,11 @@
 """One upgraded session's input, driven by the ReadHub: bytes in, session logic at once, work out for its task.
 
 The hub calls :meth:`SessionWire.readable` when the socket has bytes. Audio and text messages go straight
-to the sans-IO :class:`StreamSession` (no I/O); whatever needs a write or an await — a control frame and
-everything after it, due results, the end of the session — is queued here and the session's task woken.
+to the sans-IO :class:`StreamSession` (no I/O); with a batch (``batch=``, LINEAR16 sessions) once the hub's
+pass is over: the read's whole audio messages are left masked for the batch to unmask and score with the
+pass's other messages, then :meth:`SessionWire.process` runs the read's events in order. Whatever needs a
+write or an await — a control frame and everything after it, due results, the end of the session — is
+queued here and the session's task woken.
 Invariants the task relies on:
 
 - Messages reach the session in wire order: once a control frame is queued, every later event queues
