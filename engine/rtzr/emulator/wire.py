@@ -112,7 +112,9 @@ class SessionWire:
             self.fatal = exc
             self.wake.set()
             return
-        due = self.session.poll(now)
+        # Only what these messages queued can be due now and unknown to the task: anything queued before has set
+        # the task's deadline (it polls then), so a message that queued nothing needs no poll here.
+        due = self.session.poll(now) if self.session.queued != queued else []
         if due:
             self.actions.extend(due)
             if any(isinstance(a, Close | Abort) for a in due):
