@@ -23,7 +23,6 @@ import contextlib
 import math
 import select
 import selectors
-import time
 from collections.abc import Callable
 from typing import Protocol
 
@@ -141,12 +140,9 @@ class ReadHub:
             return True
         self.wakeups += 1
         bounded = until != math.inf
-        if bounded:  # ``until`` on perf_counter (Trio's clock is it plus an offset): one call per read, not three
-            until += time.perf_counter() - trio.current_time()
-        clock = time.perf_counter
         try:
             for i, (fd, _mask) in enumerate(ready):
-                if bounded and i and clock() >= until:
+                if bounded and i and trio.current_time() >= until:
                     return False
                 reader = active.get(fd)
                 if reader is not None:  # an earlier reader of this batch may have removed it
