@@ -577,14 +577,15 @@ def proc_sys_s(pid: int) -> float:
 
 
 def rig_report(runs: list[RigRun]) -> str:
-    lines = ["| calls | rig | emulator | verdict | core 1: loadgen + emulator | per call | of which kernel | stand-in (core 0) "
+    lines = ["| calls | rig | emulator | verdict | core 1: loadgen + emulator | per call | CPU s per 1000 call-s | calls at 90 % "
+             "| of which kernel | stand-in (core 0) "
              "| loadgen lag p99 / max | emulator loop lag p99 / max | ticks with reads spilled (spilling for p99 / max) | reads per wake-up | sessions, audio msgs, finals "
              "| EOS → close p50 / p99 | other processes on core 1 |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in runs:
         lines.append(
             f"| {r.calls} | {r.rig} | {r.emulator} | **{r.verdict}** | {r.core1:.0f} % = {r.loadgen_cpu:.0f} % + {r.emulator_cpu:.0f} % "
-            f"| {r.core1 / r.calls:.3f} % | {r.rig_sys:.0f} % | {r.standin_cpu:.0f} % | {r.rig_lag_p99:.1f} / {r.rig_lag_max:.1f} ms "
+            f"| {r.core1 / r.calls:.3f} % | {10 * r.core1 / r.calls:.2f} | {RULE_CPU * r.calls / r.core1 if r.core1 > 0 else math.nan:.0f} | {r.rig_sys:.0f} % | {r.standin_cpu:.0f} % | {r.rig_lag_p99:.1f} / {r.rig_lag_max:.1f} ms "
             f"| {fmt_ms(r.emu_lag_p99)} / {fmt_ms(r.emu_lag_max)} ms | {fmt_pct(r.deferred_pct)} ({' / '.join(fmt_ms(v) for v in r.spill_ms)} ms) | {r.reads_per_wakeup:.1f} | {r.sessions}, {r.audio_messages}, "
             f"{r.finals} | {r.eos_close_p50:.0f} / {r.eos_close_p99:.0f} ms | {r.core1_others:.0f} % |")
     for r in runs:

@@ -14,7 +14,9 @@ then the engine closes. What makes it cheap:
   spliced in: per frame the sender does one ``bytes.join`` and one non-blocking ``send`` syscall.
 - **One ticker for all calls.** One task wakes every 2 ms and writes the next frame to every call of the
   current phase group (10 groups, so calls are spread over the 20 ms as independent Twilio calls are);
-  no task wake-up per call per frame. Only a socket the engine stops draining gets its own flusher task.
+  no task wake-up per call per frame. It waits on a periodic timerfd (Linux; ``--no-timerfd``: ``trio.sleep_until``
+  as before), which costs no cancel scope or Cancelled exception per tick and fires on time (Trio's epoll
+  timeout is rounded up to whole ms). Only a socket the engine stops draining gets its own flusher task.
   Its hot path (a call mid-stream, nothing backlogged) is ``Conn.write`` inlined. What it cannot make cheap
   is the kernel: a loopback TCP ``send`` costs ≈ 7–13 µs of system time on the 2-vCPU VM (BENCHMARKS.md).
 
@@ -32,16 +34,18 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
 import socket
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
 import _common
 import trio
+import trio.testing
 import wsproto
 from wsproto.events import AcceptConnection, CloseConnection, Ping, RejectConnection, Request, TextMessage
 
@@ -61,6 +65,7 @@ from engine.twilio.simulator import frames_of, load_audio
 
 FRAME_S = 0.020
 GROUPS = 10
+TIMER_EARLY_S = 0.0002  # a timer expiry this close before a tick's due time is the tick's (clock rounding)
 SID_PLACEHOLDER = "MZ" + "0" * 32  # every streamSid is "MZ" + 32 hex digits: same length, so frames can be shared
 
 
@@ -108,6 +113,8 @@ class Conn:
     frames: Encoded
     before: list[bytes] = field(init=False)  # frames.before / frames.after, one attribute lookup less per frame
     after: list[bytes] = field(init=False)
+    last: int = field(init=False)  # len(before)
+    send: Callable[[bytes], int] = field(init=False)  # raw.send, bound once
     raw: socket.socket | None = None  # the non-blocking socket the ticker writes to directly
     stream: trio.SocketStream | None = None  # the same socket, for the handshake and the reader
     ws: wsproto.WSConnection = field(default_factory=lambda: wsproto.WSConnection(wsproto.ConnectionType.CLIENT))
@@ -127,6 +134,7 @@ class Conn:
 
     def __post_init__(self) -> None:
         self.before, self.after = self.frames.before, self.frames.after
+        self.last = len(self.before)
 
     def write(self, data: bytes) -> None:
         """Queue-free write from the ticker or the reader: whole frames stay in order via the backlog."""
@@ -158,7 +166,8 @@ class Conn:
 class Ticker:
     """Every 2 ms, writes the next frame to every active call of the current phase group."""
 
-    def __init__(self, calls: int, progress: str | None, after_tick: Callable[[float], bool] | None = None) -> None:
+    def __init__(self, calls: int, progress: str | None, after_tick: Callable[[float], bool] | None = None,
+                 *, use_timerfd: bool = True, on_wake: Callable[[float], None] | None = None) -> None:
         self.groups: list[list[Conn]] = [[] for _ in range(GROUPS)]
         self.lag: list[float] = []
         self.cpu: list[float] = []  # per tick, this thread's CPU time writing the frames (the one-process rig's split)
@@ -172,6 +181,8 @@ class Ticker:
         # (its argument); False: it stopped there with input left for the next tick (recorded per tick).
         self.after_tick = after_tick
         self.deferred: list[int] = []
+        self.use_timerfd = use_timerfd
+        self.on_wake = on_wake  # each tick's wake-up lag, s (bench/rig.py: the emulator's loop-lag histogram)
 
     def live_or_failed(self, live: int = 0, failed: int = 0) -> None:
         """Count a call that started streaming or failed to connect; ``all_live`` once every call is one or the other."""
@@ -193,53 +204,119 @@ class Ticker:
         clock = trio.current_time
         cpu = time.thread_time
         join = b"".join
-        while True:
-            due = start + tick * step
-            await trio.sleep_until(due)
-            cpu_a = cpu()
-            group = self.groups[tick % GROUPS]
-            for conn in list(group):
-                k = conn.sent
-                before = conn.before
-                if 0 < k < len(before) and not conn.backlog and conn.error is None:
-                    # The hot path, Conn.write inlined (≈ 30 % of the ticker's Python per frame): one join, one send.
-                    data = join((before[k], conn.sid, conn.after[k]))
-                    try:
-                        n = conn.raw.send(data)  # type: ignore[union-attr]
-                    except BlockingIOError:
-                        n = 0
-                    except OSError as exc:
-                        conn.fail(f"send: {type(exc).__name__}")
-                        group.remove(conn)
-                        continue
-                    if n < len(data):
-                        conn.backlog += data[n:]
-                        conn.stalls += 1
-                        conn.wake.set()
-                    conn.sent = k + 1
+        timer = TimerFd.periodic(step) if self.use_timerfd else None
+        try:
+            while True:
+                due = start + tick * step
+                if timer is None:
+                    await trio.sleep_until(due)
+                elif clock() < due - TIMER_EARLY_S:
+                    while clock() < due - TIMER_EARLY_S:  # the timer's periods end at start + k * step
+                        await timer.wait()
+                else:  # behind: the next tick at once, as sleep_until a past deadline does
+                    await trio.lowlevel.checkpoint()
+                if self.on_wake is not None:
+                    self.on_wake(clock() - due)
+                cpu_a = cpu()
+                self.tick(self.groups[tick % GROUPS], due, join)
+                self.lag.append(clock() - due)
+                self.cpu.append(cpu() - cpu_a)
+                tick += 1
+                if self.after_tick is not None:
+                    self.deferred.append(0 if self.after_tick(start + tick * step) else 1)
+        finally:
+            if timer is not None:
+                timer.close()
+
+    def tick(self, group: list[Conn], due: float, join: Callable[[Iterable[bytes]], bytes]) -> None:
+        """Every call of ``group`` its next frame (a call's first frame starts its clock; after its last, ``stop``)."""
+        gone: list[Conn] = []
+        for conn in group:
+            k = conn.sent
+            if 0 < k < conn.last and not conn.backlog and conn.error is None:
+                # The hot path, Conn.write inlined (≈ 30 % of the ticker's Python per frame): one join, one send.
+                data = join((conn.before[k], conn.sid, conn.after[k]))
+                try:
+                    n = conn.send(data)
+                except BlockingIOError:
+                    n = 0
+                except OSError as exc:
+                    conn.fail(f"send: {type(exc).__name__}")
+                    gone.append(conn)
                     continue
-                if k == 0:
-                    conn.t0 = due - FRAME_S
-                    self.live_or_failed(live=1)
-                if k < len(conn.frames.before):
-                    conn.write(b"".join((conn.frames.before[k], conn.sid, conn.frames.after[k])))
-                    conn.sent = k + 1
-                else:
-                    group.remove(conn)
-                    conn.write(client_text_frame(encode(StopMessage(
-                        stream_sid=conn.stream_sid, sequence_number=str(k + 2),
-                        stop=StopInfo(account_sid=conn.account_sid, call_sid=conn.call_sid))).encode()))
-                    conn.done.set()
-                    self.finished += 1
-                    if self.finished == 1:
-                        self.note("first_done")
-                if conn.error is not None and conn in group:
-                    group.remove(conn)
-            self.lag.append(clock() - due)
-            self.cpu.append(cpu() - cpu_a)
-            tick += 1
-            if self.after_tick is not None:
-                self.deferred.append(0 if self.after_tick(start + tick * step) else 1)
+                if n < len(data):
+                    conn.backlog += data[n:]
+                    conn.stalls += 1
+                    conn.wake.set()
+                conn.sent = k + 1
+                continue
+            if k == 0:
+                conn.t0 = due - FRAME_S
+                self.live_or_failed(live=1)
+            if k < len(conn.frames.before):
+                conn.write(b"".join((conn.frames.before[k], conn.sid, conn.frames.after[k])))
+                conn.sent = k + 1
+            else:
+                gone.append(conn)
+                conn.write(client_text_frame(encode(StopMessage(
+                    stream_sid=conn.stream_sid, sequence_number=str(k + 2),
+                    stop=StopInfo(account_sid=conn.account_sid, call_sid=conn.call_sid))).encode()))
+                conn.done.set()
+                self.finished += 1
+                if self.finished == 1:
+                    self.note("first_done")
+                continue
+            if conn.error is not None:
+                gone.append(conn)
+        for conn in gone:
+            group.remove(conn)
+
+
+class TimerFd:
+    """A periodic Linux timerfd: the ticker waits for it with ``trio.lowlevel.wait_readable`` instead of
+    ``trio.sleep_until`` (a cancel scope and a Cancelled exception per tick, ≈ 40 µs of the ≈ 150 µs a bare tick
+    costs on the 2-vCPU VM; 500 ticks a second). It also fires on time, where Trio's epoll timeout is rounded up
+    to whole ms. None where timerfd is missing (the ticker then sleeps as before)."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+
+    @staticmethod
+    def periodic(step_s: float) -> TimerFd | None:
+        try:
+            import ctypes
+
+            libc = ctypes.CDLL(None, use_errno=True)
+            create, settime = libc.timerfd_create, libc.timerfd_settime
+        except (OSError, AttributeError):
+            return None
+
+        class Timespec(ctypes.Structure):
+            _fields_ = [("sec", ctypes.c_long), ("nsec", ctypes.c_long)]
+
+        class Itimerspec(ctypes.Structure):
+            _fields_ = [("interval", Timespec), ("value", Timespec)]
+
+        fd = create(1, os.O_NONBLOCK | os.O_CLOEXEC)  # CLOCK_MONOTONIC (Trio's clock), TFD_NONBLOCK | TFD_CLOEXEC
+        if fd < 0:
+            return None
+        ns = round(step_s * 1e9)
+        period = Timespec(ns // 1_000_000_000, ns % 1_000_000_000)
+        if settime(fd, 0, ctypes.byref(Itimerspec(period, period)), None) != 0:
+            os.close(fd)
+            return None
+        return TimerFd(fd)
+
+    async def wait(self) -> None:
+        await trio.lowlevel.wait_readable(self.fd)
+        try:
+            os.read(self.fd, 8)  # the expirations since the last read (the ticker counts ticks by the clock)
+        except BlockingIOError:
+            pass
+
+    def close(self) -> None:
+        trio.lowlevel.notify_closing(self.fd)
+        os.close(self.fd)
 
 
 async def run_call(conn: Conn, host: str, port: int, path: str, ticker: Ticker, rng: random.Random) -> None:
@@ -253,7 +330,7 @@ async def run_call(conn: Conn, host: str, port: int, path: str, ticker: Ticker, 
             raw = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
             raw.setblocking(False)
             tsock = trio.socket.from_stdlib_socket(raw)
-            conn.raw = raw
+            conn.raw, conn.send = raw, raw.send
             await tsock.connect((host, port))
             conn.stream = trio.SocketStream(tsock)  # sets TCP_NODELAY
             await conn.stream.send_all(conn.ws.send(Request(host=f"{host}:{port}", target=path,
@@ -342,11 +419,14 @@ def build_calls(args: argparse.Namespace) -> list[Conn]:
     return [Conn(i, args.audio[i % len(args.audio)], encoded[args.audio[i % len(args.audio)]]) for i in range(args.calls)]
 
 
-async def main_async(args: argparse.Namespace, after_tick: Callable[[float], bool] | None = None) -> dict[str, object]:
+async def main_async(args: argparse.Namespace, after_tick: Callable[[float], bool] | None = None,
+                     on_wake: Callable[[float], None] | None = None) -> dict[str, object]:
     parts = urlsplit(args.url)
     host, port, path = parts.hostname or "127.0.0.1", parts.port or 80, parts.path or "/"
     conns = build_calls(args)
-    ticker = Ticker(len(conns), args.progress, after_tick)
+    # The timer runs on the system's clock: not under a test's MockClock.
+    timerfd = getattr(args, "timerfd", True) and not isinstance(trio.lowlevel.current_clock(), trio.testing.MockClock)
+    ticker = Ticker(len(conns), args.progress, after_tick, use_timerfd=timerfd, on_wake=on_wake)
     rng = random.Random(args.seed)
     wall_offset = time.time() - trio.current_time()
     began = time.monotonic()
@@ -387,6 +467,8 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--progress", metavar="FILE", help="append all_live / first_done lines here as they happen")
     p.add_argument("--out", default="-")
+    p.add_argument("--timerfd", action=argparse.BooleanOptionalAction, default=True,
+                   help="the ticker waits on a periodic timerfd (Linux), not trio.sleep_until")
 
 
 def write_doc(doc: dict[str, object], out: str) -> None:

@@ -24,6 +24,9 @@ def main() -> int:
     p.add_argument("--tree", help="import engine/ from this checkout instead")
     p.add_argument("--rounds", type=int, default=5, help="fresh sessions each round; the cheapest round counts")
     p.add_argument("--profile", action="store_true", help="cProfile the feed loop (top 25 by own time)")
+    p.add_argument("--pass-size", type=int, default=0,
+                   help="feed as the read hub does: this many sessions' messages per pass, handled together "
+                        "(engine/rtzr/emulator/batch.py; 0: SessionWire.feed per message, the old way)")
     args = p.parse_args()
     import _common  # puts this repo first on sys.path: --tree goes before it
     if args.tree:
@@ -58,16 +61,34 @@ def main() -> int:
         rec = SkipRecognizer()
         now = trio.current_time()
         wires = []
+        batch = None
+        if args.pass_size:
+            from engine.rtzr.emulator.batch import AudioBatch
+
+            def fail(_w: Any, exc: Exception) -> None:
+                raise exc
+
+            batch = AudioBatch(fail)
         for i in range(args.sessions):
             session = StreamSession(params, rec, [], now)
+            kw = {"batch": batch} if batch is not None else {}
             wires.append(SessionWire(1000 + i, Connection(ConnectionType.SERVER), session, Hub(),  # type: ignore[arg-type]
-                                     Stats(), max_message_bytes=1 << 20))
+                                     Stats(), max_message_bytes=1 << 20, **kw))
         # Each session starts at its own offset into the audio (independent calls).
         offsets = [(i * 37) % len(messages) for i in range(args.sessions)]
         gc.collect()
         t0 = time.process_time()
         sent = 0
         for k in range(len(messages)):
+            if batch is not None:
+                for j, (w, off) in enumerate(zip(wires, offsets, strict=True)):
+                    batch.add(w, w.frames.feed(messages[(off + k) % len(messages)], defer=True))
+                    sent += 1
+                    if (j + 1) % args.pass_size == 0 or j == len(wires) - 1:
+                        batch.flush(trio.current_time())
+                        for x in wires[j + 1 - (j % args.pass_size) - 1:j + 1]:
+                            x.actions.clear()
+                continue
             for w, off in zip(wires, offsets, strict=True):
                 w.feed(messages[(off + k) % len(messages)])
                 w.actions.clear()

@@ -31,6 +31,11 @@ class Decoder:
         self.bytes_per_sample = 2 if encoding == "LINEAR16" else 1
         self._carry = b""
 
+    @property
+    def aligned(self) -> bool:
+        """No partial sample is carried (a LINEAR16 message decodes on its own)."""
+        return not self._carry
+
     def decode(self, data: bytes | npt.NDArray[np.uint8]) -> npt.NDArray[np.int16]:
         """``data``: bytes, or a uint8 array (the WebSocket fast path's unmasked payload, viewed without a copy)."""
         if self.encoding == "MULAW":

@@ -7,6 +7,7 @@ this file only moves bytes and time. Every await that depends on the peer has a 
 
 from __future__ import annotations
 
+import os
 import time
 from collections import deque
 from typing import Any
@@ -15,11 +16,12 @@ import h11
 import msgspec
 import trio
 from msgspec import Struct
-from wsproto.connection import Connection, ConnectionType
+from wsproto.connection import Connection, ConnectionState, ConnectionType
 from wsproto.events import CloseConnection, Ping, TextMessage
 from wsproto.utilities import generate_accept_token
 
 from engine.log import get_logger
+from engine.rtzr.emulator.batch import AudioBatch
 from engine.rtzr.emulator.codec import DECODABLE
 from engine.rtzr.emulator.config import EmulatorConfig, Fault, FaultRule, parse_faults
 from engine.rtzr.emulator.phrasebook import load_phrasebook
@@ -101,6 +103,7 @@ class Emulator:
         self.tokens: TokenStore | None = None
         self._reserved = 0
         self._hub: ReadHub | None = None
+        self._batch: AudioBatch | None = None  # the hub's pass's audio messages, handled together
 
     @property
     def api_base(self) -> str:
@@ -144,8 +147,10 @@ class Emulator:
         self.port = listeners[0].socket.getsockname()[1]
         log.warning("rtzr_emulator_started", notice=EMULATED_NOTICE, api_base=self.api_base, ws_url=self.ws_url)
         async with trio.open_nursery() as nursery:
-            self._hub = await nursery.start(ReadHub(batch_s=self.config.read_batch_ms / 1000,
-                                                    driven=self.config.read_driven).run)
+            hub = ReadHub(batch_s=self.config.read_batch_ms / 1000, driven=self.config.read_driven,
+                          after_pass=lambda: batch.flush(trio.current_time()))
+            batch = self._batch = AudioBatch(hub.drop)
+            self._hub = await nursery.start(hub.run)
             if self.config.lag_probe_ms:
                 nursery.start_soon(self._probe_lag, self.config.lag_probe_ms / 1000)
             task_status.started(self)
@@ -317,7 +322,7 @@ class Emulator:
         assert self._hub is not None
         ws = Connection(ConnectionType.SERVER)
         wire = SessionWire(stream.socket.fileno(), ws, session, self._hub, self.stats,
-                           max_message_bytes=self.config.max_message_bytes)
+                           max_message_bytes=self.config.max_message_bytes, batch=self._batch)
         self._hub.add(wire)
         try:
             if trailing:
@@ -358,7 +363,10 @@ class Emulator:
         while wire.actions:
             action = wire.actions.popleft()
             if isinstance(action, Send):
-                await self._send(stream, wire.ws.send(TextMessage(data=action.text)))
+                if wire.ws.state is ConnectionState.OPEN:
+                    await self._send_result(stream, wire, action.text)
+                else:  # wsproto decides (it raises for a closed connection)
+                    await self._send(stream, wire.ws.send(TextMessage(data=action.text)))
                 self._count(action.text)
             elif isinstance(action, Close):
                 await self._send(stream, wire.ws.send(CloseConnection(code=action.code, reason=action.reason)))
@@ -366,6 +374,20 @@ class Emulator:
                 raise Done
             elif isinstance(action, Abort):
                 raise Done  # _handle closes the TCP stream without a close frame
+
+    async def _send_result(self, stream: trio.SocketStream, wire: SessionWire, text: str) -> None:
+        """One result as a TEXT frame (a server's: unmasked, no extension is ever negotiated) written straight to the
+        socket; what the kernel does not take at once goes out with ``send_all`` under the send deadline. The
+        bytes wsproto would write, without its frame encoder, a cancel scope and Trio's send path per result."""
+        data = text_frame(text.encode())
+        try:
+            n = os.write(wire.fd, data)
+        except BlockingIOError:
+            n = 0
+        except OSError as exc:
+            raise trio.BrokenResourceError(str(exc)) from exc
+        if n < len(data):
+            await self._send(stream, data[n:])
 
     def _count(self, text: str) -> None:
         if '"final":true' in text:
@@ -385,6 +407,18 @@ class Emulator:
                 ws.receive_data(data)
                 if any(isinstance(e, CloseConnection) for e in ws.events()):
                     return
+
+
+def text_frame(payload: bytes) -> bytes:
+    """A final, unmasked TEXT frame (RFC 6455 § 5.2), as wsproto encodes it for a server."""
+    n = len(payload)
+    if n < 126:
+        head = bytes((0x81, n))
+    elif n < 65536:
+        head = bytes((0x81, 126)) + n.to_bytes(2, "big")
+    else:
+        head = bytes((0x81, 127)) + n.to_bytes(8, "big")
+    return head + payload
 
 
 def describe(emulator: Emulator) -> dict[str, Any]:

@@ -137,12 +137,32 @@ class StreamSession:
         samples = self.decoder.decode(data)
         if samples.size == 0:
             return
+        self._take(samples, None, now)
+
+    def receive_pcm(self, samples: npt.NDArray[np.int16], loud: list[bool] | None, now: float) -> None:
+        """A LINEAR16 message the read hub's batch already unmasked and decoded (``samples``, this session's own
+        array), with its 10 ms frames' loudness if the batch computed it (frames from the message's first sample,
+        this session's threshold). Exactly :meth:`receive_audio` of the message's bytes."""
+        if not self.decoder.aligned:  # an odd byte carried from an earlier message: decode the bytes as usual
+            self.receive_audio(samples.tobytes(), now)
+            return
+        self.last_activity = now
+        self.counters.bytes_received += 2 * samples.size
+        if self.ended or not samples.size:
+            return
+        self._take(samples, loud, now)
+
+    def _take(self, samples: npt.NDArray[np.int16], loud: list[bool] | None, now: float) -> None:
         if self._pending_since is None:
             self._pending_since = self._total
         self._chunks.append(samples)
         self._total += samples.size
         self._since_interim += samples.size
-        self._run_epd(samples, now)
+        # The batch's loudness holds when the message starts on this session's 10 ms grid (nothing carried).
+        if loud is not None and not self._carry.size and len(loud) * self._frame == samples.size:
+            self._epd_runs(loud, self._total - samples.size, len(loud), now)
+        else:
+            self._run_epd(samples, now)
         if self._speech_start is not None and self._since_interim >= self.p.interim_ms * self.p.sample_rate / 1000:
             self._since_interim = 0
             self._interim(now)
@@ -251,6 +271,16 @@ class StreamSession:
         frames = data[: n_frames * frame].astype(np.float64).reshape(n_frames, frame)
         # Exact in float64 (80 squares of int16 < 2**53); a list, since the runs below are found in it.
         loud: list[bool] = (np.einsum("ij,ij->i", frames, frames, optimize=False) >= self._threshold).tolist()
+        self._epd_runs(loud, first, n_frames, now)
+
+    def epd_grid(self) -> tuple[int, float]:
+        """The EPD's frame length (samples) and energy threshold: what a batch needs to compute ``loud`` for
+        :meth:`receive_pcm` the way :meth:`_run_epd` does."""
+        return self._frame, self._threshold
+
+    def _epd_runs(self, loud: list[bool], first: int, n_frames: int, now: float) -> None:
+        """The EPD over ``n_frames`` 10 ms frames whose loudness is ``loud``, the first at timeline sample ``first``."""
+        frame = self._frame
         max_utter, epd = self._max_utter, self._epd
         n_loud = loud.count(True)
         if self._loud_starts is not None and n_loud:

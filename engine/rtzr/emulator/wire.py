@@ -1,8 +1,11 @@
 """One upgraded session's input, driven by the ReadHub: bytes in, session logic at once, work out for its task.
 
 The hub calls :meth:`SessionWire.readable` when the socket has bytes. Audio and text messages go straight
-to the sans-IO :class:`StreamSession` (no I/O); whatever needs a write or an await — a control frame and
-everything after it, due results, the end of the session — is queued here and the session's task woken.
+to the sans-IO :class:`StreamSession` (no I/O); with a batch (``batch=``, LINEAR16 sessions) once the hub's
+pass is over: the read's whole audio messages are left masked for the batch to unmask and score with the
+pass's other messages, then :meth:`SessionWire.process` runs the read's events in order. Whatever needs a
+write or an await — a control frame and everything after it, due results, the end of the session — is
+queued here and the session's task woken.
 Invariants the task relies on:
 
 - Messages reach the session in wire order: once a control frame is queued, every later event queues
@@ -18,16 +21,18 @@ from __future__ import annotations
 import math
 import os
 from collections import deque
-from typing import Protocol
+from collections.abc import Sequence
+from typing import Protocol, cast
 
 import numpy as np
 import trio
 from wsproto.connection import Connection
 from wsproto.events import BytesMessage, Event, TextMessage
 
+from engine.rtzr.emulator.batch import AudioBatch, Decoded
 from engine.rtzr.emulator.reader import ReadHub
 from engine.rtzr.emulator.session import Abort, Action, Close, StreamSession
-from engine.rtzr.emulator.wsfast import Audio, FrameSplitter
+from engine.rtzr.emulator.wsfast import Audio, FrameSplitter, Masked
 
 READ_SIZE = 65536
 
@@ -46,12 +51,12 @@ class SessionWire:
     """The input half of one session, plus the queues its task drains."""
 
     def __init__(self, fd: int, ws: Connection, session: StreamSession, hub: ReadHub, stats: ByteCounter,
-                 *, max_message_bytes: int) -> None:
+                 *, max_message_bytes: int, batch: AudioBatch | None = None) -> None:
         self.fd = fd
         self.ws = ws
         self.session = session
         self.frames = FrameSplitter(ws)
-        self.pending: deque[Event | Audio] = deque()  # events the task must handle itself, in wire order
+        self.pending: deque[Event | Audio | Decoded] = deque()  # events the task must handle itself, in wire order
         self.actions: deque[Action] = deque()  # due results/closes, in order
         self.eof = False  # the peer closed (or reset) its side; handle what is queued, then end
         self.fatal: BaseException | None = None  # end at once (message too large, or a bug)
@@ -62,6 +67,8 @@ class SessionWire:
         self._text = bytearray()
         self._max_message = max_message_bytes
         self._closing = False  # a Close/Abort is queued: the task owns the socket from now on
+        # LINEAR16 audio read by the hub is unmasked, decoded and scored with the pass's other messages
+        self._batch = batch if session.decoder.encoding == "LINEAR16" else None
 
     # ------------------------------------------------------------------ hub side
     def readable(self) -> None:
@@ -76,6 +83,11 @@ class SessionWire:
             self._hub.remove(self)
             self.wake.set()
             return
+        if self._batch is not None:
+            events = self.frames.feed(data, defer=True)
+            if events:
+                self._batch.add(self, cast("list[Event | Audio | Masked | Decoded]", events))  # process()ed after the pass
+            return
         self.feed(data)
 
     def fail(self, exc: Exception) -> None:
@@ -84,19 +96,30 @@ class SessionWire:
 
     def feed(self, data: bytes) -> None:
         """Split ``data`` into messages and hand them on (also used for bytes that came with the upgrade)."""
-        now = trio.current_time()
+        self.process(self.frames.feed(data), trio.current_time())
+
+    def process(self, events: Sequence[Event | Audio | Masked | Decoded], now: float) -> None:
+        """Hand split messages on in wire order (none :class:`Masked`: a batch has decoded those)."""
         pending = self.pending
         queued = self.session.queued
         try:
-            for event in self.frames.feed(data):
-                if pending or not self.data_event(event, now):
+            for event in events:
+                assert not isinstance(event, Masked)
+                if pending:
+                    pending.append(event)
+                elif type(event) is Decoded:  # data_event's first case, inlined (the batch's audio: most events)
+                    self.session.receive_pcm(event.samples, event.loud, now)
+                    self._stats.bytes_received += 2 * event.samples.size
+                elif not self.data_event(event, now):
                     pending.append(event)
         except Done as exc:
             self._hub.remove(self)
             self.fatal = exc
             self.wake.set()
             return
-        due = self.session.poll(now)
+        # Only what these messages queued can be due now and unknown to the task: anything queued before has set
+        # the task's deadline (it polls then), so a message that queued nothing needs no poll here.
+        due = self.session.poll(now) if self.session.queued != queued else []
         if due:
             self.actions.extend(due)
             if any(isinstance(a, Close | Abort) for a in due):
@@ -110,8 +133,12 @@ class SessionWire:
             if deadline is not None and deadline < self.scope.deadline:
                 self.scope.deadline = deadline
 
-    def data_event(self, event: Event | Audio, now: float) -> bool:
+    def data_event(self, event: Event | Audio | Decoded, now: float) -> bool:
         """Handle an audio or text message at once (no I/O); False for anything else."""
+        if type(event) is Decoded:  # the batch's audio
+            self.session.receive_pcm(event.samples, event.loud, now)
+            self._stats.bytes_received += 2 * event.samples.size
+            return True
         if isinstance(event, np.ndarray):  # the fast path's audio
             self.session.receive_audio(event, now)
             self._stats.bytes_received += event.size

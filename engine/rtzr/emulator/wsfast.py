@@ -33,6 +33,16 @@ def _unmask_words(buf: bytes | bytearray, head: int, words: int) -> Audio:
     return audio
 
 
+class Masked:
+    """A whole masked binary message of ``words`` uint32 left for the read hub's batch to unmask
+    (engine/rtzr/emulator/batch.py): its masking key at ``data[head:head + 4]``, the payload after it."""
+
+    __slots__ = ("data", "head", "words")
+
+    def __init__(self, data: bytes, head: int, words: int) -> None:
+        self.data, self.head, self.words = data, head, words
+
+
 class FrameSplitter:
     """Feeds bytes in, gives events out; ``rest()`` hands wsproto what is buffered (to finish a close)."""
 
@@ -42,8 +52,9 @@ class FrameSplitter:
         self._in_fragment = False  # a fragmented message is under way in wsproto: everything goes there
         self._owed = 0  # bytes of a huge frame wsproto has begun and must get before anything else
 
-    def feed(self, data: bytes) -> list[Event | Audio]:
-        out: list[Event | Audio] = []
+    def feed(self, data: bytes, *, defer: bool = False) -> list[Event | Audio | Masked]:
+        """``defer``: audio messages that lie whole in ``data`` come out :class:`Masked` (a batch unmasks them)."""
+        out: list[Event | Audio | Masked] = []
         if self._owed:
             part, data = data[:self._owed], data[self._owed:]
             self._owed -= len(part)
@@ -81,7 +92,10 @@ class FrameSplitter:
                 break
             event: Event | None = None
             if b0 == 0x82 and masked and length and not length & 3 and not self._in_fragment:
-                out.append(_unmask_words(buf, head, length >> 2))
+                if defer and buf is data:  # bytes from one read: immutable, safe to keep until the batch
+                    out.append(Masked(data, head, length >> 2))
+                else:
+                    out.append(_unmask_words(buf, head, length >> 2))
                 pos = end
                 continue
             if b0 in (0x81, 0x82) and masked and not self._in_fragment:
@@ -112,7 +126,7 @@ class FrameSplitter:
         elif opcode == 0x0 and fin:
             self._in_fragment = False
 
-    def _to_wsproto(self, frame: bytes, out: list[Event | Audio]) -> None:
+    def _to_wsproto(self, frame: bytes, out: list[Event | Audio | Masked]) -> None:
         self.ws.receive_data(frame)
         out.extend(self.ws.events())
 
