@@ -651,8 +651,9 @@ class Call:
     async def _receive_results(self, utt: Utterance, attempt: _Attempt) -> None:
         """Route this lease's results to events; note the final that answers our Finalize."""
         try:
+            receive = attempt.lease.receive
             while True:  # no local keeps the last result (and its words) alive while waiting for the next
-                if self._on_received(utt, attempt, await attempt.lease.receive()):
+                if self._on_received(utt, attempt, await receive()):
                     attempt.closing_final.set()
         except Exception as exc:
             attempt.failure = attempt.failure or exc

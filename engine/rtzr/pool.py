@@ -111,13 +111,16 @@ class Lease:
         Raises RtzrSocketLost if the socket dies, BudgetExpired('finalize') if the closing final is late
         (the socket is then discarded: what it may still say belongs to no one).
         """
-        deadline = self._final_deadline if self._final_deadline is not None else math.inf
+        deadline = self._final_deadline
         item: LeaseItem | None = None
-        with trio.move_on_at(deadline):
-            try:
+        try:
+            if deadline is None:  # before Finalize (every interim): no deadline, so no cancel scope per result
                 item = await self._results.receive()
-            except (trio.EndOfChannel, trio.ClosedResourceError):
-                raise RtzrSocketLost(self._sock.close_reason or "lease ended") from None
+            else:
+                with trio.move_on_at(deadline):
+                    item = await self._results.receive()
+        except (trio.EndOfChannel, trio.ClosedResourceError):
+            raise RtzrSocketLost(self._sock.close_reason or "lease ended") from None
         if item is None:
             self._sock.bad = True
             self._pool.note_finalize_timeout()

@@ -76,13 +76,20 @@ class Alternative(Struct, kw_only=True):
 
 
 class RtzrResult(Struct, kw_only=True, omit_defaults=False):
-    """One interim or final. ``seq`` counts utterances on the socket; times are socket-timeline ms."""
+    """One interim or final. ``seq`` counts utterances on the socket; times are socket-timeline ms.
+
+    ``error_key`` / ``type_key``: the message's ``error`` and ``type`` members when it has them (UNSET, never
+    encoded, otherwise): with them a message decodes straight into this Struct, and
+    :func:`decode_server_message` still sees an error object that happens to carry a ``seq``.
+    """
 
     seq: MsInt
     start_at: MsInt = 0
     duration: MsInt = 0
     final: bool = False
     alternatives: list[Alternative] = msgspec.field(default_factory=list)
+    error_key: Any = msgspec.field(default=msgspec.UNSET, name="error")
+    type_key: Any = msgspec.field(default=msgspec.UNSET, name="type")
 
     @property
     def text(self) -> str:
@@ -105,6 +112,7 @@ class RtzrServerError(Struct, kw_only=True):
 
 
 _decoder = msgspec.json.Decoder()
+_result_decoder = msgspec.json.Decoder(RtzrResult)
 _encoder = msgspec.json.Encoder()
 
 
@@ -127,7 +135,23 @@ def _error_from(obj: dict[str, Any]) -> RtzrServerError:
 
 
 def decode_server_message(data: bytes | str) -> RtzrResult | RtzrServerError:
-    """Decode one TEXT frame; anything that is neither a result nor an error raises RtzrProtocolError."""
+    """Decode one TEXT frame; anything that is neither a result nor an error raises RtzrProtocolError.
+
+    Every interim and final of every utterance (issue 13): a result is decoded straight into
+    :class:`RtzrResult` (one pass, no dict and no ``convert``: ~40 % of the decode). Anything else (an error
+    object, a result that does not validate, junk) takes the general path below, which decides as before.
+    """
+    try:
+        result = _result_decoder.decode(data)
+    except (msgspec.DecodeError, UnicodeError):  # ValidationError is a DecodeError
+        pass
+    else:
+        if result.error_key is msgspec.UNSET and result.type_key != "error":
+            return result
+    return _decode_general(data)
+
+
+def _decode_general(data: bytes | str) -> RtzrResult | RtzrServerError:
     try:
         obj = _decoder.decode(data)
     except (msgspec.DecodeError, UnicodeError) as exc:

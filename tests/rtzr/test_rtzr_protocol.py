@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import json
+from collections.abc import Callable
+
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from engine.config import RtzrConfig
 from engine.rtzr.protocol import (
@@ -10,6 +15,7 @@ from engine.rtzr.protocol import (
     RtzrQueryError,
     RtzrResult,
     RtzrServerError,
+    _decode_general,
     build_query,
     decode_server_message,
     encode_result,
@@ -105,3 +111,51 @@ def test_decode_in_band_errors() -> None:
     assert e == RtzrServerError(message="boom", code="E500")
     e2 = decode_server_message('{"type": "error", "message": "bad"}')
     assert isinstance(e2, RtzrServerError) and e2.message == "bad"
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        '{"seq": 3, "final": false, "error": null}',  # an "error" member, even null, makes it an error object
+        '{"seq": 3, "start_at": 10, "type": "error", "message": "bad", "alternatives": []}',
+        '{"seq": 3, "\\u0065rror": {"code": "E1", "message": "escaped key"}}',
+    ],
+)
+def test_decode_error_objects_that_also_look_like_results(raw: str) -> None:
+    # The one-pass decode into RtzrResult must not swallow an error object that carries a valid seq.
+    assert isinstance(decode_server_message(raw), RtzrServerError)
+    assert isinstance(decode_server_message(raw.encode()), RtzrServerError)
+
+
+def test_decode_result_with_a_type_member_and_encode_omits_the_wire_extras() -> None:
+    r = decode_server_message('{"seq": 1, "type": "result", "alternatives": [{"text": "네"}]}')
+    assert isinstance(r, RtzrResult) and r.text == "네" and r.type_key == "result"
+    plain = RtzrResult(seq=1)
+    assert b"error" not in encode_result(plain) and b"type" not in encode_result(plain)
+    assert decode_server_message(encode_result(plain)) == plain
+
+
+_json_values = st.recursive(
+    st.none() | st.booleans() | st.integers(-3, 2**54) | st.floats(allow_nan=False, allow_infinity=False)
+    | st.sampled_from(["", "error", "result", "안녕"]),
+    lambda inner: st.lists(inner, max_size=3)
+    | st.dictionaries(st.sampled_from(["text", "confidence", "words", "code", "message"]), inner, max_size=3),
+    max_leaves=8,
+)
+
+
+@given(st.dictionaries(
+    st.sampled_from(["seq", "start_at", "duration", "final", "alternatives", "error", "type", "message", "code", "x"]),
+    _json_values, max_size=6,
+) | _json_values)
+def test_decode_matches_the_general_path(obj: object) -> None:
+    """The one-pass decode decides every message as the dict-then-convert path does (result, error, or raise)."""
+    raw = json.dumps(obj, ensure_ascii=False)
+
+    def outcome(decode: Callable[[str], object]) -> object:
+        try:
+            return decode(raw)
+        except RtzrProtocolError as exc:
+            return ("raised", str(exc))
+
+    assert outcome(decode_server_message) == outcome(_decode_general)

@@ -415,3 +415,59 @@ async def test_send_to_a_reset_connection_is_connection_closed() -> None:
             with pytest.raises(ConnectionClosed):
                 await conn.send_text("more")
             await conn.aclose(grace=0.2)
+
+
+async def test_plain_tcp_reader_reads_split_frames_then_a_reset_is_1006() -> None:
+    """The plain-TCP wait (wait_readable + one read, WsClientConnection.receive_message_before): a frame split
+    across TCP segments is reassembled, several frames in one read are each delivered, a reset is 1006."""
+    import socket
+    import struct
+
+    frame = b"\x81\x09" + b'{"seq":1}'
+    two = b"\x81\x09" + b'{"seq":2}' + b"\x81\x09" + b'{"seq":3}'
+    go, step, read = trio.Event(), trio.Event(), trio.Event()
+
+    async def handler(peer: Peer) -> None:
+        await peer.accept()
+        await go.wait()  # not in the 101's read: wsproto would parse that part, and the fast decoder never start
+        await peer.stream.send_all(frame[:3])
+        await step.wait()
+        await peer.stream.send_all(frame[3:] + two)
+        await read.wait()
+        peer.stream.socket.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        await peer.stream.aclose()
+
+    with trio.fail_after(5):
+        async with server(handler) as url:
+            conn = await connect(url)
+            assert conn._socket is not None and conn._fast is not None  # the path under test
+            go.set()
+            assert await conn.receive_message_before(trio.current_time() + 0.05) is None  # 3 bytes: not a message
+            step.set()
+            assert [await conn.receive_message() for _ in range(3)] == ['{"seq":1}', '{"seq":2}', '{"seq":3}']
+            read.set()
+            with pytest.raises(ConnectionClosed) as info:
+                await conn.receive_message()
+            assert info.value.code == 1006
+            await conn.aclose(grace=0.2)
+
+
+async def test_plain_tcp_reader_sees_its_stream_closed_under_the_wait() -> None:
+    """Another task closing the stream while the reader waits ends the wait as EOF (1006), not a hang."""
+
+    async def handler(peer: Peer) -> None:
+        await peer.accept()
+        await trio.sleep_forever()
+
+    with trio.fail_after(5):
+        async with server(handler) as url:
+            conn = await connect(url)
+            async with trio.open_nursery() as nursery:
+                async def reader() -> None:
+                    with pytest.raises(ConnectionClosed) as info:
+                        await conn.receive_message()
+                    assert info.value.code == 1006
+
+                nursery.start_soon(reader)
+                await trio.testing.wait_all_tasks_blocked()
+                await trio.aclose_forcefully(conn._stream)
