@@ -147,14 +147,24 @@ class TextFrameDecoder:
         Changes no state either way: on None the caller hands ``data`` to :meth:`feed`, which decides it
         from scratch (fuzz/test_twilio_media_fast_path.py holds the two to the same answer).
         """
+        raw = self.raw(data)
+        if raw is None:
+            return None
+        try:
+            return raw.decode()  # as feed() decodes it
+        except UnicodeDecodeError:
+            return None  # feed() hands it to wsproto, which reports it (1007)
+
+    def raw(self, data: bytes) -> bytes | None:
+        """:meth:`one` before the UTF-8 decode: the unmasked payload of ``data`` when it is exactly one whole fast
+        frame with a 16-bit length and nothing is buffered, else None (no state changed either way). The text
+        is ``raw.decode()`` if that succeeds; if it fails, the frame is not one :meth:`one` or :meth:`feed` takes
+        (wsproto reports it: the caller hands ``data`` to :meth:`feed`)."""
         n = len(data)
         if n > 8 and data[0] == _FAST_TEXT_HEAD and data[1] == _MASKED_LEN16 and not self._buffer:
             length = (data[2] << 8) | data[3]
             if n == 8 + length and 126 <= length <= self.max_message_size:
-                try:
-                    return apply_mask(data[8:], data[4:8]).decode()  # as feed() unmasks it
-                except UnicodeDecodeError:
-                    return None  # feed() hands it to wsproto, which reports it (1007)
+                return apply_mask(data[8:], data[4:8])  # as feed() unmasks it
         return None
 
     def feed(self, data: bytes) -> tuple[list[str], bytes | None]:
