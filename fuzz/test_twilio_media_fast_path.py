@@ -10,8 +10,13 @@
   (``_GeneralOnly``): in-step messages in Twilio's layout with random character mutations (replaced, deleted,
   inserted: quotes, backslashes and escapes, digits, braces, base64 padding, spaces, non-ASCII) give the same
   events or the same error, stats and state; and in-step layout messages never reach msgspec's full decode.
+* The server's per-message path (``receive_frame`` on the frame's UTF-8 bytes, else ``receive_full`` on its
+  text; round 6) against the same references, in both tests above, and the exact head ``_in_step`` builds for
+  the next message against the one the stream's state gives; on-time messages with broken ends and streams
+  whose in-step bound is zero or negative (``test_the_exact_head_takes_what_the_full_decode_takes``).
 * ``TextFrameDecoder.one`` (a read holding exactly one frame) against the same bytes fed to the general
-  loop (``feed``) in two reads; and ``one`` takes every frame of the shape it is for (not vacuous).
+  loop (``feed``) in two reads; and ``one`` takes every frame of the shape it is for (not vacuous); ``raw`` is
+  ``one`` before its UTF-8 decode.
 * ``apply_mask`` against the RFC's byte-by-byte XOR, both sides of its small-frame limit.
 
 Bounded (the ``sori`` profile in conftest.py) in ``make test``; ``make fuzz`` runs it long.
