@@ -371,7 +371,9 @@ _LAYOUT_TS: Final = '","timestamp":"'
 _LAYOUT_PAYLOAD: Final = '","payload":"'
 _LAYOUT_PAYLOAD_QUOTE: Final = len(_LAYOUT_PAYLOAD) - 1  # from the key's start to the payload's opening quote
 _LAYOUT_END: Final = '"}}'
-_LAYOUT_END_B: Final = b'"}}'
+# The layout's last two bytes ("}}"); the payload token's closing quote before them is its decode's own check
+# (one JSON string token, nothing after it but JSON whitespace, which the full decode takes too).
+_BRACE: Final = ord("}")
 _LAYOUT_PAYLOAD_B: Final = b'","payload":"'
 # The exact head (TwilioStream._head) is kept while the next sequence number, chunk and timestamp are all below
 # 2**49 (< 10**15, so each is a digit string the general path accepts): one shift instead of three compares.
@@ -468,7 +470,7 @@ class TwilioStream:
         if head is not None and raw.startswith(head):
             # From the payload's opening quote to the quote before "}}": one JSON string token or a DecodeError
             # (then the full decode decides: the same token, the same error).
-            if raw[-3:] != _LAYOUT_END_B or len(raw) > self.max_message_bytes:
+            if raw[-1] != _BRACE or raw[-2] != _BRACE or len(raw) > self.max_message_bytes:
                 return None
             try:
                 payload = _payload_decoder.decode(raw[len(head) - 1:-2])
@@ -496,7 +498,7 @@ class TwilioStream:
         # _MAX_INT_DIGITS digits: the bounds), this streamSid and this track, in Twilio's key order.
         head = f"{_LAYOUT_HEAD}{high + 1}{middle}{chunk}{_LAYOUT_TS}".encode()
         if not (
-            raw.startswith(head) and raw[-3:] == _LAYOUT_END_B and len(raw) <= self.max_message_bytes
+            raw.startswith(head) and raw[-1] == _BRACE and raw[-2] == _BRACE and len(raw) <= self.max_message_bytes
             and high < _MAX_UINT and chunk <= _MAX_UINT
         ):
             return None
