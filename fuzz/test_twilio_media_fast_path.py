@@ -10,8 +10,13 @@
   (``_GeneralOnly``): in-step messages in Twilio's layout with random character mutations (replaced, deleted,
   inserted: quotes, backslashes and escapes, digits, braces, base64 padding, spaces, non-ASCII) give the same
   events or the same error, stats and state; and in-step layout messages never reach msgspec's full decode.
+* The server's per-message path (``receive_frame`` on the frame's UTF-8 bytes, else ``receive_full`` on its
+  text; round 6) against the same references, in both tests above, and the exact head ``_in_step`` builds for
+  the next message against the one the stream's state gives; on-time messages with broken ends and streams
+  whose in-step bound is zero or negative (``test_the_exact_head_takes_what_the_full_decode_takes``).
 * ``TextFrameDecoder.one`` (a read holding exactly one frame) against the same bytes fed to the general
-  loop (``feed``) in two reads; and ``one`` takes every frame of the shape it is for (not vacuous).
+  loop (``feed``) in two reads; and ``one`` takes every frame of the shape it is for (not vacuous); ``raw`` is
+  ``one`` before its UTF-8 decode.
 * ``apply_mask`` against the RFC's byte-by-byte XOR, both sides of its small-frame limit.
 
 Bounded (the ``sori`` profile in conftest.py) in ``make test``; ``make fuzz`` runs it long.
@@ -55,6 +60,24 @@ def _outcome_one(stream: TwilioStream, text: str | bytes) -> tuple[str, object]:
         got = stream.receive_one(text)
     except TwilioProtocolError as exc:
         return "error", (exc.kind, str(exc), exc.fatal)
+    if isinstance(got, AudioReceived):
+        assert not got.filled
+        return "events", [got]
+    return "events", got
+
+
+def _outcome_frame(stream: TwilioStream, text: str | bytes) -> tuple[str, object]:
+    """The server's per-message path: ``receive_frame`` on the frame's UTF-8 bytes, else ``receive_full`` on the
+    text (a binary frame straight to ``receive_full``, as the reader's queue hands it); and the exact head the
+    stream keeps is the one its state gives (``_in_step`` builds it incrementally)."""
+    try:
+        got = stream.receive_frame(text.encode()) if isinstance(text, str) else None
+        if got is None:
+            got = stream.receive_full(text)
+    except TwilioProtocolError as exc:
+        return "error", (exc.kind, str(exc), exc.fatal)
+    finally:
+        assert stream._head == stream._exact_head()
     if isinstance(got, AudioReceived):
         assert not got.filled
         return "events", [got]
@@ -139,26 +162,28 @@ def _b64(data: bytes) -> str:
     return base64.b64encode(data).decode()
 
 
-@given(st.data(), st.one_of(st.sampled_from([20, 25, 39, 40, 41]), st.integers(20, 2000)),
+@given(st.data(), st.one_of(st.sampled_from([20, 25, 39, 40, 41, 0, -5]), st.integers(20, 2000)),
        st.sampled_from([64 * 1024, 450]))
 def test_media_fast_path_equals_the_general_path(data: st.DataObject, max_gap_ms: int, max_bytes: int) -> None:
     # max_bytes 450: a media message of 320 bytes of audio is oversized, one of 160 is not.
     fast = TwilioStream(max_bytes, track="inbound", max_gap_ms=max_gap_ms)
     general = _GeneralOnly(max_bytes, track="inbound", max_gap_ms=max_gap_ms)
     one = TwilioStream(max_bytes, track="inbound", max_gap_ms=max_gap_ms)  # the same through receive_one
+    frame = TwilioStream(max_bytes, track="inbound", max_gap_ms=max_gap_ms)  # receive_frame, else receive_full
     prelude = data.draw(st.sampled_from([[], ["connected"], ["connected", "start"], ["connected", "start"], ["start"]]))
     for kind in prelude:
         text = (json.dumps({"event": "connected", "protocol": "Call", "version": "1.0.0"}) if kind == "connected" else
                 json.dumps({"event": "start", "sequenceNumber": "1", "streamSid": SID,
                             "start": {"streamSid": SID, "callSid": "CA1", "tracks": ["inbound"]}}))
-        assert _outcome(fast, text) == _outcome(general, text) == _outcome_one(one, text)
+        assert _outcome(fast, text) == _outcome(general, text) == _outcome_one(one, text) == _outcome_frame(frame, text)
     seq, chunk, ts = 2, 1, data.draw(st.integers(0, 10**6))
     for _ in range(data.draw(st.integers(1, 40))):
         text = data.draw(_message(seq, chunk, ts))
         got, want = _outcome(fast, text), _outcome(general, text)
         assert got == want, text
         assert _outcome_one(one, text) == want, text
-        assert _snapshot(fast) == _snapshot(general) == _snapshot(one), text
+        assert _outcome_frame(frame, text) == want, text
+        assert _snapshot(fast) == _snapshot(general) == _snapshot(one) == _snapshot(frame), text
         if got[0] == "events":  # one object per event: the neutral ones themselves
             assert all(type(a) is type(b) for a, b in zip(got[1], want[1], strict=True))  # type: ignore[call-overload]
         # The model's next numbers follow the stream (what an in-step next message would carry).
@@ -272,9 +297,10 @@ def test_fixed_layout_parse_equals_the_full_decode(data: st.DataObject, max_byte
     state; an unmutated in-step message between them keeps the stream armed. A streamSid or track that JSON
     must escape is matched as JSON spells it."""
     one, text_path = TwilioStream(max_bytes, track=track), TwilioStream(max_bytes, track=track)
+    frame = TwilioStream(max_bytes, track=track)
     general = _GeneralOnly(max_bytes, track=track)
     start = json.dumps({"event": "start", "sequenceNumber": "1", "streamSid": sid, "start": {"streamSid": sid}})
-    streams = (one, text_path, general)
+    streams = (one, text_path, general, frame)
     for stream in streams:
         stream.receive_text(start)
     # near the 15-digit limit now and then: the timestamp grows a 16th digit within the run
@@ -283,7 +309,7 @@ def test_fixed_layout_parse_equals_the_full_decode(data: st.DataObject, max_byte
         seq, chunk = general._highest_seq + 1, max(general._timeline.next_chunk, 1)
         first = general._timeline.first_ts
         ts: int | str = ts0 if first is None else first + general._timeline.pos // 8 + data.draw(
-            st.sampled_from([0, 0, 1, 40, 41]))
+            st.sampled_from([0, 0, 0, 1, 40, 41, -1]))
         if k and data.draw(st.integers(0, 9)) == 0:  # the right number misspelled (non-ASCII digits, empty, ...)
             ts = data.draw(st.sampled_from(_MISSPELLED))(ts)
         size = data.draw(st.sampled_from([160] * 6 + [0, 1, 3]))
@@ -293,7 +319,8 @@ def test_fixed_layout_parse_equals_the_full_decode(data: st.DataObject, max_byte
         want = _outcome(general, text)
         assert _outcome_one(one, text) == want, text
         assert _outcome(text_path, text) == want, text
-        assert _snapshot(one) == _snapshot(general) == _snapshot(text_path), text
+        assert _outcome_frame(frame, text) == want, text
+        assert _snapshot(one) == _snapshot(general) == _snapshot(text_path) == _snapshot(frame), text
 
 
 def test_in_step_layout_messages_skip_the_full_decode(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -379,7 +406,15 @@ def test_one_frame_read_equals_the_general_loop(payload: bytes, mask: bytes, dam
     fast, general = TextFrameDecoder(limit), TextFrameDecoder(limit)
     assert fast.feed(pending) == general.feed(pending) == ([], None)
     got = fast.one(data)
-    assert fast._buffer == general._buffer  # one() changes no state, whatever it answers
+    raw = fast.raw(data)
+    assert fast._buffer == general._buffer  # one() and raw() change no state, whatever they answer
+    if raw is None:
+        assert got is None
+    else:  # one() is raw() decoded, or None where the bytes are not UTF-8 (then feed() hands them to wsproto)
+        try:
+            assert got == raw.decode()
+        except UnicodeDecodeError:
+            assert got is None
     first, rest = general.feed(data[:1])  # the general loop, the frame split over two reads
     want = (first + (second := general.feed(data[1:]))[0], second[1]) if rest is None else (first, rest + data[1:])
     whole = not general._buffer and want[1] is None and len(want[0]) == 1
@@ -421,3 +456,28 @@ def test_the_decoders_unmask_is_the_rfc_xor(data: bytes, mask: bytes) -> None:
     """The project's masking is websockets' C apply_mask (installed: a dependency)."""
     assert c_unmask is not None and apply_mask is c_unmask
     assert apply_mask(data, mask) == bytes(b ^ mask[i % 4] for i, b in enumerate(data))
+
+
+# An on-time layout message's end, as a peer might break it: each one the full decode refuses or reads otherwise.
+_ENDS = ['"}]', '"]}', '"} }', '"}}}', '"}', '}}', '"}}x', '"},}', '" }}', '"}}\n', '=="}}', '"}}"}}']
+
+
+@pytest.mark.parametrize("max_gap_ms", [10_000, 30, 0, -5])  # 0 and -5: the in-step bound is 0 / negative
+@pytest.mark.parametrize("end", ["", *_ENDS])
+def test_the_exact_head_takes_what_the_full_decode_takes(max_gap_ms: int, end: str) -> None:
+    """On-time layout messages (the exact head's own case; the hypothesis tests above meet it only now and then)
+    with their end broken in every way the layout's checks are about, and streams whose in-step bound is zero or
+    negative (no message is in step at its timestamp: the general path resyncs): the per-message path
+    (``receive_frame``, else ``receive_full``) and the general path alone agree, message by message."""
+    frame, general = TwilioStream(max_gap_ms=max_gap_ms), _GeneralOnly(max_gap_ms=max_gap_ms)
+    start = json.dumps({"event": "start", "sequenceNumber": "1", "streamSid": SID, "start": {"streamSid": SID}})
+    for stream in (frame, general):
+        stream.receive_text(start)
+    for k in range(1, 8):
+        text = _layout(k + 1, SID, "inbound", k, 52 + (k - 1) * 20, bytes([k]) * 160)
+        if k == 4 and end:
+            text = text[:-3] + end
+        assert _outcome_frame(frame, text) == _outcome(general, text), text
+        assert _snapshot(frame) == _snapshot(general), text
+    if not end:
+        assert frame.stats.frames == 7

@@ -371,6 +371,13 @@ _LAYOUT_TS: Final = '","timestamp":"'
 _LAYOUT_PAYLOAD: Final = '","payload":"'
 _LAYOUT_PAYLOAD_QUOTE: Final = len(_LAYOUT_PAYLOAD) - 1  # from the key's start to the payload's opening quote
 _LAYOUT_END: Final = '"}}'
+# The layout's last two bytes ("}}"); the payload token's closing quote before them is its decode's own check
+# (one JSON string token, nothing after it but JSON whitespace, which the full decode takes too).
+_BRACE: Final = ord("}")
+_LAYOUT_PAYLOAD_B: Final = b'","payload":"'
+# The exact head (TwilioStream._head) is kept while the next sequence number, chunk and timestamp are all below
+# 2**49 (< 10**15, so each is a digit string the general path accepts): one shift instead of three compares.
+_EXACT_BITS: Final = 49
 
 
 def _layout_middle(stream_sid: str, track: str) -> str:
@@ -396,8 +403,16 @@ class TwilioStream:
         self._gaps = _SEQ_MASK
         self._checked_kinds = 0  # bit _KIND_BITS[type] set = that kind's unknown fields were looked for
         self._armed: str | None = None  # started.stream_sid while the media fast path may take a message
-        self._middle = ""  # the fixed layout's middle for this stream (_layout_middle), set at start
+        # The fixed layout's middle for this stream (_layout_middle), set at start; None if it has no UTF-8 (a lone
+        # surrogate: msgspec never decodes one, but a track is configuration): then no fixed-layout parse.
+        self._middle: str | None = None
         self._layout: str | None = None  # _middle while armed, else None
+        # The exact UTF-8 text of the next in-step media message, on time, up to its payload's opening quote (while
+        # armed, the numbers below 2**_EXACT_BITS and the position a whole number of ms), else None: _in_step
+        # builds the next one (receive_frame, the per-message path, is then one startswith). _exact_middle is
+        # _middle, or None for a stream whose in-step bound is negative (no message is in step at its timestamp).
+        self._head: bytes | None = None
+        self._exact_middle: str | None = None
         self.stop: StopInfo | None = None  # the ``stop`` message's details, once it came
 
     @property
@@ -423,44 +438,89 @@ class TwilioStream:
         track, the next sequence number and chunk spelled as Twilio spells them, a digit-string timestamp in
         step, some audio) and place it here, with no further call:
 
-        * the fixed-layout parse: the message is Twilio's exact text (``_LAYOUT_HEAD``) for the next in-step
-          message up to its timestamp's digits, then the payload as one JSON string token and ``}}``; only the
-          payload is decoded (by msgspec, as the full decode would), the rest is one ``startswith``;
-        * else the message decoded once by msgspec and its fields compared.
+        * the fixed-layout parse (:meth:`receive_frame`, on the text's UTF-8 bytes): the message is Twilio's
+          exact text for the next in-step message up to its payload, then the payload as one JSON string token
+          and ``}}``; only the payload is decoded (by msgspec, as the full decode would);
+        * else the message decoded once by msgspec and its fields compared (:meth:`receive_full`).
 
         Anything else goes through :meth:`_receive_checked`, the general path, which decides it from scratch
         (nothing here has changed any state before it does). The paths accept the same messages with the same
         events and stats (fuzz/test_twilio_media_fast_path.py).
         """
-        # _layout is the layout's middle only while the stream is armed (see _armed below); None otherwise.
-        middle = self._layout
-        if middle is not None and type(text) is str:
+        if self._layout is not None and type(text) is str:
+            # surrogatepass: never raises; such bytes (not UTF-8) cannot pass the parse (it takes UTF-8 only)
+            got = self.receive_frame(text.encode("utf-8", "surrogatepass"))
+            if got is not None:
+                return got
+        return self.receive_full(text)
+
+    def receive_frame(self, raw: bytes) -> AudioReceived | None:
+        """The fixed-layout parse of a text message given as its UTF-8 bytes (the server's per-message path: the
+        WebSocket frame's payload, not decoded to ``str``): the in-step media message's event, or None with no
+        state changed (then :meth:`receive_full` of the decoded text decides it, as :meth:`receive_one` would).
+
+        On time (the usual message: its timestamp exactly the stream's position) the message starts with
+        ``_head``, the exact text up to the payload's opening quote that :meth:`_in_step` built for it: one
+        ``startswith``. Else (a timestamp ahead, within the in-step bound) :meth:`_frame_ahead` parses the
+        timestamp's digits. What is accepted is the head (the UTF-8 of Twilio's JSON text, the streamSid's and the
+        track's included) and ASCII (the digits, the base64 token, ``"}}``): valid UTF-8, whose text is the one
+        the str parse would have taken.
+        """
+        head = self._head
+        if head is not None and raw.startswith(head):
+            # From the payload's opening quote to the quote before "}}": one JSON string token or a DecodeError
+            # (then the full decode decides: the same token, the same error).
+            if raw[-1] != _BRACE or raw[-2] != _BRACE or len(raw) > self.max_message_bytes:
+                return None
+            try:
+                payload = _payload_decoder.decode(raw[len(head) - 1:-2])
+            except msgspec.DecodeError:
+                return None
+            if not payload:
+                return None
             timeline = self._timeline
-            high = self._highest_seq
-            chunk = timeline.next_chunk
-            # The exact text of the next in-step message up to its timestamp: a text that starts with it carries
-            # the canonical digit strings of high + 1 and chunk (those _parse_uint accepts as them, if of at most
-            # _MAX_INT_DIGITS digits: the bounds), this streamSid and this track, in Twilio's key order.
-            head = f"{_LAYOUT_HEAD}{high + 1}{middle}{chunk}{_LAYOUT_TS}"
-            if (
-                text.startswith(head) and text.endswith(_LAYOUT_END) and len(text) <= self.max_message_bytes
-                and high < _MAX_UINT and chunk <= _MAX_UINT
-            ):
-                start = len(head)
-                at = text.find(_LAYOUT_PAYLOAD, start)  # the first: a digit string cannot hold it
-                ts_s = text[start:at]
-                if 0 < at - start <= _MAX_INT_DIGITS and ts_s.isdigit() and ts_s.isascii():
-                    # From the payload's opening quote to the quote before "}}": one JSON string token or a
-                    # DecodeError (then the full decode decides: the same token, the same error).
-                    try:
-                        payload = _payload_decoder.decode(text[at + _LAYOUT_PAYLOAD_QUOTE:-2])
-                    except msgspec.DecodeError:
-                        payload = b""
-                    pos = timeline.pos
-                    first_ts = timeline.first_ts
-                    if (payload and first_ts is not None
-                            and (int(ts_s) - first_ts) * BYTES_PER_MS - pos <= timeline.in_step_bytes):
-                        return self._in_step(timeline, high, chunk, pos, payload)
+            return self._in_step(timeline, self._highest_seq, timeline.next_chunk, timeline.pos, payload)
+        if self._layout is None:
+            return None
+        return self._frame_ahead(raw)
+
+    def _frame_ahead(self, raw: bytes) -> AudioReceived | None:
+        """:meth:`receive_frame` for a message not on time (its timestamp ahead of the position, or no exact head):
+        Twilio's text up to the timestamp's digits, then 1-15 ASCII digits within the in-step bound."""
+        middle = self._layout
+        if middle is None:
+            return None
+        timeline = self._timeline
+        high = self._highest_seq
+        chunk = timeline.next_chunk
+        # The exact text of the next in-step message up to its timestamp: a text that starts with it carries the
+        # canonical digit strings of high + 1 and chunk (those _parse_uint accepts as them, if of at most
+        # _MAX_INT_DIGITS digits: the bounds), this streamSid and this track, in Twilio's key order.
+        head = f"{_LAYOUT_HEAD}{high + 1}{middle}{chunk}{_LAYOUT_TS}".encode()
+        if not (
+            raw.startswith(head) and raw[-1] == _BRACE and raw[-2] == _BRACE and len(raw) <= self.max_message_bytes
+            and high < _MAX_UINT and chunk <= _MAX_UINT
+        ):
+            return None
+        start = len(head)
+        at = raw.find(_LAYOUT_PAYLOAD_B, start)  # the first: a digit string cannot hold it
+        ts_s = raw[start:at]
+        if not (0 < at - start <= _MAX_INT_DIGITS and ts_s.isdigit()):  # bytes.isdigit: ASCII digits only
+            return None
+        try:
+            payload = _payload_decoder.decode(raw[at + _LAYOUT_PAYLOAD_QUOTE:-2])
+        except msgspec.DecodeError:
+            return None
+        pos = timeline.pos
+        first_ts = timeline.first_ts
+        if (payload and first_ts is not None
+                and (int(ts_s) - first_ts) * BYTES_PER_MS - pos <= timeline.in_step_bytes):
+            return self._in_step(timeline, high, chunk, pos, payload)
+        return None
+
+    def receive_full(self, text: str | bytes) -> AudioReceived | list[TwilioEvent]:
+        """:meth:`receive_one` without the fixed-layout parse (for a caller that already tried
+        :meth:`receive_frame` on this message's bytes): msgspec's decode, its fast path, else the general path."""
         msg: InboundMessage | None = None
         if type(text) is str and len(text) <= self.max_message_bytes:
             try:
@@ -497,20 +557,39 @@ class TwilioStream:
 
     def _in_step(self, timeline: _Timeline, high: int, chunk: int, pos: int, payload: bytes) -> AudioReceived:
         """Accept an in-step media message (sequence high + 1, chunk ``chunk``, audio at ``pos``): what the
-        general path's checks, :meth:`_check_sequence` and :meth:`_Timeline.place` come to for it (both fast
-        parses end here)."""
+        general path's checks, :meth:`_check_sequence` and :meth:`_Timeline.place` come to for it (every fast
+        parse ends here), and the exact head of the next message (:meth:`_exact_head`, inline)."""
         gaps = self._gaps
         if gaps:  # zero once the window is full of seen numbers: the usual stream shifts nothing
             self._gaps = (gaps << 1) & _SEQ_MASK
-        self._highest_seq = high + 1
-        timeline.next_chunk = chunk + 1
+        self._highest_seq = high = high + 1
+        timeline.next_chunk = chunk = chunk + 1
         n = len(payload)
-        timeline.pos = pos + n
+        timeline.pos = end = pos + n
         stats = self.stats
         stats.messages += 1
         stats.frames += 1
         stats.bytes += n
+        # _exact_head(high, chunk, end), inline (per message); first_ts is set (the fast paths are armed).
+        middle = self._exact_middle
+        ts = timeline.first_ts + (end >> 3)  # type: ignore[operator]
+        self._head = (None if middle is None or end & 7 or (high | chunk | ts) >> _EXACT_BITS else
+                      f"{_LAYOUT_HEAD}{high + 1}{middle}{chunk}{_LAYOUT_TS}{ts}{_LAYOUT_PAYLOAD}".encode())
         return AudioReceived(payload, pos / BYTES_PER_MS)
+
+    def _exact_head(self) -> bytes | None:
+        """The exact text of the next in-step message on time, up to its payload's opening quote (see ``_head``),
+        from the stream's state; None when the fast paths are not armed or it cannot be exact."""
+        middle = self._exact_middle
+        timeline = self._timeline
+        first_ts = timeline.first_ts
+        if self._layout is None or middle is None or first_ts is None:
+            return None
+        high, chunk, end = self._highest_seq, timeline.next_chunk, timeline.pos
+        ts = first_ts + (end >> 3)
+        if end & 7 or (high | chunk | ts) >> _EXACT_BITS:
+            return None
+        return f"{_LAYOUT_HEAD}{high + 1}{middle}{chunk}{_LAYOUT_TS}{ts}{_LAYOUT_PAYLOAD}".encode()
 
     def _receive_checked(self, text: str | bytes, msg: InboundMessage | None) -> list[TwilioEvent]:
         """The general path: every check in order; ``msg`` is ``text`` decoded, or None (decode it here)."""
@@ -531,6 +610,7 @@ class TwilioStream:
             self._armed = (started.stream_sid if started is not None and self.state in _MEDIA_STATES
                            and self._timeline.first_ts is not None else None)
             self._layout = self._middle if self._armed is not None else None
+            self._head = self._exact_head()
 
     def _receive(self, text: str | bytes, msg: InboundMessage | None) -> list[TwilioEvent]:
         if not isinstance(text, str):
@@ -590,7 +670,13 @@ class TwilioStream:
             custom_parameters=dict(info.custom_parameters),
             media_format=fmt,
         )
-        self._middle = _layout_middle(sid, self.track)
+        middle: str | None = _layout_middle(sid, self.track)
+        try:
+            middle.encode()  # type: ignore[union-attr]
+        except UnicodeEncodeError:
+            middle = None
+        self._middle = middle
+        self._exact_middle = self._middle if self._timeline.in_step_bytes >= 0 else None
         return [self.started]
 
     def _on_media_checked(self, msg: MediaMessage) -> list[TwilioEvent]:

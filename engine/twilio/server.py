@@ -730,8 +730,9 @@ class _CallReader:
     it is the pass's end (:class:`IngestPass`).
     """
 
-    __slots__ = ("count", "debug", "dues", "error", "errors", "handler", "idle_s", "ingest", "on_event", "origin",
-                 "proto", "pushed_at", "queue", "reason", "receive", "reporter", "scope", "slack_s", "wake", "ws")
+    __slots__ = ("count", "debug", "dues", "error", "errors", "frame", "frame_nowait", "handler", "idle_s", "ingest",
+                 "on_event", "origin", "proto", "pushed_at", "queue", "reason", "receive", "receive_full", "reporter",
+                 "scope", "slack_s", "wake", "ws")
 
     def __init__(self, ws: WsServerConnection, proto: TwilioStream, handler: CallHandler, *, errors: _ErrorPolicy,
                  reporter: _StatsReporter, ingest: IngestPass, idle_s: float, debug: bool) -> None:
@@ -739,6 +740,9 @@ class _CallReader:
         self.queue = ws.received  # the connection's one list of complete messages, for its whole life
         self.proto = proto
         self.receive = proto.receive_one
+        self.frame = proto.receive_frame  # the per-message path: a frame's bytes, parsed as they are
+        self.receive_full = proto.receive_full
+        self.frame_nowait = ws.frame_nowait
         self.handler = handler
         self.on_event = handler.on_event
         self.errors = errors
@@ -770,38 +774,52 @@ class _CallReader:
     def readable(self, data: bytes, now: float) -> bool:
         if now - self.pushed_at >= self.slack_s:
             self.push_deadline(now)
-        ws = self.ws
-        # The per-message path (issue 13): a read that is one whole text frame, as Twilio sends each message,
-        # goes straight to _message; any other read through the connection's general decoder and its queue.
-        message = ws.message_nowait(data)
-        if message is not None and not self.debug:
-            # _message inline for the frame of every 20 ms (issue 13 round 5: one Python call less per message).
+        # The per-message path (issue 13): a read that is one whole text frame, as Twilio sends each message, is
+        # parsed from its unmasked bytes (no str built); any other read through the connection's general
+        # decoder and its queue.
+        raw = self.frame_nowait(data)
+        if raw is not None and not self.debug:
+            got = self.frame(raw)
+            if got is not None:  # the fixed-layout parse's frame: real audio, in step (issue 13: no other call)
+                self.on_event(got)
+                offset = got.timestamp_ms / 1000
+                base = now - offset
+                if base < self.origin:  # noqa: PLR1730 (per frame: a compare, not a call to min())
+                    self.origin = base
+                self.dues.append(self.origin + offset)
+                count = self.count = self.count + 1
+                if count % _STATS_FLUSH_EVERY == 0:
+                    self.reporter.flush(self.proto.stream_sid)
+                return KEEP
             try:
-                got = self.receive(message)
-            except TwilioProtocolError as exc:
-                reason = self._rejected(exc)
-                if reason is None:
-                    reason = self._handle([], now, self.dues)
-            else:
-                if type(got) is AudioReceived:  # the media fast path's frame: real audio, in step
-                    self.on_event(got)
-                    offset = got.timestamp_ms / 1000
-                    base = now - offset
-                    if base < self.origin:  # noqa: PLR1730 (per frame: a compare, not a call to min())
-                        self.origin = base
-                    self.dues.append(self.origin + offset)
-                    count = self.count = self.count + 1
-                    if count % _STATS_FLUSH_EVERY == 0:
-                        self.reporter.flush(self.proto.stream_sid)
-                    return KEEP
-                reason = self._handle(got, now, self.dues)
-        elif message is not None:
-            reason = self._message(message, now, self.dues)
-        elif ws.feed_nowait(data):
+                message: str | None = raw.decode()
+            except UnicodeDecodeError:  # not a frame one() takes: wsproto reports it (1007)
+                message = None
+            if message is not None:
+                try:
+                    got_full = self.receive_full(message)  # receive_one after its fixed-layout parse, which refused it
+                except TwilioProtocolError as exc:
+                    reason = self._rejected(exc)
+                    if reason is None:
+                        reason = self._handle([], now, self.dues)
+                else:
+                    reason = self._handle(got_full, now, self.dues)
+                return self._paused(reason)
+        elif raw is not None:
+            try:
+                message = raw.decode()
+            except UnicodeDecodeError:
+                message = None
+            if message is not None:
+                return self._paused(self._message(message, now, self.dues))
+        if self.ws.feed_nowait(data):
             self.wake.set()
             return PAUSE
-        else:
-            reason = self._deliver(now, self.dues)
+        return self._paused(self._deliver(now, self.dues))
+
+    def _paused(self, reason: str | None) -> bool:
+        """:meth:`readable`'s answer once a read's messages are handled: PAUSE (the call's task woken) when the
+        stream ended (``reason``), else KEEP."""
         if reason is not None:
             self.reason = reason
             self.wake.set()

@@ -199,6 +199,19 @@ class WsServerConnection(WsConnection):
             return None
         return fast.one(data)
 
+    def frame_nowait(self, data: bytes) -> bytes | None:
+        """:meth:`message_nowait` before the UTF-8 decode (:meth:`TextFrameDecoder.raw`): the unmasked payload of the
+        one whole text frame ``data`` is, taken at once, or None with nothing consumed. The caller decodes it
+        (``raw.decode()``), or, when that fails, hands ``data`` to :meth:`feed_nowait` (wsproto reports it, 1007).
+
+        The per-message path of the Twilio reader: its fixed-layout parse takes the bytes as they are
+        (:meth:`engine.twilio.protocol.TwilioStream.receive_frame`), with no ``str`` of the message built.
+        """
+        fast = self._fast
+        if fast is None or self._closed is not None or self._messages:
+            return None
+        return fast.raw(data)
+
     def feed_nowait(self, data: bytes) -> bool:
         """Take bytes the caller read from this connection's socket (b"": EOF, or a read error), without awaiting.
 

@@ -72,6 +72,8 @@ apply_mask: Callable[[bytes, bytes], bytes] = apply_mask_py if c_unmask is None 
 # issue 13, the STT side). Below it the big-int XOR is as fast or faster (no numpy call overhead).
 _NUMPY_MASK_MIN = 512
 _HEAD16 = struct.Struct("!BBH")  # first byte, second byte, 16-bit length
+_HEAD_LEN16 = struct.Struct("!HH")  # first two bytes as one, 16-bit length: TextFrameDecoder.raw's one call
+_FAST_HEAD16 = _FAST_TEXT_HEAD << 8 | _MASKED_LEN16  # a whole masked text frame with a 16-bit length
 _HEAD64 = struct.Struct("!BBQ")
 _key_u32 = int.from_bytes
 
@@ -147,14 +149,24 @@ class TextFrameDecoder:
         Changes no state either way: on None the caller hands ``data`` to :meth:`feed`, which decides it
         from scratch (fuzz/test_twilio_media_fast_path.py holds the two to the same answer).
         """
+        raw = self.raw(data)
+        if raw is None:
+            return None
+        try:
+            return raw.decode()  # as feed() decodes it
+        except UnicodeDecodeError:
+            return None  # feed() hands it to wsproto, which reports it (1007)
+
+    def raw(self, data: bytes) -> bytes | None:
+        """:meth:`one` before the UTF-8 decode: the unmasked payload of ``data`` when it is exactly one whole fast
+        frame with a 16-bit length and nothing is buffered, else None (no state changed either way). The text
+        is ``raw.decode()`` if that succeeds; if it fails, the frame is not one :meth:`one` or :meth:`feed` takes
+        (wsproto reports it: the caller hands ``data`` to :meth:`feed`)."""
         n = len(data)
-        if n > 8 and data[0] == _FAST_TEXT_HEAD and data[1] == _MASKED_LEN16 and not self._buffer:
-            length = (data[2] << 8) | data[3]
-            if n == 8 + length and 126 <= length <= self.max_message_size:
-                try:
-                    return apply_mask(data[8:], data[4:8]).decode()  # as feed() unmasks it
-                except UnicodeDecodeError:
-                    return None  # feed() hands it to wsproto, which reports it (1007)
+        if n > 8 and not self._buffer:
+            head, length = _HEAD_LEN16.unpack_from(data)  # the first two bytes, and a 16-bit length
+            if head == _FAST_HEAD16 and n == 8 + length and 126 <= length <= self.max_message_size:
+                return apply_mask(data[8:], data[4:8])  # as feed() unmasks it
         return None
 
     def feed(self, data: bytes) -> tuple[list[str], bytes | None]:
