@@ -778,40 +778,29 @@ class _CallReader:
         # parsed from its unmasked bytes (no str built); any other read through the connection's general
         # decoder and its queue.
         raw = self.frame_nowait(data)
-        if raw is not None and not self.debug:
-            got = self.frame(raw)
-            if got is not None:  # the fixed-layout parse's frame: real audio, in step (issue 13: no other call)
-                self.on_event(got)
-                offset = got.timestamp_ms / 1000
-                base = now - offset
-                if base < self.origin:  # noqa: PLR1730 (per frame: a compare, not a call to min())
-                    self.origin = base
-                self.dues.append(self.origin + offset)
-                count = self.count = self.count + 1
-                if count % _STATS_FLUSH_EVERY == 0:
-                    self.reporter.flush(self.proto.stream_sid)
-                return KEEP
-            try:
-                message: str | None = raw.decode()
-            except UnicodeDecodeError:  # not a frame one() takes: wsproto reports it (1007)
-                message = None
-            if message is not None:
-                try:
-                    got_full = self.receive_full(message)  # receive_one after its fixed-layout parse, which refused it
-                except TwilioProtocolError as exc:
-                    reason = self._rejected(exc)
-                    if reason is None:
-                        reason = self._handle([], now, self.dues)
-                else:
-                    reason = self._handle(got_full, now, self.dues)
-                return self._paused(reason)
-        elif raw is not None:
+        if raw is not None:
+            if not self.debug:
+                got = self.frame(raw)
+                if got is not None:  # the fixed-layout parse's frame: real audio, in step (issue 13: no other call)
+                    self.on_event(got)
+                    offset = got.timestamp_ms / 1000
+                    base = now - offset
+                    if base < self.origin:  # noqa: PLR1730 (per frame: a compare, not a call to min())
+                        self.origin = base
+                    self.dues.append(self.origin + offset)
+                    count = self.count = self.count + 1
+                    if count % _STATS_FLUSH_EVERY == 0:
+                        self.reporter.flush(self.proto.stream_sid)
+                    return KEEP
             try:
                 message = raw.decode()
-            except UnicodeDecodeError:
-                message = None
-            if message is not None:
-                return self._paused(self._message(message, now, self.dues))
+            except UnicodeDecodeError:  # not a frame one() takes: wsproto reports it (1007), below
+                pass
+            else:
+                # receive_full when the fixed-layout parse has just refused these bytes (receive_one would try it
+                # again); with debug (which skipped it), receive_one.
+                return self._paused(self._message(message, now, self.dues,
+                                                  self.receive if self.debug else self.receive_full))
         if self.ws.feed_nowait(data):
             self.wake.set()
             return PAUSE
@@ -849,13 +838,14 @@ class _CallReader:
                 return reason
         return None
 
-    def _message(self, message: str | bytes, now: float, dues: list[float]) -> str | None:
-        """One message through the stream and to the call, read at ``now``; each real frame's due time goes to
-        ``dues``. The reason the stream ended, or None."""
+    def _message(self, message: str | bytes, now: float, dues: list[float],
+                 receive: Callable[[str | bytes], AudioReceived | list[TwilioEvent]] | None = None) -> str | None:
+        """One message through the stream (``receive``: :meth:`TwilioStream.receive_one` unless given) and to the
+        call, read at ``now``; each real frame's due time goes to ``dues``. The reason the stream ended, or None."""
         if self.debug:
             log.debug("twilio_message", stream_sid=self.proto.stream_sid, size=len(message))
         try:
-            got = self.receive(message)
+            got = (self.receive if receive is None else receive)(message)
         except TwilioProtocolError as exc:
             reason = self._rejected(exc)
             if reason is not None:

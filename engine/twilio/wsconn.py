@@ -186,23 +186,14 @@ class WsServerConnection(WsConnection):
         """Complete messages not yet taken (``pop(0)`` to take one), as :meth:`receive_message` would return them."""
         return self._messages
 
-    def message_nowait(self, data: bytes) -> str | None:
-        """The text message ``data`` carries when it is exactly one whole, masked text frame (a Twilio
-        media message as it is read, one per read), taken at once; else None, with nothing consumed: the
-        caller then hands ``data`` to :meth:`feed_nowait`.
+    def frame_nowait(self, data: bytes) -> bytes | None:
+        """The unmasked payload of the one whole, masked text frame ``data`` is (a Twilio media message as it is
+        read, one per read; :meth:`TextFrameDecoder.raw`), taken at once; else None, with nothing consumed: the
+        caller then hands ``data`` to :meth:`feed_nowait`. The caller decodes the payload (``raw.decode()``), or,
+        when that fails, hands ``data`` to :meth:`feed_nowait` too (wsproto reports it, 1007).
 
         Only while the fast decoder is in charge (upgraded; wsproto has received nothing, so it cannot be
         CLOSED), the connection is not closed and no message is queued before it (their order is kept).
-        """
-        fast = self._fast
-        if fast is None or self._closed is not None or self._messages:
-            return None
-        return fast.one(data)
-
-    def frame_nowait(self, data: bytes) -> bytes | None:
-        """:meth:`message_nowait` before the UTF-8 decode (:meth:`TextFrameDecoder.raw`): the unmasked payload of the
-        one whole text frame ``data`` is, taken at once, or None with nothing consumed. The caller decodes it
-        (``raw.decode()``), or, when that fails, hands ``data`` to :meth:`feed_nowait` (wsproto reports it, 1007).
 
         The per-message path of the Twilio reader: its fixed-layout parse takes the bytes as they are
         (:meth:`engine.twilio.protocol.TwilioStream.receive_frame`), with no ``str`` of the message built.

@@ -368,8 +368,8 @@ def test_fast_decoder_hands_over_oversized_frames() -> None:
     assert [e.data for e in server.events() if isinstance(e, TextMessage)] == ["b" * 200, "c"]
 
 
-async def test_message_nowait_takes_a_whole_frame_and_only_when_the_order_allows() -> None:
-    """The per-message path: a read that is one whole masked text frame comes back as its text at once; with a
+async def test_frame_nowait_takes_a_whole_frame_and_only_when_the_order_allows() -> None:
+    """The per-message path: a read that is one whole masked text frame comes back as its payload at once; with a
     message queued before it, wsproto in charge, the connection closed or not upgraded, it is None and nothing is
     consumed (feed_nowait then takes the same bytes, in order)."""
     client = Connection(ConnectionType.CLIENT)
@@ -382,16 +382,16 @@ async def test_message_nowait_takes_a_whole_frame_and_only_when_the_order_allows
         stream = conn._stream
         assert isinstance(stream, trio.SocketStream)
         fresh = WsServerConnection(stream, send_budget=Budget("send", 2000), max_message_size=1 << 20)
-        assert fresh.message_nowait(big[0]) is None  # not upgraded
-        assert conn.message_nowait(big[0]) == "0" * 200 and not conn.received
-        assert conn.message_nowait(big[0][:-1]) is None and not conn.received  # incomplete: nothing consumed
-        assert conn.message_nowait(big[1] + small) is None and not conn.received  # more than one frame
+        assert fresh.frame_nowait(big[0]) is None  # not upgraded
+        assert conn.frame_nowait(big[0]) == b"0" * 200 and not conn.received
+        assert conn.frame_nowait(big[0][:-1]) is None and not conn.received  # incomplete: nothing consumed
+        assert conn.frame_nowait(big[1] + small) is None and not conn.received  # more than one frame
         assert conn.feed_nowait(small) is False and list(conn.received) == ["s"]
-        assert conn.message_nowait(big[1]) is None  # a message is queued before it: order first
+        assert conn.frame_nowait(big[1]) is None  # a message is queued before it: order first
         assert conn.feed_nowait(big[1]) is False and list(conn.received) == ["s", "1" * 200]
         conn.received.clear()
         assert conn.feed_nowait(ping) is True  # a control frame: wsproto parses from here on
-        assert conn.message_nowait(big[2]) is None
+        assert conn.frame_nowait(big[2]) is None
         assert conn.feed_nowait(big[2]) is True
         await conn.process_events()
         assert list(conn.received) == ["2" * 200]
@@ -399,7 +399,7 @@ async def test_message_nowait_takes_a_whole_frame_and_only_when_the_order_allows
 
     async def serve_closed(conn: WsServerConnection) -> None:
         conn._set_closed(1011, "closed by a failed write")  # the fast decoder is still in charge
-        assert conn.message_nowait(big[0]) is None
+        assert conn.frame_nowait(big[0]) is None
         assert conn.feed_nowait(big[0]) is True and not conn.received  # the connection's task sees the close
         done.set()
 
