@@ -87,6 +87,7 @@ class RunResult:
     leases_timeout: float = 0.0
     recycles: dict[str, float] = field(default_factory=dict)
     foreign_results: float = 0.0
+    orphan_results: float = 0.0  # late answers after a lease that ended with audio pending (engine/rtzr/stream.py)
 
     @property
     def hit_rate(self) -> float:
@@ -211,6 +212,7 @@ def scrape_pool(result: RunResult, sample: dict[str, float]) -> None:
     result.leases_miss = c.metric(sample, "sori_rtzr_pool_leases_total", result="miss")
     result.leases_timeout = c.metric(sample, "sori_rtzr_pool_leases_total", result="timeout")
     result.foreign_results = c.metric(sample, "sori_rtzr_foreign_results_total")
+    result.orphan_results = c.metric(sample, "sori_rtzr_orphan_results_total")
     for key, value in sample.items():
         if key.startswith("sori_rtzr_pool_recycles_total{") and value:
             result.recycles[key.split('reason="', 1)[1].split('"', 1)[0]] = value
@@ -289,7 +291,7 @@ def report(results: dict[tuple[str, int], RunResult], ns: list[int]) -> str:
             lines.append(f"        pool hit rate {100 * r.hit_rate:.0f}% of leases (hit {r.leases_hit:.0f} / miss "
                          f"{r.leases_miss:.0f} / timeout {r.leases_timeout:.0f}), {100 * r.final_hit_rate:.0f}% of "
                          f"closing finals; sockets closed by reason: {recycles}; foreign results "
-                         f"{r.foreign_results:.0f}")
+                         f"{r.foreign_results:.0f}, orphan results {r.orphan_results:.0f}")
         for base in (b, z):
             gain = c.percentile(base.total, 50) - c.percentile(a.total, 50)
             gain_eos = c.percentile(base.eos_to_event, 50) - c.percentile(a.eos_to_event, 50)

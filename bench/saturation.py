@@ -67,6 +67,7 @@ class Setting:
     timeouts: float = 0.0
     saturated_429: float = 0.0
     foreign: float = 0.0
+    orphan: float = 0.0  # late answers after a lease that ended with audio pending (engine/rtzr/stream.py)
     recycles: dict[str, float] = field(default_factory=dict)
     leased_samples: list[float] = field(default_factory=list)
     waiting_samples: list[float] = field(default_factory=list)
@@ -175,6 +176,7 @@ def metrics_from(res: Setting, sample: dict[str, float]) -> None:
     res.timeouts = c.metric(sample, "sori_rtzr_pool_leases_total", result="timeout")
     res.saturated_429 = c.metric(sample, "sori_rtzr_pool_saturated_total")
     res.foreign = c.metric(sample, "sori_rtzr_foreign_results_total")
+    res.orphan = c.metric(sample, "sori_rtzr_orphan_results_total")
     for key, value in sample.items():
         if key.startswith("sori_rtzr_pool_recycles_total{") and value:
             res.recycles[key.split('reason="', 1)[1].split('"', 1)[0]] = value
@@ -238,7 +240,7 @@ def report(results: list[Setting]) -> str:
                      f"{max(r.waiting_samples, default=0):.0f}, open max {max(r.open_samples, default=0):.0f}, "
                      f"{len(r.leased_samples)} samples over {r.duration_s:.0f} s, engine CPU {r.engine_cpu_pct:.0f}% "
                      f"of a core, load sender lag p99 {r.sender_lag_p99:.1f} ms (valid ≤ {r.max_sender_lag_ms:.0f}), "
-                     f"sockets closed by reason: {recycles}, foreign results {r.foreign:.0f}")
+                     f"sockets closed by reason: {recycles}, foreign results {r.foreign:.0f}, orphan results {r.orphan:.0f}")
     return "\n".join(lines)
 
 
