@@ -15,6 +15,9 @@ The emulator's loop lag (``--lag-probe-ms``, ``GET /stats``) is, while the load 
 (``--lag-from-ticker``, the default: one loop, so the ticker's lag is the loop's; the probe task's 100 wake-ups
 a second are not run).
 
+``--trace-late FILE`` (diagnostic; bench/rig_trace.py): a Trio Instrument times every task step, I/O wait and
+GC pause and writes what ran before each late tick.
+
 The code is theirs, called as is: :class:`engine.rtzr.emulator.Emulator` (its HTTP auth endpoint, WebSocket
 sessions, read hub, ``--lag-probe-ms`` and ``GET /stats``) and :func:`loadgen.main_async` (the ticker, its
 tick lag and thread CPU, the ``--progress`` events). The options are the union of both tools' (``--port``
@@ -42,6 +45,7 @@ import _common  # noqa: F401  (puts the repo on sys.path)
 import loadgen
 import msgspec
 import trio
+from rig_trace import LateTrace
 
 from engine.log import setup_logging
 from engine.rtzr.emulator.cli import config_from_args
@@ -70,6 +74,13 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--gc-freeze", action=argparse.BooleanOptionalAction, default=True,
                    help="freeze start-up objects and raise the GC thresholds for the load (fewer pauses of the ticker)")
     p.add_argument("--profile", metavar="FILE", help="cProfile the whole run into FILE (pstats; slows the rig)")
+    p.add_argument("--trace-late", metavar="FILE",
+                   help="diagnostic: time every Trio task step, I/O wait and GC pause; write what ran before each "
+                        "late tick (bench/rig_trace.py) to FILE")
+    p.add_argument("--trace-late-ms", type=float, default=3.0, help="with --trace-late: a tick this late is traced")
+    p.add_argument("--trace-after-s", type=float, default=8.0,
+                   help="with --trace-late: start tracing this long after the load starts (once every call is live)")
+    p.add_argument("--trace-for-s", type=float, default=12.0, help="with --trace-late: trace this long")
     p.add_argument("--linger-s", type=float, default=2.0,
                    help="after the load, keep the emulator serving this long (inf: until SIGTERM)")
 
@@ -91,15 +102,24 @@ async def run_load(emulator: Emulator, args: argparse.Namespace) -> dict[str, ob
     """The load generator against ``args.url`` while ``emulator`` serves in the same run; its document, with
     the emulator's counters at the end of the load. A ``read_driven`` emulator reads after every tick."""
     hub = emulator.hub if emulator.config.read_driven else None
+    trace: LateTrace | None = getattr(args, "trace", None)
     overrun, least = args.read_overrun_ms / 1000, args.read_least_ms / 1000
 
-    def read_until(next_due: float) -> bool:
+    def read_until(next_due: float, ticks: int) -> bool:
         # The ticker comes first: reads stop this long after the next tick is due (the rest stay ready for the
         # next tick), so a burst of emulator input delays a tick by about that much at most. Not before it is
         # due: a tick wakes up to 1 ms late anyway (epoll's timeout is in whole ms), time reads would lose.
-        # But never less than `least` per tick: a late ticker catching up must not starve the emulator.
+        # But never less than `least`: a late ticker catching up must not starve the emulator. After a catch-up
+        # (``ticks`` > 1 written back to back) no more than that: the next tick's frames come first, and the
+        # backlog of input is read in the ticks that follow, up to `overrun` past each.
         assert hub is not None
-        return hub.drain(max(next_due + overrun, trio.current_time() + least))
+        until = max(next_due + overrun, trio.current_time() + least)
+        if trace is not None and trace.on:
+            t = time.perf_counter()
+            done = hub.drain(until)
+            trace.note_part(t, "<drain, in Ticker.run>")
+            return done
+        return hub.drain(until)
 
     if args.gc_freeze:
         # One process: the emulator's garbage collections pause the ticker too (full ones every ~0.3 s at 300
@@ -110,11 +130,23 @@ async def run_load(emulator: Emulator, args: argparse.Namespace) -> dict[str, ob
         gc.set_threshold(50_000, 50, 100)
     lag = emulator.stats.loop_lag
 
+    trace_from = trio.current_time() + args.trace_after_s
+
     def on_wake(late_s: float) -> None:
         lag.add(1000 * late_s)
+        if trace is not None:
+            now = trio.current_time()
+            if not trace.on and trace_from <= now < trace_from + args.trace_for_s:
+                trace.start()
+            elif trace.on and now >= trace_from + args.trace_for_s:
+                trace.stop()
+            trace.tick_woke(late_s)
 
     # One loop: the ticker's wake-up lag is the emulator's loop lag (its own probe task is not run, see main_async).
     doc = await loadgen.main_async(args, None if hub is None else read_until, on_wake if getattr(args, "lag_from_ticker", False) else None)
+    if trace is not None:
+        trace.stop()
+        trace.write(args.trace_late)
     doc["emulator_stats"] = msgspec.json.decode(emulator.stats_json())
     doc["rig"] = "one-process"
     return doc
@@ -188,6 +220,10 @@ def main() -> int:
                 trio.run(main_async, args)
             finally:
                 prof.dump_stats(args.profile)
+        return 0
+    if args.trace_late:
+        args.trace = LateTrace(args.trace_late_ms)
+        trio.run(main_async, args, instruments=[args.trace])
         return 0
     trio.run(main_async, args)
     return 0
