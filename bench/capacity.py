@@ -14,7 +14,9 @@ errors.
 
 Verdict by the rule: PASS when frame lag p99 ≤ 20 ms over the window, no final lost, no error, every call
 connected, engine ≤ 90 % of one core. INVALID (the rig or the machine, not the engine, was measured) when
-the load generator's sender lag p99 in the window is above ``--rig-lag-ms``, core 1 (load generator +
+the load generator's per-frame send lag p99 in the window (each frame's send time minus its due time, the origin
+being its call's least-delayed frame, as the engine's frame lag) is above ``--send-lag-ms`` (an older tree's load
+generator without it: its tick lag p99 above ``--rig-lag-ms``), core 1 (load generator +
 emulator) was above 90 %, the emulator's own event-loop lag p99 (its ``--lag-probe-ms`` histogram, window
 delta) or, one-process rig, the p99 of how long its reads kept spilling over into later ticks was above
 ``--emu-lag-ms``, other processes took more than ``--max-others`` % of the engine's core, or
@@ -540,6 +542,7 @@ def run_rig_only(n: int, corpus: list[c.CorpusCall], work: Path, args: argparse.
     standin = None
     try:
         extra = ["--trace-late", str(work / f"trace-{tag}.json")] if args.rig_trace and rig.one else []
+        extra += [] if args.catch_up else ["--no-catch-up"]
         rig.start_emulator(load_args(f"ws://127.0.0.1:{port}/twilio/media", n, corpus, progress, out, args) + extra)
         standin = c.spawn(rig_cmd([c.PY, str(c.ROOT / "bench" / "standin.py"), "--port", str(port), "--emulator",
                            f"127.0.0.1:{emu_port}", "--stats", str(stats_path)], args), cpu=0 if pin else None,
@@ -682,6 +685,9 @@ def main() -> int:
     p.add_argument("--ab-emulator", metavar="DIR",
                    help="with --rig-only: also run the emulator of the checkout DIR (an A/B in the same run; "
                         "in the two-process rig)")
+    p.add_argument("--catch-up", action=argparse.BooleanOptionalAction, default=True,
+                   help="with --rig-only: the load generator writes overdue ticks back to back after a stall (no: one "
+                        "tick per wake-up, round 6's ticker; an A/B)")
     p.add_argument("--rig-trace", action="store_true",
                    help="with --rig-only, one-process rig: trace what ran before each late tick (bench/rig_trace.py; "
                         "diagnostic, its hooks cost CPU) into the work directory")
