@@ -95,3 +95,16 @@ def test_frame_lag_reads_the_window_whole_seconds() -> None:
     p99, top, frames = loadgen.frame_lag(doc, 101.0, 103.0)
     assert (p99, top, frames) == (11 * width, 5.3, 200)
     assert math.isnan(loadgen.frame_lag({"frame_lag_hist": []}, 0, 1)[0])
+
+
+def test_the_rig_is_judged_on_its_frame_send_lag_and_an_older_document_on_its_tick_lag() -> None:
+    import argparse
+
+    import capacity
+
+    args = argparse.Namespace(send_lag_ms=5.0, rig_lag_ms=5.0)
+    assert capacity.rig_lag_invalid(5.0, 30.0, args) == []  # the frames were on time: a late tick wrote none late
+    assert capacity.rig_lag_invalid(5.5, 1.0, args) == ["load generator per-frame send lag p99 5.5 ms > 5"]
+    assert capacity.rig_lag_invalid(math.nan, 1.0, args) == []
+    assert capacity.rig_lag_invalid(math.nan, 7.25, args) == ["load generator tick lag p99 7.2 ms > 5"]
+    assert capacity.rig_lag_invalid(math.nan, math.nan, args) != []  # no figure at all: not shown to keep up
