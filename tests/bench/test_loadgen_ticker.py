@@ -108,3 +108,36 @@ def test_the_rig_is_judged_on_its_frame_send_lag_and_an_older_document_on_its_ti
     assert capacity.rig_lag_invalid(math.nan, 1.0, args) == []
     assert capacity.rig_lag_invalid(math.nan, 7.25, args) == ["load generator tick lag p99 7.2 ms > 5"]
     assert capacity.rig_lag_invalid(math.nan, math.nan, args) != []  # no figure at all: not shown to keep up
+
+
+def test_a_real_time_rig_reads_demoted_and_is_real_time_again_after(monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+
+    import rig
+
+    calls: list[object] = []
+    policy = {"now": getattr(os, "SCHED_FIFO", 1)}
+    monkeypatch.setattr(os, "SCHED_FIFO", policy["now"], raising=False)
+    monkeypatch.setattr(os, "SCHED_OTHER", 0, raising=False)
+    monkeypatch.setattr(os, "sched_getscheduler", lambda pid: policy["now"], raising=False)
+    monkeypatch.setattr(os, "sched_getparam", lambda pid: "fifo 2", raising=False)
+    monkeypatch.setattr(os, "setpriority", lambda *a: calls.append(("nice", a[2])))
+
+    def setscheduler(pid: int, pol: int, param: object) -> None:
+        calls.append((pol, param if pol else "other"))
+        policy["now"] = pol
+
+    monkeypatch.setattr(os, "sched_setscheduler", setscheduler, raising=False)
+    fifo = os.SCHED_FIFO
+    demoted = rig.Demoted.of_this_thread()
+    with demoted:
+        assert policy["now"] == os.SCHED_OTHER  # the reads: out of the real-time budget
+    assert calls == [("nice", -20), (os.SCHED_OTHER, "other"), (fifo, "fifo 2")]
+    with pytest.raises(ValueError), demoted:  # a read that raised still gives the ticker its priority back
+        raise ValueError
+    assert policy["now"] == fifo
+    calls.clear()
+    policy["now"] = os.SCHED_OTHER  # a rig that is not real-time (--no-rt) is left alone
+    with rig.Demoted.of_this_thread():
+        pass
+    assert calls == []
