@@ -543,7 +543,7 @@ def run_rig_only(n: int, corpus: list[c.CorpusCall], work: Path, args: argparse.
     try:
         extra = ["--trace-late", str(work / f"trace-{tag}.json")] if args.rig_trace and rig.one else []
         extra += [] if args.catch_up else ["--no-catch-up"]
-        extra += [] if args.demote_reads or not rig.one else ["--no-demote-reads"]
+        extra += ["--demote-reads"] if args.demote_reads and rig.one else []
         rig.start_emulator(load_args(f"ws://127.0.0.1:{port}/twilio/media", n, corpus, progress, out, args) + extra)
         standin = c.spawn(rig_cmd([c.PY, str(c.ROOT / "bench" / "standin.py"), "--port", str(port), "--emulator",
                            f"127.0.0.1:{emu_port}", "--stats", str(stats_path)], args), cpu=0 if pin else None,
@@ -689,9 +689,9 @@ def main() -> int:
     p.add_argument("--catch-up", action=argparse.BooleanOptionalAction, default=True,
                    help="with --rig-only: the load generator writes overdue ticks back to back after a stall (no: one "
                         "tick per wake-up, round 6's ticker; an A/B)")
-    p.add_argument("--demote-reads", action=argparse.BooleanOptionalAction, default=True,
+    p.add_argument("--demote-reads", action="store_true",
                    help="with --rig-only, one-process rig: its emulator reads run SCHED_OTHER nice -20, out of the "
-                        "kernel's real-time budget (no: all SCHED_FIFO, as round 6; an A/B)")
+                        "kernel's real-time budget (bench/rig.py --demote-reads; an experiment)")
     p.add_argument("--rig-trace", action="store_true",
                    help="with --rig-only, one-process rig: trace what ran before each late tick (bench/rig_trace.py; "
                         "diagnostic, its hooks cost CPU) into the work directory")

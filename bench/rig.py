@@ -73,9 +73,10 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lag-from-ticker", action=argparse.BooleanOptionalAction, default=True,
                    help="with --lag-probe-ms: the emulator's loop-lag histogram gets the ticker's wake-up lag of "
                         "every tick instead of running its own probe task")
-    p.add_argument("--demote-reads", action=argparse.BooleanOptionalAction, default=True,
-                   help="a SCHED_FIFO rig reads the emulator's input as SCHED_OTHER nice -20, so it stays within the "
-                        "kernel's real-time budget (no: everything real-time, RT-throttled for up to 50 ms when over)")
+    p.add_argument("--demote-reads", action=argparse.BooleanOptionalAction, default=False,
+                   help="a SCHED_FIFO rig reads the emulator's input as SCHED_OTHER nice -20, out of the kernel's "
+                        "real-time budget (an experiment: on a busy machine other processes then take the core; "
+                        "BENCHMARKS.md round 7)")
     p.add_argument("--gc-freeze", action=argparse.BooleanOptionalAction, default=True,
                    help="freeze start-up objects and raise the GC thresholds for the load (fewer pauses of the ticker)")
     p.add_argument("--profile", metavar="FILE", help="cProfile the whole run into FILE (pstats; slows the rig)")
@@ -98,7 +99,9 @@ class Demoted:
     tick stall of the one-process rig at 600 calls). Its emulator reads (``ReadHub.drain``, ≈ 30 % of the core at
     600 calls) run demoted, so only the ticker's writes and the session tasks spend the real-time budget (≈ 50 %):
     nice −20 still gives the reads ≈ 99 % of the core against normal tasks. Two ``sched_setscheduler`` calls per
-    tick. Nothing happens for a thread that is not SCHED_FIFO (``--no-rt``, no permission)."""
+    tick. Nothing happens for a thread that is not SCHED_FIFO (``--no-rt``, no permission). Off by default: on the
+    shared VM other processes took the demoted reads' core (1157 involuntary switches in 10 s, reads seconds
+    behind, ticks 17–61 ms late at p99); untried on a quiet machine."""
 
     def __init__(self, fifo: os.sched_param | None) -> None:
         self._fifo = fifo
@@ -142,7 +145,7 @@ async def run_load(emulator: Emulator, args: argparse.Namespace) -> dict[str, ob
     hub = emulator.hub if emulator.config.read_driven else None
     trace: LateTrace | None = getattr(args, "trace", None)
     overrun, least = args.read_overrun_ms / 1000, args.read_least_ms / 1000
-    demoted = Demoted.of_this_thread() if getattr(args, "demote_reads", True) else contextlib.nullcontext()
+    demoted = Demoted.of_this_thread() if getattr(args, "demote_reads", False) else contextlib.nullcontext()
 
     def read_until(next_due: float, ticks: int) -> bool:
         # The ticker comes first: reads stop this long after the next tick is due (the rest stay ready for the
