@@ -553,8 +553,9 @@ def frame_lag(load: dict[str, Any], t_from: float, t_to: float) -> tuple[float, 
     for j, n in enumerate(total):
         seen += n
         if seen >= need:
-            return (j + 1) * width, round(top, 2), frames
-    return LAG_BUCKETS * width, round(top, 2), frames  # the last bucket: at least this
+            break
+    # the last bucket holds everything from LAG_BUCKETS * width up: a lower bound there
+    return min(j + 1, LAG_BUCKETS) * width, round(top, 2), frames
 
 
 def configure_parser(p: argparse.ArgumentParser) -> None:

@@ -141,3 +141,9 @@ def test_a_real_time_rig_reads_demoted_and_is_real_time_again_after(monkeypatch:
     with rig.Demoted.of_this_thread():
         pass
     assert calls == []
+
+
+def test_frame_lag_past_the_last_bucket_is_its_lower_bound() -> None:
+    doc = {"tick_start_wall": 0.0, "frame_lag_bucket_ms": loadgen.LAG_BUCKET_MS,
+           "frame_lag_hist": [[1] + [0] * (loadgen.LAG_BUCKETS - 1) + [99]], "frame_lag_max_ms": [250.0]}
+    assert loadgen.frame_lag(doc, 0.0, 1.0) == (loadgen.LAG_BUCKETS * loadgen.LAG_BUCKET_MS, 250.0, 100)
