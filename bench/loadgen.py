@@ -17,14 +17,20 @@ then the engine closes. What makes it cheap:
   no task wake-up per call per frame. It waits on a periodic timerfd (Linux; ``--no-timerfd``: ``trio.sleep_until``
   as before), which costs no cancel scope or Cancelled exception per tick and fires on time (Trio's epoll
   timeout is rounded up to whole ms). Only a socket the engine stops draining gets its own flusher task.
-  Its hot path (a call mid-stream, nothing backlogged) is ``Conn.write`` inlined. What it cannot make cheap
+  Its hot path (a call mid-stream, nothing backlogged) is ``Conn.write`` inlined. When the process was held up
+  (a stall of the VM's core, RT throttling) every overdue tick is written back to back before anything else runs
+  (``--no-catch-up``: one tick per wake-up, the emulator's reads between them, as before), so a stall of S ms
+  makes ~S / 2 ms ticks late rather than ~S / (2 ms × the core's idle share). What it cannot make cheap
   is the kernel: a loopback TCP ``send`` costs ≈ 7–13 µs of system time on the 2-vCPU VM (BENCHMARKS.md).
 
 Prints (or writes to ``--out``) one JSON document: per call ``t0_wall`` (Unix time at which audio position 0
 started, so frame k is due at ``t0_wall + (k + 1) * 20 ms``), and the rig's own lag: for every 2 ms tick,
 the time its last write returned minus the tick's due time (``tick_lag_ms``, tick i due at
 ``tick_start_wall + i * tick_step_s``; ``sender_lag_ms_p50/p99/max`` summarise it) and its thread CPU writing
-(``tick_cpu_ms``: the one-process rig's load-generator share). ``--progress FILE`` appends
+(``tick_cpu_ms``: the one-process rig's load-generator share), and every frame's send lag by the engine's frame-lag
+rule (sent − due, minus the call's least (sent − due) so far: the origin is its least-delayed frame), as one
+histogram per second of ticks (``frame_lag_hist``, 0.5 ms buckets; ``frame_lag_max_ms``; :func:`frame_lag` reads
+a window's p99 / max: what the rig adds to the engine's ``twilio_frame_lag_ms``). ``--progress FILE`` appends
 ``{"event": "all_live"}`` (every call is streaming) and ``{"event": "first_done"}`` lines as they happen.
 
     python bench/loadgen.py ws://127.0.0.1:8080/twilio/media --calls 50 --audio a.wav b.wav --repeat 1
@@ -34,6 +40,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import random
 import socket
@@ -41,6 +48,7 @@ import sys
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from typing import Any
 from urllib.parse import urlsplit
 
 import _common
@@ -66,6 +74,12 @@ from engine.twilio.simulator import frames_of, load_audio
 FRAME_S = 0.020
 GROUPS = 10
 TIMER_EARLY_S = 0.0002  # a timer expiry this close before a tick's due time is the tick's (clock rounding)
+# Per-frame send lag (Ticker.frame_hist): one histogram per second of ticks, LAG_BUCKET_MS wide buckets, the last
+# one everything from LAG_BUCKETS * LAG_BUCKET_MS up.
+LAG_BUCKET_MS = 0.5
+LAG_PER_S = 1000 / LAG_BUCKET_MS
+LAG_BUCKETS = 200
+SECOND_TICKS = GROUPS * 50  # ticks per second
 SID_PLACEHOLDER = "MZ" + "0" * 32  # every streamSid is "MZ" + 32 hex digits: same length, so frames can be shared
 
 
@@ -124,6 +138,7 @@ class Conn:
     sid: bytes = b""
     sent: int = 0
     t0: float = 0.0  # trio clock: audio position 0
+    least: float = math.inf  # the least (sent - due) of this call's frames so far: the frame-lag origin
     error: str | None = None
     backlog: bytearray = field(default_factory=bytearray)  # bytes the socket did not take yet (engine not reading)
     stalls: int = 0  # how often a write found the socket full
@@ -166,8 +181,9 @@ class Conn:
 class Ticker:
     """Every 2 ms, writes the next frame to every active call of the current phase group."""
 
-    def __init__(self, calls: int, progress: str | None, after_tick: Callable[[float], bool] | None = None,
-                 *, use_timerfd: bool = True, on_wake: Callable[[float], None] | None = None) -> None:
+    def __init__(self, calls: int, progress: str | None, after_tick: Callable[[float, int], bool] | None = None,
+                 *, use_timerfd: bool = True, on_wake: Callable[[float], None] | None = None,
+                 catch_up: bool = True) -> None:
         self.groups: list[list[Conn]] = [[] for _ in range(GROUPS)]
         self.lag: list[float] = []
         self.cpu: list[float] = []  # per tick, this thread's CPU time writing the frames (the one-process rig's split)
@@ -178,11 +194,16 @@ class Ticker:
         self.finished = 0
         self.progress = progress
         # bench/rig.py: the emulator reads its input here, after the tick's writes, until the next tick is due
-        # (its argument); False: it stopped there with input left for the next tick (recorded per tick).
+        # (its first argument; the second: how many ticks were just written, > 1 after a catch-up); False: it
+        # stopped there with input left for the next tick (recorded per tick, for each tick written).
         self.after_tick = after_tick
         self.deferred: list[int] = []
         self.use_timerfd = use_timerfd
         self.on_wake = on_wake  # each tick's wake-up lag, s (bench/rig.py: the emulator's loop-lag histogram)
+        self.catch_up = catch_up  # overdue ticks written back to back (--no-catch-up: one per wake-up, as before)
+        self.merged = 0  # ticks written right after another one, without a wake-up of their own
+        self.frame_hist: list[list[int]] = []  # per second of ticks: frames by send lag (LAG_BUCKET_MS buckets)
+        self.frame_max: list[float] = []  # per second of ticks: the largest frame send lag, s
 
     def live_or_failed(self, live: int = 0, failed: int = 0) -> None:
         """Count a call that started streaming or failed to connect; ``all_live`` once every call is one or the other."""
@@ -205,6 +226,11 @@ class Ticker:
         cpu = time.thread_time
         join = b"".join
         timer = TimerFd.periodic(step) if self.use_timerfd else None
+        # Frames are timed on perf_counter (a C call; Trio's clock is perf_counter + a fixed offset), or on Trio's
+        # clock itself under a test's MockClock.
+        frame_clock: Callable[[], float] = clock if isinstance(trio.lowlevel.current_clock(), trio.testing.MockClock) \
+            else time.perf_counter
+        offset = clock() - frame_clock()
         try:
             while True:
                 due = start + tick * step
@@ -217,20 +243,39 @@ class Ticker:
                     await trio.lowlevel.checkpoint()
                 if self.on_wake is not None:
                     self.on_wake(clock() - due)
-                cpu_a = cpu()
-                self.tick(self.groups[tick % GROUPS], due, join)
-                self.lag.append(clock() - due)
-                self.cpu.append(cpu() - cpu_a)
-                tick += 1
+                # This tick, and every later one already due (the ticker was held up: a stall of the process or
+                # of the VM's core), back to back: the overdue frames go out at write speed, not one tick's
+                # worth per 2 ms with the emulator's reads in between, so a stall of S ms delays ~S / 2 ms ticks
+                # instead of ~S / (2 ms × the core's idle share). The emulator then reads the merged ticks' input.
+                merged = 0
+                while True:
+                    if tick % SECOND_TICKS == 0:
+                        self.frame_hist.append([0] * (LAG_BUCKETS + 1))
+                        self.frame_max.append(0.0)
+                    cpu_a = cpu()
+                    self.tick(self.groups[tick % GROUPS], due, join, frame_clock, due - offset)
+                    self.lag.append(clock() - due)
+                    self.cpu.append(cpu() - cpu_a)
+                    tick += 1
+                    merged += 1
+                    due = start + tick * step
+                    if not self.catch_up or clock() < due - TIMER_EARLY_S:
+                        break
+                self.merged += merged - 1
                 if self.after_tick is not None:
-                    self.deferred.append(0 if self.after_tick(start + tick * step) else 1)
+                    flag = 0 if self.after_tick(due, merged) else 1
+                    self.deferred.extend([flag] * merged)
         finally:
             if timer is not None:
                 timer.close()
 
-    def tick(self, group: list[Conn], due: float, join: Callable[[Iterable[bytes]], bytes]) -> None:
-        """Every call of ``group`` its next frame (a call's first frame starts its clock; after its last, ``stop``)."""
+    def tick(self, group: list[Conn], due: float, join: Callable[[Iterable[bytes]], bytes],
+             frame_clock: Callable[[], float], frame_due: float) -> None:
+        """Every call of ``group`` its next frame (a call's first frame starts its clock; after its last, ``stop``).
+        Each frame's send lag goes into this second's histogram (``frame_due``: ``due`` on ``frame_clock``)."""
         gone: list[Conn] = []
+        hist = self.frame_hist[-1]
+        top = self.frame_max[-1]
         for conn in group:
             k = conn.sent
             if 0 < k < conn.last and not conn.backlog and conn.error is None:
@@ -249,6 +294,15 @@ class Ticker:
                     conn.stalls += 1
                     conn.wake.set()
                 conn.sent = k + 1
+                # The engine's frame-lag rule: lag = (sent - due) - the call's least (sent - due) so far.
+                late = frame_clock() - frame_due
+                if late < conn.least:
+                    conn.least = late
+                late -= conn.least
+                i = int(late * LAG_PER_S)
+                hist[i if i < LAG_BUCKETS else LAG_BUCKETS] += 1
+                if late > top:
+                    top = self.frame_max[-1] = late
                 continue
             if k == 0:
                 conn.t0 = due - FRAME_S
@@ -256,6 +310,11 @@ class Ticker:
             if k < len(conn.frames.before):
                 conn.write(b"".join((conn.frames.before[k], conn.sid, conn.frames.after[k])))
                 conn.sent = k + 1
+                late = frame_clock() - frame_due
+                conn.least = min(conn.least, late)
+                i = int((late - conn.least) * LAG_PER_S)
+                hist[min(i, LAG_BUCKETS)] += 1
+                top = self.frame_max[-1] = max(top, late - conn.least)
             else:
                 gone.append(conn)
                 conn.write(client_text_frame(encode(StopMessage(
@@ -419,14 +478,15 @@ def build_calls(args: argparse.Namespace) -> list[Conn]:
     return [Conn(i, args.audio[i % len(args.audio)], encoded[args.audio[i % len(args.audio)]]) for i in range(args.calls)]
 
 
-async def main_async(args: argparse.Namespace, after_tick: Callable[[float], bool] | None = None,
+async def main_async(args: argparse.Namespace, after_tick: Callable[[float, int], bool] | None = None,
                      on_wake: Callable[[float], None] | None = None) -> dict[str, object]:
     parts = urlsplit(args.url)
     host, port, path = parts.hostname or "127.0.0.1", parts.port or 80, parts.path or "/"
     conns = build_calls(args)
     # The timer runs on the system's clock: not under a test's MockClock.
     timerfd = getattr(args, "timerfd", True) and not isinstance(trio.lowlevel.current_clock(), trio.testing.MockClock)
-    ticker = Ticker(len(conns), args.progress, after_tick, use_timerfd=timerfd, on_wake=on_wake)
+    ticker = Ticker(len(conns), args.progress, after_tick, use_timerfd=timerfd, on_wake=on_wake,
+                    catch_up=getattr(args, "catch_up", True))
     rng = random.Random(args.seed)
     wall_offset = time.time() - trio.current_time()
     began = time.monotonic()
@@ -452,8 +512,50 @@ async def main_async(args: argparse.Namespace, after_tick: Callable[[float], boo
         "tick_lag_ms": [round(1000 * x, 3) for x in ticker.lag],
         "tick_cpu_ms": [round(1000 * x, 3) for x in ticker.cpu],
         "tick_deferred": ticker.deferred,  # after_tick stopped at the next tick with work left (one-process rig)
+        "ticks_merged": ticker.merged,
+        # per second of ticks (second i: ticks due in [tick_start_wall + i, + i + 1)): frames by send lag
+        "frame_lag_bucket_ms": LAG_BUCKET_MS,
+        "frame_lag_hist": [_trim(h) for h in ticker.frame_hist],
+        "frame_lag_max_ms": [round(1000 * x, 3) for x in ticker.frame_max],
         "duration_s": round(time.monotonic() - began, 2),
     }
+
+
+def _trim(counts: list[int]) -> list[int]:
+    """A histogram without its trailing empty buckets."""
+    n = len(counts)
+    while n and not counts[n - 1]:
+        n -= 1
+    return counts[:n]
+
+
+def frame_lag(load: dict[str, Any], t_from: float, t_to: float) -> tuple[float, float, int]:
+    """Per-frame send lag (ms) p99 and max, and the frame count, over the whole seconds of ticks due inside
+    [t_from, t_to) (wall clock); p99 is its bucket's upper bound. NaN without ``frame_lag_hist`` (an older tree)."""
+    hists: list[list[int]] = load.get("frame_lag_hist") or []
+    if not hists:
+        return math.nan, math.nan, 0
+    start, width = float(load["tick_start_wall"]), float(load["frame_lag_bucket_ms"])
+    lo, hi = max(0, math.ceil(t_from - start)), min(len(hists), math.floor(t_to - start))
+    total: list[int] = []
+    top = 0.0
+    for i in range(lo, hi):
+        h = hists[i]
+        if len(h) > len(total):
+            total += [0] * (len(h) - len(total))
+        for j, n in enumerate(h):
+            total[j] += n
+        top = max(top, float(load["frame_lag_max_ms"][i]))
+    frames = sum(total)
+    if not frames:
+        return math.nan, math.nan, 0
+    need, seen = 0.99 * frames, 0
+    for j, n in enumerate(total):
+        seen += n
+        if seen >= need:
+            break
+    # the last bucket holds everything from LAG_BUCKETS * width up: a lower bound there
+    return min(j + 1, LAG_BUCKETS) * width, round(top, 2), frames
 
 
 def configure_parser(p: argparse.ArgumentParser) -> None:
@@ -467,6 +569,8 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--progress", metavar="FILE", help="append all_live / first_done lines here as they happen")
     p.add_argument("--out", default="-")
+    p.add_argument("--catch-up", action=argparse.BooleanOptionalAction, default=True,
+                   help="a held-up ticker writes every overdue tick back to back (no: one tick per wake-up)")
     p.add_argument("--timerfd", action=argparse.BooleanOptionalAction, default=True,
                    help="the ticker waits on a periodic timerfd (Linux), not trio.sleep_until")
 

@@ -15,6 +15,9 @@ The emulator's loop lag (``--lag-probe-ms``, ``GET /stats``) is, while the load 
 (``--lag-from-ticker``, the default: one loop, so the ticker's lag is the loop's; the probe task's 100 wake-ups
 a second are not run).
 
+``--trace-late FILE`` (diagnostic; bench/rig_trace.py): a Trio Instrument times every task step, I/O wait and
+GC pause and writes what ran before each late tick.
+
 The code is theirs, called as is: :class:`engine.rtzr.emulator.Emulator` (its HTTP auth endpoint, WebSocket
 sessions, read hub, ``--lag-probe-ms`` and ``GET /stats``) and :func:`loadgen.main_async` (the ticker, its
 tick lag and thread CPU, the ``--progress`` events). The options are the union of both tools' (``--port``
@@ -32,9 +35,11 @@ keeps the emulator answering (the engine's last EOS) for ``--linger-s`` (``inf``
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
 import json
 import math
+import os
 import signal
 import time
 
@@ -42,6 +47,7 @@ import _common  # noqa: F401  (puts the repo on sys.path)
 import loadgen
 import msgspec
 import trio
+from rig_trace import LateTrace
 
 from engine.log import setup_logging
 from engine.rtzr.emulator.cli import config_from_args
@@ -67,11 +73,57 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lag-from-ticker", action=argparse.BooleanOptionalAction, default=True,
                    help="with --lag-probe-ms: the emulator's loop-lag histogram gets the ticker's wake-up lag of "
                         "every tick instead of running its own probe task")
+    p.add_argument("--demote-reads", action=argparse.BooleanOptionalAction, default=False,
+                   help="a SCHED_FIFO rig reads the emulator's input as SCHED_OTHER nice -20, out of the kernel's "
+                        "real-time budget (an experiment: on a busy machine other processes then take the core; "
+                        "BENCHMARKS.md round 7)")
     p.add_argument("--gc-freeze", action=argparse.BooleanOptionalAction, default=True,
                    help="freeze start-up objects and raise the GC thresholds for the load (fewer pauses of the ticker)")
     p.add_argument("--profile", metavar="FILE", help="cProfile the whole run into FILE (pstats; slows the rig)")
+    p.add_argument("--trace-late", metavar="FILE",
+                   help="diagnostic: time every Trio task step, I/O wait and GC pause; write what ran before each "
+                        "late tick (bench/rig_trace.py) to FILE")
+    p.add_argument("--trace-late-ms", type=float, default=3.0, help="with --trace-late: a tick this late is traced")
+    p.add_argument("--trace-after-s", type=float, default=8.0,
+                   help="with --trace-late: start tracing this long after the load starts (once every call is live)")
+    p.add_argument("--trace-for-s", type=float, default=12.0, help="with --trace-late: trace this long")
     p.add_argument("--linger-s", type=float, default=2.0,
                    help="after the load, keep the emulator serving this long (inf: until SIGTERM)")
+
+
+class Demoted:
+    """While entered, this SCHED_FIFO thread runs as SCHED_OTHER at nice −20 (its real-time policy back on exit).
+
+    The kernel lets all SCHED_FIFO tasks of a core run 950 ms per second (``kernel.sched_rt_runtime_us``); a rig
+    that needs more in some second is stopped for the rest of it, up to 50 ms (BENCHMARKS.md, round 7: every ≈ 50 ms
+    tick stall of the one-process rig at 600 calls). Its emulator reads (``ReadHub.drain``, ≈ 30 % of the core at
+    600 calls) run demoted, so only the ticker's writes and the session tasks spend the real-time budget (≈ 50 %):
+    nice −20 still gives the reads ≈ 99 % of the core against normal tasks. Two ``sched_setscheduler`` calls per
+    tick. Nothing happens for a thread that is not SCHED_FIFO (``--no-rt``, no permission). Off by default: on the
+    shared VM other processes took the demoted reads' core (1157 involuntary switches in 10 s, reads seconds
+    behind, ticks 17–61 ms late at p99); untried on a quiet machine."""
+
+    def __init__(self, fifo: os.sched_param | None) -> None:
+        self._fifo = fifo
+        self._other = os.sched_param(0)
+
+    @staticmethod
+    def of_this_thread() -> Demoted:
+        if not hasattr(os, "sched_getscheduler") or os.sched_getscheduler(0) != os.SCHED_FIFO:
+            return Demoted(None)
+        try:
+            os.setpriority(os.PRIO_PROCESS, 0, -20)  # the demoted share against normal tasks (this thread)
+        except OSError:
+            pass
+        return Demoted(os.sched_getparam(0))
+
+    def __enter__(self) -> None:
+        if self._fifo is not None:
+            os.sched_setscheduler(0, os.SCHED_OTHER, self._other)
+
+    def __exit__(self, *exc: object) -> None:
+        if self._fifo is not None:
+            os.sched_setscheduler(0, os.SCHED_FIFO, self._fifo)
 
 
 def note(progress: str | None, event: str) -> None:
@@ -91,15 +143,26 @@ async def run_load(emulator: Emulator, args: argparse.Namespace) -> dict[str, ob
     """The load generator against ``args.url`` while ``emulator`` serves in the same run; its document, with
     the emulator's counters at the end of the load. A ``read_driven`` emulator reads after every tick."""
     hub = emulator.hub if emulator.config.read_driven else None
+    trace: LateTrace | None = getattr(args, "trace", None)
     overrun, least = args.read_overrun_ms / 1000, args.read_least_ms / 1000
+    demoted = Demoted.of_this_thread() if getattr(args, "demote_reads", False) else contextlib.nullcontext()
 
-    def read_until(next_due: float) -> bool:
+    def read_until(next_due: float, ticks: int) -> bool:
         # The ticker comes first: reads stop this long after the next tick is due (the rest stay ready for the
         # next tick), so a burst of emulator input delays a tick by about that much at most. Not before it is
         # due: a tick wakes up to 1 ms late anyway (epoll's timeout is in whole ms), time reads would lose.
-        # But never less than `least` per tick: a late ticker catching up must not starve the emulator.
+        # But never less than `least`: a late ticker catching up must not starve the emulator. After a catch-up
+        # (``ticks`` > 1 written back to back) no more than that: the next tick's frames come first, and the
+        # backlog of input is read in the ticks that follow, up to `overrun` past each.
         assert hub is not None
-        return hub.drain(max(next_due + overrun, trio.current_time() + least))
+        until = max(next_due + overrun, trio.current_time() + least)
+        with demoted:
+            if trace is not None and trace.on:
+                t = time.perf_counter()
+                done = hub.drain(until)
+                trace.note_part(t, "<drain, in Ticker.run>")
+                return done
+            return hub.drain(until)
 
     if args.gc_freeze:
         # One process: the emulator's garbage collections pause the ticker too (full ones every ~0.3 s at 300
@@ -110,11 +173,23 @@ async def run_load(emulator: Emulator, args: argparse.Namespace) -> dict[str, ob
         gc.set_threshold(50_000, 50, 100)
     lag = emulator.stats.loop_lag
 
+    trace_from = trio.current_time() + args.trace_after_s
+
     def on_wake(late_s: float) -> None:
         lag.add(1000 * late_s)
+        if trace is not None:
+            now = trio.current_time()
+            if not trace.on and trace_from <= now < trace_from + args.trace_for_s:
+                trace.start()
+            elif trace.on and now >= trace_from + args.trace_for_s:
+                trace.stop()
+            trace.tick_woke(late_s)
 
     # One loop: the ticker's wake-up lag is the emulator's loop lag (its own probe task is not run, see main_async).
     doc = await loadgen.main_async(args, None if hub is None else read_until, on_wake if getattr(args, "lag_from_ticker", False) else None)
+    if trace is not None:
+        trace.stop()
+        trace.write(args.trace_late)
     doc["emulator_stats"] = msgspec.json.decode(emulator.stats_json())
     doc["rig"] = "one-process"
     return doc
@@ -188,6 +263,10 @@ def main() -> int:
                 trio.run(main_async, args)
             finally:
                 prof.dump_stats(args.profile)
+        return 0
+    if args.trace_late:
+        args.trace = LateTrace(args.trace_late_ms)
+        trio.run(main_async, args, instruments=[args.trace])
         return 0
     trio.run(main_async, args)
     return 0
