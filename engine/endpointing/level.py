@@ -87,6 +87,10 @@ SNR_ALPHA = 0.02
 #: gate was open in the last RECENT_FRAMES frames, and holds still after that (round 6: the caller is silent).
 TALKER_UP = 0.2
 DECAY_DB = 0.02
+#: Round 7: frames over the on bar count as speech while the gate waits for its run (see ``_level``).
+PROVISIONAL = True
+#: Round 7: an engaged line's busy state ends on the loudest of the last BLOCKS block minima, not the quietest.
+ROBUST_OFF = True
 
 _NONE = -math.inf  # a level not measured yet
 
@@ -146,7 +150,14 @@ class LevelBandClassifier(BandClassifier):
                 # Off against the quietest floors since the line went busy: the floors creep up into the babble
                 # (its dips), which round 5 took for the babble going away.
                 quiet = self._quiet = fl if fl < self._quiet else self._quiet
-                busy = ring - (quiet if self._engaged else fl) >= BUSY_OFF_DB
+                if self._engaged:
+                    # Round 7: off only when every block of the last 1.28 s had a frame under the quiet floors
+                    # (the line went quiet), not on one dip: babble built of other talkers' phrases has short
+                    # pauses of its own, and one frame at the floors turned a 10 dB babble line's gate off.
+                    ref = max(self._mins) if ROBUST_OFF and len(self._mins) == BLOCKS else ring
+                    busy = ref - quiet >= BUSY_OFF_DB
+                else:
+                    busy = ring - fl >= BUSY_OFF_DB
             else:
                 busy = ring - fl >= BUSY_DB
                 self._quiet = fl
@@ -175,16 +186,24 @@ class LevelBandClassifier(BandClassifier):
                 on = max(low + START_DB, talker - ON_DROP_DB, hold)
                 need = ON_FRAMES
             above = self._above + 1 if x > on else 0
+            gate = True
             if not self._gate:
-                out = above >= need
+                gate = above >= need
+                # Round 7: a frame over the bar is speech while the gate waits for its run (it opens on the
+                # run's last frame): a run too short to open it is shorter than the Endpointer's confirming
+                # run, so it starts nothing, and a run that opens it starts where it began, not need − 1
+                # frames later.
+                out = gate or (PROVISIONAL and above > 0)
                 self._left = TAIL_FRAMES
             elif x > hold:
                 self._left = TAIL_FRAMES
             elif self._left > 0:
                 self._left -= 1
             else:
-                out = False
-        self._gate = out and self._engaged
+                out = gate = False
+        else:
+            gate = out
+        self._gate = gate and self._engaged
         self._since = 0 if self._gate else since
         self._above = above
         if busy and x > talker and x > low + LEARN_DB:
