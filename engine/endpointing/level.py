@@ -89,6 +89,9 @@ TALKER_UP = 0.2
 DECAY_DB = 0.02
 #: Round 7: frames over the on bar count as speech while the gate waits for its run (see ``_level``).
 PROVISIONAL = True
+#: Round 7: on an engaged line the measured SNR, like the talker's level, stops moving RECENT_FRAMES after the
+#: gate's last open frame (the caller is silent: no new evidence about the talker).
+FREEZE_SNR = True
 #: Round 7: an engaged line's busy state ends on the loudest of the last BLOCKS block minima, not the quietest.
 ROBUST_OFF = True
 
@@ -166,7 +169,7 @@ class LevelBandClassifier(BandClassifier):
         self._busy = busy
         talker = self._talker
         snr = self._snr
-        if busy and talker != _NONE:
+        if busy and talker != _NONE and not (FREEZE_SNR and self._engaged and self._since > RECENT_FRAMES):
             snr = self._snr = talker - low if snr == _NONE else snr + SNR_ALPHA * (talker - low - snr)
         if not busy:
             self._engaged = False
