@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from pathlib import Path
-from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -28,18 +28,18 @@ END_MS, MERGE_MS = 80, 600
 
 
 class Traced(level.LevelBandClassifier):
-    """``bands-level`` that records (x, talker, low, snr, engaged, speech, out) per frame."""
+    """``bands-level`` that records (x, talker, low, snr, engaged, busy, speech, out) per frame, after it."""
 
     __slots__ = ("trace",)
 
+    def __init__(self, sample_rate: int, frame_ms: int = 20, **bands: float) -> None:
+        super().__init__(sample_rate, frame_ms, **bands)
+        self.trace: list[tuple[float, float, float, float, bool, bool, bool, bool]] = []
+
     def _level(self, speech: bool, total: float) -> bool:
         out = super()._level(speech, total)
-        import math
-
         x = 10 * math.log10(total) if total > 0 else -99.0
         low = min(self._ring, self._block_min)
-        if not hasattr(self, "trace_"):
-            pass
         self.trace.append((x, self._talker, low, self._snr, self._engaged, self._busy, speech, out))
         return out
 
@@ -47,9 +47,7 @@ class Traced(level.LevelBandClassifier):
 def make_traced(rate: int) -> Traced:
     from engine.endpointing.classifiers import CLICK_OFF_DB, CLICK_ON_DB, CLICK_RATIO, UNMUTE_RESUME_MS
 
-    c = Traced(rate, 20, resume_ms=UNMUTE_RESUME_MS, on_db=CLICK_ON_DB, off_db=CLICK_OFF_DB, impulse_ratio=CLICK_RATIO)
-    c.trace = []
-    return c
+    return Traced(rate, 20, resume_ms=UNMUTE_RESUME_MS, on_db=CLICK_ON_DB, off_db=CLICK_OFF_DB, impulse_ratio=CLICK_RATIO)
 
 
 def main() -> int:
@@ -86,7 +84,7 @@ def main() -> int:
             run = 0
             while f - run - 1 >= 0 and eng[f - run - 1]:
                 run += 1
-            x, talker, low, snr, e, busy, sp, out = tr[min(f, len(tr) - 1)]
+            x, talker, low, snr, e, _, _, _ = tr[min(f, len(tr) - 1)]
             last_open = max((i for i in range(f) if tr[i][7] and tr[i][4]), default=-1)
             prev_end = max((u["end"] for u in utts if u["end"] <= d[1]), default=0)
             clicked = any(c[1] < d[2] and c[2] > d[1] for c in click)
