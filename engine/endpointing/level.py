@@ -1,4 +1,4 @@
-"""Talker-level gate for the bands classifier: the ``bands-level`` classifier (issue 12, rounds 5 and 6).
+"""Talker-level gate for the bands classifier: the ``bands-level`` classifier (issue 12, rounds 5 to 7).
 
 Babble of other voices 5–20 dB under the caller is speech to every frame classifier measured here (the bands,
 WebRTC, Silero): after the caller stops, ``bands-click`` keeps hearing speech for 4–6 s (BENCHMARKS.md). This
@@ -15,7 +15,9 @@ Per frame, on the in-band power ``x`` (dB, the sum of the bands' ``1 + power``):
   line and pink noise the floors *are* the background (dev: median −1…0 dB per file); in babble they stay
   where the quiet line put them, 10–16 dB under it (median per file). Once the gate is engaged (below), "off"
   is measured against the quietest floors since the line went busy, not the current ones (round 6: the floors
-  creep up into the babble's dips, and round 5 took that for the babble going away), and digital silence
+  creep up into the babble's dips, and round 5 took that for the babble going away), on the loudest of the
+  last ``BLOCKS`` block minima rather than the quietest (round 7: babble built of other talkers' phrases has
+  short pauses of its own, and one frame under those floors released a 10 dB line's gate), and digital silence
   (hold/mute) is skipped: no evidence about the line, the state comes back with it. Elsewhere digital silence
   pulls the background down and turns busy off, as in round 5;
 * **talker**: a peak level (rises 0.2 of the way to a louder frame, sinks ``DECAY_DB`` per frame), learnt only
@@ -36,7 +38,10 @@ Per frame, on the in-band power ``x`` (dB, the sum of the bands' ``1 + power``):
   caller's last words must reach near their level) —, stays open while frames are over the hold bar
   (talker − ``HOLD_DROP_DB``, at least background + ``HOLD_DB``), and then for ``TAIL_FRAMES`` more frames (a
   bounded tail: the caller's quiet last syllables sit under the babble's level, and a tail that could be
-  re-armed by babble would run on again).
+  re-armed by babble would run on again). While the gate waits for its run, a frame over the bar is already
+  speech (round 7): a run that opens the gate then starts the utterance at its first frame, not ``need − 1``
+  frames later, and a run too short to open it (≤ 2 frames) is shorter than the Endpointer's shortest
+  confirming run (3 frames: ``start_ms`` ≥ 10), so it starts nothing.
 
 The gate only removes frames the bands call speech, never adds any, and leaves the bands' own state (floors,
 hysteresis) as ``bands-click`` has it: so digital silence never starts speech, and outside busy lines (hum,
@@ -87,6 +92,12 @@ SNR_ALPHA = 0.02
 #: gate was open in the last RECENT_FRAMES frames, and holds still after that (round 6: the caller is silent).
 TALKER_UP = 0.2
 DECAY_DB = 0.02
+#: Round 7: frames over the on bar count as speech while the gate waits for its run (see ``_level``). So
+#: ON_FRAMES and REOPEN_FRAMES must stay ≤ 3: a run one frame short of them is then shorter than the
+#: Endpointer's shortest confirming run (3 frames, ``start_ms`` ≥ 10) and starts nothing.
+PROVISIONAL = True
+#: Round 7: an engaged line's busy state ends on the loudest of the last BLOCKS block minima, not the quietest.
+ROBUST_OFF = True
 
 _NONE = -math.inf  # a level not measured yet
 
@@ -146,7 +157,14 @@ class LevelBandClassifier(BandClassifier):
                 # Off against the quietest floors since the line went busy: the floors creep up into the babble
                 # (its dips), which round 5 took for the babble going away.
                 quiet = self._quiet = fl if fl < self._quiet else self._quiet
-                busy = ring - (quiet if self._engaged else fl) >= BUSY_OFF_DB
+                if self._engaged:
+                    # Round 7: off only when every block of the last 1.28 s had a frame under the quiet floors
+                    # (the line went quiet), not on one dip: babble built of other talkers' phrases has short
+                    # pauses of its own, and one frame at the floors turned a 10 dB babble line's gate off.
+                    ref = max(self._mins) if ROBUST_OFF and len(self._mins) == BLOCKS else ring
+                    busy = ref - quiet >= BUSY_OFF_DB
+                else:
+                    busy = ring - fl >= BUSY_OFF_DB
             else:
                 busy = ring - fl >= BUSY_DB
                 self._quiet = fl
@@ -175,16 +193,24 @@ class LevelBandClassifier(BandClassifier):
                 on = max(low + START_DB, talker - ON_DROP_DB, hold)
                 need = ON_FRAMES
             above = self._above + 1 if x > on else 0
+            gate = True
             if not self._gate:
-                out = above >= need
+                gate = above >= need
+                # Round 7: a frame over the bar is speech while the gate waits for its run (it opens on the
+                # run's last frame): a run too short to open it is shorter than the Endpointer's confirming
+                # run, so it starts nothing, and a run that opens it starts where it began, not need − 1
+                # frames later.
+                out = gate or (PROVISIONAL and above > 0)
                 self._left = TAIL_FRAMES
             elif x > hold:
                 self._left = TAIL_FRAMES
             elif self._left > 0:
                 self._left -= 1
             else:
-                out = False
-        self._gate = out and self._engaged
+                out = gate = False
+        else:
+            gate = out
+        self._gate = gate and self._engaged
         self._since = 0 if self._gate else since
         self._above = above
         if busy and x > talker and x > low + LEARN_DB:
