@@ -33,7 +33,7 @@ Reading it beside ``bench/capacity.py`` (issue 13 round 7): one reading is a poi
 babble calls' audio grows to the 15 s ``max_utterance_ms`` cut and is freed; the trim every 10 s), so the 20 s
 reading (70 KiB at 300 calls) is a trough and the ``peak`` printed beside it (VmHWM, 91 KiB) is the figure to set
 against capacity.py's peak-based one; and the census models no pooled RTZR socket (no reader task, no idle sockets,
-no handshake), which in the engine costs ≈ 21.5 KiB of RSS each (BENCHMARKS.md § Capacity, "round 7: RSS per call").
+no handshake), which in the engine costs 16-26 KiB of RSS each (more when many handshakes overlap) (BENCHMARKS.md § Capacity, "round 7: RSS per call").
 """
 
 from __future__ import annotations
