@@ -10,7 +10,9 @@ call is streaming (the load generator's ``all_live``) and ``--settle-s`` later, 
 measured in which every call is live: engine CPU (% of one core, /proc), the engine's frame-lag histogram
 (``sori_twilio_frame_lag_ms``, window delta), the rig's CPU (load generator, emulator; one process: its ticker's
 thread CPU vs the rest) and the load generator's sender lag. Over the whole step: peak RSS (and per call above the ready, idle engine), finals vs utterances,
-errors.
+errors. RSS per call is printed both ways, labelled (bench/rss_trace.py): peak-based (the highest reading over the
+whole step, ramp and the calls' last minute included: the historical figure) and steady (the window's mean and max),
+with where the peak fell and the RTZR sockets open; ``--rss-trace`` keeps every reading.
 
 Verdict by the rule: PASS when frame lag p99 ≤ 20 ms over the window, no final lost, no error, every call
 connected, engine ≤ 90 % of one core. INVALID (the rig or the machine, not the engine, was measured) when
