@@ -28,6 +28,12 @@ object, ``--every`` reads along the way (RSS, live heap, utterance audio), ``--t
 ``--rss`` also splits RSS per call into the open utterances' audio and the rest. ``--max-utterance-ms`` sets
 ``endpointing.max_utterance_ms`` (default: the tree's own; issue 13 round 6 took it from 30 to 15 s), and
 ``--by-line`` (tracemalloc) lists the traced bytes by source line instead of by file.
+
+Reading it beside ``bench/capacity.py`` (issue 13 round 7): one reading is a point on the workload's cycle (the
+babble calls' audio grows to the 15 s ``max_utterance_ms`` cut and is freed; the trim every 10 s), so the 20 s
+reading (70 KiB at 300 calls) is a trough and the ``peak`` printed beside it (VmHWM, 91 KiB) is the figure to set
+against capacity.py's peak-based one; and the census models no pooled RTZR socket (no reader task, no idle sockets,
+no handshake), which in the engine costs 16-26 KiB of RSS each (more when many handshakes overlap) (BENCHMARKS.md § Capacity, "round 7: RSS per call").
 """
 
 from __future__ import annotations

@@ -10,7 +10,9 @@ call is streaming (the load generator's ``all_live``) and ``--settle-s`` later, 
 measured in which every call is live: engine CPU (% of one core, /proc), the engine's frame-lag histogram
 (``sori_twilio_frame_lag_ms``, window delta), the rig's CPU (load generator, emulator; one process: its ticker's
 thread CPU vs the rest) and the load generator's sender lag. Over the whole step: peak RSS (and per call above the ready, idle engine), finals vs utterances,
-errors.
+errors. RSS per call is printed both ways, labelled (bench/rss_trace.py): peak-based (the highest reading over the
+whole step, ramp and the calls' last minute included: the historical figure) and steady (the window's mean and max),
+with where the peak fell and the RTZR sockets open; ``--rss-trace`` keeps every reading.
 
 Verdict by the rule: PASS when frame lag p99 ≤ 20 ms over the window, no final lost, no error, every call
 connected, engine ≤ 90 % of one core. INVALID (the rig or the machine, not the engine, was measured) when
@@ -49,6 +51,7 @@ from typing import Any
 import _common as c
 from loadgen import frame_lag
 from rig_procs import KINDS, Rig, RigOptions, deferred_pct, spill_ms
+from rss_trace import RssTrace
 
 FINAL_MS = 150
 LAG_METRIC = "sori_twilio_frame_lag_ms_bucket"
@@ -61,6 +64,7 @@ GAP_METRIC = "sori_twilio_ingest_gap_ms_bucket"
 GC_METRIC = "sori_gc_pause_ms_bucket"
 JOINED_METRIC = "sori_call_chunks_joined_total"
 ALONE_METRIC = "sori_call_chunks_alone_total"
+POOL_OPEN_METRIC = "sori_rtzr_pool_open"  # a gauge: RTZR sockets open (idle + leased + opening)
 RULE_LAG_MS = 20.0
 RULE_CPU = 90.0
 
@@ -77,7 +81,9 @@ class Step:
     engine_cpu: float = math.nan
     rss_idle_mib: float = 0.0
     rss_peak_mib: float = 0.0
-    rss_per_call_kib: float = 0.0
+    rss_per_call_kib: float = 0.0  # (peak over the whole step − idle) / calls: the historical figure
+    rss: dict[str, Any] = field(default_factory=dict)  # bench/rss_trace.py's summary: peak vs window, by phase
+    pool_open: tuple[float, float] = (math.nan, math.nan)  # RTZR sockets open at the window's start / end
     lag_p50: float = math.nan
     lag_p99: float = math.nan
     lag_p999: float = math.nan
@@ -296,12 +302,15 @@ def run_step(n: int, gc: str, corpus: list[c.CorpusCall], work: Path, *, args: a
         wait_ready(admin, engine)
         time.sleep(1.0)
         idle_rss = peak = c.proc_rss(engine.pid)
+        trace = RssTrace(engine.pid, detail=args.rss_trace)
+        trace.start(idle_rss, fetch(f"http://127.0.0.1:{admin}/metrics") if args.rss_trace else None)
+        phase = "ramp"
         rig.start_load()
 
         def watch(until: float, event: str | None = None) -> bool:
             nonlocal peak
             while time.monotonic() < until and rig.load_running():
-                peak = max(peak, c.proc_rss(engine.pid))
+                peak = max(peak, trace.sample(phase, lambda: fetch(f"http://127.0.0.1:{admin}/metrics")))
                 if event is not None and event in progress_events(progress):
                     return True
                 time.sleep(0.2)
@@ -309,6 +318,7 @@ def run_step(n: int, gc: str, corpus: list[c.CorpusCall], work: Path, *, args: a
 
         if not watch(time.monotonic() + args.ramp_s + 60, "all_live"):
             step.invalid.append("calls never all live")
+        phase = "settle"
         watch(time.monotonic() + args.settle_s)
         if not rig.load_running():
             raise StepFailed("the load generator ended before the window")
@@ -318,7 +328,9 @@ def run_step(n: int, gc: str, corpus: list[c.CorpusCall], work: Path, *, args: a
         text_a = fetch(f"http://127.0.0.1:{admin}/metrics")
         hist_a = histogram_buckets(text_a, LAG_METRIC)
         emu_a = c.emulator_stats(emu_port)
+        phase = "window"
         watch(time.monotonic() + args.window_s)
+        phase = "after"
         emu_b = c.emulator_stats(emu_port)
         if not rig.load_running():
             raise StepFailed("the load generator ended inside the window")
@@ -327,6 +339,7 @@ def run_step(n: int, gc: str, corpus: list[c.CorpusCall], work: Path, *, args: a
         text_b = fetch(f"http://127.0.0.1:{admin}/metrics")
         hist_b = histogram_buckets(text_b, LAG_METRIC)
         t_b = time.time()
+        step.pool_open = (counter_value(text_a, POOL_OPEN_METRIC), counter_value(text_b, POOL_OPEN_METRIC))
         passes = counter_value(text_b, PASSES_METRIC) - counter_value(text_a, PASSES_METRIC)
         pass_w = delta(histogram_buckets(text_b, PASS_METRIC), histogram_buckets(text_a, PASS_METRIC))
         if pass_w.get(math.inf):
@@ -365,6 +378,10 @@ def run_step(n: int, gc: str, corpus: list[c.CorpusCall], work: Path, *, args: a
         step.rss_idle_mib = idle_rss / 2**20
         step.rss_peak_mib = peak / 2**20
         step.rss_per_call_kib = (peak - idle_rss) / n / 1024
+        step.rss = trace.summary(n)
+        if args.rss_trace:
+            trace.dump(work / f"rss-{tag}.json", n)
+            print(f"rss trace: {work / f'rss-{tag}.json'}", flush=True)
         load = json.loads(out.read_text())
         step.calls_ok = int(load["ok"])
         step.stalls = int(load["stalls"])
@@ -458,11 +475,32 @@ def report(steps: list[Step]) -> str:
             lines.append(f"INVALID {s.calls} ({s.gc}, {s.rig}): {'; '.join(s.invalid)}")
         if s.calls_ok != s.calls:
             lines.append(f"{s.calls} ({s.gc}): only {s.calls_ok} calls connected")
+    lines += rss_report(steps)
     for gc, rig in dict.fromkeys((s.gc, s.rig) for s in steps):
         passed = [s.calls for s in steps if (s.gc, s.rig) == (gc, rig) and s.verdict == "PASS"]
         lines.append(f"capacity with GC {gc} ({rig} rig): {max(passed) if passed else 'below the smallest step'} calls by the rule "
                      f"(frame lag p99 ≤ 20 ms in the all-live window, no final lost, no error, engine ≤ 90 %)")
     return "\n".join(lines)
+
+
+def rss_report(steps: list[Step]) -> list[str]:
+    """RSS per call above the ready, idle engine, both ways (bench/rss_trace.py): the peak over the whole step
+    (ramp, window, the calls' last minute; the goal's historical reading) and the steady state over the window in
+    which every call is live (its mean and max), with where the peak fell."""
+    lines = ["", "RSS per call above the idle engine (KiB): peak over the whole step vs steady state (every call "
+             "live, the measured window); max by phase", "",
+             "| calls | GC | RSS/call, peak-based | where the peak fell | RSS/call, steady (window mean / max) "
+             "| max in ramp / settle / window / after | RTZR sockets open, window start / end |", "|---|---|---|---|---|---|---|"]
+    for s in steps:
+        r = s.rss
+        if not r:
+            continue
+        by = r["max_by_phase"]
+        lines.append(f"| {s.calls} | {s.gc} | {r['peak']:.0f} | {r['peak_phase']}, {r['peak_t']:.0f} s after the load "
+                     f"started | {r['window_mean']:.0f} / {r['window_max']:.0f} | "
+                     f"{' / '.join(f'{by[p]:.0f}' if p in by else '–' for p in ('ramp', 'settle', 'window', 'after'))} | "
+                     f"{s.pool_open[0]:.0f} / {s.pool_open[1]:.0f} |")
+    return lines
 
 
 # ---------------------------------------------------------------------------------------------
@@ -698,6 +736,9 @@ def main() -> int:
     p.add_argument("--rig", nargs="+", choices=KINDS, default=["one-process"],
                    help="the load rig: load generator and emulator in one process (bench/rig.py) or two "
                         "(bench/loadgen.py + sori emulate-rtzr); several: each step once per rig, in this order (A/B)")
+    p.add_argument("--rss-trace", action="store_true",
+                   help="diagnostics: also read RSS by mapping and the RTZR pool's gauges once a second, and write "
+                        "each step's RSS readings as JSON (rss-*.json in the logs directory)")
     args = p.parse_args()
     corpus = c.load_corpus()
     work = Path(tempfile.mkdtemp(prefix="sori-capacity-"))

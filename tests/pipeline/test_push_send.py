@@ -5,6 +5,8 @@ failure, a cancelled utterance) goes back to the task."""
 
 from __future__ import annotations
 
+import gc
+import types
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -199,3 +201,49 @@ async def test_one_message_per_100_ms_batch_and_the_last_partial_batch_before_fi
     tail = audio_messages[-1][1]
     assert sum(n for _, n in audio_messages) == len(lease.audio) == call.stats.bytes_sent
     assert len(lease.audio) % batch == tail % batch  # the last (partial) batch, sent before the Finalize
+
+
+class _KeepingPushLease(_PushLease):
+    """Keeps every batch the task itself sent (send_audio), to see who else still refers to it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.awaited_batches: list[bytes] = []
+
+    async def send_audio(self, pcm: bytes) -> None:
+        self.awaited_batches.append(pcm)
+        await super().send_audio(pcm)
+
+
+async def test_the_sleeping_sender_keeps_no_batch_it_sent(autojump_clock: trio.testing.MockClock) -> None:
+    """Issue 13, memory per call: once the pushes carry the utterance the task sleeps for its whole life; the
+    batch it sent itself (the pre-roll's) must not stay referenced by its frame (100 ms of audio per open
+    utterance)."""
+    pool = _Pool()
+    lease = _KeepingPushLease()
+
+    @asynccontextmanager
+    async def lease_cm() -> AsyncIterator[_PushLease]:
+        pool.leases.append(lease)
+        yield lease
+
+    pool.lease = lease_cm  # type: ignore[method-assign]
+    audio, _ = phrase_call(["diary", "tonight", "ate"], gap_ms=0)
+    call = Call(STARTED, config=Config(endpointing=EndpointingConfig(end_ms=200)), pool=pool,
+                emit=lambda e: None, metrics=Registry(), budgets=Budgets(BudgetsConfig()))
+    with trio.fail_after(120):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(call.run)
+            i = 0
+            while lease.pushed < 5:  # the pushes carry the utterance now, its task waits in wait_for
+                call.on_event(AudioReceived(audio[i:i + 160], i / 8))
+                i += 160
+                await trio.testing.wait_all_tasks_blocked()
+            assert lease.awaited_batches, "the task sent the first batch itself"
+            for batch in lease.awaited_batches:
+                # a suspended coroutine's locals are referred to by the coroutine object itself
+                holders = [r for r in gc.get_referrers(batch)
+                           if isinstance(r, types.CoroutineType) and r.cr_code.co_name == "_send_and_finalize"]
+                assert not holders, "the sender's frame still holds a batch it sent"
+            call.on_close("stop")
+    assert call.stats.bytes_sent == len(lease.audio)
