@@ -103,6 +103,9 @@ class Reactor:
         self._gap_ms = gap_ms
         self._gc_ms = gc_ms
         self._readers: dict[int, Reader] = {}
+        # The running pass's wake-up (wait_readable returned) and start (after the pass interval's sleep), Trio
+        # time: the hook reads them to split a late frame's wait (engine/twilio/late.py; issue 13, r7-tail).
+        self.woke = self.started = -math.inf
         self._epoll: select.epoll | None = None  # the running task's; None: no task
         self._scope: trio.CancelScope | None = None
 
@@ -217,10 +220,11 @@ class Reactor:
             with scope:
                 while True:
                     await trio.lowlevel.wait_readable(epfd)
-                    now = trio.current_time()
+                    now = self.woke = trio.current_time()
                     if now < next_pass:  # passes this close: let more calls' frames arrive first
                         await trio.sleep_until(next_pass)
                         now = trio.current_time()
+                    self.started = now
                     next_pass = now + interval
                     passes.value += 1
                     if hook is not None:

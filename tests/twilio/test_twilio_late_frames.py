@@ -1,0 +1,129 @@
+"""Why a frame is late (issue 13, r7-tail): the late-frame split (engine/twilio/late.py), the pass handing its frames
+to the endpointer in batches (``twilio.pass_batch_frames``), and a reader failed mid-pass reading nothing more."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import trio
+import trio.testing
+
+from engine.metrics import Histogram
+from engine.twilio.late import PARTS, LateFrames
+from engine.twilio.reactor import KEEP, PAUSE, Reactor
+from engine.twilio.server import IngestPass
+from tests.twilio.test_twilio_frame_lag import _masked, _reader
+from tests.twilio.test_twilio_frame_path import layout
+
+
+def _parts(late: LateFrames) -> dict[str, list[float]]:
+    return {name: list(h.pending) for name, h in zip(PARTS, late.parts, strict=True)}
+
+
+def _late(late_ms: float = 5.0) -> LateFrames:
+    return LateFrames(lambda _part: Histogram((1, 10, 100)), late_ms=late_ms)
+
+
+def test_a_late_frames_parts_add_up_to_its_lag() -> None:
+    """Previous pass 100-106 ms, this one woken at 108, started at 110 (the interval's sleep), ended at 116."""
+    late = _late(late_ms=5.0)
+    dues = [0.098, 0.104, 0.1065, 0.109]
+    end = 0.116
+    lags = [(end - d) * 1000 for d in dues]
+    late.split(dues, lags, prev=(0.100, 0.106), woke=0.108, start=0.110, end=end)
+    got = _parts(late)
+    # due before the previous pass started (missed 2), during it (prev_pass), after it (between), in the sleep
+    assert got["missed"] == pytest.approx([2.0, 0.0, 0.0, 0.0])
+    assert got["prev_pass"] == pytest.approx([6.0, 2.0, 0.0, 0.0])
+    assert got["between"] == pytest.approx([2.0, 2.0, 1.5, 0.0])
+    assert got["interval"] == pytest.approx([2.0, 2.0, 2.0, 1.0])
+    assert got["pass"] == pytest.approx([6.0] * 4)
+    for i, lag in enumerate(lags):
+        assert sum(got[p][i] for p in PARTS) == pytest.approx(lag)
+
+
+def test_only_frames_later_than_the_bound_are_split() -> None:
+    late = _late(late_ms=15.0)
+    late.split([0.0, 0.010], [20.0, 10.0], prev=(-math.inf, -math.inf), woke=0.012, start=0.012, end=0.020)
+    got = _parts(late)
+    assert [len(v) for v in got.values()] == [1] * len(PARTS)
+    # No previous pass: the wait before the wake-up is all "between"
+    assert got["between"] == pytest.approx([12.0]) and got["missed"] == [0.0] and got["prev_pass"] == [0.0]
+
+
+async def test_an_ingest_pass_splits_its_late_frames_with_the_reactors_times(mock_clock: trio.testing.MockClock) -> None:
+    hist = Histogram((10, 100))
+    late = _late(late_ms=15.0)
+    ingest = IngestPass(hist, late)
+    reactor = Reactor(ingest)
+    ingest.reactor = reactor
+    t0 = trio.current_time()
+    reactor.woke = reactor.started = t0
+    ingest.begin()
+    mock_clock.jump(0.006)
+    ingest.end()  # the previous pass: t0 .. t0 + 6 ms, nothing read
+    mock_clock.jump(0.004)
+    reactor.woke, reactor.started = trio.current_time() - 0.002, trio.current_time()  # slept 2 ms
+    ingest.begin()
+    ingest.dues.extend([t0 - 0.002, t0 + 0.009])  # 2 ms before the previous pass; 1 ms before this one started
+    mock_clock.jump(0.006)
+    ingest.end()
+    assert sorted(hist.pending) == pytest.approx([7.0, 18.0])
+    got = _parts(late)  # only the 18 ms frame: missed 2, prev pass 6, between 2, interval 2, pass 6
+    assert [got[p] for p in PARTS] == [pytest.approx([v]) for v in (2.0, 6.0, 2.0, 2.0, 6.0)]
+    assert ingest.prev == pytest.approx((t0 + 0.010, t0 + 0.016))
+
+
+async def test_a_long_pass_hands_its_frames_over_in_batches(mock_clock: trio.testing.MockClock) -> None:
+    """With ``batch_frames`` 2 the first two frames of a pass are decided (and their lag taken) once the second is
+    read, not at the end of the pass: a frame read early no longer waits for every later read of its pass."""
+    hist = Histogram((10, 100, 1000))
+    ingest = IngestPass(hist, batch_frames=2)
+    with trio.fail_after(10):
+        async with _reader(ingest) as (reader, _proto):
+            now = trio.current_time()
+            ingest.begin()
+            # The first frame takes the general path (it sets the timeline's head); the next two the per-message one.
+            assert reader.readable(_masked(layout(2, 1, 0)), now) is KEEP
+            mock_clock.jump(0.005)
+            assert reader.readable(_masked(layout(3, 2, 20)), now) is KEEP
+            assert sorted(hist.pending) == pytest.approx([5.0, 5.0])  # decided 5 ms into the pass
+            assert not ingest.dues and ingest.collecting  # the pass goes on with a new batch
+            mock_clock.jump(0.010)
+            assert reader.readable(_masked(layout(4, 3, 40)), now) is KEEP
+            mock_clock.jump(0.005)
+            ingest.end()
+            assert sorted(hist.pending) == pytest.approx([5.0, 5.0, 20.0])
+            assert reader.handler.events == 3  # type: ignore[attr-defined]
+            assert not ingest.collecting
+
+
+async def test_whole_pass_batches_when_batch_frames_is_0(mock_clock: trio.testing.MockClock) -> None:
+    hist = Histogram((10, 100, 1000))
+    ingest = IngestPass(hist, batch_frames=0)
+    with trio.fail_after(10):
+        async with _reader(ingest) as (reader, _proto):
+            now = trio.current_time()
+            ingest.begin()
+            for k in range(1, 40):
+                assert reader.readable(_masked(layout(k + 1, k, 20 * (k - 1))), now) is KEEP
+            assert not hist.pending
+            mock_clock.jump(0.005)
+            ingest.end()
+            assert hist.pending == pytest.approx([5.0] * 39)
+
+
+async def test_a_reader_failed_earlier_in_the_pass_reads_nothing_more() -> None:
+    """A batch decided mid-pass can fail a call whose socket is still ahead in the pass's list: its reader hands
+    nothing more to the call (its task ends it) and asks to be paused."""
+    ingest = IngestPass(Histogram((10, 100)))
+    with trio.fail_after(10):
+        async with _reader(ingest) as (reader, proto):
+            now = trio.current_time()
+            ingest.begin()
+            assert reader.readable(_masked(layout(2, 1, 0)), now) is KEEP
+            reader.failed(RuntimeError("the batch failed this call"))
+            assert reader.readable(_masked(layout(3, 2, 20)), now) is PAUSE
+            ingest.end()
+            assert reader.handler.events == 1 and proto.stats.frames == 1  # type: ignore[attr-defined]
