@@ -700,10 +700,11 @@ class IngestPass(FrameBatch):
     Batches of ``batch_frames`` (``twilio.pass_batch_frames``; 0: the whole pass): under load passes run back to
     back, and a frame that arrived just after one pass polled waits for that pass and then, handled only at the
     end of the next, for all of it too (about twice a pass: the frame-lag tail at 300 calls, issue 13). The
-    reader compares the pass's frames so far with ``batch_frames`` after each frame it notes: once that many
-    wait, they are decided (:meth:`flush`) and the pass goes on with a new batch. The sockets a pass reads come in the order they
-    became readable, so the frames that waited longest are in its first batch. Decisions do not depend on how
-    frames are batched (tests/endpointing, batched == alone).
+    reader compares the pass's frames so far with ``batch_frames`` after each read (a compare per frame): once
+    that many wait, they are decided (:meth:`flush`) and the pass goes on with a new batch. The sockets a pass
+    reads come roughly in the order they became readable (epoll's ready list), so the frames that waited longest
+    are mostly in its first batches. Decisions do not depend on how frames are batched (tests/endpointing,
+    batched == alone; tests/twilio/test_twilio_late_frames.py).
     """
 
     __slots__ = ("batch_frames", "dues", "lag", "late", "prev", "reactor", "start", "woke")
@@ -861,8 +862,10 @@ class _CallReader:
         return self._paused(self._deliver(now, self.dues))
 
     def _paused(self, reason: str | None) -> bool:
-        """:meth:`readable`'s answer once a read's messages are handled: PAUSE (the call's task woken) when the
-        stream ended (``reason``), else KEEP."""
+        """:meth:`readable`'s answer once a read's messages are handled (off the per-message path): PAUSE (the
+        call's task woken) when the stream ended (``reason``), else KEEP; the pass's batch decided if full."""
+        if len(self.dues) >= self.batch_frames:
+            self.ingest.flush()
         if reason is not None:
             self.reason = reason
             self.wake.set()

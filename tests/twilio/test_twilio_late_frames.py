@@ -13,8 +13,11 @@ from engine.metrics import Histogram
 from engine.twilio.late import PARTS, LateFrames
 from engine.twilio.reactor import KEEP, PAUSE, Reactor
 from engine.twilio.server import IngestPass
+from engine.twilio.simulator import frames_of, load_audio
+from tests.twilio.test_twilio_batch import DEMO, FRAMES, _BrokenCall, _expected, _run_calls
 from tests.twilio.test_twilio_frame_lag import _masked, _reader
 from tests.twilio.test_twilio_frame_path import layout
+from tests.twilio.twilio_support import make_config
 
 
 def _parts(late: LateFrames) -> dict[str, list[float]]:
@@ -127,3 +130,38 @@ async def test_a_reader_failed_earlier_in_the_pass_reads_nothing_more() -> None:
             assert reader.readable(_masked(layout(3, 2, 20)), now) is PAUSE
             ingest.end()
             assert reader.handler.events == 1 and proto.stats.frames == 1  # type: ignore[attr-defined]
+
+
+async def test_calls_batched_in_small_batches_within_a_pass_keep_their_own_endpointer_events(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The real server and real calls, a pass's frames decided two at a time: each call's speech events are still
+    those its own Endpointer gives for the same audio (batching does not change decisions)."""
+    flushes = [0]
+    flush = IngestPass.flush
+
+    def counted(self: IngestPass) -> None:
+        flushes[0] += 1
+        flush(self)
+
+    monkeypatch.setattr(IngestPass, "flush", counted)
+    cfg = make_config(server__allow_unsigned=True, twilio__pass_batch_frames=2)
+    expected = _expected(cfg, frames_of(load_audio(str(DEMO)))[:FRAMES])
+    with trio.fail_after(30):
+        calls, seen, batch = await _run_calls(6, cfg)
+    assert isinstance(batch, IngestPass) and batch.batch_frames == 2
+    assert flushes[0] > 0 and batch.batches > 0 and batch.frames > 0  # passes did decide frames mid-pass
+    for i in range(6):
+        assert seen[i] == expected, f"call {i}"
+    assert all(c._closed_reason == "stop" for c in calls)
+
+
+async def test_a_call_failed_by_a_mid_pass_batch_ends_alone() -> None:
+    cfg = make_config(server__allow_unsigned=True, twilio__pass_batch_frames=2)
+    expected = _expected(cfg, frames_of(load_audio(str(DEMO)))[:FRAMES])
+    with trio.fail_after(30):
+        calls, seen, _batch = await _run_calls(4, cfg, _BrokenCall)
+    by_id = {c.started.custom_parameters["lang"]: c for c in calls}
+    assert by_id["0"]._closed_reason == "handler_error"
+    for i in (1, 2, 3):
+        assert by_id[str(i)]._closed_reason == "stop"
+        assert seen[i] == expected
