@@ -59,6 +59,7 @@ GC_METRIC = "sori_gc_pause_ms_bucket"
 # Where frames later than 15 ms waited (engine/twilio/late.py), and, with server.task_steps_slow_ms > 0, the Trio
 # task steps by task name (engine/task_steps.py): what ran between passes.
 LATE_METRIC = "sori_twilio_late_frame_part_ms"
+LATE_MS = 15.0
 LATE_PARTS = ("missed", "prev_pass", "between", "interval", "pass")
 TASK_SECONDS_METRIC = "sori_task_step_seconds_total"
 TASK_SLOW_METRIC = "sori_task_slow_step_ms"
@@ -112,7 +113,8 @@ class Step:
     doubled_pct: float = math.nan  # chunks that came second in their call's pass, % of frames (joined + alone)
     joined_pct: float = math.nan  # of which joined the batch
     send_lag_ms: tuple[float, float] = (math.nan, math.nan)  # the rig's share by the origin rule: p99 / max
-    late_frames: int = 0  # frames later than 15 ms (engine/twilio/late.py)
+    late_frames: int = 0  # frames later than 15 ms (the lag histogram)
+    late_batches: int = 0  # passes (or batches) whose latest frame was later than 15 ms: split (engine/twilio/late.py)
     late_parts: dict[str, tuple[float, float]] = field(default_factory=dict)  # part -> (ms summed, p99 bucket bound)
     tasks: list[tuple[str, float, int, float]] = field(default_factory=list)  # (task, % of a core, slow steps, longest)
     others_cpu: float = math.nan  # every other process on the machine during the window, % of one core
@@ -191,8 +193,8 @@ def labelled_values(metrics_text: str, name: str, label: str) -> dict[str, float
 
 
 def late_split(text_a: str, text_b: str) -> tuple[int, dict[str, tuple[float, float]]]:
-    """Frames later than 15 ms in the window, and per part of their lag (engine/twilio/late.py) its ms summed
-    and its p99 (bucket bound)."""
+    """Passes (or batches) whose latest frame was later than 15 ms in the window, and per part of that frame's lag
+    (engine/twilio/late.py) its ms summed and its p99 (bucket bound)."""
     sums = [labelled_values(t, LATE_METRIC + "_sum", "part") for t in (text_a, text_b)]
     parts: dict[str, tuple[float, float]] = {}
     count = 0
@@ -386,7 +388,7 @@ def run_step(n: int, gc: str, corpus: list[c.CorpusCall], work: Path, *, args: a
                      labelled_buckets(text_a, GC_METRIC, f'generation="{g}"')) for g in range(3)]
         step.gc_pauses = (int(gcs[0].get(math.inf, 0)), int(gcs[1].get(math.inf, 0)), int(gcs[2].get(math.inf, 0)))
         step.gc_max_ms = (highest(gcs[0]), highest(gcs[1]), highest(gcs[2]))
-        step.late_frames, step.late_parts = late_split(text_a, text_b)
+        step.late_batches, step.late_parts = late_split(text_a, text_b)
         step.tasks = task_split(text_a, text_b, time.time() - t_a)
         joined = counter_value(text_b, JOINED_METRIC) - counter_value(text_a, JOINED_METRIC)
         alone = counter_value(text_b, ALONE_METRIC) - counter_value(text_a, ALONE_METRIC)
@@ -405,6 +407,7 @@ def run_step(n: int, gc: str, corpus: list[c.CorpusCall], work: Path, *, args: a
         step.frames = int(window.get(math.inf, 0))
         step.lag_p50, step.lag_p99, step.lag_p999 = quantiles(window, (0.5, 0.99, 0.999))
         step.lag_le20_pct = 100 * window.get(RULE_LAG_MS, 0) / step.frames if step.frames else math.nan
+        step.late_frames = step.frames - int(window.get(LATE_MS, 0))
         if step.frames:
             step.doubled_pct = 100 * (joined + alone) / step.frames
             step.joined_pct = 100 * joined / (joined + alone) if joined + alone else math.nan
@@ -477,7 +480,7 @@ def fmt_ms(v: float) -> str:
 
 
 def late_pct(s: Step) -> str:
-    return f"{s.late_frames} ({100 * s.late_frames / s.frames:.2f} %)" if s.frames else "–"
+    return f"{s.late_frames} ({100 * s.late_frames / s.frames:.2f} %); {s.late_batches}" if s.frames else "–"
 
 
 def late_parts(s: Step) -> str:
@@ -504,8 +507,9 @@ def report(steps: list[Step]) -> str:
     lines += ["", "Why frames are late (the engine's reactor, same window): pass duration, a pass's end to the next "
               "start, GC pauses, calls whose socket held 2+ chunks in one pass (bucket bounds, ms)", "",
               "| calls | GC | pass p50 / p99 / max | passes > 10 ms | gap p99 / max | GC collections gen 0 / 1 / 2 "
-              "| longest GC gen 0 / 1 / 2 | 2nd chunks in a pass, % of frames (joined %) | frames > 15 ms "
-              "| their lag by part, % (p99 ms): missed / prev pass / between / interval / pass | rig send lag (origin rule) p99 / max |",
+              "| longest GC gen 0 / 1 / 2 | 2nd chunks in a pass, % of frames (joined %) | frames > 15 ms (%); batches whose "
+              "latest was | that latest frame's lag by part, % (p99 ms): missed / prev pass / between / interval / pass "
+              "| rig send lag (origin rule) p99 / max |",
               "|---|---|---|---|---|---|---|---|---|---|---|"]
     for s in steps:
         lines.append(
@@ -513,7 +517,7 @@ def report(steps: list[Step]) -> str:
             f"{' / '.join(fmt_ms(v) for v in s.gap_ms)} | {' / '.join(str(v) for v in s.gc_pauses)} | "
             f"{' / '.join(fmt_ms(v) for v in s.gc_max_ms)} | {s.doubled_pct:.2f} % ({s.joined_pct:.0f} %) | "
             f"{late_pct(s)} | {late_parts(s)} | {s.send_lag_ms[0]:.1f} / {s.send_lag_ms[1]:.1f} ms |")
-    lines += ["", "Late-frame parts (engine/twilio/late.py): missed = due before the previous pass started, not readable "
+    lines += ["", "Late-frame parts (engine/twilio/late.py; per pass or batch whose latest frame was over 15 ms, that frame): missed = due before the previous pass started, not readable "
               "when it polled (rig, kernel); prev pass = arrived during a pass that had polled; between = a pass's end "
               "to the reactor's wake-up (other tasks, the scheduler); interval = the min pass interval's sleep; pass = "
               "the reading pass; rig send lag = the load generator's tick lag minus its phase group's least so far (its calls' "

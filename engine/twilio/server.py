@@ -252,9 +252,11 @@ class _Metrics:
         self.frame_lag = registry.histogram(
             "twilio_frame_lag_ms", "media frame handled (after the endpointer) minus its due time; due = the "
             "stream's least-delayed frame + its audio offset", buckets=FRAME_LAG_BUCKETS_MS)
-        # Where frames later than LATE_FRAME_MS waited (engine/twilio/late.py): one value per late frame per part.
+        # Where late frames waited (engine/twilio/late.py): per batch whose latest frame is later than LATE_FRAME_MS,
+        # that frame's parts, one value each.
         self.late_part = lambda part: registry.histogram(
-            "twilio_late_frame_part_ms", f"frames later than {LATE_FRAME_MS:g} ms: where they waited (missed: not "
+            "twilio_late_frame_part_ms", f"per pass (or batch) whose latest frame is later than {LATE_FRAME_MS:g} ms, "
+            "where that frame waited (missed: not "
             "yet readable when the previous pass polled; prev_pass; between: passes; interval: the min pass "
             "interval's sleep; pass: the reading pass)", f"part={part}", buckets=PASS_BUCKETS_MS)
 
@@ -747,14 +749,16 @@ class IngestPass(FrameBatch):
             super().begin()
 
     def observe(self, dues: list[float], handled: float) -> None:
-        """Each frame due at ``dues[i]`` was handled at ``handled`` (the list is cleared); the late ones of a pass
-        (``dues`` is the pass's own list, at its end) are split too (:class:`LateFrames`)."""
+        """Each frame due at ``dues[i]`` was handled at ``handled`` (the list is cleared); for a pass's batch
+        (``dues`` is the pass's own list) its latest frame is split too if late (:class:`LateFrames`)."""
         pending = self.lag.pending  # folded into the histogram per FOLD_AT values (engine/metrics.py)
         lags = [(handled - due) * 1000 for due in dues]
         pending.extend(lags)
         late = self.late
-        if late is not None and dues is self.dues and max(lags) > late.late_ms:
-            late.split(dues, lags, prev=self.prev, woke=self.woke, start=self.start, end=handled)
+        if late is not None and dues is self.dues:
+            worst = max(lags)
+            if worst > late.late_ms:  # the batch's latest frame: where it waited (engine/twilio/late.py)
+                late.split(handled - worst / 1000, prev=self.prev, woke=self.woke, start=self.start, end=handled)
         dues.clear()
         if len(pending) >= Histogram.FOLD_AT:
             self.lag.fold()

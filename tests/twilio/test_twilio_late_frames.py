@@ -33,8 +33,8 @@ def test_a_late_frames_parts_add_up_to_its_lag() -> None:
     late = _late(late_ms=5.0)
     dues = [0.098, 0.104, 0.1065, 0.109]
     end = 0.116
-    lags = [(end - d) * 1000 for d in dues]
-    late.split(dues, lags, prev=(0.100, 0.106), woke=0.108, start=0.110, end=end)
+    for due in dues:
+        late.split(due, prev=(0.100, 0.106), woke=0.108, start=0.110, end=end)
     got = _parts(late)
     # due before the previous pass started (missed 2), during it (prev_pass), after it (between), in the sleep
     assert got["missed"] == pytest.approx([2.0, 0.0, 0.0, 0.0])
@@ -42,17 +42,16 @@ def test_a_late_frames_parts_add_up_to_its_lag() -> None:
     assert got["between"] == pytest.approx([2.0, 2.0, 1.5, 0.0])
     assert got["interval"] == pytest.approx([2.0, 2.0, 2.0, 1.0])
     assert got["pass"] == pytest.approx([6.0] * 4)
-    for i, lag in enumerate(lags):
-        assert sum(got[p][i] for p in PARTS) == pytest.approx(lag)
+    for i, due in enumerate(dues):
+        assert sum(got[p][i] for p in PARTS) == pytest.approx((end - due) * 1000)
 
 
-def test_only_frames_later_than_the_bound_are_split() -> None:
-    late = _late(late_ms=15.0)
-    late.split([0.0, 0.010], [20.0, 10.0], prev=(-math.inf, -math.inf), woke=0.012, start=0.012, end=0.020)
+def test_before_the_first_pass_the_wait_is_between() -> None:
+    late = _late()
+    late.split(0.0, prev=(-math.inf, -math.inf), woke=0.012, start=0.012, end=0.020)
     got = _parts(late)
-    assert [len(v) for v in got.values()] == [1] * len(PARTS)
-    # No previous pass: the wait before the wake-up is all "between"
     assert got["between"] == pytest.approx([12.0]) and got["missed"] == [0.0] and got["prev_pass"] == [0.0]
+    assert got["pass"] == pytest.approx([8.0])
 
 
 async def test_an_ingest_pass_splits_its_late_frames_with_the_reactors_times(mock_clock: trio.testing.MockClock) -> None:
@@ -69,11 +68,12 @@ async def test_an_ingest_pass_splits_its_late_frames_with_the_reactors_times(moc
     mock_clock.jump(0.004)
     reactor.woke, reactor.started = trio.current_time() - 0.002, trio.current_time()  # slept 2 ms
     ingest.begin()
-    ingest.dues.extend([t0 - 0.002, t0 + 0.009])  # 2 ms before the previous pass; 1 ms before this one started
+    # 2 ms before the previous pass started; 1 ms before this one started; 3 ms before the previous one ended
+    ingest.dues.extend([t0 - 0.002, t0 + 0.009, t0 + 0.003])
     mock_clock.jump(0.006)
     ingest.end()
-    assert sorted(hist.pending) == pytest.approx([7.0, 18.0])
-    got = _parts(late)  # only the 18 ms frame: missed 2, prev pass 6, between 2, interval 2, pass 6
+    assert sorted(hist.pending) == pytest.approx([7.0, 13.0, 18.0])
+    got = _parts(late)  # only the pass's latest frame (18 ms): missed 2, prev pass 6, between 2, interval 2, pass 6
     assert [got[p] for p in PARTS] == [pytest.approx([v]) for v in (2.0, 6.0, 2.0, 2.0, 6.0)]
     assert ingest.prev == pytest.approx((t0 + 0.010, t0 + 0.016))
 
