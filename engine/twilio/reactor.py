@@ -223,14 +223,18 @@ class Reactor:
                     now = self.woke = trio.current_time()
                     if now < next_pass:  # passes this close: let more calls' frames arrive first
                         await trio.sleep_until(next_pass)
-                        now = trio.current_time()
-                    self.started = now
+                    # The pass's time is read after its poll (issue 13, r7-tail): every frame it reads was in its
+                    # socket by then, even if this task was preempted between a clock read and the poll. A stream's
+                    # frame-lag origin is its least-delayed frame: one frame given a time before it arrived made
+                    # every later frame of that stream look that much later, for the rest of the call.
+                    ready = epoll.poll(0)
+                    now = self.started = clock.current_time()
                     next_pass = now + interval
                     passes.value += 1
                     if hook is not None:
                         hook.begin()
                     try:
-                        for fd, _mask in epoll.poll(0):
+                        for fd, _mask in ready:
                             reader = readers.get(fd)
                             if reader is None:
                                 continue

@@ -4,12 +4,15 @@ to the endpointer in batches (``twilio.pass_batch_frames``), and a reader failed
 from __future__ import annotations
 
 import math
+import select
+import socket
 
 import pytest
 import trio
 import trio.testing
 
 from engine.metrics import Histogram
+from engine.twilio import reactor as reactor_mod
 from engine.twilio.late import PARTS, LateFrames
 from engine.twilio.reactor import KEEP, PAUSE, Reactor
 from engine.twilio.server import IngestPass
@@ -165,3 +168,68 @@ async def test_a_call_failed_by_a_mid_pass_batch_ends_alone() -> None:
     for i in (1, 2, 3):
         assert by_id[str(i)]._closed_reason == "stop"
         assert seen[i] == expected
+
+
+class _Recorder:
+    """A reactor Reader noting the ``now`` each read was handed."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.nows: list[float] = []
+        self.read = trio.Event()
+
+    def readable(self, data: bytes, now: float) -> bool:
+        self.nows.append(now)
+        self.read.set()
+        return KEEP
+
+    def failed(self, exc: Exception) -> None:
+        raise AssertionError(exc)
+
+
+async def test_a_pass_never_hands_a_read_a_time_before_its_bytes_arrived(
+        mock_clock: trio.testing.MockClock, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The pass's ``now`` is read after its poll. Here the task is held 5 ms just before the poll (as a preempted
+    task is) and B's bytes arrive meanwhile: the poll finds them, so the pass reads them, and their time must not be
+    the wake-up's (before, it was: B's stream origin went 5 ms early and every later frame of B looked 5 ms late)."""
+    sent_b: list[float] = []
+    pair_a, pair_b = socket.socketpair(), socket.socketpair()
+
+    class _HeldEpoll:
+        """select.epoll whose first poll is held 5 ms, during which B's bytes arrive."""
+
+        def __init__(self) -> None:
+            self.inner = real_epoll()
+            self.polls = 0
+
+        def __getattr__(self, name: str) -> object:
+            return getattr(self.inner, name)
+
+        def poll(self, timeout: float = -1) -> list[tuple[int, int]]:
+            self.polls += 1
+            if self.polls == 1:
+                mock_clock.jump(0.005)
+                sent_b.append(trio.current_time())
+                pair_b[1].send(b"b")
+            return self.inner.poll(timeout)
+
+    real_epoll = select.epoll
+    monkeypatch.setattr(reactor_mod.select, "epoll", _HeldEpoll)
+    try:
+        for s in (*pair_a, *pair_b):
+            s.setblocking(False)
+        a, b = _Recorder(pair_a[0]), _Recorder(pair_b[0])
+        with trio.fail_after(10):
+            async with trio.open_nursery() as nursery:
+                reactor = Reactor()
+                reactor.register(pair_a[0].fileno(), a, nursery)
+                reactor.register(pair_b[0].fileno(), b, nursery)
+                pair_a[1].send(b"a")  # wakes the reactor
+                await b.read.wait()
+                reactor.unregister(pair_a[0].fileno())
+                reactor.unregister(pair_b[0].fileno())
+        assert sent_b and b.nows and b.nows[0] >= sent_b[0]
+        assert a.nows and a.nows[0] >= sent_b[0]  # the same pass: one time, after its poll
+    finally:
+        for s in (*pair_a, *pair_b):
+            s.close()
