@@ -774,13 +774,16 @@ class _CallReader:
     a frame wsproto must handle (control, close, EOF), an exception — is left in ``reason`` /
     ``error`` and ``wake`` is set; the reactor pauses the socket until the task resumes it.
 
-    Time: the reactor hands each read the pass's ``now`` (taken when the pass started), and nothing here reads
-    the clock per message. ``now`` is at most one pass old (a few ms; the pass interval plus the pass's work),
-    which is safe for both of its uses: the idle deadline (pushed from ``now``, so it may fire up to one pass
-    early, within its documented slack of ``slack_s``) and the frame lag's origin (the least-delayed frame's
-    ``now`` minus its audio offset, an estimate of the stream's start that a pass-start time only makes earlier,
-    i.e. lags larger, never smaller). The lag's "handled" time is not ``now`` (that would hide the pass's work):
-    it is the pass's end (:class:`IngestPass`).
+    Time: the reactor hands each read the pass's ``now`` (read right after the pass's poll), and nothing here
+    reads the clock per message. ``now`` is at most one pass old (a few ms; the pass's work), which is safe for
+    both of its uses: the idle deadline (pushed from ``now``, so it may fire up to one pass early, within its
+    documented slack of ``slack_s``) and the frame lag's origin (the least-delayed frame's ``now`` minus its audio
+    offset). Every frame a pass reads was in its socket when the pass polled, so ``now`` is never before the frame
+    arrived and the origin never earlier than the least-delayed frame's arrival (issue 13, r7-tail: with ``now``
+    read before the poll, a task preempted in between gave a stream an origin too early for the rest of the call;
+    the one exception left, a second frame that reached an already-ready socket during the pass, is off by at most
+    that pass). The lag's "handled" time is not ``now`` (that would hide the pass's work): it is the end of the
+    frame's batch (:class:`IngestPass`).
     """
 
     __slots__ = ("batch_frames", "count", "debug", "dues", "error", "errors", "frame", "frame_nowait", "handler", "idle_s",
