@@ -5,7 +5,8 @@ A frame the ingest reactor reads is handled at the end of that pass (:class:`eng
 so its lag is ``e1 - d`` (handled minus due; ``d <= s1`` by the origin rule: the stream's origin is its
 least-delayed frame's). Five times the reactor already has split it, with no clock read per frame:
 ``s0``/``e0`` the previous pass's start (read right after its poll) and end, ``w`` this pass's wake-up (its
-``wait_readable`` returned), ``s1`` its start (after the pass interval's sleep and the poll) and ``e1`` its end. Each part counts only the time after ``d``:
+``wait_readable`` returned), ``s1`` its start (after the pass interval's sleep and the poll) and ``e1`` its end
+(of the frame's batch). Each part counts only the time after ``d``:
 
 - ``missed``: ``s0 - d``. Due before the previous pass started, yet not read by it: the bytes were not in the
   socket when that pass polled (the client sent them late -- the load rig's share --, the kernel delivered them
