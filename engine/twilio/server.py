@@ -743,7 +743,9 @@ class IngestPass(FrameBatch):
     def flush(self) -> None:
         """Mid-pass: decide the frames waiting so far and observe their lag, then collect the pass's next batch."""
         try:
-            super().end()
+            super().end()  # its streams' failures are theirs (FrameBatch hands them over, see Reactor.fail)
+        except Exception as bug:  # the batch's own bug: logged, as the reactor does at a pass's end, never the
+            log.error("ingest_batch_failed", exc=bug)  # failure of the call whose read filled the batch
         finally:
             self.observe(self.dues, trio.current_time())
             super().begin()

@@ -11,6 +11,7 @@ import pytest
 import trio
 import trio.testing
 
+from engine.endpointing.batch import FrameBatch
 from engine.metrics import Histogram
 from engine.twilio import reactor as reactor_mod
 from engine.twilio.late import PARTS, LateFrames
@@ -233,3 +234,22 @@ async def test_a_pass_never_hands_a_read_a_time_before_its_bytes_arrived(
     finally:
         for s in (*pair_a, *pair_b):
             s.close()
+
+
+async def test_a_bug_in_a_mid_pass_batch_is_not_the_reading_calls_failure(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The batch's own bug (not one stream's) during a mid-pass batch is logged, as at a pass's end: the call whose
+    read filled the batch goes on, and the frames' lag is still taken."""
+    hist = Histogram((10, 100))
+    ingest = IngestPass(hist, batch_frames=1)
+
+    def broken(self: FrameBatch) -> None:
+        self.collecting = False
+        raise RuntimeError("a FrameBatch bug")
+
+    monkeypatch.setattr(FrameBatch, "end", broken)
+    with trio.fail_after(10):
+        async with _reader(ingest) as (reader, _proto):
+            now = trio.current_time()
+            ingest.begin()
+            assert reader.readable(_masked(layout(2, 1, 0)), now) is KEEP
+            assert reader.error is None and len(hist.pending) == 1 and ingest.collecting
