@@ -62,6 +62,13 @@ READS_METRIC = "sori_twilio_ingest_reads_total"
 PASS_METRIC = "sori_twilio_ingest_pass_ms_bucket"
 GAP_METRIC = "sori_twilio_ingest_gap_ms_bucket"
 GC_METRIC = "sori_gc_pause_ms_bucket"
+# Where frames later than 15 ms waited (engine/twilio/late.py), and, with server.task_steps_slow_ms > 0, the Trio
+# task steps by task name (engine/task_steps.py): what ran between passes.
+LATE_METRIC = "sori_twilio_late_frame_part_ms"
+LATE_MS = 15.0
+LATE_PARTS = ("missed", "prev_pass", "between", "interval", "pass")
+TASK_SECONDS_METRIC = "sori_task_step_seconds_total"
+TASK_SLOW_METRIC = "sori_task_slow_step_ms"
 JOINED_METRIC = "sori_call_chunks_joined_total"
 ALONE_METRIC = "sori_call_chunks_alone_total"
 POOL_OPEN_METRIC = "sori_rtzr_pool_open"  # a gauge: RTZR sockets open (idle + leased + opening)
@@ -116,6 +123,10 @@ class Step:
     gc_max_ms: tuple[float, float, float] = (math.nan, math.nan, math.nan)  # longest per generation (bucket bound)
     doubled_pct: float = math.nan  # chunks that came second in their call's pass, % of frames (joined + alone)
     joined_pct: float = math.nan  # of which joined the batch
+    late_frames: int = 0  # frames later than 15 ms (the lag histogram)
+    late_batches: int = 0  # passes (or batches) whose latest frame was later than 15 ms: split (engine/twilio/late.py)
+    late_parts: dict[str, tuple[float, float]] = field(default_factory=dict)  # part -> (ms summed, p99 bucket bound)
+    tasks: list[tuple[str, float, int, float]] = field(default_factory=list)  # (task, % of a core, slow steps, longest)
     others_cpu: float = math.nan  # every other process on the machine during the window, % of one core
     others_core0: float = math.nan  # of which on the engine's core (pinned runs)
     calib_ms: tuple[float, float] = (math.nan, math.nan)  # core 0's time for a fixed job, before / after the step
@@ -179,6 +190,45 @@ def histogram_quantiles(metrics_text: str, name: str, qs: tuple[float, ...]) -> 
 def labelled_buckets(metrics_text: str, name: str, label: str) -> dict[float, float]:
     """Cumulative bucket counts of the histogram's children whose labels contain ``label`` (e.g. generation="2")."""
     return histogram_buckets("\n".join(x for x in metrics_text.splitlines() if label in x), name)
+
+
+def labelled_values(metrics_text: str, name: str, label: str) -> dict[str, float]:
+    """``{label value: value}`` of the lines ``name{label="value",...} v`` (counters, or a histogram's _sum/_count)."""
+    out: dict[str, float] = {}
+    key = f'{label}="'
+    for line in metrics_text.splitlines():
+        if line.startswith(name + "{") and key in line:
+            out[line.split(key, 1)[1].split('"', 1)[0]] = float(line.rsplit(" ", 1)[1])
+    return out
+
+
+def late_split(text_a: str, text_b: str) -> tuple[int, dict[str, tuple[float, float]]]:
+    """Passes (or batches) whose latest frame was later than 15 ms in the window, and per part of that frame's lag
+    (engine/twilio/late.py) its ms summed and its p99 (bucket bound)."""
+    sums = [labelled_values(t, LATE_METRIC + "_sum", "part") for t in (text_a, text_b)]
+    parts: dict[str, tuple[float, float]] = {}
+    count = 0
+    for part in LATE_PARTS:
+        label = f'part="{part}"'
+        window = delta(labelled_buckets(text_b, LATE_METRIC + "_bucket", label),
+                       labelled_buckets(text_a, LATE_METRIC + "_bucket", label))
+        count = int(window.get(math.inf, 0))
+        p99 = quantiles(window, (0.99,))[0] if count else math.nan
+        parts[part] = (sums[1].get(part, 0.0) - sums[0].get(part, 0.0), p99)
+    return count, parts
+
+
+def task_split(text_a: str, text_b: str, window_s: float, top: int = 6) -> list[tuple[str, float, int, float]]:
+    """The tasks that took most of the window (engine/task_steps.py): (task, % of a core, slow steps, longest)."""
+    a, b = (labelled_values(t, TASK_SECONDS_METRIC, "task") for t in (text_a, text_b))
+    slow_a, slow_b = (labelled_values(t, TASK_SLOW_METRIC + "_count", "task") for t in (text_a, text_b))
+    rows = []
+    for task, seconds in b.items():
+        longest = highest(delta(labelled_buckets(text_b, TASK_SLOW_METRIC + "_bucket", f'task="{task}"'),
+                                labelled_buckets(text_a, TASK_SLOW_METRIC + "_bucket", f'task="{task}"')))
+        rows.append((task, 100 * (seconds - a.get(task, 0.0)) / window_s,
+                     int(slow_b.get(task, 0) - slow_a.get(task, 0)), longest))
+    return sorted(rows, key=lambda r: -r[1])[:top]
 
 
 def highest(buckets: dict[float, float]) -> float:
@@ -337,6 +387,8 @@ def run_step(n: int, gc: str, corpus: list[c.CorpusCall], work: Path, *, args: a
         cpu_b = [c.CpuSample.take(pid) for pid in (engine.pid, *rig.pids())]
         busy_b, core0_b = machine_busy_s(), machine_busy_s(0)
         text_b = fetch(f"http://127.0.0.1:{admin}/metrics")
+        (work / f"metrics-{tag}-a.txt").write_text(text_a)  # the window's two /metrics texts, for a closer look
+        (work / f"metrics-{tag}-b.txt").write_text(text_b)
         hist_b = histogram_buckets(text_b, LAG_METRIC)
         t_b = time.time()
         step.pool_open = (counter_value(text_a, POOL_OPEN_METRIC), counter_value(text_b, POOL_OPEN_METRIC))
@@ -353,6 +405,8 @@ def run_step(n: int, gc: str, corpus: list[c.CorpusCall], work: Path, *, args: a
                      labelled_buckets(text_a, GC_METRIC, f'generation="{g}"')) for g in range(3)]
         step.gc_pauses = (int(gcs[0].get(math.inf, 0)), int(gcs[1].get(math.inf, 0)), int(gcs[2].get(math.inf, 0)))
         step.gc_max_ms = (highest(gcs[0]), highest(gcs[1]), highest(gcs[2]))
+        step.late_batches, step.late_parts = late_split(text_a, text_b)
+        step.tasks = task_split(text_a, text_b, time.time() - t_a)
         joined = counter_value(text_b, JOINED_METRIC) - counter_value(text_a, JOINED_METRIC)
         alone = counter_value(text_b, ALONE_METRIC) - counter_value(text_a, ALONE_METRIC)
         if passes > 0:
@@ -370,6 +424,7 @@ def run_step(n: int, gc: str, corpus: list[c.CorpusCall], work: Path, *, args: a
         step.frames = int(window.get(math.inf, 0))
         step.lag_p50, step.lag_p99, step.lag_p999 = quantiles(window, (0.5, 0.99, 0.999))
         step.lag_le20_pct = 100 * window.get(RULE_LAG_MS, 0) / step.frames if step.frames else math.nan
+        step.late_frames = step.frames - int(window.get(LATE_MS, 0))
         if step.frames:
             step.doubled_pct = 100 * (joined + alone) / step.frames
             step.joined_pct = 100 * joined / (joined + alone) if joined + alone else math.nan
@@ -444,6 +499,17 @@ def fmt_ms(v: float) -> str:
     return "–" if math.isnan(v) else ("> 5000" if math.isinf(v) else f"{v:g}")
 
 
+def late_pct(s: Step) -> str:
+    return f"{s.late_frames} ({100 * s.late_frames / s.frames:.2f} %); {s.late_batches}" if s.frames else "–"
+
+
+def late_parts(s: Step) -> str:
+    total = sum(v for v, _ in s.late_parts.values())
+    if not s.late_frames or total <= 0:
+        return "–"
+    return " / ".join(f"{100 * v / total:.0f} % ({fmt_ms(p)})" for v, p in (s.late_parts[k] for k in LATE_PARTS))
+
+
 def report(steps: list[Step]) -> str:
     lines = ["| calls | GC | rig | verdict | engine CPU | RSS peak (idle) | RSS/call | frame lag p50 / p99 / p99.9 ms "
              "| frames ≤ 20 ms | closing finals / utterances, incomplete, lost | errors | rig CPU: loadgen, emulator | rig tick lag p99 / max "
@@ -463,13 +529,25 @@ def report(steps: list[Step]) -> str:
     lines += ["", "Why frames are late (the engine's reactor, same window): pass duration, a pass's end to the next "
               "start, GC pauses, calls whose socket held 2+ chunks in one pass (bucket bounds, ms)", "",
               "| calls | GC | pass p50 / p99 / max | passes > 10 ms | gap p99 / max | GC collections gen 0 / 1 / 2 "
-              "| longest GC gen 0 / 1 / 2 | 2nd chunks in a pass, % of frames (joined %) |",
-              "|---|---|---|---|---|---|---|---|"]
+              "| longest GC gen 0 / 1 / 2 | 2nd chunks in a pass, % of frames (joined %) | frames > 15 ms (%); batches whose "
+              "latest was | that latest frame's lag by part, % (p99 ms): missed / prev pass / between / interval / pass "
+              "| rig frame send lag p99 / max |",
+              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for s in steps:
         lines.append(
             f"| {s.calls} | {s.gc} | {' / '.join(fmt_ms(v) for v in s.pass_ms)} | {s.passes_over_10ms} | "
             f"{' / '.join(fmt_ms(v) for v in s.gap_ms)} | {' / '.join(str(v) for v in s.gc_pauses)} | "
-            f"{' / '.join(fmt_ms(v) for v in s.gc_max_ms)} | {s.doubled_pct:.2f} % ({s.joined_pct:.0f} %) |")
+            f"{' / '.join(fmt_ms(v) for v in s.gc_max_ms)} | {s.doubled_pct:.2f} % ({s.joined_pct:.0f} %) | "
+            f"{late_pct(s)} | {late_parts(s)} | {fmt_ms(s.send_lag_p99)} / {fmt_ms(s.send_lag_max)} ms |")
+    lines += ["", "Late-frame parts (engine/twilio/late.py; per pass or batch whose latest frame was over 15 ms, that frame): missed = due before the previous pass started, not readable "
+              "when it polled (rig, kernel); prev pass = arrived during a pass that had polled; between = a pass's end "
+              "to the reactor's wake-up (other tasks, the scheduler); interval = the min pass interval's sleep; pass = "
+              "the reading pass; rig send lag = the load generator's per-frame send lag (loadgen.frame_lag: a frame's send "
+              "minus its due, the call's least-delayed frame as origin, as the engine's)"]
+    for s in steps:
+        if s.tasks:  # server.task_steps_slow_ms > 0 (engine/task_steps.py)
+            lines.append(f"{s.calls} ({s.gc}) task steps, top by time (% of a core, steps over the slow bound, longest ms): "
+                         + "; ".join(f"{t} {pct:.1f} % ({n}, {fmt_ms(m)})" for t, pct, n, m in s.tasks))
     for s in steps:
         if s.invalid:
             lines.append(f"INVALID {s.calls} ({s.gc}, {s.rig}): {'; '.join(s.invalid)}")

@@ -35,6 +35,7 @@ from engine.report.live import LiveStatus
 from engine.rtzr import RtzrPool, TokenManager
 from engine.rtzr.budget import session_budget
 from engine.sinks import EventSinks
+from engine.task_steps import TaskSteps
 from engine.twilio.server import TwilioServer, TwilioSession, stream_started
 
 log = get_logger(__name__)
@@ -281,12 +282,15 @@ async def run_engine(config: Config, stt: SttLauncher | None = None, *,
     and ``server.malloc_trim_interval_ms``."""
     freeze = apply_gc_policy(config.server.gc_policy)
     trim = apply_memory_policy(config.server)
+    steps_ms = config.server.task_steps_slow_ms
 
     async def after_start(engine: Engine) -> None:
+        if steps_ms > 0:  # the diagnostic instrument (engine/task_steps.py), on until the run ends
+            trio.lowlevel.add_instrument(TaskSteps(engine.metrics, steps_ms))
         if freeze:
             await freeze_when_ready(engine)
         if trim is not None:
             await trim_heap_every(config.server.malloc_trim_interval_ms / 1000, trim)
 
-    await serve(config, stt=stt, after_start=after_start if freeze or trim is not None else None,
+    await serve(config, stt=stt, after_start=after_start if freeze or trim is not None or steps_ms > 0 else None,
                 task_status=task_status)

@@ -53,6 +53,9 @@ class ServerConfig(_Section):
     # calls freed goes back to the kernel (0.3-1.0 ms a trim at 300 calls); 0 = never. engine/memory.py says
     # why; measured in BENCHMARKS.md (Capacity, "Issue 13 round 5: memory per call").
     malloc_trim_interval_ms: NonNegativeMs = 10_000
+    # ``sori serve`` only, a diagnostic (engine/task_steps.py): > 0 times every Trio task step by task name and
+    # keeps the steps of at least this many ms in a histogram; costs a few % of the engine, so 0 (off) by default.
+    task_steps_slow_ms: NonNegativeMs = 0
     # Scale-out (docs/deploy.md): worker processes sharing the Twilio port; "auto" = one per usable core.
     workers: Annotated[int, Meta(ge=1, le=256)] | Literal["auto"] = 1
     # Set by ``sori serve --workers`` for its workers: the Unix socket the parent hands accepted Twilio
@@ -186,6 +189,12 @@ class TwilioConfig(_Section):
     # batches). Adds at most this much to a frame's lag, and only when passes come this close (many calls);
     # 0 = a pass per wake-up. Measured in BENCHMARKS.md (Capacity, "pass interval").
     pass_interval_ms: Annotated[int, Meta(ge=0, le=20)] = 5
+    # A pass hands its frames to the endpointer in batches of at most this many (engine/twilio/server.py
+    # IngestPass): a frame read early in a long pass is handled after its batch, not after every later read of the
+    # pass (the frame-lag tail, issue 13). Each batch has a fixed cost (~0.3 M instructions: 32 costs ~6 % more CPU
+    # per frame at 74 frames a pass), so the default splits only the long passes that make the tail (128 reads:
+    # ~7.5 ms at 300 calls, beyond the pass p99). 0 = one batch per pass.
+    pass_batch_frames: Annotated[int, Meta(ge=0, le=100_000)] = 128
 
 
 class CallConfig(_Section):

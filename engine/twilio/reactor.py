@@ -103,6 +103,9 @@ class Reactor:
         self._gap_ms = gap_ms
         self._gc_ms = gc_ms
         self._readers: dict[int, Reader] = {}
+        # The running pass's wake-up (wait_readable returned) and start (after the pass interval's sleep), Trio
+        # time: the hook reads them to split a late frame's wait (engine/twilio/late.py; issue 13, r7-tail).
+        self.woke = self.started = -math.inf
         self._epoll: select.epoll | None = None  # the running task's; None: no task
         self._scope: trio.CancelScope | None = None
 
@@ -217,16 +220,21 @@ class Reactor:
             with scope:
                 while True:
                     await trio.lowlevel.wait_readable(epfd)
-                    now = trio.current_time()
+                    now = self.woke = trio.current_time()
                     if now < next_pass:  # passes this close: let more calls' frames arrive first
                         await trio.sleep_until(next_pass)
-                        now = trio.current_time()
+                    # The pass's time is read after its poll (issue 13, r7-tail): every frame it reads was in its
+                    # socket by then, even if this task was preempted between a clock read and the poll. A stream's
+                    # frame-lag origin is its least-delayed frame: one frame given a time before it arrived made
+                    # every later frame of that stream look that much later, for the rest of the call.
+                    ready = epoll.poll(0)
+                    now = self.started = clock.current_time()
                     next_pass = now + interval
                     passes.value += 1
                     if hook is not None:
                         hook.begin()
                     try:
-                        for fd, _mask in epoll.poll(0):
+                        for fd, _mask in ready:
                             reader = readers.get(fd)
                             if reader is None:
                                 continue

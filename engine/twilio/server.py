@@ -41,6 +41,7 @@ from engine.listeners import accept_or_pause
 from engine.log import get_logger
 from engine.media import AudioReceived, MediaEvent, StreamStarted, StreamStopped
 from engine.metrics import Counter, Histogram, Registry
+from engine.twilio.late import LATE_FRAME_MS, LateFrames
 from engine.twilio.protocol import (
     FRAME_BYTES,
     SILENCE,
@@ -251,6 +252,13 @@ class _Metrics:
         self.frame_lag = registry.histogram(
             "twilio_frame_lag_ms", "media frame handled (after the endpointer) minus its due time; due = the "
             "stream's least-delayed frame + its audio offset", buckets=FRAME_LAG_BUCKETS_MS)
+        # Where late frames waited (engine/twilio/late.py): per batch whose latest frame is later than LATE_FRAME_MS,
+        # that frame's parts, one value each.
+        self.late_part = lambda part: registry.histogram(
+            "twilio_late_frame_part_ms", f"per pass (or batch) whose latest frame is later than {LATE_FRAME_MS:g} ms, "
+            "where that frame waited (missed: not "
+            "yet readable when the previous pass polled; prev_pass; between: passes; interval: the min pass "
+            "interval's sleep; pass: the reading pass)", f"part={part}", buckets=PASS_BUCKETS_MS)
 
     def rejected(self, status: int) -> None:
         self.registry.counter("twilio_calls_rejected_total", "upgrades rejected", f"status={status}").inc()
@@ -317,9 +325,13 @@ class TwilioServer:
     def _new_reactor(self) -> Reactor:
         """The ingest reactor, its pass hook classifying the frames of every call read in one pass together
         and then observing their frame lag (:class:`IngestPass`)."""
-        return Reactor(IngestPass(self.metrics.frame_lag), min_pass_interval=self.config.twilio.pass_interval_ms / 1000.0,
-                       passes=self.metrics.ingest_passes, reads=self.metrics.ingest_reads,
-                       pass_ms=self.metrics.ingest_pass_ms, gap_ms=self.metrics.ingest_gap_ms, gc_ms=self.metrics.gc_ms)
+        ingest = IngestPass(self.metrics.frame_lag, LateFrames(self.metrics.late_part),
+                            batch_frames=self.config.twilio.pass_batch_frames)
+        reactor = Reactor(ingest, min_pass_interval=self.config.twilio.pass_interval_ms / 1000.0,
+                          passes=self.metrics.ingest_passes, reads=self.metrics.ingest_reads,
+                          pass_ms=self.metrics.ingest_pass_ms, gap_ms=self.metrics.ingest_gap_ms, gc_ms=self.metrics.gc_ms)
+        ingest.reactor = reactor
+        return reactor
 
     async def run(self, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
         """Bind, report the bound port, accept until cancelled (live calls keep running).
@@ -683,29 +695,72 @@ class IngestPass(FrameBatch):
     then their frame lag observed, all at the pass's end.
 
     Frame lag is "handled minus due": a frame is handled once the endpointer has taken it, which for a frame
-    read by the reactor is the end of the pass (the batch decides it there). So the readers only note each
-    frame's due time (:attr:`dues`, Trio time) and :meth:`end` reads the clock once for the whole pass: no
-    clock read per message (issue 13), and the lag includes the batched classification.
+    read by the reactor is the end of its batch (the batch decides it there). So the readers only note each
+    frame's due time (:attr:`dues`, Trio time) and the clock is read once per batch: no clock read per message
+    (issue 13), and the lag includes the batched classification.
+
+    Batches of ``batch_frames`` (``twilio.pass_batch_frames``; 0: the whole pass): under load passes run back to
+    back, and a frame that arrived just after one pass polled waits for that pass and then, handled only at the
+    end of the next, for all of it too (about twice a pass: the frame-lag tail at 300 calls, issue 13). The
+    reader compares the pass's frames so far with ``batch_frames`` after each read (a compare per frame): once
+    that many wait, they are decided (:meth:`flush`) and the pass goes on with a new batch. The sockets a pass
+    reads come roughly in the order they became readable (epoll's ready list), so the frames that waited longest
+    are mostly in its first batches. Decisions do not depend on how frames are batched (tests/endpointing,
+    batched == alone; tests/twilio/test_twilio_late_frames.py).
     """
 
-    __slots__ = ("dues", "lag")
+    __slots__ = ("batch_frames", "dues", "lag", "late", "prev", "reactor", "start", "woke")
 
-    def __init__(self, lag: Histogram) -> None:
+    def __init__(self, lag: Histogram, late: LateFrames | None = None, *, batch_frames: int = 0) -> None:
         super().__init__()
         self.lag = lag
+        self.batch_frames = batch_frames if batch_frames > 0 else math.inf  # a frame count or inf: a compare per frame
         self.dues: list[float] = []  # the due times of the frames read in this pass
+        # Why a late frame waited (engine/twilio/late.py): the reactor's wake-up and start of this pass (read from
+        # ``reactor`` when the server wired one, else this pass's begin()), and the previous pass's start and end.
+        self.late = late
+        self.reactor: Reactor | None = None
+        self.woke = self.start = -math.inf
+        self.prev = (-math.inf, -math.inf)
+
+    def begin(self) -> None:
+        super().begin()
+        reactor = self.reactor
+        if reactor is not None:
+            self.woke, self.start = reactor.woke, reactor.started
+        else:
+            self.woke = self.start = trio.current_time()
 
     def end(self) -> None:
         try:
             super().end()
         finally:
+            handled = trio.current_time()
             if self.dues:
-                self.observe(self.dues, trio.current_time())
+                self.observe(self.dues, handled)
+            self.prev = (self.start, handled)
+
+    def flush(self) -> None:
+        """Mid-pass: decide the frames waiting so far and observe their lag, then collect the pass's next batch."""
+        try:
+            super().end()  # its streams' failures are theirs (FrameBatch hands them over, see Reactor.fail)
+        except Exception as bug:  # the batch's own bug: logged, as the reactor does at a pass's end, never the
+            log.error("ingest_batch_failed", exc=bug)  # failure of the call whose read filled the batch
+        finally:
+            self.observe(self.dues, trio.current_time())
+            super().begin()
 
     def observe(self, dues: list[float], handled: float) -> None:
-        """Each frame due at ``dues[i]`` was handled at ``handled`` (the list is cleared)."""
+        """Each frame due at ``dues[i]`` was handled at ``handled`` (the list is cleared); for a pass's batch
+        (``dues`` is the pass's own list) its latest frame is split too if late (:class:`LateFrames`)."""
         pending = self.lag.pending  # folded into the histogram per FOLD_AT values (engine/metrics.py)
-        pending.extend([(handled - due) * 1000 for due in dues])
+        lags = [(handled - due) * 1000 for due in dues]
+        pending.extend(lags)
+        late = self.late
+        if late is not None and dues is self.dues:
+            worst = max(lags)
+            if worst > late.late_ms:  # the batch's latest frame: where it waited (engine/twilio/late.py)
+                late.split(handled - worst / 1000, prev=self.prev, woke=self.woke, start=self.start, end=handled)
         dues.clear()
         if len(pending) >= Histogram.FOLD_AT:
             self.lag.fold()
@@ -721,17 +776,20 @@ class _CallReader:
     a frame wsproto must handle (control, close, EOF), an exception — is left in ``reason`` /
     ``error`` and ``wake`` is set; the reactor pauses the socket until the task resumes it.
 
-    Time: the reactor hands each read the pass's ``now`` (taken when the pass started), and nothing here reads
-    the clock per message. ``now`` is at most one pass old (a few ms; the pass interval plus the pass's work),
-    which is safe for both of its uses: the idle deadline (pushed from ``now``, so it may fire up to one pass
-    early, within its documented slack of ``slack_s``) and the frame lag's origin (the least-delayed frame's
-    ``now`` minus its audio offset, an estimate of the stream's start that a pass-start time only makes earlier,
-    i.e. lags larger, never smaller). The lag's "handled" time is not ``now`` (that would hide the pass's work):
-    it is the pass's end (:class:`IngestPass`).
+    Time: the reactor hands each read the pass's ``now`` (read right after the pass's poll), and nothing here
+    reads the clock per message. ``now`` is at most one pass old (a few ms; the pass's work), which is safe for
+    both of its uses: the idle deadline (pushed from ``now``, so it may fire up to one pass early, within its
+    documented slack of ``slack_s``) and the frame lag's origin (the least-delayed frame's ``now`` minus its audio
+    offset). Every frame a pass reads was in its socket when the pass polled, so ``now`` is never before the frame
+    arrived and the origin never earlier than the least-delayed frame's arrival (issue 13, r7-tail: with ``now``
+    read before the poll, a task preempted in between gave a stream an origin too early for the rest of the call;
+    the one exception left, a second frame that reached an already-ready socket during the pass, is off by at most
+    that pass). The lag's "handled" time is not ``now`` (that would hide the pass's work): it is the end of the
+    frame's batch (:class:`IngestPass`).
     """
 
-    __slots__ = ("count", "debug", "dues", "error", "errors", "frame", "frame_nowait", "handler", "idle_s", "ingest",
-                 "on_event", "origin", "proto", "pushed_at", "queue", "reason", "receive", "receive_full", "reporter",
+    __slots__ = ("batch_frames", "count", "debug", "dues", "error", "errors", "frame", "frame_nowait", "handler", "idle_s",
+                 "ingest", "on_event", "origin", "proto", "pushed_at", "queue", "reason", "receive", "receive_full", "reporter",
                  "scope", "slack_s", "wake", "ws")
 
     def __init__(self, ws: WsServerConnection, proto: TwilioStream, handler: CallHandler, *, errors: _ErrorPolicy,
@@ -749,6 +807,7 @@ class _CallReader:
         self.reporter = reporter
         self.ingest = ingest
         self.dues = ingest.dues  # the pass's list: readable() runs only within a pass
+        self.batch_frames = ingest.batch_frames
         self.idle_s = idle_s
         self.debug = debug
         self.wake = trio.Event()
@@ -772,6 +831,8 @@ class _CallReader:
         self.pushed_at = now
 
     def readable(self, data: bytes, now: float) -> bool:
+        if self.error is not None:  # failed earlier in this pass (a batch decided mid-pass): its task ends it
+            return PAUSE
         if now - self.pushed_at >= self.slack_s:
             self.push_deadline(now)
         # The per-message path (issue 13): a read that is one whole text frame, as Twilio sends each message, is
@@ -787,7 +848,10 @@ class _CallReader:
                     base = now - offset
                     if base < self.origin:  # noqa: PLR1730 (per frame: a compare, not a call to min())
                         self.origin = base
-                    self.dues.append(self.origin + offset)
+                    dues = self.dues
+                    dues.append(self.origin + offset)
+                    if len(dues) >= self.batch_frames:  # the pass's batch is full: decided now (IngestPass)
+                        self.ingest.flush()
                     count = self.count = self.count + 1
                     if count % _STATS_FLUSH_EVERY == 0:
                         self.reporter.flush(self.proto.stream_sid)
@@ -807,8 +871,10 @@ class _CallReader:
         return self._paused(self._deliver(now, self.dues))
 
     def _paused(self, reason: str | None) -> bool:
-        """:meth:`readable`'s answer once a read's messages are handled: PAUSE (the call's task woken) when the
-        stream ended (``reason``), else KEEP."""
+        """:meth:`readable`'s answer once a read's messages are handled (off the per-message path): PAUSE (the
+        call's task woken) when the stream ended (``reason``), else KEEP; the pass's batch decided if full."""
+        if len(self.dues) >= self.batch_frames:
+            self.ingest.flush()
         if reason is not None:
             self.reason = reason
             self.wake.set()
