@@ -319,6 +319,7 @@ async def run(calls: int, frames_n: int, groups: int, clients_process: bool = Fa
             socks = []
             for i in range(calls):
                 s = socket.create_connection(("127.0.0.1", port))
+                s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # as Twilio's proxy and bench/loadgen.py send
                 key = base64.b64encode(os.urandom(16)).decode()
                 s.sendall((f"GET /twilio/media HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\n"
                            f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"

@@ -186,6 +186,10 @@ class TwilioConfig(_Section):
     # batches). Adds at most this much to a frame's lag, and only when passes come this close (many calls);
     # 0 = a pass per wake-up. Measured in BENCHMARKS.md (Capacity, "pass interval").
     pass_interval_ms: Annotated[int, Meta(ge=0, le=20)] = 5
+    # Let the kernel delay the ACK of what the reactor reads (engine/twilio/reactor.py: one ACK per read, ~65 % of a
+    # read's kernel time, without it). Needs a peer that sends with TCP_NODELAY (nginx's WebSocket proxying does):
+    # false for a proxy running Nagle's algorithm, which would hold every second frame ~40 ms.
+    delayed_ack: bool = True
 
 
 class CallConfig(_Section):

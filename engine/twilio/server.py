@@ -319,7 +319,8 @@ class TwilioServer:
         and then observing their frame lag (:class:`IngestPass`)."""
         return Reactor(IngestPass(self.metrics.frame_lag), min_pass_interval=self.config.twilio.pass_interval_ms / 1000.0,
                        passes=self.metrics.ingest_passes, reads=self.metrics.ingest_reads,
-                       pass_ms=self.metrics.ingest_pass_ms, gap_ms=self.metrics.ingest_gap_ms, gc_ms=self.metrics.gc_ms)
+                       pass_ms=self.metrics.ingest_pass_ms, gap_ms=self.metrics.ingest_gap_ms, gc_ms=self.metrics.gc_ms,
+                       delayed_ack=self.config.twilio.delayed_ack)
 
     async def run(self, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
         """Bind, report the bound port, accept until cancelled (live calls keep running).
