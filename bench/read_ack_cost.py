@@ -1,0 +1,101 @@
+"""CPU per read of a Twilio-sized frame over loopback TCP, with and without a delayed ACK asked first (issue 13 r7).
+
+Why: Linux ACKs a small pushed segment from inside the ``read`` that empties the socket, and on loopback that
+ACK also runs the sender's receive path in the reader's context; the ingest reactor now asks for a delayed ACK
+(``TCP_QUICKACK`` 0) before every read (engine/twilio/reactor.py, ``twilio.delayed_ack``). This measures the
+two as the reactor reads: ``--sockets`` connections, a sender process writing one ``--size``-byte frame to each
+(``TCP_NODELAY``, as the load generator and nginx) every ``--every-ms``, the reader draining them through an
+epoll; reader CPU (user + system, ``getrusage``) per read, the modes interleaved ``--pairs`` times (a shared
+machine: only same-run ratios mean anything)::
+
+    python3 bench/read_ack_cost.py --pairs 6
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import resource
+import select
+import socket
+import statistics
+import time
+
+
+def run(delayed: bool, sockets: int, rounds: int, size: int, every_s: float) -> tuple[float, float]:
+    """(user, system) µs per read of one mode, in a fresh set of connections."""
+    listener = socket.create_server(("127.0.0.1", 0), backlog=sockets + 8)
+    senders, ours = [], []
+    for _ in range(sockets):
+        c = socket.create_connection(listener.getsockname())
+        c.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        s, _ = listener.accept()
+        s.setblocking(False)
+        senders.append(c)
+        ours.append(s)
+    listener.close()
+    go_r, go_w = os.pipe()
+    frame = b"x" * size
+    child = os.fork()
+    if child == 0:  # the sender: a frame to every socket per go-byte
+        try:
+            for s in ours:
+                s.close()
+            for _ in range(rounds):
+                os.read(go_r, 1)
+                for c in senders:
+                    c.send(frame)
+        finally:
+            os._exit(0)
+    for c in senders:
+        c.close()
+    epoll = select.epoll()
+    by_fd = {s.fileno(): s for s in ours}
+    for fd in by_fd:
+        epoll.register(fd, select.EPOLLIN)
+    before = resource.getrusage(resource.RUSAGE_SELF)
+    reads = 0
+    for _ in range(rounds):
+        os.write(go_w, b"g")
+        got = 0
+        while got < sockets * size:
+            for fd, _mask in epoll.poll():
+                if delayed:
+                    by_fd[fd].setsockopt(socket.IPPROTO_TCP, socket.TCP_QUICKACK, 0)
+                got += len(os.read(fd, 65536))
+                reads += 1
+        time.sleep(every_s)
+    after = resource.getrusage(resource.RUSAGE_SELF)
+    os.waitpid(child, 0)
+    epoll.close()
+    for s in ours:
+        s.close()
+    os.close(go_r)
+    os.close(go_w)
+    return ((after.ru_utime - before.ru_utime) / reads * 1e6, (after.ru_stime - before.ru_stime) / reads * 1e6)
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--sockets", type=int, default=300)
+    p.add_argument("--rounds", type=int, default=120, help="frames per socket")
+    p.add_argument("--size", type=int, default=385, help="bytes per frame (a media message as the reactor reads it)")
+    p.add_argument("--every-ms", type=float, default=20.0)
+    p.add_argument("--pairs", type=int, default=6)
+    args = p.parse_args()
+    totals: dict[bool, list[float]] = {False: [], True: []}
+    for i in range(args.pairs):
+        for delayed in (False, True):
+            user, system = run(delayed, args.sockets, args.rounds, args.size, args.every_ms / 1000)
+            totals[delayed].append(user + system)
+            print(f"pair {i + 1} {'delayed ACK' if delayed else 'default    '}: user {user:.2f} + system {system:.2f} "
+                  f"= {user + system:.2f} µs per read", flush=True)
+    a, b = statistics.median(totals[False]), statistics.median(totals[True])
+    wins = sum(y < x for x, y in zip(totals[False], totals[True], strict=True))
+    print(f"median µs per read: default {a:.2f}, delayed ACK {b:.2f} ({b / a:.2f}x); delayed cheaper in {wins} of "
+          f"{args.pairs} pairs")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
