@@ -9,6 +9,7 @@ epoll; reader CPU (user + system, ``getrusage``) per read, the modes interleaved
 machine: only same-run ratios mean anything)::
 
     python3 bench/read_ack_cost.py --pairs 6
+    python3 bench/read_ack_cost.py --pairs 1 --sockets 20 --rounds 20 --nagle   # why it needs a NODELAY sender
 """
 
 from __future__ import annotations
@@ -22,13 +23,15 @@ import statistics
 import time
 
 
-def run(delayed: bool, sockets: int, rounds: int, size: int, every_s: float) -> tuple[float, float]:
-    """(user, system) µs per read of one mode, in a fresh set of connections."""
+def run(delayed: bool, sockets: int, rounds: int, size: int, every_s: float,
+        nagle: bool = False) -> tuple[float, float, float]:
+    """(user, system) µs per read of one mode, in a fresh set of connections, and the ms from a round's start
+    to its last frame read (median)."""
     listener = socket.create_server(("127.0.0.1", 0), backlog=sockets + 8)
     senders, ours = [], []
     for _ in range(sockets):
         c = socket.create_connection(listener.getsockname())
-        c.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        c.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 0 if nagle else 1)
         s, _ = listener.accept()
         s.setblocking(False)
         senders.append(c)
@@ -55,7 +58,9 @@ def run(delayed: bool, sockets: int, rounds: int, size: int, every_s: float) -> 
         epoll.register(fd, select.EPOLLIN)
     before = resource.getrusage(resource.RUSAGE_SELF)
     reads = 0
+    spans: list[float] = []
     for _ in range(rounds):
+        started = time.perf_counter()
         os.write(go_w, b"g")
         got = 0
         while got < sockets * size:
@@ -64,6 +69,7 @@ def run(delayed: bool, sockets: int, rounds: int, size: int, every_s: float) -> 
                     by_fd[fd].setsockopt(socket.IPPROTO_TCP, socket.TCP_QUICKACK, 0)
                 got += len(os.read(fd, 65536))
                 reads += 1
+        spans.append((time.perf_counter() - started) * 1000)
         time.sleep(every_s)
     after = resource.getrusage(resource.RUSAGE_SELF)
     os.waitpid(child, 0)
@@ -72,7 +78,8 @@ def run(delayed: bool, sockets: int, rounds: int, size: int, every_s: float) -> 
         s.close()
     os.close(go_r)
     os.close(go_w)
-    return ((after.ru_utime - before.ru_utime) / reads * 1e6, (after.ru_stime - before.ru_stime) / reads * 1e6)
+    return ((after.ru_utime - before.ru_utime) / reads * 1e6, (after.ru_stime - before.ru_stime) / reads * 1e6,
+            statistics.median(spans))
 
 
 def main() -> int:
@@ -82,14 +89,16 @@ def main() -> int:
     p.add_argument("--size", type=int, default=385, help="bytes per frame (a media message as the reactor reads it)")
     p.add_argument("--every-ms", type=float, default=20.0)
     p.add_argument("--pairs", type=int, default=6)
+    p.add_argument("--nagle", action="store_true",
+                   help="the sender without TCP_NODELAY: shows why delayed ACKs need a NODELAY peer (round spans)")
     args = p.parse_args()
     totals: dict[bool, list[float]] = {False: [], True: []}
     for i in range(args.pairs):
         for delayed in (False, True):
-            user, system = run(delayed, args.sockets, args.rounds, args.size, args.every_ms / 1000)
+            user, system, span = run(delayed, args.sockets, args.rounds, args.size, args.every_ms / 1000, args.nagle)
             totals[delayed].append(user + system)
             print(f"pair {i + 1} {'delayed ACK' if delayed else 'default    '}: user {user:.2f} + system {system:.2f} "
-                  f"= {user + system:.2f} µs per read", flush=True)
+                  f"= {user + system:.2f} µs per read; a round's frames all read in {span:.1f} ms (median)", flush=True)
     a, b = statistics.median(totals[False]), statistics.median(totals[True])
     wins = sum(y < x for x, y in zip(totals[False], totals[True], strict=True))
     print(f"median µs per read: default {a:.2f}, delayed ACK {b:.2f} ({b / a:.2f}x); delayed cheaper in {wins} of "
