@@ -24,9 +24,10 @@ import time
 
 
 def run(delayed: bool, sockets: int, rounds: int, size: int, every_s: float,
-        nagle: bool = False) -> tuple[float, float, float]:
-    """(user, system) µs per read of one mode, in a fresh set of connections, and the ms from a round's start
-    to its last frame read (median)."""
+        nagle: bool = False) -> tuple[float, float, float, float]:
+    """(user, system) µs per read of one mode, in a fresh set of connections, the ms from a round's start to
+    its last frame read (median), and the sender's CPU µs per frame sent (on loopback an ACK the reader no
+    longer sends from its read is sent on a later segment's arrival, in the sender's context)."""
     listener = socket.create_server(("127.0.0.1", 0), backlog=sockets + 8)
     senders, ours = [], []
     for _ in range(sockets):
@@ -38,16 +39,22 @@ def run(delayed: bool, sockets: int, rounds: int, size: int, every_s: float,
         ours.append(s)
     listener.close()
     go_r, go_w = os.pipe()
+    cost_r, cost_w = os.pipe()
     frame = b"x" * size
     child = os.fork()
     if child == 0:  # the sender: a frame to every socket per go-byte
         try:
             for s in ours:
                 s.close()
+            start = resource.getrusage(resource.RUSAGE_SELF)
             for _ in range(rounds):
                 os.read(go_r, 1)
                 for c in senders:
                     c.send(frame)
+            time.sleep(0.1)  # the last delayed ACKs
+            end = resource.getrusage(resource.RUSAGE_SELF)
+            spent = end.ru_utime - start.ru_utime + end.ru_stime - start.ru_stime
+            os.write(cost_w, b"%.9f" % (spent / (rounds * len(senders)) * 1e6))
         finally:
             os._exit(0)
     for c in senders:
@@ -72,14 +79,15 @@ def run(delayed: bool, sockets: int, rounds: int, size: int, every_s: float,
         spans.append((time.perf_counter() - started) * 1000)
         time.sleep(every_s)
     after = resource.getrusage(resource.RUSAGE_SELF)
+    sender_us = float(os.read(cost_r, 64))
     os.waitpid(child, 0)
     epoll.close()
     for s in ours:
         s.close()
-    os.close(go_r)
-    os.close(go_w)
+    for fd in (go_r, go_w, cost_r, cost_w):
+        os.close(fd)
     return ((after.ru_utime - before.ru_utime) / reads * 1e6, (after.ru_stime - before.ru_stime) / reads * 1e6,
-            statistics.median(spans))
+            statistics.median(spans), sender_us)
 
 
 def main() -> int:
@@ -95,10 +103,11 @@ def main() -> int:
     totals: dict[bool, list[float]] = {False: [], True: []}
     for i in range(args.pairs):
         for delayed in (False, True):
-            user, system, span = run(delayed, args.sockets, args.rounds, args.size, args.every_ms / 1000, args.nagle)
+            user, system, span, sender = run(delayed, args.sockets, args.rounds, args.size, args.every_ms / 1000, args.nagle)
             totals[delayed].append(user + system)
             print(f"pair {i + 1} {'delayed ACK' if delayed else 'default    '}: user {user:.2f} + system {system:.2f} "
-                  f"= {user + system:.2f} µs per read; a round's frames all read in {span:.1f} ms (median)", flush=True)
+                  f"= {user + system:.2f} µs per read; a round's frames all read in {span:.1f} ms (median); "
+                  f"the sender {sender:.2f} µs per frame", flush=True)
     a, b = statistics.median(totals[False]), statistics.median(totals[True])
     wins = sum(y < x for x, y in zip(totals[False], totals[True], strict=True))
     print(f"median µs per read: default {a:.2f}, delayed ACK {b:.2f} ({b / a:.2f}x); delayed cheaper in {wins} of "
