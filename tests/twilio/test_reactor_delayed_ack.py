@@ -77,7 +77,10 @@ async def test_delayed_ack_is_asked_before_every_read() -> None:
     with trio.fail_after(10):
         probe, _ = await read_frames(Reactor(delayed_ack=True), 5)
     assert probe.data == b"".join(b"frame %d;" % i for i in range(5))
-    assert probe.quickack == [0] * 5
+    # 0 on every read, unless the delayed-ACK timer (40 ms) fired between the reactor's read and the probe's look
+    # (it takes the socket out of delayed-ACK mode): a stalled test machine, tolerated on a minority of reads.
+    # Without the option the flag is never 0 (the test below).
+    assert probe.quickack.count(0) >= 3, probe.quickack
 
 
 async def test_without_the_option_every_read_is_acked_at_once() -> None:
