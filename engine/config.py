@@ -195,6 +195,10 @@ class TwilioConfig(_Section):
     # per frame at 74 frames a pass), so the default splits only the long passes that make the tail (128 reads:
     # ~7.5 ms at 300 calls, beyond the pass p99). 0 = one batch per pass.
     pass_batch_frames: Annotated[int, Meta(ge=0, le=100_000)] = 128
+    # Let the kernel delay the ACK of what the reactor reads (engine/twilio/reactor.py: one ACK per read, ~65 % of a
+    # read's kernel time, without it). Needs a peer that sends with TCP_NODELAY (nginx's WebSocket proxying does):
+    # false for a proxy running Nagle's algorithm, which would hold every second frame ~40 ms.
+    delayed_ack: bool = True
 
 
 class CallConfig(_Section):

@@ -33,6 +33,17 @@ and frames that arrived meanwhile wait for the next), the time between one pass'
 start (``gap_ms``: other tasks, Trio's scheduler, or idle), and, while it runs, every garbage collection
 (``gc_ms``, by generation, from ``gc.callbacks``): a pause in any task delays every frame waiting.
 
+**Delayed ACKs** (issue 13, the kernel's share of a frame): a read that empties a socket which received a small
+pushed segment makes Linux send an ACK from inside ``read`` (``tcp_cleanup_rbuf``: the connection is not
+"interactive", so the pushed segment is acked at once); on loopback that ACK also runs the sender's receive
+path in our context. At 300 calls that was ~65 % of the kernel time of every Twilio read (one a frame; perf,
+BENCHMARKS.md § Capacity, "Issue 13 round 7: the kernel's share"). With ``delayed_ack`` the reactor puts
+each TCP socket in delayed-ACK mode (``TCP_QUICKACK`` 0, which the kernel forgets, hence once before every
+read): the ACK goes out with the next segment's arrival (every second segment), or the delayed-ACK timer.
+This is only safe when the peer sends with ``TCP_NODELAY`` (Twilio's media streams through nginx's WebSocket
+proxying, the load generator): a sender running Nagle's algorithm would hold every second frame until the
+timer (~40 ms). ``twilio.delayed_ack = false`` turns it off. Sockets that are not TCP are read as before.
+
 The task runs in the nursery given to :meth:`Reactor.register` (the calls nursery) while any socket is
 registered, and exits (closing its epoll) when the last one leaves; the next registration starts it
 again. A registration must be removed before its socket is closed (fd numbers are reused).
@@ -45,6 +56,7 @@ import gc
 import math
 import os
 import select
+import socket
 import time
 from collections.abc import Callable
 from typing import Any, Final, Protocol
@@ -57,6 +69,8 @@ from engine.metrics import Counter, Histogram
 log = get_logger(__name__)
 
 RECEIVE_SIZE: Final = 64 * 1024
+# The delayed-ACK request (see the module docstring); 12 on Linux, absent elsewhere (-1: never made).
+_TCP_QUICKACK: Final[int] = getattr(socket, "TCP_QUICKACK", -1)
 PAUSE: Final = True  # Reader.readable's answer: stop reading this socket until resume()
 KEEP: Final = False
 
@@ -91,7 +105,8 @@ class Reactor:
 
     def __init__(self, hook: PassHook | None = None, *, min_pass_interval: float = 0.0,
                  passes: Counter | None = None, reads: Counter | None = None, pass_ms: Histogram | None = None,
-                 gap_ms: Histogram | None = None, gc_ms: Callable[[int], Histogram] | None = None) -> None:
+                 gap_ms: Histogram | None = None, gc_ms: Callable[[int], Histogram] | None = None,
+                 delayed_ack: bool = False) -> None:
         if min_pass_interval < 0:
             raise ValueError(f"min_pass_interval must be >= 0, got {min_pass_interval}")
         self.hook = hook
@@ -106,6 +121,10 @@ class Reactor:
         # The running pass's wake-up (wait_readable returned) and start (after the pass interval's sleep), Trio
         # time: the hook reads them to split a late frame's wait (engine/twilio/late.py; issue 13, r7-tail).
         self.woke = self.started = -math.inf
+        # With delayed_ack (module docstring): per registered TCP fd, a socket object on it (never closed by us:
+        # detached on unregister) whose setsockopt asks for a delayed ACK before each read.
+        self.delayed_ack = delayed_ack and _TCP_QUICKACK >= 0
+        self._ack_socks: dict[int, socket.socket] = {}
         self._epoll: select.epoll | None = None  # the running task's; None: no task
         self._scope: trio.CancelScope | None = None
 
@@ -143,11 +162,32 @@ class Reactor:
             self._epoll, self._scope = epoll, scope
         epoll.register(fd, select.EPOLLIN)
         self._readers[fd] = reader
+        if self.delayed_ack:
+            self._track_ack(fd)
+
+    def _track_ack(self, fd: int) -> None:
+        """Keep a socket object on ``fd`` for its delayed-ACK requests, if it is TCP (else: nothing to ask)."""
+        try:
+            sock = socket.socket(fileno=fd)  # wraps fd, no dup; detached, never closed, by _untrack_ack
+        except OSError:  # not a socket (a pipe, in tests)
+            return
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, _TCP_QUICKACK, 0)
+        except OSError:  # a socket without TCP options (AF_UNIX)
+            sock.detach()
+            return
+        self._ack_socks[fd] = sock
+
+    def _untrack_ack(self, fd: int) -> None:
+        sock = self._ack_socks.pop(fd, None)
+        if sock is not None:
+            sock.detach()  # the fd stays open: it is its owner's to close
 
     def unregister(self, fd: int) -> None:
         """Stop reading ``fd`` for good (idempotent); call before the socket is closed."""
         if self._readers.pop(fd, None) is None:
             return
+        self._untrack_ack(fd)
         epoll = self._epoll
         if epoll is None:
             return
@@ -203,6 +243,8 @@ class Reactor:
     async def _run(self, epoll: select.epoll, scope: trio.CancelScope) -> None:
         epfd = epoll.fileno()
         readers = self._readers
+        acks = self._ack_socks if self.delayed_ack else None
+        tcp, quickack = socket.IPPROTO_TCP, _TCP_QUICKACK
         hook = self.hook
         passes, reads = self._passes, self._reads
         interval = self.min_pass_interval
@@ -238,6 +280,11 @@ class Reactor:
                             reader = readers.get(fd)
                             if reader is None:
                                 continue
+                            if acks is not None and (sock := acks.get(fd)) is not None:
+                                try:  # noqa: SIM105  (a with-statement costs more, once per frame)
+                                    sock.setsockopt(tcp, quickack, 0)  # this read's ACK may wait (docstring)
+                                except OSError:  # the socket failed: the read says how
+                                    pass
                             try:
                                 data = os.read(fd, RECEIVE_SIZE)
                             except BlockingIOError:
@@ -277,6 +324,8 @@ class Reactor:
                 self._epoll = self._scope = None
                 stranded = list(readers.values())
                 readers.clear()
+                for fd in list(self._ack_socks):
+                    self._untrack_ack(fd)
                 for reader in stranded:  # their tasks must not wait for bytes that no one reads
                     self._fail(reader, RuntimeError("the socket reactor stopped"))
 

@@ -329,7 +329,8 @@ class TwilioServer:
                             batch_frames=self.config.twilio.pass_batch_frames)
         reactor = Reactor(ingest, min_pass_interval=self.config.twilio.pass_interval_ms / 1000.0,
                           passes=self.metrics.ingest_passes, reads=self.metrics.ingest_reads,
-                          pass_ms=self.metrics.ingest_pass_ms, gap_ms=self.metrics.ingest_gap_ms, gc_ms=self.metrics.gc_ms)
+                          pass_ms=self.metrics.ingest_pass_ms, gap_ms=self.metrics.ingest_gap_ms, gc_ms=self.metrics.gc_ms,
+                          delayed_ack=self.config.twilio.delayed_ack)
         ingest.reactor = reactor
         return reactor
 
