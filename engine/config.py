@@ -197,8 +197,10 @@ class TwilioConfig(_Section):
     pass_batch_frames: Annotated[int, Meta(ge=0, le=100_000)] = 128
     # Let the kernel delay the ACK of what the reactor reads (engine/twilio/reactor.py: one ACK per read, ~65 % of a
     # read's kernel time, without it). Needs a peer that sends with TCP_NODELAY (nginx's WebSocket proxying does):
-    # false for a proxy running Nagle's algorithm, which would hold every second frame ~40 ms.
-    delayed_ack: bool = True
+    # false for a proxy running Nagle's algorithm, which would hold every second frame ~40 ms. Off by default: in the
+    # lead's 300-call runs (BENCHMARKS.md § Capacity, round 7) it made frames reach the socket late even from a
+    # TCP_NODELAY sender (frame lag p50 15-200 ms against 10-15 off), for a CPU saving not shown at that scale.
+    delayed_ack: bool = False
 
 
 class CallConfig(_Section):

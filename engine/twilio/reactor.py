@@ -42,7 +42,8 @@ each TCP socket in delayed-ACK mode (``TCP_QUICKACK`` 0, which the kernel forget
 read): the ACK goes out with the next segment's arrival (every second segment), or the delayed-ACK timer.
 This is only safe when the peer sends with ``TCP_NODELAY`` (Twilio's media streams through nginx's WebSocket
 proxying, the load generator): a sender running Nagle's algorithm would hold every second frame until the
-timer (~40 ms). ``twilio.delayed_ack = false`` turns it off. Sockets that are not TCP are read as before.
+timer (~40 ms). Off by default (``twilio.delayed_ack``, engine/config.py: it delayed frames at 300 calls). Sockets
+that are not TCP are read as before.
 
 The task runs in the nursery given to :meth:`Reactor.register` (the calls nursery) while any socket is
 registered, and exits (closing its epoll) when the last one leaves; the next registration starts it
