@@ -802,9 +802,10 @@ def main() -> int:
     p.add_argument("--ab-emulator", metavar="DIR",
                    help="with --rig-only: also run the emulator of the checkout DIR (an A/B in the same run; "
                         "in the two-process rig)")
-    p.add_argument("--catch-up", action=argparse.BooleanOptionalAction, default=True,
-                   help="with --rig-only: the load generator writes overdue ticks back to back after a stall (no: one "
-                        "tick per wake-up, round 6's ticker; an A/B)")
+    p.add_argument("--catch-up", action=argparse.BooleanOptionalAction, default=False,
+                   help="the load generator writes overdue ticks back to back after a stall (an experiment, off by "
+                        "default: in the lead's 300-call steps it made 11-87 %% of the engine's frames late, the "
+                        "'missed' part, with 17-43 %% of core 1 in other processes; BENCHMARKS.md round 7)")
     p.add_argument("--demote-reads", action="store_true",
                    help="with --rig-only, one-process rig: its emulator reads run SCHED_OTHER nice -20, out of the "
                         "kernel's real-time budget (bench/rig.py --demote-reads; an experiment)")

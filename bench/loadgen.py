@@ -19,7 +19,7 @@ then the engine closes. What makes it cheap:
   timeout is rounded up to whole ms). Only a socket the engine stops draining gets its own flusher task.
   Its hot path (a call mid-stream, nothing backlogged) is ``Conn.write`` inlined. When the process was held up
   (a stall of the VM's core, RT throttling) every overdue tick is written back to back before anything else runs
-  (``--no-catch-up``: one tick per wake-up, the emulator's reads between them, as before), so a stall of S ms
+  (``--catch-up``, an experiment, off by default; without it one tick per wake-up, the emulator's reads between them), so a stall of S ms
   makes ~S / 2 ms ticks late rather than ~S / (2 ms × the core's idle share). What it cannot make cheap
   is the kernel: a loopback TCP ``send`` costs ≈ 7–13 µs of system time on the 2-vCPU VM (BENCHMARKS.md).
 
@@ -183,7 +183,7 @@ class Ticker:
 
     def __init__(self, calls: int, progress: str | None, after_tick: Callable[[float, int], bool] | None = None,
                  *, use_timerfd: bool = True, on_wake: Callable[[float], None] | None = None,
-                 catch_up: bool = True) -> None:
+                 catch_up: bool = False) -> None:
         self.groups: list[list[Conn]] = [[] for _ in range(GROUPS)]
         self.lag: list[float] = []
         self.cpu: list[float] = []  # per tick, this thread's CPU time writing the frames (the one-process rig's split)
@@ -200,7 +200,7 @@ class Ticker:
         self.deferred: list[int] = []
         self.use_timerfd = use_timerfd
         self.on_wake = on_wake  # each tick's wake-up lag, s (bench/rig.py: the emulator's loop-lag histogram)
-        self.catch_up = catch_up  # overdue ticks written back to back (--no-catch-up: one per wake-up, as before)
+        self.catch_up = catch_up  # overdue ticks written back to back (--catch-up, an experiment; default: one per wake-up)
         self.merged = 0  # ticks written right after another one, without a wake-up of their own
         self.frame_hist: list[list[int]] = []  # per second of ticks: frames by send lag (LAG_BUCKET_MS buckets)
         self.frame_max: list[float] = []  # per second of ticks: the largest frame send lag, s
@@ -486,7 +486,7 @@ async def main_async(args: argparse.Namespace, after_tick: Callable[[float, int]
     # The timer runs on the system's clock: not under a test's MockClock.
     timerfd = getattr(args, "timerfd", True) and not isinstance(trio.lowlevel.current_clock(), trio.testing.MockClock)
     ticker = Ticker(len(conns), args.progress, after_tick, use_timerfd=timerfd, on_wake=on_wake,
-                    catch_up=getattr(args, "catch_up", True))
+                    catch_up=getattr(args, "catch_up", False))
     rng = random.Random(args.seed)
     wall_offset = time.time() - trio.current_time()
     began = time.monotonic()
@@ -569,8 +569,9 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--progress", metavar="FILE", help="append all_live / first_done lines here as they happen")
     p.add_argument("--out", default="-")
-    p.add_argument("--catch-up", action=argparse.BooleanOptionalAction, default=True,
-                   help="a held-up ticker writes every overdue tick back to back (no: one tick per wake-up)")
+    p.add_argument("--catch-up", action=argparse.BooleanOptionalAction, default=False,
+                   help="a held-up ticker writes every overdue tick back to back (default no: one tick per wake-up; "
+                        "with it, the engine's frames reached it late in 300-call steps, BENCHMARKS.md round 7)")
     p.add_argument("--timerfd", action=argparse.BooleanOptionalAction, default=True,
                    help="the ticker waits on a periodic timerfd (Linux), not trio.sleep_until")
 
