@@ -10,6 +10,7 @@ import signal
 import sys
 from pathlib import Path
 
+import pytest
 import trio
 
 from engine.app import Engine, serve
@@ -110,3 +111,13 @@ def test_spill_reports_how_long_reads_kept_spilling_over() -> None:
     assert rig_procs.spill_ms(load, 0.0, 2.0)[1] == 100.0
     two = {"tick_start_wall": 0.0, "tick_step_s": 0.002, "tick_deferred": []}
     assert all(v != v for v in rig_procs.spill_ms(two, 0.0, 1.0))  # NaN: the two-process rig has none
+
+
+def test_the_rigs_own_softirq_is_not_other_processes() -> None:
+    """Round 7 counted core 1's softirq (the rig's loopback sends) as other processes: a quiet core read 11-33 %
+    "others" and every rig run was INVALID. Softirq is the rig's load, not another process's."""
+    import capacity
+
+    # 10 s window: core busy 9 s, of which the rig's processes 7 s and softirq 1.8 s -> others 2 %
+    assert capacity.core_others_pct(9.0, 7.0, 1.8, 10.0) == pytest.approx(2.0)
+    assert capacity.core_others_pct(7.0, 7.0, 0.5, 10.0) == 0.0  # never negative (tick rounding)
