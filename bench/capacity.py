@@ -71,6 +71,7 @@ TASK_SECONDS_METRIC = "sori_task_step_seconds_total"
 TASK_SLOW_METRIC = "sori_task_slow_step_ms"
 JOINED_METRIC = "sori_call_chunks_joined_total"
 ALONE_METRIC = "sori_call_chunks_alone_total"
+ORIGIN_SKIPPED_METRIC = "sori_twilio_frame_origin_skipped_total"  # r8: frames not taken as their stream's origin
 POOL_OPEN_METRIC = "sori_rtzr_pool_open"  # a gauge: RTZR sockets open (idle + leased + opening)
 RULE_LAG_MS = 20.0
 RULE_CPU = 90.0
@@ -122,6 +123,7 @@ class Step:
     gc_pauses: tuple[int, int, int] = (0, 0, 0)  # collections per generation in the window
     gc_max_ms: tuple[float, float, float] = (math.nan, math.nan, math.nan)  # longest per generation (bucket bound)
     doubled_pct: float = math.nan  # chunks that came second in their call's pass, % of frames (joined + alone)
+    origin_skipped: int = 0  # whole step: frames not first in their read that would have moved the origin earlier
     joined_pct: float = math.nan  # of which joined the batch
     late_frames: int = 0  # frames later than 15 ms (the lag histogram)
     late_batches: int = 0  # passes (or batches) whose latest frame was later than 15 ms: split (engine/twilio/late.py)
@@ -420,6 +422,7 @@ def run_step(n: int, gc: str, corpus: list[c.CorpusCall], work: Path, *, args: a
         step.late_batches, step.late_parts = late_split(text_a, text_b)
         step.tasks = task_split(text_a, text_b, time.time() - t_a)
         joined = counter_value(text_b, JOINED_METRIC) - counter_value(text_a, JOINED_METRIC)
+        step.origin_skipped = int(counter_value(text_b, ORIGIN_SKIPPED_METRIC))
         alone = counter_value(text_b, ALONE_METRIC) - counter_value(text_a, ALONE_METRIC)
         if passes > 0:
             step.reads_per_pass = (counter_value(text_b, READS_METRIC) - counter_value(text_a, READS_METRIC)) / passes
@@ -866,7 +869,7 @@ def main() -> int:
             print(f"  {n} calls, GC {gc}, rig {kind}: {s.verdict}, engine {s.engine_cpu:.0f} %, lag p99 {fmt_ms(s.lag_p99)} ms, "
                   f"pass p50/p99/max {'/'.join(fmt_ms(v) for v in s.pass_ms)} ms, gap p99/max "
                   f"{'/'.join(fmt_ms(v) for v in s.gap_ms)} ms, GC gen2 {s.gc_pauses[2]} (max {fmt_ms(s.gc_max_ms[2])} ms), "
-                  f"2nd chunks {s.doubled_pct:.2f} % of frames, "
+                  f"2nd chunks {s.doubled_pct:.2f} % of frames, origin skips {s.origin_skipped} (whole step), "
                   f"rig {s.loadgen_cpu:.0f} % + {s.emulator_cpu:.0f} %, rig lag p99 {s.rig_lag_p99:.1f} ms, frame send lag p99 {fmt_ms(s.send_lag_p99)} ms, "
                   f"other processes {s.others_cpu:.0f} % ({s.others_core0:.0f} % on core 0), calibration {s.calib_ms[0]:.0f} / {s.calib_ms[1]:.0f} ms",
                   flush=True)

@@ -242,6 +242,9 @@ class _Metrics:
         self.ingest_passes = registry.counter(
             "twilio_ingest_passes_total", "ingest reactor passes (each reads every ready Twilio socket)")
         self.ingest_reads = registry.counter("twilio_ingest_reads_total", "Twilio socket reads by the ingest reactor")
+        self.origin_skipped = registry.counter(
+            "twilio_frame_origin_skipped_total", "frames that would have moved their stream's frame-lag origin earlier "
+            "but were not its first in a reactor read (they may have arrived after the pass polled)")
         # Why frames are late (engine/twilio/reactor.py): pass durations, gaps between passes, GC pauses.
         self.ingest_pass_ms = registry.histogram("twilio_ingest_pass_ms", "ingest reactor pass duration",
                                                  buckets=PASS_BUCKETS_MS)
@@ -326,7 +329,7 @@ class TwilioServer:
         """The ingest reactor, its pass hook classifying the frames of every call read in one pass together
         and then observing their frame lag (:class:`IngestPass`)."""
         ingest = IngestPass(self.metrics.frame_lag, LateFrames(self.metrics.late_part),
-                            batch_frames=self.config.twilio.pass_batch_frames)
+                            batch_frames=self.config.twilio.pass_batch_frames, origin_skipped=self.metrics.origin_skipped)
         reactor = Reactor(ingest, min_pass_interval=self.config.twilio.pass_interval_ms / 1000.0,
                           passes=self.metrics.ingest_passes, reads=self.metrics.ingest_reads,
                           pass_ms=self.metrics.ingest_pass_ms, gap_ms=self.metrics.ingest_gap_ms, gc_ms=self.metrics.gc_ms,
@@ -710,11 +713,14 @@ class IngestPass(FrameBatch):
     batched == alone; tests/twilio/test_twilio_late_frames.py).
     """
 
-    __slots__ = ("batch_frames", "dues", "lag", "late", "prev", "reactor", "start", "woke")
+    __slots__ = ("batch_frames", "dues", "lag", "late", "origin_skipped", "prev", "reactor", "start", "woke")
 
-    def __init__(self, lag: Histogram, late: LateFrames | None = None, *, batch_frames: int = 0) -> None:
+    def __init__(self, lag: Histogram, late: LateFrames | None = None, *, batch_frames: int = 0,
+                 origin_skipped: Counter | None = None) -> None:
         super().__init__()
         self.lag = lag
+        # frames not taken as their stream's origin (not first in their read): _CallReader._handle
+        self.origin_skipped = origin_skipped if origin_skipped is not None else Counter()
         self.batch_frames = batch_frames if batch_frames > 0 else math.inf  # a frame count or inf: a compare per frame
         self.dues: list[float] = []  # the due times of the frames read in this pass
         # Why a late frame waited (engine/twilio/late.py): the reactor's wake-up and start of this pass (read from
@@ -790,8 +796,8 @@ class _CallReader:
     """
 
     __slots__ = ("batch_frames", "count", "debug", "dues", "error", "errors", "frame", "frame_nowait", "handler", "idle_s",
-                 "ingest", "on_event", "origin", "proto", "pushed_at", "queue", "reason", "receive", "receive_full", "reporter",
-                 "scope", "slack_s", "wake", "ws")
+                 "ingest", "on_event", "origin", "origin_provisional", "proto", "pushed_at", "queue", "reason", "receive",
+                 "receive_full", "reporter", "scope", "slack_s", "wake", "ws")
 
     def __init__(self, ws: WsServerConnection, proto: TwilioStream, handler: CallHandler, *, errors: _ErrorPolicy,
                  reporter: _StatsReporter, ingest: IngestPass, idle_s: float, debug: bool) -> None:
@@ -824,7 +830,15 @@ class _CallReader:
         self.pushed_at = -math.inf
         # Frame lag: a frame of audio offset o (s) is due at origin + o, the origin being the earliest
         # (now - o) seen on this stream; lag = handled time - due.
+        #
+        # Only a frame that was surely in the socket when its pass polled may move the origin (issue 13, r8): the
+        # first complete message of a reactor read (it made the socket readable), or any message read by the call's
+        # own task (``now`` read then). A later message of the same read may have arrived while the pass ran, after
+        # its ``now``: taken as the origin, it would make the origin too early by up to a pass, and every later frame
+        # of the call look that much later for the rest of the call. Such a frame is due by the origin as it is;
+        # before any origin, by a provisional one (``origin_provisional``) that the next safe frame replaces.
         self.origin = math.inf
+        self.origin_provisional = math.inf
         self.count = 0
 
     def push_deadline(self, now: float) -> None:
@@ -882,6 +896,22 @@ class _CallReader:
             return PAUSE
         return KEEP
 
+    def _due(self, offset: float, now: float, safe: bool) -> float:
+        """The due time of the frame at audio ``offset`` read at ``now``, the origin moved by it if ``safe`` (the
+        origin rule, ``__init__``; the per-message fast path in :meth:`readable` inlines the safe case)."""
+        base = now - offset
+        if safe:
+            if base < self.origin:  # noqa: PLR1730
+                self.origin = base
+            return self.origin + offset
+        if base < self.origin:
+            self.ingest.origin_skipped.value += 1
+        if self.origin != math.inf:
+            return self.origin + offset
+        if base < self.origin_provisional:  # noqa: PLR1730
+            self.origin_provisional = base
+        return self.origin_provisional + offset
+
     def failed(self, exc: Exception) -> None:
         self.error = exc
         self.wake.set()
@@ -892,23 +922,29 @@ class _CallReader:
         now = trio.current_time()
         dues: list[float] = []
         try:
-            return self._deliver(now, dues)
+            return self._deliver(now, dues, polled=False)
         finally:
             if dues:
                 self.ingest.observe(dues, trio.current_time())
 
-    def _deliver(self, now: float, dues: list[float]) -> str | None:
+    def _deliver(self, now: float, dues: list[float], *, polled: bool = True) -> str | None:
+        """Every queued message, read at ``now``. ``polled``: ``now`` is a reactor pass's (read after its poll), so
+        only the first message was surely there by then (the frame-lag origin rule, ``__init__``)."""
         messages = self.queue
+        safe = True
         while messages:
-            reason = self._message(messages.pop(0), now, dues)
+            reason = self._message(messages.pop(0), now, dues, safe=safe)
             if reason is not None:
                 return reason
+            safe = not polled
         return None
 
     def _message(self, message: str | bytes, now: float, dues: list[float],
-                 receive: Callable[[str | bytes], AudioReceived | list[TwilioEvent]] | None = None) -> str | None:
+                 receive: Callable[[str | bytes], AudioReceived | list[TwilioEvent]] | None = None,
+                 *, safe: bool = True) -> str | None:
         """One message through the stream (``receive``: :meth:`TwilioStream.receive_one` unless given) and to the
-        call, read at ``now``; each real frame's due time goes to ``dues``. The reason the stream ended, or None."""
+        call, read at ``now``; each real frame's due time goes to ``dues``. The reason the stream ended, or None.
+        ``safe``: the message was in the socket by ``now`` (it may set the frame-lag origin)."""
         if self.debug:
             log.debug("twilio_message", stream_sid=self.proto.stream_sid, size=len(message))
         try:
@@ -918,7 +954,7 @@ class _CallReader:
             if reason is not None:
                 return reason
             got = []
-        return self._handle(got, now, dues)
+        return self._handle(got, now, dues, safe)
 
     def _rejected(self, exc: TwilioProtocolError) -> str | None:
         """A message the stream refused: the error policy's verdict, the reason the call ends or None."""
@@ -928,24 +964,17 @@ class _CallReader:
             return end.reason
         return None
 
-    def _handle(self, got: AudioReceived | list[TwilioEvent], now: float, dues: list[float]) -> str | None:
+    def _handle(self, got: AudioReceived | list[TwilioEvent], now: float, dues: list[float], safe: bool = True) -> str | None:
         """A message's events to the call (:meth:`_message`'s second half); the reason the stream ended or None."""
         if isinstance(got, AudioReceived):  # the media fast path's frame: real audio, in step
             self.on_event(got)
-            offset = got.timestamp_ms / 1000
-            base = now - offset
-            if base < self.origin:  # noqa: PLR1730 (per frame: a compare, not a call to min())
-                self.origin = base
-            dues.append(self.origin + offset)
+            dues.append(self._due(got.timestamp_ms / 1000, now, safe))
         else:
             for event in got:
                 if type(event) is AudioReceived:
                     self.on_event(event)
                     if not event.filled:
-                        offset = event.timestamp_ms / 1000
-                        base = now - offset
-                        self.origin = min(self.origin, base)
-                        dues.append(self.origin + offset)
+                        dues.append(self._due(event.timestamp_ms / 1000, now, safe))
                 elif not isinstance(event, (Connected, Started)):  # neither comes after start (an order error)
                     self.on_event(event)
                     if type(event) is StreamStopped:

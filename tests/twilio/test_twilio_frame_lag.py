@@ -9,6 +9,7 @@ observed exactly once on either path.
 from __future__ import annotations
 
 import base64
+import math
 import os
 import socket
 from collections.abc import AsyncIterator
@@ -24,7 +25,7 @@ from engine.twilio.protocol import TwilioStream
 from engine.twilio.server import IngestPass, _CallReader, _ErrorPolicy, _Metrics, _StatsReporter
 from engine.twilio.wsconn import WsServerConnection
 from engine.ws.frames import encode_frame
-from tests.twilio.test_twilio_protocol import media, start, stop
+from tests.twilio.test_twilio_protocol import dtmf, media, start, stop
 from tests.twilio.test_twilio_server import raw_client, wait_for
 from tests.twilio.twilio_support import make_config, running_server
 
@@ -100,6 +101,56 @@ async def test_a_reactor_pass_observes_its_frames_lag_at_its_end(mock_clock: tri
             ingest.end()
             assert _lags(hist) == pytest.approx([200.0, 200.0, 280.0])
             assert proto.stats.frames == 3 and not ingest.dues
+
+
+async def test_a_second_frame_in_one_reactor_read_does_not_move_the_origin(mock_clock: trio.testing.MockClock) -> None:
+    """Issue 13 round 8: the second message of a reactor read may have arrived while the pass ran, after the
+    pass's ``now``; taken as the origin it made the origin too early, and every later frame of the call looked that
+    much later for the rest of the call (the 'missed' part of the late frames at 300 calls). Only the first message
+    of a read, which made the socket readable, may move the origin."""
+    hist = Histogram((10, 100, 1000))
+    ingest = IngestPass(hist)
+    with trio.fail_after(10):
+        async with _reader(ingest) as (reader, _proto):
+            t0 = trio.current_time()
+            ingest.begin()
+            assert reader.readable(_masked(media(2, 1, 0)), t0) is False  # the origin: t0
+            ingest.end()
+            mock_clock.jump(0.025)
+            ingest.begin()  # one read, two frames: offset 20 ms (5 ms late) and 40 ms (arrived after the poll)
+            assert reader.readable(_masked(media(3, 2, 20)) + _masked(media(4, 3, 40)), trio.current_time()) is False
+            ingest.end()
+            assert ingest.origin_skipped.value == 1  # the 40 ms frame would have moved the origin 15 ms earlier
+            mock_clock.jump(0.035)  # t0 + 60 ms: the 60 ms frame, on time
+            ingest.begin()
+            assert reader.readable(_masked(media(5, 4, 60)), trio.current_time()) is False
+            ingest.end()
+            assert _lags(hist) == pytest.approx([-15.0, 0.0, 0.0, 5.0])  # old: [0, 0, 5, 15] (origin t0 - 15 ms)
+
+
+async def test_a_read_of_several_frames_before_any_origin_sets_a_provisional_one(
+        mock_clock: trio.testing.MockClock) -> None:
+    """Before a call has an origin, a frame that is not first in its read gives a provisional one (its frame needs a
+    due time); the next first-in-read frame replaces it even when later (a min would keep the too-early one)."""
+    hist = Histogram((10, 100, 1000))
+    ingest = IngestPass(hist)
+    with trio.fail_after(10):
+        async with _reader(ingest) as (reader, _proto):
+            t0 = trio.current_time()
+            ingest.begin()  # one read: a DTMF event (first), then the frame at 0 ms (may have come after the poll)
+            assert reader.readable(_masked(dtmf(2)) + _masked(media(3, 1, 0)), t0) is False
+            ingest.end()
+            assert reader.origin == math.inf and reader.origin_provisional == pytest.approx(t0)
+            mock_clock.jump(0.030)
+            ingest.begin()  # the 20 ms frame alone, 10 ms late by the provisional origin: it becomes the origin
+            assert reader.readable(_masked(media(4, 2, 20)), trio.current_time()) is False
+            ingest.end()
+            assert reader.origin == pytest.approx(t0 + 0.010)
+            mock_clock.jump(0.020)
+            ingest.begin()
+            assert reader.readable(_masked(media(5, 3, 40)), trio.current_time()) is False
+            ingest.end()
+            assert _lags(hist) == pytest.approx([0.0, 0.0, 0.0])
 
 
 async def test_frames_the_calls_task_delivers_are_observed_once_it_is_done(mock_clock: trio.testing.MockClock) -> None:
