@@ -121,9 +121,11 @@ class EndpointingConfig(_Section):
     # hysteresis a line click cannot engage, so it holds weak endings lower (BENCHMARKS.md, issue 12);
     # bands-pitch: bands-click + a periodicity cue (engine/endpointing/pitch.py); bands-hold: bands-click + a short
     # syllable hold after the talker's words (engine/endpointing/hold.py); bands-level: bands-click + a talker-level
-    # gate on busy (babble) lines (engine/endpointing/level.py). silero needs its extra.
+    # gate on busy (babble) lines (engine/endpointing/level.py); bands-judge: bands-click + Silero as a judge in the
+    # frames after the talker's words (engine/endpointing/judge.py). silero and bands-judge need the silero extra.
     classifier: Literal[
-        "bands-click", "bands-pitch", "bands-hold", "bands-level", "bands-unmute", "bands", "energy", "webrtc", "silero"
+        "bands-click", "bands-pitch", "bands-hold", "bands-level", "bands-judge", "bands-unmute", "bands", "energy",
+        "webrtc", "silero",
     ] = "bands-click"
     sample_rate: Literal[8000, 16000] = 8000
     # 40 ms → 4 frames of 20 ms confirm speech: at 5 dB SNR quiet utterances have only ~80 ms of

@@ -30,7 +30,7 @@ def _classifiers() -> list[str]:
         pass
     try:  # the optional 'silero' extra (installed by the bench extra, not by CI's test extra)
         make_classifier("silero", 8000)
-        names.append("silero")
+        names += ["silero", "bands-judge"]
     except ClassifierError:
         pass
     return names

@@ -1003,7 +1003,8 @@ class WebRtcClassifier:
         return [not q and bool(vad.is_speech(row.tobytes(), rate)) for row, q in zip(data, quiet, strict=True)]
 
 
-CLASSIFIERS = ("bands", "energy", "webrtc", "silero", "bands-unmute", "bands-click", "bands-pitch", "bands-hold", "bands-level")
+CLASSIFIERS = ("bands", "energy", "webrtc", "silero", "bands-unmute", "bands-click", "bands-pitch", "bands-hold", "bands-level",
+               "bands-judge")
 
 #: The unmute window of the ``bands-unmute`` classifier (see :class:`BandClassifier`, ``resume_ms``).
 UNMUTE_RESUME_MS = 60
@@ -1107,6 +1108,10 @@ def make_classifier(name: str, sample_rate: int, *, frame_ms: int = 20) -> Frame
         from .level import make_level
 
         return make_level(sample_rate, frame_ms)
+    if name == "bands-judge":  # bands-click + Silero as a judge after the talker's words (engine/endpointing/judge.py)
+        from .judge import make_judge
+
+        return make_judge(sample_rate, frame_ms)
     if name == "energy":
         return EnergyClassifier(sample_rate, frame_ms)
     if name == "webrtc":

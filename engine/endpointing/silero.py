@@ -127,15 +127,22 @@ class SileroClassifier:
         self._speech = speech
         return speech
 
+    def reset(self) -> None:
+        """Back to a fresh stream's state (zero LSTM state and context, not speech): ``bands-judge`` primes it."""
+        self._input.fill(0.0)
+        self._state = np.zeros((2, 1, _STATE), dtype=np.float32)
+        self._speech = False
+
     @classmethod
-    def classify_batch(cls, classifiers: Sequence[SileroClassifier], frames: Frames) -> list[bool]:
-        """One window for each of many calls (row i → classifiers[i]) in one inference."""
+    def probabilities_batch(cls, classifiers: Sequence[SileroClassifier], frames: Frames) -> list[float]:
+        """One window for each of many calls (row i → classifiers[i]) in one inference: their probabilities
+        (advances each one's state; no decision)."""
         n = len(classifiers)
         if n == 0:
             return []
         first = classifiers[0]
         if any(c._frame != first._frame or c._session is not first._session for c in classifiers):
-            return [c.classify(frames[i : i + 1])[0] for i, c in enumerate(classifiers)]
+            return [c.probabilities(frames[i : i + 1])[0] for i, c in enumerate(classifiers)]
         if frames.shape != (n, first._frame):
             raise ClassifierError(f"silero classify_batch: expected shape ({n}, {first._frame}), got {frames.shape}")
         ctx = first._ctx
@@ -144,11 +151,19 @@ class SileroClassifier:
         np.multiply(frames, 1.0 / 32768.0, out=inp[:, ctx:], casting="unsafe")
         state = np.concatenate([c._state for c in classifiers], axis=1)
         prob, state = first._session.run(None, {"input": inp, "state": state, "sr": first._rate})
-        quiet = quiet_frames(frames)
-        probs = prob[:, 0].tolist()
-        out = []
         for i, c in enumerate(classifiers):
             c._input[0] = inp[i]
             c._state = np.ascontiguousarray(state[:, i : i + 1])
-            out.append(c._decide(probs[i], quiet[i]))
-        return out
+        return prob[:, 0].tolist()  # type: ignore[no-any-return]
+
+    @classmethod
+    def classify_batch(cls, classifiers: Sequence[SileroClassifier], frames: Frames) -> list[bool]:
+        """One window for each of many calls (row i → classifiers[i]) in one inference."""
+        if not classifiers:
+            return []
+        first = classifiers[0]
+        if any(c._frame != first._frame or c._session is not first._session for c in classifiers):
+            return [c.classify(frames[i : i + 1])[0] for i, c in enumerate(classifiers)]
+        probs = cls.probabilities_batch(classifiers, frames)
+        quiet = quiet_frames(frames)
+        return [c._decide(p, q) for c, p, q in zip(classifiers, probs, quiet, strict=True)]
