@@ -269,6 +269,17 @@ def fmt3(values: list[float]) -> str:
     return f"{p50:6.0f} {p95:6.0f} {p99:6.0f}"
 
 
+def ratio(num: list[float], den: list[float], q: float) -> str:
+    """naive ÷ sori at percentile q; "–" where sori's figure rounds to 0 ms (a pooled lease waits for nothing,
+    and dividing by it printed ratios like 102600000000×)."""
+    if not num or not den:
+        return "    –"
+    bottom = c.percentile(den, q)
+    if bottom < 0.5:
+        return "    –"
+    return f"{c.percentile(num, q) / bottom:5.1f}×"
+
+
 def report(results: dict[tuple[str, int], RunResult], ns: list[int]) -> str:
     lines = ["metric (ms, p50 p95 p99)     N   pooled (sori)          connect-per-utterance  naive (+500 ms wait)"
              "   ratio p50 / p99 (naive÷sori)"]
@@ -277,9 +288,8 @@ def report(results: dict[tuple[str, int], RunResult], ns: list[int]) -> str:
         for name, attr in (("engine-added", "engine_added"), ("total (last speech→final)", "total"),
                            ("end of speech → event", "eos_to_event"), ("lease wait", "lease")):
             va, vb, vz = getattr(a, attr), getattr(b, attr), getattr(z, attr)
-            ra = c.percentile(vz, 50) / max(1e-9, c.percentile(va, 50)) if va and vz else float("nan")
-            r99 = c.percentile(vz, 99) / max(1e-9, c.percentile(va, 99)) if va and vz else float("nan")
-            lines.append(f"{name:<28} {n:>3}  {fmt3(va)}   {fmt3(vb)}   {fmt3(vz)}   {ra:5.1f}× / {r99:5.1f}×")
+            lines.append(f"{name:<28} {n:>3}  {fmt3(va)}   {fmt3(vb)}   {fmt3(vz)}   "
+                         f"{ratio(vz, va, 50)} / {ratio(vz, va, 99)}")
         for r in (a, b, z):
             lines.append(f"    {r.mode:<22} N={n}: calls ok {r.calls_ok}/{n}, ended {r.calls_ended}, utterances "
                          f"{r.utterances}, finals {r.finals} ({len(r.total)} closing), errors {r.errors}, pool hits "
