@@ -175,6 +175,24 @@ def quiet_frames(frames: Frames) -> list[bool]:
     return (swing < _QUIET_SWING).tolist()  # type: ignore[no-any-return]
 
 
+# Invariant (every bands classifier, alone or batched): a frame that quiet_frames calls digital silence has
+# band ratios of exactly 1.0, so decide takes its digital-silence branch. The bands' own test (the loudest
+# band under ``min_level_db``) alone let a chance frame of the μ-law idle pattern through (its band powers
+# fluctuate; one frame in a few thousand reached the bar) and, against floors learnt on a quiet line, that
+# frame was speech: hold/mute silence starting an utterance (fuzz: digital silence after noise).
+def _silence_quiet_rows(ratios: npt.NDArray[np.float32], frames: Frames) -> None:
+    """Set the band ratios of the rows of ``frames`` that are digital silence to 1.0, in place."""
+    swing = frames.max(axis=1).astype(np.int32) - frames.min(axis=1)
+    ratios[swing < _QUIET_SWING] = 1.0
+
+
+def _unless_quiet(ratios: list[float], frame: Frames) -> list[float]:
+    """One frame's band ratios, or all 1.0 when the frame is digital silence (see _silence_quiet_rows)."""
+    if int(frame.max()) - int(frame.min()) < _QUIET_SWING:
+        return [1.0] * len(ratios)
+    return ratios
+
+
 class BandClassifier:
     """Per-band SNR in the voice band, against per-band noise floors (the ``bands`` classifier).
 
@@ -413,7 +431,7 @@ class BandClassifier:
             vec[: self._frame] = frames[0]
             np.dot(vec, self._basis, out=spec)
             np.multiply(spec, spec, out=spec)
-            return [np.dot(spec, self._group, out=pw).tolist()]
+            return [_unless_quiet(np.dot(spec, self._group, out=pw).tolist(), frames[0])]
         return _band_ratios(self._basis, self._group, frames)
 
     def ratios_and_swings(self, frames: Frames) -> tuple[list[list[float]], Sequence[float | Frames]]:
@@ -437,7 +455,7 @@ class BandClassifier:
             vec[: self._frame] = frames[0]
             np.dot(vec, self._basis, out=spec)
             np.multiply(spec, spec, out=spec)
-            ratios = np.dot(spec, self._group, out=pw).tolist()
+            ratios = _unless_quiet(np.dot(spec, self._group, out=pw).tolist(), frames[0])
             return [self.decide(ratios, frames[0] if self._impulse else 0.0)]
         decide = self.decide
         all_ratios = _band_ratios(self._basis, self._group, frames)
@@ -951,13 +969,15 @@ def _band_array(basis: npt.NDArray[np.float32], group: npt.NDArray[np.float32], 
     if rows <= cut:
         y = x @ basis
         np.multiply(y, y, out=y)
-        return y @ group  # type: ignore[no-any-return]
-    out = np.empty((rows, group.shape[1]), dtype=np.float32)
-    for at in range(0, rows, cut):
-        y = x[at : at + cut] @ basis
-        np.multiply(y, y, out=y)
-        np.matmul(y, group, out=out[at : at + cut])
-    return out
+        out = y @ group
+    else:
+        out = np.empty((rows, group.shape[1]), dtype=np.float32)
+        for at in range(0, rows, cut):
+            y = x[at : at + cut] @ basis
+            np.multiply(y, y, out=y)
+            np.matmul(y, group, out=out[at : at + cut])
+    _silence_quiet_rows(out, frames)
+    return out  # type: ignore[no-any-return]
 
 
 def _band_ratios(basis: npt.NDArray[np.float32], group: npt.NDArray[np.float32], frames: Frames) -> list[list[float]]:
@@ -968,7 +988,9 @@ def _band_ratios(basis: npt.NDArray[np.float32], group: npt.NDArray[np.float32],
     x[:, n] = 1.0
     y = x @ basis
     np.multiply(y, y, out=y)
-    return (y @ group).tolist()  # type: ignore[no-any-return]
+    out = y @ group
+    _silence_quiet_rows(out, frames)
+    return out.tolist()  # type: ignore[no-any-return]
 
 
 class WebRtcClassifier:
