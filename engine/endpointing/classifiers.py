@@ -175,15 +175,24 @@ def quiet_frames(frames: Frames) -> list[bool]:
     return (swing < _QUIET_SWING).tolist()  # type: ignore[no-any-return]
 
 
-# Invariant (every bands classifier, alone or batched): a frame that quiet_frames calls digital silence has
-# band ratios of exactly 1.0, so decide takes its digital-silence branch. The bands' own test (the loudest
-# band under ``min_level_db``) alone let a chance frame of the μ-law idle pattern through (its band powers
-# fluctuate; one frame in a few thousand reached the bar) and, against floors learnt on a quiet line, that
-# frame was speech: hold/mute silence starting an utterance (fuzz: digital silence after noise).
-def _silence_quiet_rows(ratios: npt.NDArray[np.float32], frames: Frames) -> None:
-    """Set the band ratios of the rows of ``frames`` that are digital silence to 1.0, in place."""
-    swing = frames.max(axis=1).astype(np.int32) - frames.min(axis=1)
-    ratios[swing < _QUIET_SWING] = 1.0
+# Invariant (a bands classifier without the unmute window, i.e. ``bands``; alone, chunked or batched): a frame
+# that quiet_frames calls digital silence has band ratios of exactly 1.0, so decide takes its digital-silence
+# branch. The bands' own test (the loudest band under ``min_level_db``) alone let a chance frame of the μ-law
+# idle pattern through (its band powers fluctuate; about one frame in several thousand reaches the bar), and
+# against floors learnt on a quiet line that frame was speech: hold/mute silence starting an utterance (fuzz:
+# digital silence after noise). With the unmute window such a frame is the one that ends digital silence, never
+# speech, and the window lifts the floors to it; there the rule would only change decisions elsewhere (on
+# babble's near-silent pauses: one more false start on several 20 dB rows), so it is not applied.
+_QUIET_RULE_USED = False  # set once a classifier that needs the rule exists: no cost to a process without one
+
+
+def _silence_quiet_rows(ratios: npt.NDArray[np.float32], frames: Frames, rows: list[bool] | None) -> None:
+    """Set to 1.0, in place, the band ratios of the rows of ``frames`` that are digital silence (of those
+    flagged in ``rows``, when given)."""
+    quiet = (frames.max(axis=1).astype(np.int32) - frames.min(axis=1)) < _QUIET_SWING
+    if rows is not None:
+        quiet &= np.array(rows, dtype=bool)
+    ratios[quiet] = 1.0
 
 
 def _unless_quiet(ratios: list[float], frame: Frames) -> list[float]:
@@ -323,6 +332,9 @@ class BandClassifier:
         self._informed = False  # floors learnt from the line (not just digital silence)
         # Unmute: the first frames after digital silence lift the floors to what the line brings back.
         self._resume_frames = max(0, -(-resume_ms // frame_ms))
+        if not self._resume_frames:
+            global _QUIET_RULE_USED
+            _QUIET_RULE_USED = True
         self._resume = 0  # frames of the resume window still to come (0: not resuming)
         self._resume_cap: float = 10.0 ** (resume_max_db / 10.0)  # the most a floor is lifted on unmute
         # Per band, the quietest level since the line came back, and the highest the floor may be lifted to:
@@ -431,8 +443,9 @@ class BandClassifier:
             vec[: self._frame] = frames[0]
             np.dot(vec, self._basis, out=spec)
             np.multiply(spec, spec, out=spec)
-            return [_unless_quiet(np.dot(spec, self._group, out=pw).tolist(), frames[0])]
-        return _band_ratios(self._basis, self._group, frames)
+            ratios = np.dot(spec, self._group, out=pw).tolist()
+            return [ratios if self._resume_frames else _unless_quiet(ratios, frames[0])]
+        return _band_ratios(self._basis, self._group, frames, not self._resume_frames)
 
     def ratios_and_swings(self, frames: Frames) -> tuple[list[list[float]], Sequence[float | Frames]]:
         """Per frame, :meth:`band_ratios` and what ``decide`` takes as its swing (the frame itself when the click
@@ -440,7 +453,7 @@ class BandClassifier:
         if frames.shape[0] == 1:  # the hot path: one 20 ms frame per Twilio packet
             return self.band_ratios(frames), [frames[0] if self._impulse else 0.0]
         swings = _swings(frames) if self._impulse else [0.0] * frames.shape[0]
-        return _band_ratios(self._basis, self._group, frames), swings
+        return _band_ratios(self._basis, self._group, frames, not self._resume_frames), swings
 
     def band_powers(self, frames: Frames) -> list[list[float]]:
         """Per frame, the mean power per bin of each band (linear, ≈ the variance of white noise)."""
@@ -455,10 +468,12 @@ class BandClassifier:
             vec[: self._frame] = frames[0]
             np.dot(vec, self._basis, out=spec)
             np.multiply(spec, spec, out=spec)
-            ratios = _unless_quiet(np.dot(spec, self._group, out=pw).tolist(), frames[0])
+            ratios = np.dot(spec, self._group, out=pw).tolist()
+            if not self._resume_frames:
+                ratios = _unless_quiet(ratios, frames[0])
             return [self.decide(ratios, frames[0] if self._impulse else 0.0)]
         decide = self.decide
-        all_ratios = _band_ratios(self._basis, self._group, frames)
+        all_ratios = _band_ratios(self._basis, self._group, frames, not self._resume_frames)
         if self._impulse:
             swings = _swings(frames)
             return [decide(r, w) for r, w in zip(all_ratios, swings, strict=True)]
@@ -478,6 +493,8 @@ class BandClassifier:
         if not all(map(operator.is_, map(_BASIS, classifiers), itertools.repeat(first._basis))):  # C loops, no genexpr
             return [c.classify(frames[i : i + 1])[0] for i, c in enumerate(classifiers)]
         bands = _band_array(first._basis, first._group, frames)
+        if _QUIET_RULE_USED and cls is BandClassifier:
+            _silence_quiet_rows(bands, frames, [not c._resume_frames for c in classifiers])
         # The frames stand for their swings: only an onset's is taken (the click rule; nothing without it).
         if cls is BandClassifier:  # its state may live in the pool (a subclass's state has more: its own way)
             return _decide_pooled(classifiers, bands, frames)
@@ -976,12 +993,14 @@ def _band_array(basis: npt.NDArray[np.float32], group: npt.NDArray[np.float32], 
             y = x[at : at + cut] @ basis
             np.multiply(y, y, out=y)
             np.matmul(y, group, out=out[at : at + cut])
-    _silence_quiet_rows(out, frames)
     return out  # type: ignore[no-any-return]
 
 
-def _band_ratios(basis: npt.NDArray[np.float32], group: npt.NDArray[np.float32], frames: Frames) -> list[list[float]]:
-    """1 + band powers for every row of ``frames`` (any number of rows), two matrix products."""
+def _band_ratios(
+    basis: npt.NDArray[np.float32], group: npt.NDArray[np.float32], frames: Frames, quiet_rule: bool = False
+) -> list[list[float]]:
+    """1 + band powers for every row of ``frames`` (any number of rows), two matrix products; with
+    ``quiet_rule``, 1.0 for the rows that are digital silence (see _silence_quiet_rows)."""
     n = frames.shape[1]
     x = np.empty((frames.shape[0], n + 1), dtype=np.float32)
     x[:, :n] = frames
@@ -989,7 +1008,8 @@ def _band_ratios(basis: npt.NDArray[np.float32], group: npt.NDArray[np.float32],
     y = x @ basis
     np.multiply(y, y, out=y)
     out = y @ group
-    _silence_quiet_rows(out, frames)
+    if quiet_rule:
+        _silence_quiet_rows(out, frames, None)
     return out.tolist()  # type: ignore[no-any-return]
 
 

@@ -34,7 +34,7 @@ from collections.abc import Sequence
 import numpy as np
 import numpy.typing as npt
 
-from .classifiers import BandClassifier, ClassifierError, Frames, _band_array, _decide_rows, _row_sums, _unless_quiet
+from .classifiers import BandClassifier, ClassifierError, Frames, _band_array, _decide_rows, _row_sums
 
 F32 = npt.NDArray[np.float32]
 
@@ -209,7 +209,7 @@ class PitchBandClassifier(BandClassifier):
             vec[:frame] = row
             np.dot(vec, self._basis, out=spec)
             np.multiply(spec, spec, out=spec)
-            ratios = _unless_quiet(np.dot(spec, self._group, out=self._pow).tolist(), row)
+            ratios = np.dot(spec, self._group, out=self._pow).tolist()
             self._push(row)
             v, r = 0.0, None
             if self._wanted(ratios):
