@@ -31,12 +31,15 @@ call the decisions it would get alone, up to the inference's float rounding (as 
 from __future__ import annotations
 
 import math
+import operator
+import threading
 from collections.abc import Sequence
 from typing import ClassVar
 
 import numpy as np
 import numpy.typing as npt
 
+from . import silero
 from .classifiers import BandClassifier, ClassifierError, Frames, quiet_frames
 from .silero import SileroClassifier
 
@@ -50,14 +53,16 @@ SNR_HI_DB = 10.0
 PRIME_WINDOWS = 8
 #: The SNR's running means: the weight of each new frame.
 EMA = 0.05
+#: What a frame asks of Silero (:meth:`JudgeClassifier._step`): nothing, its queue's next window if one is whole
+#: (Silero running), or a wake (a reset state primed on the last windows of audio).
+IDLE, RUN, WAKE = 0, 1, 2
 
 
 class JudgeClassifier:
     """``bands-click`` (``bands``), with Silero (``judge``) consulted in the window after the bands' speech."""
 
-    __slots__ = ("_active", "_arm", "_armed", "_floor", "_hist", "_pend", "_prime", "_run",
-                 "_since", "_snr_hi", "_snr_lo", "_speech", "_tail", "_talker", "_thr", "_thr_hi", "_warm", "_win",
-                 "bands", "judge", "windows")
+    __slots__ = ("_active", "_arm", "_armed", "_floor", "_prime", "_ring", "_run", "_since", "_slot", "_snr_hi",
+                 "_snr_lo", "_speech", "_tail", "_talker", "_thr", "_thr_hi", "_warm", "bands", "judge", "windows")
 
     #: FrameBatch (engine/endpointing/batch.py) may give a whole round: the bands cut their products themselves.
     batch_rows: ClassVar[int] = 1 << 16
@@ -66,6 +71,7 @@ class JudgeClassifier:
                  arm_frames: int = ARM_FRAMES, threshold: float = THRESHOLD, prime_windows: int = PRIME_WINDOWS,
                  warm: bool = True, thr_hi: float = THRESHOLD_HIGH, snr_lo_db: float = SNR_LO_DB,
                  snr_hi_db: float = SNR_HI_DB) -> None:
+        self._slot = -1  # no ring row yet (__del__ of an __init__ that raised)
         if bands.sample_rate != judge.sample_rate:
             raise ClassifierError("bands-judge: the two stages must have one sample rate")
         if tail_frames < 0 or arm_frames < 1 or prime_windows < 0:
@@ -77,11 +83,10 @@ class JudgeClassifier:
         self._thr = threshold
         self._prime = prime_windows
         self._warm = warm
-        self._win = judge.frame_samples
-        # The last (prime_windows + 1) windows of audio plus one frame: the priming replay and the queue.
-        size = (max(prime_windows, 1) + 1) * self._win + bands.frame_samples
-        self._hist: npt.NDArray[np.int16] = np.zeros(size, dtype=np.int16)
-        self._pend = 0  # samples at the end of _hist not yet given to Silero (while active)
+        # The call's recent audio (the priming replay and the queue of Silero's windows): a row of a ring shared by
+        # every call of this geometry (_Ring).
+        self._ring = _Ring.of(bands.frame_samples, judge.frame_samples, prime_windows)
+        self._slot = self._ring.take()
         self._run = 0  # consecutive frames the bands called speech
         self._since = 1 << 30  # frames since the bands' last speech frame
         self._armed = False
@@ -100,6 +105,24 @@ class JudgeClassifier:
     def frame_samples(self) -> int:
         return self.bands.frame_samples
 
+    def __del__(self) -> None:
+        # A call ends (its classifier goes) at any time: its ring row is free again (a list append, no lock).
+        slot = getattr(self, "_slot", -1)
+        if slot >= 0:
+            self._ring.free.append(slot)
+
+    def __getstate__(self) -> object:
+        # A copy (copy, deepcopy, pickle) gets a ring row of its own, with this one's audio and queue.
+        return {k: getattr(self, k) for k in self.__slots__ if k not in ("_ring", "_slot")} | {"ring": self._ring.save(self._slot)}
+
+    def __setstate__(self, got: dict[str, object]) -> None:
+        saved = got.pop("ring")
+        for k, v in got.items():
+            setattr(self, k, v)
+        self._ring = _Ring.of(self.bands.frame_samples, self.judge.frame_samples, self._prime)
+        self._slot = self._ring.take()
+        self._ring.load(self._slot, saved)  # type: ignore[arg-type]
+
     def classify(self, frames: Frames) -> list[bool]:
         if frames.ndim != 2 or frames.shape[1] != self.frame_samples:
             raise ClassifierError(f"bands-judge: frames must have shape (n, {self.frame_samples}), not {frames.shape}")
@@ -107,24 +130,24 @@ class JudgeClassifier:
         quiet = quiet_frames(frames)
         levels = _levels(frames)
         out = []
+        slot = np.array([self._slot], dtype=np.intp)
+        ring = self._ring
         for row, b, q, lv in zip(frames, said, quiet, levels, strict=True):
-            wins = self._step(row, b, q, lv)
-            probs = self.judge.probabilities(np.stack(wins)) if wins else []
+            act = self._step(b, q, lv)
+            count, starts = ring.push(slot, row[None], np.array([act], dtype=np.int8), self._prime)
+            k = int(count[0])
+            probs = self.judge.probabilities(ring.windows(slot.repeat(k), starts[0, :k])) if k else []
             out.append(self._finish(b, q, lv, probs))
         return out
 
-    def _step(self, row: Frames, bands_speech: bool, quiet: bool, level: float) -> list[Frames]:
-        """Take one frame: the bands' counters, and the Silero windows it needs now (a copy each, in order)."""
-        n = row.shape[0]
+    def _step(self, bands_speech: bool, quiet: bool, level: float) -> int:
+        """Take one frame: the bands' counters, and what Silero must do now (IDLE, RUN or WAKE: see :class:`_Ring`)."""
         if quiet:  # digital silence (hold, mute) tells nothing of the line's noise or the talker
             pass
         elif bands_speech:
             self._talker = level if self._talker == -math.inf else self._talker + EMA * (level - self._talker)
         else:
             self._floor = level if self._floor == math.inf else self._floor + EMA * (level - self._floor)
-        hist = self._hist
-        hist[:-n] = hist[n:]
-        hist[-n:] = row
         if bands_speech:
             self._run += 1
             self._since = 0
@@ -138,22 +161,14 @@ class JudgeClassifier:
             if self._since > self._tail:
                 self._armed = False
             self._active = False
-            return []
-        win = self._win
+            return IDLE
         if not self._active:  # wake: a fresh state primed on the audio just before (this frame's end included)
             self._active = True
             self.judge.reset()
-            self._pend = 0
-            k = max(self._prime, 1)
-            return [hist[len(hist) - (k - i) * win : len(hist) - (k - i - 1) * win].copy() for i in range(k)]
-        self._pend += n
-        if self._pend < win:
-            return []
-        at = len(hist) - self._pend
-        self._pend -= win
-        return [hist[at : at + win].copy()]
+            return WAKE
+        return RUN
 
-    def _finish(self, bands_speech: bool, quiet: bool, level: float, probs: list[float]) -> bool:
+    def _finish(self, bands_speech: bool, quiet: bool, level: float, probs: Sequence[float]) -> bool:
         """The frame's decision, given Silero's probabilities for the windows :meth:`_step` asked for."""
         if probs:
             self.windows += len(probs)
@@ -166,23 +181,150 @@ class JudgeClassifier:
 
     @classmethod
     def classify_batch(cls, classifiers: Sequence[JudgeClassifier], frames: Frames) -> list[bool]:
-        """One frame of each of many calls: the bands' batch, then one Silero inference per round of windows."""
-        said = BandClassifier.classify_batch([c.bands for c in classifiers], frames) if classifiers else []
+        """One frame of each of many calls: the bands' batch, then one Silero inference per round of windows.
+
+        Round r runs the r-th window of every call that has one this frame, in row order: round 0 every call whose
+        queue has a whole window and every waking call's first primed window, rounds 1… the rest of the primes. The
+        calls' audio, queues and Silero states live in arrays (:class:`_Ring`, ``silero._Bank``), gathered and
+        scattered with a few numpy calls per round; only the decision (:meth:`_step`, :meth:`_finish`) is per call."""
+        n = len(classifiers)
+        if n == 0:
+            return []
+        first = classifiers[0]
+        ring, session, prime = first._ring, first.judge._session, first._prime
+        if not all(c._ring is ring and c.judge._session is session and c._prime == prime for c in classifiers):
+            return [c.classify(frames[i : i + 1])[0] for i, c in enumerate(classifiers)]  # mixed geometries: each alone
+        said = BandClassifier.classify_batch([c.bands for c in classifiers], frames)
         levels = _levels(frames)
         quiet = quiet_frames(frames)
-        wins = [c._step(row, b, q, lv) for c, row, b, q, lv in zip(classifiers, frames, said, quiet, levels, strict=True)]
-        probs: list[list[float]] = [[] for _ in classifiers]
-        rnd = 0
-        while True:
-            members = [i for i, w in enumerate(wins) if len(w) > rnd]
-            if not members:
-                break
-            got = SileroClassifier.probabilities_batch([classifiers[i].judge for i in members],
-                                                       np.stack([wins[i][rnd] for i in members]))
-            for i, p in zip(members, got, strict=True):
-                probs[i].append(p)
-            rnd += 1
-        return [c._finish(b, q, lv, p) for c, b, q, lv, p in zip(classifiers, said, quiet, levels, probs, strict=True)]
+        acts = np.fromiter(map(cls._step, classifiers, said, quiet, levels), np.int8, n)
+        slots = np.fromiter(map(_SLOT, classifiers), np.intp, n)
+        counts, starts = ring.push(slots, frames, acts, prime)
+        probs: list[Sequence[float]] = [()] * n
+        members = np.flatnonzero(counts)
+        if members.size:
+            bank = first.judge._bank
+            rows = np.fromiter(map(_BANK_SLOT, classifiers), np.intp, n)
+            rate = first.judge._rate
+            rnd = 0
+            while members.size:
+                got = silero.infer(session, rate, bank, rows[members], ring.windows(slots[members], starts[members, rnd]))
+                if rnd == 0:
+                    for i, p in zip(members.tolist(), got.tolist(), strict=True):
+                        probs[i] = [p]
+                else:
+                    for i, p in zip(members.tolist(), got.tolist(), strict=True):
+                        probs[i].append(p)  # type: ignore[attr-defined]
+                rnd += 1
+                members = members[counts[members] > rnd]
+        return list(map(cls._finish, classifiers, said, quiet, levels, probs))
+
+
+class _Ring:
+    """Every ``bands-judge`` call's recent audio and Silero window queue (one geometry: frame, window, prime), as
+    arrays with a row per call (issue 12 round 9: the judge's cost).
+
+    Why: each call shifted its own history by a frame every frame (two numpy copies) and copied its windows out
+    one by one: ~1–2 µs of Python per call and frame. Here a tick writes every call's frame with one numpy call,
+    and a round gathers its windows with another. ``audio`` is a ring of whole frames (``frames`` of them: the
+    last ``max(prime, 1) + 1`` windows and a frame, as round 8's history); ``at`` is the frame slot the next frame
+    goes to, ``pend`` the samples at the ring's end not yet given to Silero (while it runs). A frame that RUNs adds
+    itself to ``pend`` and takes the window that starts ``pend`` samples back once ``pend`` reaches a window; a
+    WAKE empties the queue and takes the last ``prime`` windows (this frame's end included), oldest first. Windows
+    start on a multiple of gcd(frame, window) samples, so a window is gathered as whole blocks of that many.
+    A row belongs to one classifier from its birth (``take``) to its end (``__del__``: ``free``)."""
+
+    __slots__ = ("at", "audio", "block", "frame", "frames", "free", "pend", "win")
+
+    _RINGS: ClassVar[dict[tuple[int, int, int], _Ring]] = {}
+
+    def __init__(self, frame: int, win: int, prime: int) -> None:
+        self.frame = frame
+        self.win = win
+        self.block = math.gcd(frame, win)
+        self.frames = -(-((max(prime, 1) + 1) * win + frame) // frame)
+        self.audio: npt.NDArray[np.int16] = np.zeros((0, self.frames * frame), dtype=np.int16)
+        self.at: npt.NDArray[np.intp] = np.zeros(0, dtype=np.intp)
+        self.pend: npt.NDArray[np.intp] = np.zeros(0, dtype=np.intp)
+        self.free: list[int] = []
+
+    @classmethod
+    def of(cls, frame: int, win: int, prime: int) -> _Ring:
+        key = (frame, win, max(prime, 1))
+        ring = cls._RINGS.get(key)
+        if ring is None:
+            ring = cls._RINGS[key] = cls(frame, win, prime)
+        return ring
+
+    def take(self) -> int:
+        """A row of its own (silent audio, an empty queue) for a new call."""
+        with _LOCK:
+            if not self.free:
+                have = len(self.at)
+                size = max(2 * have, 16)
+                self.audio = np.concatenate([self.audio, np.zeros((size - have, self.audio.shape[1]), dtype=np.int16)])
+                self.at = np.concatenate([self.at, np.zeros(size - have, dtype=np.intp)])
+                self.pend = np.concatenate([self.pend, np.zeros(size - have, dtype=np.intp)])
+                self.free.extend(range(size - 1, have - 1, -1))
+            row = self.free.pop()
+            self.audio[row] = 0
+            self.at[row] = self.pend[row] = 0
+            return row
+
+    def save(self, row: int) -> tuple[npt.NDArray[np.int16], int, int]:
+        with _LOCK:
+            return self.audio[row].copy(), int(self.at[row]), int(self.pend[row])
+
+    def load(self, row: int, saved: tuple[npt.NDArray[np.int16], int, int]) -> None:
+        with _LOCK:
+            self.audio[row], self.at[row], self.pend[row] = saved
+
+    def push(self, slots: npt.NDArray[np.intp], frames: Frames, acts: npt.NDArray[np.int8],
+             prime: int) -> tuple[npt.NDArray[np.intp], npt.NDArray[np.intp]]:
+        """Row i of ``frames`` is the next frame of the call in row ``slots[i]``, ``acts[i]`` what it asks of Silero:
+        per call, how many windows it needs now and where each starts (samples into its ring row, oldest first)."""
+        n = len(slots)
+        frame, win, size = self.frame, self.win, self.frames * self.frame
+        k = max(prime, 1)
+        with _LOCK:
+            at = self.at.take(slots)
+            self.audio.reshape(-1, self.frames, frame)[slots, at] = frames
+            at += 1
+            at %= self.frames
+            self.at[slots] = at
+            end = at * frame  # where each call's audio ends now (this frame's end)
+            counts = np.zeros(n, dtype=np.intp)
+            starts = np.zeros((n, k), dtype=np.intp)
+            run = np.flatnonzero(acts == RUN)
+            if run.size:
+                pend = self.pend.take(slots[run]) + frame
+                due = pend >= win
+                counts[run] = due
+                starts[run, 0] = end[run] - pend  # read only where due
+                pend[due] -= win
+                self.pend[slots[run]] = pend
+            wake = np.flatnonzero(acts == WAKE)
+            if wake.size:
+                self.pend[slots[wake]] = 0
+                counts[wake] = k
+                starts[wake] = end[wake, None] - np.arange(k, 0, -1) * win
+        starts %= size
+        return counts, starts
+
+    def windows(self, slots: npt.NDArray[np.intp], starts: npt.NDArray[np.intp]) -> Frames:
+        """The window of ring row ``slots[i]`` that starts at ``starts[i]``, for each i."""
+        b = self.block
+        blocks = self.frames * self.frame // b
+        idx = (starts // b)[:, None] + np.arange(self.win // b)
+        idx %= blocks
+        with _LOCK:
+            got = self.audio.reshape(-1, blocks, b)[slots[:, None], idx]
+        return got.reshape(len(slots), self.win)
+
+
+_LOCK = threading.Lock()
+_SLOT = operator.attrgetter("_slot")
+_BANK_SLOT = operator.attrgetter("judge._slot")
 
 
 def _levels(frames: Frames) -> list[float]:
