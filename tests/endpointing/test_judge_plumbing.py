@@ -1,5 +1,6 @@
 """Issue 12 round 9 (bands-judge's cost): the judge's audio, window queue and Silero states moved into shared arrays
-(judge._Ring, silero._Bank) give the very decisions and Silero probabilities of round 8's plumbing.
+(judge._Ring, silero._Bank) give the very decisions and Silero probabilities of round 8's plumbing, with the primes run at the wake or early (spread over the frames
+before it).
 
 The reference below is round 8's plumbing, as main had it: each call's own history shifted by a frame every frame,
 its windows copied out into lists, Silero's state and context in each call's own arrays, concatenated per round
@@ -15,10 +16,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from engine.endpointing import make_classifier
-from engine.endpointing import silero as silero_mod
 from engine.endpointing.classifiers import BandClassifier, classify_batch, quiet_frames
-from engine.endpointing.judge import IDLE, WAKE, JudgeClassifier, _levels
+from engine.endpointing.judge import RUN, WAKE, JudgeClassifier, _levels, make_judge
 
 from .test_real_corpus import load_subset
 from .test_silero import installed
@@ -36,14 +35,13 @@ class Round8:
         self.pend = 0
         self.input = np.zeros((1, 32 + self.win), dtype=np.float32)
         self.state = np.zeros((2, 1, 128), dtype=np.float32)
-        self.probs: list[float] = []
 
     def step(self, row: np.ndarray, b: bool, q: bool, lv: float) -> list[np.ndarray]:
         act = self.c._step(b, q, lv)
         hist, n, win = self.hist, row.shape[0], self.win
         hist[:-n] = hist[n:]
         hist[-n:] = row
-        if act == IDLE:
+        if act not in (RUN, WAKE):
             return []
         if act == WAKE:
             self.input.fill(0.0)
@@ -83,7 +81,6 @@ def round8_batch(refs: list[Round8], frames: np.ndarray) -> list[bool]:
             r.state = np.ascontiguousarray(state[:, j : j + 1])
         for i, p in zip(members, prob[:, 0].tolist(), strict=True):
             probs[i].append(p)
-            refs[i].probs.append(p)
         rnd += 1
     return [r.c._finish(b, q, lv, p) for r, b, q, lv, p in zip(refs, said, quiet, levels, probs, strict=True)]
 
@@ -98,37 +95,33 @@ def _streams(calls: int) -> list[np.ndarray]:
     return [np.roll(frames, -int(a), axis=0) for a in at]
 
 
-def _judge() -> JudgeClassifier:
-    c = make_classifier("bands-judge", RATE)
-    assert isinstance(c, JudgeClassifier)
-    return c
+def _judge(**knobs: Any) -> JudgeClassifier:
+    return make_judge(RATE, **knobs)
 
 
-def test_batched_and_alone_equal_round_8_on_the_subset(monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("rounds", [8, 3, 1])
+def test_batched_and_alone_equal_round_8_on_the_subset(monkeypatch: pytest.MonkeyPatch, rounds: int) -> None:
     """12 calls over the committed subset, a random ~80 % of them with a frame each tick (FrameBatch's rounds vary
-    that way), 1500 ticks: every decision, every Silero window count and every probability (bit for bit) of the
-    new plumbing, batched and alone, equals round 8's; rows freed by calls that ended are reused clean."""
+    that way), 1500 ticks: every decision, every Silero window count and every probability (bit for bit) each frame's
+    decision takes, batched and alone, equal round 8's, with the prime run at the wake (``prime_rounds`` 8) or
+    early (3, 1); rows freed by calls that ended are reused clean."""
     installed()
     calls, ticks = 12, 1500
     streams = _streams(calls)
     for _ in range(3):  # calls that come and go first: their rows are freed and given to the calls below
-        _judge().classify(streams[0][:300])
+        _judge(prime_rounds=rounds).classify(streams[0][:300])
     gc.collect()
     refs = [Round8(_judge()) for _ in range(calls)]
-    batched = [_judge() for _ in range(calls)]
-    alone = [_judge() for _ in range(calls)]
-    got_probs: dict[int, list[float]] = {i: [] for i in range(calls)}
-    by_row = {c.judge._slot: i for i, c in enumerate(batched)}
-    infer = silero_mod.infer
+    batched = [_judge(prime_rounds=rounds) for _ in range(calls)]
+    alone = [_judge(prime_rounds=rounds) for _ in range(calls)]
+    took: dict[int, list[float]] = {id(c): [] for c in [r.c for r in refs] + batched + alone}
+    finish = JudgeClassifier._finish
 
-    def spy(session: Any, rate: Any, bank: Any, slots: np.ndarray, windows: np.ndarray) -> np.ndarray:
-        out = infer(session, rate, bank, slots, windows)
-        for s, p in zip(slots.tolist(), out.tolist(), strict=True):
-            if s in by_row:
-                got_probs[by_row[s]].append(p)
-        return out
+    def spy(self: JudgeClassifier, b: bool, q: bool, lv: float, probs: Any) -> bool:
+        took[id(self)].extend(probs)
+        return finish(self, b, q, lv, probs)
 
-    monkeypatch.setattr(silero_mod, "infer", spy)
+    monkeypatch.setattr(JudgeClassifier, "_finish", spy)
     pos = [0] * calls
     rng = np.random.default_rng(7)
     for _ in range(ticks):
@@ -143,8 +136,12 @@ def test_batched_and_alone_equal_round_8_on_the_subset(monkeypatch: pytest.Monke
         assert [alone[i].classify(tick[j : j + 1])[0] for j, i in enumerate(who)] == want
     assert [c.windows for c in batched] == [r.c.windows for r in refs] == [c.windows for c in alone]
     assert sum(c.windows for c in batched) > 2000
-    for i, r in enumerate(refs):
-        assert np.array_equal(np.array(got_probs[i], np.float64), np.array(r.probs, np.float64)), i
+    assert [c.spare_windows for c in batched] == [c.spare_windows for c in alone]
+    assert (sum(c.spare_windows for c in batched) > 0) == (rounds < 8)
+    for r, b, a in zip(refs, batched, alone, strict=True):
+        want = np.array(took[id(r.c)], np.float64)
+        assert np.array_equal(np.array(took[id(b)], np.float64), want)
+        assert np.array_equal(np.array(took[id(a)], np.float64), want)
 
 
 def test_a_copy_goes_on_like_the_original() -> None:
