@@ -33,10 +33,10 @@ def main() -> int:
     ap.add_argument("--tree", help="the sori tree to import (default: this script's)")
     ap.add_argument("--knobs", default="{}", help="JSON: JudgeClassifier keyword arguments (e.g. prime_rounds)")
     args = ap.parse_args()
+    import json
+
     import onnxruntime
     from corpus import load
-
-    import json
 
     from engine.endpointing import classifiers
     from engine.endpointing.classifiers import BandClassifier

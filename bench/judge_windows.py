@@ -17,8 +17,6 @@ from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
 
-import numpy as np
-
 TREE = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(TREE))
 sys.path.insert(0, str(TREE / "bench"))

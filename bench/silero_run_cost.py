@@ -145,7 +145,7 @@ def main() -> int:
                 cells.append(f"{t[0] * 1e6:.1f} / {t[len(t) // 2] * 1e6:.1f}")
             print(f"| {v} | " + " | ".join(cells) + " |", flush=True)
         return 0
-    ref = {r: runner("main", r)() for r in rows}  # noqa: PLW0108
+    ref = {r: runner("main", r)() for r in rows}
     print(f"wall, min over {args.runs} runs (and median); load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} cpus")
     print("| variant | rows | µs per run min / median | µs per window (min) | probabilities == main |")
     print("|---|---|---|---|---|")

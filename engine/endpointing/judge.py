@@ -453,7 +453,7 @@ class _Ring:
         idx = (starts // b)[:, None] + np.arange(self.win // b)
         idx %= blocks
         with _LOCK:
-            got = self.audio.reshape(-1, blocks, b)[slots[:, None], idx]
+            got: Frames = self.audio.reshape(-1, blocks, b)[slots[:, None], idx]
         return got.reshape(len(slots), self.win)
 
     def window(self, slot: int, start: int) -> Frames:

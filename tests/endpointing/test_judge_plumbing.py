@@ -1,6 +1,6 @@
-"""Issue 12 round 9 (bands-judge's cost): the judge's audio, window queue and Silero states moved into shared arrays
-(judge._Ring, silero._Bank) give the very decisions and Silero probabilities of round 8's plumbing, with the primes run at the wake or early (spread over the frames
-before it).
+"""Issue 12 round 9 (bands-judge's cost): the judge's audio, window queue and Silero states moved into shared
+arrays (judge._Ring, silero._Bank) give the very decisions and Silero probabilities of round 8's plumbing, with
+the primes run at the wake or early (spread over the frames before it).
 
 The reference below is round 8's plumbing, as main had it: each call's own history shifted by a frame every frame,
 its windows copied out into lists, Silero's state and context in each call's own arrays, concatenated per round
