@@ -271,14 +271,12 @@ def _silero(calls: Sequence[JudgeClassifier], frames: Frames, acts: npt.NDArray[
 def _silero_one(c: JudgeClassifier, frame: Frames, act: int) -> Sequence[float]:
     """:func:`_silero` for one call (no numpy fixed costs on a frame that runs no window)."""
     count, starts, fresh, used = c._ring.push_one(c._slot, frame, act, c._prime, c._rounds)
-    judge = c.judge
     if fresh:
-        silero.reset_rows(judge._bank, np.array([judge._slot], dtype=np.intp))
+        c.judge.reset()
     probs: list[float] = []
     if count:
-        row = np.array([judge._slot], dtype=np.intp)
-        for start in starts:
-            probs += silero.infer(judge._session, judge._rate, judge._bank, row, c._ring.window(c._slot, start)).tolist()
+        ring = c._ring
+        probs = c.judge.probabilities(np.concatenate([ring.window(c._slot, start) for start in starts]))
     if act < 0 or act == WAKE:  # early priming's bookkeeping, as _silero's
         if fresh:
             c._spare += len(c._early)

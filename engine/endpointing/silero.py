@@ -249,6 +249,8 @@ class SileroClassifier:
             return [c.probabilities(frames[i : i + 1])[0] for i, c in enumerate(classifiers)]
         if frames.shape != (n, first._frame):
             raise ClassifierError(f"silero classify_batch: expected shape ({n}, {first._frame}), got {frames.shape}")
+        if n == 1:  # its own row by plain slicing (no fancy indexing's fixed costs)
+            return first.probabilities(frames)
         slots = np.fromiter(map(_SLOT, classifiers), np.intp, n)
         return infer(first._session, first._rate, first._bank, slots, frames).tolist()  # type: ignore[no-any-return]
 
