@@ -31,9 +31,10 @@ class Round8:
     def __init__(self, c: JudgeClassifier) -> None:
         self.c = c
         self.win = c.judge.frame_samples
+        self.ctx = 32 if self.win == 256 else 64
         self.hist = np.zeros((max(c._prime, 1) + 1) * self.win + c.frame_samples, dtype=np.int16)
         self.pend = 0
-        self.input = np.zeros((1, 32 + self.win), dtype=np.float32)
+        self.input = np.zeros((1, self.ctx + self.win), dtype=np.float32)
         self.state = np.zeros((2, 1, 128), dtype=np.float32)
 
     def step(self, row: np.ndarray, b: bool, q: bool, lv: float) -> list[np.ndarray]:
@@ -71,9 +72,10 @@ def round8_batch(refs: list[Round8], frames: np.ndarray) -> list[bool]:
         if not members:
             break
         group = [refs[i] for i in members]
-        inp = np.empty((len(group), 32 + refs[0].win), dtype=np.float32)
-        inp[:, :32] = np.concatenate([r.input[:, -32:] for r in group])
-        np.multiply(np.stack([wins[i][rnd] for i in members]), 1.0 / 32768.0, out=inp[:, 32:], casting="unsafe")
+        ctx = refs[0].ctx
+        inp = np.empty((len(group), ctx + refs[0].win), dtype=np.float32)
+        inp[:, :ctx] = np.concatenate([r.input[:, -ctx:] for r in group])
+        np.multiply(np.stack([wins[i][rnd] for i in members]), 1.0 / 32768.0, out=inp[:, ctx:], casting="unsafe")
         state = np.concatenate([r.state for r in group], axis=1)
         prob, state = session.run(None, {"input": inp, "state": state, "sr": rate})
         for j, r in enumerate(group):
@@ -142,6 +144,23 @@ def test_batched_and_alone_equal_round_8_on_the_subset(monkeypatch: pytest.Monke
         want = np.array(took[id(r.c)], np.float64)
         assert np.array_equal(np.array(took[id(b)], np.float64), want)
         assert np.array_equal(np.array(took[id(a)], np.float64), want)
+
+
+def test_16_khz_30_ms_frames_equal_round_8() -> None:
+    """Another geometry (480-sample frames, 512-sample windows): batched and alone equal round 8's plumbing."""
+    installed()
+    calls, ticks = 4, 400
+    streams = [np.repeat(s.ravel(), 2)[: 480 * ticks].reshape(ticks, 480) for s in _streams(calls)]
+    refs = [Round8(make_judge(16000, frame_ms=30)) for _ in range(calls)]
+    batched = [make_judge(16000, frame_ms=30) for _ in range(calls)]
+    alone = [make_judge(16000, frame_ms=30) for _ in range(calls)]
+    for k in range(ticks):
+        tick = np.stack([s[k] for s in streams])
+        want = round8_batch(refs, tick)
+        assert classify_batch(batched, tick) == want
+        assert [c.classify(tick[i : i + 1])[0] for i, c in enumerate(alone)] == want
+    assert [c.windows for c in batched] == [r.c.windows for r in refs] == [c.windows for c in alone]
+    assert sum(c.windows for c in batched) > 100
 
 
 def test_a_copy_goes_on_like_the_original() -> None:
