@@ -2,7 +2,7 @@
 
 Issue 12 round 9 (bands-judge's cost): a bands-judge tick runs one inference per round (the calls that have a
 window), and a wake's prime adds rounds of a few rows each, so the fixed cost of a run matters as much as the
-per-window one. Inputs: real 32 ms windows of the committed subset (bench/corpus_real) with a warm state.
+per-window one. Inputs: real 32 ms windows of the committed subset (bench/corpus_real), a random state.
 Variants (``--variants``): ``main`` (main's session: the packaged model, one thread, defaults), ``nospin``
 (+ no spinning, arena off), ``basic`` / ``extended`` / ``disabled`` (graph optimisation levels: may change
 the numerics), ``ifless`` (the package's op18 if-less model), ``binding`` (main's session through IOBinding).
