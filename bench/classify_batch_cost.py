@@ -33,10 +33,17 @@ def main() -> int:
     ap.add_argument("--instructions", action="store_true", help="callgrind instructions per row (one --rows value)")
     ap.add_argument("--ab", type=Path, help="with --instructions: the old tree too (its own .venv)")
     ap.add_argument("--plain", action="store_true", help="classify_batch ticks only, untimed (for --instructions)")
+    ap.add_argument("--warmup", type=int, default=100, help="ticks before the measured ones (fewer: callgrind of bands-judge)")
+    ap.add_argument("--onnx", action="store_true", help="with --instructions: also onnxruntime's share (its Run, inclusive)")
     args = ap.parse_args()
     if args.instructions:
         trees = [Path(args.tree).resolve()] + ([args.ab.resolve()] if args.ab else [])
-        got = {t: _instructions(t, args.kind, int(args.rows.split(",")[0]), args.ticks) for t in trees}
+        rows = int(args.rows.split(",")[0])
+        both = {t: _instructions(t, args.kind, rows, args.ticks, args.warmup, onnx=args.onnx) for t in trees}
+        got = {t: v[0] for t, v in both.items()}
+        for t, (_, onnx) in both.items():
+            if args.onnx:
+                print(f"{t.name} {args.kind} rows={rows}: onnxruntime's InferenceSession::Run {onnx:,.0f} instructions/row")
         for t, per_row in got.items():
             print(f"{t.name} {args.kind} rows={args.rows.split(',')[0]} classify_batch: {per_row:,.0f} instructions/row"
                   + (f" ({per_row / got[trees[-1]]:.3f} x {trees[-1].name})" if len(trees) > 1 else ""))
@@ -59,18 +66,19 @@ def main() -> int:
     for n in [int(x) for x in args.rows.split(",")]:
         clfs = [make_classifier(args.kind, 8000) for _ in range(n)]
         off = np.random.default_rng(0).integers(0, len(frames), size=n)
-        ticks = [np.ascontiguousarray(frames[(off + t) % len(frames)]) for t in range(100 + args.ticks)]
-        for b in ticks[:100]:
+        w = args.warmup
+        ticks = [np.ascontiguousarray(frames[(off + t) % len(frames)]) for t in range(w + args.ticks)]
+        for b in ticks[:w]:
             classifiers.classify_batch(clfs, b)
         if args.plain:
-            for b in ticks[100:]:
+            for b in ticks[w:]:
                 classifiers.classify_batch(clfs, b)
             continue
         whole, band, decide = [], [], []
         c0 = clfs[0]
         parts = hasattr(c0, "_basis")  # a bands kind (not silero, not bands-judge: those are timed whole)
-        windows = sum(getattr(c, "windows", 0) for c in clfs)
-        for i, b in enumerate(ticks[100:]):
+        windows = sum(getattr(c, "windows", 0) + getattr(c, "spare_windows", 0) for c in clfs)
+        for i, b in enumerate(ticks[w:]):
             if i % 2 and parts:  # odd ticks: the parts (bands kinds), even: the whole classify_batch
                 t0 = time.perf_counter()
                 bands = classifiers._band_array(c0._basis, c0._group, b)  # type: ignore[attr-defined]
@@ -93,23 +101,30 @@ def main() -> int:
             p10, p50 = ts[len(ts) // 10] * 1e6, ts[len(ts) // 2] * 1e6
             print(f"{tree.name} {args.kind} rows={n} {name}: p10 {p10:.1f} µs/tick ({p10 / n:.2f} µs/row), median {p50:.1f}")
         if hasattr(c0, "windows"):  # bands-judge: how much of the batch Silero judged
-            got = sum(c.windows for c in clfs) - windows
+            got = sum(c.windows + getattr(c, "spare_windows", 0) for c in clfs) - windows  # early primes' spares too
             print(f"{tree.name} {args.kind} rows={n}: Silero windows per row-tick {got / (n * args.ticks):.3f}")
     return 0
 
 
-def _instructions(tree: Path, kind: str, rows: int, ticks: int) -> float:
-    """Instructions per row of classify_batch in ``tree`` under callgrind: ``ticks`` ticks minus none."""
-    counts = []
+def _instructions(tree: Path, kind: str, rows: int, ticks: int, warmup: int, *, onnx: bool = False) -> tuple[float, float]:
+    """Instructions per row of classify_batch in ``tree`` under callgrind: ``ticks`` ticks minus none; and (``onnx``)
+    the part inside onnxruntime's ``InferenceSession::Run`` (inclusive, by callgrind_annotate), the same way."""
+    counts, inside = [], []
     for t in (ticks, 0):
         with tempfile.TemporaryDirectory() as tmp:
             cmd = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={tmp}/cg.out", str(tree / ".venv" / "bin" / "python"),
                    str(Path(__file__).resolve()), "--tree", str(tree), "--kind", kind, "--rows", str(rows),
-                   "--ticks", str(t), "--plain"]
+                   "--ticks", str(t), "--warmup", str(warmup), "--plain"]
             env = os.environ | {"PYTHONHASHSEED": "0", "OPENBLAS_NUM_THREADS": "1"}
             res = subprocess.run(cmd, cwd=tree, check=True, capture_output=True, text=True, env=env)
             counts.append(int(re.findall(r"Collected : (\d+)", res.stderr)[-1]))
-    return (counts[0] - counts[1]) / (ticks * rows)
+            if onnx:
+                ann = subprocess.run(["callgrind_annotate", "--inclusive=yes", "--threshold=100", f"{tmp}/cg.out"],
+                                     check=True, capture_output=True, text=True).stdout
+                runs = [int(m.group(1).replace(",", "")) for m in re.finditer(r"^\s*([\d,]+) .*InferenceSession::Run\(", ann, re.M)]
+                inside.append(max(runs, default=0))
+    per = (ticks * rows)
+    return (counts[0] - counts[1]) / per, ((inside[0] - inside[1]) / per if onnx else float("nan"))
 
 
 if __name__ == "__main__":

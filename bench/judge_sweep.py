@@ -63,7 +63,7 @@ def run(files: list[Any], factory: Callable[[int], FrameClassifier]) -> dict[tup
         for k, v in split_misses(det, len(pcm), lab).items():
             if k != "speech":
                 acc[k] += v
-        acc["windows"] += sum(getattr(c, "windows", 0) for c in made)
+        acc["windows"] += sum(getattr(c, "windows", 0) + getattr(c, "spare_windows", 0) for c in made)  # spares: round 9
         acc["frames"] += len(pcm) // 160
     return per
 

