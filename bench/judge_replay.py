@@ -12,7 +12,7 @@ final figures come from judge_sweep.py itself (the real Silero).
 fall from the tail's peak (logit) for judged frames inside labelled speech and for those after the utterance's
 true end (every such frame judged speech is 20 ms of end delay).
 
-Usage: python bench/judge_replay.py [--split dev] [--schedule '{"tail_frames": 7}'] [--trace] '{"fall": 2}' ...
+Usage: python bench/judge_replay.py [--split dev] [--schedule '{"tail_frames": 7}'] [--trace] [--starts] '{"fall": 2}' ...
 """
 
 from __future__ import annotations
@@ -41,6 +41,8 @@ from engine.endpointing.judge import JudgeClassifier
 from engine.endpointing.silero import SileroClassifier
 
 SCHEDULE = ("tail_frames", "arm_frames", "prime_windows", "warm")
+#: Start delay (first detection's start − the utterance's labelled start, ms) per (SNR, noise), of the last replay.
+STARTS: dict[tuple[float, str], list[float]] = defaultdict(list)
 
 
 class Recorder(SileroClassifier):
@@ -115,6 +117,7 @@ def replay(files: list[Any], tapes: dict[str, np.ndarray], knobs: dict[str, Any]
            ) -> tuple[dict[tuple[float, str], dict[str, Any]], list[Any]]:
     per: dict[tuple[float, str], dict[str, Any]] = {}
     traces = []
+    STARTS.clear()
     for name, pcm, lab in files:
         made: list[JudgeClassifier] = []
 
@@ -135,6 +138,10 @@ def replay(files: list[Any], tapes: dict[str, np.ndarray], knobs: dict[str, Any]
             if k != "speech":
                 acc[k] += v
         acc["windows"] += made[0].windows
+        for u in lab["utterances"]:
+            over = [d for d in det if d[1] < u["end"] and d[2] > u["start"]]
+            if over:
+                STARTS[(lab["snr_db"], lab["noise"])].append((over[0][1] - u["start"]) * 1000 / lab["sample_rate"])
         acc["frames"] += len(pcm) // 160
         if trace:
             traces.append((lab, made[0].log))  # type: ignore[attr-defined]
@@ -181,6 +188,7 @@ def main() -> int:
     ap.add_argument("--schedule", default="{}", help="JSON: the schedule knobs (tail_frames, arm_frames, prime_windows, warm)")
     ap.add_argument("--cache", type=Path, default=Path("/tmp/judge_tapes"))
     ap.add_argument("--trace", action="store_true")
+    ap.add_argument("--starts", action="store_true", help="also the start delay p50 / p95 per SNR (non-babble rows)")
     ap.add_argument("variants", nargs="*", help="JSON objects of JudgeClassifier decision knobs")
     args = ap.parse_args()
     real = args.real or default_dir("corpus_real_full", "corpus_real")
@@ -204,6 +212,10 @@ def main() -> int:
         report(f"replay bands-judge {json.dumps(knobs)}", per, ref, args.by_noise)
         if args.trace:
             show_trace(traces)
+        if args.starts:
+            for snr in sorted({s for s, _ in per}, reverse=True):
+                st = [x for (sn, n), xs in STARTS.items() if sn == snr and n in judge_sweep.NON_BABBLE for x in xs]
+                print(f" {snr:g} dB non-babble start delay p50 / p95 {np.percentile(st, 50):.0f} / {np.percentile(st, 95):.0f} ms")
     return 0
 
 

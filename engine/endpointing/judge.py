@@ -23,6 +23,8 @@ and a judged frame is silence once Silero's logit has fallen more than ``fall`` 
 last speech frame (a real ending makes it fall window after window; a weak syllable holds it). The fall allowed
 narrows with the line's SNR (``fall`` at ``snr_lo_db`` to ``fall_hi`` at ``snr_hi_db``): on a clean line the bands
 hear the tails themselves, so Silero's hangover is only delay. ``rel=0`` and ``fall=0`` give round 8's rule.
+``veto`` (off by default; dev false starts 0.29 / 0 / 0.27 → 0 per min at 0.01, but its margin moves with the
+voice: BENCHMARKS.md round 9) silences a bands run from idle, from its arming frame on, while Silero stays under it.
 
 Silero's recurrent state must be warm where it judges (``warm``, the default): it runs from the arming frame on,
 through the talker's words, after a replay of the last ``prime_windows`` of its 32 ms windows from a reset state
@@ -71,7 +73,7 @@ class JudgeClassifier:
 
     __slots__ = ("_active", "_arm", "_armed", "_fall", "_fall_hi", "_floor", "_hist", "_last", "_peak", "_pend",
                  "_prime", "_rel", "_run", "_since", "_snr_hi", "_snr_lo", "_speech", "_tail", "_talk", "_talker", "_thr",
-                 "_thr_hi", "_warm", "_win", "bands", "judge", "windows")
+                 "_thr_hi", "_veto", "_vetoing", "_warm", "_win", "bands", "judge", "windows")
 
     #: FrameBatch (engine/endpointing/batch.py) may give a whole round: the bands cut their products themselves.
     batch_rows: ClassVar[int] = 1 << 16
@@ -80,7 +82,7 @@ class JudgeClassifier:
                  arm_frames: int = ARM_FRAMES, threshold: float = THRESHOLD, prime_windows: int = PRIME_WINDOWS,
                  warm: bool = True, thr_hi: float = THRESHOLD_HIGH, snr_lo_db: float = SNR_LO_DB,
                  snr_hi_db: float = SNR_HI_DB, rel: float = REL_LOGIT, fall: float = FALL_LOGIT,
-                 fall_hi: float = FALL_LOGIT_HIGH) -> None:
+                 fall_hi: float = FALL_LOGIT_HIGH, veto: float = 0.0) -> None:
         if bands.sample_rate != judge.sample_rate:
             raise ClassifierError("bands-judge: the two stages must have one sample rate")
         if tail_frames < 0 or arm_frames < 1 or prime_windows < 0:
@@ -118,6 +120,10 @@ class JudgeClassifier:
         self._talk = math.nan  # running mean of the logit on the frames the bands call speech
         self._peak = 0.0  # highest logit since the bands' last speech frame (that frame's included)
         self._last = 0.0  # the last window's logit
+        # A start the bands heard from idle (not inside a judged tail) is silence while Silero stays under ``veto``
+        # from the arming frame on (0: off): a click or noise burst that the bands take for a talker.
+        self._veto = veto
+        self._vetoing = False
 
     @property
     def frame_samples(self) -> int:
@@ -184,7 +190,9 @@ class JudgeClassifier:
             x = min(max((snr - self._snr_lo) / (self._snr_hi - self._snr_lo), 0.0), 1.0) if math.isfinite(snr) else 0.0
             p = probs[-1]
             lg = _logit(p)
-            if bands_speech:
+            if self._vetoing and p >= self._veto:
+                self._vetoing = False  # Silero hears the talker too: the rest of the run is the bands'
+            if bands_speech and not self._vetoing:
                 self._talk = lg if math.isnan(self._talk) else self._talk + EMA * (lg - self._talk)
             if self._rel > 0:  # under this call's own level on the talker (never under ``threshold``)
                 floor = _logit(self._thr)
@@ -197,8 +205,10 @@ class JudgeClassifier:
                 self._peak = max(self._peak, lg)
             self._last = lg
         if bands_speech:
+            if self._run == 1:  # a run's first frame: Silero is already active only inside a judged tail
+                self._vetoing = self._veto > 0 and not self._active
             self._peak = self._last
-            return True
+            return not (self._vetoing and self._active)
         return self._active and self._since > 0 and self._speech and not quiet
 
     @classmethod

@@ -88,3 +88,18 @@ def test_the_threshold_follows_the_calls_own_level_on_the_talker() -> None:
     assert unsure[: SPEECH + 7] == [True] * (SPEECH + 7)
     assert not any(_run(SAID, marks, {0: 0.9, 1: 0.85}, rel=0.0, fall=0.0)[SPEECH:])
     assert not any(_run(SAID, marks, {0: 0.9999, 1: 0.85}, fall=0.0)[SPEECH:])
+
+
+def test_veto_silences_a_start_silero_does_not_hear_and_only_from_idle() -> None:
+    """``veto`` (an option, off by default): a bands run from idle is silence from its arming frame while Silero stays
+    under it (so 2 frames reach the endpointer, never the 4 that confirm a start); once Silero hears the talker the
+    rest of the run is the bands'. A run inside a judged tail is never vetoed. Off, nothing changes."""
+    said = [False] * 5 + [True] * 8 + [False] * 3 + [True] * 6
+    quiet_start = {0: 0.001, 1: 0.001}
+    marks = [0] * len(said)
+    vetoed = _run(said, marks, quiet_start, veto=0.01)
+    assert vetoed[:7] == [False] * 5 + [True, True] and not any(vetoed[7:16])
+    assert vetoed[16:] == [True] * 6  # bands speech again inside the vetoed run's tail: not a start from idle
+    assert _run(said, marks, quiet_start)[5:13] == [True] * 8
+    hears = _run(said, [0] * 9 + [1] * 13, {0: 0.001, 1: 0.9}, veto=0.01)
+    assert hears[:9] == [False] * 5 + [True, True, False, False] and all(hears[10:13])
