@@ -1,7 +1,8 @@
 """Replay ``bands-judge``'s decision rule on recorded Silero probabilities (issue 12 round 9; tune on dev only).
 
 Why: when the judge runs Silero, on which windows and from which state depends only on the bands' decisions
-(``arm_frames``, ``tail_frames``, ``prime_windows``, ``warm``), never on the judge's own, so one run's
+(``arm_frames``, ``tail_frames``, ``prime_windows``, ``warm``, and ``prime_rounds``: early priming
+runs a wake's windows on the frames before it), never on the judge's own, so one run's
 probabilities are every decision variant's. They are recorded once per split and schedule (a .npz in --cache);
 a variant then costs the bands and the Endpointer only. The replayed classifier is the real
 engine/endpointing/judge.py JudgeClassifier with a tape in place of its Silero (the tape checks it is read to its
@@ -31,16 +32,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import judge_sweep
 from corpus import load
-from endpointing_eval import default_dir, run_call, score_file
-from endpointing_misses import split_misses
+from endpointing_eval import default_dir, run_call
 from judge_sweep import END_MS, MERGE_MS, report
 
 from engine.endpointing import FrameClassifier, make_classifier
 from engine.endpointing.classifiers import BandClassifier
-from engine.endpointing.judge import JudgeClassifier
+from engine.endpointing.judge import PRIME_ROUNDS, JudgeClassifier
 from engine.endpointing.silero import SileroClassifier
 
-SCHEDULE = ("tail_frames", "arm_frames", "prime_windows", "warm")
+SCHEDULE = ("tail_frames", "arm_frames", "prime_windows", "warm", "prime_rounds")
 #: Start delay (first detection's start − the utterance's labelled start, ms) per (SNR, noise), of the last replay.
 STARTS: dict[tuple[float, str], list[float]] = defaultdict(list)
 
@@ -60,6 +60,8 @@ class Recorder(SileroClassifier):
 
 class Tape:
     """Silero's place in the judge: the recorded probabilities, in order."""
+
+    _session = None  # part of the judge's batching key; a call run alone never reaches an ONNX session
 
     def __init__(self, probs: np.ndarray, sample_rate: int) -> None:
         self.p = probs
@@ -131,18 +133,11 @@ def replay(files: list[Any], tapes: dict[str, np.ndarray], knobs: dict[str, Any]
         det, _ = run_call(make, END_MS, pcm, lab["sample_rate"], MERGE_MS)
         tape = made[0].judge
         assert isinstance(tape, Tape) and tape.i == len(tape.p), f"{name}: tape not read to its end ({tape.i}/{len(tape.p)})"
-        acc = per.setdefault((lab["snr_db"], lab["noise"]), defaultdict(float, delays=[], errors=[], delays_single=[]))
-        for k, v in score_file(det, pcm, lab).items():
-            acc[k] += v
-        for k, v in split_misses(det, len(pcm), lab).items():
-            if k != "speech":
-                acc[k] += v
-        acc["windows"] += made[0].windows
+        judge_sweep.score_into(per, det, pcm, lab, made[0].windows + made[0].spare_windows)  # as judge_sweep counts
         for u in lab["utterances"]:
             over = [d for d in det if d[1] < u["end"] and d[2] > u["start"]]
             if over:
                 STARTS[(lab["snr_db"], lab["noise"])].append((over[0][1] - u["start"]) * 1000 / lab["sample_rate"])
-        acc["frames"] += len(pcm) // 160
         if trace:
             traces.append((lab, made[0].log))  # type: ignore[attr-defined]
     return per, traces
@@ -185,7 +180,7 @@ def main() -> int:
     ap.add_argument("--split", default="dev")
     ap.add_argument("--real", type=Path, default=None)
     ap.add_argument("--by-noise", action="store_true")
-    ap.add_argument("--schedule", default="{}", help="JSON: the schedule knobs (tail_frames, arm_frames, prime_windows, warm)")
+    ap.add_argument("--schedule", default="{}", help="JSON: the schedule knobs (tail_frames, arm_frames, prime_windows, warm, prime_rounds)")
     ap.add_argument("--cache", type=Path, default=Path("/tmp/judge_tapes"))
     ap.add_argument("--trace", action="store_true")
     ap.add_argument("--starts", action="store_true", help="also the start delay p50 / p95 per SNR (non-babble rows)")
@@ -199,7 +194,9 @@ def main() -> int:
     schedule = json.loads(args.schedule)
     assert set(schedule) <= set(SCHEDULE), f"schedule knobs only: {SCHEDULE}"
     args.cache.mkdir(parents=True, exist_ok=True)
-    tag = f"{real.name}_{args.split}_" + "_".join(f"{k}{schedule[k]}" for k in sorted(schedule))
+    # Every schedule knob in the name (defaults included): a tape recorded under another schedule overruns.
+    full = {"prime_rounds": PRIME_ROUNDS} | schedule
+    tag = f"{real.name}_{args.split}_" + "_".join(f"{k}{full[k]}" for k in sorted(full))
     tapes = record(files, schedule, args.cache / f"{tag}.npz")
     silero = args.cache / f"{real.name}_{args.split}_silero.json"
     if not silero.exists():

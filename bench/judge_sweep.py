@@ -57,15 +57,23 @@ def run(files: list[Any], factory: Callable[[int], FrameClassifier]) -> dict[tup
             return c
 
         det, _ = run_call(keep, END_MS, pcm, lab["sample_rate"], MERGE_MS)
-        acc = per.setdefault((lab["snr_db"], lab["noise"]), defaultdict(float, delays=[], errors=[], delays_single=[]))
-        for k, v in score_file(det, pcm, lab).items():
-            acc[k] += v
-        for k, v in split_misses(det, len(pcm), lab).items():
-            if k != "speech":
-                acc[k] += v
-        acc["windows"] += sum(getattr(c, "windows", 0) + getattr(c, "spare_windows", 0) for c in made)  # spares: round 9
-        acc["frames"] += len(pcm) // 160
+        windows = sum(getattr(c, "windows", 0) + getattr(c, "spare_windows", 0) for c in made)  # spares: round 9
+        score_into(per, det, pcm, lab, windows)
     return per
+
+
+def score_into(per: dict[tuple[float, str], dict[str, Any]], det: Any, pcm: Any, lab: dict[str, Any],
+               windows: float) -> dict[str, Any]:
+    """Add one file's scores, misses by kind, Silero windows and frames to its (SNR, noise) row of ``per``."""
+    acc = per.setdefault((lab["snr_db"], lab["noise"]), defaultdict(float, delays=[], errors=[], delays_single=[]))
+    for k, v in score_file(det, pcm, lab).items():
+        acc[k] += v
+    for k, v in split_misses(det, len(pcm), lab).items():
+        if k != "speech":
+            acc[k] += v
+    acc["windows"] += windows
+    acc["frames"] += len(pcm) // 160
+    return acc
 
 
 def pooled(per: dict[tuple[float, str], dict[str, Any]], snr: float, noises: tuple[str, ...] | None) -> dict[str, float]:

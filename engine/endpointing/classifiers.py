@@ -171,8 +171,12 @@ _QUIET_SWING = 64
 def quiet_frames(frames: Frames) -> list[bool]:
     """Frames whose peak-to-peak swing is under 64 LSB (so rms < 32 LSB, 30 dB re 1 LSB²,
     the energy classifier's ``min_level_db``): digital silence, the μ-law idle pattern."""
-    swing = frames.max(axis=1).astype(np.int32) - frames.min(axis=1)
-    return (swing < _QUIET_SWING).tolist()  # type: ignore[no-any-return]
+    return _quiet_mask(frames).tolist()  # type: ignore[no-any-return]
+
+
+def _quiet_mask(frames: Frames) -> npt.NDArray[np.bool_]:
+    """:func:`quiet_frames` as an array (int16 rows: the swing fits int32)."""
+    return (frames.max(axis=1).astype(np.int32) - frames.min(axis=1)) < _QUIET_SWING  # type: ignore[no-any-return]
 
 
 # Invariant (a bands classifier without the unmute window, i.e. ``bands``; alone, chunked or batched): a frame
@@ -189,7 +193,7 @@ _QUIET_RULE_USED = False  # set once a classifier that needs the rule exists: no
 def _silence_quiet_rows(ratios: npt.NDArray[np.float32], frames: Frames, rows: list[bool] | None) -> None:
     """Set to 1.0, in place, the band ratios of the rows of ``frames`` that are digital silence (of those
     flagged in ``rows``, when given)."""
-    quiet = (frames.max(axis=1).astype(np.int32) - frames.min(axis=1)) < _QUIET_SWING
+    quiet = _quiet_mask(frames)
     if rows is not None:
         quiet &= np.array(rows, dtype=bool)
     ratios[quiet] = 1.0

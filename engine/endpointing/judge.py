@@ -116,12 +116,8 @@ class JudgeClassifier:
         self._warm = warm
         # The call's recent audio (the priming replay and the queue of Silero's windows): a row of a ring shared by
         # every call of this geometry (_Ring).
-        self._ring = _Ring.of(bands.frame_samples, judge.frame_samples, prime_windows)
-        self._slot = self._ring.take()
         self._rounds = prime_rounds
-        # What calls batched together must share (one ring, session, prime and rounds), one object per distinct set.
-        kind = (self._ring, judge._session, max(prime_windows, 1), prime_rounds)
-        self._kind = _KINDS.setdefault(kind, kind)
+        self._take_row()
         self._early: list[float] = []  # the probabilities of a prime run ahead of its wake (given to it at the wake)
         self._spare = 0  # windows run ahead of a wake that did not come (the run of bands speech broke)
         self._run = 0  # consecutive frames the bands called speech
@@ -169,11 +165,30 @@ class JudgeClassifier:
         saved = got.pop("ring")
         for k, v in got.items():
             setattr(self, k, v)
+        self._take_row()
+        self._ring.load(self._slot, saved)  # type: ignore[arg-type]
+
+    def _take_row(self) -> None:
+        """A row of the ring of this geometry, and the kind: what calls batched together must share (one ring,
+        session, prime and rounds), one object per distinct set."""
         self._ring = _Ring.of(self.bands.frame_samples, self.judge.frame_samples, self._prime)
+        self._slot = self._ring.take()
         kind = (self._ring, self.judge._session, max(self._prime, 1), self._rounds)
         self._kind = _KINDS.setdefault(kind, kind)
-        self._slot = self._ring.take()
-        self._ring.load(self._slot, saved)  # type: ignore[arg-type]
+
+    def _with_early(self, act: int, fresh: bool, used: int, probs: Sequence[float]) -> Sequence[float]:
+        """Early priming's bookkeeping for a frame that asked -d or WAKE: a prime run ahead waits for its wake, which
+        takes its probabilities first; one started afresh throws away what ran ahead for a wake that did not come."""
+        if fresh:
+            self._spare += len(self._early)
+            self._early = []
+        if act < 0:
+            self._early += probs
+            return ()
+        if used:
+            probs = self._early + list(probs)
+            self._early = []
+        return probs
 
     @property
     def spare_windows(self) -> int:
@@ -301,18 +316,8 @@ def _silero(calls: Sequence[JudgeClassifier], frames: Frames, acts: npt.NDArray[
                 probs[i].append(p)  # type: ignore[attr-defined]
         rnd += 1
         members = members[counts[members] > rnd]
-    # Early priming's bookkeeping (a few calls a frame): its probabilities wait for the wake, which takes them first.
-    for i in np.flatnonzero((acts < 0) | (acts == WAKE)).tolist():
-        c = calls[i]
-        if fresh[i]:  # a prime run ahead for a wake that did not come is thrown away
-            c._spare += len(c._early)
-            c._early = []
-        if acts[i] < 0:
-            c._early += probs[i]
-            probs[i] = ()
-        elif used[i]:
-            probs[i] = c._early + list(probs[i])
-            c._early = []
+    for i in np.flatnonzero((acts < 0) | (acts == WAKE)).tolist():  # a few calls a frame
+        probs[i] = calls[i]._with_early(int(acts[i]), bool(fresh[i]), int(used[i]), probs[i])
     return probs
 
 
@@ -325,16 +330,8 @@ def _silero_one(c: JudgeClassifier, frame: Frames, act: int) -> Sequence[float]:
     if count:
         ring = c._ring
         probs = c.judge.probabilities(np.concatenate([ring.window(c._slot, start) for start in starts]))
-    if act < 0 or act == WAKE:  # early priming's bookkeeping, as _silero's
-        if fresh:
-            c._spare += len(c._early)
-            c._early = []
-        if act < 0:
-            c._early += probs
-            return ()
-        if used:
-            probs = c._early + probs
-            c._early = []
+    if act < 0 or act == WAKE:
+        return c._with_early(act, fresh, used, probs)
     return probs
 
 

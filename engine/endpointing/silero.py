@@ -110,6 +110,14 @@ class _Bank:
 
 _BANKS: dict[int, _Bank] = {}  # context width (32 at 8 kHz, 64 at 16 kHz) -> its bank
 _LOCK = threading.Lock()
+
+
+def _bank_of(ctx: int) -> _Bank:
+    """The bank of every classifier with this context width (made on first use)."""
+    bank = _BANKS.get(ctx)
+    if bank is None:
+        bank = _BANKS[ctx] = _Bank(ctx)
+    return bank
 _SLOT = operator.attrgetter("_slot")
 
 
@@ -163,11 +171,8 @@ class SileroClassifier:
         self._rate = np.array(sample_rate, dtype=np.int64)
         self._on = threshold
         self._off = max(threshold - 0.15, 0.01)
-        bank = _BANKS.get(ctx)
-        if bank is None:
-            bank = _BANKS[ctx] = _Bank(ctx)
-        self._bank = bank
-        self._slot = bank.take()
+        self._bank = _bank_of(ctx)
+        self._slot = self._bank.take()
         self._speech = False
 
     def __del__(self) -> None:
@@ -187,7 +192,7 @@ class SileroClassifier:
         for k, v in got.items():
             setattr(self, k, v)
         self._session = _session(str(model_path()))
-        self._bank = _BANKS.get(ctx.shape[0]) or _BANKS.setdefault(ctx.shape[0], _Bank(ctx.shape[0]))
+        self._bank = _bank_of(ctx.shape[0])
         self._slot = self._bank.take()
         with _LOCK:
             self._bank.state[:, self._slot] = state
