@@ -29,7 +29,7 @@ def test_replay_equals_the_sweep_on_the_committed_subset(tmp_path: Path) -> None
     assert files, "the committed real-speech subset has dev files"
     tapes = judge_replay.record(files, {}, tmp_path / "tapes.npz")
     replayed, _ = judge_replay.replay(files, tapes, {})
-    swept = judge_sweep.run(files, lambda rate: make_judge(rate))
+    swept = judge_sweep.run(files, make_judge)
     assert replayed.keys() == swept.keys()
     for key in swept:
         assert judge_sweep.summary(replayed[key]) == pytest.approx(judge_sweep.summary(swept[key]), nan_ok=True)
